@@ -1,0 +1,30 @@
+# Carewatch: the two quick-start commands are `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+# Create .venv and install Carewatch into it (re-run when pyproject.toml changes).
+$(STAMP): pyproject.toml
+	@bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	@touch $(STAMP)
+
+## Run the whole platform on embedded defaults (own PostgreSQL + MQTT broker); Ctrl-C stops it.
+demo: $(STAMP)
+	$(BIN)/carewatch demo $(ARGS)
+
+## Run the test suite against real PostgreSQL, Mosquitto and headless Chromium.
+test: $(STAMP)
+	@bash scripts/ensure-test-services.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

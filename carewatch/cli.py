@@ -1,0 +1,170 @@
+"""The ``carewatch`` command. Each subcommand is a thin shell over one stage; imports are lazy so that
+``carewatch decode`` on a gateway box does not load FastAPI or Streamlit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from carewatch.settings import get_settings
+
+app = typer.Typer(
+    name="carewatch",
+    help="Carewatch: remote monitoring for care homes and people receiving care at home.\n\n"
+    "Start with `carewatch demo` to run the whole platform on this machine with simulated residents. "
+    "Configuration comes from CAREWATCH_* environment variables or a .env file (see README).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _users_app() -> typer.Typer:
+    try:
+        from carewatch.api.users_cli import users_app
+    except ImportError:  # pragma: no cover - only while the API package is incomplete
+        users_app = typer.Typer(help="Manage users (needs the API package).")
+    return users_app
+
+
+app.add_typer(_users_app(), name="users", help="Manage users and roles (admin): add, list, passwd, disable.")
+
+
+def _configure_logging() -> None:
+    from carewatch.logs import configure_logging
+
+    configure_logging(get_settings())
+
+
+# ------------------------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    accelerate: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 60.0,
+    headless: Annotated[bool, typer.Option(help="Run without the dashboard.")] = False,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Wipe the demo's data first.")] = False,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+) -> None:
+    """Run the whole platform here: its own PostgreSQL and MQTT broker, 2 care homes, 3 households, the simulator,
+    gateways, ingest, scorer, API (/docs) and dashboard. Prints the URLs and demo logins. Ctrl-C stops it all."""
+    from carewatch.demo import run_demo
+
+    _configure_logging()
+    code = run_demo(get_settings(), accelerate=accelerate, headless=headless, duration=duration,
+                    json_out=json_out, fresh=fresh, seed=seed)
+    raise typer.Exit(code)
+
+
+@app.command()
+def gateway(
+    simulate: Annotated[bool, typer.Option(help="Use the device simulator instead of Bluetooth.")] = False,
+) -> None:
+    """Run the edge gateway: read BLE devices in the registry, store every reading in the local outbox, and
+    forward batches over MQTT (CAREWATCH_MQTT_URL, CAREWATCH_SITE_ID, CAREWATCH_GATEWAY_ID)."""
+    from carewatch.gateway.service import main as gateway_main
+
+    _configure_logging()
+    gateway_main(get_settings(), simulate=simulate)
+
+
+@app.command()
+def ingest(
+    worker_id: Annotated[str, typer.Option(help="Stable id of this worker (its MQTT session).")] = "1",
+) -> None:
+    """Run an ingest worker: MQTT readings -> PostgreSQL. Run several to share the load (Mosquitto $share)."""
+    from carewatch.ingest.service import run_ingest
+
+    _configure_logging()
+    run_ingest(get_settings(), worker_id=worker_id)
+
+
+@app.command()
+def score() -> None:
+    """Run the scorer: NEWS2, personal baselines, home-sensor behaviour, observation schedule and alerts."""
+    from carewatch.scoring.service import main as scorer_main
+
+    _configure_logging()
+    scorer_main(get_settings())
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs) on CAREWATCH_API_HOST:CAREWATCH_API_PORT."""
+    import uvicorn
+
+    from carewatch.api.app import create_app
+
+    settings = get_settings()
+    _configure_logging()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
+@app.command()
+def dashboard() -> None:
+    """Serve the Streamlit dashboard on CAREWATCH_DASHBOARD_PORT; it talks to the API at CAREWATCH_API_URL."""
+    from carewatch.dashboard.serve import serve_dashboard
+
+    raise typer.Exit(serve_dashboard(get_settings()))
+
+
+@app.command()
+def sim(
+    residents: Annotated[int, typer.Option(help="Residents per care home.")] = 12,
+    homes: Annotated[int, typer.Option(help="Care homes.")] = 2,
+    households: Annotated[int, typer.Option(help="Households with home sensors.")] = 3,
+    scenario: Annotated[list[Path] | None, typer.Option(help="Scenario YAML file(s).")] = None,
+    mode: Annotated[str, typer.Option(help="realtime | accelerated | backfill")] = "accelerated",
+    accelerate: Annotated[float, typer.Option(help="Speed-up for accelerated mode.")] = 60.0,
+    days: Annotated[float, typer.Option(help="Simulated days (backfill) or run length (others).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same output.")] = 7,
+    output: Annotated[str, typer.Option(help="mqtt (wire messages) | ble (bytes through the gateway code)")] = "ble",
+    ground_truth: Annotated[Path | None, typer.Option(help="Write ground truth JSON lines here.")] = None,
+) -> None:
+    """Simulate residents, households and their devices, with scripted scenarios and ground truth."""
+    from carewatch.firmware_sim.cli import run_sim
+
+    _configure_logging()
+    raise typer.Exit(run_sim(get_settings(), residents=residents, homes=homes, households=households,
+                             scenarios=scenario or [], mode=mode, accelerate=accelerate, days=days, seed=seed,
+                             output=output, ground_truth=ground_truth))
+
+
+@app.command()
+def news2() -> None:
+    """Score NEWS2 for JSON lines on stdin, one JSON line out per line in. Keys: respiration_rate, spo2,
+    spo2_scale (1|2), on_oxygen, systolic_bp, pulse, consciousness (A/C/V/P/U), temperature (°C)."""
+    from carewatch.scoring.news2_cli import run_news2
+
+    raise typer.Exit(run_news2(sys.stdin, sys.stdout))
+
+
+@app.command()
+def decode(
+    char: Annotated[str, typer.Argument(help="2a5e 2a5f 2a1c 2a35 2a36 2a37 2a9d, a proprietary oximeter, or bthome")],
+    hex_payload: Annotated[str, typer.Argument(metavar="HEX", help="The frame as hex.")],
+    mac: Annotated[str | None, typer.Option(help="Device MAC (bthome).")] = None,
+    key: Annotated[str | None, typer.Option(help="BTHome bind key as hex (encrypted devices).")] = None,
+) -> None:
+    """Decode one device frame and print it as JSON (for field engineers and tests)."""
+    from carewatch.gateway.decode_cli import run_decode
+
+    raise typer.Exit(run_decode(char, hex_payload, mac=mac, key=key))
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending schema migrations to CAREWATCH_DATABASE_URL (idempotent)."""
+    from carewatch.db.migrate import migrate
+
+    applied = migrate(get_settings().dsn)
+    typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,161 @@
+"""All configuration, in one place.
+
+Every setting comes from an environment variable with the ``CAREWATCH_`` prefix (or a ``.env`` file in the
+working directory). Nothing else in Carewatch reads ``os.environ``; it asks :func:`get_settings`.
+
+When ``database_url`` or ``mqtt_url`` is unset, ``carewatch demo`` starts embedded servers and fills them in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where Carewatch keeps its own data when nothing else is configured.
+
+    A normal user gets ``$XDG_STATE_HOME/carewatch`` (``~/.local/state/carewatch``). Root gets
+    ``/var/lib/carewatch``: the embedded PostgreSQL must run as an unprivileged account, which cannot enter
+    root's home directory.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/carewatch")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "carewatch"
+
+
+class MqttTarget:
+    """A parsed ``mqtt://`` / ``mqtts://`` URL: host, port, credentials and TLS."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        self.url = url
+        self.tls = parsed.scheme == "mqtts"
+        self.host = parsed.hostname or "localhost"
+        self.port = parsed.port or (8883 if self.tls else 1883)
+        self.username = unquote(parsed.username) if parsed.username else None
+        self.password = unquote(parsed.password) if parsed.password else None
+
+    def __repr__(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        return f"MqttTarget({'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port})"
+
+
+class Settings(BaseSettings):
+    """Carewatch settings. Each field is read from ``CAREWATCH_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CAREWATCH_", env_file=".env", extra="ignore")
+
+    # --- where things are -------------------------------------------------------------------------------
+    state_dir: Path = Field(default_factory=default_state_dir, description="Local data (demo servers, outbox).")
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL DSN, e.g. postgresql://carewatch:pw@db:5432/carewatch."
+    )
+    mqtt_url: str | None = Field(default=None, description="mqtt://user:pass@host:1883 or mqtts://...:8883.")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA certificate for mqtts:// brokers.")
+
+    # --- identity of this gateway ------------------------------------------------------------------------
+    site_id: str = Field(default="home-a", description="Site (care home or household) this gateway serves.")
+    gateway_id: str = Field(default="gw-home-a", description="This gateway's id; unique across the estate.")
+    device_registry: Path | None = Field(default=None, description="YAML/JSON device registry for a gateway.")
+
+    # --- gateway store-and-forward -----------------------------------------------------------------------
+    outbox_path: Path | None = Field(default=None, description="SQLite outbox file (default under state_dir).")
+    outbox_max_mb: int = Field(default=512, ge=1, description="Disk budget for unsent readings.")
+    publish_batch_size: int = Field(default=200, ge=1, le=1000, description="Readings per MQTT message.")
+    publish_batch_ms: int = Field(default=250, ge=1, description="Longest a reading waits to be batched.")
+    publish_inflight: int = Field(default=32, ge=1, description="Unacknowledged QoS1 messages allowed at once.")
+
+    # --- ingest ------------------------------------------------------------------------------------------
+    ingest_batch_size: int = Field(default=5000, ge=1, description="Readings per database commit.")
+    ingest_batch_ms: int = Field(default=200, ge=1, description="Longest an ingest batch stays open.")
+    ingest_shared: bool | None = Field(
+        default=None, description="Use a $share subscription; None = decide from the broker (Mosquitto yes)."
+    )
+    retention_days: int = Field(default=400, ge=1, description="How long raw readings are kept.")
+
+    # --- services ----------------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str | None = Field(default=None, description="Where the dashboard finds the API.")
+    dashboard_port: int = 8501
+    metrics_port: int = Field(default=0, description="Prometheus /metrics port for workers; 0 = off.")
+    jwt_secret: SecretStr | None = Field(default=None, description="Signing key; generated under state_dir.")
+    access_token_minutes: int = 15
+    refresh_token_hours: int = 12
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    # --- embedded demo servers ---------------------------------------------------------------------------
+    demo_pg_port: int = 55432
+    demo_mqtt_port: int = 18830
+
+    # --- tests -------------------------------------------------------------------------------------------
+    test_dsn: str | None = Field(default=None, description="PostgreSQL DSN for the test suite's server.")
+    test_mqtt: str | None = Field(default=None, description="mqtt:// URL of the test suite's broker.")
+
+    @field_validator("mqtt_url", "test_mqtt")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            MqttTarget(value)
+        return value
+
+    # --- derived -----------------------------------------------------------------------------------------
+    @property
+    def mqtt(self) -> MqttTarget:
+        if not self.mqtt_url:
+            raise RuntimeError("CAREWATCH_MQTT_URL is not set (carewatch demo sets it for its own broker)")
+        return MqttTarget(self.mqtt_url)
+
+    @property
+    def dsn(self) -> str:
+        if not self.database_url:
+            raise RuntimeError("CAREWATCH_DATABASE_URL is not set (carewatch demo sets it for its own server)")
+        return self.database_url
+
+    @property
+    def outbox_file(self) -> Path:
+        return self.outbox_path or self.state_dir / "gateway" / f"{self.gateway_id}.outbox.sqlite"
+
+    @property
+    def api_base_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    def signing_key(self) -> str:
+        """The JWT signing key: configured, or generated once and kept in the state dir."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        path = self.state_dir / "jwt.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def child_env(self, **overrides: str) -> dict[str, str]:
+        """Environment for a child process: ours plus these settings, so the child sees the same config."""
+        env = dict(os.environ)
+        for name, value in overrides.items():
+            env[f"CAREWATCH_{name.upper()}"] = value
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings (tests and the demo change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()

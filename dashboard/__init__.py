@@ -1,0 +1,1 @@
+"""Carewatch dashboard stage."""

@@ -1,0 +1,1 @@
+"""Carewatch firmware_sim stage."""

@@ -1,0 +1,1 @@
+"""Carewatch gateway stage."""

@@ -1,0 +1,1 @@
+"""Carewatch scoring stage."""

@@ -1,0 +1,39 @@
+"""Alert kinds and severities: the one definition, imported by the alert engine, API, dashboard and simulator."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    INFO = "info"  # evidence for a care review, no action needed now
+    LOW = "low"  # look at it today
+    MEDIUM = "medium"  # act within the hour
+    HIGH = "high"  # act now
+
+
+SEVERITY_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3}
+
+
+class AlertKind(StrEnum):
+    # vital signs
+    NEWS2 = "news2"  # NEWS2 low-medium, medium or high; severity follows the band
+    NEWS2_RISING = "news2_rising"  # score up by 2 or more within 24 h
+    SPO2_BELOW_BASELINE = "spo2_below_baseline"
+    TEMPERATURE_ABOVE_BASELINE = "temperature_above_baseline"
+    SOFT_SIGNS = "soft_signs"  # staff recorded soft signs of deterioration
+    OBS_OVERDUE = "obs_overdue"  # an observation round is overdue
+    # home sensors
+    NIGHT_BATHROOM = "night_bathroom"  # more night-time bathroom visits than usual (UTI pattern)
+    KITCHEN_INACTIVITY = "kitchen_inactivity"  # fridge/kitchen unused (not eating or drinking)
+    NO_MORNING_ACTIVITY = "no_morning_activity"  # no activity by the usual wake time
+    LONG_BATHROOM_STAY = "long_bathroom_stay"  # no motion for long after entering the bathroom (fall/long lie)
+    ROOM_COLD = "room_cold"
+    ROOM_HOT = "room_hot"
+    CARE_REVIEW = "care_review"  # e.g. settled nights: evidence to review (reduce) waking-night care
+    # devices and gateways
+    DEVICE_SILENT = "device_silent"
+    HOUSEHOLD_SILENT = "household_silent"
+    BATTERY_LOW = "battery_low"
+    DEVICE_FAULT = "device_fault"  # garbage frames, unset/wrong clock, flapping connection
+    GATEWAY_OFFLINE = "gateway_offline"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test suite talks to real servers. Make sure their programs exist: PostgreSQL (server binaries),
+# Mosquitto and Debian's Chromium. Root installs them with apt-get; a normal user with passwordless sudo too;
+# otherwise we say what is missing (the suite then uses pip-installed PostgreSQL and skips what it cannot run).
+set -uo pipefail
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  sudo="sudo -n"
+else
+  echo "note: missing ${missing[*]} and no root: install them with apt-get for the full suite" >&2
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "note: missing ${missing[*]} and no apt-get: install them for the full suite" >&2
+  exit 0
+fi
+echo "installing ${missing[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts mosquitto and postgresql as services on install where it can; the suite starts its own anyway.
+exit 0

@@ -1,0 +1,134 @@
+"""Shared pytest fixtures: external conformance vectors and the real servers the suite talks to."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
+from carewatch.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
+
+
+def load_conformance(name: str) -> dict[str, Any]:
+    """Load ``../shared/conformance/<name>``; skip the calling test, saying why, when it is absent."""
+    path = CONFORMANCE_DIR / name
+    if not path.exists():
+        pytest.skip(f"conformance vectors not present at {path}; shared/ sits beside the repo in CI")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real servers. PostgreSQL: CAREWATCH_TEST_DSN, else the local server on 127.0.0.1:5432, else a private
+# cluster.
+# MQTT: CAREWATCH_TEST_MQTT, else Mosquitto on 127.0.0.1:1883, else a private mosquitto on a free port.
+# ------------------------------------------------------------------------------------------------------------
+
+
+
+
+def _can_connect(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def test_settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    """A world-traversable temp dir (postgres may run as another account when we are root)."""
+    path = Path(tempfile.mkdtemp(prefix="carewatch-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(test_settings: Settings, scratch_dir: Path) -> Iterator[str]:
+    """DSN of a PostgreSQL server we may create databases on (its 'postgres' database)."""
+    if test_settings.test_dsn:
+        yield test_settings.test_dsn
+        return
+    local = "postgresql://postgres@127.0.0.1:5432/postgres"
+    if port_open("127.0.0.1", 5432) and _can_connect(local):
+        yield local
+        return
+    private = EmbeddedPostgres(scratch_dir / "pg", free_port())
+    private.start()
+    yield private.admin_dsn
+    private.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def database(pg_server: str) -> Iterator[str]:
+    """A fresh, migrated database for this test run; dropped afterwards."""
+    name = f"carewatch_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(pg_server)
+    params["dbname"] = name
+    dsn = make_conninfo(**params)
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database: str) -> Iterator[psycopg.Connection]:
+    """A connection to the test database. Tests own their rows: use unique ids (see `uid`)."""
+    with psycopg.connect(database) as conn:
+        yield conn
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short unique suffix so tests sharing the run's database never collide."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def mqtt_url(test_settings: Settings, scratch_dir: Path) -> Iterator[str]:
+    """URL of a real MQTT broker (Mosquitto)."""
+    if test_settings.test_mqtt:
+        yield test_settings.test_mqtt
+        return
+    if port_open("127.0.0.1", 1883):
+        yield "mqtt://127.0.0.1:1883"
+        return
+    broker = EmbeddedBroker(scratch_dir / "mqtt", free_port())
+    broker.start()
+    yield broker.url
+    broker.stop()
+
+
+@pytest.fixture
+def private_broker(scratch_dir: Path, uid: str) -> Iterator[EmbeddedBroker]:
+    """A Mosquitto this test may stop and restart (fault tests)."""
+    broker = EmbeddedBroker(scratch_dir / f"mqtt-{uid}", free_port())
+    if broker.kind != "mosquitto":
+        pytest.skip("fault tests need the mosquitto binary (apt-get install mosquitto)")
+    broker.start()
+    yield broker
+    with contextlib.suppress(Exception):
+        broker.stop()
