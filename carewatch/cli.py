@@ -46,7 +46,7 @@ def _configure_logging() -> None:
 def demo(
     accelerate: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 60.0,
     headless: Annotated[bool, typer.Option(help="Run without the dashboard.")] = False,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
     fresh: Annotated[bool, typer.Option(help="Wipe the demo's data first.")] = False,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
@@ -75,13 +75,17 @@ def gateway(
 
 @app.command()
 def ingest(
-    worker_id: Annotated[str, typer.Option(help="Stable id of this worker (its MQTT session).")] = "1",
+    worker_id: Annotated[
+        str | None, typer.Option(help="Stable id of this worker's MQTT session (default: the host name).")
+    ] = None,
 ) -> None:
     """Run an ingest worker: MQTT readings -> PostgreSQL. Run several to share the load (Mosquitto $share)."""
+    import socket
+
     from carewatch.ingest.service import run_ingest
 
     _configure_logging()
-    run_ingest(get_settings(), worker_id=worker_id)
+    run_ingest(get_settings(), worker_id=worker_id or socket.gethostname())
 
 
 @app.command()

@@ -12,6 +12,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from pydantic import Field, SecretStr, field_validator
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
         default=None, description="Use a $share subscription; None = decide from the broker (Mosquitto yes)."
     )
     retention_days: int = Field(default=400, ge=1, description="How long raw readings are kept.")
+
+    # --- scorer ------------------------------------------------------------------------------------------
+    clock: Literal["wall", "data"] = Field(
+        default="wall", description="'data' = time is the newest reading's received_at (simulated-time demos)."
+    )
 
     # --- services ----------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

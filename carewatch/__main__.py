@@ -1,0 +1,5 @@
+"""``python -m carewatch`` is the ``carewatch`` command."""
+
+from carewatch.cli import app
+
+app()
