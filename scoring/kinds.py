@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 
 
@@ -37,3 +38,40 @@ class AlertKind(StrEnum):
     BATTERY_LOW = "battery_low"
     DEVICE_FAULT = "device_fault"  # garbage frames, unset/wrong clock, flapping connection
     GATEWAY_OFFLINE = "gateway_offline"
+
+
+class AlertStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    ESCALATED = "escalated"
+    RESOLVED = "resolved"
+
+
+#: How long an alert may stay unacknowledged before the engine escalates it (escalation_level + 1, status
+#: 'escalated'), and again after each escalation. 'info' never escalates. See docs/clinical-safety.md (H-ALERT-3).
+ACK_WINDOW: dict[Severity, timedelta | None] = {
+    Severity.HIGH: timedelta(minutes=15),
+    Severity.MEDIUM: timedelta(minutes=60),
+    Severity.LOW: timedelta(hours=4),
+    Severity.INFO: None,
+}
+
+#: Automatic escalations stop at this level; the alert stays 'escalated' and visible until someone acts.
+MAX_AUTO_ESCALATION_LEVEL = 3
+
+#: Outcomes staff may record when they escalate an alert outside the home.
+ESCALATION_OUTCOMES = frozenset(
+    {"gp_called", "nhs_111", "called_999", "visit_booked", "advice_given", "admitted", "other"}
+)
+
+#: Alert kinds about a resident's health (the rest are about homes, devices and gateways).
+CLINICAL_KINDS = frozenset(
+    {
+        AlertKind.NEWS2,
+        AlertKind.NEWS2_RISING,
+        AlertKind.SPO2_BELOW_BASELINE,
+        AlertKind.TEMPERATURE_ABOVE_BASELINE,
+        AlertKind.SOFT_SIGNS,
+        AlertKind.OBS_OVERDUE,
+    }
+)

@@ -1,0 +1,557 @@
+"""Home sensors -> behaviour events -> welfare rules, for people living at home.
+
+Motion, door and power sensors are bound to rooms with ``devices.role`` (or ``devices.room``). Their binary
+readings become *episodes* (a run of "on" readings no more than a merge gap apart, ended by the next "off"),
+and episodes become behaviour events: bathroom visits, kitchen activity, fridge opens, kettle use, front-door
+exits/returns and night activity. The rules compare them with the person's own pattern.
+
+All functions are pure; times are timezone-aware datetimes, "night" and "waking hours" are UK local time.
+docs/clinical-safety.md (H-HOME-*) gives the hazard, cause, mitigation and test of every threshold here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Final
+
+import numpy as np
+from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.rules import (
+    LOCAL_TZ,
+    Finding,
+    clear_alert,
+    hold,
+    iso,
+    local_time,
+    raise_alert,
+)
+from numpy.typing import NDArray
+
+from carewatch.wire import Metric
+
+# ------------------------------------------------------------------------------------------------------------
+# Rooms and roles
+# ------------------------------------------------------------------------------------------------------------
+#: Role keywords (matched against devices.role, then devices.room, lower-case).
+ROLE_KEYWORDS: Mapping[str, tuple[str, ...]] = {
+    "bathroom": ("bath", "toilet", "wc", "ensuite", "shower"),
+    "fridge": ("fridge",),
+    "kettle": ("kettle",),
+    "kitchen": ("kitchen",),
+    "front_door": ("front", "entrance", "main_door"),
+    "bedroom": ("bed",),
+}
+MOTION_METRICS = frozenset({Metric.MOTION.value, Metric.OCCUPANCY.value})
+DOOR_METRICS = frozenset({Metric.DOOR_OPEN.value})
+POWER_METRICS = frozenset({Metric.POWER.value, Metric.POWER_ON.value})
+KETTLE_ON_WATTS: Final = 500.0
+
+
+def role_of(role: str | None, room: str | None) -> str | None:
+    """The behaviour role of a device: bathroom, fridge, kettle, kitchen, front_door, bedroom, or None."""
+    for text in (role, room):
+        if not text:
+            continue
+        lowered = text.lower()
+        if lowered in ("door", "front_door"):
+            return "front_door"
+        for name, words in ROLE_KEYWORDS.items():  # order matters: 'fridge' before 'kitchen'
+            if any(w in lowered for w in words):
+                return name
+    return None
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    device_id: str
+    role: str | None  # behaviour role (role_of), or None for an unspecified room
+    metric: str
+    value: float
+    measured_at: datetime
+    room: str | None = None
+
+    @property
+    def is_on(self) -> bool:
+        if self.metric == Metric.POWER.value:
+            return self.value >= KETTLE_ON_WATTS
+        return self.value >= 0.5
+
+
+@dataclass(frozen=True)
+class BehaviourEvent:
+    kind: str  # bathroom_visit | kitchen_activity | fridge_open | kettle_use | front_door | night_activity
+    started_at: datetime
+    ended_at: datetime
+    device_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _epoch(ts: Iterable[datetime]) -> NDArray[np.float64]:
+    return np.fromiter((t.timestamp() for t in ts), dtype=np.float64)
+
+
+def _dt(seconds: float) -> datetime:
+    return datetime.fromtimestamp(float(seconds), UTC)
+
+
+def episodes(times: NDArray[np.float64], on: NDArray[np.bool_], merge_gap: float) -> list[tuple[float, float]]:
+    """(start, end) of each run of "on" readings no more than ``merge_gap`` s apart; a run ends at the first
+    "off" reading after its last "on" (if that comes before the next run), else at its last "on"."""
+    order = np.argsort(times, kind="stable")
+    t, o = times[order], on[order]
+    on_t, off_t = t[o], t[~o]
+    if on_t.size == 0:
+        return []
+    split = np.flatnonzero(np.diff(on_t) > merge_gap) + 1
+    starts = on_t[np.r_[0, split]]
+    last_on = on_t[np.r_[split - 1, on_t.size - 1]]
+    next_start = np.r_[starts[1:], np.inf]
+    idx = np.searchsorted(off_t, last_on, side="right")
+    padded_off = np.r_[off_t, np.inf]  # idx == off_t.size: no "off" after the run
+    off_after = padded_off[idx]
+    ends = np.where(off_after < next_start, off_after, last_on)
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Local time helpers
+# ------------------------------------------------------------------------------------------------------------
+NIGHT_START: Final = time(0, 0)
+NIGHT_END: Final = time(6, 0)
+WAKING_START: Final = time(7, 0)
+WAKING_END: Final = time(22, 0)
+EARLIEST_WAKE: Final = time(5, 0)
+
+
+def local_at(day: date, at: time) -> datetime:
+    return datetime.combine(day, at, tzinfo=LOCAL_TZ)
+
+
+def night_of(at: datetime) -> date | None:
+    """The date whose 00:00-06:00 night contains ``at``, or None if ``at`` is not at night."""
+    local = at.astimezone(LOCAL_TZ)
+    return local.date() if NIGHT_START <= local.time() < NIGHT_END else None
+
+
+def last_complete_night(now: datetime) -> date:
+    local = now.astimezone(LOCAL_TZ)
+    return local.date() if local.time() >= NIGHT_END else local.date() - timedelta(days=1)
+
+
+def waking_hours_between(start: datetime, end: datetime) -> float:
+    """Hours between ``start`` and ``end`` that fall in waking hours (07:00-22:00 local)."""
+    if end <= start:
+        return 0.0
+    total = 0.0
+    day = start.astimezone(LOCAL_TZ).date()
+    last = end.astimezone(LOCAL_TZ).date()
+    while day <= last:
+        lo = max(start, local_at(day, WAKING_START))
+        hi = min(end, local_at(day, WAKING_END))
+        if hi > lo:
+            total += (hi - lo).total_seconds() / 3600
+        day += timedelta(days=1)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Readings -> behaviour events
+# ------------------------------------------------------------------------------------------------------------
+#: (event kind, device role, metrics, merge gap)
+EVENT_SOURCES: tuple[tuple[str, str, frozenset[str], timedelta], ...] = (
+    ("bathroom_visit", "bathroom", MOTION_METRICS | DOOR_METRICS, timedelta(minutes=10)),
+    ("kitchen_activity", "kitchen", MOTION_METRICS, timedelta(minutes=15)),
+    ("fridge_open", "fridge", DOOR_METRICS, timedelta(minutes=2)),
+    ("kettle_use", "kettle", POWER_METRICS, timedelta(minutes=5)),
+    ("front_door", "front_door", DOOR_METRICS, timedelta(minutes=2)),
+)
+KITCHEN_KINDS = frozenset({"kitchen_activity", "fridge_open", "kettle_use"})
+NIGHT_MERGE_GAP = timedelta(minutes=15)
+#: Indoor motion within this time of a front-door opening tells exit from return; night motion within it of a
+#: bathroom visit is part of the trip to the bathroom.
+DOOR_CONTEXT = timedelta(minutes=15)
+BATHROOM_TRIP_MARGIN = timedelta(minutes=10)
+
+
+def derive_events(readings: Sequence[SensorReading], now: datetime) -> list[BehaviourEvent]:
+    """Behaviour events from a household's sensor readings (idempotent: same readings, same events)."""
+    events: list[BehaviourEvent] = []
+    by_device: dict[str, list[SensorReading]] = {}
+    for r in readings:
+        by_device.setdefault(r.device_id, []).append(r)
+    motion_eps: list[tuple[float, float, str, str | None]] = []  # indoor motion episodes: start, end, device, role
+    for device_id, rows in by_device.items():
+        role = rows[0].role
+        for kind, want_role, metrics, gap in EVENT_SOURCES:
+            if role != want_role:
+                continue
+            sel = [r for r in rows if r.metric in metrics]
+            if not sel:
+                continue
+            for start, end in episodes(_epoch(r.measured_at for r in sel), np.array([r.is_on for r in sel]),
+                                       gap.total_seconds()):
+                events.append(BehaviourEvent(kind, _dt(start), _dt(end), device_id, {"role": role}))
+        motion = [r for r in rows if r.metric in MOTION_METRICS]
+        if motion:
+            for start, end in episodes(_epoch(r.measured_at for r in motion), np.array([r.is_on for r in motion]),
+                                       NIGHT_MERGE_GAP.total_seconds()):
+                motion_eps.append((start, end, device_id, role))
+
+    visits = [e for e in events if e.kind == "bathroom_visit"]
+    for start, end, device_id, role in motion_eps:
+        if role == "bathroom" or night_of(_dt(start)) is None:
+            continue
+        s, e = _dt(start), _dt(end)
+        trip = any(v.started_at - BATHROOM_TRIP_MARGIN <= e and s <= v.ended_at + BATHROOM_TRIP_MARGIN
+                   for v in visits)
+        events.append(BehaviourEvent("night_activity", s, e, device_id, {"role": role, "bathroom_trip": trip}))
+
+    indoor = np.array(sorted(t for s, e, _, role in motion_eps if role != "front_door" for t in (s, e)))
+    margin = DOOR_CONTEXT.total_seconds()
+    out = []
+    for ev in events:
+        if ev.kind != "front_door":
+            out.append(ev)
+            continue
+        s, e = ev.started_at.timestamp(), ev.ended_at.timestamp()
+        before = bool(indoor.size and ((indoor >= s - margin) & (indoor < s)).any())
+        after = bool(indoor.size and ((indoor > e) & (indoor <= e + margin)).any())
+        if after and not before:
+            direction = "return"
+        elif before and not after and now.timestamp() >= e + margin:
+            direction = "exit"
+        elif not after and now.timestamp() < e + margin:
+            direction = "pending"
+        else:
+            direction = "unknown"
+        out.append(BehaviourEvent(ev.kind, ev.started_at, ev.ended_at, ev.device_id,
+                                  {**ev.detail, "direction": direction}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Household rules
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoomTemperature:
+    device_id: str
+    room: str | None
+    measured_at: datetime
+    value: float
+
+
+@dataclass(frozen=True)
+class HouseholdData:
+    """What the household rules need, loaded by the engine."""
+
+    site_id: str
+    name: str
+    events: Sequence[BehaviourEvent]  # the last ~15 days
+    roles: frozenset[str]  # behaviour roles of the household's active devices
+    has_other_motion: bool  # a motion sensor outside the bathroom (needed for the long-lie rule)
+    last_motion_at: datetime | None  # newest indoor motion "on" reading, any room
+    last_motion_role: str | None
+    first_motion_by_day: Mapping[date, datetime]  # first indoor motion at/after 05:00 local, per local day
+    nights_heard: frozenset[date]  # nights (00:00-06:00) with at least one reading from the household
+    last_heard: datetime | None  # newest reading of any kind
+    room_temperatures: Sequence[RoomTemperature]  # the last ~2 h
+    care_package: str | None = None
+    gateway_offline: bool = False
+    data_since: datetime | None = None  # oldest time the loaded data covers (first device bound)
+
+
+def _finding_args(h: HouseholdData) -> tuple[str, str]:
+    return h.site_id, h.site_id
+
+
+def _away(h: HouseholdData) -> bool:
+    """The newest front-door event was an exit with no indoor motion since: the person is out."""
+    doors = [e for e in h.events if e.kind == "front_door"]
+    if not doors:
+        return False
+    last = max(doors, key=lambda e: e.started_at)
+    if last.detail.get("direction") != "exit":
+        return False
+    return h.last_motion_at is None or h.last_motion_at <= last.ended_at
+
+
+# --- night-time bathroom visits (UTI pattern) ---------------------------------------------------------------
+NIGHT_BATHROOM_BASELINE_NIGHTS: Final = 14
+NIGHT_BATHROOM_MIN_NIGHTS: Final = 7
+NIGHT_BATHROOM_RECENT_NIGHTS: Final = 2  # both of the last two nights must be above
+NIGHT_BATHROOM_EXTRA: Final = 2  # visits above the usual number
+
+
+def night_counts(events: Sequence[BehaviourEvent], nights: Sequence[date], kind: str) -> NDArray[np.int64]:
+    """Events of ``kind`` starting in each night's 00:00-06:00 window."""
+    index = {d: i for i, d in enumerate(nights)}
+    counts = np.zeros(len(nights), dtype=np.int64)
+    for e in events:
+        if e.kind != kind:
+            continue
+        n = night_of(e.started_at)
+        if n in index:
+            counts[index[n]] += 1
+    return counts
+
+
+def night_bathroom_threshold(baseline_counts: NDArray[np.int64]) -> tuple[float, float, float]:
+    """(median, scaled MAD, threshold): above = at least median + max(2, 2 x MAD) visits."""
+    from scipy.stats import median_abs_deviation
+
+    median = float(np.median(baseline_counts))
+    mad = float(median_abs_deviation(baseline_counts, scale="normal"))
+    return median, mad, median + max(NIGHT_BATHROOM_EXTRA, 2 * mad)
+
+
+def night_bathroom_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.NIGHT_BATHROOM
+    subject, site = _finding_args(h)
+    if "bathroom" not in h.roles:
+        return hold(kind, subject, site)
+    last = last_complete_night(now)
+    recent = [last - timedelta(days=i) for i in range(NIGHT_BATHROOM_RECENT_NIGHTS - 1, -1, -1)]
+    earlier = [last - timedelta(days=i) for i in range(NIGHT_BATHROOM_RECENT_NIGHTS,
+                                                       NIGHT_BATHROOM_RECENT_NIGHTS + NIGHT_BATHROOM_BASELINE_NIGHTS)]
+    baseline_nights = [d for d in earlier if d in h.nights_heard]
+    if len(baseline_nights) < NIGHT_BATHROOM_MIN_NIGHTS or not all(d in h.nights_heard for d in recent):
+        return hold(kind, subject, site, "not enough nights of data for a baseline")
+    base = night_counts(h.events, baseline_nights, "bathroom_visit")
+    now_counts = night_counts(h.events, recent, "bathroom_visit")
+    median, mad, threshold = night_bathroom_threshold(base)
+    above = now_counts >= threshold
+    nights_text = ", ".join(f"{d:%a %d %b}: {c}" for d, c in zip(recent, now_counts.tolist(), strict=True))
+    if not above.all():
+        return clear_alert(kind, subject, site, f"Night-time bathroom visits back to usual ({nights_text}).")
+    reason = (f"More night-time bathroom visits than usual: {nights_text} (usually {median:g} a night over "
+              f"{len(baseline_nights)} nights, 00:00-06:00).")
+    action = ("Ask the person how they are: pain or burning passing urine, fever, new confusion? A rise in "
+              "night-time toilet visits can be an early sign of a urine infection. Contact the GP practice today "
+              "if so; encourage fluids.")
+    return raise_alert(kind, subject, site, Severity.LOW, reason, action,
+                       data={"recent": dict(zip([d.isoformat() for d in recent], now_counts.tolist(), strict=True)),
+                             "baseline_median": median, "baseline_mad": mad, "threshold": threshold,
+                             "baseline_nights": len(baseline_nights)})
+
+
+# --- kitchen inactivity (not eating or drinking) ------------------------------------------------------------
+KITCHEN_INACTIVE_WAKING_HOURS: Final = 8.0
+
+
+def kitchen_inactivity_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.KITCHEN_INACTIVITY
+    subject, site = _finding_args(h)
+    if not (h.roles & {"kitchen", "fridge", "kettle"}):
+        return hold(kind, subject, site)
+    kitchen = [e for e in h.events if e.kind in KITCHEN_KINDS and e.started_at <= now]
+    last = max((e.ended_at for e in kitchen), default=None)
+    if last is None:
+        # never seen in the loaded history: a sensor problem (device_silent), not evidence about eating
+        return hold(kind, subject, site, "no kitchen events on record")
+    since = last
+    hours = waking_hours_between(since, now)
+    if hours < KITCHEN_INACTIVE_WAKING_HOURS:
+        return clear_alert(kind, subject, site, f"Kitchen in use (last {local_time(since)}).")
+    if _away(h) or h.gateway_offline:
+        return hold(kind, subject, site, "person appears to be out, or the hub is offline")
+    reason = (f"No kitchen activity (fridge, kettle or kitchen movement) since {local_time(last)}: "
+              f"{hours:.0f} waking hours, "
+              f"more than {KITCHEN_INACTIVE_WAKING_HOURS:g}.")
+    action = "Phone or visit: check the person is eating and drinking and is well."
+    return raise_alert(kind, subject, site, Severity.MEDIUM, reason, action,
+                       data={"last_kitchen_activity": iso(last), "waking_hours": round(hours, 1)})
+
+
+# --- no activity by the usual wake time ---------------------------------------------------------------------
+WAKE_BASELINE_DAYS: Final = 14
+WAKE_MIN_DAYS: Final = 5
+WAKE_GRACE: Final = timedelta(minutes=90)
+
+
+def usual_wake_time(first_motion_by_day: Mapping[date, datetime], today: date) -> tuple[float | None, int]:
+    """Median minutes after local midnight of the first morning motion over the previous 14 days."""
+    minutes = []
+    for offset in range(1, WAKE_BASELINE_DAYS + 1):
+        at = first_motion_by_day.get(today - timedelta(days=offset))
+        if at is not None:
+            local = at.astimezone(LOCAL_TZ)
+            minutes.append(local.hour * 60 + local.minute + local.second / 60)
+    if len(minutes) < WAKE_MIN_DAYS:
+        return None, len(minutes)
+    return float(np.median(minutes)), len(minutes)
+
+
+def no_morning_activity_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.NO_MORNING_ACTIVITY
+    subject, site = _finding_args(h)
+    today = now.astimezone(LOCAL_TZ).date()
+    up = h.first_motion_by_day.get(today)
+    if up is not None and up <= now:
+        return clear_alert(kind, subject, site, f"Up and about at {local_time(up)}.")
+    usual, days = usual_wake_time(h.first_motion_by_day, today)
+    if usual is None:
+        return hold(kind, subject, site, f"only {days} mornings of data for a usual wake time")
+    usual_at = local_at(today, time(0)) + timedelta(minutes=usual)
+    deadline = usual_at + WAKE_GRACE
+    if now <= deadline or _away(h) or h.gateway_offline:
+        return hold(kind, subject, site)
+    seen = local_time(h.last_motion_at) if h.last_motion_at else "monitoring began"
+    reason = (f"No movement at home this morning: usually up by {usual_at.astimezone(LOCAL_TZ):%H:%M} "
+              f"(median of {days} days); nothing seen since {seen}.")
+    action = "Phone the person now; if there is no answer, arrange for someone to visit (possible fall or illness)."
+    return raise_alert(kind, subject, site, Severity.MEDIUM, reason, action,
+                       data={"usual_wake_local": f"{usual_at.astimezone(LOCAL_TZ):%H:%M}", "days": days,
+                             "last_motion_at": iso(h.last_motion_at)})
+
+
+# --- long stay in the bathroom (possible fall or long lie) --------------------------------------------------
+LONG_BATHROOM_STAY: Final = timedelta(minutes=45)
+
+
+def long_bathroom_stay_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.LONG_BATHROOM_STAY
+    subject, site = _finding_args(h)
+    if "bathroom" not in h.roles or not h.has_other_motion or h.last_motion_at is None:
+        return hold(kind, subject, site)
+    doors_after = [e for e in h.events if e.kind == "front_door" and e.started_at > h.last_motion_at]
+    if h.last_motion_role != "bathroom" or doors_after:
+        return clear_alert(kind, subject, site, f"Movement outside the bathroom at {local_time(h.last_motion_at)}.")
+    still = now - h.last_motion_at
+    if still < LONG_BATHROOM_STAY:
+        return hold(kind, subject, site)
+    if h.gateway_offline:
+        return hold(kind, subject, site, "hub offline: no news is not evidence")
+    minutes = int(still.total_seconds() // 60)
+    reason = (f"Last movement was in the bathroom at {local_time(h.last_motion_at)} and nothing since "
+              f"({minutes} minutes; alert after {int(LONG_BATHROOM_STAY.total_seconds() // 60)}).")
+    action = "Phone the person now. If there is no answer, send someone or call 999: they may have fallen."
+    return raise_alert(kind, subject, site, Severity.HIGH, reason, action,
+                       data={"last_motion_at": iso(h.last_motion_at), "minutes": minutes})
+
+
+# --- room temperature --------------------------------------------------------------------------------------
+ROOM_COLD_BELOW: Final = 18.0
+ROOM_VERY_COLD_BELOW: Final = 16.0
+ROOM_HOT_ABOVE: Final = 26.0
+ROOM_VERY_HOT_ABOVE: Final = 30.0
+ROOM_SUSTAINED: Final = timedelta(hours=1)
+ROOM_MIN_READINGS: Final = 2
+
+
+def _rooms_in_window(h: HouseholdData, now: datetime) -> dict[str, list[RoomTemperature]]:
+    rooms: dict[str, list[RoomTemperature]] = {}
+    for r in h.room_temperatures:
+        if now - ROOM_SUSTAINED <= r.measured_at <= now:
+            rooms.setdefault(r.room or r.device_id, []).append(r)
+    return rooms
+
+
+def room_temperature_findings(h: HouseholdData, now: datetime) -> list[Finding]:
+    """Cold (< 18 °C) or hot (> 26 °C) for every reading of the last hour in a room (at least 2 readings);
+    resolved when every room with data has been in range for the last hour."""
+    subject, site = _finding_args(h)
+    rooms = _rooms_in_window(h, now)
+    enough = {room: rows for room, rows in rooms.items() if len(rows) >= ROOM_MIN_READINGS}
+    out = []
+    for kind, test, very, limit, very_limit, word in (
+        (AlertKind.ROOM_COLD, lambda v: v < ROOM_COLD_BELOW, lambda v: v < ROOM_VERY_COLD_BELOW,
+         ROOM_COLD_BELOW, ROOM_VERY_COLD_BELOW, "below"),
+        (AlertKind.ROOM_HOT, lambda v: v > ROOM_HOT_ABOVE, lambda v: v > ROOM_VERY_HOT_ABOVE,
+         ROOM_HOT_ABOVE, ROOM_VERY_HOT_ABOVE, "above"),
+    ):
+        bad = {room: rows for room, rows in enough.items() if all(test(r.value) for r in rows)}
+        if not enough:
+            out.append(hold(kind, subject, site))
+            continue
+        if not bad:
+            in_range = all(not test(r.value) for rows in enough.values() for r in rows)
+            if in_range:
+                summary = ", ".join(f"{room} {rows[-1].value:.1f} °C" for room, rows in sorted(enough.items()))
+                out.append(clear_alert(kind, subject, site, f"Rooms back in range for the last hour: {summary}."))
+            else:
+                out.append(hold(kind, subject, site))
+            continue
+        severe = any(all(very(r.value) for r in rows) for rows in bad.values())
+        parts = [f"{room} {min(r.value for r in rows) if word == 'below' else max(r.value for r in rows):.1f} °C"
+                 for room, rows in sorted(bad.items())]
+        reason = (f"Room temperature {word} {limit:g} °C for the last hour: {', '.join(parts)} "
+                  f"({sum(len(r) for r in bad.values())} readings).")
+        if kind is AlertKind.ROOM_COLD:
+            action = ("Phone or visit: check the heating works and the person is warm, dressed warmly and has hot "
+                      "drinks. Cold homes raise the risk of chest infections, strokes and falls.")
+        else:
+            action = ("Phone or visit: open windows in the cool of the day, close curtains in the sun, offer "
+                      "plenty of cool drinks; watch for heat exhaustion.")
+        out.append(raise_alert(kind, subject, site, Severity.MEDIUM if severe else Severity.LOW, reason, action,
+                               data={"rooms": {room: [r.value for r in rows] for room, rows in bad.items()},
+                                     "limit": limit, "severe_limit": very_limit}))
+    return out
+
+
+# --- household silent ---------------------------------------------------------------------------------------
+HOUSEHOLD_SILENT_AFTER: Final = timedelta(hours=3)
+
+
+def household_silent_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.HOUSEHOLD_SILENT
+    subject, site = _finding_args(h)
+    if h.last_heard is None:
+        return hold(kind, subject, site)
+    if now - h.last_heard <= HOUSEHOLD_SILENT_AFTER:
+        return clear_alert(kind, subject, site, f"Readings arriving again (last {local_time(h.last_heard)}).")
+    if h.gateway_offline:
+        return hold(kind, subject, site, "the gateway_offline alert covers this")
+    reason = (f"No readings from any sensor in {h.name} since {local_time(h.last_heard)} (more than "
+              f"{HOUSEHOLD_SILENT_AFTER.total_seconds() / 3600:g} h).")
+    action = "Check the hub and sensors have power (a power cut?) and phone the person to check they are well."
+    return raise_alert(kind, subject, site, Severity.MEDIUM, reason, action, data={"last_heard": iso(h.last_heard)})
+
+
+# --- settled nights: evidence for a care review -------------------------------------------------------------
+CARE_REVIEW_NIGHTS: Final = 7
+CARE_REVIEW_SETTLED: Final = 5
+SETTLED_MAX_BATHROOM_VISITS: Final = 1
+
+
+def settled_nights(h: HouseholdData, nights: Sequence[date]) -> NDArray[np.bool_]:
+    """A night is settled when the sensors were heard, there was no activity other than bathroom trips, and at
+    most one bathroom visit (00:00-06:00)."""
+    heard = np.array([d in h.nights_heard for d in nights], dtype=bool)
+    visits = night_counts(h.events, nights, "bathroom_visit")
+    other = night_counts([e for e in h.events if not e.detail.get("bathroom_trip")], nights, "night_activity")
+    return heard & (visits <= SETTLED_MAX_BATHROOM_VISITS) & (other == 0)
+
+
+def care_review_finding(h: HouseholdData, now: datetime) -> Finding:
+    kind = AlertKind.CARE_REVIEW
+    subject, site = _finding_args(h)
+    last = last_complete_night(now)
+    nights = [last - timedelta(days=i) for i in range(CARE_REVIEW_NIGHTS)]
+    if sum(d in h.nights_heard for d in nights) < CARE_REVIEW_SETTLED:
+        return hold(kind, subject, site, "not enough nights with sensor data")
+    settled = settled_nights(h, nights)
+    count = int(settled.sum())
+    if count < CARE_REVIEW_SETTLED:
+        return clear_alert(kind, subject, site, f"{count} of the last {len(nights)} nights were settled.")
+    package = f" Current package: {h.care_package}." if h.care_package else ""
+    reason = (f"{count} of the last {len(nights)} nights were settled (no activity 00:00-06:00 apart from at most "
+              f"one bathroom visit).{package}")
+    action = ("No action needed now. Evidence for the next care review: consider whether waking-night care is "
+              "still needed (for example a sleeping-night service or a call system instead).")
+    return raise_alert(kind, subject, site, Severity.INFO, reason, action,
+                       data={"settled_nights": [d.isoformat() for d, s in zip(nights, settled, strict=True) if s],
+                             "nights_considered": [d.isoformat() for d in nights]})
+
+
+def household_findings(h: HouseholdData, now: datetime) -> list[Finding]:
+    return [
+        night_bathroom_finding(h, now),
+        kitchen_inactivity_finding(h, now),
+        no_morning_activity_finding(h, now),
+        long_bathroom_stay_finding(h, now),
+        *room_temperature_findings(h, now),
+        household_silent_finding(h, now),
+        care_review_finding(h, now),
+    ]

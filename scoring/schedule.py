@@ -1,0 +1,102 @@
+"""When a resident's next observations are due, and whether they are overdue.
+
+RCP Chart 4 minimum frequencies, adapted for care homes (docs/clinical-safety.md, H-OBS-1):
+
+* total 0 on a complete set: the care plan's interval (24 h / obs_per_day; the default 2 a day is RCP's 12 h);
+* total 1-4: every 4 h; a single red 3 or 5-6: every hour; 7+: "continuous" - a care home cannot monitor
+  continuously, so every 15 minutes while waiting for the ambulance;
+* a partial set must be completed within 1 hour (clinical_response.INCOMPLETE_RECHECK);
+* never less often than the care plan (obs_per_day).
+
+The band intervals come from ``clinical_response`` (the NEWS2 engineer's wording), so the schedule and the
+band's "what to do" text cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from carewatch.scoring.clinical_response import ClinicalResponse, Risk
+from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.rules import Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
+
+CONTINUOUS_RECHECK = timedelta(minutes=15)
+#: An observation round counts as overdue this long after it was due (a round takes time to get round).
+OVERDUE_GRACE = timedelta(minutes=15)
+
+
+def care_plan_interval(obs_per_day: int) -> timedelta:
+    if not 1 <= obs_per_day <= 24:
+        raise ValueError(f"obs_per_day must be 1-24, not {obs_per_day}")
+    return timedelta(hours=24) / obs_per_day
+
+
+def observation_interval(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int) -> timedelta:
+    """Longest allowed gap before the next set, for a set with this response."""
+    plan = care_plan_interval(obs_per_day)
+    if response.continuous:
+        band = CONTINUOUS_RECHECK
+    elif response.risk is Risk.LOW and score == 0 and complete:
+        band = plan  # adapted: a stable 0 follows the care plan
+    else:
+        band = response.min_interval
+    return min(band, plan)
+
+
+def next_obs_due(taken_at: datetime, response: ClinicalResponse, score: int, complete: bool,
+                 obs_per_day: int) -> datetime:
+    return taken_at + observation_interval(response, score, complete, obs_per_day)
+
+
+def first_obs_due(created_at: datetime, obs_per_day: int) -> datetime:
+    """A resident never observed is due one care-plan interval after admission to monitoring."""
+    return created_at + care_plan_interval(obs_per_day)
+
+
+@dataclass(frozen=True)
+class LastObservation:
+    taken_at: datetime
+    score: int
+    risk: str
+    complete: bool
+    missing: tuple[str, ...] = ()
+
+
+OVERDUE_SEVERITY: Mapping[str, Severity] = {
+    "low": Severity.LOW,
+    "low-medium": Severity.MEDIUM,
+    "medium": Severity.MEDIUM,
+    "high": Severity.HIGH,
+}
+
+
+def overdue_finding(resident: ResidentFacts, due: datetime | None, last: LastObservation | None,
+                    now: datetime, grace: timedelta = OVERDUE_GRACE) -> Finding:
+    """obs_overdue: raised once ``now`` passes ``due + grace``; cleared when the next set moves ``due`` on."""
+    kind = AlertKind.OBS_OVERDUE
+    rid, site = resident.resident_id, resident.site_id
+    if due is None:
+        return hold(kind, rid, site, resident_id=rid)
+    if now <= due + grace:
+        return clear_alert(kind, rid, site, f"Next observations due {local_time(due)}.", resident_id=rid)
+    if last is None:
+        reason = f"No observations have been recorded yet; the first set was due by {local_time(due)}."
+        severity = Severity.LOW
+    else:
+        reason = (f"Observations were due by {local_time(due)}. Last set {local_time(last.taken_at)}: NEWS2 "
+                  f"{last.score} ({last.risk})" + ("" if last.complete else ", incomplete") + ".")
+        if not last.complete and last.missing:
+            reason += " Missing from it: " + ", ".join(last.missing) + "."
+        severity = OVERDUE_SEVERITY.get(last.risk, Severity.LOW)
+    action = "Take a full set of observations now (breathing rate, SpO2, blood pressure, pulse, alertness, " \
+             "temperature) and record them."
+    data = {
+        "due": due.isoformat(),
+        "last_taken_at": last.taken_at.isoformat() if last else None,
+        "last_risk": last.risk if last else None,
+        "sbard": sbard(f"{resident.display_name}: observations overdue since {local_time(due)}.",
+                       resident.background(now), [reason], action),
+    }
+    return raise_alert(kind, rid, site, severity, reason, action, resident_id=rid, data=data)

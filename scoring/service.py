@@ -1,0 +1,140 @@
+"""The scorer service: LISTEN for new readings, evaluate within about a second, tick time-based rules.
+
+On start it LISTENs first (so nothing notified during start-up is lost), then batch-rescores everything. Each
+loop waits up to ``poll_s`` for NOTIFY payloads (``{"subjects": [...], "max_received_at": iso}``), evaluates the
+notified subjects together, and every ``tick_s`` runs the fast tick (escalations, overdue observations); every
+``slow_tick_s`` the slow one (households, devices, gateways). The stored-to-alert latency of each alert is
+logged. A lost database connection is re-opened with back-off; an error in one evaluation is logged and the
+loop carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+
+import psycopg
+import structlog
+from carewatch.scoring.clock import Clock, parse_timestamp
+from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, rescore_all, tick
+
+from carewatch.settings import Settings
+
+CHANNEL = "carewatch_readings"
+log = structlog.get_logger("carewatch.scoring.service")
+
+
+def parse_payload(payload: str) -> tuple[list[str], datetime | None]:
+    """Subjects and max_received_at from a NOTIFY payload; ([], None) for anything unreadable."""
+    try:
+        doc = json.loads(payload)
+    except json.JSONDecodeError:
+        return [], None
+    if not isinstance(doc, dict):
+        return [], None
+    subjects = doc.get("subjects")
+    clean = [s for s in subjects if isinstance(s, str) and s] if isinstance(subjects, list) else []
+    stamp = doc.get("max_received_at")
+    return clean, parse_timestamp(stamp) if isinstance(stamp, str) else None
+
+
+def _seed_data_clock(conn: psycopg.Connection, clock: Clock) -> None:
+    """A data clock starts at the newest data already stored (latest_readings is small; readings is not)."""
+    if clock.mode != "data" or clock.has_data:
+        return
+    newest = conn.execute("SELECT max(measured_at) FROM latest_readings").fetchone()[0]
+    clock.observe(newest)
+
+
+def _log_summary(event: str, summary: EvaluationSummary, **extra: object) -> None:
+    if summary.opened or summary.updated or summary.resolved or summary.escalated or summary.errors:
+        log.info(event, **summary.as_log(), **extra)
+    for alert_id, seconds in summary.latency_s.items():
+        log.info("alert_latency", alert_id=alert_id, stored_to_alert_ms=round(seconds * 1000))
+    for subject, error in summary.errors.items():
+        log.error("evaluation_failed", subject=subject, error=error)
+
+
+def run_scorer(
+    settings: Settings,
+    *,
+    stop_event: threading.Event | None = None,
+    clock: Clock | None = None,
+    poll_s: float = 0.25,
+    tick_s: float = 5.0,
+    slow_tick_s: float = 30.0,
+    dsn: str | None = None,
+) -> None:
+    """Run until ``stop_event`` is set. ``clock`` defaults to wall time; the demo passes ``Clock.data()``."""
+    stop = stop_event or threading.Event()
+    clock = clock or Clock.wall()
+    target = dsn or settings.dsn
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            _serve(target, stop, clock, poll_s, tick_s, slow_tick_s)
+            return
+        except psycopg.OperationalError as exc:
+            log.warning("database_unavailable", error=str(exc), retry_in_s=backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+def _serve(dsn: str, stop: threading.Event, clock: Clock, poll_s: float, tick_s: float,
+           slow_tick_s: float) -> None:
+    with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-listen") as listen, \
+            psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer") as work:
+        listen.execute(f"LISTEN {CHANNEL}")
+        _seed_data_clock(work, clock)
+        started = time.monotonic()
+        summary = rescore_all(work, clock.now())
+        log.info("scorer_started", clock=clock.mode, now=clock.now().isoformat(),
+                 rescore_s=round(time.monotonic() - started, 2), **summary.as_log())
+        _log_summary("rescored", summary)
+        next_tick = time.monotonic() + tick_s
+        next_slow = time.monotonic() + slow_tick_s
+        while not stop.is_set():
+            pending: set[str] = set()
+            for note in listen.notifies(timeout=poll_s):
+                subjects, stamp = parse_payload(note.payload)
+                if not subjects and stamp is None:
+                    log.warning("bad_notify_payload", payload=note.payload[:200])
+                pending.update(subjects)
+                clock.observe(stamp)
+            if pending:
+                try:
+                    summary = evaluate_subjects(work, sorted(pending), clock.now())
+                except psycopg.OperationalError:
+                    raise
+                except Exception:
+                    log.exception("evaluate_failed", subjects=len(pending))
+                else:
+                    _log_summary("evaluated", summary, subjects=len(pending))
+            mono = time.monotonic()
+            if mono >= next_tick:
+                slow = mono >= next_slow
+                try:
+                    summary = tick(work, clock.now(), slow=slow)
+                except psycopg.OperationalError:
+                    raise
+                except Exception:
+                    log.exception("tick_failed", slow=slow)
+                else:
+                    _log_summary("ticked", summary, slow=slow)
+                next_tick = mono + tick_s
+                if slow:
+                    next_slow = mono + slow_tick_s
+        log.info("scorer_stopped")
+
+
+def main(settings: Settings) -> None:
+    """``carewatch score``: run until SIGTERM or Ctrl-C; the clock follows ``CAREWATCH_CLOCK``."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    clock = Clock.data() if settings.clock == "data" else Clock.wall()
+    run_scorer(settings, stop_event=stop, clock=clock)

@@ -1,0 +1,130 @@
+"""Personal baselines and sustained deviation, on hand-built 2-D arrays (one row per resident)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from carewatch.scoring import baselines as bl
+
+NOW = 1_800_000_000.0
+H = 3600.0
+D = 86400.0
+
+
+def _history(level: float, n: int = 10) -> tuple[list[float], list[float]]:
+    """n values at ``level``, one a day, from 11 days ago (inside the 14-day window, outside the last 24 h)."""
+    return [level] * n, [NOW - (11 - i) * D for i in range(n)]
+
+
+def _rows(*rows: tuple[list[float], list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    return bl.pad_rows([r[0] for r in rows]), bl.pad_rows([r[1] for r in rows])
+
+
+def test_baseline_ignores_last_24h_and_older_than_14_days() -> None:
+    values = [[96.0, 96.0, 80.0, 50.0]]
+    times = [[NOW - 5 * D, NOW - 3 * D, NOW - 2 * H, NOW - 20 * D]]
+    base = bl.rolling_baselines(values, times, NOW, min_count=2)
+    assert base.count.tolist() == [2]
+    assert base.median.tolist() == [96.0]
+    assert base.trusted.tolist() == [True]
+
+
+def test_baseline_needs_min_count_to_be_trusted() -> None:
+    v7, t7 = _history(95.0, 7)
+    v8, t8 = _history(95.0, 8)
+    values, times = _rows((v7, t7), (v8, t8), ([], []))
+    base = bl.rolling_baselines(values, times, NOW)
+    assert base.trusted.tolist() == [False, True, False]
+    assert np.isnan(base.median[2])
+
+
+def test_mad_is_robust_to_one_outlier() -> None:
+    values = [[95, 96, 95, 96, 95, 96, 95, 70.0]]
+    times = [[NOW - (10 - i) * D for i in range(8)]]
+    base = bl.rolling_baselines(values, times, NOW, min_count=1)
+    assert base.median[0] == pytest.approx(95.0)
+    assert base.mad[0] < 2.0
+
+
+@pytest.mark.parametrize(("drop", "alerts"), [(2.9, False), (3.0, True), (3.1, True)])
+def test_spo2_drop_boundary(drop: float, alerts: bool) -> None:
+    hv, ht = _history(96.0)
+    values, times = _rows((hv + [96.0 - drop] * 2, [*ht, NOW - 3 * H, NOW - 1 * H]))
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="below", delta=bl.SPO2_DROP_POINTS)
+    assert dev.alert.tolist() == [alerts]
+    assert dev.latest_value[0] == pytest.approx(96.0 - drop)
+
+
+def test_one_low_reading_is_not_sustained_and_a_recovery_breaks_the_run() -> None:
+    hv, ht = _history(96.0)
+    one = ([*hv, 92.0], [*ht, NOW - H])
+    recovered = ([*hv, 92.0, 92.0, 96.0], [*ht, NOW - 3 * H, NOW - 2 * H, NOW - H])
+    two = ([*hv, 92.0, 93.0], [*ht, NOW - 3 * H, NOW - H])
+    values, times = _rows(one, recovered, two)
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="below", delta=3.0)
+    assert dev.run_length.tolist() == [1, 0, 2]
+    assert dev.alert.tolist() == [False, False, True]
+    assert dev.run_start[2] == NOW - 3 * H
+
+
+def test_untrusted_baseline_never_alerts() -> None:
+    hv, ht = _history(96.0, 5)
+    values, times = _rows(([*hv, 80.0, 80.0], [*ht, NOW - 2 * H, NOW - H]))
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="below", delta=3.0)
+    assert dev.run_length.tolist() == [2]
+    assert dev.alert.tolist() == [False]
+
+
+@pytest.mark.parametrize(("rise", "alerts"), [(0.9, False), (1.0, True)])
+def test_temperature_rise_boundary(rise: float, alerts: bool) -> None:
+    hv, ht = _history(36.6)
+    values, times = _rows((hv + [36.6 + rise] * 2, [*ht, NOW - 2 * H, NOW - H]))
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="above", delta=bl.TEMPERATURE_RISE_C)
+    assert dev.alert.tolist() == [alerts]
+
+
+def test_unsorted_input_is_sorted_by_time() -> None:
+    hv, ht = _history(96.0)
+    v = [92.0, *hv, 92.0]
+    t = [NOW - H, *ht, NOW - 2 * H]
+    values, times = _rows((v, t))
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="below", delta=3.0)
+    assert dev.alert.tolist() == [True]
+    assert dev.latest_time[0] == NOW - H
+
+
+def test_vectorised_rows_are_independent() -> None:
+    rows = []
+    for level in (90.0, 96.0, 99.0):
+        hv, ht = _history(level)
+        rows.append(([*hv, level - 3, level - 3], [*ht, NOW - 2 * H, NOW - H]))
+    rows.append((_history(96.0)[0] + [95.0, 95.0], _history(96.0)[1] + [NOW - 2 * H, NOW - H]))
+    values, times = _rows(*rows)
+    base = bl.rolling_baselines(values, times, NOW)
+    dev = bl.sustained_deviation(values, times, base, NOW, direction="below", delta=3.0)
+    assert dev.alert.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("latest", "alerts"), [(2.0, False), (3.0, True)])
+def test_news2_rise_boundary(latest: float, alerts: bool) -> None:
+    scores = [[1.0, 3.0, latest]]
+    times = [[NOW - 20 * H, NOW - 10 * H, NOW - H]]
+    rise = bl.news2_rise(scores, times, [[True, True, False]], NOW)
+    assert rise.reference.tolist() == [1.0]
+    assert rise.alert.tolist() == [alerts]
+
+
+def test_news2_rise_ignores_partial_reference_and_old_sets() -> None:
+    scores = [[0.0, 0.0, 4.0], [0.0, 3.0, 4.0]]
+    times = [[NOW - 30 * H, NOW - 5 * H, NOW - H], [NOW - 5 * H, NOW - 3 * H, NOW - H]]
+    complete = [[True, False, True], [False, True, True]]
+    rise = bl.news2_rise(scores, times, complete, NOW)
+    # row 0: the only complete earlier set is 30 h old -> no reference; row 1: reference is the complete 3
+    assert np.isnan(rise.reference[0])
+    assert rise.alert.tolist() == [False, False]
+    assert rise.reference[1] == 3.0

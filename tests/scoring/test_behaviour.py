@@ -1,0 +1,238 @@
+"""Home sensors: episodes, behaviour events and the household welfare rules (all pure)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pytest
+from carewatch.scoring import behaviour as bh
+from carewatch.scoring.behaviour import BehaviourEvent, HouseholdData, RoomTemperature, SensorReading
+from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.rules import LOCAL_TZ
+
+# 2026-01-15 is in GMT, so local time == UTC: times below read naturally.
+DAY = date(2026, 1, 15)
+
+
+def at(day: date, hh: int, mm: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hh, mm, tzinfo=LOCAL_TZ).astimezone(UTC)
+
+
+def household(**kw: object) -> HouseholdData:
+    base: dict = dict(
+        site_id="hh-1", name="Flat 1", events=[], roles=frozenset({"bathroom", "kitchen", "fridge", "front_door"}),
+        has_other_motion=True, last_motion_at=None, last_motion_role=None, first_motion_by_day={},
+        nights_heard=frozenset(), last_heard=None, room_temperatures=[],
+    )
+    base.update(kw)
+    return HouseholdData(**base)
+
+
+def visits(day: date, n: int, hour: int = 2) -> list[BehaviourEvent]:
+    return [BehaviourEvent("bathroom_visit", at(day, hour, 10 * i), at(day, hour, 10 * i + 3)) for i in range(n)]
+
+
+# --- episodes and events -------------------------------------------------------------------------------------
+def test_episodes_merge_close_on_readings_and_end_at_the_next_off() -> None:
+    t = np.array([0, 60, 120, 200, 5000, 5100], dtype=float)
+    on = np.array([True, True, False, False, True, True])
+    assert bh.episodes(t, on, merge_gap=600) == [(0.0, 120.0), (5000.0, 5100.0)]
+    assert bh.episodes(np.array([0.0]), np.array([False]), 600) == []
+
+
+def test_role_of_reads_role_then_room() -> None:
+    assert bh.role_of("fridge_door", "kitchen") == "fridge"
+    assert bh.role_of(None, "Kitchen") == "kitchen"
+    assert bh.role_of("front_door", None) == "front_door"
+    assert bh.role_of(None, "En-suite toilet") == "bathroom"
+    assert bh.role_of("lounge", None) is None
+
+
+def _sr(device: str, role: str | None, metric: str, value: float, when: datetime) -> SensorReading:
+    return SensorReading(device, role, metric, value, when)
+
+
+def test_derive_bathroom_visits_kettle_and_night_activity() -> None:
+    night = DAY
+    readings = [
+        _sr("m-bath", "bathroom", "motion", 1, at(night, 2, 0)),
+        _sr("m-bath", "bathroom", "motion", 1, at(night, 2, 5)),
+        _sr("m-bath", "bathroom", "motion", 0, at(night, 2, 8)),
+        _sr("m-bed", "bedroom", "motion", 1, at(night, 1, 58)),  # walking to the bathroom: part of the trip
+        _sr("m-bed", "bedroom", "motion", 1, at(night, 4, 0)),  # up and about at 04:00: night activity
+        _sr("plug-k", "kettle", "power", 2000, at(night, 8, 0)),
+        _sr("plug-k", "kettle", "power", 0, at(night, 8, 3)),
+    ]
+    events = bh.derive_events(readings, at(night, 12))
+    kinds = sorted(e.kind for e in events)
+    assert kinds == ["bathroom_visit", "kettle_use", "night_activity", "night_activity"]
+    visit = next(e for e in events if e.kind == "bathroom_visit")
+    assert (visit.started_at, visit.ended_at) == (at(night, 2, 0), at(night, 2, 8))
+    trips = sorted((e.started_at, e.detail["bathroom_trip"]) for e in events if e.kind == "night_activity")
+    assert trips == [(at(night, 1, 58), True), (at(night, 4, 0), False)]
+
+
+def test_front_door_direction() -> None:
+    d = DAY
+    leaving = [_sr("m-hall", None, "motion", 1, at(d, 10, 0)),
+               _sr("door", "front_door", "door_open", 1, at(d, 10, 5)),
+               _sr("door", "front_door", "door_open", 0, at(d, 10, 6))]
+    out = bh.derive_events(leaving, at(d, 10, 30))
+    assert [e.detail["direction"] for e in out if e.kind == "front_door"] == ["exit"]
+    pending = bh.derive_events(leaving, at(d, 10, 10))
+    assert [e.detail["direction"] for e in pending if e.kind == "front_door"] == ["pending"]
+    back = [_sr("door", "front_door", "door_open", 1, at(d, 15, 0)),
+            _sr("door", "front_door", "door_open", 0, at(d, 15, 1)),
+            _sr("m-hall", None, "motion", 1, at(d, 15, 3))]
+    assert [e.detail["direction"] for e in bh.derive_events(back, at(d, 16)) if e.kind == "front_door"] == ["return"]
+
+
+# --- night-time bathroom visits ------------------------------------------------------------------------------
+def _bathroom_history(recent: tuple[int, int], usual: int = 1, nights: int = 14) -> HouseholdData:
+    last = DAY
+    events: list[BehaviourEvent] = []
+    heard = set()
+    for i in range(nights + 2):
+        night = last - timedelta(days=i)
+        heard.add(night)
+        count = recent[1 - i] if i < 2 else usual
+        events += visits(night, count)
+    return household(events=events, nights_heard=frozenset(heard))
+
+
+@pytest.mark.parametrize(("recent", "state"), [((3, 3), "raise"), ((3, 2), "clear"), ((2, 3), "clear"),
+                                               ((1, 1), "clear")])
+def test_night_bathroom_needs_two_nights_at_baseline_plus_two(recent: tuple[int, int], state: str) -> None:
+    h = _bathroom_history(recent, usual=1)
+    f = bh.night_bathroom_finding(h, at(DAY, 7))
+    assert f.state == state
+    if state == "raise":
+        assert f.kind is AlertKind.NIGHT_BATHROOM and "usually 1" in f.reason
+
+
+def test_night_bathroom_holds_without_enough_baseline_nights() -> None:
+    h = _bathroom_history((4, 4), nights=6)
+    assert bh.night_bathroom_finding(h, at(DAY, 7)).state == "hold"
+
+
+def test_night_is_not_complete_before_six() -> None:
+    h = _bathroom_history((3, 3))
+    # at 05:00 the last complete night is the previous one, whose "recent" pair is (usual, 3)
+    assert bh.night_bathroom_finding(h, at(DAY, 5)).state == "clear"
+
+
+# --- kitchen, morning, long lie -----------------------------------------------------------------------------
+def test_kitchen_inactivity_counts_waking_hours_only() -> None:
+    last_tea = BehaviourEvent("kettle_use", at(DAY, 21, 0), at(DAY, 21, 5))
+    h = household(events=[last_tea], data_since=at(DAY, 0))
+    nxt = DAY + timedelta(days=1)
+    # 21:05-22:00 = 0.92 h, then 07:00-14:00 = 7 h -> 7.9 h: not yet
+    assert bh.kitchen_inactivity_finding(h, at(nxt, 14, 0)).state == "clear"
+    f = bh.kitchen_inactivity_finding(h, at(nxt, 15, 0))
+    assert f.state == "raise" and f.severity is Severity.MEDIUM
+
+
+def test_kitchen_inactivity_holds_without_any_kitchen_event_on_record() -> None:
+    h = household(data_since=at(DAY - timedelta(days=10), 0))
+    assert bh.kitchen_inactivity_finding(h, at(DAY, 20)).state == "hold"
+
+
+def test_kitchen_inactivity_holds_when_person_is_out() -> None:
+    out = BehaviourEvent("front_door", at(DAY, 9), at(DAY, 9, 1), detail={"direction": "exit"})
+    tea = BehaviourEvent("kettle_use", at(DAY - timedelta(days=1), 8), at(DAY - timedelta(days=1), 8, 5))
+    h = household(events=[tea, out], data_since=at(DAY - timedelta(days=2), 0), last_motion_at=at(DAY, 8, 59))
+    assert bh.kitchen_inactivity_finding(h, at(DAY, 20)).state == "hold"
+
+
+def test_waking_hours_between() -> None:
+    assert bh.waking_hours_between(at(DAY, 6), at(DAY, 8)) == pytest.approx(1.0)
+    assert bh.waking_hours_between(at(DAY, 21), at(DAY + timedelta(days=1), 8)) == pytest.approx(2.0)
+
+
+def _mornings(days: int, hh: int = 7, mm: int = 30) -> dict[date, datetime]:
+    return {DAY - timedelta(days=i): at(DAY - timedelta(days=i), hh, mm) for i in range(1, days + 1)}
+
+
+def test_no_morning_activity_after_usual_wake_plus_grace() -> None:
+    h = household(first_motion_by_day=_mornings(7), last_motion_at=at(DAY - timedelta(days=1), 22))
+    assert bh.no_morning_activity_finding(h, at(DAY, 9, 0)).state == "hold"  # 07:30 + 90 min = 09:00
+    f = bh.no_morning_activity_finding(h, at(DAY, 9, 1))
+    assert f.state == "raise" and "07:30" in f.reason
+    up = replace(h, first_motion_by_day={**h.first_motion_by_day, DAY: at(DAY, 9, 30)})
+    assert bh.no_morning_activity_finding(up, at(DAY, 9, 31)).state == "clear"
+
+
+def test_no_morning_activity_needs_a_baseline() -> None:
+    h = household(first_motion_by_day=_mornings(4))
+    assert bh.no_morning_activity_finding(h, at(DAY, 12)).state == "hold"
+
+
+def test_long_bathroom_stay() -> None:
+    h = household(last_motion_at=at(DAY, 10), last_motion_role="bathroom")
+    assert bh.long_bathroom_stay_finding(h, at(DAY, 10, 44)).state == "hold"
+    f = bh.long_bathroom_stay_finding(h, at(DAY, 10, 45))
+    assert f.state == "raise" and f.severity is Severity.HIGH
+    moved = replace(h, last_motion_role="kitchen")
+    assert bh.long_bathroom_stay_finding(moved, at(DAY, 11)).state == "clear"
+    only_bathroom_sensor = replace(h, has_other_motion=False)
+    assert bh.long_bathroom_stay_finding(only_bathroom_sensor, at(DAY, 12)).state == "hold"
+
+
+# --- rooms, silence, care review -----------------------------------------------------------------------------
+def _temps(values: list[float], room: str = "lounge", end: datetime | None = None) -> list[RoomTemperature]:
+    end = end or at(DAY, 12)
+    return [RoomTemperature(f"t-{room}", room, end - timedelta(minutes=20 * i), v)
+            for i, v in enumerate(reversed(values))]
+
+
+@pytest.mark.parametrize(
+    ("values", "cold", "hot"),
+    [
+        ([17.9, 17.5, 17.0], ("raise", Severity.LOW), "clear"),
+        ([18.0, 17.5, 17.0], ("hold", None), "clear"),  # not every reading below 18: not sustained
+        ([15.9, 15.5, 15.0], ("raise", Severity.MEDIUM), "clear"),
+        ([18.0, 20.0, 26.0], ("clear", None), "clear"),
+        ([26.1, 27.0, 26.5], ("clear", None), "raise"),
+        ([17.0], ("hold", None), "hold"),  # one reading is not an hour
+    ],
+)
+def test_room_temperature(values: list[float], cold: tuple[str, Severity | None], hot: str) -> None:
+    h = household(room_temperatures=_temps(values))
+    cold_f, hot_f = bh.room_temperature_findings(h, at(DAY, 12))
+    assert (cold_f.state, cold_f.severity) == cold
+    assert hot_f.state == hot
+
+
+def test_household_silent() -> None:
+    h = household(last_heard=at(DAY, 9))
+    assert bh.household_silent_finding(h, at(DAY, 12)).state == "clear"
+    assert bh.household_silent_finding(h, at(DAY, 12, 1)).state == "raise"
+    assert bh.household_silent_finding(replace(h, gateway_offline=True), at(DAY, 13)).state == "hold"
+
+
+def _nights(settled: int, unsettled: int) -> HouseholdData:
+    events: list[BehaviourEvent] = []
+    heard = set()
+    for i in range(settled + unsettled):
+        night = DAY - timedelta(days=i)
+        heard.add(night)
+        events += visits(night, 1)
+        events.append(BehaviourEvent("night_activity", at(night, 1), at(night, 1, 5), detail={"bathroom_trip": True}))
+        if i >= settled:
+            events.append(BehaviourEvent("night_activity", at(night, 3), at(night, 3, 30),
+                                         detail={"bathroom_trip": False}))
+    return household(events=events, nights_heard=frozenset(heard))
+
+
+@pytest.mark.parametrize(("settled", "state"), [(5, "raise"), (4, "clear"), (7, "raise")])
+def test_care_review_after_settled_nights(settled: int, state: str) -> None:
+    f = bh.care_review_finding(_nights(settled, 7 - settled), at(DAY, 8))
+    assert f.state == state
+    if state == "raise":
+        assert f.severity is Severity.INFO and f"{settled} of the last 7" in f.reason
+
+
+def test_care_review_needs_data_nights() -> None:
+    assert bh.care_review_finding(household(), at(DAY, 8)).state == "hold"

@@ -1,0 +1,378 @@
+"""The alert engine against real PostgreSQL: readings in, observation sets, state, alerts and events out."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from carewatch.scoring import lifecycle
+from carewatch.scoring.engine import evaluate_subjects, tick
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+_seq = itertools.count(1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rows
+# ------------------------------------------------------------------------------------------------------------
+def add_site(db: psycopg.Connection, site: str, kind: str = "care_home", **kw: Any) -> str:
+    db.execute("INSERT INTO sites (site_id, kind, name, care_package) VALUES (%s, %s, %s, %s)",
+               (site, kind, f"Site {site}", kw.get("care_package")))
+    db.execute("INSERT INTO gateways (gateway_id, site_id, state, last_seen) VALUES (%s, %s, 'online', %s)",
+               (f"gw-{site}", site, kw.get("gw_seen", NOW)))
+    return site
+
+
+def add_resident(db: psycopg.Connection, site: str, rid: str, **kw: Any) -> str:
+    scale2 = kw.get("scale2", False)
+    db.execute(
+        """INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, obs_per_day, monitoring,
+               baseline_confused, scale2, scale2_set_by, scale2_set_at, scale2_reason, created_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (rid, site, kw.get("name", f"Resident {rid}"), date(1938, 4, 2), kw.get("obs_per_day", 2),
+         kw.get("monitoring", "active"), kw.get("baseline_confused", False), scale2,
+         "dr.x" if scale2 else None, NOW if scale2 else None, "COPD, target 88-92%" if scale2 else None,
+         kw.get("created_at", NOW - timedelta(days=30))),
+    )
+    return rid
+
+
+def add_device(db: psycopg.Connection, site: str, device: str, kind: str, *, resident: str | None = None,
+               role: str | None = None, room: str | None = None, last_seen: datetime | None = NOW,
+               battery: float | None = None, bound_at: datetime | None = None) -> str:
+    db.execute(
+        """INSERT INTO devices (device_id, site_id, gateway_id, kind, resident_id, role, room, last_seen,
+               battery_pct, bound_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (device, site, f"gw-{site}", kind, resident, role, room, last_seen, battery,
+         bound_at or NOW - timedelta(days=30)),
+    )
+    return device
+
+
+def add_reading(db: psycopg.Connection, site: str, subject: str, device: str, metric: str, value: float,
+                at: datetime, flags: tuple[str, ...] = ()) -> None:
+    db.execute(
+        """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value,
+               received_at, flags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (at, f"gw-{site}", next(_seq), site, subject, device, metric, value, at, list(flags)),
+    )
+
+
+def add_manual_set(db: psycopg.Connection, site: str, rid: str, at: datetime, *, score: int = 0,
+                   risk: str = "low", complete: bool = True, soft_signs: tuple[str, ...] = (),
+                   consciousness: str | None = "A", **values: float | None) -> int:
+    return db.execute(
+        """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, respiration_rate,
+               spo2, systolic_bp, pulse, consciousness, temperature, soft_signs, score, risk, subscores, complete)
+           VALUES (%s, %s, %s, 'carer1', 'manual', %s, %s, %s, %s, %s, %s, %s, %s, %s, '{}', %s)
+           RETURNING obs_id""",
+        (rid, site, at, values.get("respiration_rate"), values.get("spo2"), values.get("systolic_bp"),
+         values.get("pulse"), consciousness, values.get("temperature"), list(soft_signs), score, risk, complete),
+    ).fetchone()[0]
+
+
+def alerts(db: psycopg.Connection, subject: str, kind: str | None = None) -> list[dict[str, Any]]:
+    cur = db.execute(
+        "SELECT * FROM alerts WHERE subject_id = %s AND (%s::text IS NULL OR kind = %s) ORDER BY alert_id",
+        (subject, kind, kind))
+    names = [c.name for c in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def events(db: psycopg.Connection, alert_id: int) -> list[str]:
+    return [r[0] for r in db.execute("SELECT action FROM alert_events WHERE alert_id = %s ORDER BY event_id",
+                                     (alert_id,))]
+
+
+def oximeter_round(db: psycopg.Connection, site: str, rid: str, at: datetime, spo2: float = 97,
+                   pulse: float = 80, flags: tuple[str, ...] = ()) -> None:
+    add_reading(db, site, rid, f"ox-{rid}", "spo2", spo2, at, flags)
+    add_reading(db, site, rid, f"ox-{rid}", "pulse_rate", pulse, at)
+
+
+@pytest.fixture
+def home(db: psycopg.Connection, uid: str) -> str:
+    return add_site(db, f"home-{uid}")
+
+
+@pytest.fixture
+def resident(db: psycopg.Connection, home: str, uid: str) -> str:
+    rid = add_resident(db, home, f"res-{uid}")
+    add_device(db, home, f"ox-{rid}", "pulse_oximeter", resident=rid)
+    return rid
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rounds, NEWS2 and de-duplication
+# ------------------------------------------------------------------------------------------------------------
+def test_device_round_builds_one_set_and_one_news2_alert_updated_not_repeated(db, home, resident) -> None:
+    t = NOW - timedelta(minutes=20)
+    oximeter_round(db, home, resident, t, spo2=91, pulse=80)  # SpO2 91 on Scale 1 scores 3: low-medium
+    summary = evaluate_subjects(db, [resident], NOW)
+    assert summary.residents == 1 and summary.observation_sets_written == 1
+    sets = db.execute("SELECT source, round_key, spo2, complete, missing, score, risk FROM observation_sets "
+                      "WHERE resident_id = %s", (resident,)).fetchall()
+    assert len(sets) == 1
+    source, round_key, spo2, complete, missing, score, risk = sets[0]
+    assert (source, spo2, complete, score, risk) == ("device", 91, False, 3, "low-medium")
+    assert round_key.startswith("dev:") and {"respiration_rate", "consciousness", "temperature"} <= set(missing)
+    [alert] = alerts(db, resident, "news2")
+    assert alert["severity"] == "medium" and alert["status"] == "open"
+    assert "NEWS2 3" in alert["reason"] and "INCOMPLETE" in alert["reason"]
+    assert "breathing rate" in alert["reason"]
+    assert alert["data"]["sbard"]["background"] and alert["action"]
+    assert events(db, alert["alert_id"]) == ["opened"]
+
+    # the same evaluation again changes nothing
+    again = evaluate_subjects(db, [resident], NOW)
+    assert again.observation_sets_written == 0 and not again.opened and not again.updated
+
+    # the thermometer joins the round: same set, same alert, updated (38.5 scores 1 -> total 4)
+    add_reading(db, home, resident, f"ox-{resident}", "temperature", 39.2, t + timedelta(minutes=5))
+    later = evaluate_subjects(db, [resident], NOW + timedelta(minutes=1))
+    assert later.observation_sets_written == 1
+    assert db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s",
+                      (resident,)).fetchone()[0] == 1
+    [alert] = alerts(db, resident, "news2")
+    assert alert["score"] == 5 and "NEWS2 5" in alert["reason"]
+    assert events(db, alert["alert_id"]) == ["opened", "updated"]
+
+
+def test_untrusted_reading_is_not_scored_and_is_named_in_the_evidence(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=5), spo2=84, flags=("questionable",))
+    evaluate_subjects(db, [resident], NOW)
+    spo2, inputs, missing = db.execute(
+        "SELECT spo2, inputs, missing FROM observation_sets WHERE resident_id = %s", (resident,)).fetchone()
+    assert spo2 is None and "spo2" in missing
+    assert any("questionable" in note for note in inputs["set_aside"])
+    assert alerts(db, resident, "news2") == []  # pulse 80 alone scores 0: nothing to raise, nothing reassuring
+
+
+def test_staff_set_completes_the_round_and_low_complete_score_resolves(db, home, resident) -> None:
+    t = NOW - timedelta(minutes=30)
+    oximeter_round(db, home, resident, t, spo2=91)
+    evaluate_subjects(db, [resident], t + timedelta(minutes=1))
+    [alert] = alerts(db, resident, "news2")
+    # an hour later: a complete, normal set typed by staff with device readings
+    t2 = NOW
+    add_manual_set(db, home, resident, t2, respiration_rate=16, systolic_bp=128, temperature=36.9, consciousness="A")
+    oximeter_round(db, home, resident, t2 + timedelta(minutes=2), spo2=96, pulse=72)
+    evaluate_subjects(db, [resident], t2 + timedelta(minutes=5))
+    row = db.execute("SELECT source, complete, score FROM observation_sets WHERE resident_id = %s "
+                     "ORDER BY taken_at DESC LIMIT 1", (resident,)).fetchone()
+    assert row == ("mixed", True, 0)
+    [resolved] = alerts(db, resident, "news2")
+    assert resolved["alert_id"] == alert["alert_id"] and resolved["status"] == "resolved"
+    assert resolved["resolved_by"] == "scorer" and events(db, alert["alert_id"])[-1] == "auto_resolved"
+    state = db.execute("SELECT news2_score, news2_complete, next_obs_due FROM resident_state WHERE resident_id = %s",
+                       (resident,)).fetchone()
+    assert state[0] == 0 and state[1] is True
+    assert state[2] == t2 + timedelta(minutes=2) + timedelta(hours=12)
+
+
+def test_partial_low_set_does_not_resolve_or_downgrade(db, home, resident) -> None:
+    add_manual_set(db, home, resident, NOW - timedelta(hours=2), score=8, risk="high", respiration_rate=26,
+                   spo2=90, systolic_bp=120, pulse=120, temperature=37, consciousness="A")
+    evaluate_subjects(db, [resident], NOW - timedelta(hours=2))
+    [alert] = alerts(db, resident, "news2")
+    assert alert["severity"] == "high"
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=97, pulse=75)  # partial, scores 0
+    evaluate_subjects(db, [resident], NOW)
+    [still] = alerts(db, resident, "news2")
+    assert still["status"] != "resolved" and still["severity"] == "high"
+
+
+def test_soft_signs_raise_with_low_news2(db, home, resident) -> None:
+    add_manual_set(db, home, resident, NOW - timedelta(minutes=10), soft_signs=("not_eating_drinking",),
+                   respiration_rate=16, spo2=97, systolic_bp=125, pulse=70, temperature=36.8)
+    evaluate_subjects(db, [resident], NOW)
+    assert alerts(db, resident, "news2") == []
+    [alert] = alerts(db, resident, "soft_signs")
+    assert alert["severity"] == "medium" and "not eating or drinking" in alert["reason"]
+
+
+def test_spo2_below_personal_baseline(db, home, resident) -> None:
+    for day in range(2, 12):
+        add_manual_set(db, home, resident, NOW - timedelta(days=day), spo2=95, respiration_rate=16,
+                       systolic_bp=125, pulse=70, temperature=36.8)
+    oximeter_round(db, home, resident, NOW - timedelta(hours=5), spo2=93)
+    evaluate_subjects(db, [resident], NOW - timedelta(hours=5))
+    assert alerts(db, resident, "spo2_below_baseline") == []  # 2 below: not enough
+    oximeter_round(db, home, resident, NOW - timedelta(hours=3), spo2=92)
+    evaluate_subjects(db, [resident], NOW - timedelta(hours=3))
+    assert alerts(db, resident, "spo2_below_baseline") == []  # 92 is 3 below, but only one reading
+    oximeter_round(db, home, resident, NOW - timedelta(hours=1), spo2=92)
+    evaluate_subjects(db, [resident], NOW)
+    [alert] = alerts(db, resident, "spo2_below_baseline")
+    assert "usual 95%" in alert["reason"] and alert["data"]["baseline_count"] == 10
+
+
+def test_monitoring_paused_gets_no_alerts_and_closes_open_ones(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=5), spo2=88)
+    evaluate_subjects(db, [resident], NOW)
+    assert alerts(db, resident, "news2")[0]["status"] == "open"
+    db.execute("UPDATE residents SET monitoring = 'paused' WHERE resident_id = %s", (resident,))
+    oximeter_round(db, home, resident, NOW + timedelta(minutes=40), spo2=85)
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=41))
+    assert {a["status"] for a in alerts(db, resident)} == {"resolved"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Suppression, escalation, overdue
+# ------------------------------------------------------------------------------------------------------------
+def test_snooze_suppresses_new_alerts_but_never_a_high_one(db, home, resident) -> None:
+    lifecycle.snooze(db, resident, "news2", "nurse1", "GP aware, reviewing tomorrow", NOW + timedelta(hours=4),
+                     at=NOW)
+    oximeter_round(db, home, resident, NOW + timedelta(minutes=1), spo2=91)
+    summary = evaluate_subjects(db, [resident], NOW + timedelta(minutes=2))
+    assert summary.suppressed >= 1 and alerts(db, resident, "news2") == []
+    add_manual_set(db, home, resident, NOW + timedelta(minutes=3), score=9, risk="high", respiration_rate=26,
+                   spo2=88, systolic_bp=95, pulse=125, temperature=39.5, consciousness="V")
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=4))
+    [alert] = alerts(db, resident, "news2")
+    assert alert["severity"] == "high"
+
+
+def test_unacknowledged_alert_escalates_on_time(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
+    evaluate_subjects(db, [resident], NOW)
+    [alert] = alerts(db, resident, "news2")
+    assert alert["ack_due_at"] == NOW + timedelta(minutes=60)  # medium: 60 minutes
+    tick(db, NOW + timedelta(minutes=59), slow=False)
+    assert alerts(db, resident, "news2")[0]["escalation_level"] == 0
+    tick(db, NOW + timedelta(minutes=60), slow=False)
+    escalated = alerts(db, resident, "news2")[0]
+    assert escalated["status"] == "escalated" and escalated["escalation_level"] == 1
+    assert events(db, alert["alert_id"])[-1] == "escalated"
+    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=70))
+    tick(db, NOW + timedelta(hours=5), slow=False)
+    assert alerts(db, resident, "news2")[0]["escalation_level"] == 1
+
+
+def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
+    evaluate_subjects(db, [resident], NOW)
+    [alert] = alerts(db, resident, "news2")
+    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=1))
+    add_manual_set(db, home, resident, NOW + timedelta(minutes=40), score=9, risk="high", respiration_rate=26,
+                   spo2=88, systolic_bp=95, pulse=125, temperature=39.5, consciousness="V")
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=41))
+    [worse] = alerts(db, resident, "news2")
+    assert worse["severity"] == "high" and worse["status"] == "open" and worse["acknowledged_at"] is None
+    assert worse["ack_due_at"] == NOW + timedelta(minutes=41 + 15)
+
+
+def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
+    add_manual_set(db, home, resident, NOW - timedelta(hours=13), respiration_rate=16, spo2=97, systolic_bp=125,
+                   pulse=70, temperature=36.8)
+    evaluate_subjects(db, [resident], NOW - timedelta(hours=13))
+    due = db.execute("SELECT next_obs_due FROM resident_state WHERE resident_id = %s", (resident,)).fetchone()[0]
+    assert due == NOW - timedelta(hours=1)
+    tick(db, NOW, slow=False)
+    [alert] = alerts(db, resident, "obs_overdue")
+    assert alert["severity"] == "low" and alert["status"] == "open"
+    add_manual_set(db, home, resident, NOW + timedelta(minutes=5), respiration_rate=16, spo2=97, systolic_bp=125,
+                   pulse=70, temperature=36.8)
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=6))
+    assert alerts(db, resident, "obs_overdue")[0]["status"] == "resolved"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Households, devices, gateways
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def flat(db: psycopg.Connection, uid: str) -> str:
+    site = add_site(db, f"hh-{uid}", "household", care_package="waking-night care")
+    add_resident(db, site, f"p-{uid}")
+    for device, kind, role in (("bath", "motion_sensor", "bathroom"), ("hall", "motion_sensor", "hallway"),
+                               ("fridge", "door_sensor", "fridge_door"), ("clim", "climate_sensor", None)):
+        add_device(db, site, f"{device}-{uid}", kind, role=role, room="lounge" if device == "clim" else None)
+    return site
+
+
+def test_long_bathroom_stay_raises_on_tick_and_clears_on_movement(db, flat, uid) -> None:
+    t = NOW - timedelta(hours=1)
+    add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, t)
+    add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, t + timedelta(minutes=2))
+    summary = evaluate_subjects(db, [flat], t + timedelta(minutes=3))
+    assert summary.households == 1 and summary.behaviour_events_written >= 1
+    kinds = {r[0] for r in db.execute("SELECT kind FROM behaviour_events WHERE site_id = %s", (flat,))}
+    assert "bathroom_visit" in kinds
+    tick(db, t + timedelta(minutes=46), slow=True)  # 44 minutes since the bathroom motion
+    assert alerts(db, flat, "long_bathroom_stay") == []
+    tick(db, t + timedelta(minutes=47), slow=True)
+    [alert] = alerts(db, flat, "long_bathroom_stay")
+    assert alert["severity"] == "high" and alert["ack_due_at"] == t + timedelta(minutes=47 + 15)
+    add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, t + timedelta(minutes=50))
+    evaluate_subjects(db, [flat], t + timedelta(minutes=51))
+    assert alerts(db, flat, "long_bathroom_stay")[0]["status"] == "resolved"
+
+
+def test_cold_room_sustained_then_back_in_range(db, flat, uid) -> None:
+    for i, temp in enumerate((17.5, 17.2, 17.0, 16.8)):
+        add_reading(db, flat, flat, f"clim-{uid}", "room_temperature", temp, NOW - timedelta(minutes=45 - 15 * i))
+    evaluate_subjects(db, [flat], NOW)
+    [alert] = alerts(db, flat, "room_cold")
+    assert alert["severity"] == "low" and "lounge" in alert["reason"]
+    for i in range(4):
+        add_reading(db, flat, flat, f"clim-{uid}", "room_temperature", 19.5, NOW + timedelta(minutes=15 * (i + 1)))
+    evaluate_subjects(db, [flat], NOW + timedelta(minutes=61))
+    assert alerts(db, flat, "room_cold")[0]["status"] == "resolved"
+
+
+def test_device_silent_battery_low_and_heard_again(db, home, uid) -> None:
+    add_device(db, home, f"plug-{uid}", "plug", last_seen=NOW - timedelta(hours=2), battery=15)
+    tick(db, NOW, slow=True)
+    assert alerts(db, f"plug-{uid}", "device_silent")[0]["status"] == "open"
+    assert alerts(db, f"plug-{uid}", "battery_low")[0]["severity"] == "low"
+    db.execute("UPDATE devices SET last_seen = %s, battery_pct = 100 WHERE device_id = %s", (NOW, f"plug-{uid}"))
+    tick(db, NOW + timedelta(minutes=1), slow=True)
+    assert {a["status"] for a in alerts(db, f"plug-{uid}")} == {"resolved"}
+
+
+def test_gateway_offline(db, home) -> None:
+    db.execute("UPDATE gateways SET last_seen = %s WHERE site_id = %s", (NOW - timedelta(minutes=11), home))
+    tick(db, NOW, slow=True)
+    [alert] = alerts(db, f"gw-{home}", "gateway_offline")
+    assert alert["severity"] == "medium"
+    db.execute("UPDATE gateways SET last_seen = %s WHERE site_id = %s", (NOW, home))
+    tick(db, NOW + timedelta(seconds=5), slow=True)
+    assert alerts(db, f"gw-{home}", "gateway_offline")[0]["status"] == "resolved"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Concurrency and latency
+# ------------------------------------------------------------------------------------------------------------
+def test_two_callers_do_not_race(db, database, home, resident) -> None:
+    oximeter_round(db, home, resident, datetime.now(UTC) - timedelta(seconds=5), spo2=88)
+    db.commit()
+    errors: list[BaseException] = []
+    summaries = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(database, autocommit=True) as conn:
+                summaries.append(evaluate_subjects(conn, [resident], datetime.now(UTC)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert errors == []
+    assert len(alerts(db, resident, "news2")) == 1
+    assert db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s", (resident,)).fetchone()[0] == 1
+    opened = [s for s in summaries if s.opened]
+    assert len(opened) >= 1 and any(s.latency_s for s in opened)
+    assert all(0 <= v < 60 for s in opened for v in s.latency_s.values())
+
+
+def test_unknown_subjects_are_reported(db) -> None:
+    summary = evaluate_subjects(db, ["nobody-here"], NOW)
+    assert summary.unknown_subjects == ["nobody-here"] and summary.residents == 0

@@ -1,0 +1,88 @@
+"""The scorer service end to end: run_scorer in a thread, store readings + NOTIFY, see the alert appear."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+import pytest
+from carewatch.scoring.clock import Clock
+from carewatch.scoring.service import parse_payload, run_scorer
+
+from carewatch.settings import Settings
+
+
+def test_parse_payload() -> None:
+    subjects, stamp = parse_payload('{"subjects": ["a", "", 3, "b"], "max_received_at": "2026-01-01T10:00:00Z"}')
+    assert subjects == ["a", "b"] and stamp == datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert parse_payload("not json") == ([], None)
+    assert parse_payload('["a"]') == ([], None)
+
+
+def test_data_clock_is_monotonic_and_wall_clock_ignores_data() -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    clock = Clock.data(t)
+    clock.observe(t - timedelta(hours=1))
+    assert clock.now() == t
+    clock.observe(t + timedelta(minutes=5))
+    assert clock.now() == t + timedelta(minutes=5)
+    wall = Clock.wall()
+    wall.observe(t)
+    assert abs(wall.now() - datetime.now(UTC)) < timedelta(seconds=5)
+    with pytest.raises(ValueError, match="timezone"):
+        clock.observe(datetime(2026, 1, 1))
+
+
+def _wait_for(predicate, timeout: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.parametrize("mode", ["wall", "data"])
+def test_alert_appears_within_seconds_of_notify(database: str, uid: str, mode: str) -> None:
+    site, rid = f"svc-{uid}", f"svc-res-{uid}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', 'Service test')", (site,))
+        conn.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
+                     "VALUES (%s, %s, 'Mr S', %s)", (rid, site, date(1940, 1, 1)))
+    stop = threading.Event()
+    clock = Clock.wall() if mode == "wall" else Clock.data()
+    thread = threading.Thread(target=run_scorer, args=(Settings(database_url=database),),
+                              kwargs={"stop_event": stop, "clock": clock, "tick_s": 1.0}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # let it LISTEN and rescore
+        now = datetime.now(UTC) - (timedelta(0) if mode == "wall" else timedelta(days=3))
+        with psycopg.connect(database, autocommit=True) as conn, conn.transaction():
+            for seq, (metric, value) in enumerate((("spo2", 90.0), ("pulse_rate", 135.0)), start=1):
+                conn.execute(
+                    "INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, "
+                    "value, received_at) VALUES (%s, %s, %s, %s, %s, 'ox', %s, %s, %s)",
+                    (now, f"gw-{uid}", seq, site, rid, metric, value, now))
+            payload = json.dumps({"subjects": [rid], "max_received_at": now.isoformat()})
+            conn.execute("SELECT pg_notify('carewatch_readings', %s)", (payload,))
+
+        def alert_exists() -> bool:
+            with psycopg.connect(database) as conn:
+                row = conn.execute("SELECT severity, opened_at FROM alerts WHERE subject_id = %s AND kind = 'news2'",
+                                   (rid,)).fetchone()
+            return row is not None and row[0] == "medium"
+
+        waited = _wait_for(alert_exists, 10.0)
+        assert waited is not None, "no news2 alert within 10 s of NOTIFY"
+        assert waited < 5.0
+        if mode == "data":  # simulated time: the alert is stamped with the data's time, not the wall clock
+            with psycopg.connect(database) as conn:
+                opened = conn.execute("SELECT opened_at FROM alerts WHERE subject_id = %s", (rid,)).fetchone()[0]
+            assert opened == now
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
