@@ -1,0 +1,195 @@
+"""Durable outbox: sequence numbers, acknowledged deletes, crash durability and the disk budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from carewatch.gateway.outbox import ALARM_PCT, Outbox
+from carewatch.gateway.pipeline import DeadLetter, ReadingDraft
+
+from carewatch.wire import METRICS, DeviceKind, GatewayEvent, Metric
+
+AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def draft(
+    metric: Metric = Metric.SPO2, value: float = 97, *, urgent: bool = False, i: int = 0
+) -> ReadingDraft:
+    kind = DeviceKind.PULSE_OXIMETER if METRICS[metric].vital else DeviceKind.MOTION_SENSOR
+    at = AT + timedelta(seconds=i)
+    return ReadingDraft("dev-1", kind, metric, value, METRICS[metric].unit, at, at, urgent=urgent)
+
+
+def open_outbox(path: Path, **kw: object) -> Outbox:
+    return Outbox(path, site_id="site-a", gateway_id="gw-a", **kw)  # type: ignore[arg-type]
+
+
+def test_sequence_numbers_survive_deletes_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with open_outbox(path) as outbox:
+        stored = outbox.append([draft(i=i) for i in range(5)])
+        assert [r.seq for r in stored] == [1, 2, 3, 4, 5]
+        assert outbox.delete(r.seq for r in stored) == 5
+        assert outbox.depth() == 0
+    with open_outbox(path) as outbox:
+        assert [r.seq for r in outbox.append([draft()])] == [6], "a sequence number is never reused"
+        assert outbox.last_seq() == 6
+        sync = outbox._db.execute("PRAGMA synchronous").fetchone()[0]
+        mode = outbox._db.execute("PRAGMA journal_mode").fetchone()[0]
+        assert (sync, mode) == (2, "wal"), "documented durability: WAL + synchronous=FULL"
+
+
+def test_peek_in_order_and_delete_only_what_was_acked(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as outbox:
+        stored = outbox.append([draft(value=90 + i, i=i) for i in range(10)])
+        assert outbox.peek(3) == stored[:3]
+        assert [r.seq for r in outbox.peek(3, after_seq=3)] == [4, 5, 6]
+        outbox.delete([2, 3, 7])  # acks may settle out of order
+        assert [r.seq for r in outbox.peek(100)] == [1, 4, 5, 6, 8, 9, 10]
+        assert outbox.oldest_unsent() == AT
+        outbox.delete([1])
+        assert outbox.oldest_unsent() == AT + timedelta(seconds=3)
+        assert outbox.depth() == 6
+        rows = outbox.peek_rows(2)
+        assert [json.loads(r.payload)["seq"] for r in rows] == [4, 5]
+
+
+def test_urgent_flag_is_kept(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as outbox:
+        outbox.append([draft(), draft(value=85, urgent=True)])
+        assert [r.urgent for r in outbox.peek_rows(5)] == [False, True]
+        assert outbox.has_urgent() and not outbox.has_urgent(after_seq=2)
+
+
+def test_dead_letters_and_events_are_stored_with_the_readings(tmp_path: Path) -> None:
+    letter = DeadLetter("A4:C1:38:00:00:09", "2a5e", "00", "unknown device", AT, None, {"x": 1})
+    event = GatewayEvent(
+        site_id="site-a", gateway_id="gw-a", at=AT, kind="dead_letter", message="unknown device", raw_hex="00"
+    )
+    with open_outbox(tmp_path / "o.sqlite") as outbox:
+        outbox.append([draft()], dead_letters=[letter], events=[event])
+        [kept] = outbox.dead_letters()
+        assert kept["reason"] == "unknown device" and kept["raw_hex"] == "00" and kept["detail"] == {"x": 1}
+        [row] = outbox.peek_events(10)
+        assert GatewayEvent.model_validate_json(row.payload) == event
+        outbox.delete_events([row.id])
+        assert outbox.events_depth() == 0
+        assert outbox.counters()["dead_letters"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Durability: kill -9 right after append returns
+# ------------------------------------------------------------------------------------------------------------
+CHILD = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime
+    from carewatch.gateway.outbox import Outbox
+    from carewatch.gateway.pipeline import ReadingDraft
+    from carewatch.wire import DeviceKind, Metric
+    outbox = Outbox(sys.argv[1], site_id="s", gateway_id="g")
+    now = datetime.now(UTC)
+    while True:
+        draft = ReadingDraft("d", DeviceKind.THERMOMETER, Metric.TEMPERATURE, 37.0, "Cel", now, now)
+        stored = outbox.append([draft] * 10)
+        print(stored[-1].seq, flush=True)
+""")
+
+
+def test_what_append_returned_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    confirmed = 0
+    for line in child.stdout:
+        confirmed = int(line)
+        if confirmed >= 2000:
+            break
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    with open_outbox(path) as outbox:
+        assert outbox.last_seq() >= confirmed
+        assert outbox.depth() == outbox.last_seq(), "every committed reading is there, none half-written"
+        assert [r.seq for r in outbox.peek(3)] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Disk budget
+# ------------------------------------------------------------------------------------------------------------
+BUDGET = 256 * 1024
+
+
+def fill(outbox: Outbox, metric: Metric, value: float, rounds: int, per: int = 100) -> None:
+    for r in range(rounds):
+        outbox.append([draft(metric, value, i=r * per + i) for i in range(per)])
+
+
+def alarms(outbox: Outbox) -> list[dict]:
+    return [json.loads(e.payload) for e in outbox.peek_events(1000)]
+
+
+def test_budget_alarm_at_80_percent_once(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
+        while outbox.budget_pct() < ALARM_PCT:
+            fill(outbox, Metric.MOTION, 1, 1)
+            assert not alarms(outbox) or outbox.budget_pct() >= ALARM_PCT
+        fill(outbox, Metric.MOTION, 1, 1)
+        raised = [a for a in alarms(outbox) if a["kind"] == "outbox_alarm"]
+        assert len(raised) == 1 and raised[0]["detail"]["level"] == "warning"
+
+
+def test_full_budget_evicts_oldest_home_readings_first(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
+        vitals = outbox.append([draft(Metric.SPO2, 95, i=i) for i in range(50)])
+        fill(outbox, Metric.MOTION, 1, 20)  # 2000 home readings: well past the budget
+        counters = outbox.counters()
+        assert counters["evicted_home"] > 0 and counters["evicted_vital"] == 0
+        assert outbox.size_bytes() <= BUDGET * 1.05
+        kept = {r.seq for r in outbox.peek(100_000)}
+        assert {v.seq for v in vitals} <= kept, "vital signs are never the first to go"
+        assert max(kept) == outbox.last_seq(), "the newest home readings are kept"
+        assert counters["accepted"] - counters["evicted_home"] == outbox.depth()
+        messages = [a for a in alarms(outbox) if "dropped" in a["message"]]
+        assert messages and messages[0]["detail"]["level"] == "error"
+        assert messages[0]["detail"]["totals"]["evicted_home"] > 0
+
+
+def test_only_vitals_left_refuses_home_then_evicts_oldest_vitals(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
+        fill(outbox, Metric.SPO2, 96, 12)  # vitals alone past the budget: accepted into the reserve
+        assert outbox.counters()["evicted_vital"] == 0
+        before = outbox.depth()
+        assert outbox.size_bytes() >= BUDGET
+        refused = outbox.append([draft(Metric.MOTION, 1)])
+        assert refused == [] and outbox.counters()["refused_home"] == 1 and outbox.depth() == before
+        fill(outbox, Metric.SPO2, 96, 20)  # past the reserve: the oldest vitals go, counted, critical alarm
+        counters = outbox.counters()
+        assert counters["evicted_vital"] > 0
+        assert outbox.size_bytes() <= BUDGET * 1.3
+        assert outbox.peek(1)[0].seq > 1 and outbox.last_seq() == counters["accepted"]
+        levels = {a["detail"].get("level") for a in alarms(outbox)}
+        assert "critical" in levels
+
+
+def test_refused_home_reading_is_counted(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
+        while outbox.size_bytes() < BUDGET:
+            fill(outbox, Metric.SPO2, 96, 1)
+        assert outbox.append([draft(Metric.MOTION, 1), draft(Metric.SPO2, 94)]) != []
+        counters = outbox.counters()
+        assert counters["refused_home"] == 1
+        assert json.loads(outbox.peek_rows(1, after_seq=outbox.last_seq() - 1)[0].payload)["metric"] == "spo2"
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_append_returns_one_reading_per_draft(tmp_path: Path, n: int) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as outbox:
+        assert len(outbox.append([draft(i=i) for i in range(n)])) == n
+        assert outbox.depth() == n

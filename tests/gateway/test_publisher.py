@@ -1,0 +1,164 @@
+"""Publisher against a real broker: ordered QoS 1 batches, delete after PUBACK, window, urgency, status."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from carewatch.gateway.outbox import Outbox
+from carewatch.gateway.pipeline import ReadingDraft
+from carewatch.gateway.publisher import Publisher, encode_rows
+
+from carewatch.settings import MqttTarget
+from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, decode_batch, encode_batch
+
+AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def drafts(n: int, *, value: float = 97, urgent: bool = False) -> list[ReadingDraft]:
+    return [
+        ReadingDraft(
+            "ox-1",
+            DeviceKind.PULSE_OXIMETER,
+            Metric.SPO2,
+            value,
+            "%",
+            AT + timedelta(seconds=i),
+            AT + timedelta(seconds=i),
+            (QualityFlag.CLOCK_NOT_SET,) if i % 2 else (),
+            urgent,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def outbox(scratch_dir: Path, uid: str) -> Iterator[Outbox]:
+    with Outbox(scratch_dir / f"pub-{uid}.sqlite", site_id=f"site-{uid}", gateway_id=f"gw-{uid}") as box:
+        yield box
+
+
+def make_publisher(outbox: Outbox, url: str, **kw: Any) -> Publisher:
+    kw.setdefault("batch_ms", 20)
+    return Publisher(outbox, MqttTarget(url), site_id=outbox.site_id, gateway_id=outbox.gateway_id, **kw)
+
+
+def test_encode_rows_is_byte_identical_to_encode_batch(outbox: Outbox) -> None:
+    stored = outbox.append(
+        [
+            *drafts(7),
+            ReadingDraft(
+                "th-1",
+                DeviceKind.THERMOMETER,
+                Metric.TEMPERATURE,
+                37.25,
+                METRICS[Metric.TEMPERATURE].unit,
+                AT,
+                AT,
+            ),
+        ]
+    )
+    sent_at = datetime(2025, 3, 1, 12, 5, tzinfo=UTC)
+    fast = encode_rows(outbox.site_id, outbox.gateway_id, outbox.peek_rows(100), sent_at)
+    assert fast == encode_batch(outbox.site_id, outbox.gateway_id, stored, sent_at)
+    assert decode_batch(fast).good == stored
+
+
+def test_drains_in_order_and_deletes_only_after_puback(
+    outbox: Outbox, mqtt_url: str, uid: str, collector_factory: Any
+) -> None:
+    collector = collector_factory(mqtt_url, outbox.site_id, outbox.gateway_id, f"sub-{uid}")
+    outbox.append(drafts(1234))
+    publisher = make_publisher(outbox, mqtt_url, batch_size=100, inflight=3)
+    in_flight_at_publish: list[int] = []
+    original = publisher.client.publish
+
+    def spy(topic: str, payload: Any = None, qos: int = 0, retain: bool = False, **kw: Any) -> Any:
+        if topic.endswith("/readings"):
+            in_flight_at_publish.append(publisher._readings_in_flight())
+        assert topic.startswith(f"carewatch/v1/{outbox.site_id}/{outbox.gateway_id}/"), "only our own topics"
+        return original(topic, payload, qos, retain, **kw)
+
+    publisher.client.publish = spy  # type: ignore[method-assign]
+    publisher.start()
+    try:
+        collector.wait_for(lambda: collector.unique() == 1234, 30, "all readings")
+        assert publisher.wait_drained(10)
+    finally:
+        assert publisher.stop()
+    collector.assert_exactly_once_in_order(1234)
+    assert all(len(b["readings"]) <= 100 for b in collector.batches)
+    assert max(in_flight_at_publish) < 3, "never more than `inflight` batches unacknowledged"
+    assert outbox.depth() == 0
+    assert publisher.counters.readings_acked == 1234
+    for batch in collector.batches:
+        assert decode_batch(json.dumps(batch)).rejected == []
+
+
+def test_nothing_is_deleted_without_a_broker(outbox: Outbox, scratch_dir: Path) -> None:
+    from carewatch.embedded import free_port
+
+    outbox.append(drafts(50))
+    publisher = make_publisher(outbox, f"mqtt://127.0.0.1:{free_port()}")
+    publisher.start()
+    time.sleep(1.0)
+    assert not publisher.connected
+    assert not publisher.stop(flush_timeout=0.5)
+    assert outbox.depth() == 50
+
+
+def test_urgent_reading_skips_the_batch_delay(
+    outbox: Outbox, mqtt_url: str, uid: str, collector_factory: Any
+) -> None:
+    collector = collector_factory(mqtt_url, outbox.site_id, outbox.gateway_id, f"sub-{uid}")
+    publisher = make_publisher(outbox, mqtt_url, batch_size=200, batch_ms=60_000)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        outbox.append(drafts(3))
+        publisher.notify()
+        time.sleep(1.0)
+        assert collector.unique() == 0, "a part batch waits for batch_ms"
+        outbox.append(drafts(1, value=85, urgent=True))
+        publisher.notify(urgent=True)
+        collector.wait_for(lambda: collector.unique() == 4, 5, "the urgent flush")
+    finally:
+        publisher.stop()
+    collector.assert_exactly_once_in_order(4)
+
+
+def test_status_is_retained_and_will_says_offline(
+    outbox: Outbox, mqtt_url: str, uid: str, collector_factory: Any
+) -> None:
+    outbox.append(drafts(5))
+    publisher = make_publisher(outbox, mqtt_url, keepalive=5, batch_ms=60_000)
+    publisher.start()
+    assert publisher.wait_connected(10)
+    deadline = time.monotonic() + 5
+    while publisher.counters.status_sent == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # a late subscriber still sees the retained status
+    late = collector_factory(mqtt_url, outbox.site_id, outbox.gateway_id, f"late-{uid}")
+    late.wait_for(lambda: bool(late.statuses), 5, "retained status")
+    retained, status = late.statuses[0]
+    assert retained and status["state"] == "online" and status["gateway_id"] == outbox.gateway_id
+    # die without a DISCONNECT: the broker publishes the last will
+    publisher._stopping.set()
+    publisher.client.loop_stop()
+    publisher.client.socket().close()  # type: ignore[union-attr]
+    late.wait_for(lambda: any(s["state"] == "offline" for _, s in late.statuses), 10, "last will")
+    assert outbox.depth() == 5, "unsent readings stay in the outbox"
+
+
+def test_credentials_and_tls_come_from_the_url(outbox: Outbox) -> None:
+    publisher = make_publisher(outbox, "mqtts://gw-1:s3cr%40t@broker.example:8884")
+    assert publisher.client._username == b"gw-1" and publisher.client._password == b"s3cr@t"
+    assert publisher.client._ssl_context is not None
+    assert publisher.client._client_id == outbox.gateway_id.encode() and not publisher.client._clean_session
+    plain = make_publisher(outbox, "mqtt://broker.example")
+    assert plain.client._ssl_context is None and plain.client._username is None
