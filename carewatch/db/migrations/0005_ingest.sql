@@ -3,12 +3,12 @@
 -- A short machine class for each dead letter ('unknown_device', 'invalid_reading', ...) so device management
 -- can count problems per gateway/device without parsing the human-readable reason.
 ALTER TABLE dead_letters ADD COLUMN reason_class text;
--- Hash of (stage, topic, reason, raw): a message re-delivered after a crash between commit and acknowledgement
--- is dead-lettered once, not twice (ON CONFLICT (fingerprint) DO NOTHING). NULL for rows written by others.
+-- Hash of (stage, topic, gateway, seq, reason, raw): a message re-delivered after a crash between commit and
+-- acknowledgement is dead-lettered once, not twice (ON CONFLICT (fingerprint) DO NOTHING). NULL for rows
+-- written by others.
 ALTER TABLE dead_letters ADD COLUMN fingerprint text UNIQUE;
--- "Dead letters from this gateway / device, newest first" (device management pages).
+-- "Dead letters from this gateway, newest first" (device management; per device: 0003's dead_letters_device).
 CREATE INDEX dead_letters_gateway ON dead_letters (gateway_id, at DESC);
-CREATE INDEX dead_letters_device ON dead_letters (device_id, at DESC) WHERE device_id IS NOT NULL;
 
 -- Counts per site, gateway, device and reason class: what device management shows next to each device.
 CREATE VIEW dead_letter_counts AS

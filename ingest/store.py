@@ -1,0 +1,509 @@
+"""Writing batches to PostgreSQL: idempotent, gap-aware, one transaction per batch.
+
+:func:`store_batch` is the one write path (the MQTT consumer uses it; the simulator's backfill can too). In one
+transaction it
+
+1. locks the rows of every gateway in the batch, in gateway_id order (two workers never deadlock on them, and
+   the sequence bookkeeping of a gateway is serialised);
+2. drops readings whose (gateway_id, seq) is already covered by ``gateway_seq_runs`` or repeated in the batch:
+   re-deliveries are counted as duplicates, never stored twice;
+3. binary-COPYs the rest into a TEMP staging table and moves them with ``INSERT INTO readings ... ON CONFLICT DO
+   NOTHING`` (belt and braces), updating ``latest_readings`` (newest per subject and metric) and devices
+   (last_seen, battery) from the rows actually inserted, in the same statement;
+4. merges the new sequence numbers into ``gateway_seq_runs`` and sets ``gateways.last_seq / missing_seqs``;
+5. writes dead letters, gateway statuses and events;
+6. ``NOTIFY carewatch_readings`` with the subjects that got new data (delivered when the transaction commits).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from carewatch.ingest.validate import (
+    Classified,
+    DeadLetter,
+    DeviceInfo,
+    Directory,
+    EventRecord,
+    ReadingsMessage,
+    ReasonClass,
+    StagedReading,
+    StatusUpdate,
+    classify,
+    status_devices,
+)
+
+from carewatch.wire import DecodedBatch
+
+NOTIFY_CHANNEL = "carewatch_readings"
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; stay well below.
+NOTIFY_MAX_BYTES = 7900
+
+Run = tuple[int, int]  # (first_seq, last_seq), inclusive
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sequence runs (pure)
+# ------------------------------------------------------------------------------------------------------------
+def runs_from_seqs(seqs: Iterable[int]) -> list[Run]:
+    """Contiguous runs covering ``seqs`` (any order, repeats allowed)."""
+    runs: list[Run] = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def merge_runs(*groups: Iterable[Run]) -> list[Run]:
+    """Union of runs, with overlapping or adjacent runs joined."""
+    merged: list[Run] = []
+    for first, last in sorted(r for group in groups for r in group):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def covered(seq: int, runs: Sequence[Run]) -> bool:
+    """Is ``seq`` inside one of ``runs`` (sorted, non-overlapping)?"""
+    i = bisect.bisect_right(runs, (seq, float("inf"))) - 1
+    return i >= 0 and runs[i][0] <= seq <= runs[i][1]
+
+
+def missing_below(runs: Sequence[Run]) -> int:
+    """Sequence numbers in 1..max never stored (sequences start at 1)."""
+    if not runs:
+        return 0
+    return max(last for _, last in runs) - sum(last - first + 1 for first, last in runs)
+
+
+def notify_payloads(subjects: Sequence[str], max_received_at: datetime, limit: int = NOTIFY_MAX_BYTES) -> list[str]:
+    """``{"subjects": [...], "max_received_at": iso}`` payloads, split so each stays under ``limit`` bytes."""
+    stamp = max_received_at.isoformat()
+    payloads: list[str] = []
+    chunk: list[str] = []
+
+    def render(items: list[str]) -> str:
+        return json.dumps({"subjects": items, "max_received_at": stamp}, separators=(",", ":"))
+
+    for subject in subjects:
+        if chunk and len(render([*chunk, subject]).encode()) > limit:
+            payloads.append(render(chunk))
+            chunk = []
+        chunk.append(subject)
+    if chunk:
+        payloads.append(render(chunk))
+    return payloads
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Directory (who is registered where), cached and refreshed
+# ------------------------------------------------------------------------------------------------------------
+def load_directory(conn: psycopg.Connection) -> Directory:
+    gateways = dict(conn.execute("SELECT gateway_id, site_id FROM gateways").fetchall())
+    devices = {
+        row[0]: DeviceInfo(*row)
+        for row in conn.execute(
+            """SELECT device_id, site_id, coalesce(resident_id, site_id),
+                      active AND (unbound_at IS NULL OR unbound_at < bound_at)
+               FROM devices"""
+        )
+    }
+    return Directory(gateways, devices)
+
+
+class DirectoryCache:
+    """The registry, reloaded every ``max_age_s`` and sooner (at most every ``miss_refresh_s``) when a message
+    names a gateway or device it does not know: new devices appear within seconds, unbindings within max_age_s.
+    """
+
+    def __init__(self, max_age_s: float = 30.0, miss_refresh_s: float = 2.0) -> None:
+        self.max_age_s = max_age_s
+        self.miss_refresh_s = miss_refresh_s
+        self._snapshot = Directory()
+        self._loaded_at = float("-inf")
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")
+
+    def get(self, conn: psycopg.Connection, gateway_ids: Iterable[str] = (), device_ids: Iterable[str] = ()
+            ) -> Directory:
+        age = time.monotonic() - self._loaded_at
+        snap = self._snapshot
+        missing = any(g not in snap.gateways for g in gateway_ids) or any(d not in snap.devices for d in device_ids)
+        if age > self.max_age_s or (missing and age > self.miss_refresh_s):
+            self._snapshot = load_directory(conn)
+            self._loaded_at = time.monotonic()
+        return self._snapshot
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The batch write
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchResult:
+    """What one committed batch did."""
+
+    messages: int = 0
+    readings_in: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    dead_letters_by_class: Counter[str] = field(default_factory=Counter)
+    statuses: int = 0
+    events: int = 0
+    subjects: list[str] = field(default_factory=list)
+    max_received_at: datetime | None = None
+    missing_seqs: dict[str, int] = field(default_factory=dict)  # gateway -> missing_seqs after this batch
+    new_gaps: dict[str, int] = field(default_factory=dict)  # gateway -> increase in missing_seqs
+
+    def add(self, other: BatchResult) -> None:
+        for name in ("messages", "readings_in", "stored", "duplicates", "dead_letters", "statuses", "events"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.dead_letters_by_class.update(other.dead_letters_by_class)
+
+
+_STAGE_COLUMNS = "measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags"
+_STAGE_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]"]
+_STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    measured_at timestamptz, gateway_id text, seq bigint, site_id text, subject_id text, device_id text,
+    metric text, value double precision, received_at timestamptz, flags text[]
+) ON COMMIT DELETE ROWS"""
+
+# One statement: move staged rows into readings, then maintain latest_readings and devices from what was inserted.
+_MOVE_SQL = f"""
+WITH ins AS (
+    INSERT INTO readings ({_STAGE_COLUMNS})
+    SELECT {_STAGE_COLUMNS} FROM ingest_stage ORDER BY gateway_id, seq
+    ON CONFLICT DO NOTHING
+    RETURNING {_STAGE_COLUMNS}
+), newest AS (
+    SELECT DISTINCT ON (subject_id, metric) subject_id, metric, site_id, device_id, value, measured_at, flags
+    FROM ins ORDER BY subject_id, metric, measured_at DESC, seq DESC
+), latest AS (
+    INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
+    SELECT subject_id, metric, site_id, device_id, value, measured_at, flags FROM newest ORDER BY subject_id, metric
+    ON CONFLICT (subject_id, metric) DO UPDATE
+       SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
+           measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
+     WHERE l.measured_at <= EXCLUDED.measured_at
+    RETURNING 1
+), dev AS (
+    UPDATE devices d
+       SET last_seen = greatest(d.last_seen, x.seen), battery_pct = coalesce(x.battery, d.battery_pct)
+      FROM (SELECT device_id, max(received_at) AS seen,
+                   (array_agg(value ORDER BY measured_at DESC) FILTER (WHERE metric = 'battery'))[1] AS battery
+              FROM ins GROUP BY device_id ORDER BY device_id) AS x
+     WHERE d.device_id = x.device_id
+    RETURNING 1
+)
+SELECT subject_id, count(*), max(received_at) FROM ins GROUP BY subject_id ORDER BY subject_id
+"""
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; untrusted payloads may."""
+    return value.replace("\x00", "\\x00") if value is not None else None
+
+
+def _jsonb_text(obj: Any) -> str:
+    """JSON for a jsonb column (jsonb refuses the \\u0000 escape)."""
+    return json.dumps(obj, ensure_ascii=False).replace("\\u0000", "\\ufffd").replace("\x00", "\ufffd")
+
+
+def store_batch(
+    conn: psycopg.Connection,
+    messages: Sequence[ReadingsMessage | DecodedBatch],
+    *,
+    directory: Directory | DirectoryCache | None = None,
+    statuses: Sequence[StatusUpdate] = (),
+    events: Sequence[EventRecord] = (),
+    dead_letters: Sequence[DeadLetter] = (),
+    notify: bool = True,
+) -> BatchResult:
+    """Validate and store readings messages (plus statuses, events and ready-made dead letters) in one transaction.
+
+    Safe to call again with the same input: nothing is stored twice. ``directory`` defaults to a fresh load of
+    the registry; the consumer passes its :class:`DirectoryCache`. Opens a transaction (a savepoint when the
+    caller already has one) and commits it on return.
+    """
+    wrapped = [m if isinstance(m, ReadingsMessage) else ReadingsMessage(m) for m in messages]
+    result = BatchResult(messages=len(wrapped) + len(statuses) + len(events), statuses=len(statuses),
+                         events=len(events))
+    with conn.transaction():
+        if isinstance(directory, DirectoryCache):
+            gateway_ids = {m.decoded.gateway_id for m in wrapped if m.decoded}
+            device_ids = {r.device_id for m in wrapped if m.decoded for r in m.decoded.good}
+            snapshot = directory.get(conn, gateway_ids, device_ids)
+        else:
+            snapshot = directory if directory is not None else load_directory(conn)
+        classified = classify(wrapped, snapshot)
+        classified.dead_letters.extend(dead_letters)
+        result.readings_in = classified.readings_in
+
+        # 1. lock every gateway we will touch, in a fixed order
+        touched = set(classified.gateways_heard) | {s.status.gateway_id for s in statuses} | {
+            e.event.gateway_id for e in events}
+        locked = _lock_gateways(conn, sorted(touched))
+        _drop_unlocked(classified, locked)
+
+        # 2. de-duplicate against what is already stored and within the batch
+        fresh, seq_state = _fresh_rows(conn, classified.rows, locked)
+        result.duplicates = len(classified.rows) - len(fresh)
+
+        # 3. stage and move
+        if fresh:
+            _ensure_stage(conn)
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_STAGE_TYPES)
+                    for r in fresh:
+                        copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
+                                        r.metric, r.value, r.received_at, list(r.flags)))
+                per_subject = cur.execute(_MOVE_SQL).fetchall()
+            result.stored = sum(n for _, n, _ in per_subject)
+            result.duplicates += len(fresh) - result.stored
+            result.subjects = [s for s, _, _ in per_subject]
+            result.max_received_at = max((t for _, _, t in per_subject), default=None)
+
+        # 4. sequence bookkeeping and gateway liveness
+        _update_gateways(conn, locked, seq_state, classified.gateways_heard, result)
+
+        # 5. dead letters, statuses, events
+        _insert_dead_letters(conn, classified.dead_letters)
+        result.dead_letters = len(classified.dead_letters)
+        result.dead_letters_by_class.update(d.reason_class.value for d in classified.dead_letters)
+        _apply_statuses(conn, statuses, snapshot, locked)
+        _insert_events(conn, events, locked)
+
+        # 6. tell the scorer (delivered at commit)
+        if notify and result.subjects and result.max_received_at is not None:
+            for payload in notify_payloads(result.subjects, result.max_received_at):
+                conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+    return result
+
+
+@dataclass
+class _GatewayRow:
+    site_id: str
+    last_seq: int
+    missing_seqs: int
+
+
+@dataclass
+class _SeqState:
+    """Per gateway: the runs we loaded (to replace) and the new sequence numbers stored now."""
+
+    loaded: list[Run] = field(default_factory=list)
+    new_seqs: list[int] = field(default_factory=list)
+
+
+def _lock_gateways(conn: psycopg.Connection, gateway_ids: list[str]) -> dict[str, _GatewayRow]:
+    if not gateway_ids:
+        return {}
+    rows = conn.execute(
+        """SELECT gateway_id, site_id, last_seq, missing_seqs FROM gateways
+           WHERE gateway_id = ANY(%s) ORDER BY gateway_id FOR UPDATE""",
+        (gateway_ids,),
+    ).fetchall()
+    return {g: _GatewayRow(s, last, missing) for g, s, last, missing in rows}
+
+
+def _drop_unlocked(classified: Classified, locked: dict[str, _GatewayRow]) -> None:
+    """Rows whose gateway vanished (or moved site) since the directory snapshot become dead letters."""
+    keep: list[StagedReading] = []
+    for row in classified.rows:
+        gw = locked.get(row.gateway_id)
+        if gw is not None and gw.site_id == row.site_id:
+            keep.append(row)
+            continue
+        classified.dead_letters.append(DeadLetter(
+            ReasonClass.UNKNOWN_GATEWAY,
+            f"gateway {row.gateway_id!r} is no longer registered to site {row.site_id!r}",
+            json.dumps({"seq": row.seq, "device_id": row.device_id, "metric": row.metric, "value": row.value,
+                        "measured_at": row.measured_at.isoformat()}),
+            site_id=row.site_id, gateway_id=row.gateway_id, device_id=row.device_id, seq=row.seq,
+        ))
+    classified.rows = keep
+    for gateway_id in [g for g in classified.gateways_heard if g not in locked]:
+        del classified.gateways_heard[gateway_id]
+
+
+def _fresh_rows(
+    conn: psycopg.Connection, rows: list[StagedReading], locked: dict[str, _GatewayRow]
+) -> tuple[list[StagedReading], dict[str, _SeqState]]:
+    """Rows whose (gateway_id, seq) is neither stored already nor repeated earlier in this batch."""
+    by_gateway: dict[str, list[StagedReading]] = {}
+    for row in rows:
+        by_gateway.setdefault(row.gateway_id, []).append(row)
+    state = {g: _SeqState() for g in locked}
+    if not by_gateway:
+        return [], state
+    gws = sorted(by_gateway)
+    lows = [min(r.seq for r in by_gateway[g]) for g in gws]
+    highs = [max(r.seq for r in by_gateway[g]) for g in gws]
+    for gateway_id, first, last in conn.execute(
+        """SELECT r.gateway_id, r.first_seq, r.last_seq
+           FROM gateway_seq_runs r
+           JOIN unnest(%s::text[], %s::int8[], %s::int8[]) AS b(gateway_id, lo, hi)
+             ON r.gateway_id = b.gateway_id AND r.first_seq <= b.hi + 1 AND r.last_seq >= b.lo - 1
+           ORDER BY r.gateway_id, r.first_seq""",
+        (gws, lows, highs),
+    ):
+        state[gateway_id].loaded.append((first, last))
+    fresh: list[StagedReading] = []
+    for gateway_id in gws:
+        seen: set[int] = set()
+        loaded = state[gateway_id].loaded
+        for row in by_gateway[gateway_id]:
+            if row.seq in seen or covered(row.seq, loaded):
+                continue
+            seen.add(row.seq)
+            fresh.append(row)
+        state[gateway_id].new_seqs = sorted(seen)
+    return fresh, state
+
+
+def _update_gateways(
+    conn: psycopg.Connection,
+    locked: dict[str, _GatewayRow],
+    seq_state: dict[str, _SeqState],
+    heard: dict[str, datetime],
+    result: BatchResult,
+) -> None:
+    updates: list[tuple[Any, ...]] = []
+    for gateway_id, gw in sorted(locked.items()):
+        st = seq_state.get(gateway_id, _SeqState())
+        last_seq, missing = gw.last_seq, gw.missing_seqs
+        if st.new_seqs:
+            merged = merge_runs(st.loaded, runs_from_seqs(st.new_seqs))
+            if st.loaded:
+                conn.execute(
+                    "DELETE FROM gateway_seq_runs WHERE gateway_id = %s AND first_seq = ANY(%s)",
+                    (gateway_id, [first for first, _ in st.loaded]),
+                )
+            conn.execute(
+                """INSERT INTO gateway_seq_runs (gateway_id, first_seq, last_seq)
+                   SELECT %s, f, l FROM unnest(%s::int8[], %s::int8[]) AS t(f, l)""",
+                (gateway_id, [f for f, _ in merged], [la for _, la in merged]),
+            )
+            stored_before = gw.last_seq - gw.missing_seqs
+            last_seq = max(gw.last_seq, st.new_seqs[-1])
+            missing = last_seq - (stored_before + len(st.new_seqs))
+            result.missing_seqs[gateway_id] = missing
+            if missing > gw.missing_seqs:
+                result.new_gaps[gateway_id] = missing - gw.missing_seqs
+        if st.new_seqs or gateway_id in heard:
+            updates.append((last_seq, missing, heard.get(gateway_id), gateway_id))
+    if updates:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """UPDATE gateways SET last_seq = %s, missing_seqs = %s,
+                          last_seen = greatest(last_seen, %s::timestamptz)
+                   WHERE gateway_id = %s""",
+                updates,
+            )
+
+
+def _ensure_stage(conn: psycopg.Connection) -> None:
+    if conn.execute("SELECT to_regclass('pg_temp.ingest_stage')").fetchone()[0] is None:
+        conn.execute(_STAGE_DDL)
+
+
+def _insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter]) -> None:
+    if not letters:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO dead_letters
+                   (stage, site_id, gateway_id, device_id, seq, topic, reason, raw, reason_class, fingerprint)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (fingerprint) DO NOTHING""",
+            [(d.stage, _text(d.site_id), _text(d.gateway_id), _text(d.device_id), d.seq, _text(d.topic),
+              _text(d.reason), _text(d.raw), d.reason_class.value, d.fingerprint) for d in letters],
+        )
+
+
+def _apply_statuses(
+    conn: psycopg.Connection, updates: Sequence[StatusUpdate], directory: Directory,
+    locked: dict[str, _GatewayRow],
+) -> None:
+    """Gateway state from status messages (in arrival order); device battery/RSSI from their device lists.
+
+    A retained copy (delivered on subscribe) only applies when it is not older than what the row holds; a live
+    message always applies, because a last will carries the time it was set up, not the time the gateway died.
+    """
+    with conn.cursor() as cur:
+        for upd in updates:
+            st = upd.status
+            gw = locked.get(st.gateway_id)
+            if gw is None or gw.site_id != st.site_id:
+                continue
+            cur.execute(
+                """UPDATE gateways SET state = %s, status = %s::jsonb, status_at = %s,
+                          last_seen = greatest(last_seen, %s::timestamptz)
+                   WHERE gateway_id = %s AND (NOT %s OR status_at IS NULL OR status_at <= %s)""",
+                (st.state, _jsonb_text(st.model_dump(mode="json")), st.at, upd.received_at, st.gateway_id,
+                 upd.retained, st.at),
+            )
+            rows = sorted(status_devices(upd, directory))
+            if rows:
+                cur.executemany(
+                    """UPDATE devices SET battery_pct = coalesce(%s, battery_pct), rssi_dbm = coalesce(%s, rssi_dbm),
+                              last_seen = greatest(last_seen, %s::timestamptz)
+                       WHERE device_id = %s AND site_id = %s""",
+                    [(b, r, seen, d, st.site_id) for d, b, r, seen in rows],
+                )
+
+
+def _insert_events(conn: psycopg.Connection, events: Sequence[EventRecord], locked: dict[str, _GatewayRow]) -> None:
+    rows = []
+    for rec in events:
+        ev = rec.event
+        gw = locked.get(ev.gateway_id)
+        if gw is None or gw.site_id != ev.site_id:
+            continue
+        rows.append((ev.site_id, ev.gateway_id, ev.kind, _text(ev.device_id), ev.at, _text(ev.message),
+                     _jsonb_text(ev.detail), rec.fingerprint))
+    if not rows:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO gateway_events (site_id, gateway_id, kind, device_id, at, message, detail, fingerprint)
+               VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (fingerprint) DO NOTHING""",
+            rows,
+        )
+        cur.executemany(
+            "UPDATE gateways SET last_seen = greatest(last_seen, now()) WHERE gateway_id = %s",
+            sorted({(r[1],) for r in rows}),
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Partitions and retention
+# ------------------------------------------------------------------------------------------------------------
+def ensure_partitions(conn: psycopg.Connection) -> int:
+    """Monthly partitions from last month to three months ahead; returns how many were created."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT carewatch_ensure_partitions(now() - interval '1 month', now() + interval '3 months')"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def apply_retention(conn: psycopg.Connection, retention_days: int) -> int:
+    """Drop months of readings older than ``retention_days``; returns how many partitions were dropped."""
+    with conn.transaction():
+        row = conn.execute("SELECT carewatch_apply_retention(make_interval(days => %s))", (retention_days,)).fetchone()
+    return int(row[0]) if row else 0
