@@ -280,7 +280,7 @@ def _away(h: HouseholdData) -> bool:
 # --- night-time bathroom visits (UTI pattern) ---------------------------------------------------------------
 NIGHT_BATHROOM_BASELINE_NIGHTS: Final = 14
 NIGHT_BATHROOM_MIN_NIGHTS: Final = 7
-NIGHT_BATHROOM_RECENT_NIGHTS: Final = 2  # both of the last two nights must be above
+NIGHT_BATHROOM_RECENT_NIGHTS: Final = 2  # both of the last two nights above, or the last night markedly above
 NIGHT_BATHROOM_EXTRA: Final = 2  # visits above the usual number
 
 
@@ -316,14 +316,17 @@ def night_bathroom_finding(h: HouseholdData, now: datetime) -> Finding:
     earlier = [last - timedelta(days=i) for i in range(NIGHT_BATHROOM_RECENT_NIGHTS,
                                                        NIGHT_BATHROOM_RECENT_NIGHTS + NIGHT_BATHROOM_BASELINE_NIGHTS)]
     baseline_nights = [d for d in earlier if d in h.nights_heard]
-    if len(baseline_nights) < NIGHT_BATHROOM_MIN_NIGHTS or not all(d in h.nights_heard for d in recent):
+    if len(baseline_nights) < NIGHT_BATHROOM_MIN_NIGHTS or last not in h.nights_heard:
         return hold(kind, subject, site, "not enough nights of data for a baseline")
     base = night_counts(h.events, baseline_nights, "bathroom_visit")
     now_counts = night_counts(h.events, recent, "bathroom_visit")
     median, mad, threshold = night_bathroom_threshold(base)
-    above = now_counts >= threshold
+    heard = np.array([d in h.nights_heard for d in recent])
+    sustained = bool(((now_counts >= threshold) & heard).all())
+    # A marked rise on the last night alone is enough: a UTI can turn quickly in a frail person.
+    marked = bool(now_counts[-1] >= threshold + NIGHT_BATHROOM_EXTRA)
     nights_text = ", ".join(f"{d:%a %d %b}: {c}" for d, c in zip(recent, now_counts.tolist(), strict=True))
-    if not above.all():
+    if not (sustained or marked):
         return clear_alert(kind, subject, site, f"Night-time bathroom visits back to usual ({nights_text}).")
     reason = (f"More night-time bathroom visits than usual: {nights_text} (usually {median:g} a night over "
               f"{len(baseline_nights)} nights, 00:00-06:00).")

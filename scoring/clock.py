@@ -57,6 +57,12 @@ class Clock:
     def has_data(self) -> bool:
         return self._latest is not None
 
+    @property
+    def ready(self) -> bool:
+        """False for a data clock that has seen no data yet: time-based rules must wait rather than run on
+        wall time (in a simulated-time demo the wall clock is days away from the data)."""
+        return self.mode == "wall" or self._latest is not None
+
     def now(self) -> datetime:
         if self.mode == "wall":
             return self._wall()

@@ -75,3 +75,39 @@ CLINICAL_KINDS = frozenset(
         AlertKind.OBS_OVERDUE,
     }
 )
+
+
+class SoftSign(StrEnum):
+    """Soft signs of deterioration as care-home tools record them (the one vocabulary: API, scorer, simulator)."""
+
+    NEW_CONFUSION = "new_confusion"
+    NOT_EATING_DRINKING = "not_eating_drinking"
+    REDUCED_MOBILITY = "reduced_mobility"
+    BEHAVIOUR_CHANGE = "behaviour_change"
+    NOT_THEMSELVES = "not_themselves"
+    REDUCED_URINE = "reduced_urine"
+    NEW_PAIN = "new_pain"
+    BREATHLESS = "breathless"
+    NEW_COUGH = "new_cough"
+    DIARRHOEA_VOMITING = "diarrhoea_vomiting"
+    SKIN_CHANGE = "skin_change"
+    DROWSY = "drowsy"
+    OTHER = "other"
+
+
+#: How each soft sign reads in alert text and on screen.
+SOFT_SIGN_NAMES: dict[str, str] = {
+    SoftSign.NEW_CONFUSION: "new or worse confusion",
+    SoftSign.NOT_EATING_DRINKING: "not eating or drinking",
+    SoftSign.REDUCED_MOBILITY: "less mobile or new falls",
+    SoftSign.BEHAVIOUR_CHANGE: "change in behaviour",
+    SoftSign.NOT_THEMSELVES: "'not themselves'",
+    SoftSign.REDUCED_URINE: "passing less urine",
+    SoftSign.NEW_PAIN: "new pain",
+    SoftSign.BREATHLESS: "more breathless",
+    SoftSign.NEW_COUGH: "new cough",
+    SoftSign.DIARRHOEA_VOMITING: "diarrhoea or vomiting",
+    SoftSign.SKIN_CHANGE: "skin colour or mottling change",
+    SoftSign.DROWSY: "more sleepy than usual",
+    SoftSign.OTHER: "other (see note)",
+}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk
-from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.kinds import SOFT_SIGN_NAMES, AlertKind, Severity
 from carewatch.scoring.news2 import News2Result
 
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
@@ -481,19 +481,6 @@ def _value_text(obs: StoredSet, parameter: str) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # Soft signs
 # ------------------------------------------------------------------------------------------------------------
-SOFT_SIGN_NAMES: Mapping[str, str] = {
-    "new_confusion": "new or worse confusion",
-    "not_eating_drinking": "not eating or drinking",
-    "reduced_mobility": "less mobile or new falls",
-    "behaviour_change": "change in behaviour",
-    "not_themselves": "'not themselves'",
-    "reduced_urine": "passing less urine",
-    "new_pain": "new pain",
-    "breathless": "more breathless",
-    "diarrhoea_vomiting": "diarrhoea or vomiting",
-    "skin_change": "skin colour or mottling change",
-    "drowsy": "more sleepy than usual",
-}
 #: Soft-sign assessments older than this say nothing about now.
 SOFT_SIGNS_VALID_FOR = timedelta(hours=24)
 SOFT_SIGNS_ACTION = (

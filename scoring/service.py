@@ -89,10 +89,13 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, poll_s: float, tick_s:
         listen.execute(f"LISTEN {CHANNEL}")
         _seed_data_clock(work, clock)
         started = time.monotonic()
-        summary = rescore_all(work, clock.now())
-        log.info("scorer_started", clock=clock.mode, now=clock.now().isoformat(),
-                 rescore_s=round(time.monotonic() - started, 2), **summary.as_log())
-        _log_summary("rescored", summary)
+        if clock.ready:
+            summary = rescore_all(work, clock.now())
+            log.info("scorer_started", clock=clock.mode, now=clock.now().isoformat(),
+                     rescore_s=round(time.monotonic() - started, 2), **summary.as_log())
+            _log_summary("rescored", summary)
+        else:
+            log.info("scorer_started", clock=clock.mode, waiting_for="first readings")
         next_tick = time.monotonic() + tick_s
         next_slow = time.monotonic() + slow_tick_s
         while not stop.is_set():
@@ -113,7 +116,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, poll_s: float, tick_s:
                 else:
                     _log_summary("evaluated", summary, subjects=len(pending))
             mono = time.monotonic()
-            if mono >= next_tick:
+            if mono >= next_tick and clock.ready:
                 slow = mono >= next_slow
                 try:
                     summary = tick(work, clock.now(), slow=slow)

@@ -103,8 +103,8 @@ def _bathroom_history(recent: tuple[int, int], usual: int = 1, nights: int = 14)
 
 
 @pytest.mark.parametrize(("recent", "state"), [((3, 3), "raise"), ((3, 2), "clear"), ((2, 3), "clear"),
-                                               ((1, 1), "clear")])
-def test_night_bathroom_needs_two_nights_at_baseline_plus_two(recent: tuple[int, int], state: str) -> None:
+                                               ((1, 1), "clear"), ((1, 4), "clear"), ((1, 5), "raise")])
+def test_night_bathroom_two_nights_above_or_one_night_markedly_above(recent: tuple[int, int], state: str) -> None:
     h = _bathroom_history(recent, usual=1)
     f = bh.night_bathroom_finding(h, at(DAY, 7))
     assert f.state == state

@@ -1,0 +1,116 @@
+"""The audit trail: who read or changed whose data, from where, and with what result.
+
+Routes *note* what they touch (:func:`note`, usually through the request context in ``deps``); a middleware
+writes one ``audit_log`` row per note after the route has run, with the final HTTP status, on its own
+autocommit connection, so refused and failed attempts are recorded too (a rolled-back request still leaves its
+audit row). Every authenticated request leaves at least one row. If the audit row cannot be written, the
+response is replaced by a 503: health data is not served without a record of who saw it.
+
+``audit_log`` is append-only: a database trigger refuses UPDATE, DELETE and TRUNCATE.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+log = logging.getLogger(__name__)
+
+#: Paths that are never audited (no personal data, no authentication).
+UNAUDITED_PREFIXES = ("/healthz", "/docs", "/redoc", "/openapi.json")
+_METHOD_ACTION = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update", "PATCH": "update",
+                  "DELETE": "delete"}
+
+
+@dataclass
+class AuditNote:
+    action: str  # read, create, update, delete, export, login, login_failed
+    subject_type: str | None = None  # resident, household, site, alert, device, gateway, user, audit
+    subject_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def note(request: Request, action: str, subject_type: str | None = None, subject_id: str | None = None,
+         **detail: Any) -> None:
+    """Record (at the end of the request) that this request did ``action`` on this subject."""
+    _notes(request).append(AuditNote(action, subject_type, None if subject_id is None else str(subject_id), detail))
+
+
+def _notes(request: Request) -> list[AuditNote]:
+    notes = getattr(request.state, "audit_notes", None)
+    if notes is None:
+        notes = []
+        request.state.audit_notes = notes
+    return notes
+
+
+def set_identity(request: Request, username: str | None, role: str | None) -> None:
+    """Who is making this request (set by authentication, or by the login route for the attempted name)."""
+    request.state.audit_user = (username, role)
+
+
+def client_of(request: Request) -> str:
+    address = request.client.host if request.client else "unknown"
+    agent = request.headers.get("user-agent", "-")[:200]
+    return f"{address}; {agent}"
+
+
+def default_action(method: str) -> str:
+    return _METHOD_ACTION.get(method.upper(), method.lower())
+
+
+def rows_for(request: Request, status_code: int) -> list[dict[str, Any]]:
+    """The audit rows this request should leave (empty for unaudited, anonymous and note-less requests)."""
+    path = request.url.path
+    if path.startswith(UNAUDITED_PREFIXES):
+        return []
+    notes = list(getattr(request.state, "audit_notes", []))
+    username, role = getattr(request.state, "audit_user", (None, None))
+    if not notes:
+        if username is None:
+            return []  # anonymous and refused before authentication: nothing of anyone's was touched
+        notes = [AuditNote(default_action(request.method))]
+    base = {"username": username, "role": role, "method": request.method, "path": path[:500],
+            "status": status_code, "client": client_of(request)}
+    return [{**base, "action": n.action, "subject_type": n.subject_type, "subject_id": n.subject_id,
+             "detail": Jsonb(n.detail)} for n in notes]
+
+
+def write_rows(pool: ConnectionPool, rows: list[dict[str, Any]]) -> None:
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO audit_log (username, role, action, method, path, subject_type, subject_id, status,
+                                      client, detail)
+               VALUES (%(username)s, %(role)s, %(action)s, %(method)s, %(path)s, %(subject_type)s,
+                       %(subject_id)s, %(status)s, %(client)s, %(detail)s)""",
+            rows,
+        )
+
+
+async def audit_middleware(request: Request, call_next: Any) -> Response:
+    """Run the request, then write its audit rows (fail closed: no audit row, no data)."""
+    try:
+        response: Response = await call_next(request)
+    except Exception:
+        rows = rows_for(request, 500)
+        if rows:
+            try:
+                await run_in_threadpool(write_rows, request.app.state.pool, rows)
+            except Exception:  # the original error matters more; it is re-raised below
+                log.exception("audit write failed")
+        raise
+    rows = rows_for(request, response.status_code)
+    if rows:
+        try:
+            await run_in_threadpool(write_rows, request.app.state.pool, rows)
+        except Exception:
+            log.exception("audit write failed; withholding the response")
+            return JSONResponse({"detail": "the audit trail is unavailable; try again shortly"}, status_code=503)
+    return response

@@ -1,0 +1,120 @@
+"""Request dependencies: a database connection, the authenticated caller, and the request context.
+
+Routes take ``ctx: Ctx`` and never build tenancy rules themselves: ``ctx.resident(...)`` and friends check
+scope (``carewatch.api.scope``) and note the access for the audit trail in one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import psycopg
+from carewatch.api import audit, scope
+from carewatch.api.auth import decode_token, unauthorised
+from carewatch.api.scope import Permission, Principal
+from carewatch.api.users import get_user
+from fastapi import Depends, Query, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from carewatch.settings import Settings
+
+MAX_LIMIT = 500
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+def get_conn(request: Request) -> Iterator[psycopg.Connection]:
+    """A pooled connection; the request's work commits when the route returns and rolls back on error."""
+    with request.app.state.pool.connection() as conn:
+        yield conn
+
+
+Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
+
+
+def current_principal(request: Request, conn: Conn,
+                      token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
+    """The caller, from a valid access token and their *current* users row (401 otherwise)."""
+    if not token:
+        raise unauthorised("not signed in")
+    settings: Settings = request.app.state.settings
+    claims = decode_token(token, settings, "access")
+    user = get_user(conn, claims["sub"])
+    if user is None or not user.active:
+        raise unauthorised("account disabled or removed")
+    principal = Principal.from_user(user)
+    audit.set_identity(request, principal.username, principal.role.value)
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+@dataclass
+class Ctx:
+    """Everything a route needs: the connection, the caller, and audit-noting scope checks."""
+
+    request: Request
+    conn: psycopg.Connection
+    principal: Principal
+
+    # --- permission and scope --------------------------------------------------------------------------
+    def require(self, permission: Permission) -> None:
+        scope.require(self.principal, permission)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return scope.params(self.principal)
+
+    def note(self, action: str, subject_type: str | None = None, subject_id: Any = None, **detail: Any) -> None:
+        audit.note(self.request, action, subject_type, None if subject_id is None else str(subject_id), **detail)
+
+    def resident(self, resident_id: str, *, action: str = "read", clinical: bool = False,
+                 **detail: Any) -> dict[str, Any]:
+        self.note(action, "resident", resident_id, **detail)  # noted first: refused attempts are audited too
+        return scope.load_resident(self.conn, self.principal, resident_id, clinical=clinical)
+
+    def site(self, site_id: str, *, action: str = "read", **detail: Any) -> dict[str, Any]:
+        self.note(action, "site", site_id, **detail)
+        return scope.load_site(self.conn, self.principal, site_id)
+
+    def household(self, site_id: str, *, action: str = "read", **detail: Any) -> dict[str, Any]:
+        self.note(action, "household", site_id, **detail)
+        return scope.load_household(self.conn, self.principal, site_id)
+
+    def alert(self, alert_id: int, *, action: str = "read", **detail: Any) -> dict[str, Any]:
+        self.note(action, "alert", alert_id, **detail)
+        return scope.load_alert(self.conn, self.principal, alert_id)
+
+    def device(self, device_id: str, *, action: str = "read", **detail: Any) -> dict[str, Any]:
+        self.note(action, "device", device_id, **detail)
+        return scope.load_device(self.conn, self.principal, device_id)
+
+    def gateway(self, gateway_id: str, *, action: str = "read", **detail: Any) -> dict[str, Any]:
+        self.note(action, "gateway", gateway_id, **detail)
+        return scope.load_gateway(self.conn, self.principal, gateway_id)
+
+
+def context(request: Request, conn: Conn, principal: CurrentPrincipal) -> Ctx:
+    return Ctx(request, conn, principal)
+
+
+Context = Annotated[Ctx, Depends(context)]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    offset: int
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (at most {MAX_LIMIT}).")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+) -> PageParams:
+    return PageParams(limit, offset)
+
+
+Paging = Annotated[PageParams, Depends(page_params)]

@@ -1,0 +1,186 @@
+"""Alerts: the inbox (most severe first), one alert with its history, and the actions people take on them.
+
+State changes go through ``carewatch.scoring.lifecycle`` (the one implementation of alert transitions); an
+invalid transition (e.g. acknowledging a resolved alert) is a 409 with the lifecycle's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import psycopg
+from carewatch.api import scope
+from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.schemas import (
+    AcknowledgeIn,
+    AlertDetail,
+    AlertEventOut,
+    AlertOut,
+    CommentIn,
+    EscalateIn,
+    Page,
+    ResolveIn,
+    SnoozeIn,
+    SnoozeOut,
+    page_of,
+)
+from carewatch.api.scope import Permission
+from carewatch.scoring.kinds import AlertKind, Severity
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+
+router = APIRouter(tags=["alerts"])
+UNRESOLVED = ["open", "acknowledged", "escalated"]
+_ALERT_FIELDS = set(AlertOut.model_fields)
+SEVERITY_ORDER = "CASE a.severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END"
+
+
+def _alert_out(row: dict[str, Any]) -> AlertOut:
+    return AlertOut(**{k: v for k, v in row.items() if k in _ALERT_FIELDS})
+
+
+@router.get("/alerts", response_model=Page[AlertOut],
+            summary="Alerts you can see, most severe first, then newest (the GP inbox)")
+def list_alerts(
+    ctx: Context,
+    paging: Paging,
+    site: str | None = None,
+    resident: str | None = None,
+    alert_status: Annotated[list[str] | None, Query(alias="status", description="Repeatable; default: unresolved.")]
+    = None,
+    severity: Annotated[list[Severity] | None, Query(description="Repeatable.")] = None,
+    kind: Annotated[list[AlertKind] | None, Query(description="Repeatable.")] = None,
+    since: Annotated[datetime | None, Query(description="Opened or updated at or after this time.")] = None,
+) -> dict:
+    statuses = alert_status or UNRESOLVED
+    bad = set(statuses) - {*UNRESOLVED, "resolved"}
+    if bad:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            [{"loc": ["query", "status"], "field": "status", "type": "value_error",
+                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated or "
+                                     "resolved"}])
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT a.*, r.display_name AS resident_name, s.name AS site_name
+                FROM alerts a JOIN sites s ON s.site_id = a.site_id
+                LEFT JOIN residents r ON r.resident_id = a.resident_id
+                WHERE {scope.alert_predicate(ctx.principal)}
+                  AND a.status = ANY(%(statuses)s)
+                  AND (%(site)s::text IS NULL OR a.site_id = %(site)s)
+                  AND (%(resident)s::text IS NULL OR a.resident_id = %(resident)s)
+                  AND (%(severity)s::text[] IS NULL OR a.severity = ANY(%(severity)s))
+                  AND (%(kind)s::text[] IS NULL OR a.kind = ANY(%(kind)s))
+                  AND (%(since)s::timestamptz IS NULL OR a.updated_at >= %(since)s)
+                ORDER BY {SEVERITY_ORDER} DESC, a.opened_at DESC, a.alert_id DESC
+                LIMIT %(limit)s OFFSET %(offset)s""",
+            {**ctx.params, "statuses": statuses, "site": site, "resident": resident,
+             "severity": [s.value for s in severity] if severity else None,
+             "kind": [k.value for k in kind] if kind else None, "since": since, "limit": paging.limit + 1,
+             "offset": paging.offset},
+        ).fetchall()
+    page = rows[: paging.limit]
+    ctx.note("read", "alert", None, ids=[r["alert_id"] for r in page],
+             residents=sorted({r["resident_id"] for r in page if r["resident_id"]}))
+    return page_of([_alert_out(r) for r in rows], paging.limit, paging.offset)
+
+
+def _detail(ctx: Ctx, row: dict[str, Any]) -> AlertDetail:
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        events = cur.execute("SELECT * FROM alert_events WHERE alert_id = %s ORDER BY at, event_id",
+                             (row["alert_id"],)).fetchall()
+    return AlertDetail(**_alert_out(row).model_dump(), events=[AlertEventOut(**{
+        k: v for k, v in e.items() if k in AlertEventOut.model_fields}) for e in events])
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertDetail, summary="One alert with its history")
+def get_alert(ctx: Context, alert_id: int) -> AlertDetail:
+    return _detail(ctx, ctx.alert(alert_id))
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _lifecycle() -> Any:
+    from carewatch.scoring import lifecycle
+
+    return lifecycle
+
+
+def _transition_errors(module: Any) -> tuple[type[Exception], ...]:
+    """Exceptions that mean "not allowed in this state": ValueError/LookupError and any error class the
+    lifecycle module defines itself. Database errors are not among them (they are real failures)."""
+    own = tuple(v for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == module.__name__)
+    return (ValueError, LookupError, *own)
+
+
+def _apply(ctx: Ctx, alert_id: int, action: str, call: Callable[[Any], Any], **detail: Any) -> AlertDetail:
+    ctx.require(Permission.ACT_ON_ALERT)
+    ctx.alert(alert_id, action="update", change=action, **detail)
+    module = _lifecycle()
+    try:
+        with ctx.conn.transaction():
+            call(module)
+    except psycopg.Error:
+        raise
+    except _transition_errors(module) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc) or f"cannot {action} this alert now") from None
+    return _detail(ctx, scope.load_alert(ctx.conn, ctx.principal, alert_id))
+
+
+@router.post("/alerts/{alert_id}/acknowledge", response_model=AlertDetail,
+             summary="Acknowledge: someone is looking at it", responses={409: {"description": "Not open"}})
+def acknowledge(ctx: Context, alert_id: int, body: AcknowledgeIn) -> AlertDetail:
+    return _apply(ctx, alert_id, "acknowledge",
+                  lambda m: m.acknowledge(ctx.conn, alert_id, ctx.principal.username, comment=body.comment))
+
+
+@router.post("/alerts/{alert_id}/escalate", response_model=AlertDetail,
+             summary="Record an escalation and its outcome (GP called, NHS 111, 999, ...)",
+             responses={409: {"description": "Already resolved"}})
+def escalate(ctx: Context, alert_id: int, body: EscalateIn) -> AlertDetail:
+    return _apply(ctx, alert_id, "escalate",
+                  lambda m: m.escalate(ctx.conn, alert_id, ctx.principal.username, body.outcome.value,
+                                       comment=body.comment), outcome=body.outcome.value)
+
+
+@router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail, summary="Resolve with what was done",
+             responses={409: {"description": "Already resolved"}})
+def resolve(ctx: Context, alert_id: int, body: ResolveIn) -> AlertDetail:
+    return _apply(ctx, alert_id, "resolve",
+                  lambda m: m.resolve(ctx.conn, alert_id, ctx.principal.username, body.resolution))
+
+
+@router.post("/alerts/{alert_id}/comment", response_model=AlertDetail, summary="Add a comment to the history")
+def comment(ctx: Context, alert_id: int, body: CommentIn) -> AlertDetail:
+    return _apply(ctx, alert_id, "comment", lambda m: m.comment(ctx.conn, alert_id, ctx.principal.username, body.text))
+
+
+MAX_SNOOZE = timedelta(days=7)
+
+
+@router.post("/residents/{resident_id}/snooze", response_model=SnoozeOut, status_code=status.HTTP_201_CREATED,
+             tags=["alerts"], summary="Snooze one alert kind (or all) for a resident, with a reason and an end")
+def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
+    ctx.require(Permission.SNOOZE)
+    ctx.resident(resident_id, action="update", clinical=True, change="snooze", kind=body.kind, reason=body.reason)
+    if body.kind is not None and body.kind not in AlertKind._value2member_map_:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            [{"loc": ["body", "kind"], "field": "kind", "type": "value_error",
+                              "msg": f"unknown alert kind {body.kind!r}"}])
+    now = datetime.now(UTC)
+    until = body.until or now + timedelta(minutes=body.minutes or 0)
+    if until <= now or until - now > MAX_SNOOZE:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            [{"loc": ["body", "until"], "field": "until", "type": "value_error",
+                              "msg": "must be in the future and at most 7 days ahead"}])
+    module = _lifecycle()
+    try:
+        with ctx.conn.transaction():
+            module.snooze(ctx.conn, resident_id, body.kind, ctx.principal.username, body.reason, until)
+    except psycopg.Error:
+        raise
+    except _transition_errors(module) as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return SnoozeOut(subject_id=resident_id, kind=body.kind, until=until, reason=body.reason,
+                     created_by=ctx.principal.username)

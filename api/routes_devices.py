@@ -1,0 +1,155 @@
+"""Site configuration: devices (and binding them to a resident or room), gateways, dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from carewatch.api import scope
+from carewatch.api.deps import Context, Paging
+from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
+from carewatch.api.scope import Permission
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+
+router = APIRouter(tags=["configuration"])
+GATEWAY_ONLINE_WITHIN = timedelta(minutes=5)
+_DEVICE_FIELDS = set(DeviceOut.model_fields) - {"silent"}
+
+
+def _device_out(row: dict[str, Any], now: datetime, silent_after: timedelta) -> DeviceOut:
+    silent = row["active"] and (row["last_seen"] is None or now - row["last_seen"] > silent_after)
+    return DeviceOut(**{k: row[k] for k in _DEVICE_FIELDS}, silent=silent)
+
+
+@router.get("/devices", response_model=Page[DeviceOut], summary="Devices (care staff, manager of the site, admin)")
+def list_devices(
+    ctx: Context,
+    paging: Paging,
+    site: str | None = None,
+    resident: str | None = None,
+    kind: str | None = None,
+    silent: Annotated[bool | None, Query(description="Only devices (not) heard from within silent_minutes.")] = None,
+    silent_minutes: Annotated[int, Query(ge=1, le=7 * 24 * 60)] = 60,
+    battery_below: Annotated[float | None, Query(ge=0, le=100, description="Battery % below this.")] = None,
+) -> dict:
+    ctx.require(Permission.READ_DEVICES)
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(minutes=silent_minutes)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT d.* FROM devices d
+                WHERE {scope.config_predicate(ctx.principal, 'd.site_id')}
+                  AND (%(site)s::text IS NULL OR d.site_id = %(site)s)
+                  AND (%(resident)s::text IS NULL OR d.resident_id = %(resident)s)
+                  AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
+                  AND (%(battery)s::real IS NULL OR d.battery_pct < %(battery)s)
+                  AND (%(silent)s::boolean IS NULL
+                       OR %(silent)s = (d.active AND (d.last_seen IS NULL OR d.last_seen < %(cutoff)s)))
+                ORDER BY d.site_id, d.device_id LIMIT %(limit)s OFFSET %(offset)s""",
+            {**ctx.params, "site": site, "resident": resident, "kind": kind, "battery": battery_below,
+             "silent": silent, "cutoff": cutoff, "limit": paging.limit + 1, "offset": paging.offset},
+        ).fetchall()
+    ctx.note("read", "device", None, ids=[r["device_id"] for r in rows[: paging.limit]])
+    after = timedelta(minutes=silent_minutes)
+    return page_of([_device_out(r, now, after) for r in rows], paging.limit, paging.offset)
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut, summary="One device")
+def get_device(ctx: Context, device_id: str) -> DeviceOut:
+    ctx.require(Permission.READ_DEVICES)
+    return _device_out(ctx.device(device_id), datetime.now(UTC), timedelta(hours=1))
+
+
+@router.post("/devices/{device_id}/bind", response_model=DeviceOut,
+             summary="Bind a device to a resident or a room of its site (manager, admin)")
+def bind_device(ctx: Context, device_id: str, body: BindIn) -> DeviceOut:
+    ctx.require(Permission.CONFIGURE_DEVICES)
+    device = ctx.device(device_id, action="update", change="bind", resident_id=body.resident_id, room=body.room)
+    if body.resident_id is not None:
+        resident = ctx.resident(body.resident_id, action="update", change="device_bound", device_id=device_id)
+        if resident["site_id"] != device["site_id"]:
+            raise HTTPException(status.HTTP_409_CONFLICT, "the device and the resident are at different sites")
+        if resident["monitoring"] in ("discharged", "deceased"):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"resident is {resident['monitoring']}")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """UPDATE devices SET resident_id = %(resident)s, room = %(room)s,
+                      role = coalesce(%(role)s, role), bound_at = now(), unbound_at = NULL, active = true
+               WHERE device_id = %(id)s RETURNING *""",
+            {"resident": body.resident_id, "room": body.room, "role": body.role, "id": device_id}).fetchone()
+    return _device_out(row, datetime.now(UTC), timedelta(hours=1))
+
+
+@router.post("/devices/{device_id}/unbind", response_model=DeviceOut,
+             summary="Unbind a device (its readings stop being attributed to anyone)")
+def unbind_device(ctx: Context, device_id: str) -> DeviceOut:
+    ctx.require(Permission.CONFIGURE_DEVICES)
+    device = ctx.device(device_id, action="update", change="unbind")
+    if device["resident_id"]:
+        ctx.note("update", "resident", device["resident_id"], change="device_unbound", device_id=device_id)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """UPDATE devices SET resident_id = NULL, room = NULL, unbound_at = now()
+               WHERE device_id = %s RETURNING *""", (device_id,)).fetchone()
+    return _device_out(row, datetime.now(UTC), timedelta(hours=1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _gateway_out(row: dict[str, Any], now: datetime) -> GatewayOut:
+    status_doc = row.get("status") or {}
+    online = row["state"] == "online" and row["last_seen"] is not None and now - row["last_seen"] <= \
+        GATEWAY_ONLINE_WITHIN
+    oldest = status_doc.get("oldest_unsent")
+    pct = status_doc.get("outbox_budget_pct")
+    return GatewayOut(
+        gateway_id=row["gateway_id"], site_id=row["site_id"], state=row["state"], online=online,
+        status_at=row["status_at"], last_seen=row["last_seen"], last_seq=row["last_seq"],
+        missing_seqs=row["missing_seqs"], outbox_depth=_int(status_doc.get("outbox_depth")),
+        outbox_bytes=_int(status_doc.get("outbox_bytes")),
+        outbox_budget_pct=float(pct) if isinstance(pct, int | float) else None,
+        oldest_unsent=datetime.fromisoformat(oldest) if isinstance(oldest, str) else None)
+
+
+@router.get("/gateways", response_model=Page[GatewayOut],
+            summary="Gateways: online, outbox backlog, sequence gaps (manager, admin)")
+def list_gateways(ctx: Context, paging: Paging, site: str | None = None) -> dict:
+    ctx.require(Permission.READ_GATEWAYS)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT g.* FROM gateways g WHERE {scope.config_predicate(ctx.principal, 'g.site_id')}
+                  AND (%(site)s::text IS NULL OR g.site_id = %(site)s)
+                ORDER BY g.gateway_id LIMIT %(limit)s OFFSET %(offset)s""",
+            {**ctx.params, "site": site, "limit": paging.limit + 1, "offset": paging.offset}).fetchall()
+    now = datetime.now(UTC)
+    ctx.note("read", "gateway", None, ids=[r["gateway_id"] for r in rows[: paging.limit]])
+    return page_of([_gateway_out(r, now) for r in rows], paging.limit, paging.offset)
+
+
+@router.get("/gateways/{gateway_id}", response_model=GatewayOut, summary="One gateway")
+def get_gateway(ctx: Context, gateway_id: str) -> GatewayOut:
+    ctx.require(Permission.READ_GATEWAYS)
+    return _gateway_out(ctx.gateway(gateway_id), datetime.now(UTC))
+
+
+@router.get("/dead-letters", response_model=Page[DeadLetterOut],
+            summary="Input that could not be used, with the reason (manager, admin)")
+def list_dead_letters(ctx: Context, paging: Paging, site: str | None = None, gateway: str | None = None,
+                      stage: str | None = None, since: datetime | None = None) -> dict:
+    ctx.require(Permission.READ_DEAD_LETTERS)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT dl.* FROM dead_letters dl WHERE {scope.config_predicate(ctx.principal, 'dl.site_id')}
+                  AND (%(site)s::text IS NULL OR dl.site_id = %(site)s)
+                  AND (%(gateway)s::text IS NULL OR dl.gateway_id = %(gateway)s)
+                  AND (%(stage)s::text IS NULL OR dl.stage = %(stage)s)
+                  AND (%(since)s::timestamptz IS NULL OR dl.at >= %(since)s)
+                ORDER BY dl.at DESC, dl.dl_id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+            {**ctx.params, "site": site, "gateway": gateway, "stage": stage, "since": since,
+             "limit": paging.limit + 1, "offset": paging.offset}).fetchall()
+    ctx.note("read", "dead_letter", None, count=min(len(rows), paging.limit))
+    return page_of([DeadLetterOut(**r) for r in rows], paging.limit, paging.offset)

@@ -1,0 +1,259 @@
+"""Observation sets (tablet entry with device prefill, NEWS2 scoring) and readings timelines for charts."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.schemas import (
+    PARAMETER_METRIC,
+    AlertBrief,
+    News2Parameter,
+    ObservationIn,
+    ObservationOut,
+    ObservationResult,
+    Page,
+    Prefill,
+    PrefillValue,
+    Timeline,
+    TimelinePoint,
+    page_of,
+)
+from carewatch.api.scope import Permission
+from carewatch.scoring.news2 import InvalidObservation, ObservationSet, score_observation
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["observations"])
+
+MAX_BACKDATE = timedelta(days=7)
+MAX_FUTURE = timedelta(minutes=5)
+_UNTRUSTED = [f.value for f in UNTRUSTED_FLAGS]
+
+
+def recent_device_values(ctx: Ctx, resident_id: str, minutes: int, now: datetime) -> tuple[dict[str, PrefillValue],
+                                                                                           dict[str, str]]:
+    """Latest trusted device reading per NEWS2 parameter taken in the last ``minutes``; and why others were not."""
+    metric_to_param = {m.value: p for p, m in PARAMETER_METRIC.items()}
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT metric, value, device_id, measured_at, flags FROM latest_readings
+               WHERE subject_id = %s AND metric = ANY(%s) AND measured_at >= %s AND measured_at <= %s""",
+            (resident_id, list(metric_to_param), now - timedelta(minutes=minutes), now + MAX_FUTURE),
+        ).fetchall()
+    values: dict[str, PrefillValue] = {}
+    skipped: dict[str, str] = {}
+    for r in rows:
+        param = metric_to_param[r["metric"]]
+        bad = sorted(set(r["flags"]) & set(_UNTRUSTED))
+        if bad:
+            skipped[param.value] = f"the device flagged its reading as {', '.join(bad)}: measure again"
+            continue
+        values[param.value] = PrefillValue(parameter=param, metric=r["metric"], value=r["value"],
+                                           unit=METRICS[r["metric"]].unit, device_id=r["device_id"],
+                                           measured_at=r["measured_at"])
+    return values, skipped
+
+
+@router.get("/residents/{resident_id}/observations/prefill", response_model=Prefill,
+            summary="Device readings from the last N minutes, to prefill the observation form")
+def prefill(ctx: Context, resident_id: str,
+            minutes: Annotated[int, Query(ge=1, le=120, description="How far back to look.")] = 15) -> Prefill:
+    ctx.resident(resident_id, clinical=True, view="prefill")
+    now = datetime.now(UTC)
+    values, skipped = recent_device_values(ctx, resident_id, minutes, now)
+    return Prefill(resident_id=resident_id, window_minutes=minutes, generated_at=now, values=values, skipped=skipped)
+
+
+def _unprocessable(field: str, message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         [{"loc": ["body", field], "field": field, "msg": message, "type": "value_error"}])
+
+
+@router.post("/residents/{resident_id}/observations", response_model=ObservationResult,
+             status_code=status.HTTP_201_CREATED,
+             summary="Record an observation set; returns the NEWS2 score and what to do now")
+def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> ObservationResult:
+    """Stores the set (its SpO2 scale comes from the resident's recorded Scale 2 decision, never from the form),
+    asks the scoring stage to raise or update alerts, and returns the score with plain-English advice."""
+    ctx.require(Permission.RECORD_OBSERVATION)
+    resident = ctx.resident(resident_id, action="create", clinical=True, record="observation_set")
+    if resident["monitoring"] in ("discharged", "deceased"):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"resident is {resident['monitoring']}: not monitored")
+    now = datetime.now(UTC)
+    taken_at = body.taken_at or now
+    if taken_at > now + MAX_FUTURE:
+        raise _unprocessable("taken_at", "is in the future: check the tablet's clock")
+    if taken_at < now - MAX_BACKDATE:
+        raise _unprocessable("taken_at", "is more than 7 days ago")
+
+    values: dict[str, Any] = {p.value: getattr(body, p.value) for p in News2Parameter}
+    inputs: dict[str, Any] = {}
+    device_values, skipped = recent_device_values(ctx, resident_id, body.prefill_minutes, now) \
+        if body.from_device else ({}, {})
+    for param in body.from_device:
+        reading = device_values.get(param.value)
+        if reading is None:
+            why = skipped.get(param.value, f"no device reading in the last {body.prefill_minutes} minutes")
+            raise _unprocessable(param.value, f"cannot use a device value: {why}")
+        typed = values[param.value]
+        if typed is not None and abs(typed - reading.value) > 1e-6:
+            raise _unprocessable(param.value, f"typed value {typed:g} differs from the device reading "
+                                              f"{reading.value:g}: either type it or accept the device value")
+        values[param.value] = reading.value
+        inputs[param.value] = {"source": "device", "device_id": reading.device_id,
+                               "measured_at": reading.measured_at.isoformat()}
+    for name, value in values.items():
+        if value is not None and name not in inputs:
+            inputs[name] = {"source": "manual", "by": ctx.principal.username, "at": taken_at.isoformat()}
+    manual = {"source": "manual", "by": ctx.principal.username, "at": taken_at.isoformat()}
+    inputs["on_oxygen"] = manual
+    if body.consciousness is not None:
+        inputs["consciousness"] = manual
+
+    spo2_scale = 2 if resident["scale2"] else 1
+    try:
+        result = score_observation(ObservationSet(
+            **values, spo2_scale=spo2_scale, on_oxygen=body.on_oxygen, consciousness=body.consciousness))
+    except (InvalidObservation, ValueError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+    source = "mixed" if body.from_device else "manual"
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        obs_id = cur.execute(
+            """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, respiration_rate,
+                   spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature, soft_signs, note,
+                   inputs, score, risk, subscores, complete, missing)
+               VALUES (%(rid)s, %(site)s, %(taken_at)s, %(by)s, %(source)s, %(respiration_rate)s, %(spo2)s,
+                   %(scale)s, %(on_oxygen)s, %(systolic_bp)s, %(pulse)s, %(consciousness)s, %(temperature)s,
+                   %(soft_signs)s, %(note)s, %(inputs)s, %(score)s, %(risk)s, %(subscores)s, %(complete)s,
+                   %(missing)s)
+               RETURNING obs_id""",
+            {**values, "rid": resident_id, "site": resident["site_id"], "taken_at": taken_at,
+             "by": ctx.principal.username, "source": source, "scale": spo2_scale, "on_oxygen": body.on_oxygen,
+             "consciousness": body.consciousness, "soft_signs": [s.value for s in body.soft_signs],
+             "note": body.note, "inputs": Jsonb(inputs), "score": result.score, "risk": result.risk.value,
+             "subscores": Jsonb(dict(result.subscores)), "complete": result.complete,
+             "missing": list(result.missing)},
+        ).fetchone()["obs_id"]
+    ctx.note("create", "observation_set", obs_id, resident_id=resident_id, score=result.score)
+    evaluated = evaluate_alerts(ctx, resident_id, now)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        alerts = cur.execute(
+            """SELECT alert_id, kind, severity, status, reason, action FROM alerts
+               WHERE resident_id = %s AND status <> 'resolved' ORDER BY opened_at DESC""", (resident_id,)).fetchall()
+    response = result.response
+    return ObservationResult(
+        obs_id=obs_id, resident_id=resident_id, taken_at=taken_at, source=source, spo2_scale=spo2_scale,
+        score=result.score, risk=result.risk.value, label=response.label, colour=response.colour,
+        subscores=dict(result.subscores), complete=result.complete, missing=list(result.missing),
+        meaning=response.meaning, action=response.action, min_interval_minutes=response.min_interval_minutes,
+        continuous_monitoring=response.continuous, soft_signs=[s.value for s in body.soft_signs],
+        alerts_evaluated=evaluated, open_alerts=[AlertBrief(**a) for a in alerts])
+
+
+def evaluate_alerts(ctx: Ctx, resident_id: str, now: datetime) -> bool:
+    """Ask the scoring stage to raise/update alerts for this resident (the API never decides alerts itself).
+
+    Runs in a savepoint: if the scoring stage fails, the observation set is still kept (it is the clinical
+    record), the failure is logged, and the caller is told alerts were not evaluated.
+    """
+    try:
+        from carewatch.scoring.engine import evaluate_subjects
+
+        with ctx.conn.transaction():
+            evaluate_subjects(ctx.conn, [resident_id], now)
+    except Exception:
+        log.exception("alert evaluation failed for %s", resident_id)
+        return False
+    return True
+
+
+@router.get("/residents/{resident_id}/observations", response_model=Page[ObservationOut],
+            summary="Observation sets, newest first")
+def list_observations(ctx: Context, resident_id: str, paging: Paging, since: datetime | None = None,
+                      until: datetime | None = None) -> dict:
+    ctx.resident(resident_id, clinical=True, view="observations")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT * FROM observation_sets WHERE resident_id = %(rid)s
+                 AND (%(since)s::timestamptz IS NULL OR taken_at >= %(since)s)
+                 AND (%(until)s::timestamptz IS NULL OR taken_at < %(until)s)
+               ORDER BY taken_at DESC, obs_id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+            {"rid": resident_id, "since": since, "until": until, "limit": paging.limit + 1,
+             "offset": paging.offset}).fetchall()
+    return page_of([ObservationOut(**{k: v for k, v in r.items() if k in ObservationOut.model_fields}) for r in rows],
+                   paging.limit, paging.offset)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Timelines
+# ------------------------------------------------------------------------------------------------------------
+Bucket = Literal["raw", "1m", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1d"]
+BUCKETS: dict[str, timedelta] = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5),
+                                 "15m": timedelta(minutes=15), "30m": timedelta(minutes=30),
+                                 "1h": timedelta(hours=1), "3h": timedelta(hours=3), "6h": timedelta(hours=6),
+                                 "12h": timedelta(hours=12), "1d": timedelta(days=1)}
+MAX_POINTS = 5000
+RAW_WINDOW = timedelta(hours=6)
+MAX_WINDOW = timedelta(days=400)
+
+
+def choose_bucket(window: timedelta, requested: str | None) -> str:
+    """Raw points for short windows, hourly up to a fortnight, daily beyond (unless the caller chose)."""
+    if requested:
+        return requested
+    if window <= RAW_WINDOW:
+        return "raw"
+    return "1h" if window <= timedelta(days=14) else "1d"
+
+
+@router.get("/residents/{resident_id}/readings", response_model=Timeline,
+            summary="A vital-sign timeline for charts (raw for short windows, else resampled)")
+def readings_timeline(
+    ctx: Context,
+    resident_id: str,
+    metric: Metric,
+    start: Annotated[datetime | None, Query(alias="from", description="Default: 24 h before 'to'.")] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="Default: now.")] = None,
+    bucket: Annotated[Bucket | None, Query(description="raw, or a bucket width; default depends on the window.")]
+    = None,
+) -> Timeline:
+    ctx.resident(resident_id, clinical=METRICS[metric].vital, metric=metric.value)
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(hours=24)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise _unprocessable("from", "times must include a time zone (e.g. 2024-05-01T08:00:00Z)")
+    if end <= start:
+        raise _unprocessable("to", "must be after 'from'")
+    if end - start > MAX_WINDOW:
+        raise _unprocessable("from", "window is longer than 400 days")
+    chosen = choose_bucket(end - start, bucket)
+    if chosen != "raw" and (end - start) / BUCKETS[chosen] > MAX_POINTS:
+        raise _unprocessable("bucket", f"more than {MAX_POINTS} points: choose a wider bucket")
+    values = {"rid": resident_id, "metric": metric.value, "start": start, "end": end, "untrusted": _UNTRUSTED,
+              "limit": MAX_POINTS + 1}
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        if chosen == "raw":
+            rows = cur.execute(
+                """SELECT measured_at AS t, value, NULL::float8 AS min, NULL::float8 AS max, 1 AS n FROM readings
+                   WHERE subject_id = %(rid)s AND metric = %(metric)s AND measured_at >= %(start)s
+                     AND measured_at < %(end)s AND NOT (flags && %(untrusted)s::text[])
+                   ORDER BY measured_at LIMIT %(limit)s""", values).fetchall()
+        else:
+            rows = cur.execute(
+                """SELECT date_bin(%(width)s, measured_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
+                          avg(value) AS value, min(value) AS min, max(value) AS max, count(*) AS n
+                   FROM readings
+                   WHERE subject_id = %(rid)s AND metric = %(metric)s AND measured_at >= %(start)s
+                     AND measured_at < %(end)s AND NOT (flags && %(untrusted)s::text[])
+                   GROUP BY 1 ORDER BY 1 LIMIT %(limit)s""", {**values, "width": BUCKETS[chosen]}).fetchall()
+    return Timeline(subject_id=resident_id, metric=metric.value, unit=METRICS[metric].unit, start=start, end=end,
+                    bucket=None if chosen == "raw" else chosen, points=[TimelinePoint(**r) for r in rows[:MAX_POINTS]],
+                    truncated=len(rows) > MAX_POINTS)

@@ -1,0 +1,250 @@
+"""Who may see and do what: the one place the API decides access. Every route goes through here.
+
+Rules
+-----
+* **care_staff**: their own site (residents, observations, alerts, device list for batteries).
+* **manager**: their own site, plus its configuration (bind/unbind devices, gateways, dead letters) and
+  resident records (create/update, Scale 2).
+* **gp**: residents registered with their practice (``residents.gp_practice``), in any home or household; alerts
+  about those residents; sites only as far as where those residents live.
+* **council**: households (``sites.kind = 'household'``) of their council: behaviour data always, clinical
+  vitals (readings of vital signs, observations, NEWS2, SBARD, FHIR, clinical alerts) only where the household
+  has consent recorded (``sites.consent_vitals``). Read-only.
+* **admin**: everything.
+
+Two answers, used consistently:
+
+* **404 Not Found** when the resource belongs to another tenant (or does not exist): the API never reveals
+  whether someone else's resident, alert, device or site exists.
+* **403 Forbidden** when the caller's *role* may never do this (e.g. a council user acknowledging an alert, a
+  GP listing gateways), checked before any lookup so it reveals nothing, and when a council user asks for the
+  vitals of a household of theirs that has no consent recorded.
+
+The SQL predicates below are the only definition of tenancy; list queries AND them into their WHERE clause and
+single-resource loaders use them too, so a list can never show what a direct fetch would refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from carewatch.api.users import Role, User
+from carewatch.scoring.kinds import CLINICAL_KINDS
+from fastapi import HTTPException, status
+from psycopg.rows import dict_row
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller, as loaded from the users table on every request (never from token claims)."""
+
+    username: str
+    role: Role
+    full_name: str
+    site_id: str | None = None
+    practice_code: str | None = None
+    council: str | None = None
+
+    @classmethod
+    def from_user(cls, user: User) -> Principal:
+        return cls(user.username, user.role, user.full_name, user.site_id, user.practice_code, user.council)
+
+
+class Permission(StrEnum):
+    READ = "read"  # residents, alerts, overview, observations (tenancy still applies)
+    WRITE_RESIDENT = "write_resident"
+    SET_SCALE2 = "set_scale2"
+    RECORD_OBSERVATION = "record_observation"
+    ACT_ON_ALERT = "act_on_alert"  # acknowledge, escalate, resolve, comment
+    SNOOZE = "snooze"
+    READ_DEVICES = "read_devices"
+    CONFIGURE_DEVICES = "configure_devices"
+    READ_GATEWAYS = "read_gateways"
+    READ_DEAD_LETTERS = "read_dead_letters"
+    READ_BEHAVIOUR = "read_behaviour"
+    MANAGE_USERS = "manage_users"
+    READ_AUDIT = "read_audit"
+
+
+_ALL = frozenset(Role)
+GRANTS: dict[Permission, frozenset[Role]] = {
+    Permission.READ: _ALL,
+    Permission.WRITE_RESIDENT: frozenset({Role.MANAGER, Role.ADMIN}),
+    Permission.SET_SCALE2: frozenset({Role.GP, Role.MANAGER, Role.ADMIN}),
+    Permission.RECORD_OBSERVATION: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.ADMIN}),
+    Permission.ACT_ON_ALERT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.ADMIN}),
+    Permission.SNOOZE: frozenset({Role.MANAGER, Role.GP, Role.ADMIN}),
+    Permission.READ_DEVICES: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    Permission.CONFIGURE_DEVICES: frozenset({Role.MANAGER, Role.ADMIN}),
+    Permission.READ_GATEWAYS: frozenset({Role.MANAGER, Role.ADMIN}),
+    Permission.READ_DEAD_LETTERS: frozenset({Role.MANAGER, Role.ADMIN}),
+    Permission.READ_BEHAVIOUR: _ALL,
+    Permission.MANAGE_USERS: frozenset({Role.ADMIN}),
+    Permission.READ_AUDIT: frozenset({Role.ADMIN}),
+}
+
+#: Alert kinds that carry clinical information (council users need the household's vitals consent).
+CLINICAL_ALERT_KINDS: tuple[str, ...] = tuple(sorted(k.value for k in CLINICAL_KINDS))
+
+
+def forbidden(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+def not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    """403 when the caller's role may never do this (checked before any lookup, so it reveals nothing)."""
+    if principal.role not in GRANTS[permission]:
+        raise forbidden(f"a {principal.role.value} user may not do this ({permission.value})")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SQL predicates: the definition of tenancy
+# ------------------------------------------------------------------------------------------------------------
+def params(principal: Principal) -> dict[str, Any]:
+    """The named parameters every predicate below may use."""
+    return {
+        "scope_site": principal.site_id,
+        "scope_practice": principal.practice_code,
+        "scope_council": principal.council,
+        "scope_clinical_kinds": list(CLINICAL_ALERT_KINDS),
+    }
+
+
+def site_predicate(principal: Principal, s: str = "s") -> str:
+    """Sites the caller may see (``s`` is an alias of ``sites``)."""
+    match principal.role:
+        case Role.ADMIN:
+            return "TRUE"
+        case Role.CARE_STAFF | Role.MANAGER:
+            return f"{s}.site_id = %(scope_site)s"
+        case Role.GP:
+            return (f"EXISTS (SELECT 1 FROM residents scope_r WHERE scope_r.site_id = {s}.site_id "
+                    "AND scope_r.gp_practice = %(scope_practice)s)")
+        case Role.COUNCIL:
+            return f"({s}.kind = 'household' AND {s}.council = %(scope_council)s)"
+    return "FALSE"  # pragma: no cover - every role is matched above
+
+
+def resident_predicate(principal: Principal, r: str = "r", s: str = "s") -> str:
+    """Residents the caller may see (``r`` residents, ``s`` their site)."""
+    match principal.role:
+        case Role.ADMIN:
+            return "TRUE"
+        case Role.CARE_STAFF | Role.MANAGER:
+            return f"{r}.site_id = %(scope_site)s"
+        case Role.GP:
+            return f"{r}.gp_practice = %(scope_practice)s"
+        case Role.COUNCIL:
+            return f"({s}.kind = 'household' AND {s}.council = %(scope_council)s)"
+    return "FALSE"  # pragma: no cover
+
+
+def vitals_predicate(principal: Principal, s: str = "s") -> str:
+    """Where the caller may see clinical vitals, on top of seeing the resident."""
+    return f"{s}.consent_vitals" if principal.role is Role.COUNCIL else "TRUE"
+
+
+def alert_predicate(principal: Principal, a: str = "a", r: str = "r", s: str = "s") -> str:
+    """Alerts the caller may see (``a`` alerts, ``r`` LEFT JOINed resident, ``s`` the alert's site)."""
+    match principal.role:
+        case Role.ADMIN:
+            return "TRUE"
+        case Role.CARE_STAFF | Role.MANAGER:
+            return f"{a}.site_id = %(scope_site)s"
+        case Role.GP:
+            return f"({a}.resident_id IS NOT NULL AND {r}.gp_practice = %(scope_practice)s)"
+        case Role.COUNCIL:
+            return (f"({s}.kind = 'household' AND {s}.council = %(scope_council)s AND "
+                    f"(NOT {a}.kind = ANY(%(scope_clinical_kinds)s) OR {s}.consent_vitals))")
+    return "FALSE"  # pragma: no cover
+
+
+def config_predicate(principal: Principal, site_column: str) -> str:
+    """Sites whose configuration (devices, gateways, dead letters) the caller may see."""
+    match principal.role:
+        case Role.ADMIN:
+            return "TRUE"
+        case Role.CARE_STAFF | Role.MANAGER:
+            return f"{site_column} = %(scope_site)s"
+    return "FALSE"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Single-resource loaders: 404 for anything outside the caller's tenancy
+# ------------------------------------------------------------------------------------------------------------
+def _one(conn: psycopg.Connection, query: str, values: dict[str, Any]) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, values).fetchone()
+
+
+def load_site(conn: psycopg.Connection, principal: Principal, site_id: str) -> dict[str, Any]:
+    row = _one(conn, f"SELECT s.* FROM sites s WHERE s.site_id = %(id)s AND {site_predicate(principal)}",
+               {**params(principal), "id": site_id})
+    if row is None:
+        raise not_found("site")
+    return row
+
+
+def load_household(conn: psycopg.Connection, principal: Principal, site_id: str) -> dict[str, Any]:
+    row = load_site(conn, principal, site_id)
+    if row["kind"] != "household":
+        raise not_found("household")
+    return row
+
+
+def load_resident(
+    conn: psycopg.Connection, principal: Principal, resident_id: str, *, clinical: bool = False
+) -> dict[str, Any]:
+    """The resident row (with site kind, name and consent); 404 outside tenancy, 403 for vitals without consent."""
+    row = _one(
+        conn,
+        f"""SELECT r.*, s.kind AS site_kind, s.name AS site_name, s.consent_vitals, s.council,
+                   ({vitals_predicate(principal)}) AS vitals_allowed
+            FROM residents r JOIN sites s ON s.site_id = r.site_id
+            WHERE r.resident_id = %(id)s AND {resident_predicate(principal)}""",
+        {**params(principal), "id": resident_id},
+    )
+    if row is None:
+        raise not_found("resident")
+    if clinical and not row["vitals_allowed"]:
+        raise forbidden("no consent is recorded for sharing this household's clinical vitals with the council")
+    return row
+
+
+def load_alert(conn: psycopg.Connection, principal: Principal, alert_id: int) -> dict[str, Any]:
+    row = _one(
+        conn,
+        f"""SELECT a.*, r.display_name AS resident_name, s.name AS site_name
+            FROM alerts a JOIN sites s ON s.site_id = a.site_id
+            LEFT JOIN residents r ON r.resident_id = a.resident_id
+            WHERE a.alert_id = %(id)s AND {alert_predicate(principal)}""",
+        {**params(principal), "id": alert_id},
+    )
+    if row is None:
+        raise not_found("alert")
+    return row
+
+
+def load_device(conn: psycopg.Connection, principal: Principal, device_id: str) -> dict[str, Any]:
+    row = _one(conn,
+               f"SELECT d.* FROM devices d WHERE d.device_id = %(id)s AND {config_predicate(principal, 'd.site_id')}",
+               {**params(principal), "id": device_id})
+    if row is None:
+        raise not_found("device")
+    return row
+
+
+def load_gateway(conn: psycopg.Connection, principal: Principal, gateway_id: str) -> dict[str, Any]:
+    row = _one(conn,
+               f"SELECT g.* FROM gateways g WHERE g.gateway_id = %(id)s AND {config_predicate(principal, 'g.site_id')}",
+               {**params(principal), "id": gateway_id})
+    if row is None:
+        raise not_found("gateway")
+    return row

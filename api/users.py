@@ -1,0 +1,261 @@
+"""User accounts: the functions behind the ``/users`` endpoints, ``carewatch users`` and the demo seeding.
+
+Passwords are hashed with argon2id (argon2-cffi defaults). A user is never deleted, only disabled, because the
+audit log names them. Scope columns follow the role: care staff and managers belong to a site, a GP to a
+practice, a council user to a council; the database checks the same rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from psycopg.rows import dict_row
+
+
+class Role(StrEnum):
+    CARE_STAFF = "care_staff"
+    MANAGER = "manager"
+    GP = "gp"
+    COUNCIL = "council"
+    ADMIN = "admin"
+
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 256
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.@-]{1,63}$"
+_USERNAME = re.compile(USERNAME_PATTERN)
+_HASHER = PasswordHasher()
+#: Verified against when the username is unknown, so a failed login takes as long either way.
+_DUMMY_HASH = _HASHER.hash("not-a-real-password-0")
+
+_COLUMNS = "username, full_name, role, site_id, practice_code, council, active, created_at, password_hash"
+
+
+class UserError(ValueError):
+    """A user could not be created or changed; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    full_name: str
+    role: Role
+    site_id: str | None
+    practice_code: str | None
+    council: str | None
+    active: bool
+    created_at: datetime
+    password_version: str  # changes whenever the password does: refresh tokens carry it
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> User:
+        return cls(
+            username=row["username"],
+            full_name=row["full_name"],
+            role=Role(row["role"]),
+            site_id=row["site_id"],
+            practice_code=row["practice_code"],
+            council=row["council"],
+            active=row["active"],
+            created_at=row["created_at"],
+            password_version=password_version(row["password_hash"]),
+        )
+
+
+def password_version(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def hash_password(password: str) -> str:
+    check_password_policy(password)
+    return _HASHER.hash(password)
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+
+
+def normalise_username(username: str) -> str:
+    name = username.strip().lower()
+    if not _USERNAME.match(name):
+        raise UserError("username must be 2-64 characters: lower-case letters, digits and _ . @ -")
+    return name
+
+
+def check_scope(role: Role | str, site_id: str | None, practice_code: str | None, council: str | None) -> None:
+    """Each role needs its scope (and only its scope), so a user can never see more than intended."""
+    role = Role(role)
+    needs = {
+        Role.CARE_STAFF: ("site", site_id),
+        Role.MANAGER: ("site", site_id),
+        Role.GP: ("practice", practice_code),
+        Role.COUNCIL: ("council", council),
+    }
+    if role in needs and not needs[role][1]:
+        raise UserError(f"a {role.value} user needs a {needs[role][0]}")
+
+
+def _run(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchone() if cur.description else None
+    except psycopg.errors.UniqueViolation:
+        raise UserError(f"user {params.get('username')!r} already exists") from None
+    except psycopg.errors.ForeignKeyViolation as exc:
+        what = "site" if "site" in str(exc) else "GP practice"
+        raise UserError(f"unknown {what}: create it first") from None
+    except psycopg.errors.CheckViolation:
+        raise UserError("the role and its site/practice/council do not match") from None
+
+
+def create_user(
+    conn: psycopg.Connection,
+    username: str,
+    role: Role | str,
+    *,
+    password: str,
+    full_name: str | None = None,
+    site_id: str | None = None,
+    practice_code: str | None = None,
+    council: str | None = None,
+) -> User:
+    """Create an active user; UserError when the name is taken, the scope is missing or the password is weak."""
+    name = normalise_username(username)
+    try:
+        role = Role(role)
+    except ValueError:
+        raise UserError(f"role must be one of {', '.join(r.value for r in Role)}") from None
+    check_scope(role, site_id, practice_code, council)
+    row = _run(
+        conn,
+        f"""INSERT INTO users (username, full_name, role, site_id, practice_code, council, password_hash)
+            VALUES (%(username)s, %(full_name)s, %(role)s, %(site_id)s, %(practice_code)s, %(council)s, %(hash)s)
+            RETURNING {_COLUMNS}""",
+        {
+            "username": name,
+            "full_name": full_name or name,
+            "role": role.value,
+            "site_id": site_id,
+            "practice_code": practice_code,
+            "council": council,
+            "hash": hash_password(password),
+        },
+    )
+    assert row is not None
+    return User.from_row(row)
+
+
+def get_user(conn: psycopg.Connection, username: str) -> User | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {_COLUMNS} FROM users WHERE username = %s", (username.strip().lower(),)).fetchone()
+    return User.from_row(row) if row else None
+
+
+def list_users(
+    conn: psycopg.Connection,
+    *,
+    role: Role | str | None = None,
+    site_id: str | None = None,
+    active: bool | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[User]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT {_COLUMNS} FROM users
+                WHERE (%(role)s::text IS NULL OR role = %(role)s)
+                  AND (%(site)s::text IS NULL OR site_id = %(site)s)
+                  AND (%(active)s::boolean IS NULL OR active = %(active)s)
+                ORDER BY username LIMIT %(limit)s OFFSET %(offset)s""",
+            {"role": Role(role).value if role else None, "site": site_id, "active": active,
+             "limit": limit, "offset": offset},
+        ).fetchall()
+    return [User.from_row(r) for r in rows]
+
+
+_UNSET: Any = object()
+
+
+def update_user(
+    conn: psycopg.Connection,
+    username: str,
+    *,
+    full_name: str | None = _UNSET,
+    role: Role | str = _UNSET,
+    site_id: str | None = _UNSET,
+    practice_code: str | None = _UNSET,
+    council: str | None = _UNSET,
+    active: bool = _UNSET,
+) -> User:
+    """Change the given fields (others are left alone); UserError when the result would be inconsistent."""
+    current = get_user(conn, username)
+    if current is None:
+        raise UserError(f"no user {username!r}")
+    merged = {
+        "full_name": current.full_name if full_name is _UNSET else full_name,
+        "role": current.role if role is _UNSET else Role(role),
+        "site_id": current.site_id if site_id is _UNSET else site_id,
+        "practice_code": current.practice_code if practice_code is _UNSET else practice_code,
+        "council": current.council if council is _UNSET else council,
+        "active": current.active if active is _UNSET else active,
+    }
+    check_scope(merged["role"], merged["site_id"], merged["practice_code"], merged["council"])
+    row = _run(
+        conn,
+        f"""UPDATE users SET full_name = %(full_name)s, role = %(role)s, site_id = %(site_id)s,
+                   practice_code = %(practice_code)s, council = %(council)s, active = %(active)s
+            WHERE username = %(username)s RETURNING {_COLUMNS}""",
+        {**merged, "role": merged["role"].value, "username": current.username},
+    )
+    assert row is not None
+    return User.from_row(row)
+
+
+def set_password(conn: psycopg.Connection, username: str, password: str) -> None:
+    """Set a new password; outstanding refresh tokens stop working (they carry the old password version)."""
+    new_hash = hash_password(password)
+    with conn.transaction():
+        cur = conn.execute("UPDATE users SET password_hash = %s WHERE username = %s",
+                           (new_hash, username.strip().lower()))
+    if cur.rowcount == 0:
+        raise UserError(f"no user {username!r}")
+
+
+def disable_user(conn: psycopg.Connection, username: str) -> None:
+    """Disable (never delete: the audit log names users). Takes effect on the user's next request."""
+    with conn.transaction():
+        cur = conn.execute("UPDATE users SET active = false WHERE username = %s", (username.strip().lower(),))
+    if cur.rowcount == 0:
+        raise UserError(f"no user {username!r}")
+
+
+def authenticate(conn: psycopg.Connection, username: str, password: str) -> User | None:
+    """The active user with this username and password, or None (same time taken when the user is unknown)."""
+    name = username.strip().lower()
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {_COLUMNS} FROM users WHERE username = %s", (name,)).fetchone()
+    stored = row["password_hash"] if row else _DUMMY_HASH
+    try:
+        _HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None or not row["active"]:
+        return None
+    if _HASHER.check_needs_rehash(stored):
+        with conn.transaction():
+            conn.execute("UPDATE users SET password_hash = %s WHERE username = %s", (_HASHER.hash(password), name))
+        row["password_hash"] = conn.execute("SELECT password_hash FROM users WHERE username = %s",
+                                            (name,)).fetchone()[0]
+    return User.from_row(row)
