@@ -143,7 +143,9 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
              "missing": list(result.missing)},
         ).fetchone()["obs_id"]
     ctx.note("create", "observation_set", obs_id, resident_id=resident_id, score=result.score)
-    evaluated = evaluate_alerts(ctx, resident_id, now)
+    # Alerts are evaluated as of now; under a data clock (simulated-time demo) "now" is the observation's time.
+    data_clock = ctx.request.app.state.settings.clock == "data"
+    evaluated = evaluate_alerts(ctx, resident_id, taken_at if data_clock else now)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         alerts = cur.execute(
             """SELECT alert_id, kind, severity, status, reason, action FROM alerts

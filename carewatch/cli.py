@@ -49,7 +49,7 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
     fresh: Annotated[bool, typer.Option(help="Wipe the demo's data first.")] = False,
-    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
 ) -> None:
     """Run the whole platform here: its own PostgreSQL and MQTT broker, 2 care homes, 3 households, the simulator,
     gateways, ingest, scorer, API (/docs) and dashboard. Prints the URLs and demo logins. Ctrl-C stops it all."""
@@ -67,10 +67,15 @@ def gateway(
 ) -> None:
     """Run the edge gateway: read BLE devices in the registry, store every reading in the local outbox, and
     forward batches over MQTT (CAREWATCH_MQTT_URL, CAREWATCH_SITE_ID, CAREWATCH_GATEWAY_ID)."""
+    _configure_logging()
+    if simulate:
+        from carewatch.firmware_sim.cli import run_simulated_gateway
+
+        run_simulated_gateway(get_settings())
+        return
     from carewatch.gateway.service import main as gateway_main
 
-    _configure_logging()
-    gateway_main(get_settings(), simulate=simulate)
+    gateway_main(get_settings())
 
 
 @app.command()

@@ -86,6 +86,7 @@ HISTORY = timedelta(days=15)
 FUTURE_SLACK = timedelta(minutes=10)
 #: Home-sensor readings re-derived into behaviour events on each evaluation.
 BEHAVIOUR_LOOKBACK = timedelta(hours=36)
+BEHAVIOUR_BASELINE_WINDOW = timedelta(days=16)
 #: Events starting this close to the start of the re-derivation window may be truncated: left as they are.
 BEHAVIOUR_EDGE = timedelta(minutes=30)
 #: Only readings stored this recently count for the stored-to-alert latency (older ones: rescore, not news).
@@ -353,6 +354,9 @@ def _load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: dat
 def _write_sets(conn: psycopg.Connection, resident: ResidentFacts, plans: Sequence[SetPlan],
                 results: Sequence[News2Result]) -> None:
     for plan, result in zip(plans, results, strict=True):
+        if plan.supersedes is not None:
+            conn.execute("DELETE FROM observation_sets WHERE obs_id = %s AND recorded_by = 'scorer'",
+                         (plan.supersedes,))
         v = plan.values
         params = {
             "resident_id": resident.resident_id, "site_id": resident.site_id, "taken_at": plan.taken_at,
@@ -587,7 +591,10 @@ def _household_devices(conn: psycopg.Connection, site_id: str) -> list[DeviceRow
 
 def _derive_and_store_events(conn: psycopg.Connection, site_id: str, roles: Mapping[str, str | None],
                              rooms: Mapping[str, str | None], now: datetime) -> int:
-    start = now - BEHAVIOUR_LOOKBACK
+    # Normally the last 36 h; a household with no derived events yet (new, or history just backfilled) gets
+    # its whole baseline window, so night and wake-time baselines exist from the first evaluation.
+    (newest,) = conn.execute("SELECT max(started_at) FROM behaviour_events WHERE site_id = %s", (site_id,)).fetchone()
+    start = now - BEHAVIOUR_LOOKBACK if newest is not None else now - BEHAVIOUR_BASELINE_WINDOW
     rows = conn.execute(
         "SELECT device_id, metric, value, measured_at FROM readings WHERE subject_id = %s AND metric = ANY(%s) "
         "AND measured_at > %s AND measured_at <= %s ORDER BY measured_at",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -269,6 +269,7 @@ class SetPlan:
     inputs: Mapping[str, Any]
     set_aside: tuple[str, ...]  # plain-English notes on untrusted readings not used
     newest_stored_at: datetime | None = None
+    supersedes: int | None = None  # a device-only set of this round folded into a staff set: delete it
 
     def observation(self) -> dict[str, Any]:
         """The news2.ObservationSet fields."""
@@ -316,18 +317,33 @@ def plan_observation_sets(
     """
     by_key = {s.round_key: s for s in existing if s.round_key}
     claimed: set[int] = set()
+
+    def nearest_round(stored: StoredSet) -> Round | None:
+        return min(rounds, key=lambda r: abs(stored.taken_at - r.start), default=None)
+
     plans = []
     for rnd in sorted(rounds, key=lambda r: r.start):
         target = by_key.get(rnd.key)
+        supersedes = None
         if target is None or target.obs_id in claimed:
             near = [s for s in existing if s.obs_id not in claimed and abs(s.taken_at - rnd.start) <= window]
             # prefer a set this scorer already owns, then the nearest in time
             near.sort(key=lambda s: (s.round_key is None, abs(s.taken_at - rnd.start)))
             target = near[0] if near else None
+        elif target.recorded_by == "scorer":
+            # Staff typed RR/ACVPU for this round after the devices' set was made: one round, one set.
+            staff = [s for s in existing if s.obs_id not in claimed and s.obs_id != target.obs_id
+                     and s.recorded_by != "scorer" and abs(s.taken_at - rnd.start) <= window
+                     and nearest_round(s) is rnd]
+            if staff:
+                supersedes = target.obs_id
+                target = min(staff, key=lambda s: abs(s.taken_at - rnd.start))
         if target is not None and target.obs_id is not None:
             claimed.add(target.obs_id)
         plan = _merge(rnd, target, scale2)
-        if target is None or not _same_values(plan, target):
+        if supersedes is not None:
+            plan = replace(plan, supersedes=supersedes, round_key=rnd.key)
+        if target is None or supersedes is not None or not _same_values(plan, target):
             plans.append(plan)
     return plans
 

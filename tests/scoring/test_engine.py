@@ -376,3 +376,15 @@ def test_two_callers_do_not_race(db, database, home, resident) -> None:
 def test_unknown_subjects_are_reported(db) -> None:
     summary = evaluate_subjects(db, ["nobody-here"], NOW)
     assert summary.unknown_subjects == ["nobody-here"] and summary.residents == 0
+
+
+def test_staff_entry_after_the_device_round_joins_it(db, home, resident) -> None:
+    """Devices first, then staff type RR and ACVPU for the same round: one observation set, not two."""
+    t = NOW - timedelta(minutes=20)
+    oximeter_round(db, home, resident, t, spo2=95, pulse=80)
+    evaluate_subjects(db, [resident], t + timedelta(minutes=1))
+    add_manual_set(db, home, resident, t + timedelta(minutes=4), respiration_rate=18, consciousness="A")
+    evaluate_subjects(db, [resident], t + timedelta(minutes=5))
+    rows = db.execute("SELECT source, respiration_rate, spo2, pulse FROM observation_sets WHERE resident_id = %s",
+                      (resident,)).fetchall()
+    assert rows == [("mixed", 18.0, 95.0, 80.0)]

@@ -1,0 +1,318 @@
+"""``carewatch demo``: the whole platform on this machine, on embedded defaults.
+
+It starts (or reuses) a private PostgreSQL and MQTT broker under the state dir, migrates and seeds the database
+from a simulated world (2 care homes × 12 residents, 3 households, one user per role), then runs ingest, the
+scorer, the API and the dashboard as child processes, and the simulator plus one real gateway per site in this
+process. Simulated time starts on the evening before and runs ``accelerate`` times faster until it catches up
+with the wall clock, so the scripted scenarios raise alerts within the first minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import psycopg
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, port_open, wait_for
+from carewatch.procs import Supervisor
+from carewatch.settings import Settings
+
+DEMO_PASSWORD = "carewatch-demo"
+TZ = ZoneInfo("Europe/London")
+HOMES = (("oakview", "Oakview Care Home"), ("riverside", "Riverside House"))
+RESIDENTS_PER_HOME = 12
+HOUSEHOLDS = 3
+HISTORY = timedelta(days=14)
+
+
+@dataclass
+class DemoUser:
+    username: str
+    role: str
+    full_name: str
+    scope: dict[str, str] = field(default_factory=dict)
+
+
+def sim_start_for(now: datetime) -> datetime:
+    """21:00 local on an evening at least 12 hours ago: the night-time scenarios need a night."""
+    local = now.astimezone(TZ)
+    start = local.replace(hour=21, minute=0, second=0, microsecond=0)
+    while start > local - timedelta(hours=12):
+        start -= timedelta(days=1)
+    return start.astimezone(UTC)
+
+
+class Demo:
+    """Owns every server, child process, gateway and the simulator of one demo run."""
+
+    def __init__(self, settings: Settings, *, accelerate: float, headless: bool, fresh: bool, seed: int) -> None:
+        self.settings = settings
+        self.accelerate = accelerate
+        self.headless = headless
+        self.seed = seed
+        self.dir = settings.state_dir / "demo"
+        if fresh and self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if settings.state_dir.stat().st_mode & 0o001 == 0:
+            settings.state_dir.chmod(0o755)  # the embedded PostgreSQL may run as another account
+        self.dir.chmod(0o755)
+        self.pg: EmbeddedPostgres | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.dsn = settings.database_url or ""
+        self.mqtt_url = settings.mqtt_url or ""
+        self.shared = True
+        self.supervisor: Supervisor | None = None
+        self.fleet: Any = None
+        self.world: Any = None
+        self.api_url = f"http://127.0.0.1:{settings.api_port}"
+        self._tokens: dict[str, str] = {}
+        self._token_lock = threading.Lock()
+
+    # -- servers ------------------------------------------------------------------------------------------
+    def start_servers(self) -> None:
+        if not self.dsn:
+            self.pg = EmbeddedPostgres(self.dir / "postgres", self.settings.demo_pg_port)
+            self.dsn = self.pg.start()
+        if not self.mqtt_url:
+            self.broker = EmbeddedBroker(self.dir / "mqtt", self.settings.demo_mqtt_port)
+            self.mqtt_url = self.broker.start()
+            self.shared = self.broker.supports_shared
+        migrate(self.dsn)
+
+    # -- world and seed -----------------------------------------------------------------------------------
+    def build(self, now: datetime) -> None:
+        from carewatch.firmware_sim.devices import DeviceLayer, world_devices
+        from carewatch.firmware_sim.backfill import backfill_world
+        from carewatch.firmware_sim.scenarios import Onset, load_scenarios
+        from carewatch.firmware_sim.seed import seed_world
+        from carewatch.firmware_sim.world import SiteSpec, build_world
+
+        self.sim_start = sim_start_for(now)
+        world_start = self.sim_start - HISTORY
+        # The history before the live part gives personal baselines. Vital-sign scenarios start minutes into the
+        # live part; night-time patterns start a day earlier, so their first night is already in the history and
+        # the second (which confirms the pattern) comes within the first minutes of the demo.
+        scenarios = [s.model_copy(update={"onset": Onset(offset=self._lead_in(s) + s.onset.offset)})
+                     if s.onset.offset is not None else s for s in load_scenarios("demo")]
+        self.world = build_world(
+            seed=self.seed, sites=[SiteSpec(id=i, name=n, residents=RESIDENTS_PER_HOME) for i, n in HOMES],
+            households=HOUSEHOLDS, scenarios=scenarios, start=world_start,
+        )
+        self.devices = world_devices(self.world)
+        self.layer = DeviceLayer(self.devices, seed=self.seed)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            seed_world(conn, self.world, self.devices)
+            self.users = self._seed_users(conn)
+            self.alerts_before = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()[0]
+            history_stored = conn.execute(
+                "SELECT coalesce(sum(last_seq), 0) FROM gateways WHERE gateway_id LIKE '%-backfill'").fetchone()[0]
+            if not history_stored:
+                print(f"Writing {HISTORY.days} days of simulated history…", file=sys.stderr, flush=True)
+                backfill_world(conn, self.world, start=world_start, end=self.sim_start)
+        self.world.write_ground_truth(self.dir / "ground_truth.jsonl")
+
+    @staticmethod
+    def _lead_in(scenario: Any) -> timedelta:
+        return HISTORY - timedelta(days=1) if scenario.kind.value == "uti" else HISTORY
+
+    def _seed_users(self, conn: psycopg.Connection) -> list[DemoUser]:
+        from carewatch.api.users import create_user, get_user
+
+        residents = self.world.residents
+        households = self.world.households
+        users = [
+            DemoUser("staff", "care_staff", "Sam Carer (care staff)", {"site_id": HOMES[0][0]}),
+            DemoUser("staff2", "care_staff", "Riley Carer (care staff)", {"site_id": HOMES[1][0]}),
+            DemoUser("manager", "manager", "Morgan Manager", {"site_id": HOMES[0][0]}),
+            DemoUser("gp", "gp", "Dr Jo Patel (GP)", {"practice_code": residents[0].gp_practice_code}),
+            DemoUser("council", "council", "Alex Reviewer (council)", {"council": households[0].council}),
+            DemoUser("admin", "admin", "Ada Admin"),
+        ]
+        for user in users:
+            if get_user(conn, user.username) is None:
+                create_user(conn, user.username, user.role, password=DEMO_PASSWORD, full_name=user.full_name,
+                            **user.scope)
+        return users
+
+    # -- processes ----------------------------------------------------------------------------------------
+    def start_services(self) -> None:
+        env = self.settings.child_env(
+            database_url=self.dsn, mqtt_url=self.mqtt_url, state_dir=str(self.settings.state_dir),
+            clock="data", ingest_shared="true" if self.shared else "false",
+            api_url=self.api_url, log_level="WARNING",
+        )
+        self.supervisor = Supervisor(env, self.dir / "logs")
+        self.supervisor.start("ingest", "ingest", "--worker-id", "demo-1")
+        self.supervisor.start("scorer", "score")
+        self.supervisor.start("api", "api")
+        if not self.headless:
+            self.supervisor.start("dashboard", "dashboard")
+        wait_for(lambda: port_open("127.0.0.1", self.settings.api_port) or bool(self.supervisor.check()), 60,
+                 "the API to listen")
+        self._check_children()
+
+    def _check_children(self) -> None:
+        assert self.supervisor is not None
+        dead = self.supervisor.check()
+        if dead:
+            child = dead[0]
+            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")  # type: ignore[union-attr]
+
+    def start_gateways_and_sim(self) -> None:
+        from carewatch.firmware_sim.driver import SimClock
+        from carewatch.firmware_sim.fleet import SimFleet
+
+        self.clock = SimClock(self.sim_start, self.accelerate, catch_up=True)
+        self.fleet = SimFleet(self.world, self.settings, mqtt_url=self.mqtt_url, outbox_dir=self.dir / "gateways",
+                              clock=self.clock).start(on_manual=self._post_manual)
+
+    # -- manual observations: staff type RR, consciousness and soft signs on the tablet ---------------------
+    def _token(self, site_id: str) -> str | None:
+        user = next((u for u in self.users if u.role == "care_staff" and u.scope.get("site_id") == site_id), None)
+        if user is None:
+            return None
+        with self._token_lock:
+            if user.username not in self._tokens:
+                reply = httpx.post(f"{self.api_url}/auth/token",
+                                   data={"username": user.username, "password": DEMO_PASSWORD}, timeout=10)
+                reply.raise_for_status()
+                self._tokens[user.username] = reply.json()["access_token"]
+            return self._tokens[user.username]
+
+    def _post_manual(self, obs: Any) -> None:
+        token = self._token(obs.site_id)
+        if token is None:
+            return
+        body = {"respiration_rate": obs.respiration_rate, "consciousness": obs.consciousness,
+                "on_oxygen": obs.supplemental_oxygen, "soft_signs": list(obs.soft_signs), "note": obs.note,
+                "taken_at": obs.at.isoformat()}
+        reply = httpx.post(f"{self.api_url}/residents/{obs.resident_id}/observations", json=body,
+                           headers={"Authorization": f"Bearer {token}"}, timeout=20)
+        if reply.status_code == 401:
+            with self._token_lock:
+                self._tokens.clear()
+        reply.raise_for_status()
+
+    # -- summary ------------------------------------------------------------------------------------------
+    def drain(self, timeout: float = 120) -> None:
+        """Stop the simulator, let every gateway empty its outbox and ingest store it."""
+        deadline = time.monotonic() + timeout
+        self.fleet.drain(timeout)
+        ranges = self.fleet.published_ranges()
+        expected = sum(max(0, hi - lo + 1) for lo, hi in ranges.values())
+        while time.monotonic() < deadline and self._stored_total(ranges) < expected:
+            time.sleep(0.5)
+
+    def _stored_total(self, ranges: dict[str, tuple[int, int]]) -> int:
+        with psycopg.connect(self.dsn) as conn:
+            return sum(
+                conn.execute("SELECT count(DISTINCT seq) FROM readings WHERE gateway_id = %s AND seq BETWEEN %s AND %s",
+                             (gw, lo, hi)).fetchone()[0]
+                for gw, (lo, hi) in ranges.items()
+            )
+
+    def summary(self) -> dict[str, Any]:
+        ranges = self.fleet.published_ranges()
+        published = sum(max(0, hi - lo + 1) for lo, hi in ranges.values())
+        stored = duplicates = 0
+        with psycopg.connect(self.dsn) as conn:
+            for gw, (lo, hi) in ranges.items():
+                total, distinct = conn.execute(
+                    "SELECT count(*), count(DISTINCT seq) FROM readings "
+                    "WHERE gateway_id = %s AND seq BETWEEN %s AND %s",
+                    (gw, lo, hi)).fetchone()
+                stored += distinct
+                duplicates += total - distinct
+            alerts = [
+                {"alert_id": a, "subject": s, "kind": k, "severity": sev, "status": st, "score": sc,
+                 "opened_at": o.isoformat(), "reason": r}
+                for a, s, k, sev, st, sc, o, r in conn.execute(
+                    """SELECT alert_id, subject_id, kind, severity, status, score, opened_at, reason FROM alerts
+                       WHERE alert_id > %s ORDER BY alert_id""", (self.alerts_before,)).fetchall()
+            ]
+        truth = [row for row in self.world.ground_truth() if row.get("expected_alert")]
+        raised = {(a["subject"], a["kind"]) for a in alerts}
+        detected = [row for row in truth if (row["target"], row["expected_alert"]) in raised]
+        return {
+            "readings_published": published,
+            "readings_stored": stored,
+            "readings_lost": published - stored,
+            "duplicates_stored": duplicates,
+            "alerts": alerts,
+            "scenarios_total": len(truth),
+            "scenarios_detected": len(detected),
+            "scenarios_missed": sorted(row["id"] for row in truth if row not in detected),
+            "sim_time_reached": self.clock().isoformat() if hasattr(self, "clock") else None,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def print_banner(self) -> None:
+        lines = [
+            "",
+            "Carewatch demo is running.",
+            f"  API:        {self.api_url}/docs",
+        ]
+        if not self.headless:
+            lines.append(f"  Dashboard:  http://127.0.0.1:{self.settings.dashboard_port}")
+        lines += [
+            f"  Database:   {self.dsn}",
+            f"  MQTT:       {self.mqtt_url} ({self.broker.kind if self.broker else 'external'})",
+            f"  Logs:       {self.dir / 'logs'}",
+            f"  Simulated time starts {self.sim_start.astimezone(TZ):%a %d %b %H:%M} and runs ×{self.accelerate:g} "
+            "until it reaches now.",
+            f"  Logins (password '{DEMO_PASSWORD}'):",
+            *[f"    {u.username:<8} {u.role:<10} {u.full_name}" for u in self.users],
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop_all()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def run_demo(settings: Settings, *, accelerate: float, headless: bool, duration: float | None, json_out: bool,
+             fresh: bool, seed: int) -> int:
+    demo = Demo(settings, accelerate=accelerate, headless=headless, fresh=fresh, seed=seed)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        demo.start_servers()
+        demo.build(datetime.now(UTC))
+        demo.start_services()
+        demo.start_gateways_and_sim()
+        demo.print_banner()
+        deadline = None if duration is None else time.monotonic() + duration
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            stop.wait(1.0)
+            demo._check_children()
+        if json_out:
+            demo.drain()
+            time.sleep(3)  # let the scorer act on the last readings
+            print(json.dumps(demo.summary()), flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping…", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        demo.stop()

@@ -1,0 +1,350 @@
+"""The simulator's device layer: value-level events become the real bytes real devices send.
+
+Each resident has their own pulse oximeter (PLX Spot-Check 0x2A5E), thermometer (0x2A1C) and blood-pressure
+cuff (0x2A35); each household has BTHome v2 sensors (some encrypted with a bind key). :class:`DeviceLayer`
+turns :class:`VitalSample` / :class:`SensorEvent` into :class:`Notification` bytes using the encoders in
+``firmware_sim/frames.py`` and acts out device faults (garbage frames, duplicate notifications, unset or wrong
+clocks, disconnect storms). :class:`SimTransport` hands those notifications to the real gateway code.
+
+Care homes often share one kit between residents and pick the resident on the tablet; the platform attributes a
+reading through the device's binding, so the simulator gives each resident their own devices (a documented
+simplification).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from carewatch.firmware_sim import frames
+from carewatch.firmware_sim.household import SensorEvent
+from carewatch.firmware_sim.physiology import VitalSample
+from carewatch.firmware_sim.scenarios import DeviceFault, FaultKind
+from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
+from carewatch.gateway.transport import Deliver, Notification, OnEvent, TransportEvent
+
+from carewatch.wire import DeviceKind, Metric, QualityFlag
+
+#: The GATT characteristic each bedside device kind notifies.
+VITAL_SOURCE = {
+    DeviceKind.PULSE_OXIMETER: "2a5e",
+    DeviceKind.THERMOMETER: "2a1c",
+    DeviceKind.BP_CUFF: "2a35",
+}
+ID_PREFIX = {DeviceKind.PULSE_OXIMETER: "oxi", DeviceKind.THERMOMETER: "thermo", DeviceKind.BP_CUFF: "bp"}
+#: Household sensor roles that are sold encrypted (their bind key is provisioned at pairing).
+ENCRYPTED_ROLES = frozenset({"bathroom", "front_door"})
+
+#: Our metric -> the BTHome field name the encoder (and the gateway's decoder) use.
+BTHOME_FIELD = {
+    Metric.MOTION: "motion",
+    Metric.OCCUPANCY: "occupancy",
+    Metric.DOOR_OPEN: "door_open",
+    Metric.WINDOW_OPEN: "window_open",
+    Metric.ROOM_TEMPERATURE: "temperature_c",
+    Metric.HUMIDITY: "humidity_pct",
+    Metric.ILLUMINANCE: "illuminance_lux",
+    Metric.POWER: "power_w",
+    Metric.POWER_ON: "power_on",
+    Metric.BATTERY: "battery_pct",
+}
+
+# PLX status bits (Bluetooth PLX Service spec): measurement status and device-and-sensor status.
+_PLX_QUESTIONABLE = 1 << 14
+_PLX_LOW_PERFUSION = 1 << 5
+_PLX_ERRATIC_SIGNAL = 1 << 6
+
+
+def mac_for(device_id: str) -> str:
+    digest = hashlib.sha1(device_id.encode()).digest()
+    return ":".join(f"{b:02X}" for b in (0xC0, *digest[:5]))
+
+
+def bind_key_for(device_id: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{device_id}".encode()).digest()[:16]
+
+
+@dataclass(frozen=True)
+class SimDevice:
+    device_id: str
+    site_id: str
+    kind: DeviceKind
+    source: str
+    address: str
+    resident_id: str | None = None
+    room: str | None = None
+    role: str | None = None
+    bind_key: bytes | None = None
+
+    def registered(self) -> RegisteredDevice:
+        return RegisteredDevice(
+            address=self.address, device_id=self.device_id, kind=self.kind,
+            source="bthome" if self.source == "bthome" else "gatt", resident_id=self.resident_id,
+            room=self.room, role=self.role, bind_key=self.bind_key.hex() if self.bind_key else None,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """A row for the platform's devices table."""
+        return {"device_id": self.device_id, "site_id": self.site_id, "kind": self.kind.value,
+                "model": f"sim-{self.source}", "mac": self.address, "resident_id": self.resident_id,
+                "room": self.room, "role": self.role, "bind_key": self.bind_key.hex() if self.bind_key else None}
+
+
+def resident_devices(resident_id: str, site_id: str) -> list[SimDevice]:
+    return [
+        SimDevice(f"{ID_PREFIX[kind]}-{resident_id}", site_id, kind, source,
+                  mac_for(f"{ID_PREFIX[kind]}-{resident_id}"), resident_id=resident_id)
+        for kind, source in VITAL_SOURCE.items()
+    ]
+
+
+def household_devices(household_id: str, roles: dict[str, DeviceKind], seed: int) -> list[SimDevice]:
+    out = []
+    for role, kind in roles.items():
+        device_id = f"{household_id}-{role.replace('_', '-')}"
+        room = role.split("_")[0]  # 'bathroom', 'kitchen_motion' -> 'kitchen', 'front_door' -> 'front'
+        out.append(SimDevice(device_id, household_id, kind, "bthome", mac_for(device_id), room=room, role=role,
+                             bind_key=bind_key_for(device_id, seed) if role in ENCRYPTED_ROLES else None))
+    return out
+
+
+#: A notification or link event, with the site whose gateway hears it.
+Routed = tuple[str, Notification | TransportEvent]
+
+
+def world_devices(world: Any) -> list[SimDevice]:
+    """Every device of a simulated world: three bedside devices per resident, the sensors of each household."""
+    from carewatch.firmware_sim.household import SENSORS
+
+    roles = {role: spec.device_kind for role, spec in SENSORS.items()}
+    out = [d for r in world.residents for d in resident_devices(r.id, r.site_id)]
+    out += [d for h in world.households for d in household_devices(h.id, roles, world.seed)]
+    return out
+
+
+@dataclass
+class _DeviceState:
+    packet_id: int = 0
+    counter: int = 0
+
+
+@dataclass
+class DeviceLayer:
+    """Turns value-level events into notifications, device by device, acting out active faults."""
+
+    devices: list[SimDevice]
+    seed: int = 0
+    _by_resident: dict[tuple[str, DeviceKind], SimDevice] = field(init=False)
+    _by_role: dict[tuple[str, str], SimDevice] = field(init=False)
+    _state: dict[str, _DeviceState] = field(init=False)
+    _faults: list[DeviceFault] = field(init=False, default_factory=list)
+    _pending: list[VitalSample] = field(init=False, default_factory=list)
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._by_resident = {(d.resident_id, d.kind): d for d in self.devices if d.resident_id}
+        self._by_role = {(d.site_id, d.role): d for d in self.devices if d.role}
+        self._state = {d.device_id: _DeviceState() for d in self.devices}
+        self.rng = np.random.default_rng([self.seed, 0xDE71CE])
+
+    def registry(self, site_id: str) -> DeviceRegistry:
+        return DeviceRegistry(d.registered() for d in self.devices if d.site_id == site_id)
+
+    # -- faults -------------------------------------------------------------------------------------------
+    def add_fault(self, fault: DeviceFault) -> None:
+        self._faults.append(fault)
+
+    def _active(self, device: SimDevice, at: datetime) -> set[FaultKind]:
+        kinds = set()
+        for fault in self._faults:
+            ref = fault.device
+            if ref.site_id != device.site_id or ref.device_kind != device.kind:
+                continue
+            if device.role and ref.role not in (device.role, "*"):
+                continue
+            if fault.at <= at and (fault.until is None or at < fault.until):
+                kinds.add(fault.kind)
+        return kinds
+
+    def _fault_params(self, device: SimDevice, kind: FaultKind) -> dict[str, Any]:
+        for fault in self._faults:
+            ref = fault.device
+            if fault.kind == kind and ref.site_id == device.site_id and ref.device_kind == device.kind:
+                return dict(fault.params)
+        return {}
+
+    # -- events -> notifications --------------------------------------------------------------------------
+    def feed(self, event: VitalSample | SensorEvent) -> list[Routed]:
+        """Notifications ready to deliver after this event (vital samples of one measurement are grouped)."""
+        out: list[Routed] = []
+        if self._pending and (not isinstance(event, VitalSample) or self._group_key(event) != self._group_key(
+                self._pending[0])):
+            out.extend(self.flush())
+        if isinstance(event, VitalSample):
+            self._pending.append(event)
+        else:
+            out.extend(self._sensor(event))
+        return out
+
+    def flush(self) -> list[Routed]:
+        if not self._pending:
+            return []
+        samples, self._pending = self._pending, []
+        return self._vital(samples)
+
+    @staticmethod
+    def _group_key(sample: VitalSample) -> tuple[str, DeviceKind, datetime]:
+        return sample.resident_id, sample.device_kind, sample.at
+
+    def _device_time(self, device: SimDevice, faults: set[FaultKind], at: datetime) -> tuple[datetime | None, bool]:
+        """(timestamp to encode, clock_not_set)."""
+        if FaultKind.CLOCK_UNSET in faults:
+            return None, True
+        if FaultKind.CLOCK_WRONG in faults:
+            skew = float(self._fault_params(device, FaultKind.CLOCK_WRONG).get("skew_s", 3600))
+            return (at + timedelta(seconds=skew)).replace(tzinfo=None), False
+        return at.replace(tzinfo=None), False
+
+    def _vital(self, samples: list[VitalSample]) -> list[Routed]:
+        first = samples[0]
+        device = self._by_resident.get((first.resident_id, first.device_kind))
+        if device is None:
+            return []
+        values = {s.metric: s.value for s in samples}
+        flags = frozenset().union(*(s.flags for s in samples))
+        faults = self._active(device, first.at)
+        stamp, unset = self._device_time(device, faults, first.at)
+        if device.kind == DeviceKind.PULSE_OXIMETER:
+            status = _PLX_QUESTIONABLE if QualityFlag.QUESTIONABLE in flags else 0
+            dss = (_PLX_LOW_PERFUSION if QualityFlag.LOW_PERFUSION in flags else 0) | (
+                _PLX_ERRATIC_SIGNAL if QualityFlag.MOTION_ARTEFACT in flags else 0)
+            data = frames.encode_plx_spot_check(
+                round(values.get(Metric.SPO2, float("nan"))), round(values.get(Metric.PULSE_RATE, float("nan"))),
+                timestamp=stamp, with_timestamp=True, measurement_status=status or None,
+                device_and_sensor_status=dss or None,
+            )
+        elif device.kind == DeviceKind.THERMOMETER:
+            data = frames.encode_temperature(round(values[Metric.TEMPERATURE], 2), timestamp=stamp, temp_type=6)
+            if unset:
+                data = frames.encode_temperature(round(values[Metric.TEMPERATURE], 2), timestamp=None, temp_type=6)
+                data = bytes([data[0] | 0x02]) + data[1:5] + frames.encode_date_time(None) + data[5:]
+        else:
+            sbp, dbp = values.get(Metric.SYSTOLIC_BP), values.get(Metric.DIASTOLIC_BP)
+            if sbp is None or dbp is None:
+                return []
+            data = frames.encode_blood_pressure(
+                round(sbp), round(dbp), round(dbp + (sbp - dbp) / 3),
+                timestamp=stamp if not unset else None, pulse_rate=values.get(Metric.PULSE_RATE),
+            )
+        return self._emit(device, data, first.at, faults)
+
+    def _sensor(self, event: SensorEvent) -> list[Routed]:
+        device = self._by_role.get((event.household_id, event.sensor))
+        name = BTHOME_FIELD.get(event.metric)
+        if device is None or name is None:
+            return []
+        state = self._state[device.device_id]
+        state.packet_id = (state.packet_id + 1) % 256
+        state.counter += 1
+        value: float | bool = bool(event.value) if event.metric in (Metric.MOTION, Metric.DOOR_OPEN,
+                                                                  Metric.POWER_ON, Metric.OCCUPANCY) else event.value
+        data = frames.encode_bthome({name: value}, packet_id=state.packet_id, bindkey=device.bind_key,
+                                    mac=device.address, counter=state.counter)
+        return self._emit(device, data, event.at, self._active(device, event.at))
+
+    def _emit(self, device: SimDevice, data: bytes, at: datetime,
+              faults: set[FaultKind]) -> list[Routed]:
+        site = device.site_id
+        out: list[Routed] = []
+        if FaultKind.DISCONNECT_STORM in faults:
+            for i in range(int(self._fault_params(device, FaultKind.DISCONNECT_STORM).get("flaps", 5))):
+                out.append((site, TransportEvent(device.address, "disconnected", at, detail=f"storm {i}")))
+                out.append((site, TransportEvent(device.address, "connected", at, detail=f"storm {i}")))
+        if FaultKind.GARBAGE_FRAMES in faults and self.rng.random() < float(
+                self._fault_params(device, FaultKind.GARBAGE_FRAMES).get("probability", 0.5)):
+            cut = int(self.rng.integers(1, max(2, len(data))))
+            data = data[:cut] if self.rng.random() < 0.5 else bytes(self.rng.integers(0, 256, len(data), np.uint8))
+        rssi = int(-55 - self.rng.integers(0, 30))
+        note = Notification(device.address, device.source, data, at, rssi)
+        out.append((site, note))
+        if FaultKind.DUPLICATE_NOTIFICATIONS in faults:
+            out.append((site, note))
+        return out
+
+
+class SimTransport:
+    """A Transport whose radio is the simulator: notifications pushed from any thread reach ``deliver``.
+
+    ``deliver`` resolves once the readings are in the gateway's outbox, so a notification is never lost; up to
+    ``concurrency`` deliveries are in flight so the gateway can commit them together.
+    """
+
+    def __init__(self, concurrency: int = 64) -> None:
+        self.concurrency = concurrency
+        self._queue: asyncio.Queue[Notification | TransportEvent | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self.delivered = 0
+
+    def wait_ready(self, timeout: float = 30) -> bool:
+        return self._ready.wait(timeout)
+
+    def push(self, items: Iterable[Notification | TransportEvent]) -> None:
+        if self._loop is None or self._queue is None:
+            raise RuntimeError("SimTransport is not running yet (start the gateway first)")
+        for item in items:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def close(self) -> None:
+        if self._loop is not None and self._queue is not None:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def backlog(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        self._ready.set()
+        slots = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(note: Notification) -> None:
+            try:
+                await deliver(note)
+                self.delivered += 1
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    break
+                if isinstance(item, TransportEvent):
+                    await on_event(item)
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(one(item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def notifications(layer: DeviceLayer, events: Iterable[Any]) -> Iterator[Routed]:
+    """All notifications for a stream of events (non-device events are skipped); for tests and backfill."""
+    for event in events:
+        if isinstance(event, DeviceFault):
+            layer.add_fault(event)
+        elif isinstance(event, VitalSample | SensorEvent):
+            yield from layer.feed(event)
+    yield from layer.flush()

@@ -1,0 +1,458 @@
+"""Care-home residents' physiology, the devices that measure it, and the observation rounds staff run.
+
+Value level only: the output is :class:`VitalSample` (one device measurement) and :class:`ManualObservation`
+(what staff type: respiration rate, consciousness, soft signs). The device/transport layer turns them into
+bytes. A resident's *true* state is baseline + circadian rhythm + day-to-day wander + scenario deltas; each
+measurement adds the device's bias and noise and, now and then, a realistic artefact (cold finger, motion)
+that staff notice and re-measure.
+
+Clinical anchors (older adults in care homes): resting RR 14-20, SpO2 94-98% (COPD 88-92%, NEWS2 Scale 2),
+systolic BP ~135 mmHg with wide spread, pulse ~75, temperature ~36.5 °C (older people run cooler and mount
+smaller fevers). Dementia is the resident's norm: recorded consciousness stays 'A' (only NEW confusion scores
+in NEWS2); ``baseline_confused`` tells the platform about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag
+
+if TYPE_CHECKING:
+    from carewatch.firmware_sim.scenarios import Effect
+
+
+class Condition(StrEnum):
+    COPD = "copd"
+    ATRIAL_FIBRILLATION = "atrial_fibrillation"
+    DEMENTIA = "dementia"
+    HYPERTENSION = "hypertension"
+
+
+#: Approximate prevalence among UK care-home residents (dementia ~70%, hypertension ~50-60%, AF ~20%,
+#: COPD ~12-15%). Drawn independently; good enough for a population, not an epidemiological model.
+CONDITION_PREVALENCE: dict[Condition, float] = {
+    Condition.DEMENTIA: 0.70,
+    Condition.HYPERTENSION: 0.55,
+    Condition.ATRIAL_FIBRILLATION: 0.20,
+    Condition.COPD: 0.14,
+}
+
+CONSCIOUSNESS_LEVELS = ("A", "C", "V", "P", "U")
+
+#: Soft signs staff record without a device (RESTORE2-style wording).
+GENERIC_SOFT_SIGNS = ("not_themselves", "not_eating_drinking", "reduced_mobility", "drowsy", "new_pain")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Value-level events
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: 5x cheaper to create; treat as immutable
+class VitalSample:
+    """One device measurement. SpO2, pulse and perfusion index from one oximeter reading share ``at``;
+    a BP reading gives systolic, diastolic and pulse; a thermometer gives temperature (°C).
+
+    ``device`` is the care-home kit the device belongs to (e.g. 'kit-01'); with ``site_id`` and
+    ``device_kind`` it identifies the physical device for the byte layer.
+    """
+
+    at: datetime
+    resident_id: str
+    device_kind: DeviceKind
+    metric: Metric
+    value: float
+    flags: frozenset[QualityFlag]
+    site_id: str
+    device: str
+
+
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: 5x cheaper to create; treat as immutable
+class ManualObservation:
+    """What staff type at a check: respiration rate (counted), consciousness (ACVPU) and soft signs."""
+
+    at: datetime
+    resident_id: str
+    respiration_rate: float | None
+    consciousness: str  # 'A' | 'C' | 'V' | 'P' | 'U'; 'C' means NEW confusion
+    soft_signs: tuple[str, ...]
+    note: str | None
+    site_id: str
+    supplemental_oxygen: bool = False
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Baselines
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """A resident's usual (daytime mean) values, before circadian rhythm and day-to-day variation."""
+
+    respiration_rate: float
+    spo2: float
+    systolic_bp: float
+    diastolic_bp: float
+    pulse_rate: float
+    temperature: float
+    pulse_variability: float  # SD (/min) between two pulse readings taken a minute apart; high in AF
+    scale2: bool  # hypercapnic respiratory failure: NEWS2 SpO2 Scale 2 (target 88-92%)
+    baseline_confused: bool  # dementia: confusion is their norm, recorded consciousness stays 'A'
+    consciousness: str = "A"
+
+
+def draw_conditions(rng: np.random.Generator) -> frozenset[Condition]:
+    draws = rng.random(len(CONDITION_PREVALENCE))
+    return frozenset(c for (c, p), u in zip(CONDITION_PREVALENCE.items(), draws, strict=True) if u < p)
+
+
+def draw_baseline(rng: np.random.Generator, conditions: frozenset[Condition]) -> Baseline:
+    """Plausible older-adult baselines, shifted by the resident's conditions."""
+    z = rng.standard_normal(7)
+    copd = Condition.COPD in conditions
+    af = Condition.ATRIAL_FIBRILLATION in conditions
+    htn = Condition.HYPERTENSION in conditions
+    rr = float(np.clip(16.0 + 1.3 * z[0] + (2.0 if copd else 0.0), 13.0, 20.0))
+    spo2 = float(np.clip(90.0 + 0.9 * z[1], 88.5, 91.5)) if copd else float(np.clip(96.3 + 0.9 * z[1], 95.0, 98.5))
+    sbp = float(np.clip(130.0 + 12.0 * z[2] + (12.0 if htn else 0.0), 112.0, 175.0))
+    dbp = float(np.clip(0.45 * sbp + 12.0 + 6.0 * z[3], 55.0, 95.0))
+    pulse = float(np.clip(73.0 + 7.0 * z[4] + (6.0 if af else 0.0) + (4.0 if copd else 0.0), 56.0, 88.0))
+    temp = float(np.clip(36.55 + 0.18 * z[5], 36.2, 37.1))
+    variability = float(np.clip((9.0 if af else 2.0) * np.exp(0.2 * z[6]), 1.0, 14.0))
+    return Baseline(
+        respiration_rate=rr,
+        spo2=spo2,
+        systolic_bp=sbp,
+        diastolic_bp=dbp,
+        pulse_rate=pulse,
+        temperature=temp,
+        pulse_variability=variability,
+        scale2=copd,
+        baseline_confused=Condition.DEMENTIA in conditions,
+    )
+
+
+def circadian(wall_hours: np.ndarray) -> dict[str, np.ndarray]:
+    """Offsets from the daytime mean: temperature, pulse and BP peak late afternoon, lowest ~05:00."""
+    c = np.cos(2.0 * np.pi * (np.asarray(wall_hours, dtype=float) - 17.0) / 24.0)
+    return {
+        "temperature": 0.25 * c,
+        "pulse_rate": 4.0 * c,
+        "systolic_bp": 6.0 * c,
+        "diastolic_bp": 4.0 * c,
+        "respiration_rate": 0.5 * c,
+        "spo2": np.zeros_like(c),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DailyWander:
+    """Day-to-day variation in the true state (a resident is not the same every day)."""
+
+    temperature: float
+    pulse_rate: float
+    systolic_bp: float
+    respiration_rate: float
+    spo2: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> DailyWander:
+        z = rng.standard_normal(5)
+        return cls(0.10 * z[0], 3.0 * z[1], 6.0 * z[2], 0.6 * z[3], 0.4 * z[4])
+
+
+def true_state(
+    baseline: Baseline,
+    wall_hours: np.ndarray,
+    epochs: np.ndarray,
+    wander: DailyWander,
+    effects: Sequence[Effect],
+) -> dict[str, np.ndarray]:
+    """The resident's actual physiology at the given times (before any measurement error)."""
+    from carewatch.firmware_sim.scenarios import total_effect
+
+    rhythm = circadian(wall_hours)
+    sbp_delta = total_effect(effects, "systolic_bp", epochs)
+    state = {
+        "temperature": baseline.temperature + rhythm["temperature"] + wander.temperature
+        + total_effect(effects, "temperature", epochs),
+        "pulse_rate": baseline.pulse_rate + rhythm["pulse_rate"] + wander.pulse_rate
+        + total_effect(effects, "pulse_rate", epochs),
+        "systolic_bp": baseline.systolic_bp + rhythm["systolic_bp"] + wander.systolic_bp + sbp_delta,
+        "diastolic_bp": baseline.diastolic_bp + rhythm["diastolic_bp"] + 0.5 * wander.systolic_bp
+        + 0.5 * sbp_delta,
+        "respiration_rate": baseline.respiration_rate + rhythm["respiration_rate"] + wander.respiration_rate
+        + total_effect(effects, "respiration_rate", epochs),
+        "spo2": np.minimum(baseline.spo2 + wander.spo2 + total_effect(effects, "spo2", epochs), 100.0),
+        "new_confusion": np.clip(total_effect(effects, "new_confusion", epochs), 0.0, 1.0),
+    }
+    return state
+
+
+def derangement_level(baseline: Baseline, state: dict[str, np.ndarray]) -> np.ndarray:
+    """How unwell a resident visibly is (0 none, 1 some, 2+ clearly): drives how often staff check.
+
+    Deliberately not NEWS2: this is staff judgement of change from the person's own norm, which is what
+    makes a care home check someone more often before any score exists.
+    """
+    level = (
+        (state["temperature"] >= baseline.temperature + 1.0).astype(int)
+        + (state["pulse_rate"] >= baseline.pulse_rate + 20.0)
+        + (state["respiration_rate"] >= baseline.respiration_rate + 5.0)
+        + (state["systolic_bp"] <= baseline.systolic_bp - 25.0)
+        + (state["spo2"] <= baseline.spo2 - 3.0)
+        + (state["new_confusion"] >= 0.5)
+    )
+    return level
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Devices
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KitCharacter:
+    """One care-home kit's devices: their calibration bias and whether the oximeter reports quality flags."""
+
+    spo2_bias: float
+    pulse_bias: float
+    temperature_bias: float
+    systolic_bias: float
+    diastolic_bias: float
+    oximeter_flags_quality: bool  # PLX-class oximeters flag low perfusion/motion; cheap ones do not
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> KitCharacter:
+        z = rng.standard_normal(5)
+        return cls(0.6 * z[0], 1.0 * z[1], 0.12 * z[2], 3.0 * z[3], 2.5 * z[4], bool(rng.random() < 0.6))
+
+
+KIT_DEVICE_KINDS = (DeviceKind.PULSE_OXIMETER, DeviceKind.BP_CUFF, DeviceKind.THERMOMETER)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Observation routine
+# ------------------------------------------------------------------------------------------------------------
+ROUND_HOURS: dict[int, tuple[float, ...]] = {
+    1: (8.0,),
+    2: (8.0, 20.0),
+    3: (8.0, 14.0, 20.0),
+    4: (8.0, 12.0, 16.0, 20.0),
+    6: (2.0, 6.0, 10.0, 14.0, 18.0, 22.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRoutine:
+    """When staff check a resident: care-plan rounds, plus extra checks while the resident is visibly unwell.
+
+    Level 1 derangement adds a check every ``escalated_every_h`` hours; level 2+ every ``urgent_every_h``.
+    Each check can be missed with ``missed_round_probability`` (busy shift); extra checks half as often.
+    """
+
+    round_hours: tuple[float, ...]
+    missed_round_probability: float = 0.02
+    escalated_every_h: int = 4
+    urgent_every_h: int = 1
+
+    @classmethod
+    def for_frequency(cls, obs_per_day: int, missed_round_probability: float = 0.02) -> ObservationRoutine:
+        if obs_per_day not in ROUND_HOURS:
+            raise ValueError(f"obs_per_day must be one of {sorted(ROUND_HOURS)}, not {obs_per_day}")
+        return cls(ROUND_HOURS[obs_per_day], missed_round_probability)
+
+
+_LIMITS = {m: (float(s.low), float(s.high)) for m, s in METRICS.items()}
+
+
+def _clip(metric: Metric, value: float) -> float:
+    """Keep a value inside the wire contract's plausibility range (scenarios that want garbage say so)."""
+    low, high = _LIMITS[metric]
+    return float(min(max(value, low), high))
+
+
+_NO_FLAGS: frozenset[QualityFlag] = frozenset()
+
+
+def check_times(
+    rng: np.random.Generator,
+    routine: ObservationRoutine,
+    baseline: Baseline,
+    wander: DailyWander,
+    effects: Sequence[Effect],
+    wall_to_epoch: Callable[[np.ndarray], np.ndarray],
+    slot_s: float,
+) -> np.ndarray:
+    """Wall-clock seconds (from local midnight) of the day's checks that actually happen, sorted."""
+    rounds = np.asarray(routine.round_hours) * 3600.0 + slot_s + rng.uniform(-300.0, 600.0, len(routine.round_hours))
+    rounds = rounds[rng.random(len(rounds)) >= routine.missed_round_probability]
+    grid_s = np.arange(24) * 3600.0 + 1800.0
+    extra = np.empty(0)
+    if effects:
+        state = true_state(baseline, grid_s / 3600.0, wall_to_epoch(grid_s), wander, effects)
+        level = derangement_level(baseline, state)
+        hours = np.arange(24)
+        wanted = (level >= 2) | ((level == 1) & (hours % routine.escalated_every_h == 2))
+        if routine.urgent_every_h > 1:
+            wanted &= (level < 2) | (hours % routine.urgent_every_h == 0)
+        extra = grid_s[wanted] + rng.uniform(0.0, 900.0, int(wanted.sum()))
+        if len(rounds):
+            extra = extra[np.min(np.abs(extra[:, None] - rounds[None, :]), axis=1) > 3000.0]
+        extra = extra[rng.random(len(extra)) >= routine.missed_round_probability / 2]
+    times = np.sort(np.concatenate([rounds, extra]))
+    return times[(times >= 0.0) & (times < 86_400.0 - 900.0)]
+
+
+def resident_day(
+    *,
+    rng: np.random.Generator,
+    resident_id: str,
+    site_id: str,
+    kit: str,
+    kit_character: KitCharacter,
+    baseline: Baseline,
+    routine: ObservationRoutine,
+    effects: Sequence[Effect],
+    wall_to_epoch: Callable[[np.ndarray], np.ndarray],
+    slot_s: float,
+    device_alive: Callable[[DeviceKind, float], bool] | None = None,
+) -> list[VitalSample | ManualObservation]:
+    """All of one resident's observations on one day, in time order.
+
+    ``wall_to_epoch`` maps wall-clock seconds since local midnight to epoch seconds (handles DST);
+    ``slot_s`` is the resident's usual place in the round (staff go round residents in order);
+    ``device_alive(kind, epoch)`` is False while a kit device is dead (its readings are then not taken).
+    Random numbers are drawn as arrays for the whole day (this runs for every resident every day).
+    """
+    wander = DailyWander.draw(rng)
+    times = check_times(rng, routine, baseline, wander, effects, wall_to_epoch, slot_s)
+    out: list[VitalSample | ManualObservation] = []
+    n = len(times)
+    if n == 0:
+        return out
+    # two blocks of random numbers for the whole day: uniforms U[i] and standard normals Z[i], one row per use
+    U = rng.random((21, n))
+    Z = rng.standard_normal((12, n))
+
+    def uniform(row: int, lo: float, hi: float) -> np.ndarray:
+        return lo + (hi - lo) * U[row]
+
+    # when each device is read, relative to the start of the check
+    wall = np.concatenate([times, times + uniform(0, 60.0, 150.0), times + uniform(1, 180.0, 300.0),
+                           times + uniform(2, 300.0, 420.0)])
+    epochs = wall_to_epoch(wall)
+    state = true_state(baseline, wall / 3600.0, epochs, wander, effects)
+    ch = kit_character
+    pv = baseline.pulse_variability
+    ox_epoch, bp_epoch, t_epoch, m_epoch = (epochs[k * n:(k + 1) * n].tolist() for k in range(4))
+    # ---- oximeter ----
+    true_spo2 = state["spo2"][:n]
+    true_pulse = state["pulse_rate"][:n]
+    artefact = U[3].tolist()
+    pi = np.clip(np.exp(np.log(3.0) + 0.5 * Z[0]), 0.6, 20.0).tolist()
+    clean = true_spo2 + ch.spo2_bias + 0.8 * Z[1]
+    clean_spo2 = clean.tolist()
+    clean_pulse = (true_pulse + ch.pulse_bias + pv * Z[2]).tolist()
+    cold_spo2 = (true_spo2 - uniform(4, 4.0, 10.0)).tolist()
+    cold_pi = uniform(5, 0.1, 0.4).tolist()
+    cold_retry = uniform(6, 120.0, 300.0).tolist()
+    warm_pulse = (true_pulse + 2.0 * Z[3]).tolist()
+    moved_spo2 = (true_spo2 - uniform(7, 0.0, 6.0)).tolist()
+    moved_pulse = (true_pulse + uniform(8, -25.0, 45.0)).tolist()
+    moved_retry = uniform(9, 60.0, 180.0).tolist()
+    lowperf_spo2 = (clean + Z[4]).tolist()
+    lowperf_pi = uniform(10, 0.2, 0.5).tolist()
+    # ---- BP: a second try after body movement ----
+    cuff_moved = (U[11] < 0.02).tolist()
+    cuff_retry = uniform(12, 120.0, 240.0).tolist()
+    sbp_true, dbp_true = state["systolic_bp"][n:2 * n], state["diastolic_bp"][n:2 * n]
+    bp_pulse_true = state["pulse_rate"][n:2 * n]
+    sbp = (sbp_true + ch.systolic_bias + 4.0 * Z[5]).tolist()
+    dbp = (dbp_true + ch.diastolic_bias + 3.2 * Z[6]).tolist()
+    bp_pulse = (bp_pulse_true + pv * Z[7]).tolist()
+    moved_sbp = (sbp_true + ch.systolic_bias + 15.0 * Z[8]).tolist()
+    moved_dbp = (dbp_true + ch.diastolic_bias + 12.0 * Z[9]).tolist()
+    # ---- thermometer: tympanic, sometimes low from poor technique (unflagged) ----
+    temp = state["temperature"][2 * n:3 * n] + ch.temperature_bias + 0.12 * Z[10]
+    temp = (temp - np.where(U[13] < 0.03, uniform(14, 0.4, 1.0), 0.0)).tolist()
+    # ---- manual ----
+    rr = state["respiration_rate"][3 * n:] + Z[11]
+    rr = np.where(U[15] < 0.4, 2.0 * np.round(rr / 2.0), np.round(rr)).tolist()  # even-count preference
+    p_confused = state["new_confusion"][3 * n:].tolist()
+    u_confused, u_verbal = U[16].tolist(), U[17].tolist()
+    sign_probs = [(e, e.value("soft_signs", epochs[3 * n:]).tolist(), rng.random(n).tolist(),
+                   [rng.permutation(len(e.soft_signs))[:2] for _ in range(n)])
+                  for e in effects if e.soft_signs]
+    stray = (U[18] < 0.004).tolist()
+    stray_pick = (U[19] * len(GENERIC_SOFT_SIGNS)).astype(int).tolist()
+
+    def alive(kind: DeviceKind, epoch: float) -> bool:
+        return device_alive is None or device_alive(kind, epoch)
+
+    ox, cuff, thermo = DeviceKind.PULSE_OXIMETER, DeviceKind.BP_CUFF, DeviceKind.THERMOMETER
+    lowperf = frozenset({QualityFlag.LOW_PERFUSION}) if ch.oximeter_flags_quality else _NO_FLAGS
+    motion = frozenset({QualityFlag.MOTION_ARTEFACT}) if ch.oximeter_flags_quality else _NO_FLAGS
+    cuff_motion = frozenset({QualityFlag.MOTION_ARTEFACT})
+    note_dementia = "usual confusion (dementia), not new" if baseline.baseline_confused else None
+    for k in range(n):
+        if alive(ox, ox_epoch[k]):
+            u = artefact[k]
+            if u < 0.04:  # cold finger: falsely low SpO2 at poor perfusion; fine once warmed and re-measured
+                readings = [(0.0, cold_spo2[k], clean_pulse[k], cold_pi[k], lowperf),
+                            (cold_retry[k], clean_spo2[k], warm_pulse[k], pi[k], _NO_FLAGS)]
+            elif u < 0.06:  # motion artefact: erratic pulse, SpO2 may dip; re-measured with the hand still
+                readings = [(0.0, moved_spo2[k], moved_pulse[k], pi[k], motion),
+                            (moved_retry[k], clean_spo2[k], clean_pulse[k], pi[k], _NO_FLAGS)]
+            elif u < 0.09:  # low perfusion, reading still sensible
+                readings = [(0.0, lowperf_spo2[k], clean_pulse[k], lowperf_pi[k], lowperf)]
+            else:
+                readings = [(0.0, clean_spo2[k], clean_pulse[k], pi[k], _NO_FLAGS)]
+            for dt, spo2, pulse, perf, flags in readings:
+                when = datetime.fromtimestamp(ox_epoch[k] + dt, UTC)
+                out.append(VitalSample(when, resident_id, ox, Metric.SPO2, _clip(Metric.SPO2, round(spo2)),
+                                       flags, site_id, kit))
+                out.append(VitalSample(when, resident_id, ox, Metric.PULSE_RATE,
+                                       _clip(Metric.PULSE_RATE, round(pulse)), flags, site_id, kit))
+                out.append(VitalSample(when, resident_id, ox, Metric.PERFUSION_INDEX,
+                                       _clip(Metric.PERFUSION_INDEX, round(perf, 1)), flags, site_id, kit))
+        if alive(cuff, bp_epoch[k]):
+            if cuff_moved[k]:
+                tries = [(0.0, moved_sbp[k], moved_dbp[k], moved_pulse[k], cuff_motion),
+                         (cuff_retry[k], sbp[k], dbp[k], bp_pulse[k], _NO_FLAGS)]
+            else:
+                tries = [(0.0, sbp[k], dbp[k], bp_pulse[k], _NO_FLAGS)]
+            for dt, sys_v, dia_v, pulse, flags in tries:
+                when = datetime.fromtimestamp(bp_epoch[k] + dt, UTC)
+                sbp_v = _clip(Metric.SYSTOLIC_BP, round(sys_v))
+                out.append(VitalSample(when, resident_id, cuff, Metric.SYSTOLIC_BP, sbp_v, flags, site_id, kit))
+                out.append(VitalSample(when, resident_id, cuff, Metric.DIASTOLIC_BP,
+                                       _clip(Metric.DIASTOLIC_BP, round(min(dia_v, sbp_v - 15.0))), flags, site_id,
+                                       kit))
+                out.append(VitalSample(when, resident_id, cuff, Metric.PULSE_RATE,
+                                       _clip(Metric.PULSE_RATE, round(pulse)), flags, site_id, kit))
+        if alive(thermo, t_epoch[k]):
+            out.append(VitalSample(datetime.fromtimestamp(t_epoch[k], UTC), resident_id, thermo, Metric.TEMPERATURE,
+                                   _clip(Metric.TEMPERATURE, round(temp[k], 1)), _NO_FLAGS, site_id, kit))
+        consciousness = "A"
+        signs: list[str] = []
+        if u_confused[k] < p_confused[k]:
+            consciousness = "V" if p_confused[k] > 0.9 and u_verbal[k] < 0.1 else "C"
+            signs.append("new_confusion")
+        for effect, probs, draws, picks in sign_probs:
+            if draws[k] < probs[k]:
+                signs.extend(effect.soft_signs[int(j)] for j in sorted(picks[k]))
+        if stray[k]:  # staff occasionally note a soft sign in a well resident
+            signs.append(GENERIC_SOFT_SIGNS[stray_pick[k]])
+        out.append(ManualObservation(
+            datetime.fromtimestamp(m_epoch[k], UTC), resident_id, _clip(Metric.RESPIRATION_RATE, rr[k]),
+            consciousness, tuple(dict.fromkeys(signs)), note_dementia if consciousness == "A" else None, site_id,
+        ))
+    out.sort(key=_at)
+    return out
+
+
+def _at(event: VitalSample | ManualObservation) -> datetime:
+    return event.at
