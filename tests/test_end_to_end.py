@@ -1,0 +1,143 @@
+"""The whole data path, real at every boundary we own:
+
+simulated device bytes -> gateway (outbox, MQTT publisher) -> Mosquitto -> ingest -> PostgreSQL -> scorer ->
+alert -> API. A resident develops an infection; the API must return the NEWS2 alert with the score that the
+resident's stored observation set earns on the RCP chart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from carewatch.api.app import create_app
+from carewatch.api.users import create_user
+from carewatch.firmware_sim.driver import SimClock
+from carewatch.firmware_sim.fleet import SimFleet
+from carewatch.firmware_sim.scenarios import parse_scenario_file
+from carewatch.firmware_sim.seed import seed_world
+from carewatch.firmware_sim.world import SiteSpec, build_world
+from carewatch.ingest.consumer import IngestWorker
+from carewatch.scoring.clock import Clock
+from carewatch.scoring.news2 import score_observation
+from carewatch.scoring.service import run_scorer
+from carewatch.settings import Settings
+
+INFECTION = """
+name: e2e
+scenarios:
+  - id: e2e-infection
+    kind: infection
+    target: {resident: 0}
+    onset: 10m
+    progression:
+      duration: 3h
+      hold: 6h
+      params:
+        temperature: {to: 2.4, over: 2h}
+        pulse_rate: {to: 35, start: 20m, over: 2h}
+        systolic_bp: {to: -40, start: 40m, over: 2h}
+        spo2: {to: -4, start: 40m, over: 2h}
+    expect:
+      - alert: news2
+        within: 4h
+"""
+
+PASSWORD = "e2e-password-1"
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_deteriorating_resident_reaches_the_api_with_the_right_score(
+    database: str, mqtt_url: str, scratch_dir: Path, uid: str
+) -> None:
+    site = f"e2e-{uid}"
+    start = (datetime.now(UTC) - timedelta(hours=12)).replace(microsecond=0)
+    scenarios = parse_scenario_file(INFECTION, source="e2e").scenarios
+    world = build_world(seed=3, sites=[SiteSpec(id=site, residents=3, obs_per_day=4)], households=0,
+                        scenarios=list(scenarios), start=start)
+    resident = world.residents[0].id
+    settings = Settings(database_url=database, mqtt_url=mqtt_url, state_dir=scratch_dir / f"state-{uid}",
+                        clock="data", ingest_shared=False, ingest_batch_ms=50)
+
+    fleet = SimFleet(world, settings, mqtt_url=mqtt_url, outbox_dir=scratch_dir / f"outbox-{uid}",
+                     clock=SimClock(start, accelerate=3600))
+    with psycopg.connect(database, autocommit=True) as conn:
+        seed_world(conn, world, fleet.devices)
+        create_user(conn, f"nurse-{uid}", "care_staff", password=PASSWORD, site_id=site)
+
+    stop_scorer = threading.Event()
+    scorer = threading.Thread(target=run_scorer, args=(settings,),
+                              kwargs={"stop_event": stop_scorer, "clock": Clock.data(), "tick_s": 1.0},
+                              daemon=True)
+    worker = IngestWorker(settings, worker_id=f"e2e-{uid}", shared=False)
+    worker.start()
+    scorer.start()
+    try:
+        fleet.start(end=start + timedelta(hours=7))
+        assert fleet.driver is not None
+        wait_until(fleet.driver.finished.is_set, 120, "the simulator to play 7 simulated hours")
+        assert fleet.drain(timeout=60), "a gateway could not empty its outbox"
+        ranges = fleet.published_ranges()
+        expected = sum(hi - lo + 1 for lo, hi in ranges.values())
+        assert expected > 0
+
+        def stored() -> bool:
+            with psycopg.connect(database) as conn:
+                return sum(conn.execute(
+                    "SELECT count(DISTINCT seq) FROM readings WHERE gateway_id = %s AND seq BETWEEN %s AND %s",
+                    (gw, lo, hi)).fetchone()[0] for gw, (lo, hi) in ranges.items()) == expected
+
+        wait_until(stored, 60, "ingest to store every published reading")
+
+        with TestClient(create_app(settings)) as api:
+            token = api.post("/auth/token", data={"username": f"nurse-{uid}", "password": PASSWORD})
+            assert token.status_code == 200, token.text
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+            def news2_alert() -> dict | None:
+                reply = api.get("/alerts", params={"resident": resident, "kind": "news2",
+                                                   "status": ["open", "acknowledged", "escalated", "resolved"]},
+                                headers=headers)
+                assert reply.status_code == 200, reply.text
+                items = reply.json()["items"]
+                return items[0] if items else None
+
+            alert = wait_until(news2_alert, 60, "the scorer to raise a NEWS2 alert")
+            assert alert["resident_id"] == resident and alert["site_id"] == site
+            assert alert["severity"] in ("medium", "high")
+            assert alert["score"] is not None and alert["score"] >= 5
+
+            sets = api.get(f"/residents/{resident}/observations", params={"limit": 500}, headers=headers)
+            assert sets.status_code == 200, sets.text
+            scored = [s for s in sets.json()["items"] if s["score"] == alert["score"]]
+            assert scored, "the alert's score must come from one of the resident's observation sets"
+            obs = scored[0]
+            recomputed = score_observation({k: obs[k] for k in (
+                "respiration_rate", "spo2", "spo2_scale", "on_oxygen", "systolic_bp", "pulse", "consciousness",
+                "temperature")})
+            assert recomputed.score == alert["score"]
+            assert f"NEWS2 {alert['score']}" in alert["reason"]
+            # the other residents stay well: no NEWS2 alert for them
+            others = api.get("/alerts", params={"site": site, "kind": "news2"}, headers=headers).json()["items"]
+            assert {a["resident_id"] for a in others} <= {resident}
+    finally:
+        fleet.stop()
+        worker.stop()
+        stop_scorer.set()
+        scorer.join(10)
