@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/carewatch demo $(ARGS)
 
-## Run the test suite against real PostgreSQL, Mosquitto and headless Chromium.
+## Run the test suite against real PostgreSQL and Mosquitto.
 test: $(STAMP)
 	@bash scripts/ensure-test-services.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -61,7 +61,7 @@ class Clock:
     def ready(self) -> bool:
         """False for a data clock that has seen no data yet: time-based rules must wait rather than run on
         wall time (in a simulated-time demo the wall clock is days away from the data)."""
-        return self.mode == "wall" or self._latest is not None
+        return self.mode == "wall" or self.has_data
 
     def now(self) -> datetime:
         if self.mode == "wall":

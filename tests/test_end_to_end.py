@@ -83,7 +83,7 @@ def test_deteriorating_resident_reaches_the_api_with_the_right_score(
 
     stop_scorer = threading.Event()
     scorer = threading.Thread(target=run_scorer, args=(settings,),
-                              kwargs={"stop_event": stop_scorer, "clock": Clock.data(), "tick_s": 1.0},
+                              kwargs={"stop_event": stop_scorer, "clock": Clock.data(start=start), "tick_s": 1.0},
                               daemon=True)
     worker = IngestWorker(settings, worker_id=f"e2e-{uid}", shared=False)
     worker.start()

@@ -1,0 +1,239 @@
+"""Residents' physiology: plausible baselines, conditions, measurement artefacts and observation routines."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+import numpy as np
+import pytest
+from carewatch.firmware_sim.physiology import (
+    CONDITION_PREVALENCE,
+    Condition,
+    KitCharacter,
+    ManualObservation,
+    ObservationRoutine,
+    VitalSample,
+    circadian,
+    draw_baseline,
+    draw_conditions,
+    resident_day,
+)
+from carewatch.firmware_sim.scenarios import Effect, ScenarioKind, Shape, Trajectory, WallClock
+from carewatch.firmware_sim.world import SiteSpec, build_world
+
+from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, check_plausible
+
+START = datetime(2025, 1, 6, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def month_of_healthy_obs() -> tuple[object, list]:
+    """30 days of a 24-resident home with no scenarios (4 rounds a day)."""
+    world = build_world(seed=11, sites=[SiteSpec("elm", 24, obs_per_day=4)], households=0, scenarios=[], start=START)
+    return world, list(world.events(START, START + timedelta(days=30)))
+
+
+def test_baselines_are_plausible_for_older_adults_and_follow_conditions() -> None:
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(3000):
+        conditions = draw_conditions(rng)
+        rows.append((conditions, draw_baseline(rng, conditions)))
+    for conditions, b in rows:
+        assert 12 <= b.respiration_rate <= 20
+        assert 100 <= b.systolic_bp <= 180 and 50 <= b.diastolic_bp < b.systolic_bp
+        assert 55 <= b.pulse_rate <= 90
+        assert 36.0 <= b.temperature <= 37.2
+        assert b.consciousness == "A"
+        if Condition.COPD in conditions:
+            assert 88.0 <= b.spo2 <= 92.0 and b.scale2
+        else:
+            assert b.spo2 >= 94.0 and not b.scale2
+        assert b.baseline_confused == (Condition.DEMENTIA in conditions)
+    # prevalences close to the declared ones
+    for condition, p in CONDITION_PREVALENCE.items():
+        seen = sum(condition in c for c, _ in rows) / len(rows)
+        assert abs(seen - p) < 0.04, (condition, seen, p)
+    # hypertension raises systolic pressure, AF raises beat-to-beat variability
+    sbp = {h: np.mean([b.systolic_bp for c, b in rows if (Condition.HYPERTENSION in c) == h]) for h in (True, False)}
+    assert sbp[True] > sbp[False] + 8
+    var = {a: np.mean([b.pulse_variability for c, b in rows if (Condition.ATRIAL_FIBRILLATION in c) == a])
+           for a in (True, False)}
+    assert var[True] > 3 * var[False]
+
+
+def test_circadian_rhythm_is_lower_at_night() -> None:
+    rhythm = circadian(np.array([4.0, 17.0]))
+    for name in ("temperature", "pulse_rate", "systolic_bp"):
+        assert rhythm[name][0] < rhythm[name][1]
+
+
+def test_every_value_is_plausible_and_in_the_wire_contract(month_of_healthy_obs: tuple) -> None:
+    _, events = month_of_healthy_obs
+    samples = [e for e in events if isinstance(e, VitalSample)]
+    assert samples
+    kinds = {
+        DeviceKind.PULSE_OXIMETER: {Metric.SPO2, Metric.PULSE_RATE, Metric.PERFUSION_INDEX},
+        DeviceKind.BP_CUFF: {Metric.SYSTOLIC_BP, Metric.DIASTOLIC_BP, Metric.PULSE_RATE},
+        DeviceKind.THERMOMETER: {Metric.TEMPERATURE},
+    }
+    for s in samples:
+        assert s.metric in kinds[s.device_kind]
+        check_plausible(s.metric, s.value)
+        assert s.at.tzinfo is not None
+    manual = [e for e in events if isinstance(e, ManualObservation)]
+    for m in manual:
+        check_plausible(Metric.RESPIRATION_RATE, m.respiration_rate)
+        assert m.consciousness in {"A", "C", "V", "P", "U"}
+    # temperatures are °C to 0.1, SpO2 whole percent
+    temps = [s.value for s in samples if s.metric is Metric.TEMPERATURE]
+    assert all(abs(t * 10 - round(t * 10)) < 1e-9 for t in temps)
+    assert 35.5 < float(np.median(temps)) < 37.2
+    assert METRICS[Metric.TEMPERATURE].unit == "Cel"
+
+
+def _observation_sets(world: object, events: list) -> list[tuple[object, dict]]:
+    """Group each resident's readings into checks: the last value of each parameter before the manual entry."""
+    by_resident: dict[str, list] = defaultdict(list)
+    for e in events:
+        if isinstance(e, VitalSample | ManualObservation):
+            by_resident[e.resident_id].append(e)
+    sets = []
+    for rid, evs in by_resident.items():
+        resident = world.resident(rid)  # type: ignore[attr-defined]
+        current: dict = {}
+        for e in evs:
+            if isinstance(e, VitalSample):
+                key = {Metric.SPO2: "spo2", Metric.SYSTOLIC_BP: "systolic_bp", Metric.TEMPERATURE: "temperature"}.get(
+                    e.metric)
+                if e.metric is Metric.PULSE_RATE and e.device_kind is DeviceKind.PULSE_OXIMETER:
+                    key = "pulse"
+                if key:
+                    current[key] = e.value
+            else:
+                current.update(respiration_rate=e.respiration_rate, consciousness=e.consciousness,
+                               spo2_scale=2 if resident.scale2 else 1, on_oxygen=False)
+                sets.append((resident, current))
+                current = {}
+    return sets
+
+
+def test_healthy_residents_rarely_score_news2_five_or_more(month_of_healthy_obs: tuple) -> None:
+    news2 = pytest.importorskip("carewatch.scoring.news2", reason="carewatch.scoring.news2 not available yet")
+    world, events = month_of_healthy_obs
+    sets = _observation_sets(world, events)
+    assert len(sets) > 24 * 30 * 3
+    scores = np.array([news2.score_observation(obs).score for _, obs in sets])
+    assert float(np.mean(scores >= 5)) < 0.01, Counter(scores.tolist())
+    assert float(np.mean(scores == 0)) > 0.3  # most well residents score 0 most of the time
+
+
+def test_dementia_is_the_residents_norm_not_new_confusion(month_of_healthy_obs: tuple) -> None:
+    world, events = month_of_healthy_obs
+    manual = [e for e in events if isinstance(e, ManualObservation)]
+    confused = {r.id for r in world.residents if r.baseline_confused}
+    assert confused, "a 24-resident home with no dementia is implausible"
+    for m in manual:
+        assert m.consciousness == "A"  # nobody is unwell: no NEW confusion
+        assert (m.note is not None) == (m.resident_id in confused)
+    stray_signs = sum(bool(m.soft_signs) for m in manual)
+    assert stray_signs < 0.02 * len(manual)
+
+
+def test_artefacts_are_flagged_and_remeasured(month_of_healthy_obs: tuple) -> None:
+    world, events = month_of_healthy_obs
+    spo2 = [e for e in events if isinstance(e, VitalSample) and e.metric is Metric.SPO2]
+    flagged = [s for s in spo2 if s.flags]
+    assert any(QualityFlag.LOW_PERFUSION in s.flags for s in flagged)
+    assert any(QualityFlag.MOTION_ARTEFACT in s.flags for s in flagged)
+    assert len(flagged) < 0.15 * len(spo2)
+    # a falsely low cold-finger reading is followed within 6 minutes by a better one for the same resident
+    by_resident: dict[str, list[VitalSample]] = defaultdict(list)
+    for s in spo2:
+        by_resident[s.resident_id].append(s)
+    cold = 0
+    for rid, readings in by_resident.items():
+        baseline = world.resident(rid).baseline.spo2
+        for i, s in enumerate(readings):
+            if QualityFlag.LOW_PERFUSION in s.flags and s.value <= baseline - 4:
+                cold += 1
+                nxt = readings[i + 1]
+                assert nxt.at - s.at <= timedelta(minutes=6)
+                assert nxt.value > s.value and not nxt.flags
+    assert cold > 0
+
+
+def test_atrial_fibrillation_gives_irregular_pulse(month_of_healthy_obs: tuple) -> None:
+    world, events = month_of_healthy_obs
+    pulses: dict[str, dict[DeviceKind, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for e in events:
+        if isinstance(e, VitalSample) and e.metric is Metric.PULSE_RATE and not e.flags:
+            pulses[e.resident_id][e.device_kind].append(e.value)
+    spread = {True: [], False: []}
+    for r in world.residents:
+        ox = pulses[r.id][DeviceKind.PULSE_OXIMETER]
+        cuff = pulses[r.id][DeviceKind.BP_CUFF]
+        n = min(len(ox), len(cuff))
+        spread[Condition.ATRIAL_FIBRILLATION in r.conditions].append(np.std(np.subtract(ox[:n], cuff[:n])))
+    if not spread[True]:
+        pytest.skip("no resident with AF drawn in this home")
+    assert np.mean(spread[True]) > 2 * np.mean(spread[False])
+
+
+def _one_resident_days(routine: ObservationRoutine, effects: tuple = (), days: int = 40) -> list[list]:
+    clock = WallClock(START, UTC)
+    rng = np.random.default_rng(3)
+    conditions = frozenset()
+    baseline = draw_baseline(rng, conditions)
+    kit = KitCharacter.draw(rng)
+    return [
+        resident_day(rng=np.random.default_rng([1, 2, 3, 4, d]), resident_id="res-x-01", site_id="x", kit="kit-01",
+                     kit_character=kit, baseline=baseline, routine=routine, effects=effects,
+                     wall_to_epoch=partial(clock.to_epoch, d), slot_s=0.0)
+        for d in range(days)
+    ]
+
+
+def _checks(day: list) -> int:
+    return sum(isinstance(e, ManualObservation) for e in day)
+
+
+def test_rounds_follow_the_care_plan_with_occasional_misses() -> None:
+    days = _one_resident_days(ObservationRoutine.for_frequency(2, missed_round_probability=0.0))
+    assert all(_checks(d) == 2 for d in days)
+    hours = {e.at.hour for d in days for e in d if isinstance(e, ManualObservation)}
+    assert hours <= {7, 8, 9, 19, 20, 21}
+    missed = _one_resident_days(ObservationRoutine.for_frequency(4, missed_round_probability=0.25))
+    per_day = np.mean([_checks(d) for d in missed])
+    assert 2.5 < per_day < 3.5
+    with pytest.raises(ValueError, match="obs_per_day"):
+        ObservationRoutine.for_frequency(5)
+
+
+def test_staff_check_more_often_while_a_resident_is_unwell() -> None:
+    t0 = START.timestamp() + 5 * 86_400
+    fever = Effect("x", ScenarioKind.INFECTION, t0, t0 + 86_400, {
+        "temperature": Trajectory(t0, 6 * 3600, 0.0, 2.0, Shape.LINEAR),
+        "pulse_rate": Trajectory(t0, 6 * 3600, 0.0, 30.0, Shape.LINEAR),
+        "new_confusion": Trajectory(t0, 6 * 3600, 0.0, 1.0, Shape.LINEAR),
+    }, ("not_themselves",))
+    days = _one_resident_days(ObservationRoutine.for_frequency(2, 0.0), (fever,), days=8)
+    assert all(_checks(d) == 2 for d in days[:5])
+    assert _checks(days[6]) >= 12  # hourly while clearly unwell
+    confused = [e for e in days[6] if isinstance(e, ManualObservation) and e.consciousness in ("C", "V")]
+    assert len(confused) > _checks(days[6]) / 2
+    assert all("new_confusion" in e.soft_signs for e in confused)
+    temps = [e.value for e in days[6] if isinstance(e, VitalSample) and e.metric is Metric.TEMPERATURE]
+    assert np.mean(temps) > 38.0
+
+
+def test_soft_signs_use_the_platform_vocabulary() -> None:
+    """Staff entries the simulator makes must be accepted by the API and understood by the scorer."""
+    from carewatch.firmware_sim.physiology import GENERIC_SOFT_SIGNS
+    from carewatch.firmware_sim.scenarios import KINDS
+    from carewatch.scoring.kinds import SoftSign
+
+    used = set(GENERIC_SOFT_SIGNS) | {s for info in KINDS.values() for s in info.soft_signs} | {"new_confusion"}
+    assert used <= {s.value for s in SoftSign}
