@@ -93,8 +93,8 @@ class Demo:
 
     # -- world and seed -----------------------------------------------------------------------------------
     def build(self, now: datetime) -> None:
-        from carewatch.firmware_sim.devices import DeviceLayer, world_devices
         from carewatch.firmware_sim.backfill import backfill_world
+        from carewatch.firmware_sim.devices import DeviceLayer, world_devices
         from carewatch.firmware_sim.scenarios import Onset, load_scenarios
         from carewatch.firmware_sim.seed import seed_world
         from carewatch.firmware_sim.world import SiteSpec, build_world

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer.main
 import yaml
 
 from carewatch.cli import app
-from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from carewatch import wire
-from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
