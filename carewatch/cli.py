@@ -163,7 +163,7 @@ def decode(
     """Decode one device frame and print it as JSON (for field engineers and tests)."""
     from carewatch.gateway.decode_cli import run_decode
 
-    raise typer.Exit(run_decode(char, hex_payload, mac=mac, key=key))
+    raise typer.Exit(run_decode(char, hex_payload, mac=mac, key=key, out=sys.stdout, err=sys.stderr))
 
 
 @db_app.command("migrate")
