@@ -55,7 +55,7 @@ def test_alert_appears_within_seconds_of_notify(database: str, uid: str, mode: s
     stop = threading.Event()
     now = datetime.now(UTC) - (timedelta(0) if mode == "wall" else timedelta(days=3))
     # A data clock given its start ignores newer data other tests left in the shared database.
-    clock = Clock.wall() if mode == "wall" else Clock.data(start=now - timedelta(minutes=1))
+    clock = Clock.wall() if mode == "wall" else Clock.data(start=now)
     thread = threading.Thread(target=run_scorer, args=(Settings(database_url=database),),
                               kwargs={"stop_event": stop, "clock": clock, "tick_s": 1.0}, daemon=True)
     thread.start()
