@@ -12,7 +12,6 @@ private Mosquitto/amqtt.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from carewatch.gateway.publisher import Publisher, encode_rows
 from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.embedded import EmbeddedBroker, free_port, port_open
-from carewatch.settings import MqttTarget
+from carewatch.settings import MqttTarget, Settings
 from carewatch.wire import Channel, DeviceKind, Metric, topic
 
 
@@ -94,7 +93,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--inflight", type=int, default=32)
-    parser.add_argument("--mqtt-url", default=os.environ.get("CAREWATCH_TEST_MQTT"))
+    parser.add_argument("--mqtt-url", default=Settings().test_mqtt)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
 

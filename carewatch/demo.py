@@ -86,7 +86,8 @@ class Demo:
             self.pg = EmbeddedPostgres(self.dir / "postgres", self.settings.demo_pg_port)
             self.dsn = self.pg.start()
         if not self.mqtt_url:
-            self.broker = EmbeddedBroker(self.dir / "mqtt", self.settings.demo_mqtt_port)
+            self.broker = EmbeddedBroker(self.dir / "mqtt", self.settings.demo_mqtt_port,
+                                         prefer=self.settings.demo_broker)
             self.mqtt_url = self.broker.start()
             self.shared = self.broker.supports_shared
         migrate(self.dsn)

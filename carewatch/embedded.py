@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psycopg
 
+from carewatch.settings import process_env
+
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be started; the message says what to install or check."""
@@ -121,7 +123,7 @@ class EmbeddedPostgres:
                 os.setgid(gid)
                 os.setuid(uid)
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env = process_env(drop_prefixes=("PG",))
         env["LC_ALL"] = "C.UTF-8" if Path("/usr/lib/locale/C.utf8").exists() else "C"
         proc = subprocess.run(
             [str(self.bin / args[0]), *args[1:]],

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     # --- embedded demo servers ---------------------------------------------------------------------------
     demo_pg_port: int = 55432
     demo_mqtt_port: int = 18830
+    demo_broker: Literal["mosquitto", "amqtt"] = Field(
+        default="mosquitto", description="Embedded broker: mosquitto when installed (else amqtt), or force amqtt."
+    )
 
     # --- tests -------------------------------------------------------------------------------------------
     test_dsn: str | None = Field(default=None, description="PostgreSQL DSN for the test suite's server.")
@@ -150,10 +153,15 @@ class Settings(BaseSettings):
 
     def child_env(self, **overrides: str) -> dict[str, str]:
         """Environment for a child process: ours plus these settings, so the child sees the same config."""
-        env = dict(os.environ)
-        for name, value in overrides.items():
-            env[f"CAREWATCH_{name.upper()}"] = value
-        return env
+        return process_env(**{f"CAREWATCH_{name.upper()}": value for name, value in overrides.items()})
+
+
+def process_env(*, drop_prefixes: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
+    """This process's environment for a child process, without variables starting with ``drop_prefixes``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)} if drop_prefixes else dict(
+        os.environ)
+    env.update(overrides)
+    return env
 
 
 @lru_cache(maxsize=1)

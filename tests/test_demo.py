@@ -8,7 +8,6 @@ detected by an alert of the expected kind.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from carewatch.embedded import free_port
+from carewatch.settings import process_env
 
 
 @pytest.mark.slow
 def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Path, uid: str) -> None:
     state = scratch_dir / f"demo-{uid}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREWATCH_")}
-    env.update({
+    env = process_env(drop_prefixes=("CAREWATCH_",), **{
         "CAREWATCH_STATE_DIR": str(state),
         "CAREWATCH_DEMO_PG_PORT": str(free_port()),
         "CAREWATCH_DEMO_MQTT_PORT": str(free_port()),
