@@ -10,6 +10,7 @@ with the wall clock, so the scripted scenarios raise alerts within the first min
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -295,7 +296,10 @@ def run_demo(settings: Settings, *, accelerate: float, headless: bool, duration:
              fresh: bool, seed: int) -> int:
     demo = Demo(settings, accelerate=accelerate, headless=headless, fresh=fresh, seed=seed)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C (SIGINT) and SIGTERM both stop everything cleanly; set explicitly, as a shell may start us with
+    # SIGINT ignored.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         demo.start_servers()
         demo.build(datetime.now(UTC))
@@ -311,9 +315,8 @@ def run_demo(settings: Settings, *, accelerate: float, headless: bool, duration:
             time.sleep(3)  # let the scorer act on the last readings
             print(json.dumps(demo.summary()), flush=True)
         return 0
-    except KeyboardInterrupt:
-        print("\nstopping…", file=sys.stderr)
-        return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        print("\nstopping the demo…", file=sys.stderr, flush=True)
         demo.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
