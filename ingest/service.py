@@ -8,35 +8,16 @@ the load through ``$share/ingest/...``.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
-import structlog
 from carewatch.ingest import metrics
 from carewatch.ingest.consumer import IngestWorker
 
+from carewatch.logs import configure_logging
 from carewatch.settings import Settings, get_settings
-
-
-def configure_logging(settings: Settings) -> None:
-    """key=value lines (or JSON with CAREWATCH_LOG_JSON=true) on stderr."""
-    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
-    renderer = (structlog.processors.JSONRenderer() if settings.log_json
-                else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"]))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
 
 
 def run_ingest(

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from conformance import CONFORMANCE_DIR, REPO_ROOT, load_conformance  # noqa: F401  (re-exported)
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
 from carewatch.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFORMANCE_DIR = REPO_ROOT.parent / "shared" / "conformance"
-
-
-def load_conformance(name: str) -> dict[str, Any]:
-    """Load ``../shared/conformance/<name>``; skip the calling test, saying why, when it is absent."""
-    path = CONFORMANCE_DIR / name
-    if not path.exists():
-        pytest.skip(f"conformance vectors not present at {path}; shared/ sits beside the repo in CI")
-    return json.loads(path.read_text())
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Real servers. PostgreSQL: CAREWATCH_TEST_DSN, else the local server on 127.0.0.1:5432, else a private

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from carewatch.firmware_sim.frames import (
@@ -31,10 +30,10 @@ from carewatch.gateway.frames import FrameError
 from carewatch.gateway.gatt import KPA_TO_MMHG, decode_characteristic
 from carewatch.gateway.ieee11073 import Special, decode_float, decode_sfloat
 from carewatch.gateway.oximeters import decode_oximeter
+from conformance import CONFORMANCE_DIR
 from hypothesis import given
 from hypothesis import strategies as st
 
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 MAC = "54:48:E6:8F:80:A5"
 
 timestamps = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)).map(

@@ -2,31 +2,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from carewatch.firmware_sim.frames import encode_bthome
 from carewatch.gateway.bthome import BTHomeDecoder
 from carewatch.gateway.frames import FrameError
+from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
 
 from carewatch.wire import Metric
-
-# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-# CONFORMANCE_DIR); parameters are built at import time and collapse to one skip when the folder is absent.
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-
-
-def _params(name: str, select: Callable[[dict[str, Any]], Iterable[tuple[str, Any]]]) -> list[Any]:
-    path = CONFORMANCE_DIR / name
-    if not path.exists():
-        reason = f"conformance vectors not present at {path} (the shared/ folder sits beside the repo in CI)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    return [pytest.param(case, id=case_id) for case_id, case in select(json.loads(path.read_text()))]
 
 MAC = "54:48:E6:8F:80:A5"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -96,7 +84,7 @@ def _single_cases(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(c["id"], c) for c in doc["cases"] if "sequence_index" not in c]
 
 
-@pytest.mark.parametrize("case", _params("bthome_cases.json", _single_cases))
+@pytest.mark.parametrize("case", conformance_params("bthome_cases.json", _single_cases))
 def test_conformance_single_frames(case: dict[str, Any]) -> None:
     expected = case["expected"]
     decoder = _decoder_for(case)
@@ -118,7 +106,7 @@ def _sequences(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(name, sorted(cases, key=lambda c: c["sequence_index"])) for name, cases in groups.items()]
 
 
-@pytest.mark.parametrize("sequence", _params("bthome_cases.json", _sequences))
+@pytest.mark.parametrize("sequence", conformance_params("bthome_cases.json", _sequences))
 def test_conformance_sequences_replayed_on_one_device(sequence: list[dict[str, Any]]) -> None:
     name = sequence[0]["source_test"].split("::")[1]
     outcomes = SEQUENCE_OUTCOMES[name]
@@ -151,7 +139,7 @@ def _flat(frame: Any) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("case", _params("bthome_cases.json", _spec_cases))
+@pytest.mark.parametrize("case", conformance_params("bthome_cases.json", _spec_cases))
 def test_conformance_spec_examples(case: dict[str, Any]) -> None:
     frame = BTHomeDecoder().decode("A4:C1:38:8D:18:B2", bytes.fromhex(case["service_data_hex"]), at=1.0)
     if case["parser_agrees_with_spec"]:
@@ -178,7 +166,7 @@ def _full_advert(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("full-advertisement", doc["spec_vectors"]["full_advertisement_example"])]
 
 
-@pytest.mark.parametrize("example", _params("bthome_cases.json", _full_advert))
+@pytest.mark.parametrize("example", conformance_params("bthome_cases.json", _full_advert))
 def test_conformance_full_advertisement(example: dict[str, Any]) -> None:
     service_data = bytes.fromhex(example["service_data_hex"])
     assert bytes.fromhex("16d2fc") + service_data in bytes.fromhex(example["adv_hex"])
@@ -192,7 +180,7 @@ def _encryption(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(v["id"], v) for v in doc["encryption_vectors"]]
 
 
-@pytest.mark.parametrize("vector", _params("bthome_cases.json", _encryption))
+@pytest.mark.parametrize("vector", conformance_params("bthome_cases.json", _encryption))
 def test_conformance_encryption_vectors(vector: dict[str, Any]) -> None:
     data = bytes.fromhex(vector["expected_service_data_hex"])
     assert bytes.fromhex(vector["expected_encrypted_with_uuid_hex"]) == b"\xd2\xfc" + data

@@ -3,9 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Iterable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,22 +17,11 @@ from carewatch.gateway.gatt import (
     normalise_uuid,
 )
 from carewatch.gateway.ieee11073 import Special
+from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
 
 from carewatch.wire import Metric, QualityFlag
-
-# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-# CONFORMANCE_DIR); parameters are built at import time and collapse to one skip when the folder is absent.
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-
-
-def _params(name: str, select: Callable[[dict[str, Any]], Iterable[tuple[str, Any]]]) -> list[Any]:
-    path = CONFORMANCE_DIR / name
-    if not path.exists():
-        reason = f"conformance vectors not present at {path} (the shared/ folder sits beside the repo in CI)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    return [pytest.param(case, id=case_id) for case_id, case in select(json.loads(path.read_text()))]
 
 SECTION_UUID = {
     "temperature_measurement_0x2A1C": "2a1c",
@@ -80,7 +67,7 @@ def _check_timestamp(frame: Any, expected: Any) -> None:
         assert QualityFlag.CLOCK_NOT_SET in frame.flags
 
 
-@pytest.mark.parametrize("case", _params("gatt_cases.json", _characteristic_cases))
+@pytest.mark.parametrize("case", conformance_params("gatt_cases.json", _characteristic_cases))
 def test_conformance_characteristics(case: dict[str, Any]) -> None:
     uuid = SECTION_UUID[case["section"]]
     data = bytes.fromhex(case["bytes_hex"])
@@ -185,7 +172,7 @@ def _nonconformant_plx(doc: dict[str, Any]) -> list[tuple[str, Any]]:
                                                           v["ieee11073_value"], strict=True))]
 
 
-@pytest.mark.parametrize("vector", _params("gatt_cases.json", _nonconformant_plx))
+@pytest.mark.parametrize("vector", conformance_params("gatt_cases.json", _nonconformant_plx))
 def test_biased_exponent_plx_frames_are_not_reproduced(vector: tuple[str, dict, dict]) -> None:
     frame_hex, claim, truth = vector
     frame = decode_characteristic("2a5e", bytes.fromhex(frame_hex))

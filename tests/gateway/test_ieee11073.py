@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,21 +17,9 @@ from carewatch.gateway.ieee11073 import (
     sfloat_from_raw,
     sfloat_parts,
 )
+from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
-
-# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-# CONFORMANCE_DIR); parameters are built at import time and collapse to one skip when the folder is absent.
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-
-
-def _params(name: str, select: Callable[[dict[str, Any]], Iterable[tuple[str, Any]]]) -> list[Any]:
-    path = CONFORMANCE_DIR / name
-    if not path.exists():
-        reason = f"conformance vectors not present at {path} (the shared/ folder sits beside the repo in CI)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    return [pytest.param(case, id=case_id) for case_id, case in select(json.loads(path.read_text()))]
-
 
 SPECIAL_NAMES = {"NaN": Special.NAN, "NRes": Special.NRES, "+INF": Special.POS_INF, "-INF": Special.NEG_INF,
                  "RESERVED": Special.RESERVED}
@@ -48,8 +33,8 @@ def _decode(section: str, data: bytes) -> float | Special:
     return decode_sfloat(data) if section == "sfloat" else decode_float(data)
 
 
-@pytest.mark.parametrize("case", _params("gatt_cases.json", _numeric_cases("sfloat")) +
-                         _params("gatt_cases.json", _numeric_cases("float32")))
+@pytest.mark.parametrize("case", conformance_params("gatt_cases.json", _numeric_cases("sfloat")) +
+                         conformance_params("gatt_cases.json", _numeric_cases("float32")))
 def test_conformance_numbers(case: dict[str, Any]) -> None:
     result = _decode(case["section"], bytes.fromhex(case["bytes_hex"]))
     expected = case["expected"]
@@ -64,7 +49,7 @@ def _nonconformant_numbers(doc: dict[str, Any]):
     return [(f"{v['type']}-{v['bytes_hex']}", v) for v in vectors if v["type"] in ("SFLOAT", "FLOAT")]
 
 
-@pytest.mark.parametrize("vector", _params("gatt_cases.json", _nonconformant_numbers))
+@pytest.mark.parametrize("vector", conformance_params("gatt_cases.json", _nonconformant_numbers))
 def test_biased_exponent_decoding_is_not_reproduced(vector: dict[str, Any]) -> None:
     """bluetooth-sig-python uses a biased exponent; we must give the IEEE-11073 value, not its claim."""
     data = bytes.fromhex(vector["bytes_hex"])
@@ -77,7 +62,7 @@ def _spezi(doc: dict[str, Any]):
     return [(c["id"], c) for c in doc["cases"] if c["id"] == "sfloat-spezi-value-semantics"]
 
 
-@pytest.mark.parametrize("case", _params("gatt_cases.json", _spezi))
+@pytest.mark.parametrize("case", conformance_params("gatt_cases.json", _spezi))
 def test_spezi_value_semantics(case: dict[str, Any]) -> None:
     expected = case["expected"]
     for exponent, mantissa, value in expected["MedFloat16(exponent,mantissa) -> double"]:

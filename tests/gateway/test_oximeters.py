@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,22 +15,11 @@ from carewatch.gateway.oximeters import (
     decode_oximeter,
     o2ring_s_command,
 )
+from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
 
 from carewatch.wire import Metric, QualityFlag
-
-# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-# CONFORMANCE_DIR); parameters are built at import time and collapse to one skip when the folder is absent.
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
-
-
-def _params(name: str, select: Callable[[dict[str, Any]], Iterable[tuple[str, Any]]]) -> list[Any]:
-    path = CONFORMANCE_DIR / name
-    if not path.exists():
-        reason = f"conformance vectors not present at {path} (the shared/ folder sits beside the repo in CI)"
-        return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="vectors-missing")]
-    return [pytest.param(case, id=case_id) for case_id, case in select(json.loads(path.read_text()))]
 
 FAMILY_FORMAT = {
     "BerryMed": "berrymed",
@@ -88,7 +75,7 @@ def _check_reading(fmt: str, frame: Any, expected: dict[str, Any]) -> None:
         assert not any(m in (Metric.SPO2, Metric.PULSE_RATE) for m, _ in frame.measurements)
 
 
-@pytest.mark.parametrize("case", _params("oximeter_proprietary_cases.json", _cases))
+@pytest.mark.parametrize("case", conformance_params("oximeter_proprietary_cases.json", _cases))
 def test_conformance(case: dict[str, Any]) -> None:
     fmt, expected = _fmt(case), case["expected"]
     if case["id"] == "emay-commands":

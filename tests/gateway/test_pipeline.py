@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from carewatch.gateway.pipeline import URGENT_BANDS, Pipeline, is_urgent
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
+from conformance import CONFORMANCE_DIR
 
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, Reading
-
-# Same place as tests/conftest.py's CONFORMANCE_DIR (a test module cannot import a conftest: importlib mode).
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 OX, TH, PIR, CHEAP = "A4:C1:38:00:00:01", "A4:C1:38:00:00:02", "A4:C1:38:00:00:03", "A4:C1:38:00:00:04"

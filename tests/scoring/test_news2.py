@@ -28,8 +28,8 @@ from carewatch.scoring.news2 import (
 from carewatch.scoring.news2_reference import score_reference
 
 # Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-# CONFORMANCE_DIR); parameters are built at import time and collapse to one skip when the folder is absent.
-CONFORMANCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
+from conformance import CONFORMANCE_DIR
+
 CASES_PATH = CONFORMANCE_DIR / "news2_cases.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _ABSENT = f"conformance vectors not present at {CASES_PATH} (the shared/ folder sits beside the repo in CI)"
