@@ -59,7 +59,14 @@ def run_sim(settings: Settings, *, residents: int, homes: int, households: int, 
 
         return backfill(settings, world, start=start, end=now)
     if output == "mqtt":
-        from carewatch.firmware_sim.wire_output import publish_direct
+        from carewatch.firmware_sim.wire_output import direct_gateway_id, publish_direct
+
+        if settings.database_url:
+            with psycopg.connect(settings.dsn, autocommit=True) as conn:
+                seed_world(conn, world, world_devices(world))
+                conn.cursor().executemany(
+                    "INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    [(direct_gateway_id(s), s) for s in [x.id for x in world.sites] + [h.id for h in world.households]])
 
         return publish_direct(settings, world, start=start, days=days,
                               accelerate=1.0 if mode == "realtime" else accelerate, stop=_stop_on_signals())

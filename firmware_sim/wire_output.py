@@ -15,7 +15,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from carewatch.firmware_sim.devices import ID_PREFIX
 from carewatch.firmware_sim.driver import SimClock
-from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.world import World
@@ -24,6 +23,11 @@ from carewatch.settings import Settings
 from carewatch.wire import METRICS, Channel, DeviceKind, Reading, encode_batch, topic
 
 BATCH = 200
+
+
+def direct_gateway_id(site_id: str) -> str:
+    """Load tests publish as their own gateway, so their sequence numbers never collide with a real one's."""
+    return f"gw-{site_id}-direct"
 
 
 def event_source(event: VitalSample | SensorEvent) -> tuple[str, str, DeviceKind]:
@@ -65,7 +69,7 @@ def publish_direct(settings: Settings, world: World, *, start: datetime, days: f
         nonlocal sent
         readings = pending.pop(site, [])
         if readings:
-            gw = gateway_id_for(site)
+            gw = direct_gateway_id(site)
             infos.append(client.publish(topic(site, gw, Channel.READINGS), encode_batch(site, gw, readings), qos=1))
             sent += len(readings)
 
@@ -80,7 +84,7 @@ def publish_direct(settings: Settings, world: World, *, start: datetime, days: f
                 for site in list(pending):
                     flush(site)
                 stop.wait(delay)
-            gw = gateway_id_for(event_source(event)[0])
+            gw = direct_gateway_id(event_source(event)[0])
             seqs[gw] = seqs.get(gw, 0) + 1
             site, reading = event_reading(event, seqs[gw])
             pending.setdefault(site, []).append(reading)
