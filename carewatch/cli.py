@@ -61,12 +61,20 @@ def demo(
     raise typer.Exit(code)
 
 
-@app.command()
+gateway_app = typer.Typer(help="The edge gateway: run it, or pair and unpair its devices.")
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.callback(invoke_without_command=True)
 def gateway(
+    ctx: typer.Context,
     simulate: Annotated[bool, typer.Option(help="Use the device simulator instead of Bluetooth.")] = False,
 ) -> None:
     """Run the edge gateway: read BLE devices in the registry, store every reading in the local outbox, and
-    forward batches over MQTT (CAREWATCH_MQTT_URL, CAREWATCH_SITE_ID, CAREWATCH_GATEWAY_ID)."""
+    forward batches over MQTT (CAREWATCH_MQTT_URL, CAREWATCH_SITE_ID, CAREWATCH_GATEWAY_ID,
+    CAREWATCH_DEVICE_REGISTRY). `carewatch gateway pair --help` adds a device."""
+    if ctx.invoked_subcommand is not None:
+        return
     _configure_logging()
     if simulate:
         from carewatch.firmware_sim.cli import run_simulated_gateway
@@ -76,6 +84,51 @@ def gateway(
     from carewatch.gateway.service import main as gateway_main
 
     gateway_main(get_settings())
+
+
+def _registry_path(registry: Path | None) -> Path:
+    path = registry or get_settings().device_registry
+    if path is None:
+        raise typer.BadParameter("give --registry or set CAREWATCH_DEVICE_REGISTRY", param_hint="--registry")
+    return path
+
+
+@gateway_app.command("pair")
+def gateway_pair(
+    mac: Annotated[str, typer.Argument(help="The device's Bluetooth address, e.g. A4:C1:38:12:34:56.")],
+    kind: Annotated[str, typer.Option(help="pulse_oximeter, thermometer, bp_cuff, motion_sensor, door_sensor, ...")],
+    device_id: Annotated[str, typer.Option(help="The id the platform knows this device by.")],
+    resident: Annotated[str | None, typer.Option(help="Bind to this resident (bedside devices).")] = None,
+    room: Annotated[str | None, typer.Option(help="Or to this room (home sensors).")] = None,
+    role: Annotated[str | None, typer.Option(help="What it watches: bathroom, fridge_door, kettle, ...")] = None,
+    bind_key: Annotated[str | None, typer.Option(help="BTHome encryption key, 32 hex digits.")] = None,
+    source: Annotated[str, typer.Option(help="Frame format when not the kind's default (e.g. berrymed).")] = "",
+    registry: Annotated[Path | None, typer.Option(help="Registry file (default CAREWATCH_DEVICE_REGISTRY).")] = None,
+) -> None:
+    """Add (or replace) a device in this gateway's registry file; a running gateway picks it up within seconds."""
+    from carewatch.gateway.registry import RegistryError, pair
+
+    try:
+        pair(_registry_path(registry), mac, kind, device_id, source=source, resident_id=resident, room=room,
+             role=role, bind_key=bind_key)
+    except (RegistryError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"paired {device_id} ({kind}) at {mac}")
+
+
+@gateway_app.command("unpair")
+def gateway_unpair(
+    mac: Annotated[str, typer.Argument(help="The device's Bluetooth address.")],
+    registry: Annotated[Path | None, typer.Option(help="Registry file (default CAREWATCH_DEVICE_REGISTRY).")] = None,
+) -> None:
+    """Remove a device from this gateway's registry file."""
+    from carewatch.gateway.registry import unpair
+
+    if not unpair(_registry_path(registry), mac):
+        typer.echo(f"error: no device {mac} in the registry", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"unpaired {mac}")
 
 
 @app.command()

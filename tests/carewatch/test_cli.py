@@ -11,7 +11,8 @@ from carewatch.cli import app
 
 runner = CliRunner()
 
-COMMANDS = [["demo"], ["gateway"], ["ingest"], ["score"], ["api"], ["dashboard"], ["sim"], ["db", "migrate"],
+COMMANDS = [["demo"], ["gateway"], ["gateway", "pair"], ["gateway", "unpair"], ["ingest"], ["score"], ["api"],
+            ["dashboard"], ["sim"], ["db", "migrate"],
             ["users"], ["users", "add"], ["news2"], ["decode"]]
 
 
@@ -40,3 +41,21 @@ def test_decode_prints_json_and_fails_clearly_on_a_truncated_frame() -> None:
     bad = runner.invoke(app, ["decode", "2a5e", "06"])
     assert bad.exit_code != 0
     assert "0x2A5E" in bad.stderr
+
+
+def test_gateway_pair_and_unpair_edit_the_registry_file(tmp_path) -> None:
+    from carewatch.gateway.registry import load_registry
+
+    registry = tmp_path / "registry.yaml"
+    paired = runner.invoke(app, ["gateway", "pair", "a4:c1:38:12:34:56", "--kind", "door_sensor", "--device-id",
+                                 "hh-front-door", "--room", "hall", "--role", "front_door", "--bind-key", "00" * 16,
+                                 "--registry", str(registry)])
+    assert paired.exit_code == 0, paired.output
+    device = load_registry(registry).get("A4:C1:38:12:34:56")
+    assert device is not None and device.role == "front_door" and device.bind_key_bytes == bytes(16)
+    bad = runner.invoke(app, ["gateway", "pair", "not-a-mac", "--kind", "door_sensor", "--device-id", "x",
+                              "--registry", str(registry)])
+    assert bad.exit_code == 1 and "not a MAC address" in bad.output
+    assert runner.invoke(app, ["gateway", "unpair", "A4:C1:38:12:34:56", "--registry", str(registry)]).exit_code == 0
+    assert load_registry(registry).get("A4:C1:38:12:34:56") is None
+    assert runner.invoke(app, ["gateway", "unpair", "A4:C1:38:12:34:56", "--registry", str(registry)]).exit_code == 1
