@@ -1,16 +1,17 @@
 """``carewatch sim --mode backfill``: D days of history written straight to the database.
 
-Readings go through ingest's own ``store_batch`` (validation, binary COPY, de-duplication by
-(gateway_id, seq), latest values), under a separate ``gw-<site>-backfill`` gateway per site so their sequence
-numbers never collide with a live gateway's. Each observation round in which staff typed respiration rate and
-consciousness becomes one observation set (their entries plus the round's device values, scored with NEWS2),
-recorded by ``backfill``, as the tablet and scorer would have made it; personal baselines are built from these.
-"""
+Readings go through ingest's bulk history load (``load_history``: the same validation and registry checks as live
+ingest, one binary COPY straight into ``readings``, sequence runs and latest values kept), under a separate
+``gw-<site>-backfill`` gateway per site so their sequence numbers never collide with a live gateway's. Each
+observation round in which staff typed respiration rate and consciousness becomes one observation set (their entries
+plus the round's device values, scored with NEWS2), recorded by ``backfill``, as the tablet and scorer would have
+made it; personal baselines are built from these."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,15 +20,15 @@ from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
 from carewatch.firmware_sim.seed import seed_world
-from carewatch.firmware_sim.wire_output import event_reading
-from carewatch.scoring.news2 import score_observation
+from carewatch.firmware_sim.wire_output import event_source
+from carewatch.scoring.news2 import score_observations
 from psycopg.types.json import Jsonb
 
 from carewatch.settings import Settings
-from carewatch.wire import UNTRUSTED_FLAGS, DecodedBatch, Metric, Reading
+from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
-MESSAGE_SIZE = 1000
-COMMIT_EVERY = 20_000
+#: Readings per history load (one transaction and one COPY each); observation sets are written between loads.
+CHUNK = 200_000
 
 
 def backfill_gateway_id(site_id: str) -> str:
@@ -35,60 +36,54 @@ def backfill_gateway_id(site_id: str) -> str:
 
 
 def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end: datetime,
-                   progress: bool = True) -> dict[str, int]:
-    """Store every device reading of ``world`` in [start, end). Returns counts."""
-    from carewatch.ingest.store import store_batch
+                   progress: bool = True, chunk: int = CHUNK) -> dict[str, int]:
+    """Store every device reading of ``world`` in [start, end) with ingest's bulk history load. Returns counts."""
+    from carewatch.ingest.store import HistoryReading, load_directory, load_history
 
     site_ids = [s.id for s in world.sites if s.residents] + [h.id for h in world.households]
+    gateway_ids = [backfill_gateway_id(s) for s in site_ids]
     with conn.transaction():
         conn.cursor().executemany(
             "INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            [(backfill_gateway_id(s), s) for s in site_ids])
-    seqs = {s: int(conn.execute("SELECT last_seq FROM gateways WHERE gateway_id = %s",
-                                (backfill_gateway_id(s),)).fetchone()[0]) for s in site_ids}
-    pending: dict[str, list[Reading]] = {}
-    batches: list[DecodedBatch] = []
+            list(zip(gateway_ids, site_ids, strict=True)))
+    seqs = dict(conn.execute("SELECT site_id, last_seq FROM gateways WHERE gateway_id = ANY(%s)",
+                             (gateway_ids,)).fetchall())
+    directory = load_directory(conn)
     totals = {"readings": 0, "stored": 0, "duplicates": 0, "dead_letters": 0}
     span = (end - start).total_seconds() or 1.0
     t0 = time.monotonic()
-
-    def commit() -> None:
-        for site in list(pending):
-            cut(site)
-        if batches:
-            result = store_batch(conn, batches, notify=False)
-            totals["stored"] += result.stored
-            totals["duplicates"] += result.duplicates
-            totals["dead_letters"] += result.dead_letters
-            batches.clear()
-
-    def cut(site: str) -> None:
-        readings = pending.pop(site, [])
-        if readings:
-            batches.append(DecodedBatch(site, backfill_gateway_id(site), readings[-1].received_at, readings, []))
-
     rounds = _Rounds(conn)
-    for event in world.events(start, end):
-        if isinstance(event, ManualObservation | VitalSample):
-            rounds.add(event)
-        if not isinstance(event, VitalSample | SensorEvent):
-            continue
-        site = event.site_id if isinstance(event, VitalSample) else event.household_id
-        seqs[site] += 1
-        _, reading = event_reading(event, seqs[site])
-        pending.setdefault(site, []).append(reading)
-        totals["readings"] += 1
-        if len(pending[site]) >= MESSAGE_SIZE:
-            cut(site)
-        if totals["readings"] % COMMIT_EVERY == 0:
-            commit()
-            if progress:
+    events = iter(world.events(start, end))
+    exhausted = False
+
+    def next_chunk() -> Iterator[HistoryReading]:
+        nonlocal exhausted
+        produced = 0
+        for event in events:
+            if isinstance(event, ManualObservation | VitalSample):
+                rounds.add(event)
+            if not isinstance(event, VitalSample | SensorEvent):
+                continue
+            site, device_id, _ = event_source(event)
+            seqs[site] += 1
+            yield HistoryReading(backfill_gateway_id(site), seqs[site], site, device_id, event.metric.value,
+                                 event.value, event.at, event.at, tuple(getattr(event, "flags", ())))
+            produced += 1
+            totals["readings"] += 1
+            if progress and totals["readings"] % 20_000 == 0:
                 done = (event.at - start).total_seconds() / span
                 rate = totals["readings"] / max(1e-9, time.monotonic() - t0)
-                bar = "#" * int(done * 30)
-                print(f"\rbackfill [{bar:<30}] {done:5.1%}  {totals['readings']:,} readings  {rate:,.0f}/s",
-                      end="", file=sys.stderr, flush=True)
-    commit()
+                print(f"\rbackfill [{'#' * int(done * 30):<30}] {done:5.1%}  {totals['readings']:,} readings  "
+                      f"{rate:,.0f}/s", end="", file=sys.stderr, flush=True)
+            if produced >= chunk:
+                return
+        exhausted = True
+
+    while not exhausted:
+        result = load_history(conn, gateway_ids, next_chunk(), directory=directory)
+        totals["stored"] += result.stored
+        totals["dead_letters"] += result.dead_letters
+        rounds.flush()
     totals["observation_sets"] = rounds.close()
     if progress:
         print(file=sys.stderr)
@@ -106,17 +101,16 @@ class _Rounds:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.open: dict[str, list[ManualObservation | VitalSample]] = {}
-        self.rows: list[tuple[Any, ...]] = []
+        self.pending: list[tuple[dict[str, Any], tuple[Any, ...]]] = []  # (NEWS2 inputs, the row's other columns)
         self.scale2 = dict(conn.execute("SELECT resident_id, scale2 FROM residents").fetchall())
         self.written = 0
 
     def add(self, event: ManualObservation | VitalSample) -> None:
+        """Collect only: called while a COPY holds the connection, so nothing is written here."""
         pending = self.open.get(event.resident_id)
         if pending and event.at - pending[0].at > ROUND_WINDOW:
             self._finish(event.resident_id)
         self.open.setdefault(event.resident_id, []).append(event)
-        if len(self.rows) >= 2000:
-            self._flush()
 
     def _finish(self, resident_id: str) -> None:
         events = self.open.pop(resident_id, [])
@@ -131,34 +125,38 @@ class _Rounds:
             if isinstance(sample, VitalSample) and sample.metric in _SET_FIELDS and not (
                     set(sample.flags) & UNTRUSTED_FLAGS) and sample.metric != Metric.RESPIRATION_RATE:
                 values[_SET_FIELDS[sample.metric]] = sample.value
-        result = score_observation(values)
         typed = {"source": "manual", "by": "backfill", "at": staff.at.isoformat()}
         inputs = {"respiration_rate": typed, "consciousness": typed} if staff.respiration_rate is not None else {
             "consciousness": typed}
-        self.rows.append((
-            resident_id, staff.site_id, max(e.at for e in events), values.get("respiration_rate"),
-            values.get("spo2"), values["spo2_scale"], values["on_oxygen"], values.get("systolic_bp"),
-            values.get("pulse"), values["consciousness"], values.get("temperature"), list(staff.soft_signs),
-            result.score, result.risk.value, Jsonb(dict(result.subscores)), result.complete, list(result.missing),
-            Jsonb(inputs),
-        ))
+        self.pending.append((values, (resident_id, staff.site_id, max(e.at for e in events), list(staff.soft_signs),
+                                      Jsonb(inputs))))
 
-    def _flush(self) -> None:
-        if self.rows:
-            with self.conn.transaction():
-                self.conn.cursor().executemany(
-                    """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source,
-                           respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness,
-                           temperature, soft_signs, score, risk, subscores, complete, missing, inputs)
-                       VALUES (%s, %s, %s, 'backfill', 'mixed', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                               %s, %s, %s)""", self.rows)
-            self.written += len(self.rows)
-            self.rows.clear()
+    def flush(self) -> None:
+        """Score the finished rounds in one vectorised NEWS2 call and write them."""
+        if not self.pending:
+            return
+        results = score_observations([values for values, _ in self.pending])
+        rows = [
+            (resident_id, site_id, taken_at, v.get("respiration_rate"), v.get("spo2"), v["spo2_scale"],
+             v["on_oxygen"], v.get("systolic_bp"), v.get("pulse"), v["consciousness"], v.get("temperature"),
+             soft_signs, r.score, r.risk.value, Jsonb(dict(r.subscores)), r.complete, list(r.missing), inputs)
+            for (v, (resident_id, site_id, taken_at, soft_signs, inputs)), r in zip(self.pending, results,
+                                                                                 strict=True)
+        ]
+        with self.conn.transaction():
+            self.conn.cursor().executemany(
+                """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source,
+                       respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness,
+                       temperature, soft_signs, score, risk, subscores, complete, missing, inputs)
+                   VALUES (%s, %s, %s, 'backfill', 'mixed', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                           %s, %s, %s)""", rows)
+        self.written += len(rows)
+        self.pending.clear()
 
     def close(self) -> int:
         for resident_id in list(self.open):
             self._finish(resident_id)
-        self._flush()
+        self.flush()
         return self.written
 
 

@@ -38,10 +38,11 @@ from carewatch.ingest.validate import (
     StagedReading,
     StatusUpdate,
     classify,
+    device_problem,
     status_devices,
 )
 
-from carewatch.wire import DecodedBatch
+from carewatch.wire import DecodedBatch, ImplausibleValue, check_plausible
 
 NOTIFY_CHANNEL = "carewatch_readings"
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; stay well below.
@@ -488,6 +489,151 @@ def _insert_events(conn: psycopg.Connection, events: Sequence[EventRecord], lock
             "UPDATE gateways SET last_seen = greatest(last_seen, now()) WHERE gateway_id = %s",
             sorted({(r[1],) for r in rows}),
         )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# History loads (backfill): binary COPY straight into readings
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HistoryReading:
+    """One reading of a history load, as a gateway would have sent it (the subject comes from the registry)."""
+
+    gateway_id: str
+    seq: int
+    site_id: str
+    device_id: str
+    metric: str
+    value: float
+    measured_at: datetime
+    received_at: datetime
+    flags: tuple[str, ...] = ()
+
+
+class _Newest:
+    """Newest row per (subject, metric), newest received_at and battery per device, rows per subject."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], tuple[datetime, int, str, str, float, tuple[str, ...]]] = {}
+        self.devices: dict[str, list[Any]] = {}
+        self.per_subject: Counter[str] = Counter()
+
+    def add(self, r: HistoryReading, subject_id: str) -> None:
+        key = (subject_id, r.metric)
+        held = self.latest.get(key)
+        if held is None or (r.measured_at, r.seq) > held[:2]:
+            self.latest[key] = (r.measured_at, r.seq, r.site_id, r.device_id, r.value, r.flags)
+        dev = self.devices.setdefault(r.device_id, [r.received_at, None, None])
+        dev[0] = max(dev[0], r.received_at)
+        if r.metric == "battery" and (dev[2] is None or r.measured_at >= dev[2]):
+            dev[1], dev[2] = r.value, r.measured_at
+        self.per_subject[subject_id] += 1
+
+
+def load_history(
+    conn: psycopg.Connection, gateway_ids: Iterable[str], readings: Iterable[HistoryReading], *,
+    directory: Directory | None = None,
+) -> BatchResult:
+    """Store a stream of history readings in one transaction with one binary COPY into ``readings``.
+
+    For bulk loads (the simulator's backfill, imports) where :func:`store_batch`'s per-batch staging and
+    conflict handling would dominate. The price is a stricter contract: each gateway's sequence numbers must be
+    above everything it has stored (``gateways.last_seq``) and strictly increasing within the stream, so no row
+    can collide with a stored one; the rows of ``gateway_ids`` (the only gateways the stream may name) stay
+    locked for the whole load, so a live writer cannot interleave. A reading that breaks that contract, or that
+    ``store_batch`` would refuse (implausible value, unknown or unbound device, gateway of another site), becomes
+    a dead letter and the rest still load.
+    Sequence runs, gaps, ``latest_readings`` and device last-seen/battery are maintained as ``store_batch``
+    does; no NOTIFY is sent (history is rescored in batch).
+    """
+    result = BatchResult()
+    newest = _Newest()
+    letters: list[DeadLetter] = []
+    runs: dict[str, list[Run]] = {}
+    with conn.transaction():
+        snapshot = directory if directory is not None else load_directory(conn)
+        locked = _lock_gateways(conn, sorted(set(gateway_ids)))
+        last_seq = {g: row.last_seq for g, row in locked.items()}
+
+        def refuse(r: HistoryReading, reason_class: ReasonClass, reason: str) -> None:
+            letters.append(DeadLetter(
+                reason_class, reason,
+                json.dumps({"seq": r.seq, "device_id": r.device_id, "metric": r.metric, "value": r.value,
+                            "measured_at": r.measured_at.isoformat(), "flags": list(r.flags)}),
+                stage="load_history", site_id=r.site_id, gateway_id=r.gateway_id, device_id=r.device_id, seq=r.seq))
+
+        with conn.cursor() as cur, cur.copy(f"COPY readings ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
+            for r in readings:
+                result.readings_in += 1
+                gw = locked.get(r.gateway_id)
+                problem = (ReasonClass.UNKNOWN_GATEWAY, f"gateway {r.gateway_id!r} is not one this load may write "
+                           f"for site {r.site_id!r}") if gw is None or gw.site_id != r.site_id else device_problem(
+                    snapshot, r.site_id, r.device_id)
+                if problem is None and r.seq <= last_seq[r.gateway_id]:
+                    problem = (ReasonClass.INVALID_READING, f"seq {r.seq} is not above gateway {r.gateway_id!r}'s "
+                               f"last stored seq {last_seq[r.gateway_id]}: a history load only appends")
+                if problem is None:
+                    try:
+                        check_plausible(r.metric, r.value)
+                    except ImplausibleValue as exc:
+                        problem = (ReasonClass.INVALID_READING, str(exc))
+                if problem is not None:
+                    refuse(r, *problem)
+                    continue
+                subject_id = snapshot.devices[r.device_id].subject_id
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, subject_id, r.device_id, r.metric,
+                                r.value, r.received_at, list(r.flags)))
+                last_seq[r.gateway_id] = r.seq
+                gw_runs = runs.setdefault(r.gateway_id, [])
+                if gw_runs and gw_runs[-1][1] + 1 == r.seq:
+                    gw_runs[-1] = (gw_runs[-1][0], r.seq)
+                else:
+                    gw_runs.append((r.seq, r.seq))
+                newest.add(r, subject_id)
+        result.stored = sum(newest.per_subject.values())
+        _history_bookkeeping(conn, locked, runs, newest, result)
+        _insert_dead_letters(conn, letters)
+        result.dead_letters = len(letters)
+        result.dead_letters_by_class.update(d.reason_class.value for d in letters)
+    result.subjects = sorted(newest.per_subject)
+    return result
+
+
+def _history_bookkeeping(conn: psycopg.Connection, locked: dict[str, _GatewayRow], runs: dict[str, list[Run]],
+                         newest: _Newest, result: BatchResult) -> None:
+    """Sequence runs, gateway last_seq/missing_seqs, latest_readings and devices after a history COPY."""
+    for gateway_id, new_runs in sorted(runs.items()):
+        gw = locked[gateway_id]
+        adjacent = conn.execute(
+            "DELETE FROM gateway_seq_runs WHERE gateway_id = %s AND last_seq = %s RETURNING first_seq, last_seq",
+            (gateway_id, new_runs[0][0] - 1)).fetchall()
+        merged = merge_runs(adjacent, new_runs)
+        conn.execute(
+            """INSERT INTO gateway_seq_runs (gateway_id, first_seq, last_seq)
+               SELECT %s, f, l FROM unnest(%s::int8[], %s::int8[]) AS t(f, l)""",
+            (gateway_id, [f for f, _ in merged], [la for _, la in merged]))
+        stored = sum(last - first + 1 for first, last in new_runs)
+        last_seq = new_runs[-1][1]
+        missing = last_seq - (gw.last_seq - gw.missing_seqs + stored)
+        result.missing_seqs[gateway_id] = missing
+        if missing > gw.missing_seqs:
+            result.new_gaps[gateway_id] = missing - gw.missing_seqs
+        conn.execute("UPDATE gateways SET last_seq = %s, missing_seqs = %s WHERE gateway_id = %s",
+                     (last_seq, missing, gateway_id))
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (subject_id, metric) DO UPDATE
+                  SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
+                      measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
+                WHERE l.measured_at <= EXCLUDED.measured_at""",
+            [(subject, metric, site, device, value, at, list(flags))
+             for (subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
+        cur.executemany(
+            """UPDATE devices SET last_seen = greatest(last_seen, %s), battery_pct = coalesce(%s, battery_pct)
+               WHERE device_id = %s""",
+            [(seen, battery, device) for device, (seen, battery, _) in sorted(newest.devices.items())])
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from carewatch.ingest.store import DirectoryCache, missing_below, store_batch
+from carewatch.ingest.store import DirectoryCache, HistoryReading, load_history, missing_below, store_batch
 from carewatch.ingest.validate import EventRecord, ReadingsMessage, classify_event, classify_status
 
 from carewatch.wire import Channel, GatewayEvent, GatewayStatus, Metric, encode_batch, topic, utcnow
@@ -233,3 +233,37 @@ def test_concurrent_writers_never_store_twice(db: psycopg.Connection, database: 
         assert set(seqs) == set(range(1, 181 + 10 + 24 + 1))
         assert gateway_row(db, gw)[:2] == (max(seqs), 0)
         assert missing_below(runs(db, gw)) == 0 and runs(db, gw) == [(1, max(seqs))]
+
+
+def history(est: Estate, seq: int, *, device: str | None = None, metric: str = "spo2", value: float = 96,
+            gateway: str | None = None) -> HistoryReading:
+    at = BASE_TIME + timedelta(seconds=seq)
+    return HistoryReading(gateway or est.gateway_id, seq, est.site_id, device or est.oximeter, metric, value, at, at)
+
+
+def test_history_load_appends_keeps_bookkeeping_and_dead_letters_the_rest(
+        db: psycopg.Connection, database: str, estate: Estate) -> None:
+    store_batch(db, [msg(estate, estate.batch(range(1, 4)))])  # live readings 1-3 already stored
+    rows = [history(estate, 4, value=95), history(estate, 5, value=300),  # implausible
+            history(estate, 3), history(estate, 6, device=estate.inactive),  # not an append; unbound device
+            history(estate, 7, device=estate.motion, metric="motion", value=1),
+            history(estate, 9, value=91),  # seq 8 never arrives: a gap
+            history(estate, 10, gateway=estate.other_gateway)]  # a gateway this load may not write
+    result = load_history(db, [estate.gateway_id], iter(rows))
+
+    assert (result.readings_in, result.stored, result.dead_letters) == (7, 3, 4)
+    assert stored_seqs(database, estate.gateway_id) == [1, 2, 3, 4, 7, 9]
+    assert runs(db, estate.gateway_id) == [(1, 4), (7, 7), (9, 9)]
+    letters = {seq: (cls, reason) for cls, seq, _, reason, *_ in dead_letters(db, estate.gateway_id)}
+    assert letters[5][0] == "invalid_reading" and "outside the plausible range" in letters[5][1]
+    assert letters[3][0] == "invalid_reading" and "only appends" in letters[3][1]
+    assert letters[6][0] == "device_inactive"
+    assert "not one this load may write" in dead_letters(db, estate.other_gateway)[0][3]
+    # seq 5, 6 and 8 never stored: three missing below 9
+    assert gateway_row(db, estate.gateway_id)[:2] == (9, 3)
+    latest = db.execute("SELECT value FROM latest_readings WHERE subject_id = %s AND metric = 'spo2'",
+                        (estate.resident_id,)).fetchone()
+    assert latest == (91,)
+    # a live batch afterwards continues normally and the gap closes when seq 8 arrives
+    store_batch(db, [msg(estate, encode_batch(estate.site_id, estate.gateway_id, [estate.reading(8)]))])
+    assert gateway_row(db, estate.gateway_id)[:2] == (9, 2)
