@@ -7,8 +7,9 @@ turns :class:`VitalSample` / :class:`SensorEvent` into :class:`Notification` byt
 clocks, disconnect storms). :class:`SimTransport` hands those notifications to the real gateway code.
 
 Care homes often share one kit between residents and pick the resident on the tablet; the platform attributes a
-reading through the device's binding, so the simulator gives each resident their own devices (a documented
-simplification).
+reading through the device's binding, so the simulator sends each resident's readings from their own device
+address (a documented simplification). Faults still follow the kit: a fault on ``kit-01`` touches only readings
+taken with kit-01, and a draining kit notifies its Battery Level (0x2A19).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
-from carewatch.firmware_sim.scenarios import DeviceFault, FaultKind
+from carewatch.firmware_sim.scenarios import FAULT_DEFAULTS, DeviceFault, FaultKind
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Deliver, Notification, OnEvent, TransportEvent
 
@@ -132,6 +133,7 @@ def world_devices(world: Any) -> list[SimDevice]:
 class _DeviceState:
     packet_id: int = 0
     counter: int = 0
+    last_emit: datetime | None = None
 
 
 @dataclass
@@ -160,24 +162,20 @@ class DeviceLayer:
     def add_fault(self, fault: DeviceFault) -> None:
         self._faults.append(fault)
 
-    def _active(self, device: SimDevice, at: datetime) -> set[FaultKind]:
-        kinds = set()
+    def _active(self, device: SimDevice, at: datetime, kit: str | None = None) -> dict[FaultKind, DeviceFault]:
+        """Faults acting on ``device`` at ``at``. A care-home fault names a kit (``kit-01``): it only touches
+        measurements taken with that kit (``kit``), not every device of that kind at the site."""
+        active: dict[FaultKind, DeviceFault] = {}
         for fault in self._faults:
             ref = fault.device
             if ref.site_id != device.site_id or ref.device_kind != device.kind:
                 continue
-            if device.role and ref.role not in (device.role, "*"):
+            role = device.role or kit
+            if role is not None and ref.role not in (role, "*"):
                 continue
             if fault.at <= at and (fault.until is None or at < fault.until):
-                kinds.add(fault.kind)
-        return kinds
-
-    def _fault_params(self, device: SimDevice, kind: FaultKind) -> dict[str, Any]:
-        for fault in self._faults:
-            ref = fault.device
-            if fault.kind == kind and ref.site_id == device.site_id and ref.device_kind == device.kind:
-                return dict(fault.params)
-        return {}
+                active[fault.kind] = fault
+        return active
 
     # -- events -> notifications --------------------------------------------------------------------------
     def feed(self, event: VitalSample | SensorEvent) -> list[Routed]:
@@ -202,12 +200,17 @@ class DeviceLayer:
     def _group_key(sample: VitalSample) -> tuple[str, DeviceKind, datetime]:
         return sample.resident_id, sample.device_kind, sample.at
 
-    def _device_time(self, device: SimDevice, faults: set[FaultKind], at: datetime) -> tuple[datetime | None, bool]:
+    @staticmethod
+    def _param(faults: dict[FaultKind, DeviceFault], kind: FaultKind, name: str) -> float:
+        """A fault parameter as the scenario declared it, its kind's default otherwise."""
+        return float(faults[kind].params.get(name, FAULT_DEFAULTS[kind][name]))
+
+    def _device_time(self, faults: dict[FaultKind, DeviceFault], at: datetime) -> tuple[datetime | None, bool]:
         """(timestamp to encode, clock_not_set)."""
         if FaultKind.CLOCK_UNSET in faults:
             return None, True
         if FaultKind.CLOCK_WRONG in faults:
-            skew = float(self._fault_params(device, FaultKind.CLOCK_WRONG).get("skew_s", 3600))
+            skew = self._param(faults, FaultKind.CLOCK_WRONG, "skew_s")
             return (at + timedelta(seconds=skew)).replace(tzinfo=None), False
         return at.replace(tzinfo=None), False
 
@@ -218,8 +221,8 @@ class DeviceLayer:
             return []
         values = {s.metric: s.value for s in samples}
         flags = frozenset().union(*(s.flags for s in samples))
-        faults = self._active(device, first.at)
-        stamp, unset = self._device_time(device, faults, first.at)
+        faults = self._active(device, first.at, kit=first.device)
+        stamp, unset = self._device_time(faults, first.at)
         if device.kind == DeviceKind.PULSE_OXIMETER:
             status = _PLX_QUESTIONABLE if QualityFlag.QUESTIONABLE in flags else 0
             dss = (_PLX_LOW_PERFUSION if QualityFlag.LOW_PERFUSION in flags else 0) | (
@@ -242,7 +245,20 @@ class DeviceLayer:
                 round(sbp), round(dbp), round(dbp + (sbp - dbp) / 3),
                 timestamp=stamp if not unset else None, pulse_rate=values.get(Metric.PULSE_RATE),
             )
-        return self._emit(device, data, first.at, faults)
+        out = self._emit(device, data, first.at, faults)
+        if FaultKind.FLAT_BATTERY in faults:
+            out.extend(self._battery(device, faults, first.at))
+        return out
+
+    def _battery(self, device: SimDevice, faults: dict[FaultKind, DeviceFault], at: datetime) -> list[Routed]:
+        """A draining kit notifies its Battery Level (0x2A19) with each measurement: ``start_pct`` at onset,
+        falling linearly to 0 at ``dead_at`` (the value layer stops its measurements from then on)."""
+        start = self._param(faults, FaultKind.FLAT_BATTERY, "start_pct")
+        hours = self._param(faults, FaultKind.FLAT_BATTERY, "hours_to_flat")
+        left = 1.0 - (at - faults[FaultKind.FLAT_BATTERY].at).total_seconds() / (hours * 3600.0)
+        level = max(0.0, min(100.0, start * left))
+        return [(device.site_id, Notification(device.address, "2a19", frames.encode_battery_level(level), at,
+                                              int(-55 - self.rng.integers(0, 30))))]
 
     def _sensor(self, event: SensorEvent) -> list[Routed]:
         device = self._by_role.get((event.household_id, event.sensor))
@@ -259,22 +275,30 @@ class DeviceLayer:
         return self._emit(device, data, event.at, self._active(device, event.at))
 
     def _emit(self, device: SimDevice, data: bytes, at: datetime,
-              faults: set[FaultKind]) -> list[Routed]:
+              faults: dict[FaultKind, DeviceFault]) -> list[Routed]:
         site = device.site_id
         out: list[Routed] = []
+        state = self._state[device.device_id]
         if FaultKind.DISCONNECT_STORM in faults:
-            for i in range(int(self._fault_params(device, FaultKind.DISCONNECT_STORM).get("flaps", 5))):
+            # the link flaps per_minute times a minute; a device is only heard when it sends, so the flaps since
+            # its last frame (at least one, at most an hour's worth) come out together
+            since = faults[FaultKind.DISCONNECT_STORM].at if state.last_emit is None else max(
+                state.last_emit, faults[FaultKind.DISCONNECT_STORM].at)
+            per_minute = self._param(faults, FaultKind.DISCONNECT_STORM, "per_minute")
+            flaps = max(1, min(int(per_minute * 60), round(per_minute * (at - since).total_seconds() / 60)))
+            for i in range(flaps):
                 out.append((site, TransportEvent(device.address, "disconnected", at, detail=f"storm {i}")))
                 out.append((site, TransportEvent(device.address, "connected", at, detail=f"storm {i}")))
-        if FaultKind.GARBAGE_FRAMES in faults and self.rng.random() < float(
-                self._fault_params(device, FaultKind.GARBAGE_FRAMES).get("probability", 0.5)):
+        state.last_emit = at
+        if FaultKind.GARBAGE_FRAMES in faults and self.rng.random() < self._param(
+                faults, FaultKind.GARBAGE_FRAMES, "fraction"):
             cut = int(self.rng.integers(1, max(2, len(data))))
             data = data[:cut] if self.rng.random() < 0.5 else bytes(self.rng.integers(0, 256, len(data), np.uint8))
         rssi = int(-55 - self.rng.integers(0, 30))
         note = Notification(device.address, device.source, data, at, rssi)
         out.append((site, note))
-        if FaultKind.DUPLICATE_NOTIFICATIONS in faults:
-            out.append((site, note))
+        if FaultKind.DUPLICATE_NOTIFICATIONS in faults:  # the same notification arrives ``copies`` times in all
+            out.extend([(site, note)] * (int(self._param(faults, FaultKind.DUPLICATE_NOTIFICATIONS, "copies")) - 1))
         return out
 
 

@@ -287,6 +287,14 @@ def encode_weight(
 # ------------------------------------------------------------------------------------------------------------
 # Proprietary oximeters
 # ------------------------------------------------------------------------------------------------------------
+def encode_battery_level(percent: float) -> bytes:
+    """Battery Level 0x2A19: one uint8 percent (0-100)."""
+    level = round(percent)
+    if not 0 <= level <= 100:
+        raise ValueError(f"battery level {percent} is outside 0-100 %")
+    return bytes([level])
+
+
 def encode_berrymed(
     spo2: int | None,
     pulse_rate: int | None,

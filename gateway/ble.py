@@ -170,6 +170,10 @@ class BleakTransport:
                 )
                 await on_event(TransportEvent(device.address, "connected", self.clock()))
                 for uuid in characteristics:
+                    if client.services.get_characteristic(uuid128(uuid)) is None:
+                        # optional ones (e.g. battery level 0x2A19) are absent on many devices
+                        log.info("characteristic_absent", device_id=device.device_id, uuid=uuid)
+                        continue
                     await client.start_notify(uuid128(uuid), self._handler(device, uuid, on_event))
                 backoff.reset()
                 await disconnected.wait()

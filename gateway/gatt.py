@@ -570,6 +570,23 @@ def decode_weight(data: bytes) -> DecodedFrame:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Battery Service (0x180F)
+# ------------------------------------------------------------------------------------------------------------
+def decode_battery_level(data: bytes) -> DecodedFrame:
+    """Battery Level 0x2A19: one uint8, 0-100 %; 101-255 are prohibited, so such a frame is refused."""
+    if len(data) != 1:
+        raise FrameError(f"0x2A19: frame is {len(data)} bytes but Battery Level is exactly 1 (uint8 percent)")
+    level = data[0]
+    if level > 100:
+        raise FrameError(f"0x2A19: battery level {level} is above 100 % (values 101-255 are prohibited)")
+    return DecodedFrame(
+        source="2a19",
+        fields={"battery_pct": float(level)},
+        measurements=clean_measurements(frozenset(), [(Metric.BATTERY, float(level))]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Dispatch
 # ------------------------------------------------------------------------------------------------------------
 DECODERS: dict[str, Callable[[bytes], DecodedFrame]] = {
@@ -582,6 +599,7 @@ DECODERS: dict[str, Callable[[bytes], DecodedFrame]] = {
     "2a36": decode_intermediate_cuff_pressure,
     "2a37": decode_heart_rate,
     "2a9d": decode_weight,
+    "2a19": decode_battery_level,
 }
 
 

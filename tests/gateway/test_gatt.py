@@ -255,3 +255,12 @@ def test_fuzz_all_optional_fields_set(data: bytes) -> None:
     for uuid in DECODERS:
         with contextlib.suppress(FrameError):  # anything else escaping fails the test
             decode_characteristic(uuid, data)
+
+
+def test_battery_level_is_a_percent_and_prohibited_values_are_refused() -> None:
+    frame = decode_characteristic("2a19", bytes([37]))
+    assert frame.fields == {"battery_pct": 37.0} and frame.measurements == ((Metric.BATTERY, 37.0),)
+    with pytest.raises(FrameError, match="above 100 %"):
+        decode_characteristic("2a19", bytes([101]))
+    with pytest.raises(FrameError, match="exactly 1"):
+        decode_characteristic("2a19", bytes([50, 0]))

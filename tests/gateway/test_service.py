@@ -231,7 +231,8 @@ RUNNER = textwrap.dedent("""
 def test_kill_9_mid_drain_then_restart(
     scratch_dir: Path, uid: str, mqtt_url: str, gw: Any, collector_factory: Any
 ) -> None:
-    settings = gw.make_settings(scratch_dir, uid, mqtt_url, publish_batch_size=50, publish_inflight=1)
+    # small batches, one in flight: 4,000 round trips, so a loaded machine still kills it mid-drain
+    settings = gw.make_settings(scratch_dir, uid, mqtt_url, publish_batch_size=5, publish_inflight=1)
     collector = collector_factory(mqtt_url, settings.site_id, settings.gateway_id, f"sub-{uid}")
     cfg: dict[str, Any] = {
         "mac": OX,
@@ -261,7 +262,7 @@ def test_kill_9_mid_drain_then_restart(
     assert child.stdout is not None
     try:
         assert child.stdout.readline().strip() == "delivered"
-        collector.wait_for(lambda: collector.unique() >= 1000, 60, "the drain to be under way")
+        collector.wait_for(lambda: collector.unique() >= 100, 60, "the drain to be under way")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
