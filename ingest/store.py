@@ -7,9 +7,9 @@ transaction it
    the sequence bookkeeping of a gateway is serialised);
 2. drops readings whose (gateway_id, seq) is already covered by ``gateway_seq_runs`` or repeated in the batch:
    re-deliveries are counted as duplicates, never stored twice;
-3. binary-COPYs the rest into a TEMP staging table and moves them with ``INSERT INTO readings ... ON CONFLICT DO
-   NOTHING`` (belt and braces), updating ``latest_readings`` (newest per subject and metric) and devices
-   (last_seen, battery) from the rows actually inserted, in the same statement;
+3. binary-COPYs the rest straight into ``readings`` (inside a savepoint; should a row collide after all, it
+   falls back to a TEMP staging table and ``INSERT ... ON CONFLICT DO NOTHING``), then updates
+   ``latest_readings`` (newest per subject and metric) and devices (last_seen, battery) from those rows;
 4. merges the new sequence numbers into ``gateway_seq_runs`` and sets ``gateways.last_seq / missing_seqs``;
 5. writes dead letters, gateway statuses and events;
 6. ``NOTIFY carewatch_readings`` with the subjects that got new data (delivered when the transaction commits).
@@ -263,20 +263,9 @@ def store_batch(
         fresh, seq_state = _fresh_rows(conn, classified.rows, locked)
         result.duplicates = len(classified.rows) - len(fresh)
 
-        # 3. stage and move
+        # 3. write the fresh rows
         if fresh:
-            _ensure_stage(conn)
-            with conn.cursor() as cur:
-                with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(_STAGE_TYPES)
-                    for r in fresh:
-                        copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
-                                        r.metric, r.value, r.received_at, list(r.flags)))
-                per_subject = cur.execute(_MOVE_SQL).fetchall()
-            result.stored = sum(n for _, n, _ in per_subject)
-            result.duplicates += len(fresh) - result.stored
-            result.subjects = [s for s, _, _ in per_subject]
-            result.max_received_at = max((t for _, _, t in per_subject), default=None)
+            _write_fresh(conn, fresh, result)
 
         # 4. sequence bookkeeping and gateway liveness
         _update_gateways(conn, locked, seq_state, classified.gateways_heard, result)
@@ -293,6 +282,48 @@ def store_batch(
             for payload in notify_payloads(result.subjects, result.max_received_at):
                 conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
     return result
+
+
+def _write_fresh(conn: psycopg.Connection, fresh: list[StagedReading], result: BatchResult) -> None:
+    """COPY rows straight into ``readings``; stage and move with ON CONFLICT only if that hits a stored row.
+
+    ``_fresh_rows`` has already dropped every (gateway_id, seq) that ``gateway_seq_runs`` covers, under the
+    gateway locks, so a conflict means the two tables disagree (e.g. runs deleted by hand). The fast path then
+    rolls back to its savepoint and the slow path skips the conflicting rows, as it always did.
+    """
+    newest = _Newest()
+    try:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                f"COPY readings ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
+            for r in fresh:
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
+                                r.metric, r.value, r.received_at, list(r.flags)))
+                newest.add(r.subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value,
+                           r.flags, r.received_at)
+    except psycopg.errors.UniqueViolation:
+        _stage_and_move(conn, fresh, result)
+        return
+    _apply_newest(conn, newest)
+    result.stored = len(fresh)
+    result.subjects = sorted(newest.per_subject)
+    result.max_received_at = newest.max_received_at
+
+
+def _stage_and_move(conn: psycopg.Connection, fresh: list[StagedReading], result: BatchResult) -> None:
+    """The conflict-tolerant path: COPY into a TEMP staging table, then one INSERT ... ON CONFLICT DO NOTHING."""
+    _ensure_stage(conn)
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_STAGE_TYPES)
+            for r in fresh:
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
+                                r.metric, r.value, r.received_at, list(r.flags)))
+        per_subject = cur.execute(_MOVE_SQL).fetchall()
+    result.stored = sum(n for _, n, _ in per_subject)
+    result.duplicates += len(fresh) - result.stored
+    result.subjects = [s for s, _, _ in per_subject]
+    result.max_received_at = max((t for _, _, t in per_subject), default=None)
 
 
 @dataclass
@@ -510,23 +541,49 @@ class HistoryReading:
 
 
 class _Newest:
-    """Newest row per (subject, metric), newest received_at and battery per device, rows per subject."""
+    """Newest row per (subject, metric), newest received_at and battery per device, rows per subject: what
+    ``latest_readings`` and ``devices`` need after a COPY straight into ``readings``."""
 
     def __init__(self) -> None:
         self.latest: dict[tuple[str, str], tuple[datetime, int, str, str, float, tuple[str, ...]]] = {}
         self.devices: dict[str, list[Any]] = {}
         self.per_subject: Counter[str] = Counter()
+        self.max_received_at: datetime | None = None
 
-    def add(self, r: HistoryReading, subject_id: str) -> None:
-        key = (subject_id, r.metric)
+    def add(self, subject_id: str, metric: str, measured_at: datetime, seq: int, site_id: str, device_id: str,
+            value: float, flags: tuple[str, ...], received_at: datetime) -> None:
+        key = (subject_id, metric)
         held = self.latest.get(key)
-        if held is None or (r.measured_at, r.seq) > held[:2]:
-            self.latest[key] = (r.measured_at, r.seq, r.site_id, r.device_id, r.value, r.flags)
-        dev = self.devices.setdefault(r.device_id, [r.received_at, None, None])
-        dev[0] = max(dev[0], r.received_at)
-        if r.metric == "battery" and (dev[2] is None or r.measured_at >= dev[2]):
-            dev[1], dev[2] = r.value, r.measured_at
+        if held is None or (measured_at, seq) > held[:2]:
+            self.latest[key] = (measured_at, seq, site_id, device_id, value, flags)
+        dev = self.devices.get(device_id)
+        if dev is None:
+            dev = self.devices[device_id] = [received_at, None, None]
+        elif received_at > dev[0]:
+            dev[0] = received_at
+        if metric == "battery" and (dev[2] is None or measured_at >= dev[2]):
+            dev[1], dev[2] = value, measured_at
         self.per_subject[subject_id] += 1
+        if self.max_received_at is None or received_at > self.max_received_at:
+            self.max_received_at = received_at
+
+
+def _apply_newest(conn: psycopg.Connection, newest: _Newest) -> None:
+    """Maintain ``latest_readings`` (newest per subject and metric) and devices (last seen, battery)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (subject_id, metric) DO UPDATE
+                  SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
+                      measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
+                WHERE l.measured_at <= EXCLUDED.measured_at""",
+            [(subject, metric, site, device, value, at, list(flags))
+             for (subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
+        cur.executemany(
+            """UPDATE devices SET last_seen = greatest(last_seen, %s), battery_pct = coalesce(%s, battery_pct)
+               WHERE device_id = %s""",
+            [(seen, battery, device) for device, (seen, battery, _) in sorted(newest.devices.items())])
 
 
 def load_history(
@@ -589,7 +646,8 @@ def load_history(
                     gw_runs[-1] = (gw_runs[-1][0], r.seq)
                 else:
                     gw_runs.append((r.seq, r.seq))
-                newest.add(r, subject_id)
+                newest.add(subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value, r.flags,
+                           r.received_at)
         result.stored = sum(newest.per_subject.values())
         _history_bookkeeping(conn, locked, runs, newest, result)
         _insert_dead_letters(conn, letters)
@@ -620,20 +678,7 @@ def _history_bookkeeping(conn: psycopg.Connection, locked: dict[str, _GatewayRow
             result.new_gaps[gateway_id] = missing - gw.missing_seqs
         conn.execute("UPDATE gateways SET last_seq = %s, missing_seqs = %s WHERE gateway_id = %s",
                      (last_seq, missing, gateway_id))
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
-               VALUES (%s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (subject_id, metric) DO UPDATE
-                  SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
-                      measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
-                WHERE l.measured_at <= EXCLUDED.measured_at""",
-            [(subject, metric, site, device, value, at, list(flags))
-             for (subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
-        cur.executemany(
-            """UPDATE devices SET last_seen = greatest(last_seen, %s), battery_pct = coalesce(%s, battery_pct)
-               WHERE device_id = %s""",
-            [(seen, battery, device) for device, (seen, battery, _) in sorted(newest.devices.items())])
+    _apply_newest(conn, newest)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -106,6 +106,20 @@ def test_redelivery_is_stored_once_and_counted(db: psycopg.Connection, database:
     assert again.subjects == []
 
 
+def test_rows_the_sequence_runs_forgot_fall_back_to_the_conflict_tolerant_path(
+        db: psycopg.Connection, database: str, estate: Estate) -> None:
+    store_batch(db, [msg(estate, estate.batch(range(1, 4)))])
+    with db.transaction():  # the runs are lost by hand
+        db.execute("DELETE FROM gateway_seq_runs WHERE gateway_id = %s", (estate.gateway_id,))
+    result = store_batch(db, [msg(estate, estate.batch(range(2, 6)))])  # 2-3 are stored already, 4-5 are new
+    assert (result.stored, result.duplicates, result.dead_letters) == (2, 2, 0)
+    assert stored_seqs(database, estate.gateway_id) == [1, 2, 3, 4, 5]
+    assert result.subjects == [estate.resident_id]
+    latest = db.execute("SELECT value, measured_at FROM latest_readings WHERE subject_id = %s AND metric = 'spo2'",
+                        (estate.resident_id,)).fetchone()
+    assert latest == (96, BASE_TIME + timedelta(seconds=5))
+
+
 def test_gaps_are_detected_and_closed(db: psycopg.Connection, estate: Estate) -> None:
     store_batch(db, [msg(estate, estate.batch(range(1, 6)))])
     result = store_batch(db, [msg(estate, estate.batch([9, 10]))])
