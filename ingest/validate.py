@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -96,9 +96,11 @@ class Directory:
     devices: Mapping[str, DeviceInfo] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class StagedReading:
-    """A validated reading, resolved to its subject and site: one row of ``readings``."""
+class StagedReading(NamedTuple):
+    """A validated reading, resolved to its subject and site: one row of ``readings``.
+
+    A NamedTuple rather than a frozen dataclass: ingest builds one per reading, and this is several times
+    cheaper to construct."""
 
     measured_at: datetime
     gateway_id: str
@@ -256,25 +258,23 @@ def classify(messages: Iterable[ReadingsMessage], directory: Directory) -> Class
                 DeadLetter(ReasonClass.INVALID_READING, bad.reason, json.dumps(bad.raw, ensure_ascii=False),
                            device_id=device_id, seq=bad.seq, **ids)
             )
+        devices, site_id, gateway_id, rows = directory.devices, decoded.site_id, decoded.gateway_id, out.rows
         for reading in decoded.good:
-            trouble = device_problem(directory, decoded.site_id, reading.device_id)
-            if reading.seq > MAX_SEQ:
-                trouble = ReasonClass.INVALID_READING, f"seq {reading.seq} is beyond the 64-bit range"
-            if trouble is not None:
+            device = devices.get(reading.device_id)
+            if device is None or device.site_id != site_id or not device.active or reading.seq > MAX_SEQ:
+                trouble = (ReasonClass.INVALID_READING, f"seq {reading.seq} is beyond the 64-bit range") if (
+                    reading.seq > MAX_SEQ) else device_problem(directory, site_id, reading.device_id)
+                assert trouble is not None
                 out.dead_letters.append(
                     DeadLetter(trouble[0], trouble[1], reading.model_dump_json(), device_id=reading.device_id,
                                seq=reading.seq, **ids)
                 )
                 continue
-            device = directory.devices[reading.device_id]
-            out.rows.append(
-                StagedReading(
-                    measured_at=reading.measured_at, gateway_id=decoded.gateway_id, seq=reading.seq,
-                    site_id=decoded.site_id, subject_id=device.subject_id, device_id=reading.device_id,
-                    metric=reading.metric.value, value=reading.value, received_at=reading.received_at,
-                    flags=tuple(f.value for f in reading.flags),
-                )
-            )
+            rows.append(StagedReading(
+                reading.measured_at, gateway_id, reading.seq, site_id, device.subject_id, reading.device_id,
+                reading.metric.value, reading.value, reading.received_at,
+                tuple(f.value for f in reading.flags) if reading.flags else (),
+            ))
     return out
 
 
