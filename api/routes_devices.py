@@ -9,8 +9,10 @@ from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
 from carewatch.api.scope import Permission
+from carewatch.gateway.registry import SOURCE_FORMATS, RegisteredDevice
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
+from pydantic import BaseModel, Field, ValidationError
 
 router = APIRouter(tags=["configuration"])
 GATEWAY_ONLINE_WITHIN = timedelta(minutes=5)
@@ -43,7 +45,7 @@ def list_devices(
                   AND (%(site)s::text IS NULL OR d.site_id = %(site)s)
                   AND (%(resident)s::text IS NULL OR d.resident_id = %(resident)s)
                   AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
-                  AND (%(battery)s::real IS NULL OR d.battery_pct < %(battery)s)
+                  AND (%(battery)s::float8 IS NULL OR d.battery_pct < %(battery)s::float8)
                   AND (%(silent)s::boolean IS NULL
                        OR %(silent)s = (d.active AND (d.last_seen IS NULL OR d.last_seen < %(cutoff)s)))
                 ORDER BY d.site_id, d.device_id LIMIT %(limit)s OFFSET %(offset)s""",
@@ -134,6 +136,73 @@ def list_gateways(ctx: Context, paging: Paging, site: str | None = None) -> dict
 def get_gateway(ctx: Context, gateway_id: str) -> GatewayOut:
     ctx.require(Permission.READ_GATEWAYS)
     return _gateway_out(ctx.gateway(gateway_id), datetime.now(UTC))
+
+
+class SkippedDevice(BaseModel):
+    device_id: str
+    reason: str
+
+
+class GatewayRegistryOut(BaseModel):
+    """The gateway's registry file (``devices``, read by ``DeviceRegistry.from_document``), plus what was left out."""
+
+    gateway_id: str
+    site_id: str
+    devices: list[RegisteredDevice]
+    skipped: list[SkippedDevice] = Field(description="Devices of this gateway that cannot be listed, and why.")
+
+
+def registry_entry(row: dict[str, Any]) -> RegisteredDevice:
+    """One devices row as a registry entry. The table has no frame-format column: a ``model`` that names a
+    format (``gatt``, ``bthome``, ``berrymed``, ``contec``, ...) sets it, anything else means the kind's default.
+    Raises ValueError saying what is wrong (no MAC, unknown kind, malformed bind key)."""
+    if not row["mac"]:
+        raise ValueError("no MAC address recorded")
+    model = (row["model"] or "").strip().lower()
+    return RegisteredDevice(
+        address=row["mac"], device_id=row["device_id"], kind=row["kind"],
+        source=model if model in SOURCE_FORMATS else "", resident_id=row["resident_id"], room=row["room"],
+        role=row["role"], bind_key=row["bind_key"])
+
+
+@router.get("/gateways/{gateway_id}/registry", response_model=GatewayRegistryOut,
+            summary="The gateway's device registry, with BTHome bind keys (the gateway's own account, manager, admin)")
+def gateway_registry(ctx: Context, gateway_id: str) -> GatewayRegistryOut:
+    """Active devices assigned to this gateway, in the format of the gateway's registry file. Unlike every other
+    device route this returns bind keys, so each read is audited with the devices it disclosed. A device that
+    cannot be listed (no MAC, unknown kind, bad key) is left out and named under ``skipped``: the rest still flow."""
+    ctx.require(Permission.READ_GATEWAY_REGISTRY)
+    gateway = ctx.gateway(gateway_id, change="registry")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT d.device_id, d.kind, d.model, d.mac, d.bind_key, d.resident_id, d.room, d.role FROM devices d
+               WHERE d.gateway_id = %s AND d.site_id = %s AND d.active ORDER BY d.device_id""",
+            (gateway_id, gateway["site_id"])).fetchall()
+    devices: list[RegisteredDevice] = []
+    skipped: list[SkippedDevice] = []
+    by_mac: dict[str, str] = {}
+    for row in rows:
+        try:
+            entry = registry_entry(row)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+            skipped.append(SkippedDevice(device_id=row["device_id"], reason=_first_error(exc)))
+            continue
+        if entry.address in by_mac:  # the gateway would refuse the whole list: leave the second one out
+            skipped.append(SkippedDevice(device_id=entry.device_id,
+                                         reason=f"MAC {entry.address} is also used by {by_mac[entry.address]}"))
+            continue
+        by_mac[entry.address] = entry.device_id
+        devices.append(entry)
+    ctx.note("read", "device", None, ids=[d.device_id for d in devices],
+             bind_keys=sum(1 for d in devices if d.bind_key), via="gateway_registry")
+    return GatewayRegistryOut(gateway_id=gateway_id, site_id=gateway["site_id"], devices=devices, skipped=skipped)
+
+
+def _first_error(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'device'}: {e['msg'].removeprefix('Value error, ')}"
+                         for e in exc.errors())
+    return str(exc)
 
 
 @router.get("/dead-letters", response_model=Page[DeadLetterOut],

@@ -63,10 +63,12 @@ class Permission(StrEnum):
     READ_DEVICES = "read_devices"
     CONFIGURE_DEVICES = "configure_devices"
     READ_GATEWAYS = "read_gateways"
+    READ_GATEWAY_REGISTRY = "read_gateway_registry"  # a gateway's device list *with* BTHome bind keys
     READ_DEAD_LETTERS = "read_dead_letters"
     READ_BEHAVIOUR = "read_behaviour"
     MANAGE_USERS = "manage_users"
     READ_AUDIT = "read_audit"
+    READ_ADOPTION = "read_adoption"  # how much each home uses Carewatch (observations, alert response times)
 
 
 _ALL = frozenset(Role)
@@ -80,10 +82,13 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.READ_DEVICES: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
     Permission.CONFIGURE_DEVICES: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.READ_GATEWAYS: frozenset({Role.MANAGER, Role.ADMIN}),
+    # The gateway signs in with a dedicated care_staff (or manager) account of its own site to fetch this.
+    Permission.READ_GATEWAY_REGISTRY: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
     Permission.READ_DEAD_LETTERS: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.READ_BEHAVIOUR: _ALL,
     Permission.MANAGE_USERS: frozenset({Role.ADMIN}),
     Permission.READ_AUDIT: frozenset({Role.ADMIN}),
+    Permission.READ_ADOPTION: frozenset({Role.MANAGER, Role.ADMIN}),
 }
 
 #: Alert kinds that carry clinical information (council users need the household's vitals consent).

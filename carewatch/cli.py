@@ -3,15 +3,47 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from carewatch.settings import get_settings
 
+
+class _LazyGroup(TyperGroup):
+    """The root command group; sub-apps in ``LAZY`` are imported only when asked for (or listed in --help).
+
+    ``users`` needs psycopg and argon2 (~10 MB): importing it eagerly put them into every process started by this
+    command, the gateway included (measured by bench/bench_gateway_rss.py)."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str, str]]] = {"users": ("carewatch.api.users_cli", "users_app",
+                      "Manage users and roles (admin): add, list, passwd, disable.")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return names + [name for name in self.LAZY if name not in names]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, attr, help_text = self.LAZY[cmd_name]
+            try:
+                sub_app = getattr(importlib.import_module(module), attr)
+            except ImportError:  # pragma: no cover - only while that package is incomplete
+                sub_app = typer.Typer(help=f"{help_text} (not installed)")
+            sub_app._add_completion = False  # as a sub-command it has no completion options of its own
+            command = typer.main.get_command(sub_app)
+            command.name, command.help = cmd_name, help_text
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="carewatch",
     help="Carewatch: remote monitoring for care homes and people receiving care at home.\n\n"
     "Start with `carewatch demo` to run the whole platform on this machine with simulated residents. "
@@ -23,16 +55,6 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-
-def _users_app() -> typer.Typer:
-    try:
-        from carewatch.api.users_cli import users_app
-    except ImportError:  # pragma: no cover - only while the API package is incomplete
-        users_app = typer.Typer(help="Manage users (needs the API package).")
-    return users_app
-
-
-app.add_typer(_users_app(), name="users", help="Manage users and roles (admin): add, list, passwd, disable.")
 
 
 def _configure_logging() -> None:
@@ -69,6 +91,9 @@ app.add_typer(gateway_app, name="gateway")
 def gateway(
     ctx: typer.Context,
     simulate: Annotated[bool, typer.Option(help="Use the device simulator instead of Bluetooth.")] = False,
+    registry_url: Annotated[str | None, typer.Option(
+        help="Fetch the device registry from this API at start and every CAREWATCH_REGISTRY_FETCH_S, signing in "
+             "as CAREWATCH_REGISTRY_USERNAME/PASSWORD (default CAREWATCH_REGISTRY_URL).")] = None,
 ) -> None:
     """Run the edge gateway: read BLE devices in the registry, store every reading in the local outbox, and
     forward batches over MQTT (CAREWATCH_MQTT_URL, CAREWATCH_SITE_ID, CAREWATCH_GATEWAY_ID,
@@ -76,14 +101,40 @@ def gateway(
     if ctx.invoked_subcommand is not None:
         return
     _configure_logging()
+    settings = get_settings()
+    if registry_url:
+        settings = settings.model_copy(update={"registry_url": registry_url})
     if simulate:
         from carewatch.firmware_sim.cli import run_simulated_gateway
 
-        run_simulated_gateway(get_settings())
+        run_simulated_gateway(settings)
         return
     from carewatch.gateway.service import main as gateway_main
 
-    gateway_main(get_settings())
+    gateway_main(settings)
+
+
+@gateway_app.command("fetch-registry")
+def gateway_fetch_registry(
+    registry_url: Annotated[str | None, typer.Option(help="The API (default CAREWATCH_REGISTRY_URL).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry file (default CAREWATCH_DEVICE_REGISTRY).")] = None,
+) -> None:
+    """Fetch this gateway's registry from the API once and save it; on failure the file is kept as it was."""
+    from carewatch.gateway.registry import RegistryError, RegistrySource, refresh_registry_file
+
+    settings = get_settings().model_copy(update={k: v for k, v in (("registry_url", registry_url),
+                                                                 ("device_registry", registry)) if v})
+    try:
+        source = RegistrySource.from_settings(settings)
+        if source is None:
+            raise RegistryError("give --registry-url or set CAREWATCH_REGISTRY_URL")
+        path = settings.registry_file
+        assert path is not None  # registry_url is set, so there is always a file
+        fetched, changed = refresh_registry_file(source, path)
+    except (RegistryError, OSError) as exc:  # one clear line, non-zero exit
+        typer.echo(f"error: registry not fetched ({exc}); the registry file is unchanged", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{'saved' if changed else 'unchanged'}: {len(fetched)} devices in {path}")
 
 
 def _registry_path(registry: Path | None) -> Path:

@@ -7,12 +7,18 @@ is owned by that account.
 
 MQTT: the ``mosquitto`` binary when installed, else the pure-Python amqtt broker in a child process. amqtt speaks
 MQTT 3.1.1 only and has no shared subscriptions; callers ask :attr:`EmbeddedBroker.supports_shared`.
+
+The broker's security (a TLS listener, per-gateway passwords, and the ACL that keeps each gateway under its own
+``carewatch/v1/<site>/<gateway>/`` topics) is written here and only here: :func:`gateway_acl`,
+:func:`mosquitto_password_line` and :class:`BrokerSecurity`. Production brokers use the same two generators.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -20,12 +26,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from carewatch.settings import process_env
+from carewatch.wire import TOPIC_ROOT
 
 
 class EmbeddedError(RuntimeError):
@@ -193,7 +201,7 @@ class EmbeddedPostgres:
 MOSQUITTO_CONF = """\
 # Written by carewatch: a private broker for the demo/tests.
 listener {port} 127.0.0.1
-allow_anonymous true
+allow_anonymous {anonymous}
 persistence true
 persistence_location {data_dir}/
 autosave_interval 5
@@ -205,24 +213,95 @@ log_type error
 log_type warning
 log_type notice
 {user_line}
+{security}
 """
+MOSQUITTO_PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+
+
+def mosquitto_password_line(username: str, password: str, *, salt: bytes | None = None) -> str:
+    """One ``password_file`` line in mosquitto 2's PBKDF2-SHA512 format (``$7$``), as ``mosquitto_passwd`` writes."""
+    if ":" in username or not username:
+        raise ValueError(f"an MQTT username cannot be empty or contain ':' ({username!r})")
+    salt = salt or os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, MOSQUITTO_PBKDF2_ITERATIONS)
+    return (f"{username}:$7${MOSQUITTO_PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}"
+            f"${base64.b64encode(digest).decode()}")
+
+
+def gateway_acl(gateways: Iterable[tuple[str, str]], readers: Iterable[str] = ()) -> str:
+    """A mosquitto ``acl_file``: gateway G of site S (MQTT username = gateway id) may publish only under
+    ``carewatch/v1/S/G/#`` (readings, events, status and its last will); each reader (ingest) may read every
+    gateway's topics, also through a ``$share`` group (mosquitto checks the topic without the prefix). Anything
+    not granted is denied; with MQTT 3.1.1 mosquitto drops a denied publish silently (it still sends the PUBACK,
+    then closes the connection): see docs/gateway.md on what that means for a misconfigured gateway."""
+    lines = ["# Written by carewatch (carewatch.embedded.gateway_acl): one block per gateway, then the readers."]
+    for site_id, gateway_id in gateways:
+        for part in (site_id, gateway_id):
+            if not part or any(c in part for c in "/+#\n "):
+                raise ValueError(f"not usable in a topic: {part!r}")
+        lines += ["", f"user {gateway_id}", f"topic write {TOPIC_ROOT}/{site_id}/{gateway_id}/#"]
+    for reader in readers:
+        lines += ["", f"user {reader}", f"topic read {TOPIC_ROOT}/#"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """TLS and/or authentication for an :class:`EmbeddedBroker` (mosquitto only).
+
+    ``tls``: (cafile, certfile, keyfile) for the listener, which then speaks only TLS. ``users``: username ->
+    password (written hashed to a password_file; anonymous clients are refused). ``acl``: an acl_file's text
+    (see :func:`gateway_acl`).
+    """
+
+    tls: tuple[Path, Path, Path] | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+    acl: str | None = None
+
+    def config(self, data_dir: Path) -> str:
+        """The mosquitto.conf lines (after the ``listener`` line), writing the password and ACL files."""
+        lines: list[str] = []
+        if self.tls is not None:
+            cafile, certfile, keyfile = self.tls
+            lines += [f"cafile {cafile}", f"certfile {certfile}", f"keyfile {keyfile}", "tls_version tlsv1.2"]
+        if self.users:
+            passwords = data_dir / "passwords"
+            passwords.write_text("".join(mosquitto_password_line(u, p) + "\n" for u, p in self.users.items()))
+            passwords.chmod(0o600)
+            lines += [f"password_file {passwords}"]
+        if self.acl is not None:
+            acl = data_dir / "acl"
+            acl.write_text(self.acl)
+            acl.chmod(0o600)
+            lines += [f"acl_file {acl}"]
+        return "\n".join(lines)
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.users
 
 
 class EmbeddedBroker:
     """Mosquitto (preferred) or amqtt, as a child process on 127.0.0.1:``port``."""
 
-    def __init__(self, data_dir: Path, port: int, prefer: str = "mosquitto") -> None:
+    def __init__(self, data_dir: Path, port: int, prefer: str = "mosquitto",
+                 security: BrokerSecurity | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
+        self.security = security
         self.mosquitto = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
         )
         self.kind = "mosquitto" if (self.mosquitto and prefer == "mosquitto") else "amqtt"
+        if security is not None and self.kind != "mosquitto":
+            raise EmbeddedError("TLS, passwords and ACLs need the mosquitto broker (apt-get install mosquitto)")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """The broker's URL without credentials (``mqtts://`` when its listener speaks TLS)."""
+        scheme = "mqtts" if self.security is not None and self.security.tls is not None else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def supports_shared(self) -> bool:
@@ -238,7 +317,10 @@ class EmbeddedBroker:
         if self.kind == "mosquitto":
             user = pwd.getpwuid(os.geteuid()).pw_name
             conf = self.data_dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(port=self.port, data_dir=self.data_dir, user_line=f"user {user}"))
+            security = self.security or BrokerSecurity()
+            conf.write_text(MOSQUITTO_CONF.format(
+                port=self.port, data_dir=self.data_dir, user_line=f"user {user}",
+                anonymous="true" if security.anonymous else "false", security=security.config(self.data_dir)))
             cmd = [str(self.mosquitto), "-c", str(conf)]
         else:
             cmd = [sys.executable, "-m", "carewatch.amqtt_broker", "--port", str(self.port)]

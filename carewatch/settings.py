@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     site_id: str = Field(default="home-a", description="Site (care home or household) this gateway serves.")
     gateway_id: str = Field(default="gw-home-a", description="This gateway's id; unique across the estate.")
     device_registry: Path | None = Field(default=None, description="YAML/JSON device registry for a gateway.")
+    registry_url: str | None = Field(
+        default=None, description="API the gateway fetches its device registry from (unset: the file only)."
+    )
+    registry_username: str | None = Field(default=None, description="The gateway's own API account (care_staff).")
+    registry_password: SecretStr | None = Field(default=None, description="Password of registry_username.")
+    registry_fetch_s: float = Field(default=300.0, ge=1, description="Seconds between registry fetches.")
 
     # --- gateway store-and-forward -----------------------------------------------------------------------
     outbox_path: Path | None = Field(default=None, description="SQLite outbox file (default under state_dir).")
@@ -135,6 +141,13 @@ class Settings(BaseSettings):
     @property
     def outbox_file(self) -> Path:
         return self.outbox_path or self.state_dir / "gateway" / f"{self.gateway_id}.outbox.sqlite"
+
+    @property
+    def registry_file(self) -> Path | None:
+        """The gateway's registry file; with ``registry_url`` set there always is one (the API's copy is kept)."""
+        if self.device_registry is None and self.registry_url:
+            return self.state_dir / "gateway" / f"{self.gateway_id}.registry.json"
+        return self.device_registry
 
     @property
     def api_base_url(self) -> str:

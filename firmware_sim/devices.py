@@ -14,9 +14,7 @@ taken with kit-01, and a draining kit notifies its Battery Level (0x2A19).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,8 +25,9 @@ from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.scenarios import FAULT_DEFAULTS, DeviceFault, FaultKind
+from carewatch.firmware_sim.transport import SimTransport  # noqa: F401  (re-exported: its home before)
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
-from carewatch.gateway.transport import Deliver, Notification, OnEvent, TransportEvent
+from carewatch.gateway.transport import Notification, TransportEvent
 
 from carewatch.wire import DeviceKind, Metric, QualityFlag
 
@@ -300,68 +299,6 @@ class DeviceLayer:
         if FaultKind.DUPLICATE_NOTIFICATIONS in faults:  # the same notification arrives ``copies`` times in all
             out.extend([(site, note)] * (int(self._param(faults, FaultKind.DUPLICATE_NOTIFICATIONS, "copies")) - 1))
         return out
-
-
-class SimTransport:
-    """A Transport whose radio is the simulator: notifications pushed from any thread reach ``deliver``.
-
-    ``deliver`` resolves once the readings are in the gateway's outbox, so a notification is never lost; up to
-    ``concurrency`` deliveries are in flight so the gateway can commit them together.
-    """
-
-    def __init__(self, concurrency: int = 64) -> None:
-        self.concurrency = concurrency
-        self._queue: asyncio.Queue[Notification | TransportEvent | None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self.delivered = 0
-
-    def wait_ready(self, timeout: float = 30) -> bool:
-        return self._ready.wait(timeout)
-
-    def push(self, items: Iterable[Notification | TransportEvent]) -> None:
-        if self._loop is None or self._queue is None:
-            raise RuntimeError("SimTransport is not running yet (start the gateway first)")
-        for item in items:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    def close(self) -> None:
-        if self._loop is not None and self._queue is not None:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-
-    def backlog(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
-
-    async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
-        self._loop = asyncio.get_running_loop()
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-        self._ready.set()
-        slots = asyncio.Semaphore(self.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def one(note: Notification) -> None:
-            try:
-                await deliver(note)
-                self.delivered += 1
-            finally:
-                slots.release()
-
-        try:
-            while True:
-                item = await self._queue.get()
-                if item is None:
-                    break
-                if isinstance(item, TransportEvent):
-                    await on_event(item)
-                    continue
-                await slots.acquire()
-                task = asyncio.create_task(one(item))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def notifications(layer: DeviceLayer, events: Iterable[Any]) -> Iterator[Routed]:

@@ -78,16 +78,11 @@ class BleakTransport:
         self._queues: dict[str, asyncio.Queue[Notification]] = {}
 
     async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
-        tasks: list[asyncio.Task[Any]] = []
-        for device in registry:
-            self._queues[device.address] = asyncio.Queue(maxsize=DEVICE_QUEUE_MAX)
-            self._seen_event[device.address] = asyncio.Event()
-            tasks.append(asyncio.create_task(self._consume(device.address, deliver)))
-            if device.source != BTHOME:
-                tasks.append(asyncio.create_task(self._device_loop(device, on_event)))
+        tasks = self.start_consumers(registry, deliver)
+        tasks += [asyncio.create_task(self._device_loop(d, on_event)) for d in registry if d.source != BTHOME]
         kwargs: dict[str, Any] = {"bluez": {"adapter": self.adapter}} if self.adapter else {}
         scanner = BleakScanner(
-            detection_callback=lambda d, a: self._on_advert(registry, d, a, on_event),
+            detection_callback=lambda d, a: self.on_advert(registry, d, a, on_event),
             scanning_mode=self.scanning_mode,  # type: ignore[arg-type]
             **kwargs,
         )
@@ -101,6 +96,17 @@ class BleakTransport:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # --------------------------------------------------------------------------------------------------------
+    # What the radio callbacks feed (tested without a radio: tests/gateway/test_ble_shell.py)
+    # --------------------------------------------------------------------------------------------------------
+    def start_consumers(self, registry: DeviceRegistry, deliver: Deliver) -> list[asyncio.Task[Any]]:
+        """One bounded queue and one in-order consumer task per registered device (call inside the loop)."""
+        tasks = []
+        for device in registry:
+            self._queues[device.address] = asyncio.Queue(maxsize=DEVICE_QUEUE_MAX)
+            self._seen_event[device.address] = asyncio.Event()
+            tasks.append(asyncio.create_task(self._consume(device.address, deliver)))
+        return tasks
+
     def _enqueue(self, note: Notification, on_event: OnEvent) -> None:
         queue = self._queues.get(note.address)
         if queue is None:
@@ -130,7 +136,7 @@ class BleakTransport:
         task = asyncio.get_running_loop().create_task(on_event(event))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    def _on_advert(
+    def on_advert(
         self, registry: DeviceRegistry, ble_device: BLEDevice, adv: AdvertisementData, on_event: OnEvent
     ) -> None:
         device = registry.get(ble_device.address)
@@ -174,7 +180,7 @@ class BleakTransport:
                         # optional ones (e.g. battery level 0x2A19) are absent on many devices
                         log.info("characteristic_absent", device_id=device.device_id, uuid=uuid)
                         continue
-                    await client.start_notify(uuid128(uuid), self._handler(device, uuid, on_event))
+                    await client.start_notify(uuid128(uuid), self.notification_handler(device, uuid, on_event))
                 backoff.reset()
                 await disconnected.wait()
             except (BleakError, TimeoutError, OSError) as exc:
@@ -187,9 +193,10 @@ class BleakTransport:
             self._seen_event[device.address].clear()  # wait for a fresh advert before trying again
             await asyncio.sleep(backoff.next())
 
-    def _handler(
+    def notification_handler(
         self, device: RegisteredDevice, uuid: str, on_event: OnEvent
     ) -> Callable[[Any, bytearray], None]:
+        """The callback bleak calls with each notification of ``uuid``; GATT ones are named by short UUID."""
         source = short_uuid(uuid) if device.source == GATT else device.source
 
         def on_notify(_characteristic: Any, data: bytearray) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class _Pending:
 class PublisherCounters:
     connects: int = 0
     disconnects: int = 0
+    connect_failures: int = 0  # TCP/TLS failures and CONNACK refusals (each retry counts)
     batches_sent: int = 0
     readings_sent: int = 0  # handed to paho (re-sends after a restart count again)
     batches_acked: int = 0
@@ -124,6 +126,10 @@ class Publisher:
         self._next_status = 0.0
         self._thread: threading.Thread | None = None
         self._uplink = True
+        self.ca_file = ca_file
+        #: Why the last connection attempt failed, in words (None once connected): TLS trust, credentials, ...
+        self.last_connect_error: str | None = None
+        self._refused_at_connack = False
 
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -134,13 +140,21 @@ class Publisher:
         if target.username:
             self.client.username_pw_set(target.username, target.password)
         if target.tls:
-            self.client.tls_set(
-                ca_certs=str(ca_file) if ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
-            )
+            try:
+                self.client.tls_set(
+                    ca_certs=str(ca_file) if ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+                )
+            except (OSError, ValueError) as exc:  # missing/unreadable file, not PEM certificates
+                raise ValueError(
+                    f"CAREWATCH_MQTT_CA_FILE {ca_file}: cannot load CA certificates for {target!r}: {exc}"
+                ) from None
+        elif ca_file is not None:
+            log.warning("mqtt_ca_file_unused", ca_file=str(ca_file), reason="the MQTT URL is mqtt://, not mqtts://")
         self.client.max_inflight_messages_set(self.inflight + 16)  # our window, plus events and status
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self._keepalive = keepalive
@@ -246,13 +260,40 @@ class Publisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if reason_code.is_failure:
-            log.warning("mqtt_connect_refused", reason=str(reason_code))
+            self._refused_at_connack = True
+            self._connect_failed(f"the broker refused the connection: {reason_code} (check the gateway's MQTT "
+                                 "username/password in CAREWATCH_MQTT_URL and the broker's ACL)")
             return
+        self.last_connect_error = None
         self.counters.connects += 1
         self._connected.set()
         self._status_due = True
         self._wake.set()
         log.info("mqtt_connected", session_present=getattr(flags, "session_present", None))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError`, so the exception is still at hand
+        exc = sys.exc_info()[1]
+        self._connect_failed(self.describe_connect_error(exc) if exc is not None else "connection failed")
+
+    def describe_connect_error(self, exc: BaseException) -> str:
+        """Why a TCP/TLS connection attempt failed, saying what to check."""
+        where = f"{self.target.host}:{self.target.port}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            trust = f"the CA file {self.ca_file}" if self.ca_file else "the system CA store (no CAREWATCH_MQTT_CA_FILE)"
+            return (f"TLS: the certificate of {where} is not trusted by {trust}: {exc.verify_message} "
+                    "(wrong CA file, or a certificate not issued for this host name)")
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS handshake with {where} failed: {exc.reason or exc} (is it a TLS listener? mqtts:// port?)"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"nothing accepts connections at {where} (broker down, or wrong port)"
+        return f"cannot connect to {where}: {type(exc).__name__}: {exc}"
+
+    def _connect_failed(self, message: str) -> None:
+        self.counters.connect_failures += 1
+        if message != self.last_connect_error:  # say it once per kind of failure, not on every retry
+            log.error("mqtt_connect_failed", broker=repr(self.target), error=message)
+        self.last_connect_error = message
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -261,6 +302,13 @@ class Publisher:
             self.counters.disconnects += 1
             say = log.info if self._stopping.is_set() else log.warning
             say("mqtt_disconnected", reason=str(reason_code), in_flight=len(self._pending))
+        elif self._refused_at_connack:
+            self._refused_at_connack = False  # already explained by _on_connect
+        elif not self._stopping.is_set():
+            self._connect_failed(
+                f"{self.target.host}:{self.target.port} closed the connection before accepting it ({reason_code}): "
+                "a TLS-only listener reached with mqtt:// (use mqtts://), or a broker dropping this client"
+            )
         self._connected.clear()
 
     def _on_publish(

@@ -2,8 +2,9 @@
 
 The registry maps a BLE MAC to a device id, a :class:`~carewatch.wire.DeviceKind`, the byte format it speaks
 (``gatt``, a proprietary oximeter format, or ``bthome``), the resident or room it serves and, for encrypted
-BTHome sensors, the bind key. It lives in a YAML/JSON file on the gateway (``CAREWATCH_DEVICE_REGISTRY``) or
-is fetched from the API; anything not in it is dead-lettered, never guessed.
+BTHome sensors, the bind key. It lives in a YAML/JSON file on the gateway (``CAREWATCH_DEVICE_REGISTRY``) and
+may be fetched from the API (``GET /gateways/{gateway_id}/registry``, which answers in this same format) into
+that file; anything not in it is dead-lettered, never guessed.
 
 File format (YAML or JSON)::
 
@@ -28,10 +29,10 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import yaml
 from carewatch.gateway.bthome import normalise_mac
 from carewatch.gateway.gatt import DECODERS as GATT_DECODERS
@@ -40,17 +41,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from carewatch.wire import DeviceKind, Ident
 
+if TYPE_CHECKING:
+    import httpx
+
+    from carewatch.settings import Settings
+
 GATT = "gatt"
 BTHOME = "bthome"
 SOURCE_FORMATS = frozenset({GATT, BTHOME, *OXIMETER_FORMATS})
 
-#: Characteristics a GATT device of each kind is subscribed to when its entry does not list its own.
+#: Characteristics a GATT device of each kind is subscribed to when its entry does not list its own (0x2A19 is
+#: the Battery Service's level, which most bedside devices notify).
 DEFAULT_CHARACTERISTICS: dict[DeviceKind, tuple[str, ...]] = {
-    DeviceKind.PULSE_OXIMETER: ("2a5e", "2a5f"),
-    DeviceKind.THERMOMETER: ("2a1c",),
-    DeviceKind.BP_CUFF: ("2a35", "2a36"),
-    DeviceKind.HEART_RATE: ("2a37",),
-    DeviceKind.WEIGHT_SCALE: ("2a9d",),
+    DeviceKind.PULSE_OXIMETER: ("2a5e", "2a5f", "2a19"),
+    DeviceKind.THERMOMETER: ("2a1c", "2a19"),
+    DeviceKind.BP_CUFF: ("2a35", "2a36", "2a19"),
+    DeviceKind.HEART_RATE: ("2a37", "2a19"),
+    DeviceKind.WEIGHT_SCALE: ("2a9d", "2a19"),
 }
 
 #: Kinds that are BTHome advertisers unless an entry says otherwise.
@@ -69,6 +76,10 @@ HOME_SENSOR_KINDS = frozenset(
 
 class RegistryError(ValueError):
     """The registry file or API answer is unusable; the message says which entry and why."""
+
+
+class RegistryFetchError(RegistryError):
+    """The API could not be reached or refused; the message says which and what to check."""
 
 
 class RegisteredDevice(BaseModel):
@@ -256,6 +267,8 @@ def fetch_registry(
     httpx.HTTPError on transport/HTTP failures and RegistryError on a malformed answer; the caller keeps the
     registry it has (and its file) when either happens.
     """
+    import httpx  # only gateways that fetch their registry load an HTTP client
+
     url = f"{api_url.rstrip('/')}/gateways/{gateway_id}/registry"
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     if client is None:
@@ -269,6 +282,96 @@ def fetch_registry(
     except ValueError as exc:
         raise RegistryError(f"{url}: answer is not JSON: {exc}") from None
     return DeviceRegistry.from_document(doc, origin=url)
+
+
+def sign_in(client: httpx.Client, api_url: str, username: str, password: str) -> str:
+    """An access token for the gateway's own API account (``POST {api_url}/auth/token``, OAuth2 password flow).
+
+    Raises httpx.HTTPStatusError (401 wrong credentials, 429 too many failures) or httpx.TransportError.
+    """
+    response = client.post(
+        f"{api_url.rstrip('/')}/auth/token", data={"username": username, "password": password}
+    )
+    response.raise_for_status()
+    try:
+        return str(response.json()["access_token"])
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"{api_url}/auth/token: answer has no access_token") from None
+
+
+@dataclass(frozen=True)
+class RegistrySource:
+    """Where and as whom a gateway fetches its registry: the API, with the gateway's own account."""
+
+    api_url: str
+    gateway_id: str
+    username: str
+    password: str = field(repr=False)
+    timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistrySource | None:
+        """None when ``registry_url`` is unset; RegistryError when it is set without credentials."""
+        if not settings.registry_url:
+            return None
+        if not settings.registry_username or settings.registry_password is None:
+            raise RegistryError(
+                "CAREWATCH_REGISTRY_URL is set but CAREWATCH_REGISTRY_USERNAME / CAREWATCH_REGISTRY_PASSWORD "
+                "are not: the gateway needs its own API account to fetch its registry"
+            )
+        return cls(
+            settings.registry_url,
+            settings.gateway_id,
+            settings.registry_username,
+            settings.registry_password.get_secret_value(),
+        )
+
+    def fetch(self) -> DeviceRegistry:
+        """Sign in and fetch. Raises RegistryFetchError (unreachable, refused) or RegistryError (bad answer)."""
+        import httpx
+
+        try:
+            with httpx.Client(timeout=self.timeout) as client:
+                token = sign_in(client, self.api_url, self.username, self.password)
+                return fetch_registry(self.api_url, self.gateway_id, token, client=client)
+        except httpx.HTTPError as exc:
+            raise RegistryFetchError(describe_fetch_error(exc)) from exc
+
+
+def describe_fetch_error(exc: Exception) -> str:
+    """One line for the log saying why a fetch failed and what to check."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        hint = {
+            401: "the API refused the gateway's username/password",
+            403: "the gateway's account may not read gateway registries (use a care_staff account of its site)",
+            404: "no such gateway in the API, or it belongs to another site than the gateway's account",
+            429: "too many failed sign-ins; the API asks to wait",
+        }.get(code, "the API answered with an error")
+        return f"{code} from {exc.request.url}: {hint}"
+    if isinstance(exc, httpx.TransportError):
+        return f"API unreachable ({type(exc).__name__}: {exc})"
+    return str(exc)
+
+
+def refresh_registry_file(source: RegistrySource, path: Path | str) -> tuple[DeviceRegistry, bool]:
+    """Fetch the registry and save it to ``path`` (atomically) when it differs from the file.
+
+    Returns (registry, changed). On any failure the file is left exactly as it was and the error is raised
+    (RegistryFetchError, RegistryError, OSError): a gateway that cannot reach the API keeps listening to the devices
+    it has.
+    """
+    fetched = source.fetch()
+    try:
+        current = load_registry(path).to_document()
+    except RegistryError:
+        current = None  # a broken local file is replaced by the API's answer
+    if current == fetched.to_document() and Path(path).exists():
+        return fetched, False
+    save_registry(fetched, path)
+    return fetched, True
 
 
 def pair(

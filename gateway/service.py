@@ -30,7 +30,13 @@ import structlog
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import DeadLetter, Pipeline, PipelineResult
 from carewatch.gateway.publisher import Publisher
-from carewatch.gateway.registry import DeviceRegistry, RegistryError, load_registry
+from carewatch.gateway.registry import (
+    DeviceRegistry,
+    RegistryError,
+    RegistrySource,
+    load_registry,
+    refresh_registry_file,
+)
 from carewatch.gateway.transport import Clock, Notification, Transport, TransportEvent, system_clock
 
 from carewatch.settings import Settings
@@ -56,6 +62,8 @@ class GatewayCounters:
     batches_acked: int = 0
     outbox_depth: int = 0
     last_seq: int = 0
+    registry_fetches: int = 0  # successful fetches from the API (changed or not)
+    registry_fetch_failures: int = 0  # API unreachable or refusing: the registry file was kept
 
 
 @dataclass
@@ -79,14 +87,23 @@ class Gateway:
         status_interval_s: float = 30.0,
         flush_timeout_s: float = 5.0,
         reconnect_max_s: int = 60,
+        registry_source: RegistrySource | None = None,
     ) -> None:
+        """``registry``: a fixed registry (the simulator). Otherwise the registry file (``settings.registry_file``)
+        is used and watched, and, when ``registry_url`` is set (or ``registry_source`` given), refreshed from the
+        API at start and every ``registry_fetch_s``."""
         self.settings = settings
         self.reconnect_max_s = reconnect_max_s
         self.transport = transport
         self.clock = clock or system_clock
         self.status_interval_s = status_interval_s
         self.flush_timeout_s = flush_timeout_s
-        self._registry_file: Path | None = None if registry is not None else settings.device_registry
+        self._registry_file: Path | None = None if registry is not None else settings.registry_file
+        self.registry_source = (
+            None if registry is not None else registry_source or RegistrySource.from_settings(settings)
+        )
+        if self.registry_source is not None and self._registry_file is None:
+            raise RegistryError("fetching the registry from the API needs a registry file to keep it in")
         self._registry_mtime: float | None = None
         self.registry = registry if registry is not None else self._load_registry_file() or DeviceRegistry()
         self.pipeline = Pipeline(self.registry)
@@ -207,6 +224,7 @@ class Gateway:
         writer = asyncio.create_task(self._writer(), name="outbox-writer")
         self._start_transport()
         watcher = asyncio.create_task(self._watch_registry(), name="registry-watch")
+        fetcher = asyncio.create_task(self._fetch_registry_forever(), name="registry-fetch")
         log.info(
             "gateway_started",
             gateway_id=settings.gateway_id,
@@ -222,10 +240,11 @@ class Gateway:
         finally:
             log.info("gateway_stopping")
             watcher.cancel()
+            fetcher.cancel()
             await self._stop_transport()
             await self._queue.join()  # everything delivered is committed
             writer.cancel()
-            await asyncio.gather(writer, watcher, return_exceptions=True)
+            await asyncio.gather(writer, watcher, fetcher, return_exceptions=True)
             drained = await asyncio.to_thread(self.publisher.stop, self.flush_timeout_s)
             counters = self.counters
             self.outbox.close()
@@ -432,6 +451,35 @@ class Gateway:
             log.error("registry_unreadable", path=str(path), error=str(exc))
             return None
 
+    async def refresh_registry(self) -> bool:
+        """Fetch the registry from the API now; save and apply it when it changed. False when the fetch failed:
+        the file and the registry in use are kept, so an unreachable API never stops the gateway listening."""
+        source, path = self.registry_source, self._registry_file
+        if source is None or path is None:
+            return False
+        try:
+            registry, changed = await asyncio.to_thread(refresh_registry_file, source, path)
+        except (RegistryError, OSError) as exc:  # unreachable, refused, a bad answer, or the disk
+            self._counters.registry_fetch_failures += 1
+            log.warning("registry_fetch_failed", error=str(exc), kept=str(path), devices=len(self.registry))
+            return False
+        self._counters.registry_fetches += 1
+        if changed:
+            with contextlib.suppress(OSError):
+                self._registry_mtime = path.stat().st_mtime  # the file watcher need not re-read our own save
+            log.info("registry_fetched", devices=len(registry), saved=str(path), url=source.api_url)
+            if len(registry) == 0:
+                log.warning("registry_fetched_empty", gateway_id=self.settings.gateway_id, url=source.api_url)
+            self._apply_registry(registry)
+        return True
+
+    async def _fetch_registry_forever(self) -> None:
+        if self.registry_source is None:
+            return
+        while True:
+            await self.refresh_registry()
+            await asyncio.sleep(self.settings.registry_fetch_s)
+
     async def _watch_registry(self) -> None:
         """Pick up `carewatch pair` edits to the registry file without a restart."""
         path = self._registry_file
@@ -484,6 +532,10 @@ def main(
     settings: Settings, *, simulate: bool = False, transport_factory: Callable[[], Transport] | None = None
 ) -> None:
     """``carewatch gateway``: run until SIGINT/SIGTERM with the BLE radio (or the simulator's transport)."""
+    try:
+        RegistrySource.from_settings(settings)  # a registry URL without the account to use it: say so, and stop
+    except RegistryError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if transport_factory is not None:
         transport = transport_factory()
     elif simulate:

@@ -39,7 +39,8 @@ def routes(api_settings: Settings) -> list[tuple[str, str, Any]]:
 
 def test_route_list_is_not_empty(routes: list[tuple[str, str, Any]]) -> None:
     paths = {p for _, p, _ in routes}
-    assert {"/residents/{resident_id}", "/alerts", "/sites/{site_id}/overview", "/audit"} <= paths
+    assert {"/residents/{resident_id}", "/alerts", "/sites/{site_id}/overview", "/audit",
+            "/gateways/{gateway_id}/registry"} <= paths
 
 
 def test_every_route_is_public_by_name_or_authenticated(routes: list[tuple[str, str, Any]]) -> None:
@@ -162,6 +163,10 @@ OWN_ACCESS = [
     ("care_staff", "GET", "/gateways/{gateway_id}", 403),
     ("care_staff", "PUT", "/residents/{resident_id}/scale2", 403),
     ("manager", "GET", "/gateways/{gateway_id}", 200),
+    ("care_staff", "GET", "/gateways/{gateway_id}/registry", 200),  # the gateway's own account
+    ("manager", "GET", "/gateways/{gateway_id}/registry", 200),
+    ("gp", "GET", "/gateways/{gateway_id}/registry", 403),
+    ("council", "GET", "/gateways/{gateway_id}/registry", 403),
     ("manager", "POST", "/devices/{device_id}/bind", 200),
     ("manager", "PATCH", "/residents/{resident_id}", 200),
     ("gp", "GET", "/residents/{resident_id}", 200),
@@ -172,6 +177,15 @@ OWN_ACCESS = [
     ("council", "GET", "/households/{site_id}/behaviour", 200),
     ("council", "POST", "/alerts/{alert_id}/acknowledge", 403),
     ("admin", "GET", "/audit", 200),
+    ("gp", "GET", "/residents/{resident_id}/baselines", 200),
+    ("care_staff", "GET", "/residents/{resident_id}/baselines", 200),
+    ("council", "GET", "/households/{site_id}/rightsizing", 200),
+    ("council", "GET", "/households/{site_id}/report.csv", 200),
+    ("council", "GET", "/households/{site_id}/report.pdf", 200),
+    ("manager", "GET", "/reports/adoption", 200),
+    ("care_staff", "GET", "/reports/adoption", 403),
+    ("gp", "GET", "/reports/adoption", 403),
+    ("council", "GET", "/reports/adoption", 403),
     ("manager", "GET", "/users", 403),
 ]
 
@@ -187,7 +201,8 @@ def test_own_tenant_access(client: TestClient, world: World, role: str, method: 
 def test_admin_sees_other_tenants(client: TestClient, world: World) -> None:
     headers = world.headers(client, "admin")
     for path in ("/residents/{resident_id}", "/sites/{site_id}/overview", "/alerts/{alert_id}",
-                 "/devices/{device_id}", "/gateways/{gateway_id}", "/residents/{resident_id}/fhir"):
+                 "/devices/{device_id}", "/gateways/{gateway_id}", "/gateways/{gateway_id}/registry",
+                 "/residents/{resident_id}/fhir"):
         response = client.get(_fill(path, world), headers=headers)
         assert response.status_code == 200, f"{path}: {response.text[:200]}"
 

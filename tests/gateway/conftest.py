@@ -77,7 +77,18 @@ def make_settings(scratch: Path, uid: str, broker_url: str, **overrides: Any) ->
 class Collector:
     """A persistent-session QoS 1 subscriber (like ingest) that records what one gateway published."""
 
-    def __init__(self, broker_url: str, site_id: str, gateway_id: str, client_id: str) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        site_id: str,
+        gateway_id: str,
+        client_id: str,
+        *,
+        ca_file: Path | None = None,
+        topic_filter: str | None = None,
+    ) -> None:
+        """Credentials come from ``broker_url``; ``mqtts://`` uses ``ca_file``. ``topic_filter`` overrides the
+        default (this gateway's topics), e.g. to watch every gateway's."""
         target = MqttTarget(broker_url)
         self.lock = threading.Lock()
         self.batches: list[dict[str, Any]] = []
@@ -90,7 +101,13 @@ class Collector:
             protocol=mqtt.MQTTv311,
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if target.username:
+            self.client.username_pw_set(target.username, target.password)
+        if target.tls:
+            self.client.tls_set(ca_certs=str(ca_file) if ca_file else None)
         self.prefix = f"carewatch/v1/{site_id}/{gateway_id}"
+        self.topic_filter = topic_filter or f"{self.prefix}/#"
+        self.topics: list[str] = []
         self.subscribed = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -100,11 +117,12 @@ class Collector:
         assert self.subscribed.wait(10), "collector could not subscribe"
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        client.subscribe(f"{self.prefix}/#", qos=1)
+        client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         doc = json.loads(msg.payload)
         with self.lock:
+            self.topics.append(msg.topic)
             if msg.topic.endswith("/readings"):
                 self.batches.append(doc)
             elif msg.topic.endswith("/events"):
@@ -150,8 +168,8 @@ class Collector:
 def collector_factory() -> Iterator[Callable[..., Collector]]:
     made: list[Collector] = []
 
-    def make(broker_url: str, site_id: str, gateway_id: str, client_id: str) -> Collector:
-        collector = Collector(broker_url, site_id, gateway_id, client_id)
+    def make(broker_url: str, site_id: str, gateway_id: str, client_id: str, **kw: Any) -> Collector:
+        collector = Collector(broker_url, site_id, gateway_id, client_id, **kw)
         made.append(collector)
         return collector
 

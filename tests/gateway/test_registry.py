@@ -1,11 +1,10 @@
-"""Device registry: files, validation, pairing and the API client."""
+"""Device registry: files, validation and pairing (fetching from the API: test_registry_fetch.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from carewatch.gateway.registry import (
     BTHOME,
@@ -13,7 +12,6 @@ from carewatch.gateway.registry import (
     DeviceRegistry,
     RegisteredDevice,
     RegistryError,
-    fetch_registry,
     load_registry,
     pair,
     save_registry,
@@ -49,7 +47,7 @@ def test_load_yaml_normalises_and_derives(tmp_path: Path) -> None:
     registry = load_registry(path)
     assert len(registry) == 3
     ox = registry.get("A4:C1:38:00:00:01")
-    assert ox is not None and ox.source == GATT and ox.gatt_characteristics == ("2a5e", "2a5f")
+    assert ox is not None and ox.source == GATT and ox.gatt_characteristics == ("2a5e", "2a5f", "2a19")
     assert registry.get("a4:c1:38:00:00:01") is ox
     door = registry.get("A4:C1:38:00:00:02")
     assert door is not None and door.source == BTHOME and door.bind_key == KEY
@@ -117,37 +115,6 @@ def test_broken_file_names_the_problem(tmp_path: Path) -> None:
     path.write_text("devices: [ {address: ")
     with pytest.raises(RegistryError, match="not valid YAML"):
         load_registry(path)
-
-
-def test_fetch_registry_uses_bearer_token() -> None:
-    seen: list[httpx.Request] = []
-    doc = {"devices": [{"address": "A4:C1:38:00:00:01", "device_id": "th-1", "kind": "thermometer"}]}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json=doc)
-
-    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
-        registry = fetch_registry("http://api.test/", "gw-1", "tok", client=client)
-    assert [d.device_id for d in registry] == ["th-1"]
-    assert str(seen[0].url) == "http://api.test/gateways/gw-1/registry"
-    assert seen[0].headers["authorization"] == "Bearer tok"
-
-
-def test_fetch_registry_errors() -> None:
-    def forbidden(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(403, json={"detail": "no"})
-
-    def garbage(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"devices": [{"address": "x"}]})
-
-    with (
-        httpx.Client(transport=httpx.MockTransport(forbidden)) as client,
-        pytest.raises(httpx.HTTPStatusError),
-    ):
-        fetch_registry("http://api.test", "gw-1", "tok", client=client)
-    with httpx.Client(transport=httpx.MockTransport(garbage)) as client, pytest.raises(RegistryError):
-        fetch_registry("http://api.test", "gw-1", "tok", client=client)
 
 
 def test_save_then_load_is_identity(tmp_path: Path) -> None:
