@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 
 from carewatch.settings import process_env
-from carewatch.wire import TOPIC_ROOT
+from carewatch.wire import TOPIC_ROOT, Channel, topic
 
 
 class EmbeddedError(RuntimeError):
@@ -230,18 +230,21 @@ def mosquitto_password_line(username: str, password: str, *, salt: bytes | None 
 
 def gateway_acl(gateways: Iterable[tuple[str, str]], readers: Iterable[str] = ()) -> str:
     """A mosquitto ``acl_file``: gateway G of site S (MQTT username = gateway id) may publish only under
-    ``carewatch/v1/S/G/#`` (readings, events, status and its last will); each reader (ingest) may read every
-    gateway's topics, also through a ``$share`` group (mosquitto checks the topic without the prefix). Anything
-    not granted is denied; with MQTT 3.1.1 mosquitto drops a denied publish silently (it still sends the PUBACK,
-    then closes the connection): see docs/gateway.md on what that means for a misconfigured gateway."""
+    ``carewatch/v1/S/G/#`` (readings, events, status and its last will) and read only its own resend topic
+    ``carewatch/v1/S/G/resend`` (ingest asking for a gap to be filled); each reader (ingest) may read every
+    gateway's topics, also through a ``$share`` group (mosquitto checks the topic without the prefix), and write
+    every gateway's resend topic. Anything not granted is denied; with MQTT 3.1.1 mosquitto drops a denied
+    publish silently (it still sends the PUBACK, then closes the connection): see docs/gateway.md on what that
+    means for a misconfigured gateway."""
     lines = ["# Written by carewatch (carewatch.embedded.gateway_acl): one block per gateway, then the readers."]
     for site_id, gateway_id in gateways:
         for part in (site_id, gateway_id):
             if not part or any(c in part for c in "/+#\n "):
                 raise ValueError(f"not usable in a topic: {part!r}")
-        lines += ["", f"user {gateway_id}", f"topic write {TOPIC_ROOT}/{site_id}/{gateway_id}/#"]
+        lines += ["", f"user {gateway_id}", f"topic write {TOPIC_ROOT}/{site_id}/{gateway_id}/#",
+                  f"topic read {topic(site_id, gateway_id, Channel.RESEND)}"]
     for reader in readers:
-        lines += ["", f"user {reader}", f"topic read {TOPIC_ROOT}/#"]
+        lines += ["", f"user {reader}", f"topic read {TOPIC_ROOT}/#", f"topic write {topic('+', '+', Channel.RESEND)}"]
     return "\n".join(lines) + "\n"
 
 

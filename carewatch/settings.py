@@ -81,12 +81,25 @@ class Settings(BaseSettings):
     publish_batch_size: int = Field(default=200, ge=1, le=1000, description="Readings per MQTT message.")
     publish_batch_ms: int = Field(default=250, ge=1, description="Longest a reading waits to be batched.")
     publish_inflight: int = Field(default=32, ge=1, description="Unacknowledged QoS1 messages allowed at once.")
+    replay_retention_s: float = Field(
+        default=24 * 3600.0, ge=0,
+        description="Seconds a reading stays in the outbox after its PUBACK, so ingest can ask for it again.",
+    )
 
     # --- ingest ------------------------------------------------------------------------------------------
     ingest_batch_size: int = Field(default=5000, ge=1, description="Readings per database commit.")
     ingest_batch_ms: int = Field(default=200, ge=1, description="Longest an ingest batch stays open.")
     ingest_shared: bool | None = Field(
         default=None, description="Use a $share subscription; None = decide from the broker (Mosquitto yes)."
+    )
+    ingest_resend_after_s: float = Field(
+        default=10.0, gt=0, description="How often ingest looks for sequence gaps to ask gateways to fill."
+    )
+    ingest_resend_grace_s: float = Field(
+        default=30.0, ge=0, description="A gap younger than this is left to fill by itself (late delivery)."
+    )
+    ingest_resend_interval_s: float = Field(
+        default=60.0, gt=0, description="Least time between two resend requests to one gateway."
     )
     retention_days: int = Field(default=400, ge=1, description="How long raw readings are kept.")
 

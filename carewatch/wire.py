@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,6 +26,8 @@ from pydantic import (
 
 WIRE_VERSION = 1
 TOPIC_ROOT = f"carewatch/v{WIRE_VERSION}"
+#: Largest sequence number the platform stores (PostgreSQL bigint).
+MAX_SEQ = 2**63 - 1
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
@@ -36,6 +39,7 @@ class Channel(StrEnum):
     READINGS = "readings"  # batches of readings (QoS 1)
     STATUS = "status"  # retained gateway status, and its last will
     EVENTS = "events"  # dead-letter frames, alarms, pairing events (QoS 1)
+    RESEND = "resend"  # platform -> gateway: publish these sequence numbers again (QoS 1)
 
 
 def topic(site_id: str, gateway_id: str, channel: Channel) -> str:
@@ -252,11 +256,105 @@ class GatewayEvent(_Wire):
     site_id: Ident
     gateway_id: Ident
     at: AwareDatetime
-    kind: Literal["dead_letter", "outbox_alarm", "device_paired", "device_unpaired", "clock_alarm"]
+    kind: Literal[
+        "dead_letter", "outbox_alarm", "device_paired", "device_unpaired", "clock_alarm", "replay_unavailable"
+    ]
     device_id: str | None = None
     message: str
     raw_hex: str | None = None
     detail: dict[str, Any] = {}
+
+
+SeqRun = tuple[int, int]  # (first_seq, last_seq), inclusive
+
+
+def runs_from_seqs(seqs: Iterable[int]) -> list[SeqRun]:
+    """Contiguous runs covering ``seqs`` (any order, repeats allowed): [1,2,3,7,8] -> [(1,3),(7,8)]."""
+    runs: list[SeqRun] = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def merge_runs(*groups: Iterable[SeqRun]) -> list[SeqRun]:
+    """Union of runs, with overlapping or adjacent runs joined."""
+    merged: list[SeqRun] = []
+    for first, last in sorted(r for group in groups for r in group):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def subtract_runs(runs: Iterable[SeqRun], remove: Iterable[SeqRun]) -> list[SeqRun]:
+    """The sequence numbers of ``runs`` that are not in ``remove``, as sorted runs."""
+    cut = merge_runs(remove)
+    out: list[SeqRun] = []
+    for first, last in merge_runs(runs):
+        start = first
+        for r_first, r_last in cut:
+            if r_last < start:
+                continue
+            if r_first > last:
+                break
+            if r_first > start:
+                out.append((start, r_first - 1))
+            start = max(start, r_last + 1)
+            if start > last:
+                break
+        if start <= last:
+            out.append((start, last))
+    return out
+
+
+def run_length(runs: Iterable[SeqRun]) -> int:
+    """How many sequence numbers ``runs`` (non-overlapping) cover."""
+    return sum(last - first + 1 for first, last in runs)
+
+
+#: Limits of one resend request: enough for any gap a broker restart leaves, small enough that a request can
+#: never make a gateway re-send its whole history at once (ingest asks again for what is left).
+MAX_RESEND_RANGES = 100
+MAX_RESEND_READINGS = 100_000
+
+SeqRange = tuple[Annotated[int, Field(ge=1, le=MAX_SEQ)], Annotated[int, Field(ge=1, le=MAX_SEQ)]]
+
+
+class ResendRequest(_Wire):
+    """Ingest asks a gateway to publish readings again: sequence numbers it never stored (a gap).
+
+    Sent to the gateway's own ``resend`` topic (QoS 1, not retained). The gateway re-publishes what it still
+    keeps (readings stay in its outbox for a replay window after the broker acknowledged them) as ordinary
+    readings messages with their original ``seq``, and reports what it no longer has as a
+    ``replay_unavailable`` event. Ingest de-duplicates, so asking twice is harmless.
+    """
+
+    v: Literal[1] = WIRE_VERSION
+    site_id: Ident
+    gateway_id: Ident
+    requested_at: AwareDatetime
+    ranges: list[SeqRange] = Field(
+        min_length=1, max_length=MAX_RESEND_RANGES,
+        description="Inclusive [first_seq, last_seq] pairs, ascending and not overlapping.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered_and_bounded(self) -> ResendRequest:
+        previous = 0
+        for first, last in self.ranges:
+            if first > last:
+                raise ValueError(f"range [{first}, {last}] ends before it starts")
+            if first <= previous:
+                raise ValueError(f"range [{first}, {last}] overlaps or precedes the one before it (ascending only)")
+            previous = last
+        total = run_length(self.ranges)
+        if total > MAX_RESEND_READINGS:
+            raise ValueError(f"{total} readings asked for in one request (at most {MAX_RESEND_READINGS})")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -5,9 +5,15 @@ reading the outbox has accepted survives kill -9 *and* a power cut (see docs/gat
 and the NORMAL alternative). Sequence numbers come from a counter row updated in the same transaction as the
 rows, so they are never reused, even after every row is deleted and the gateway restarts.
 
-Readings leave the outbox only when the broker has acknowledged them (:meth:`Outbox.delete` after PUBACK),
-or when the disk budget forces it (oldest home-sensor readings first, counted and alarmed; see
-:meth:`Outbox.append`).
+``readings`` holds the unsent readings. One the broker has acknowledged is not forgotten but moved to ``sent``
+(:meth:`Outbox.mark_sent`) and kept for a replay window (``replay_retention_s``, default 24 h): ingest may find
+a gap (a broker that dropped what it had acknowledged, e.g. after a restart) and ask for those sequence numbers
+again. Sent rows are pruned when they are older than the window, or earlier when the disk budget needs their
+room: they always go before any unsent reading is at risk, and never count towards the 80 % alarm (see
+:meth:`Outbox.append`). Unsent readings leave only when acknowledged, or when the disk budget forces it
+(oldest home-sensor readings first, counted and alarmed). A separate table, not a flag, so that everything
+about unsent readings (depth, oldest unsent, the drain, eviction) reads exactly the rows it did before the
+replay window existed, without extra indexes to maintain on every append.
 
 An ``Outbox`` is one connection guarded by a lock, so it may be shared between threads; the gateway opens one
 for the ingest side and one for the publisher, and SQLite's WAL lets their reads run beside each other's
@@ -28,7 +34,7 @@ from typing import Any, Literal
 from carewatch.gateway.pipeline import DeadLetter, ReadingDraft
 from carewatch.gateway.transport import Clock, system_clock
 
-from carewatch.wire import METRICS, GatewayEvent, Metric, Reading
+from carewatch.wire import METRICS, GatewayEvent, Metric, Reading, SeqRun, merge_runs, runs_from_seqs
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -39,6 +45,9 @@ EVICT_TARGET = 0.95  # evict down to this fraction of the limit, so eviction doe
 EVICT_ALARM_EVERY_S = 60.0  # at most one eviction/refusal alarm per minute (counts are cumulative)
 MAX_EVENTS = 10_000  # unsent events kept (dead letters from a flooding device must not fill the disk)
 MAX_DEAD_LETTERS = 10_000  # local dead-letter log kept for inspection
+SENT_PRUNE_PCT = 60.0  # budget use at which sent rows (kept for replay) start to go, oldest first ...
+SENT_PRUNE_TO_PCT = 50.0  # ... until use is below this or none is left: at 80 % every row is unsent
+PRUNE_CHUNK = 5000  # sent rows deleted per statement (a large expiry is spread over several transactions)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -47,6 +56,11 @@ CREATE TABLE IF NOT EXISTS readings (
     urgent      INTEGER NOT NULL,              -- 1: flush at once
     received_at TEXT    NOT NULL,
     payload     BLOB    NOT NULL               -- the Reading as wire JSON
+);
+CREATE TABLE IF NOT EXISTS sent (
+    seq      INTEGER PRIMARY KEY,              -- a reading the broker acknowledged, kept for replay
+    acked_at REAL    NOT NULL,                 -- gateway clock (epoch s) of its PUBACK
+    payload  BLOB    NOT NULL                  -- the Reading as wire JSON, as it was sent
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -77,6 +91,8 @@ COUNTERS = (
     "refused_home",
     "dead_letters",
     "events_dropped",
+    "pruned_sent",  # sent rows dropped at the end of the replay window
+    "pruned_sent_early",  # sent rows dropped before the end of the window to make room (nothing lost)
 )
 
 
@@ -97,12 +113,13 @@ class EventRow:
 
 @dataclass(frozen=True)
 class OutboxStats:
-    depth: int
+    depth: int  # unsent readings
     last_seq: int
     oldest_unsent: datetime | None
     used_bytes: int
     budget_pct: float
     counters: dict[str, int]
+    kept_sent: int = 0  # acknowledged readings still kept for replay
 
 
 def keeps(metric: Metric) -> bool:
@@ -122,7 +139,9 @@ class Outbox:
         max_bytes: int = 512 * 1024 * 1024,
         synchronous: Synchronous = "FULL",
         clock: Clock = system_clock,
+        replay_retention_s: float = 24 * 3600.0,
     ) -> None:
+        """``replay_retention_s``: how long an acknowledged reading is kept for replay (0: deleted at once)."""
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +149,7 @@ class Outbox:
         self.gateway_id = gateway_id
         self.max_bytes = max_bytes
         self.clock = clock
+        self.replay_retention_s = replay_retention_s
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -207,17 +227,20 @@ class Outbox:
     ) -> list[Reading]:
         """Durably store readings (assigning sequence numbers), dead letters and events in one transaction.
 
-        Returns the stored readings. When the disk budget is full, the oldest home-sensor readings are evicted
-        to make room; once none are left, new home-sensor readings are refused while vital signs are still
-        accepted into a reserve of VITAL_RESERVE × budget; past that, the oldest vital signs are evicted. Each
-        of these is counted (``counters()``) and raises an ``outbox_alarm`` event — never silent.
+        Returns the stored readings. Sent rows kept for replay make room first: from SENT_PRUNE_PCT of the
+        budget they are pruned, oldest first, down to SENT_PRUNE_TO_PCT or until none is left, so at the 80 %
+        alarm and beyond every byte is unsent readings. When the budget is full, the oldest unsent home-sensor
+        readings are evicted to make room; once none are left, new home-sensor readings are refused while
+        vital signs are still accepted into a reserve of VITAL_RESERVE × budget; past that, the oldest vital
+        signs are evicted. Each of these is counted (``counters()``) and raises an ``outbox_alarm`` event —
+        never silent.
         """
         drafts = list(drafts)
         dead_letters = list(dead_letters)
         events = list(events)
         now = self.clock()
         with self._tx() as db:
-            used = self._used(db)
+            used = self._prune_for_room(db, self._used(db))
             if used >= self.max_bytes:
                 drafts = self._make_room(db, drafts, used)
             last = db.execute("SELECT value FROM counters WHERE name = 'last_seq'").fetchone()[0]
@@ -325,6 +348,50 @@ class Outbox:
         self._note("evicted_vital", evicted_vital)
         return kept
 
+    def _prune_for_room(self, db: sqlite3.Connection, used: int) -> int:
+        """From SENT_PRUNE_PCT of the budget, drop the oldest sent rows until SENT_PRUNE_TO_PCT or none left.
+
+        Returns the bytes in use afterwards. Nothing is lost (the broker acknowledged these readings); only
+        the replay window gets shorter, counted in ``pruned_sent_early``.
+        """
+        if used < self.max_bytes * SENT_PRUNE_PCT / 100:
+            return used
+        target = self.max_bytes * SENT_PRUNE_TO_PCT / 100
+        pruned = 0
+        while used >= target:
+            gone = db.execute(
+                "DELETE FROM sent WHERE seq IN (SELECT seq FROM sent ORDER BY seq LIMIT ?)", (PRUNE_CHUNK // 10,)
+            ).rowcount
+            if not gone:
+                break
+            pruned += gone
+            used = self._used(db)
+        self._bump(db, "pruned_sent_early", pruned)
+        return used
+
+    def _prune_expired(self, db: sqlite3.Connection, now: float, limit: int = 4 * PRUNE_CHUNK) -> int:
+        """Drop sent rows acknowledged more than ``replay_retention_s`` ago (at most ``limit`` per call).
+
+        Readings are acknowledged in sequence order (give or take the in-flight window), so the expired rows
+        are the lowest seqs: walk from the lowest and stop at the first one still inside the window. That costs
+        one row when nothing has expired, and needs no index on ``acked_at``.
+        """
+        cutoff = now - self.replay_retention_s
+        upto = None
+        cursor = db.execute("SELECT seq, acked_at FROM sent ORDER BY seq LIMIT ?", (limit,))
+        try:
+            for seq, acked_at in cursor:
+                if acked_at >= cutoff:
+                    break
+                upto = seq
+        finally:
+            cursor.close()
+        if upto is None:
+            return 0
+        pruned = db.execute("DELETE FROM sent WHERE seq <= ? AND acked_at < ?", (upto, cutoff)).rowcount
+        self._bump(db, "pruned_sent", pruned)
+        return pruned
+
     def _note(self, name: str, count: int) -> None:
         if count:
             self._unreported[name] = self._unreported.get(name, 0) + count
@@ -385,15 +452,45 @@ class Outbox:
     def add_events(self, events: Iterable[GatewayEvent]) -> None:
         self.append((), events=events)
 
-    def delete(self, seqs: Iterable[int]) -> int:
-        """Forget readings the broker has acknowledged. Returns how many rows went."""
-        seqs = sorted(set(seqs))
-        if not seqs:
+    def mark_sent(self, seqs: Iterable[int]) -> int:
+        """The broker acknowledged these readings: move them from ``readings`` to ``sent`` for the replay window.
+
+        Returns how many unsent rows became sent. Expired sent rows are pruned in the same transaction. With
+        ``replay_retention_s=0`` acknowledged rows are deleted at once (no replay).
+        """
+        ranges = runs_from_seqs(seqs)
+        if not ranges:
             return 0
-        ranges = _ranges(seqs)
+        now = self.clock().timestamp()
+        moved = 0
+        with self._tx() as db:
+            for first, last in ranges:
+                if self.replay_retention_s > 0:
+                    db.execute(
+                        "INSERT OR IGNORE INTO sent (seq, acked_at, payload) "
+                        "SELECT seq, ?, payload FROM readings WHERE seq BETWEEN ? AND ?",
+                        (now, first, last),
+                    )
+                moved += db.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+            if self.replay_retention_s > 0:
+                self._prune_expired(db, now)
+        return moved
+
+    def prune_sent(self) -> int:
+        """Drop sent rows past the replay window now (the publisher calls this when idle). Returns how many."""
+        with self._tx() as db:
+            return self._prune_expired(db, self.clock().timestamp())
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        """Forget readings outright, sent or not (they cannot be replayed). Returns how many rows went."""
+        ranges = runs_from_seqs(seqs)
+        if not ranges:
+            return 0
         with self._tx() as db:
             return sum(
-                db.execute("DELETE FROM readings WHERE seq BETWEEN ? AND ?", r).rowcount for r in ranges
+                db.execute(f"DELETE FROM {table} WHERE seq BETWEEN ? AND ?", r).rowcount
+                for r in ranges
+                for table in ("readings", "sent")
             )
 
     def delete_events(self, ids: Iterable[int]) -> None:
@@ -412,6 +509,7 @@ class Outbox:
         ]
 
     def peek_rows(self, limit: int, *, after_seq: int = 0) -> list[OutboxRow]:
+        """The oldest unsent rows (seq > after_seq), in sequence order, as the publisher sends them."""
         rows = self._read(
             "SELECT seq, urgent, payload FROM readings WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         )
@@ -419,6 +517,24 @@ class Outbox:
 
     def has_urgent(self, *, after_seq: int = 0) -> bool:
         return bool(self._read("SELECT 1 FROM readings WHERE seq > ? AND urgent = 1 LIMIT 1", (after_seq,)))
+
+    def sent_rows(self, first: int, last: int, limit: int) -> list[OutboxRow]:
+        """Acknowledged rows still kept with first <= seq <= last, in sequence order (what a replay sends)."""
+        rows = self._read(
+            "SELECT seq, payload FROM sent WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?", (first, last, limit)
+        )
+        return [OutboxRow(seq, False, bytes(payload)) for seq, payload in rows]
+
+    def kept_runs(self, ranges: Iterable[SeqRun]) -> list[SeqRun]:
+        """Which sequence numbers of ``ranges`` the outbox still holds (sent or not), as runs."""
+        seqs: list[int] = []
+        for first, last in merge_runs(ranges):
+            for table in ("readings", "sent"):
+                seqs.extend(
+                    row[0]
+                    for row in self._read(f"SELECT seq FROM {table} WHERE seq BETWEEN ? AND ?", (first, last))
+                )
+        return runs_from_seqs(seqs)
 
     def peek_events(self, limit: int, *, after_id: int = 0) -> list[EventRow]:
         rows = self._read(
@@ -440,7 +556,12 @@ class Outbox:
         return out
 
     def depth(self) -> int:
+        """Unsent readings."""
         return int(self._read("SELECT COUNT(*) FROM readings")[0][0])
+
+    def kept_sent(self) -> int:
+        """Acknowledged readings still kept for replay."""
+        return int(self._read("SELECT COUNT(*) FROM sent")[0][0])
 
     def events_depth(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM events")[0][0])
@@ -472,20 +593,8 @@ class Outbox:
             self.size_bytes(),
             round(self.budget_pct(), 2),
             self.counters(),
+            self.kept_sent(),
         )
-
-
-def _ranges(sorted_seqs: list[int]) -> list[tuple[int, int]]:
-    """[1,2,3,7,8] -> [(1,3),(7,8)]: acknowledged batches are contiguous, so deletes are a few range scans."""
-    ranges: list[tuple[int, int]] = []
-    start = prev = sorted_seqs[0]
-    for seq in sorted_seqs[1:]:
-        if seq != prev + 1:
-            ranges.append((start, prev))
-            start = seq
-        prev = seq
-    ranges.append((start, prev))
-    return ranges
 
 
 def _statements(script: str) -> list[str]:

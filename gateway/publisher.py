@@ -1,12 +1,20 @@
-"""Drain the outbox to the broker: QoS 1 batches in sequence order, deleted only after PUBACK.
+"""Drain the outbox to the broker: QoS 1 batches in sequence order, marked sent only after PUBACK.
 
 Threads, not asyncio: paho runs its network loop in its own thread (``loop_start``), and one drain thread
-reads the outbox, publishes within a bounded in-flight window and deletes what the broker acknowledged.
+reads the outbox, publishes within a bounded in-flight window and marks sent what the broker acknowledged.
 Nothing here ever blocks the BLE side: the ingest path only writes the outbox and calls :meth:`notify`.
 
 Delivery is at-least-once. An unacknowledged batch stays in paho's session and is re-sent on reconnect
 (``clean_session=False``, client id = gateway id); if the process dies, the restarted publisher starts again
-from the oldest row still in the outbox. Ingest de-duplicates by (gateway_id, seq).
+from the oldest unsent row in the outbox. Ingest de-duplicates by (gateway_id, seq).
+
+Gap recovery: a PUBACK only says the broker took the message, not that ingest got it (Mosquitto 2.0 drops
+what arrives for a shared subscription it has not restored after a restart). Ingest asks for the sequence
+numbers it never stored with a :class:`~carewatch.wire.ResendRequest` on this gateway's ``resend`` topic (we
+subscribe to it, QoS 1, in our persistent session); the drain thread re-publishes the rows the outbox still
+keeps (sent rows stay for the replay window) through the same batches and window, with their original seq, and
+reports what it no longer has as a ``replay_unavailable`` event. New readings go first; replays fill the
+window when nothing new is waiting.
 
 Why a window: paho accepts any number of publishes and queues them itself; with 100k queued QoS 1 messages
 its bookkeeping collapsed to ~68 msg/s. We hand it at most ``inflight`` reading batches at a time.
@@ -31,9 +39,23 @@ import structlog
 from carewatch.gateway.outbox import Outbox, OutboxRow
 from carewatch.gateway.transport import Clock, system_clock
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from carewatch.settings import MqttTarget
-from carewatch.wire import Channel, GatewayStatus, Reading, encode_batch, topic
+from carewatch.wire import (
+    Channel,
+    GatewayEvent,
+    GatewayStatus,
+    Reading,
+    ResendRequest,
+    SeqRun,
+    encode_batch,
+    explain,
+    merge_runs,
+    run_length,
+    subtract_runs,
+    topic,
+)
 
 log = structlog.get_logger("carewatch.gateway.publisher")
 
@@ -57,9 +79,14 @@ def encode_rows(site_id: str, gateway_id: str, rows: list[OutboxRow], sent_at: d
     return doc[:at] + b",".join(r.payload for r in rows) + doc[at + len(rows[0].payload) :]
 
 
+#: Unavailable ranges named in one replay_unavailable event at most (the count is always complete).
+MAX_REPORTED_RANGES = 1000
+PRUNE_EVERY_S = 60.0  # how often an idle publisher drops sent rows past the replay window
+
+
 @dataclass
 class _Pending:
-    kind: Literal["readings", "event", "status"]
+    kind: Literal["readings", "replay", "event", "status"]
     first: int = 0
     last: int = 0
     count: int = 0
@@ -77,6 +104,11 @@ class PublisherCounters:
     events_sent: int = 0
     events_acked: int = 0
     status_sent: int = 0
+    resend_requests: int = 0  # ResendRequests accepted
+    resend_refused: int = 0  # malformed, or addressed to another gateway: logged and ignored
+    readings_replayed: int = 0  # kept readings published again on request (with their original seq)
+    replays_acked: int = 0  # of those, acknowledged by the broker
+    replay_unavailable: int = 0  # requested seqs the outbox no longer had (reported as an event)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,6 +150,9 @@ class Publisher:
         self._flushing = False
         self._connected = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._resend_inbox: queue.SimpleQueue[ResendRequest] = queue.SimpleQueue()
+        self._replay_plan: list[SeqRun] = []  # kept seqs still to re-publish (drain thread only)
+        self._next_prune = 0.0
         self._pending: dict[int, _Pending] = {}
         self._cursor = 0
         self._event_cursor = 0
@@ -157,6 +192,8 @@ class Publisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
         self._keepalive = keepalive
 
     # --------------------------------------------------------------------------------------------------------
@@ -244,10 +281,12 @@ class Publisher:
         return len(self._pending)
 
     def wait_drained(self, timeout: float) -> bool:
-        """Wait until every stored reading and event has been acknowledged (True) or ``timeout`` passes."""
+        """Wait until every stored reading, event and requested replay has been acknowledged (True) or
+        ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._pending and not self.outbox.peek_rows(1) and not self.outbox.peek_events(1):
+            if (not self._pending and not self._replay_plan and self._resend_inbox.empty()
+                    and not self.outbox.peek_rows(1) and not self.outbox.peek_events(1)):
                 return True
             self._wake.set()
             time.sleep(0.02)
@@ -266,6 +305,8 @@ class Publisher:
             return
         self.last_connect_error = None
         self.counters.connects += 1
+        # Our own resend topic, every time: the session keeps it, but a broker that lost its state has not.
+        client.subscribe(self.topics[Channel.RESEND], qos=1)
         self._connected.set()
         self._status_due = True
         self._wake.set()
@@ -317,6 +358,36 @@ class Publisher:
         self._acks.put(mid)
         self._wake.set()
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        if any(getattr(rc, "is_failure", False) for rc in reason_codes):
+            log.error("resend_subscribe_refused", topic=self.topics[Channel.RESEND],
+                      reason="the broker's ACL must let this gateway read its own resend topic (gateway_acl): "
+                             "until then ingest cannot ask for gaps to be filled; readings still go out")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A resend request (network thread): validate and hand it to the drain thread. Never raises."""
+        try:
+            if msg.topic != self.topics[Channel.RESEND]:
+                return
+            try:
+                request = ResendRequest.model_validate_json(msg.payload)
+            except ValidationError as exc:
+                self._refuse_resend(f"not a valid resend request: {explain(exc)}")
+                return
+            if (request.site_id, request.gateway_id) != (self.site_id, self.gateway_id):
+                self._refuse_resend(f"addressed to {request.site_id}/{request.gateway_id}, not to this gateway")
+                return
+            self._resend_inbox.put(request)
+            self._wake.set()
+        except Exception:  # a bad request must never take the network thread down
+            log.exception("resend_request_failed")
+
+    def _refuse_resend(self, reason: str) -> None:
+        self.counters.resend_refused += 1
+        log.warning("resend_request_refused", reason=reason[:500])
+
     # --------------------------------------------------------------------------------------------------------
     # the drain thread
     # --------------------------------------------------------------------------------------------------------
@@ -334,6 +405,10 @@ class Publisher:
     def _drain_once(self) -> float:
         """One pass: apply acks, publish what the window allows. Returns how long to sleep (0: go again)."""
         self._process_acks()
+        self._take_resend_requests()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            self.outbox.prune_sent()
         if not self.connected:
             return 1.0
         now = time.monotonic()
@@ -346,11 +421,65 @@ class Publisher:
             wait = self._publish_readings()
             if wait is None:
                 continue  # sent one: try to fill the window
+            if self._publish_replay():
+                continue  # nothing new is ready: a requested replay used the room
             return min(sleep, wait)
         return sleep
 
     def _readings_in_flight(self) -> int:
-        return sum(1 for p in self._pending.values() if p.kind == "readings")
+        return sum(1 for p in self._pending.values() if p.kind in ("readings", "replay"))
+
+    def _take_resend_requests(self) -> None:
+        """Turn received resend requests into the replay plan; report what the outbox no longer has."""
+        while True:
+            try:
+                request = self._resend_inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.counters.resend_requests += 1
+            kept = self.outbox.kept_runs(request.ranges)
+            gone = subtract_runs(request.ranges, kept)
+            self._replay_plan = merge_runs(self._replay_plan, kept)
+            log.info("resend_requested", ranges=len(request.ranges), asked=run_length(request.ranges),
+                     kept=run_length(kept), unavailable=run_length(gone))
+            if gone:
+                self._report_unavailable(request, gone)
+
+    def _report_unavailable(self, request: ResendRequest, gone: list[SeqRun]) -> None:
+        count = run_length(gone)
+        self.counters.replay_unavailable += count
+        shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in gone[:5]) + (", ..." if len(gone) > 5 else "")
+        message = (f"asked to resend {count} readings this gateway no longer keeps (seq {shown}): acknowledged "
+                   f"longer ago than the replay window ({self.outbox.replay_retention_s:g} s), pruned early for "
+                   "disk room, or evicted by the disk budget")
+        log.warning("replay_unavailable", readings=count, ranges=gone[:20])
+        self.outbox.add_events([GatewayEvent(
+            site_id=self.site_id, gateway_id=self.gateway_id, at=self.clock(), kind="replay_unavailable",
+            message=message,
+            detail={"ranges": [list(r) for r in gone[:MAX_REPORTED_RANGES]], "readings": count,
+                    "requested_at": request.requested_at.isoformat(),
+                    "replay_retention_s": self.outbox.replay_retention_s},
+        )])
+
+    def _publish_replay(self) -> bool:
+        """Publish one batch of requested, still kept, sent readings (original seqs, in order). False if none."""
+        rows: list[OutboxRow] = []
+        while self._replay_plan and len(rows) < self.batch_size:
+            first, last = self._replay_plan[0]
+            want = self.batch_size - len(rows)
+            got = self.outbox.sent_rows(first, last, want)
+            rows.extend(got)
+            if len(got) < want or got[-1].seq >= last:
+                self._replay_plan.pop(0)  # this range is done (rows pruned meanwhile are simply not there)
+            else:
+                self._replay_plan[0] = (got[-1].seq + 1, last)
+        if not rows:
+            return False
+        payload = encode_rows(self.site_id, self.gateway_id, rows, self.clock())
+        info = self.client.publish(self.topics[Channel.READINGS], payload, qos=1)
+        self._pending[info.mid] = _Pending("replay", rows[0].seq, rows[-1].seq, len(rows))
+        self.counters.readings_replayed += len(rows)
+        return True
 
     def _publish_readings(self) -> float | None:
         """Publish one batch if one is ready: None when sent, else seconds until one may be ready."""
@@ -412,11 +541,13 @@ class Publisher:
                 seqs.extend(range(pending.first, pending.last + 1))
                 self.counters.batches_acked += 1
                 self.counters.readings_acked += pending.count
+            elif pending.kind == "replay":
+                self.counters.replays_acked += pending.count  # already marked sent: nothing to change
             elif pending.kind == "event":
                 event_ids.append(pending.first)
                 self.counters.events_acked += 1
         if seqs:
-            self.outbox.delete(seqs)
+            self.outbox.mark_sent(seqs)
         if event_ids:
             self.outbox.delete_events(event_ids)
 

@@ -58,9 +58,13 @@ class GatewayCounters:
     duplicates: int = 0  # BTHome re-broadcasts ignored
     urgent: int = 0
     published: int = 0  # readings handed to the broker (re-sends count again)
-    acked: int = 0  # readings acknowledged by the broker (and deleted from the outbox)
+    acked: int = 0  # readings acknowledged by the broker (then kept for the replay window)
     batches_acked: int = 0
-    outbox_depth: int = 0
+    outbox_depth: int = 0  # unsent readings
+    replay_kept: int = 0  # acknowledged readings still kept in case ingest asks for them again
+    resend_requests: int = 0  # resend requests received from ingest
+    replayed: int = 0  # readings published again on request
+    replay_unavailable: int = 0  # requested readings no longer kept (reported as replay_unavailable events)
     last_seq: int = 0
     registry_fetches: int = 0  # successful fetches from the API (changed or not)
     registry_fetch_failures: int = 0  # API unreachable or refusing: the registry file was kept
@@ -169,10 +173,14 @@ class Gateway:
             counters.published = self.publisher.counters.readings_sent
             counters.acked = self.publisher.counters.readings_acked
             counters.batches_acked = self.publisher.counters.batches_acked
+            counters.resend_requests = self.publisher.counters.resend_requests
+            counters.replayed = self.publisher.counters.readings_replayed
+            counters.replay_unavailable = self.publisher.counters.replay_unavailable
         if self.outbox is not None:
             with contextlib.suppress(Exception):
                 counters.outbox_depth = self.outbox.depth()
                 counters.last_seq = self.outbox.last_seq()
+                counters.replay_kept = self.outbox.kept_sent()
         return counters
 
     def set_uplink(self, up: bool) -> None:
@@ -202,6 +210,7 @@ class Gateway:
             "gateway_id": settings.gateway_id,
             "max_bytes": settings.outbox_max_mb * 1024 * 1024,
             "clock": self.clock,
+            "replay_retention_s": settings.replay_retention_s,
         }
         self.outbox = Outbox(settings.outbox_file, **common)
         publisher_outbox = Outbox(settings.outbox_file, **common)

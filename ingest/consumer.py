@@ -16,6 +16,9 @@ Threads and flow::
   the new one (its packet id means something else there); the broker re-delivers it and it counts as a duplicate.
 * Batches close at ``batch_size`` readings, after ``batch_ms``, or when the queue stays empty for
   ``idle_close_ms`` (the broker has nothing more for us, or its in-flight window is full and waits for acks).
+* Gap recovery: every ``ingest_resend_after_s`` the writer thread looks for sequence gaps older than the grace
+  period and publishes resend requests to the gateways concerned (:mod:`carewatch.ingest.recovery`); the
+  replayed readings come back on the readings topic like any others.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 import structlog
 from carewatch.ingest import metrics
+from carewatch.ingest.recovery import HoleAges, ResendPolicy, plan_resends
 from carewatch.ingest.store import (
     BatchResult,
     DirectoryCache,
@@ -54,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from carewatch.settings import Settings
-from carewatch.wire import Channel, parse_topic, topic_filter
+from carewatch.wire import Channel, parse_topic, run_length, topic, topic_filter
 
 log = structlog.get_logger("carewatch.ingest")
 
@@ -88,6 +92,8 @@ class WorkerCounters:
     batches: int = 0
     acked: int = 0
     db_errors: int = 0
+    resend_requests: int = 0  # resend requests published to gateways
+    resend_readings: int = 0  # readings asked for in them
     missing_seqs: dict[str, int] = field(default_factory=dict)
 
 
@@ -148,7 +154,10 @@ class IngestWorker:
         keepalive: int = 30,
         directory_max_age_s: float = 30.0,
         maintenance_interval_s: float = 24 * 3600.0,
+        resend: bool = True,
     ) -> None:
+        """``resend``: ask gateways to fill sequence gaps (settings ``ingest_resend_*``); off only for tests that
+        need a gap to stay open."""
         self.settings = settings
         self.worker_id = worker_id
         self.shared_pref = shared if shared is not None else settings.ingest_shared
@@ -172,6 +181,12 @@ class IngestWorker:
         self._counters = WorkerCounters()
         self._counters_lock = threading.Lock()
         self._next_maintenance = 0.0
+        self.resend = resend
+        self.resend_policy = ResendPolicy(grace_s=settings.ingest_resend_grace_s,
+                                          interval_s=settings.ingest_resend_interval_s)
+        self._hole_ages = HoleAges()
+        self._next_resend = time.monotonic() + settings.ingest_resend_after_s
+        self._unrecoverable_logged: set[tuple[str, int, int]] = set()
         self._pool: ConnectionPool | None = None
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
@@ -323,6 +338,7 @@ class IngestWorker:
     def _run_writer(self) -> None:
         while True:
             self._maybe_maintain()
+            self._maybe_request_resends()
             items = self._collect()
             metrics.QUEUE_DEPTH.labels(self.worker_id).set(self._queue.qsize())
             if not items:
@@ -483,6 +499,40 @@ class IngestWorker:
         except (psycopg.Error, PoolTimeout) as exc:
             self._next_maintenance = time.monotonic() + 30  # try again soon; ingest goes on meanwhile
             self._log.warning("partition_maintenance_failed", error=str(exc).strip()[:300])
+
+
+    def _maybe_request_resends(self) -> None:
+        """Every ``ingest_resend_after_s``: ask gateways to publish again what we never stored (see recovery)."""
+        if not self.resend or time.monotonic() < self._next_resend or self._pool is None:
+            return
+        self._next_resend = time.monotonic() + self.settings.ingest_resend_after_s
+        client = self._client
+        if client is None or not self.connected.is_set() or self._stopping.is_set():
+            return  # a request could not go out now; try again next time
+        try:
+            with self._pool.connection(timeout=5) as conn:
+                plan = plan_resends(conn, self._hole_ages, self.resend_policy)
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._log.warning("resend_planning_failed", error=str(exc).strip()[:300])
+            return
+        for request in plan.requests:
+            readings = run_length(request.ranges)
+            client.publish(topic(request.site_id, request.gateway_id, Channel.RESEND),
+                           request.model_dump_json().encode(), qos=1)
+            metrics.RESEND_REQUESTS.labels(self.worker_id).inc()
+            metrics.RESEND_READINGS.labels(self.worker_id).inc(readings)
+            with self._counters_lock:
+                self._counters.resend_requests += 1
+                self._counters.resend_readings += readings
+            self._log.info("resend_requested", gateway=request.gateway_id, readings=readings,
+                           ranges=[list(r) for r in request.ranges[:10]], range_count=len(request.ranges))
+        for gateway_id, holes in plan.exhausted.items():
+            fresh = [h for h in holes if (gateway_id, *h) not in self._unrecoverable_logged]
+            if fresh:
+                self._unrecoverable_logged.update((gateway_id, *h) for h in fresh)
+                self._log.error("sequence_gap_unrecoverable", gateway=gateway_id, readings=run_length(fresh),
+                                ranges=[list(h) for h in fresh[:10]],
+                                reason=f"asked {self.resend_policy.max_attempts} times without an answer")
 
 
 def _channel(topic_name: str) -> Channel | None:

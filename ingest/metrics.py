@@ -36,6 +36,10 @@ MISSING_SEQS = Gauge("carewatch_ingest_missing_seqs", "Sequence numbers never re
                      ["gateway_id"], registry=REGISTRY)
 GAPS = Counter("carewatch_ingest_sequence_gaps", "Sequence numbers newly found missing (gaps opened)",
                ["worker"], registry=REGISTRY)
+RESEND_REQUESTS = Counter("carewatch_ingest_resend_requests", "Resend requests published to gateways (gap recovery)",
+                          ["worker"], registry=REGISTRY)
+RESEND_READINGS = Counter("carewatch_ingest_resend_readings", "Readings asked for again in resend requests",
+                          ["worker"], registry=REGISTRY)
 DB_ERRORS = Counter("carewatch_ingest_db_errors", "Batches that failed to commit and were retried", ["worker"],
                     registry=REGISTRY)
 

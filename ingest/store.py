@@ -42,40 +42,25 @@ from carewatch.ingest.validate import (
     status_devices,
 )
 
-from carewatch.wire import DecodedBatch, ImplausibleValue, check_plausible
+from carewatch.wire import (
+    DecodedBatch,
+    ImplausibleValue,
+    SeqRun,
+    check_plausible,
+    merge_runs,
+    runs_from_seqs,
+)
 
 NOTIFY_CHANNEL = "carewatch_readings"
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; stay well below.
 NOTIFY_MAX_BYTES = 7900
 
-Run = tuple[int, int]  # (first_seq, last_seq), inclusive
+Run = SeqRun  # (first_seq, last_seq), inclusive; runs_from_seqs and merge_runs live in carewatch.wire
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Sequence runs (pure)
 # ------------------------------------------------------------------------------------------------------------
-def runs_from_seqs(seqs: Iterable[int]) -> list[Run]:
-    """Contiguous runs covering ``seqs`` (any order, repeats allowed)."""
-    runs: list[Run] = []
-    for seq in sorted(set(seqs)):
-        if runs and seq == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], seq)
-        else:
-            runs.append((seq, seq))
-    return runs
-
-
-def merge_runs(*groups: Iterable[Run]) -> list[Run]:
-    """Union of runs, with overlapping or adjacent runs joined."""
-    merged: list[Run] = []
-    for first, last in sorted(r for group in groups for r in group):
-        if merged and first <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
-        else:
-            merged.append((first, last))
-    return merged
-
-
 def covered(seq: int, runs: Sequence[Run]) -> bool:
     """Is ``seq`` inside one of ``runs`` (sorted, non-overlapping)?"""
     i = bisect.bisect_right(runs, (seq, float("inf"))) - 1

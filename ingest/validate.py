@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from carewatch.wire import (
+    MAX_SEQ,
     BadMessage,
     Channel,
     DecodedBatch,
@@ -36,8 +37,6 @@ from carewatch.wire import (
     utcnow,
 )
 
-#: Largest sequence number the bigint columns hold.
-MAX_SEQ = 2**63 - 1
 #: Longest identifier we copy from an untrusted payload into a dead letter's id columns.
 _MAX_ID = 200
 

@@ -88,3 +88,38 @@ def test_encode_then_decode_is_identity() -> None:
 def test_arbitrary_bytes_never_escape_as_other_errors(payload: bytes) -> None:
     with contextlib.suppress(wire.BadMessage):  # anything else escaping fails the test
         wire.decode_batch(payload)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# resend requests (ingest -> gateway)
+# ------------------------------------------------------------------------------------------------------------
+def resend(ranges: object) -> dict:
+    return {"v": 1, "site_id": "home-a", "gateway_id": "gw-1", "requested_at": T0.isoformat(), "ranges": ranges}
+
+
+def test_resend_request_round_trips_on_its_own_topic() -> None:
+    request = wire.ResendRequest.model_validate(resend([[3, 5], [9, 9]]))
+    assert request.ranges == [(3, 5), (9, 9)]
+    assert wire.ResendRequest.model_validate_json(request.model_dump_json()) == request
+    name = wire.topic("home-a", "gw-1", Channel.RESEND)
+    assert name == "carewatch/v1/home-a/gw-1/resend" and wire.parse_topic(name)[2] is Channel.RESEND
+
+
+@pytest.mark.parametrize(
+    ("ranges", "why"),
+    [
+        ([], "at least 1 item"),
+        ([[5, 3]], "ends before it starts"),
+        ([[0, 3]], "greater than or equal to 1"),
+        ([[3, 5], [5, 8]], "overlaps or precedes"),
+        ([[10, 12], [1, 2]], "overlaps or precedes"),
+        ([[1, wire.MAX_RESEND_READINGS + 1]], "at most 100000"),
+        ([[i * 3, i * 3 + 1] for i in range(1, wire.MAX_RESEND_RANGES + 2)], "at most 100 items"),
+        ([[1, 2, 3]], "at most 2 items"),
+        ([[1, wire.MAX_SEQ + 1]], "less than or equal to"),
+    ],
+)
+def test_resend_request_limits_are_enforced_with_a_reason(ranges: object, why: str) -> None:
+    with pytest.raises(wire.ValidationError) as info:
+        wire.ResendRequest.model_validate(resend(ranges))
+    assert why in wire.explain(info.value)

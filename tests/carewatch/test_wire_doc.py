@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DOC = (REPO_ROOT / "docs" / "wire-format.md").read_text()
 EXAMPLES = re.findall(r"```json\n(.*?)```", DOC, flags=re.S)
-MODELS = {"readings": wire.ReadingBatch, "state": wire.GatewayStatus, "kind": wire.GatewayEvent}
+MODELS = {"readings": wire.ReadingBatch, "state": wire.GatewayStatus, "kind": wire.GatewayEvent,
+          "ranges": wire.ResendRequest}
 
 
 def test_doc_has_an_example_of_every_message() -> None:

@@ -94,6 +94,7 @@ class Collector:
         self.batches: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.statuses: list[tuple[bool, dict[str, Any]]] = []
+        self.resends: list[bytes] = []
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -120,6 +121,11 @@ class Collector:
         client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/resend"):  # to the gateway, not from it (and maybe garbage on purpose)
+            with self.lock:
+                self.topics.append(msg.topic)
+                self.resends.append(bytes(msg.payload))
+            return
         doc = json.loads(msg.payload)
         with self.lock:
             self.topics.append(msg.topic)

@@ -264,10 +264,62 @@ def test_each_gateway_publishes_only_under_its_own_site_and_gateway(
                 assert outbox.depth() == 3
 
 
+def publish_as(broker: EmbeddedBroker, username: str, password: str, topic: str, payload: bytes, uid: str) -> None:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{username}-once-{uid}",
+                         protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=5)  # a denied 3.1.1 publish is acknowledged too, then dropped
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_resend_requests_come_only_from_ingest_and_reach_only_their_gateway(
+    scratch_dir: Path, uid: str, collector_factory: Any
+) -> None:
+    from carewatch.wire import Channel, ResendRequest, topic
+
+    site_a, site_b, gw_a, gw_b, ingest = f"siteA-{uid}", f"siteB-{uid}", f"gwA-{uid}", f"gwB-{uid}", f"ingest-{uid}"
+    users = {gw_a: "secret-a", gw_b: "secret-b", ingest: "secret-i"}
+    security = BrokerSecurity(users=users, acl=gateway_acl([(site_a, gw_a), (site_b, gw_b)], [ingest]))
+    a_resend = topic(site_a, gw_a, Channel.RESEND)
+
+    def request(ranges: list[list[int]]) -> bytes:
+        return ResendRequest(site_id=site_a, gateway_id=gw_a, requested_at=AT, ranges=ranges).model_dump_json().encode()
+
+    with broker_with(scratch_dir, uid, security) as broker:
+        everything = collector_factory(with_credentials(broker.url, ingest, "secret-i"), site_a, gw_a,
+                                       f"watch-{uid}", topic_filter="carewatch/v1/#")
+        snoop = collector_factory(with_credentials(broker.url, gw_b, "secret-b"), site_a, gw_a, f"snoop-{uid}",
+                                  topic_filter=a_resend)  # gateway B may not read gateway A's requests
+        with Outbox(scratch_dir / f"resend-{uid}.sqlite", site_id=site_a, gateway_id=gw_a) as outbox:
+            outbox.append(drafts(20))
+            gateway = publisher_for(outbox, with_credentials(broker.url, gw_a, "secret-a"))
+            gateway.start()
+            try:
+                everything.wait_for(lambda: everything.unique() == 20, 10, "gateway A's readings")
+                assert gateway.wait_drained(10)
+                publish_as(broker, gw_b, "secret-b", a_resend, request([[1, 20]]), uid)  # B may not ask A
+                publish_as(broker, ingest, "secret-i", a_resend, request([[3, 5]]), uid)  # ingest may
+                wait_until(lambda: gateway.counters.readings_replayed == 3, 10, "the replay ingest asked for")
+                assert gateway.wait_drained(10)
+                time.sleep(0.5)
+            finally:
+                gateway.stop(flush_timeout=2)
+        assert gateway.counters.resend_requests == 1, "only ingest's request reached the gateway"
+        assert everything.seqs() == [*range(1, 21), 3, 4, 5]
+        assert len(everything.resends) == 1, "gateway B's request never reached the broker's subscribers"
+        assert snoop.resends == [], "gateway B cannot read another gateway's resend topic"
+
+
 def test_gateway_acl_refuses_ids_that_would_widen_the_grant() -> None:
     for bad in [("site/x", "gw"), ("site", "gw+"), ("site", "#"), ("", "gw"), ("site", "gw a")]:
         with pytest.raises(ValueError, match="not usable in a topic"):
             gateway_acl([bad])
     acl = gateway_acl([("home-a", "gw-1")], ["ingest"])
-    assert "user gw-1\ntopic write carewatch/v1/home-a/gw-1/#\n" in acl
-    assert "user ingest\ntopic read carewatch/v1/#\n" in acl
+    assert "user gw-1\ntopic write carewatch/v1/home-a/gw-1/#\ntopic read carewatch/v1/home-a/gw-1/resend\n" in acl
+    assert "user ingest\ntopic read carewatch/v1/#\ntopic write carewatch/v1/+/+/resend\n" in acl

@@ -193,3 +193,117 @@ def test_append_returns_one_reading_per_draft(tmp_path: Path, n: int) -> None:
     with open_outbox(tmp_path / "o.sqlite") as outbox:
         assert len(outbox.append([draft(i=i) for i in range(n)])) == n
         assert outbox.depth() == n
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Replay window: acknowledged readings are kept (marked sent), pruned by age or for room, never unsent ones
+# ------------------------------------------------------------------------------------------------------------
+class FakeClock:
+    """The gateway clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = AT
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def unsent_seqs(outbox: Outbox) -> list[int]:
+    return [r.seq for r in outbox.peek_rows(1_000_000)]
+
+
+def test_acknowledged_readings_are_kept_for_replay_and_no_longer_count_as_unsent(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite") as outbox:
+        outbox.append([draft(value=90 + i, i=i, urgent=i == 1) for i in range(10)])
+        assert outbox.mark_sent([1, 2, 3, 4]) == 4
+        assert outbox.mark_sent([3, 4]) == 0, "marking twice changes nothing"
+        assert outbox.depth() == 6 and unsent_seqs(outbox) == [5, 6, 7, 8, 9, 10]
+        assert outbox.oldest_unsent() == AT + timedelta(seconds=4), "oldest *unsent*"
+        assert not outbox.has_urgent(), "the urgent reading was sent"
+        assert outbox.kept_sent() == 4 and outbox.stats().kept_sent == 4
+        assert [r.seq for r in outbox.sent_rows(2, 100, 10)] == [2, 3, 4], "replay reads sent rows only"
+        assert [r.seq for r in outbox.sent_rows(1, 100, 2)] == [1, 2]
+        assert outbox.kept_runs([(1, 3), (8, 14)]) == [(1, 3), (8, 10)], "kept = sent or unsent, never invented"
+        outbox.mark_sent(range(5, 11))
+        assert outbox.depth() == 0 and outbox.oldest_unsent() is None and outbox.kept_sent() == 10
+
+
+def test_sent_rows_expire_after_the_replay_window_and_unsent_rows_never_do(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with open_outbox(tmp_path / "o.sqlite", clock=clock, replay_retention_s=3600) as outbox:
+        outbox.append([draft(i=i) for i in range(20)])
+        outbox.mark_sent(range(1, 11))
+        clock.now = AT + timedelta(seconds=3599)
+        assert outbox.prune_sent() == 0 and outbox.kept_sent() == 10
+        clock.now = AT + timedelta(seconds=3601)
+        assert outbox.prune_sent() == 10
+        assert outbox.kept_runs([(1, 20)]) == [(11, 20)] and unsent_seqs(outbox) == list(range(11, 21))
+        assert outbox.counters()["pruned_sent"] == 10
+        clock.now = AT + timedelta(days=30)  # unsent readings wait for the broker however long it takes
+        assert outbox.prune_sent() == 0 and outbox.depth() == 10
+        outbox.mark_sent([11])  # expiry also runs on every acknowledgement: 11 is fresh, nothing else is sent
+        assert outbox.kept_sent() == 1
+
+
+def test_replay_retention_zero_deletes_on_acknowledgement(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", replay_retention_s=0) as outbox:
+        outbox.append([draft(i=i) for i in range(5)])
+        assert outbox.mark_sent([1, 2]) == 2
+        assert outbox.kept_sent() == 0 and outbox.kept_runs([(1, 5)]) == [(3, 5)]
+
+
+def test_sent_rows_make_room_before_any_unsent_reading_is_at_risk(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET, clock=clock) as outbox:
+        # a replay window worth more than half the budget: sent home readings (the first to go if unsent)
+        while outbox.budget_pct() < 55:
+            fill(outbox, Metric.MOTION, 1, 1)
+            outbox.mark_sent(range(1, outbox.last_seq() + 1))
+        assert outbox.depth() == 0 and outbox.kept_sent() > 0
+        assert not alarms(outbox), "sent rows never raise the budget alarm"
+        # now the broker is away: unsent readings pile up past the budget
+        history = []
+        while outbox.counters()["evicted_home"] == 0:
+            fill(outbox, Metric.MOTION, 1, 1)
+            counters = outbox.counters()
+            history.append((outbox.kept_sent(), counters["evicted_home"], len(alarms(outbox))))
+        assert outbox.counters()["pruned_sent_early"] > 0
+        for kept_sent, evicted, raised in history:
+            if evicted or raised:
+                assert kept_sent == 0, "sent rows were all gone before the alarm or the first eviction"
+        assert history[-1][2] >= 1 and alarms(outbox)[0]["detail"]["level"] == "warning"
+        counters = outbox.counters()
+        assert counters["evicted_vital"] == counters["refused_home"] == 0
+
+
+def test_pruning_for_room_leaves_every_unsent_reading(tmp_path: Path) -> None:
+    with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
+        fill(outbox, Metric.SPO2, 96, 4)
+        outbox.mark_sent(range(1, 201))  # 200 sent, 200 unsent, interleaved by seq below later ones
+        unsent_before = unsent_seqs(outbox)
+        while outbox.counters()["pruned_sent_early"] == 0:
+            fill(outbox, Metric.SPO2, 96, 1)
+        assert set(unsent_before) <= set(unsent_seqs(outbox))
+        assert outbox.depth() == outbox.last_seq() - 200, "only sent rows went"
+
+
+def test_an_outbox_from_before_the_replay_window_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE readings (seq INTEGER PRIMARY KEY, keep INTEGER NOT NULL, urgent INTEGER NOT NULL,
+                                   received_at TEXT NOT NULL, payload BLOB NOT NULL);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO counters VALUES ('last_seq', 2);
+        """)
+        with open_outbox(tmp_path / "donor.sqlite") as donor:
+            donor.append([draft(), draft()])
+            rows = [(r.seq, 1, 0, AT.isoformat(), r.payload) for r in donor.peek_rows(2)]
+        old.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?)", rows)
+    with open_outbox(path) as outbox:
+        assert unsent_seqs(outbox) == [1, 2] and outbox.depth() == 2, "old rows are unsent"
+        assert [r.seq for r in outbox.append([draft()])] == [3]
+        outbox.mark_sent([1])
+        assert outbox.depth() == 2 and outbox.kept_sent() == 1

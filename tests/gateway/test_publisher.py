@@ -162,3 +162,74 @@ def test_credentials_and_tls_come_from_the_url(outbox: Outbox) -> None:
     assert publisher.client._client_id == outbox.gateway_id.encode() and not publisher.client._clean_session
     plain = make_publisher(outbox, "mqtt://broker.example")
     assert plain.client._ssl_context is None and plain.client._username is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gap recovery: resend requests on the gateway's own topic
+# ------------------------------------------------------------------------------------------------------------
+def send_raw(url: str, topic: str, payload: bytes, client_id: str) -> None:
+    """Publish like ingest does (QoS 1, waits for the PUBACK)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    target = MqttTarget(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.connect(target.host, target.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(5)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_resend_request_replays_kept_readings_in_order_and_reports_the_rest(
+    outbox: Outbox, mqtt_url: str, uid: str, collector_factory: Any
+) -> None:
+    from carewatch.wire import Channel, ResendRequest, topic
+
+    collector = collector_factory(mqtt_url, outbox.site_id, outbox.gateway_id, f"sub-{uid}")
+    outbox.append(drafts(300))
+    originals = {json.loads(r.payload)["seq"]: json.loads(r.payload) for r in outbox.peek_rows(300)}
+    publisher = make_publisher(outbox, mqtt_url, batch_size=4, inflight=2)
+    resend_topic = topic(outbox.site_id, outbox.gateway_id, Channel.RESEND)
+
+    def ask(ranges: list[list[int]], *, site: str | None = None) -> None:
+        request = ResendRequest(site_id=site or outbox.site_id, gateway_id=outbox.gateway_id,
+                                requested_at=AT, ranges=ranges)
+        send_raw(mqtt_url, resend_topic, request.model_dump_json().encode(), f"ingest-{uid}")
+
+    publisher.start()
+    try:
+        collector.wait_for(lambda: collector.unique() == 300, 30, "the first drain")
+        assert publisher.wait_drained(10)
+        assert outbox.depth() == 0 and outbox.kept_sent() == 300
+        first_pass = len(collector.batches)
+        outbox.delete(range(15, 18))  # as if pruned: no longer kept
+
+        # bad requests are refused and logged, and never stop the gateway
+        send_raw(mqtt_url, resend_topic, b"\x00 not json", f"ingest-{uid}")
+        ask([[1, 2]], site="another-site")
+        ask([[10, 20], [40, 45], [290, 310]])
+        collector.wait_for(lambda: sum(len(b["readings"]) for b in collector.batches[first_pass:]) == 25, 15,
+                           "the replayed readings")
+        wait = time.monotonic() + 10
+        while not collector.events and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert publisher.wait_drained(10)
+    finally:
+        publisher.stop()
+    replayed = [r for b in collector.batches[first_pass:] for r in b["readings"]]
+    assert [r["seq"] for r in replayed] == [*range(10, 15), *range(18, 21), *range(40, 46), *range(290, 301)]
+    assert all(r == originals[r["seq"]] for r in replayed), "replays carry the original readings and seq"
+    assert all(len(b["readings"]) <= 4 for b in collector.batches[first_pass:]), "the normal batch size"
+    [event] = collector.events
+    assert event["kind"] == "replay_unavailable"
+    assert event["detail"]["ranges"] == [[15, 17], [301, 310]] and event["detail"]["readings"] == 13
+    assert "no longer keeps" in event["message"]
+    c = publisher.counters
+    assert (c.resend_requests, c.resend_refused, c.readings_replayed, c.replays_acked, c.replay_unavailable) == (
+        1, 2, 25, 25, 13)
+    assert outbox.depth() == 0 and outbox.kept_sent() == 297, "a replay changes nothing in the outbox"

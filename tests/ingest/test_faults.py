@@ -2,11 +2,14 @@
 
 Each test publishes numbered readings through a publisher that records which messages the broker acknowledged,
 breaks something while ingest is busy, and finally checks, by (gateway_id, seq), that every acknowledged reading
-is stored, none is stored twice, and nothing was stored that was never published.
+is stored, none is stored twice, and nothing was stored that was never published. The broker restart with the
+shared subscription needs the gateway's side of the contract too (a broker that acknowledged and dropped
+readings): that test runs a real gateway, whose replay window lets ingest's gap recovery fill the hole.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -14,17 +17,23 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from carewatch.firmware_sim.frames import encode_plx_spot_check
+from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
+from carewatch.gateway.service import Gateway
+from carewatch.gateway.transport import Deliver, Notification, OnEvent
 from carewatch.ingest.consumer import IngestWorker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.settings import MqttTarget, Settings
+from carewatch.wire import DeviceKind
 
 from .conftest import Estate, register_estate, stored_seqs, worker_settings
 
@@ -91,10 +100,10 @@ def exactly_once(dsn: str, gateway_id: str, pub: StreamPublisher, timeout: float
     return stored
 
 
-def spawn_worker(dsn: str, url: str, worker_id: str, log_dir: Path, batch_ms: int = 100
+def spawn_worker(dsn: str, url: str, worker_id: str, log_dir: Path, batch_ms: int = 100, **settings: str
                  ) -> subprocess.Popen[bytes]:
     env = Settings().child_env(database_url=dsn, mqtt_url=url, ingest_batch_ms=str(batch_ms), metrics_port="0",
-                               log_level="INFO")
+                               log_level="INFO", **settings)
     env.pop("CAREWATCH_INGEST_SHARED", None)
     log = open(log_dir / f"worker-{worker_id}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
@@ -126,9 +135,9 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait(10)
 
 
-def start_session(proc_list: list, dsn: str, url: str, worker_id: str, log_dir: Path, batch_ms: int = 100
-                  ) -> subprocess.Popen[bytes]:
-    proc = spawn_worker(dsn, url, worker_id, log_dir, batch_ms)
+def start_session(proc_list: list, dsn: str, url: str, worker_id: str, log_dir: Path, batch_ms: int = 100,
+                  **settings: str) -> subprocess.Popen[bytes]:
+    proc = spawn_worker(dsn, url, worker_id, log_dir, batch_ms, **settings)
     proc_list.append(proc)
     return proc
 
@@ -195,37 +204,83 @@ def test_mosquitto_restart_during_ingest(database: str, db: psycopg.Connection, 
         worker.stop()
 
 
-def test_mosquitto_restart_with_shared_subscription_reports_every_gap(
-        database: str, db: psycopg.Connection, estate: Estate, private_broker: EmbeddedBroker, uid: str) -> None:
-    """Mosquitto 2.0 does not restore *shared* subscriptions from its persistence file: what gateways publish
-    between the broker's restart and the workers' re-subscription is dropped by the broker. Ingest cannot
-    prevent that, but it must notice: every missing reading shows in gateways.missing_seqs, none is doubled."""
+class OximeterTransport:
+    """A simulated pulse oximeter at a steady rate (two readings per frame), until told to stop."""
+
+    def __init__(self, address: str, frames_per_tick: int = 5, tick_s: float = 0.02) -> None:
+        self.address, self.frames_per_tick, self.tick_s = address, frames_per_tick, tick_s
+        self.delivered = 0
+        self.running = True
+
+    async def run(self, registry: object, deliver: Deliver, on_event: OnEvent) -> None:
+        while self.running:
+            now = datetime.now(UTC)
+            frames = [encode_plx_spot_check(spo2=94 + i % 4, pulse_rate=70 + i % 9)
+                      for i in range(self.delivered, self.delivered + self.frames_per_tick)]
+            await asyncio.gather(*(deliver(Notification(self.address, "2a5e", f, now)) for f in frames))
+            self.delivered += len(frames)
+            await asyncio.sleep(self.tick_s)
+
+
+def test_mosquitto_restart_with_shared_subscription_recovers_every_gap(
+        database: str, db: psycopg.Connection, estate: Estate, private_broker: EmbeddedBroker, uid: str,
+        scratch_dir: Path, procs: list) -> None:
+    """Mosquitto 2.0 does not restore *shared* subscriptions from its persistence file: what a gateway
+    publishes between the broker's restart and the workers' re-subscription is acknowledged and dropped. Here
+    the worker (the production shared subscription) is paused across the restart, so that window is certain and
+    long; a real gateway (outbox, publisher) streams through it. Ingest sees the hole, asks the gateway to
+    resend it, and ends with every reading the gateway numbered stored exactly once and no gap left."""
     url = private_broker.url
-    worker = IngestWorker(worker_settings(database, url), worker_id=f"s{uid}", shared=True, batch_ms=100)
-    worker.start()
+    worker = start_session(procs, database, url, f"s{uid}", scratch_dir, ingest_resend_after_s="0.5",
+                           ingest_resend_grace_s="1", ingest_resend_interval_s="2")
+    _wait_session(scratch_dir, f"s{uid}", worker)
+    oximeter = "A4:C1:38:00:00:01"
+    registry = DeviceRegistry([RegisteredDevice(address=oximeter, device_id=estate.oximeter,
+                                                kind=DeviceKind.PULSE_OXIMETER, resident_id=estate.resident_id)])
+    settings = Settings(mqtt_url=url, site_id=estate.site_id, gateway_id=estate.gateway_id,
+                        outbox_path=scratch_dir / f"outbox-{uid}.sqlite", state_dir=scratch_dir / f"state-{uid}",
+                        publish_batch_ms=20)
+    transport = OximeterTransport(oximeter)  # ~500 readings/s
+    gateway = Gateway(settings, transport, registry=registry, reconnect_max_s=1).start()
     try:
-        assert worker.subscribed.wait(10)
-        pub = StreamPublisher(url, estate, messages=150, pace_s=0.01, client_id=f"pub-{uid}")
-        pub.start()
         wait_stored(database, estate.gateway_id, 400)
-        private_broker.restart()
-        assert pub.sent.wait(120)
-        last = max(pub.acked)
-        wait_stored(database, estate.gateway_id, 1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and max(stored_seqs(database, estate.gateway_id)) < last:
-            time.sleep(0.2)
-        time.sleep(1.0)
-        stored = stored_seqs(database, estate.gateway_id)
-        assert len(stored) == len(set(stored)), "a reading was stored twice"
-        assert max(stored) == last  # the tail, published after re-subscription, arrived
-        lost = set(range(1, last + 1)) - set(stored)
-        last_seq, missing = db.execute("SELECT last_seq, missing_seqs FROM gateways WHERE gateway_id = %s",
-                                       (estate.gateway_id,)).fetchone()
-        assert (last_seq, missing) == (last, len(lost))
-        pub.close()
+        worker.send_signal(signal.SIGSTOP)  # a worker slow to come back after the broker restart
+        try:
+            private_broker.restart()
+            acked = gateway.counters.acked
+            deadline = time.monotonic() + 30
+            while gateway.counters.acked < acked + 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            dropped_window = gateway.counters.acked - acked
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        assert dropped_window >= 300, "the gateway published into the restarted broker before ingest subscribed"
+        time.sleep(2.0)
+        transport.running = False
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            last = gateway.counters.last_seq
+            if gateway.counters.outbox_depth == 0 and set(stored_seqs(database, estate.gateway_id)) == set(
+                    range(1, last + 1)):
+                break
+            time.sleep(0.25)
+        time.sleep(1.0)  # late re-deliveries or a second replay would show up as doubles now
+        counters = gateway.counters
     finally:
-        worker.stop()
+        gateway.stop()
+    stored = stored_seqs(database, estate.gateway_id)
+    assert len(stored) == len(set(stored)), "a reading was stored twice"
+    lost = sorted(set(range(1, counters.last_seq + 1)) - set(stored))
+    assert not lost, f"{len(lost)} readings lost, e.g. {lost[:10]}"
+    assert set(stored) == set(range(1, counters.last_seq + 1)) and counters.last_seq > 1000
+    last_seq, missing = db.execute("SELECT last_seq, missing_seqs FROM gateways WHERE gateway_id = %s",
+                                   (estate.gateway_id,)).fetchone()
+    assert (last_seq, missing) == (counters.last_seq, 0)
+    # the gap was real and recovery filled it (not luck): ingest asked, the gateway replayed
+    asked = db.execute("SELECT detail FROM gateway_events WHERE gateway_id = %s AND kind = 'resend_requested'",
+                       (estate.gateway_id,)).fetchall()
+    assert asked and counters.resend_requests >= 1 and counters.replayed >= 300
+    assert counters.replay_unavailable == 0
 
 
 def test_postgres_restart_during_ingest(scratch_dir: Path, private_broker: EmbeddedBroker, uid: str) -> None:
