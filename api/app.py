@@ -18,10 +18,13 @@ import psycopg
 from carewatch.api import (
     audit,
     auth,
+    errors,
+    pooling,
     routes_alerts,
     routes_devices,
     routes_households,
     routes_observations,
+    routes_reports,
     routes_residents,
     routes_sites,
     routes_users,
@@ -30,6 +33,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import carewatch
@@ -57,6 +62,11 @@ Carewatch's data for people and other systems: care-home dashboards, GP systems,
 """
 
 
+class Health(BaseModel):
+    status: str
+    database: str
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Field-level messages without echoing the input back (it may hold an NHS number or a password)."""
     errors = []
@@ -77,14 +87,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == status.HTTP_422_UNPROCESSABLE_CONTENT:  # one 422 shape, however it was raised
+            return errors.unprocessable(errors.field_errors(exc.detail))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(psycopg.errors.IntegrityError)
     async def _conflict(request: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
         constraint = exc.diag.constraint_name or "a database rule"
         code = status.HTTP_409_CONFLICT
-        if isinstance(exc, psycopg.errors.CheckViolation | psycopg.errors.ForeignKeyViolation):
-            code = status.HTTP_422_UNPROCESSABLE_CONTENT
+        if isinstance(exc, psycopg.errors.CheckViolation | psycopg.errors.ForeignKeyViolation
+                      | psycopg.errors.NotNullViolation):
+            return errors.unprocessable(errors.field_errors(
+                f"refused by the database rule {constraint}: check the values (and that what they name exists)"))
         return JSONResponse({"detail": f"the change conflicts with existing data ({constraint})"}, status_code=code)
 
     @app.exception_handler(Exception)
@@ -93,6 +107,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error %s on %s %s", request_id, request.method, request.url.path)
         return JSONResponse({"detail": "internal error", "request_id": request_id},
                             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def _ping(pool: ConnectionPool, timeout: float) -> None:
+    with pool.connection(timeout=timeout) as conn:
+        conn.execute("SELECT 1")
 
 
 async def _limit_body(request: Request, call_next: Any) -> Any:
@@ -114,6 +133,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
                                                 name="carewatch-api", kwargs={"application_name": "carewatch-api"})
         if own_pool:
             app.state.pool.open(wait=False)
+        app.state.conn_gate = pooling.gate_for(app.state.pool)  # every checkout waits here, not in a thread
         try:
             yield
         finally:
@@ -121,18 +141,20 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
                 app.state.pool.close()
 
     app = FastAPI(title="Carewatch API", version=carewatch.__version__, description=DESCRIPTION,
-                  lifespan=lifespan, docs_url="/docs", redoc_url="/redoc")
+                  lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", responses=errors.COMMON_RESPONSES)
     app.state.settings = settings
     app.state.login_limiter = auth.LoginRateLimiter()
     _install_error_handlers(app)
     app.middleware("http")(audit.audit_middleware)
+    app.middleware("http")(errors.refuse_nul)  # PostgreSQL cannot store NUL: a 422 before any route runs
     app.middleware("http")(_limit_body)  # added last = outermost: refuses huge bodies before anything else
 
-    @app.get("/healthz", tags=["health"], summary="Liveness and database check (no sign-in)")
-    def healthz(request: Request) -> JSONResponse:
+    @app.get("/healthz", tags=["health"], summary="Liveness and database check (no sign-in)",
+             response_model=Health, responses={503: {"model": Health, "description": "Database unreachable"}})
+    async def healthz(request: Request) -> JSONResponse:
         try:
-            with request.app.state.pool.connection(timeout=2) as conn:
-                conn.execute("SELECT 1")
+            async with pooling.permit(request.app, timeout=2) as wait:
+                await run_in_threadpool(_ping, request.app.state.pool, wait)
         except Exception:
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
@@ -141,4 +163,5 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_alerts,
                    routes_households, routes_devices):
         app.include_router(module.router)
+    app.include_router(routes_reports.router)
     return app

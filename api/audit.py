@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from carewatch.api.pooling import permit
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from psycopg.types.json import Jsonb
@@ -83,7 +84,7 @@ def rows_for(request: Request, status_code: int) -> list[dict[str, Any]]:
              "detail": Jsonb(n.detail)} for n in notes]
 
 
-def write_rows(pool: ConnectionPool, rows: list[dict[str, Any]]) -> None:
+def insert_rows(pool: ConnectionPool, rows: list[dict[str, Any]]) -> None:
     with pool.connection() as conn, conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO audit_log (username, role, action, method, path, subject_type, subject_id, status,
@@ -94,6 +95,12 @@ def write_rows(pool: ConnectionPool, rows: list[dict[str, Any]]) -> None:
         )
 
 
+async def write_rows(request: Request, rows: list[dict[str, Any]]) -> None:
+    """Insert and commit on a pool connection of its own (not the request's, which may roll back)."""
+    async with permit(request.app):
+        await run_in_threadpool(insert_rows, request.app.state.pool, rows)
+
+
 async def audit_middleware(request: Request, call_next: Any) -> Response:
     """Run the request, then write its audit rows (fail closed: no audit row, no data)."""
     try:
@@ -102,14 +109,14 @@ async def audit_middleware(request: Request, call_next: Any) -> Response:
         rows = rows_for(request, 500)
         if rows:
             try:
-                await run_in_threadpool(write_rows, request.app.state.pool, rows)
+                await write_rows(request, rows)
             except Exception:  # the original error matters more; it is re-raised below
                 log.exception("audit write failed")
         raise
     rows = rows_for(request, response.status_code)
     if rows:
         try:
-            await run_in_threadpool(write_rows, request.app.state.pool, rows)
+            await write_rows(request, rows)
         except Exception:
             log.exception("audit write failed; withholding the response")
             return JSONResponse({"detail": "the audit trail is unavailable; try again shortly"}, status_code=503)

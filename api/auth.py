@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import jwt
 from carewatch.api import audit
+from carewatch.api.pooling import Conn
 from carewatch.api.users import User, authenticate, get_user
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
@@ -137,7 +138,7 @@ def _settings(request: Request) -> Settings:
 @router.post("/token", response_model=TokenPair, summary="Sign in (OAuth2 password flow)",
              responses={401: {"description": "Wrong username or password"},
                         429: {"description": "Too many failed attempts; see Retry-After"}})
-def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenPair:
+def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], conn: Conn) -> TokenPair:
     username = form.username.strip().lower()[:64]
     client = request.client.host if request.client else "unknown"
     key = (username, client)
@@ -148,8 +149,7 @@ def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()
         audit.note(request, "login_failed", "user", username, reason="rate limited")
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, f"too many failed sign-ins; try again in {wait} s",
                             headers={"Retry-After": str(wait)})
-    with request.app.state.pool.connection() as conn:
-        user = authenticate(conn, username, form.password)
+    user = authenticate(conn, username, form.password)
     if user is None:
         limiter.failed(key)
         audit.note(request, "login_failed", "user", username)
@@ -162,11 +162,10 @@ def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()
 
 @router.post("/refresh", response_model=TokenPair, summary="Swap a refresh token for a new token pair",
              responses={401: {"description": "Refresh token invalid, expired or revoked"}})
-def refresh(request: Request, body: RefreshRequest) -> TokenPair:
+def refresh(request: Request, body: RefreshRequest, conn: Conn) -> TokenPair:
     settings = _settings(request)
     claims = decode_token(body.refresh_token, settings, "refresh")
-    with request.app.state.pool.connection() as conn:
-        user = get_user(conn, claims["sub"])
+    user = get_user(conn, claims["sub"])
     if user is None or not user.active or claims.get("pwv") != user.password_version:
         raise unauthorised("refresh token no longer valid: sign in again")
     audit.set_identity(request, user.username, user.role.value)

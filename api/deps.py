@@ -6,13 +6,13 @@ scope (``carewatch.api.scope``) and note the access for the audit trail in one s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
 from carewatch.api import audit, scope
 from carewatch.api.auth import decode_token, unauthorised
+from carewatch.api.pooling import Conn, get_conn  # noqa: F401  (Conn is the routes' connection; see pooling)
 from carewatch.api.scope import Permission, Principal
 from carewatch.api.users import get_user
 from fastapi import Depends, Query, Request
@@ -22,15 +22,6 @@ from carewatch.settings import Settings
 
 MAX_LIMIT = 500
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
-
-
-def get_conn(request: Request) -> Iterator[psycopg.Connection]:
-    """A pooled connection; the request's work commits when the route returns and rolls back on error."""
-    with request.app.state.pool.connection() as conn:
-        yield conn
-
-
-Conn = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 def current_principal(request: Request, conn: Conn,

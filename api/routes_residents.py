@@ -93,7 +93,8 @@ def update_resident(ctx: Context, resident_id: str, body: ResidentUpdate) -> Res
     ctx.resident(resident_id, action="update", fields=sorted(changes))
     for required in ("display_name", "date_of_birth", "obs_per_day", "baseline_confused", "monitoring"):
         if required in changes and changes[required] is None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{required} cannot be cleared")
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
+                {"loc": ["body", required], "field": required, "msg": "cannot be cleared", "type": "value_error"}])
     if not changes:
         return get_resident(ctx, resident_id)
     assignments = ", ".join(f"{name} = %({name})s" for name in changes)  # names come from the model, not input

@@ -75,6 +75,11 @@ def update_user(ctx: Context, username: str, body: UserUpdate) -> UserOut:
     ctx.require(Permission.MANAGE_USERS)
     changes = body.model_dump(exclude_unset=True)
     ctx.note("update", "user", username, fields=sorted(changes))
+    cleared = [name for name in ("full_name", "role", "active") if name in changes and changes[name] is None]
+    if cleared:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, [
+            {"loc": ["body", name], "field": name, "msg": "cannot be cleared", "type": "value_error"}
+            for name in cleared])
     try:
         return _out(users.update_user(ctx.conn, username, **changes))
     except UserError as exc:

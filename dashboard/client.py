@@ -1,16 +1,36 @@
-"""The dashboard's only way to data: the Carewatch API over HTTP (never the database)."""
+"""The dashboard's only way to data: the Carewatch API over HTTP (never the database).
+
+``ApiClient`` signs in as the person using the dashboard, so the API's role scoping and audit trail apply to
+everything they see. When the short-lived access token expires it swaps the refresh token once and retries.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+from carewatch.scoring.kinds import SEVERITY_RANK
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
-COLOUR_MARK = {"green": "🟢", "yellow": "🟡", "orange": "🟠", "red": "🔴", "grey": "⚪"}
+UNRESOLVED = ("open", "acknowledged", "escalated")
+
+_http_lock = threading.Lock()
+_http_clients: dict[tuple[str, float], httpx.Client] = {}
+
+
+def _http(base_url: str, timeout: float) -> httpx.Client:
+    """One keep-alive connection pool per API address, shared by every session of this dashboard process."""
+    with _http_lock:
+        client = _http_clients.get((base_url, timeout))
+        if client is None or client.is_closed:
+            client = httpx.Client(base_url=base_url, timeout=timeout)
+            _http_clients[(base_url, timeout)] = client
+        return client
 
 
 class ApiError(RuntimeError):
@@ -21,72 +41,208 @@ class ApiError(RuntimeError):
         self.status = status
 
 
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        detail = body.get("message") or body.get("detail")
+        if isinstance(detail, list):
+            return "; ".join(f"{d.get('field', '')}: {d.get('msg', '')}" if isinstance(d, dict) else str(d)
+                             for d in detail)
+        return detail if isinstance(detail, str) else str(detail)
+    return str(body)
+
+
 @dataclass
 class ApiClient:
     base_url: str
     token: str | None = None
-    timeout: float = 10.0
+    refresh_token: str | None = None
+    timeout: float = 15.0
+    on_tokens: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+
+    # -- transport ---------------------------------------------------------------------------------------
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return _http(self.base_url, self.timeout).request(method, path, headers=headers, **kwargs)
+
+    def _raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, **kwargs)
+        if response.status_code == 401 and self.refresh_token and not path.startswith("/auth/"):
+            self._refresh()
+            response = self._send(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        return response
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers) as http:
-            response = http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("message") or response.json().get("detail")
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail if isinstance(detail, str) else str(detail))
+        response = self._raw(method, path, **kwargs)
         return response.json() if response.content else None
 
+    def _refresh(self) -> None:
+        response = self._send("POST", "/auth/refresh", json={"refresh_token": self.refresh_token})
+        if response.status_code != 200:
+            self.refresh_token = None
+            raise ApiError(401, "your session has expired: sign in again")
+        self._take(response.json())
+
+    def _take(self, tokens: dict[str, Any]) -> None:
+        self.token = tokens["access_token"]
+        self.refresh_token = tokens.get("refresh_token")
+        if self.on_tokens is not None:
+            self.on_tokens(tokens)
+
+    # -- sign-in -----------------------------------------------------------------------------------------
     def login(self, username: str, password: str) -> dict[str, Any]:
         tokens = self._request("POST", "/auth/token", data={"username": username, "password": password})
-        self.token = tokens["access_token"]
+        self._take(tokens)
         return tokens
 
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/auth/me")
 
+    # -- sites and residents -----------------------------------------------------------------------------
     def sites(self, kind: str | None = None) -> list[dict[str, Any]]:
         return self._request("GET", "/sites", params={"limit": 500, **({"kind": kind} if kind else {})})["items"]
 
     def overview(self, site_id: str) -> dict[str, Any]:
         return self._request("GET", f"/sites/{site_id}/overview")
 
-    def alerts(self, site: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/alerts", params={"limit": 200, **({"site": site} if site else {})})["items"]
+    def residents(self, site: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/residents", params={"limit": 500, **({"site": site} if site else {})})["items"]
 
-    def acknowledge(self, alert_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/alerts/{alert_id}/acknowledge", json={})
+    def resident(self, resident_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}")
 
+    def monitoring(self, resident_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}/monitoring")
+
+    def baselines(self, resident_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}/baselines")
+
+    def readings(self, resident_id: str, metric: str, start: datetime, end: datetime) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}/readings",
+                             params={"metric": metric, "from": start.isoformat(), "to": end.isoformat()})
+
+    def sbard(self, resident_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}/sbard")
+
+    def sbard_text(self, resident_id: str) -> str:
+        return self._raw("GET", f"/residents/{resident_id}/sbard", params={"format": "text"}).text
+
+    # -- observations ------------------------------------------------------------------------------------
+    def prefill(self, resident_id: str, minutes: int = 15) -> dict[str, Any]:
+        return self._request("GET", f"/residents/{resident_id}/observations/prefill", params={"minutes": minutes})
+
+    def record_observation(self, resident_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", f"/residents/{resident_id}/observations", json=body)
+
+    def observations(self, resident_id: str, since: datetime | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["since"] = since.isoformat()
+        return self._request("GET", f"/residents/{resident_id}/observations", params=params)["items"]
+
+    # -- alerts ------------------------------------------------------------------------------------------
+    def alerts(self, site: str | None = None, resident: str | None = None,
+               statuses: tuple[str, ...] = UNRESOLVED, limit: int = 200) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "status": list(statuses)}
+        if site:
+            params["site"] = site
+        if resident:
+            params["resident"] = resident
+        return self._request("GET", "/alerts", params=params)["items"]
+
+    def alert(self, alert_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/alerts/{alert_id}")
+
+    def acknowledge(self, alert_id: int, comment: str | None = None) -> dict[str, Any]:
+        return self._request("POST", f"/alerts/{alert_id}/acknowledge", json={"comment": comment} if comment else {})
+
+    def escalate(self, alert_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"outcome": outcome}
+        if comment:
+            body["comment"] = comment
+        return self._request("POST", f"/alerts/{alert_id}/escalate", json=body)
+
+    def resolve(self, alert_id: int, resolution: str) -> dict[str, Any]:
+        return self._request("POST", f"/alerts/{alert_id}/resolve", json={"resolution": resolution})
+
+    def comment(self, alert_id: int, text: str) -> dict[str, Any]:
+        return self._request("POST", f"/alerts/{alert_id}/comment", json={"text": text})
+
+    # -- households --------------------------------------------------------------------------------------
     def behaviour(self, site_id: str, days: int = 28) -> dict[str, Any]:
         return self._request("GET", f"/households/{site_id}/behaviour", params={"days": days})
 
+    @staticmethod
+    def _calculator(days: int, hours_released: float | None, hourly_rate: float | None,
+                    caseload: int | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"days": days}
+        for name, value in (("hours_released", hours_released), ("hourly_rate", hourly_rate),
+                            ("caseload", caseload)):
+            if value is not None:
+                params[name] = value
+        return params
 
-def news2_text(badge: dict[str, Any] | None) -> str:
-    """NEWS2 as colour mark + number + word: never colour alone."""
-    if badge is None:
-        return "not shared"
-    if badge.get("score") is None:
-        return f"{COLOUR_MARK['grey']} {badge.get('label', 'No score yet')}"
-    return f"{COLOUR_MARK.get(badge['colour'], '')} {badge['score']} {badge['label']}"
+    def rightsizing(self, site_id: str, days: int = 28, hours_released: float | None = None,
+                    hourly_rate: float | None = None, caseload: int | None = None) -> dict[str, Any]:
+        return self._request("GET", f"/households/{site_id}/rightsizing",
+                             params=self._calculator(days, hours_released, hourly_rate, caseload))
+
+    def report_csv(self, site_id: str, days: int = 28) -> bytes:
+        return self._raw("GET", f"/households/{site_id}/report.csv", params={"days": days}).content
+
+    def report_pdf(self, site_id: str, days: int = 28, hours_released: float | None = None,
+                   hourly_rate: float | None = None, caseload: int | None = None) -> bytes:
+        return self._raw("GET", f"/households/{site_id}/report.pdf",
+                         params=self._calculator(days, hours_released, hourly_rate, caseload)).content
+
+    # -- estate ------------------------------------------------------------------------------------------
+    def devices(self, site: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/devices", params={"limit": 500, **({"site": site} if site else {})})["items"]
+
+    def gateways(self, site: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/gateways", params={"limit": 500, **({"site": site} if site else {})})["items"]
+
+    def dead_letters(self, site: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        return self._request("GET", "/dead-letters",
+                             params={"limit": limit, **({"site": site} if site else {})})["items"]
+
+    def adoption(self, days: int = 28, site: str | None = None) -> dict[str, Any]:
+        return self._request("GET", "/reports/adoption", params={"days": days, **({"site": site} if site else {})})
 
 
-def obs_text(resident: dict[str, Any]) -> str:
-    due = resident.get("next_obs_due")
-    if resident.get("obs_overdue"):
-        return "OVERDUE"
-    if due:
-        return f"due {datetime.fromisoformat(due).astimezone(LOCAL_TZ):%H:%M}"
-    return "-"
+# ------------------------------------------------------------------------------------------------------------
+# Wording shared by the pages (pure)
+# ------------------------------------------------------------------------------------------------------------
+def local_time(value: str | datetime | None, fmt: str = "%H:%M") -> str:
+    if value is None:
+        return "-"
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at.astimezone(LOCAL_TZ).strftime(fmt)
 
 
-def resident_rows(overview: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per resident for the care-home grid."""
-    return [{
-        "Resident": r["display_name"],
-        "NEWS2": news2_text(r["news2"]),
-        "Observations": obs_text(r),
-        "Open alerts": f"{r['open_alerts']} ({r['worst_severity']})" if r["open_alerts"] else "0",
-        "Devices": "; ".join(w["problem"] for w in r["device_warnings"]) or "ok",
-    } for r in overview["residents"]]
+def ago(value: str | datetime | None, now: datetime) -> str:
+    """'5 min ago', '3 h ago', '2 days ago' (or 'never')."""
+    if value is None:
+        return "never"
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    minutes = int((now - at).total_seconds() // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 90:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h ago"
+    return f"{minutes // (24 * 60)} days ago"
+
+
+def urgency(resident: dict[str, Any]) -> tuple[int, int, int, int, str]:
+    """Sort key: most worrying first (worst open alert, NEWS2, overdue observations, device problems), then name."""
+    score = (resident.get("news2") or {}).get("score")
+    return (-SEVERITY_RANK.get(resident.get("worst_severity") or "", -1), -(score if score is not None else -1),
+            -int(bool(resident.get("obs_overdue"))), -len(resident.get("device_warnings") or []),
+            resident["display_name"])

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test suite talks to real servers. Make sure their programs exist: PostgreSQL (server binaries),
-# Mosquitto (the dashboard's browser tests will add Debian's Chromium). Root installs them with apt-get; a normal user with passwordless sudo too;
+# Mosquitto, and Debian's Chromium for the dashboard's browser tests. Root installs them with apt-get; a normal user with passwordless sudo too;
 # otherwise we say what is missing (the suite then uses pip-installed PostgreSQL and skips what it cannot run).
 set -uo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # tests/dashboard/test_dashboard_browser.py (Playwright drives it)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   sudo=""

@@ -114,7 +114,8 @@ def test_users_crud_by_admin(client: TestClient, world: World, db: psycopg.Conne
     assert duplicate.status_code == 409
     no_site = client.post("/users", headers=admin, json={"username": f"x-{world.uid}", "role": "manager",
                                                          "password": "a long password"})
-    assert no_site.status_code == 422 and "site" in no_site.json()["detail"]
+    assert no_site.status_code == 422 and "site" in no_site.json()["message"]
+    assert "site" in no_site.json()["detail"][0]["msg"]  # one 422 shape: a list of field errors
     changed = client.patch(f"/users/{name}", headers=admin, json={"role": "manager"})
     assert changed.json()["role"] == "manager"
     listed = client.get("/users", headers=admin, params={"site": world.home_a, "limit": 500}).json()["items"]

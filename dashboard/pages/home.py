@@ -1,0 +1,53 @@
+"""Care home: every resident as a card (NEWS2 number, word and colour; observations due; alerts; devices), most
+worrying first, with big buttons to act on the chosen resident."""
+
+from __future__ import annotations
+
+import streamlit as st
+from carewatch.dashboard import ui
+from carewatch.dashboard.client import urgency
+
+c = ui.client()
+with ui.api_errors():
+    site = ui.care_home_site(c)
+    if site is None:
+        st.stop()
+    overview = c.overview(site)
+
+residents = sorted(overview["residents"], key=urgency)
+st.title(overview["site"]["name"])
+st.caption("Most worrying first. NEWS2 shows the score, the risk word and a colour.")
+
+alerts = sum(r["open_alerts"] for r in residents)
+overdue = sum(bool(r["obs_overdue"]) for r in residents)
+cols = st.columns(4)
+cols[0].metric("Residents", len(residents))
+cols[1].metric("Open alerts", alerts)
+cols[2].metric("Observations overdue", overdue)
+cols[3].metric("Device warnings", len(overview["device_warnings"]))
+
+by_id = {r["resident_id"]: r for r in residents}
+if residents:
+    ui.choose("Choose a resident", list(by_id), lambda r: ui.resident_label(by_id[r]), "resident_id",
+              "home-resident")
+    b1, b2, b3 = st.columns(3)
+    if b1.button("Record a health check", type="primary", width="stretch"):
+        st.switch_page("pages/health_check.py")
+    if b2.button("SBARD summary", width="stretch"):
+        st.switch_page("pages/sbard.py")
+    if b3.button("Charts and history", width="stretch"):
+        st.switch_page("pages/resident.py")
+
+show = st.segmented_control("Show", ["Everyone", "Needs attention"], default="Everyone", key="home-filter")
+shown = [r for r in residents if show != "Needs attention" or r["open_alerts"] or r["obs_overdue"]
+         or r["device_warnings"] or ((r.get("news2") or {}).get("score") or 0) >= 1]
+if not shown:
+    st.info("No resident needs attention right now.")
+else:
+    st.html('<div class="cw-grid">' + "".join(ui.resident_card(r) for r in shown) + "</div>")
+
+room_warnings = [w for w in overview["device_warnings"] if w["resident_id"] is None]
+if room_warnings:
+    st.subheader("Room devices needing attention")
+    for w in room_warnings:
+        st.markdown(f"- **{w['kind']}** in {w['room'] or 'the home'} ({w['device_id']}): {w['problem']}")

@@ -1,0 +1,207 @@
+"""Streamlit helpers shared by the pages: the signed-in client, badges (colour + number + word), resident
+choice that follows the person across pages, and the tablet-friendly style."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+from carewatch.dashboard.client import ApiClient, ApiError
+from carewatch.scoring.kinds import AlertKind
+
+from carewatch import palette
+from carewatch.settings import get_settings
+
+SESSION_KEYS = ("token", "refresh_token", "me", "resident_id", "alert_id", "obs_result", "site_id")
+
+#: Large touch targets (at least 48 px), readable type, and the badge/card styles.
+CSS = f"""
+<style>
+.stButton button, .stDownloadButton button, .stFormSubmitButton button {{ min-height: 3rem; font-size: 1.05rem; }}
+.stNumberInput input, .stTextInput input, .stTextArea textarea {{ font-size: 1.15rem; min-height: 2.8rem; }}
+.stCheckbox label, .stRadio label {{ font-size: 1.05rem; min-height: 2rem; }}
+.cw-badge {{ display: inline-block; padding: 0.15rem 0.6rem; border-radius: 0.4rem; font-weight: 700; }}
+.cw-grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr)); gap: 0.6rem; }}
+.cw-card {{ border: 2px solid #767676; border-radius: 0.6rem; padding: 0.6rem 0.8rem; background: #FFFFFF;
+           color: {palette.INK}; line-height: 1.45; }}
+.cw-card h4 {{ margin: 0 0 0.3rem 0; font-size: 1.1rem; color: {palette.INK}; }}
+.cw-card .cw-line {{ font-size: 0.95rem; }}
+.cw-big {{ font-size: 1.6rem; padding: 0.3rem 0.9rem; }}
+</style>
+"""
+
+ALERT_KIND_WORDS: dict[str, str] = {
+    AlertKind.NEWS2: "NEWS2 score", AlertKind.NEWS2_RISING: "NEWS2 rising",
+    AlertKind.SPO2_BELOW_BASELINE: "oxygen below usual",
+    AlertKind.TEMPERATURE_ABOVE_BASELINE: "temperature above usual",
+    AlertKind.SOFT_SIGNS: "soft signs", AlertKind.OBS_OVERDUE: "observations overdue",
+    AlertKind.NIGHT_BATHROOM: "more bathroom visits at night", AlertKind.KITCHEN_INACTIVITY: "kitchen not used",
+    AlertKind.NO_MORNING_ACTIVITY: "no morning activity", AlertKind.LONG_BATHROOM_STAY: "long stay in bathroom",
+    AlertKind.ROOM_COLD: "room cold", AlertKind.ROOM_HOT: "room hot", AlertKind.CARE_REVIEW: "care review evidence",
+    AlertKind.DEVICE_SILENT: "device silent", AlertKind.HOUSEHOLD_SILENT: "household silent",
+    AlertKind.BATTERY_LOW: "battery low", AlertKind.DEVICE_FAULT: "device fault",
+    AlertKind.GATEWAY_OFFLINE: "gateway offline",
+}
+SEVERITY_WORDS = {"high": "HIGH: act now", "medium": "MEDIUM: within the hour", "low": "LOW: today",
+                  "info": "INFO: for review"}
+
+
+esc = html.escape
+
+
+def style() -> None:
+    st.html(CSS)
+
+
+def client() -> ApiClient:
+    """The API client for the signed-in person (tokens are kept in their session)."""
+    base = st.session_state.get("api_url") or get_settings().api_base_url
+
+    def keep(tokens: dict[str, Any]) -> None:
+        st.session_state["token"] = tokens["access_token"]
+        st.session_state["refresh_token"] = tokens.get("refresh_token")
+
+    return ApiClient(base, token=st.session_state.get("token"), refresh_token=st.session_state.get("refresh_token"),
+                     on_tokens=keep)
+
+
+def me() -> dict[str, Any]:
+    """The signed-in person (a page reached after signing out stops here and says so)."""
+    if "me" not in st.session_state:
+        st.info("You are signed out. Reload the page to sign in again.")
+        st.stop()
+    return st.session_state["me"]
+
+
+def sign_out() -> None:
+    for key in SESSION_KEYS:
+        st.session_state.pop(key, None)
+
+
+@contextmanager
+def api_errors() -> Iterator[None]:
+    """Show an API refusal in plain words instead of a stack trace; an expired session goes back to sign-in."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 401:
+            sign_out()
+            st.warning("Your session has expired: please sign in again.")
+            st.stop()
+        elif exc.status == 403:
+            st.error(f"You do not have access to this: {exc}")
+        elif exc.status == 404:
+            st.error(f"Not found, or not yours to see: {exc}")
+        else:
+            st.error(f"The server refused this: {exc}")
+        st.stop()
+
+
+def badge(swatch: palette.Swatch, text: str, big: bool = False) -> str:
+    """A coloured label that always carries its words (HTML)."""
+    size = " cw-big" if big else ""
+    return (f'<span class="cw-badge{size}" style="background:{swatch.background};color:{swatch.text}">'
+            f"{html.escape(text)}</span>")
+
+
+def news2_badge(news2: dict[str, Any] | None, big: bool = False) -> str:
+    if news2 is None:
+        return badge(palette.NEWS2["grey"], "NEWS2 not shared", big)
+    if news2.get("score") is None:
+        return badge(palette.NEWS2["grey"], f"NEWS2: {news2.get('label') or 'no score yet'}", big)
+    return badge(palette.NEWS2.get(news2["colour"], palette.NEWS2["grey"]),
+                 f"NEWS2 {news2['score']} {news2['label']}", big)
+
+
+def severity_badge(severity: str) -> str:
+    return badge(palette.SEVERITY.get(severity, palette.SEVERITY["info"]), SEVERITY_WORDS.get(severity, severity))
+
+
+def kind_words(kind: str) -> str:
+    return ALERT_KIND_WORDS.get(kind, kind.replace("_", " "))
+
+
+def choose(label: str, options: Sequence[str], names: Callable[[str], str], state_key: str, widget_key: str,
+           ) -> str | None:
+    """A selectbox whose choice is kept in ``state_key`` across pages (widget keys are forgotten off-page)."""
+    if not options:
+        return None
+    current = st.session_state.get(state_key)
+    index = options.index(current) if current in options else 0
+
+    def remember() -> None:
+        st.session_state[state_key] = st.session_state[widget_key]
+
+    chosen = st.selectbox(label, options, index=index, format_func=names, key=widget_key, on_change=remember)
+    st.session_state[state_key] = chosen
+    return chosen
+
+
+def care_home_site(c: ApiClient) -> str | None:
+    """The signed-in person's care home; an admin chooses one."""
+    mine = me().get("site_id")
+    if mine:
+        return mine
+    homes = c.sites(kind="care_home")
+    names = {h["site_id"]: h["name"] for h in homes}
+    if not names:
+        st.info("There are no care homes to show.")
+        return None
+    return choose("Care home", list(names), lambda s: names[s], "site_id", "pick-site")
+
+
+def pick_resident_in_home(c: ApiClient, widget_key: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Choose a resident of the caller's home (most worrying first); returns (resident_id, overview)."""
+    from carewatch.dashboard.client import urgency
+
+    site = care_home_site(c)
+    if site is None:
+        return None, None
+    overview = c.overview(site)
+    residents = sorted(overview["residents"], key=urgency)
+    by_id = {r["resident_id"]: r for r in residents}
+    rid = choose("Resident", list(by_id), lambda r: resident_label(by_id[r]), "resident_id", widget_key)
+    return rid, overview
+
+
+def resident_label(r: dict[str, Any]) -> str:
+    news2 = r.get("news2") or {}
+    score = news2.get("score")
+    text = f"{r['display_name']}: NEWS2 {score} {news2.get('label', '')}" if score is not None else \
+        f"{r['display_name']}: {news2.get('label', 'no score yet')}"
+    if r.get("open_alerts"):
+        text += f", {r['open_alerts']} open alert{'s' if r['open_alerts'] != 1 else ''}"
+    if r.get("obs_overdue"):
+        text += ", observations overdue"
+    return text
+
+
+def resident_card(r: dict[str, Any]) -> str:
+    """One resident on the home grid (HTML): NEWS2 number + word + colour, observations due, alerts, devices."""
+    from carewatch.dashboard.client import local_time
+
+    lines = [f"<h4>{html.escape(r['display_name'])}</h4>", f"<div>{news2_badge(r.get('news2'))}</div>"]
+    if r.get("obs_overdue"):
+        lines.append(f'<div class="cw-line">{badge(palette.WARNING, "Observations OVERDUE")} '
+                     f"(were due {local_time(r.get('next_obs_due'))})</div>")
+    elif r.get("next_obs_due"):
+        lines.append(f'<div class="cw-line">Observations due at {local_time(r["next_obs_due"])}</div>')
+    if r.get("open_alerts"):
+        count = r["open_alerts"]
+        lines.append(f'<div class="cw-line">{count} open alert{"s" if count != 1 else ""}: '
+                     f"{severity_badge(r.get('worst_severity') or 'info')}</div>")
+    else:
+        lines.append('<div class="cw-line">No open alerts</div>')
+    for w in r.get("device_warnings") or []:
+        lines.append(f'<div class="cw-line">{badge(palette.WARNING, "Device")} {html.escape(w["kind"])}: '
+                     f"{html.escape(w['problem'])}</div>")
+    if r.get("scale2"):
+        lines.append('<div class="cw-line">SpO2 Scale 2 (target 88-92%)</div>')
+    if r.get("monitoring") == "paused":
+        lines.append('<div class="cw-line">Monitoring paused</div>')
+    border = palette.SEVERITY[r["worst_severity"]].background if r.get("worst_severity") in palette.SEVERITY \
+        else "#767676"
+    return f'<div class="cw-card" style="border-color:{border}">{"".join(lines)}</div>'
