@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
+from carewatch.scoring.schedule import CARE_PLAN_ROUND_HOURS
 
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag
 
@@ -236,13 +237,9 @@ KIT_DEVICE_KINDS = (DeviceKind.PULSE_OXIMETER, DeviceKind.BP_CUFF, DeviceKind.TH
 # ------------------------------------------------------------------------------------------------------------
 # Observation routine
 # ------------------------------------------------------------------------------------------------------------
-ROUND_HOURS: dict[int, tuple[float, ...]] = {
-    1: (8.0,),
-    2: (8.0, 20.0),
-    3: (8.0, 14.0, 20.0),
-    4: (8.0, 12.0, 16.0, 20.0),
-    6: (2.0, 6.0, 10.0, 14.0, 18.0, 22.0),
-}
+#: Care-plan round times: the platform's own definition (what it expects staff to do), so the simulated staff
+#: and the observation schedule agree on when routine rounds happen.
+ROUND_HOURS: dict[int, tuple[float, ...]] = CARE_PLAN_ROUND_HOURS
 
 
 @dataclass(frozen=True, slots=True)

@@ -609,10 +609,16 @@ class ScenarioSpec(_Model):
                 hours = float(params["hours_to_flat"])
                 start, low = float(params["start_pct"]), float(params["low_pct"])
                 below_low = max(0.0, (start - low) / max(start, 1e-9)) * hours
-                return (
-                    ExpectSpec(alert=AlertKind.BATTERY_LOW, within=timedelta(hours=below_low + 7)),
-                    ExpectSpec(alert=AlertKind.DEVICE_SILENT, within=timedelta(hours=hours + 6)),
-                )
+                low_spec = ExpectSpec(alert=AlertKind.BATTERY_LOW, within=timedelta(hours=below_low + 7))
+                # A device only counts as silent once it has been quiet longer than its kind normally is (a
+                # fridge sensor 12 h, a motion sensor 6 h: scoring.rules.EXPECTED_INTERVAL), plus an hour for
+                # the check to run; a battery changed before then never makes it silent.
+                quiet = self._silent_after()
+                replaced = self.fault.replaced_after
+                if replaced is not None and replaced <= quiet:
+                    return (low_spec,)
+                return (low_spec, ExpectSpec(alert=AlertKind.DEVICE_SILENT,
+                                             within=timedelta(hours=hours) + quiet + timedelta(hours=1)))
             return (ExpectSpec(alert=AlertKind.DEVICE_FAULT, within=timedelta(hours=1)),)
         if self.kind is ScenarioKind.GATEWAY_OUTAGE:
             if self.duration >= LONG_OUTAGE:
@@ -621,6 +627,16 @@ class ScenarioSpec(_Model):
                 return (ExpectSpec(alert=None, within=self.duration, must_not=(AlertKind.GATEWAY_OFFLINE,)),)
             return (ExpectSpec(alert=None, within=self.duration),)
         return tuple(ExpectSpec(alert=a, within=parse_duration(w)) for a, w in self.info.expect)
+
+    def _silent_after(self) -> timedelta:
+        """How long the target device may stay quiet before the platform calls it silent."""
+        from carewatch.firmware_sim.household import SENSORS  # household imports this module
+        from carewatch.scoring.rules import DEFAULT_EXPECTED_INTERVAL, EXPECTED_INTERVAL
+
+        t = self.target
+        kind = t.device_kind if t.device_kind is not None else (
+            SENSORS[t.device].device_kind if t.device in SENSORS else None)
+        return EXPECTED_INTERVAL.get(kind.value, DEFAULT_EXPECTED_INTERVAL) if kind else DEFAULT_EXPECTED_INTERVAL
 
     def fault_params(self) -> dict[str, float | str]:
         assert self.fault is not None

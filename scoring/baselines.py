@@ -13,18 +13,20 @@ least ``delta`` from the median in the worrying direction (one odd value is not 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.stats import median_abs_deviation
 
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
 #: Float slack for the ">= delta" comparisons (3.0 below must alert, 2.9 below must not).
 TOLERANCE: Final = 1e-9
 
+#: MAD scaled to a normal SD: 1 / Phi^-1(3/4), as scipy.stats.median_abs_deviation(scale="normal").
+MAD_NORMAL_SCALE: Final = 1.482602218505602
 BASELINE_DAYS: Final = 14.0
 BASELINE_EXCLUDE_HOURS: Final = 24.0
 BASELINE_MIN_COUNT: Final = 8
@@ -96,7 +98,8 @@ def rolling_baselines(
     has = count > 0
     if has.any():
         median[has] = np.nanmedian(windowed[has], axis=1)
-        mad[has] = median_abs_deviation(windowed[has], axis=1, nan_policy="omit", scale="normal")
+        # scipy's median_abs_deviation(scale="normal", nan_policy="omit"), vectorised (its NaN path loops per row)
+        mad[has] = np.nanmedian(np.abs(windowed[has] - median[has, None]), axis=1) * MAD_NORMAL_SCALE
     return Baselines(median, mad, count.astype(np.int64), count >= min_count)
 
 
@@ -147,6 +150,7 @@ class Rise:
     reference_time: NDArray[np.float64]
     rise: NDArray[np.float64]
     alert: NDArray[np.bool_]
+    latest_complete: NDArray[np.bool_]  # the newest set is complete (only then can it show the score came down)
 
 
 def news2_rise(
@@ -187,7 +191,69 @@ def news2_rise(
     rise = latest - reference
     with np.errstate(invalid="ignore"):
         alert = has_ref & (rise >= points - TOLERANCE)
-    return Rise(latest, latest_time, reference, reference_time, rise, alert)
+    latest_complete = has & c[rows, safe]
+    return Rise(latest, latest_time, reference, reference_time, rise, alert, latest_complete)
+
+
+#: A value the resident commonly has when stable: within the 10th-90th percentile of their own values.
+USUAL_PERCENTILES: Final = (10.0, 90.0)
+
+
+@dataclass(frozen=True, eq=False)
+class UsualNews2:
+    """Per row, from the resident's *complete* sets in the baseline window (RESTORE2: "know the resident's normal
+    NEWS, the score when they are stable"): the range of values they commonly have for each numeric parameter
+    (10th-90th percentile), the median subscore of the others (air or oxygen, consciousness), and whether there
+    were enough sets to trust it."""
+
+    low: dict[str, NDArray[np.float64]]
+    high: dict[str, NDArray[np.float64]]
+    subscores: dict[str, NDArray[np.float64]]
+    count: NDArray[np.int64]
+    trusted: NDArray[np.bool_]
+
+
+def usual_news2(values: dict[str, ArrayLike], subscores: dict[str, ArrayLike], times: ArrayLike,
+                now: float) -> UsualNews2:
+    """``values[parameter]`` (numeric parameters), ``subscores[parameter]`` (the rest) and ``times`` are 2-D, one
+    row per resident, one column per complete set (NaN-padded). Same window and trust rule as every baseline
+    (H-BASE-01), so an illness developing now cannot become "usual"."""
+    t = _as_2d("times", times)
+    used_window = (t >= now - BASELINE_DAYS * DAY) & (t < now - BASELINE_EXCLUDE_HOURS * HOUR)
+    count = used_window.sum(axis=1).astype(np.int64)
+    low: dict[str, NDArray[np.float64]] = {}
+    high: dict[str, NDArray[np.float64]] = {}
+    for name, raw in values.items():
+        windowed = np.where(used_window, _as_2d(name, raw), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN: never usual
+            low[name], high[name] = np.nanpercentile(windowed, USUAL_PERCENTILES, axis=1)
+    medians = {name: rolling_baselines(raw, t, now).median for name, raw in subscores.items()}
+    return UsualNews2(low, high, medians, count, count >= BASELINE_MIN_COUNT)
+
+
+def at_usual(subscores: dict[str, int | None], values: dict[str, float | None], usual: UsualNews2, row: int) -> bool:
+    """True when every parameter that scores in this set does so at a value the resident commonly has (within
+    their own 10th-90th percentile; for air/oxygen and consciousness: no more than their usual subscore), on a
+    trusted baseline. Values, not subscores, so a fever (38.5 °C, 1 point) is never mistaken for a resident's
+    usual cool 36.0 °C (also 1 point)."""
+    if not usual.trusted[row]:
+        return False
+    for name, points in subscores.items():
+        if points is None:
+            return False
+        if points == 0:
+            continue
+        if name in usual.low:
+            value = values.get(name)
+            lo, hi = usual.low[name][row], usual.high[name][row]
+            if value is None or np.isnan(lo) or not lo - TOLERANCE <= value <= hi + TOLERANCE:
+                return False
+        else:
+            median = usual.subscores.get(name)
+            if median is None or np.isnan(median[row]) or points > median[row] + TOLERANCE:
+                return False
+    return True
 
 
 def pad_rows(rows: list[list[float]]) -> NDArray[np.float64]:

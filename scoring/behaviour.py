@@ -248,7 +248,9 @@ class HouseholdData:
 
     site_id: str
     name: str
-    events: Sequence[BehaviourEvent]  # the last ~15 days
+    #: the last ~16 days as the engine loads them: every event of the last 36 h; before that night-time (00-06)
+    #: bathroom visits and night activity, and the newest front-door and kitchen events (all the rules use)
+    events: Sequence[BehaviourEvent]
     roles: frozenset[str]  # behaviour roles of the household's active devices
     has_other_motion: bool  # a motion sensor outside the bathroom (needed for the long-lie rule)
     last_motion_at: datetime | None  # newest indoor motion "on" reading, any room
@@ -260,6 +262,9 @@ class HouseholdData:
     care_package: str | None = None
     gateway_offline: bool = False
     data_since: datetime | None = None  # oldest time the loaded data covers (first device bound)
+    #: room -> warmest reading in the same hour of the day (the hour before ``now``) on each of the previous
+    #: days that have readings (up to ROOM_USUAL_DAYS): what this room is usually like at this time
+    room_past_max: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
 
 def _finding_args(h: HouseholdData) -> tuple[str, str]:
@@ -441,6 +446,17 @@ ROOM_HOT_ABOVE: Final = 26.0
 ROOM_VERY_HOT_ABOVE: Final = 30.0
 ROOM_SUSTAINED: Final = timedelta(hours=1)
 ROOM_MIN_READINGS: Final = 2
+#: A room below 18 °C (not below 16 °C) at an hour when it was also below 18 °C on at least ROOM_USUAL_MIN of
+#: the previous ROOM_USUAL_DAYS days is this home's known pattern (e.g. a bedroom cooling overnight): not raised
+#: again every day (H-HOME-05).
+ROOM_USUAL_DAYS: Final = 7
+ROOM_USUAL_MIN: Final = 4
+
+
+def usually_cold(h: HouseholdData, room: str) -> bool:
+    """The room was below ROOM_COLD_BELOW throughout this hour of the day on most recent days."""
+    past = list(h.room_past_max.get(room, ()))[:ROOM_USUAL_DAYS]
+    return len(past) >= ROOM_USUAL_MIN and sum(v < ROOM_COLD_BELOW for v in past) >= ROOM_USUAL_MIN
 
 
 def _rooms_in_window(h: HouseholdData, now: datetime) -> dict[str, list[RoomTemperature]]:
@@ -453,7 +469,8 @@ def _rooms_in_window(h: HouseholdData, now: datetime) -> dict[str, list[RoomTemp
 
 def room_temperature_findings(h: HouseholdData, now: datetime) -> list[Finding]:
     """Cold (< 18 °C) or hot (> 26 °C) for every reading of the last hour in a room (at least 2 readings);
-    resolved when every room with data has been in range for the last hour."""
+    resolved when every room with data has been in range for the last hour. A room colder than 18 °C (but not
+    16 °C) at an hour when it usually is (``usually_cold``) is the home's known pattern: held, not raised."""
     subject, site = _finding_args(h)
     rooms = _rooms_in_window(h, now)
     enough = {room: rows for room, rows in rooms.items() if len(rows) >= ROOM_MIN_READINGS}
@@ -468,6 +485,14 @@ def room_temperature_findings(h: HouseholdData, now: datetime) -> list[Finding]:
         if not enough:
             out.append(hold(kind, subject, site))
             continue
+        if kind is AlertKind.ROOM_COLD and bad:
+            # a known pattern (cold at this hour most days) is not news; below 16 °C always is
+            new_bad = {room: rows for room, rows in bad.items()
+                       if all(very(r.value) for r in rows) or not usually_cold(h, room)}
+            if not new_bad:
+                out.append(hold(kind, subject, site, "below 18 °C as on most days at this time (known pattern)"))
+                continue
+            bad = new_bad
         if not bad:
             in_range = all(not test(r.value) for rows in enough.values() for r in rows)
             if in_range:
@@ -518,12 +543,23 @@ CARE_REVIEW_SETTLED: Final = 5
 SETTLED_MAX_BATHROOM_VISITS: Final = 1
 
 
+#: A bedroom PIR also sees a sleeper turn over: bedroom motion counts as being up only when an episode lasts this
+#: long (awake and restless); anywhere else (bar the bathroom trip) any motion counts (H-HOME-07).
+BEDROOM_RESTLESS: Final = timedelta(minutes=10)
+
+
+def _awake_at_night(e: BehaviourEvent) -> bool:
+    if e.kind != "night_activity" or e.detail.get("bathroom_trip"):
+        return False
+    return e.detail.get("role") != "bedroom" or e.ended_at - e.started_at >= BEDROOM_RESTLESS
+
+
 def settled_nights(h: HouseholdData, nights: Sequence[date]) -> NDArray[np.bool_]:
-    """A night is settled when the sensors were heard, there was no activity other than bathroom trips, and at
-    most one bathroom visit (00:00-06:00)."""
+    """A night is settled when the sensors were heard, nobody was up (no activity other than bathroom trips and
+    the odd movement in bed), and there was at most one bathroom visit (00:00-06:00)."""
     heard = np.array([d in h.nights_heard for d in nights], dtype=bool)
     visits = night_counts(h.events, nights, "bathroom_visit")
-    other = night_counts([e for e in h.events if not e.detail.get("bathroom_trip")], nights, "night_activity")
+    other = night_counts([e for e in h.events if _awake_at_night(e)], nights, "night_activity")
     return heard & (visits <= SETTLED_MAX_BATHROOM_VISITS) & (other == 0)
 
 

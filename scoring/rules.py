@@ -695,11 +695,16 @@ def gateway_offline(gw: GatewayState, now: datetime) -> bool:
 
 
 def gateway_finding(gw: GatewayState, now: datetime) -> Finding:
+    """gateway_offline once the hub has been offline or silent for GATEWAY_SILENT_AFTER. An explicit 'offline'
+    (the broker's last will, ~90 s after the link drops) waits out the same grace: a router reboot of a few
+    minutes must not alert (H-DEV-04); rules that *hold* while the hub is offline use ``gateway_offline`` at once."""
     kind = AlertKind.GATEWAY_OFFLINE
     if gw.last_seen is None and gw.state != "offline":
         return hold(kind, gw.gateway_id, gw.site_id)
     if not gateway_offline(gw, now):
         return clear_alert(kind, gw.gateway_id, gw.site_id, f"Hub {gw.gateway_id} is back online.")
+    if gw.last_seen is not None and now - gw.last_seen < GATEWAY_SILENT_AFTER:
+        return hold(kind, gw.gateway_id, gw.site_id, "offline for less than the grace period")
     why = "reported itself offline" if gw.state == "offline" else "has not been heard"
     since = f" (last heard {local_time(gw.last_seen)})" if gw.last_seen else ""
     where = gw.site_name or gw.site_id

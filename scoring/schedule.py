@@ -16,38 +16,80 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
 from carewatch.scoring.kinds import AlertKind, Severity
-from carewatch.scoring.rules import Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
+from carewatch.scoring.rules import LOCAL_TZ, Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
 
 CONTINUOUS_RECHECK = timedelta(minutes=15)
 #: An observation round counts as overdue this long after it was due (a round takes time to get round).
 OVERDUE_GRACE = timedelta(minutes=15)
 
+#: When a care plan's routine rounds happen (local hours). Care homes take routine observations by day (four a
+#: day is 08/12/16/20, not every 6 h round the clock); six a day is the first plan that runs through the night.
+#: Other counts are spread evenly over 24 h. The simulator's staff follow the same table (H-OBS-10).
+CARE_PLAN_ROUND_HOURS: dict[int, tuple[float, ...]] = {
+    1: (8.0,),
+    2: (8.0, 20.0),
+    3: (8.0, 14.0, 20.0),
+    4: (8.0, 12.0, 16.0, 20.0),
+    6: (2.0, 6.0, 10.0, 14.0, 18.0, 22.0),
+}
+#: A round takes time to get round: a resident's set may be taken up to this long after the round starts.
+ROUND_SPREAD = timedelta(minutes=90)
+
 
 def care_plan_interval(obs_per_day: int) -> timedelta:
+    """The care plan's average gap (24 h / rounds a day)."""
     if not 1 <= obs_per_day <= 24:
         raise ValueError(f"obs_per_day must be 1-24, not {obs_per_day}")
     return timedelta(hours=24) / obs_per_day
 
 
-def observation_interval(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int) -> timedelta:
-    """Longest allowed gap before the next set, for a set with this response."""
-    plan = care_plan_interval(obs_per_day)
+def care_plan_gap(obs_per_day: int, taken_at: datetime | None = None) -> timedelta:
+    """How long after a set taken at ``taken_at`` the care plan's next round falls due.
+
+    With round times (CARE_PLAN_ROUND_HOURS): the set belongs to the latest round that started no more than
+    ROUND_SPREAD after it; the next set is due as long after it as the next round is after that one (a resident
+    seen 40 min into the 20:00 round is due 40 min into the 08:00 round), but never later than ROUND_SPREAD
+    into the next round (an extra check at 03:00 does not push the 08:00 round back).
+    """
+    average = care_plan_interval(obs_per_day)
+    hours = CARE_PLAN_ROUND_HOURS.get(obs_per_day)
+    if taken_at is None or hours is None:
+        return average
+    local = taken_at.astimezone(LOCAL_TZ)
+    starts = [datetime.combine(local.date() + timedelta(days=d), time(0), tzinfo=LOCAL_TZ) + timedelta(hours=h)
+              for d in (-1, 0, 1) for h in hours]
+    current = max(r for r in starts if r <= local + ROUND_SPREAD)
+    following = min(r for r in starts if r > current)
+    due = min(local + (following - current), following + ROUND_SPREAD)
+    return max(due - local, timedelta(minutes=30))
+
+
+def observation_interval(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int, *,
+                         at_usual: bool = False, taken_at: datetime | None = None) -> timedelta:
+    """Longest allowed gap before the next set, for a set with this response (taken at ``taken_at``: the care
+    plan's round times; without it, its average gap).
+
+    ``at_usual``: a complete low (1-4) set in which no parameter scores more than it usually does for this
+    resident (``baselines.at_usual``, H-OBS-09): their known stable score, which follows the care plan like a 0.
+    """
+    plan = care_plan_gap(obs_per_day, taken_at)
     if response.continuous:
         band = CONTINUOUS_RECHECK
-    elif response.risk is Risk.LOW and score == 0 and complete:
-        band = plan  # adapted: a stable 0 follows the care plan
+    elif response.risk is Risk.LOW and complete and (score == 0 or at_usual):
+        band = plan  # adapted: a stable 0, or the resident's own stable score, follows the care plan
     else:
         band = response.min_interval
     return min(band, plan)
 
 
 def next_obs_due(taken_at: datetime, response: ClinicalResponse, score: int, complete: bool,
-                 obs_per_day: int) -> datetime:
-    return taken_at + observation_interval(response, score, complete, obs_per_day)
+                 obs_per_day: int, *, at_usual: bool = False) -> datetime:
+    return taken_at + observation_interval(response, score, complete, obs_per_day, at_usual=at_usual,
+                                           taken_at=taken_at)
 
 
 def first_obs_due(created_at: datetime, obs_per_day: int) -> datetime:

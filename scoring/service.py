@@ -1,11 +1,12 @@
 """The scorer service: LISTEN for new readings, evaluate within about a second, tick time-based rules.
 
 On start it LISTENs first (so nothing notified during start-up is lost), then batch-rescores everything. Each
-loop waits up to ``poll_s`` for NOTIFY payloads (``{"subjects": [...], "max_received_at": iso}``), evaluates the
-notified subjects together, and every ``tick_s`` runs the fast tick (escalations, overdue observations); every
-``slow_tick_s`` the slow one (households, devices, gateways). The stored-to-alert latency of each alert is
-logged. A lost database connection is re-opened with back-off; an error in one evaluation is logged and the
-loop carries on.
+loop wakes on the first NOTIFY payload (``{"subjects": [...], "max_received_at": iso}``; at most ``poll_s``
+apart), takes every other payload already queued, and evaluates the notified subjects together. A second thread
+with its own connection runs the fast tick every ``tick_s`` (escalations, overdue observations) and every
+``slow_tick_s`` the slow one (households, devices, gateways), so time-based rules never delay fresh readings.
+The stored-to-alert latency of each alert is logged. A lost database connection is re-opened with back-off; an
+error in one evaluation is logged and the loop carries on.
 """
 
 from __future__ import annotations
@@ -96,40 +97,68 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, poll_s: float, tick_s:
             _log_summary("rescored", summary)
         else:
             log.info("scorer_started", clock=clock.mode, waiting_for="first readings")
-        next_tick = time.monotonic() + tick_s
-        next_slow = time.monotonic() + slow_tick_s
-        while not stop.is_set():
-            pending: set[str] = set()
-            for note in listen.notifies(timeout=poll_s):
-                subjects, stamp = parse_payload(note.payload)
-                if not subjects and stamp is None:
-                    log.warning("bad_notify_payload", payload=note.payload[:200])
-                pending.update(subjects)
-                clock.observe(stamp)
-            if pending:
-                try:
-                    summary = evaluate_subjects(work, sorted(pending), clock.now())
-                except psycopg.OperationalError:
-                    raise
-                except Exception:
-                    log.exception("evaluate_failed", subjects=len(pending))
-                else:
-                    _log_summary("evaluated", summary, subjects=len(pending))
-            mono = time.monotonic()
-            if mono >= next_tick and clock.ready:
-                slow = mono >= next_slow
-                try:
-                    summary = tick(work, clock.now(), slow=slow)
-                except psycopg.OperationalError:
-                    raise
-                except Exception:
-                    log.exception("tick_failed", slow=slow)
-                else:
-                    _log_summary("ticked", summary, slow=slow)
-                next_tick = mono + tick_s
-                if slow:
-                    next_slow = mono + slow_tick_s
+        # Time-based rules run in their own thread and connection: a slow tick (every household and device) must
+        # never hold up the evaluation of freshly notified readings (H-ALERT-10).
+        done = threading.Event()
+        ticker = threading.Thread(target=_tick_loop, args=(dsn, stop, done, clock, tick_s, slow_tick_s),
+                                  name="carewatch-scorer-tick", daemon=True)
+        ticker.start()
+        try:
+            while not stop.is_set():
+                pending: set[str] = set()
+                # wake on the first notification (not at the end of the poll window), then take what else is queued
+                for note in (*listen.notifies(timeout=poll_s, stop_after=1), *listen.notifies(timeout=0.0)):
+                    subjects, stamp = parse_payload(note.payload)
+                    if not subjects and stamp is None:
+                        log.warning("bad_notify_payload", payload=note.payload[:200])
+                    pending.update(subjects)
+                    clock.observe(stamp)
+                if pending:
+                    try:
+                        summary = evaluate_subjects(work, sorted(pending), clock.now())
+                    except psycopg.OperationalError:
+                        raise
+                    except Exception:
+                        log.exception("evaluate_failed", subjects=len(pending))
+                    else:
+                        _log_summary("evaluated", summary, subjects=len(pending))
+        finally:
+            done.set()
+            ticker.join(timeout=60)
         log.info("scorer_stopped")
+
+
+def _tick_loop(dsn: str, stop: threading.Event, done: threading.Event, clock: Clock, tick_s: float,
+               slow_tick_s: float) -> None:
+    """Every ``tick_s`` the fast tick, every ``slow_tick_s`` the slow one, on a connection of its own; a lost
+    connection is re-opened with back-off without disturbing the evaluation loop."""
+    backoff = 1.0
+    next_slow = time.monotonic() + slow_tick_s
+    while not (stop.is_set() or done.is_set()):
+        try:
+            with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-tick") as conn:
+                backoff = 1.0
+                while not (stop.is_set() or done.is_set()):
+                    if done.wait(tick_s) or stop.is_set():
+                        return
+                    if not clock.ready:
+                        continue
+                    mono = time.monotonic()
+                    slow = mono >= next_slow
+                    try:
+                        summary = tick(conn, clock.now(), slow=slow)
+                    except psycopg.OperationalError:
+                        raise
+                    except Exception:
+                        log.exception("tick_failed", slow=slow)
+                    else:
+                        _log_summary("ticked", summary, slow=slow, tick_ms=round((time.monotonic() - mono) * 1000))
+                    if slow:
+                        next_slow = time.monotonic() + slow_tick_s
+        except psycopg.OperationalError as exc:
+            log.warning("tick_database_unavailable", error=str(exc), retry_in_s=backoff)
+            done.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
 
 
 def main(settings: Settings) -> None:

@@ -370,3 +370,17 @@ def test_targets_that_do_not_exist_are_refused() -> None:
     with pytest.raises(ScenarioError, match="no sensor 'toaster'"):
         build("  - {id: a, kind: device_fault, onset: 2h, target: {household: 0, device: toaster}, "
               "fault: {kind: clock_unset}}")
+
+
+def test_flat_battery_silence_is_expected_only_after_the_device_kind_may_be_quiet(world_and_events: tuple) -> None:
+    """device_silent is due once the dead device has been quiet longer than its kind normally is (bathroom
+    sensor 6 h) plus an hour; a kit oximeter replaced before its 36 h is up is never expected to be silent."""
+    from carewatch.scoring.rules import EXPECTED_INTERVAL
+
+    world, _ = world_and_events
+    rows = {r["id"]: r for r in world.ground_truth()}
+    onset = datetime.fromisoformat(rows["batt#2"]["onset"])
+    assert datetime.fromisoformat(rows["batt#2"]["expected_by"]) == (
+        onset + timedelta(hours=36) + EXPECTED_INTERVAL["bathroom_sensor"] + timedelta(hours=1))
+    kit = [r["expected_alert"] for r in world.ground_truth() if r["scenario"] == "kitbatt"]
+    assert kit == ["battery_low"]  # replaced after 10 h: never silent for the 36 h a spot-check device may be

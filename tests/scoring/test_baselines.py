@@ -128,3 +128,63 @@ def test_news2_rise_ignores_partial_reference_and_old_sets() -> None:
     assert np.isnan(rise.reference[0])
     assert rise.alert.tolist() == [False, False]
     assert rise.reference[1] == 3.0
+
+
+def test_news2_rise_says_whether_the_newest_set_is_complete() -> None:
+    scores = [[4.0, 2.0], [4.0, 6.0]]
+    times = [[NOW - 5 * H, NOW - H], [NOW - 5 * H, NOW - H]]
+    rise = bl.news2_rise(scores, times, [[True, False], [True, True]], NOW)
+    assert rise.latest_complete.tolist() == [False, True]
+    assert rise.alert.tolist() == [False, True]
+
+
+def _usual(values: dict[str, list[float]], subscores: dict[str, list[float]] | None = None,
+           n: int = 10) -> bl.UsualNews2:
+    """One resident with ``n`` complete sets a day apart, with these values and subscores (each cycled)."""
+    times = [[NOW - (11 - i) * D for i in range(n)]]
+
+    def rows(columns: dict[str, list[float]]) -> dict[str, list[list[float]]]:
+        return {name: [[seq[i % len(seq)] for i in range(n)]] for name, seq in columns.items()}
+
+    return bl.usual_news2(rows(values), rows(subscores or {}), times, NOW)
+
+
+def test_usual_news2_is_the_resident_s_own_value_range_and_needs_enough_sets() -> None:
+    usual = _usual({"spo2": [94.0, 95.0, 96.0, 95.0, 94.0]}, {"consciousness": [3.0, 3.0, 0.0]})
+    assert usual.low["spo2"][0] == pytest.approx(94.0) and usual.high["spo2"][0] == pytest.approx(96.0)
+    assert usual.subscores["consciousness"].tolist() == [3.0]
+    assert usual.trusted.tolist() == [True]
+    assert _usual({"spo2": [95.0]}, n=7).trusted.tolist() == [False]  # fewer than 8 sets: not trusted
+    # the last 24 h never count as usual (an illness developing now cannot become the baseline)
+    recent = bl.usual_news2({"spo2": [[90.0] * 10]}, {}, [[NOW - i * H for i in range(10)]], NOW)
+    assert recent.count.tolist() == [0] and np.isnan(recent.low["spo2"][0])
+
+
+def test_at_usual_only_when_every_scoring_value_is_one_the_resident_commonly_has() -> None:
+    usual = _usual({"spo2": [95.0, 94.0], "temperature": [36.0, 35.9], "pulse": [70.0, 75.0]},
+                   {"consciousness": [0.0]})
+    usual_set = {"spo2": 95.0, "temperature": 36.0, "pulse": 72.0}
+    scores = {"spo2": 1, "temperature": 1, "pulse": 0, "consciousness": 0}
+    assert bl.at_usual(scores, usual_set, usual, 0)
+    assert bl.at_usual({**scores, "spo2": 0}, {**usual_set, "spo2": 97.0}, usual, 0)  # better than usual
+    # a fever scores 1 like their usual cool 36.0 does, but it is not their usual picture
+    assert not bl.at_usual(scores, {**usual_set, "temperature": 38.5}, usual, 0)
+    # a pulse of 95 scores where their usual 70-75 does not
+    assert not bl.at_usual({**scores, "pulse": 1}, {**usual_set, "pulse": 95.0}, usual, 0)
+    assert not bl.at_usual({**scores, "consciousness": 3}, usual_set, usual, 0)  # new confusion
+    assert not bl.at_usual({**scores, "pulse": None}, {**usual_set, "pulse": None}, usual, 0)  # not measured
+    untrusted = _usual({"spo2": [95.0, 94.0], "temperature": [36.0], "pulse": [72.0]}, n=5)
+    assert not bl.at_usual(scores, usual_set, untrusted, 0)
+
+
+def test_vectorised_mad_equals_scipy_with_missing_values() -> None:
+    from scipy.stats import median_abs_deviation
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(96, 1.5, (40, 12)).round()
+    values[rng.random(values.shape) < 0.3] = np.nan
+    times = np.tile([NOW - (12 - i) * D for i in range(12)], (40, 1))
+    base = bl.rolling_baselines(values, times, NOW, days=13, min_count=1)
+    used = np.where((times >= NOW - 13 * D) & (times < NOW - D), values, np.nan)  # the last 24 h excluded
+    expected = median_abs_deviation(used, axis=1, nan_policy="omit", scale="normal")
+    assert np.allclose(base.mad, expected, equal_nan=True)

@@ -205,6 +205,35 @@ def test_room_temperature(values: list[float], cold: tuple[str, Severity | None]
     assert hot_f.state == hot
 
 
+def _usually(room: str, warmest: list[float]) -> dict[str, list[float]]:
+    return {room: warmest}
+
+
+@pytest.mark.parametrize(
+    ("values", "past", "state", "severity"),
+    [
+        ([17.4, 17.2, 17.0], [17.5, 17.6, 17.3, 17.8, 17.2, 17.4, 17.6], "hold", None),  # known pattern
+        ([17.4, 17.2, 17.0], [17.5, 17.6, 17.3, 19.8, 19.2, 19.4, 19.6], "raise", Severity.LOW),  # 3 of 7: new
+        ([17.4, 17.2, 17.0], [17.5, 17.6, 17.3], "raise", Severity.LOW),  # too few days to call it usual
+        ([15.8, 15.5, 15.2], [15.5, 15.6, 15.3, 15.8, 15.2, 15.4, 15.6], "raise", Severity.MEDIUM),  # < 16 always
+        ([19.0, 19.2, 19.5], [17.5, 17.6, 17.3, 17.8, 17.2, 17.4, 17.6], "clear", None),
+    ],
+)
+def test_room_cold_known_pattern_is_not_raised_again(values: list[float], past: list[float], state: str,
+                                                     severity: Severity | None) -> None:
+    h = household(room_temperatures=_temps(values, "bedroom"), room_past_max=_usually("bedroom", past))
+    cold, _ = bh.room_temperature_findings(h, at(DAY, 12))
+    assert (cold.state, cold.severity) == (state, severity)
+
+
+def test_room_cold_raises_for_the_room_that_changed_not_the_usual_one() -> None:
+    temps = _temps([17.4, 17.2, 17.0], "bedroom") + _temps([17.9, 17.6, 17.5], "living")
+    h = household(room_temperatures=temps,
+                  room_past_max={"bedroom": [17.5] * 7, "living": [20.5] * 7})
+    cold, _ = bh.room_temperature_findings(h, at(DAY, 12))
+    assert cold.state == "raise" and "living" in cold.reason and "bedroom" not in cold.reason
+
+
 def test_household_silent() -> None:
     h = household(last_heard=at(DAY, 9))
     assert bh.household_silent_finding(h, at(DAY, 12)).state == "clear"
@@ -232,6 +261,22 @@ def test_care_review_after_settled_nights(settled: int, state: str) -> None:
     assert f.state == state
     if state == "raise":
         assert f.severity is Severity.INFO and f"{settled} of the last 7" in f.reason
+
+
+def test_sleep_movements_in_the_bedroom_do_not_unsettle_a_night_but_restlessness_does() -> None:
+    """A bedroom PIR sees a sleeper turn over every half hour or so: short bedroom episodes are not "up"."""
+    settled = _nights(7, 0)
+    events = list(settled.events)
+    for i in range(7):
+        night = DAY - timedelta(days=i)
+        events += [BehaviourEvent("night_activity", at(night, h, 10), at(night, h, 12),
+                                  detail={"role": "bedroom", "bathroom_trip": False}) for h in (1, 2, 4)]
+    f = bh.care_review_finding(replace(settled, events=events), at(DAY, 8))
+    assert f.state == "raise"
+    nights = [DAY - timedelta(days=i) for i in range(3)]
+    restless = events + [BehaviourEvent("night_activity", at(n, 3), at(n, 3, 25),
+                                        detail={"role": "bedroom", "bathroom_trip": False}) for n in nights]
+    assert bh.care_review_finding(replace(settled, events=restless), at(DAY, 8)).state == "clear"  # 4 of 7
 
 
 def test_care_review_needs_data_nights() -> None:

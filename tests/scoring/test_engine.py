@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from carewatch.scoring import lifecycle
 from carewatch.scoring.engine import evaluate_subjects, tick
+from carewatch.scoring.schedule import care_plan_gap
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 _seq = itertools.count(1)
@@ -171,7 +172,8 @@ def test_staff_set_completes_the_round_and_low_complete_score_resolves(db, home,
     state = db.execute("SELECT news2_score, news2_complete, next_obs_due FROM resident_state WHERE resident_id = %s",
                        (resident,)).fetchone()
     assert state[0] == 0 and state[1] is True
-    assert state[2] == t2 + timedelta(minutes=2) + timedelta(hours=12)
+    taken = t2 + timedelta(minutes=2)  # the set's time is its newest reading's
+    assert state[2] == taken + care_plan_gap(2, taken)  # a complete 0 follows the care plan's next round
 
 
 def test_partial_low_set_does_not_resolve_or_downgrade(db, home, resident) -> None:
@@ -267,11 +269,12 @@ def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
 
 
 def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
-    add_manual_set(db, home, resident, NOW - timedelta(hours=13), respiration_rate=16, spo2=97, systolic_bp=125,
-                   pulse=70, temperature=36.8)
-    evaluate_subjects(db, [resident], NOW - timedelta(hours=13))
+    taken = NOW - timedelta(hours=13)
+    add_manual_set(db, home, resident, taken, respiration_rate=16, spo2=97, systolic_bp=125, pulse=70,
+                   temperature=36.8)
+    evaluate_subjects(db, [resident], taken)
     due = db.execute("SELECT next_obs_due FROM resident_state WHERE resident_id = %s", (resident,)).fetchone()[0]
-    assert due == NOW - timedelta(hours=1)
+    assert due == taken + care_plan_gap(2, taken) and due <= NOW - timedelta(hours=1)  # 2 a day: at most 12 h
     tick(db, NOW, slow=False)
     [alert] = alerts(db, resident, "obs_overdue")
     assert alert["severity"] == "low" and alert["status"] == "open"
@@ -388,3 +391,101 @@ def test_staff_entry_after_the_device_round_joins_it(db, home, resident) -> None
     rows = db.execute("SELECT source, respiration_rate, spo2, pulse FROM observation_sets WHERE resident_id = %s",
                       (resident,)).fetchall()
     assert rows == [("mixed", 18.0, 95.0, 80.0)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Added with the evaluation (docs/evaluation.md)
+# ------------------------------------------------------------------------------------------------------------
+def add_scored_set(db: psycopg.Connection, site: str, rid: str, at: datetime, **values: Any) -> None:
+    """A complete staff set scored as the API scores it (subscores stored, so it can build a usual score)."""
+    from carewatch.scoring.news2 import score_observation
+    from psycopg.types.json import Jsonb
+
+    result = score_observation(values)
+    db.execute(
+        """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, respiration_rate,
+               spo2, systolic_bp, pulse, consciousness, temperature, score, risk, subscores, complete, missing)
+           VALUES (%s, %s, %s, 'carer1', 'manual', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (rid, site, at, values.get("respiration_rate"), values.get("spo2"), values.get("systolic_bp"),
+         values.get("pulse"), values.get("consciousness"), values.get("temperature"), result.score,
+         result.risk.value, Jsonb(dict(result.subscores)), result.complete, list(result.missing)))
+
+
+USUAL = {"respiration_rate": 16, "spo2": 95, "systolic_bp": 125, "pulse": 70, "temperature": 36.0,
+         "consciousness": "A"}  # SpO2 95 and 36.0 °C score 1 each: this resident's usual NEWS2 is 2
+
+
+def test_known_stable_score_follows_the_care_plan_and_a_new_sign_does_not(db, home, resident) -> None:
+    for day in range(2, 12):
+        add_scored_set(db, home, resident, NOW - timedelta(days=day), **USUAL)
+    taken = NOW - timedelta(minutes=5)
+    add_scored_set(db, home, resident, taken, **USUAL)
+    evaluate_subjects(db, [resident], NOW)
+    due = db.execute("SELECT next_obs_due FROM resident_state WHERE resident_id = %s", (resident,)).fetchone()[0]
+    assert due == taken + care_plan_gap(2, taken)  # their usual 2 follows the care plan (2 rounds a day)
+    # same total 2, but from a new sign (RR 21 scores 2; SpO2 and temperature now score 0): RCP 4-hourly
+    taken = NOW + timedelta(minutes=10)
+    add_scored_set(db, home, resident, taken, **{**USUAL, "respiration_rate": 21, "spo2": 97, "temperature": 36.8})
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=11))
+    due = db.execute("SELECT next_obs_due FROM resident_state WHERE resident_id = %s", (resident,)).fetchone()[0]
+    assert due == taken + min(timedelta(hours=4), care_plan_gap(2, taken))  # RCP: 4-hourly (sooner if a round is)
+
+
+def test_partial_newest_set_does_not_clear_news2_rising(db, home, resident) -> None:
+    add_scored_set(db, home, resident, NOW - timedelta(hours=6), **{**USUAL, "spo2": 97, "temperature": 36.8})
+    add_scored_set(db, home, resident, NOW - timedelta(hours=1),
+                   **{**USUAL, "respiration_rate": 22, "pulse": 95, "temperature": 38.5})  # 0 -> 4
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=50))
+    [alert] = alerts(db, resident, "news2_rising")
+    assert alert["status"] == "open"
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=2), spo2=97, pulse=72)  # device-only: partial, 0
+    evaluate_subjects(db, [resident], NOW)
+    assert alerts(db, resident, "news2_rising")[0]["status"] == "open"  # a partial 0 shows nothing came down
+    add_scored_set(db, home, resident, NOW + timedelta(minutes=60), **{**USUAL, "spo2": 97, "temperature": 36.8})
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=61))
+    assert alerts(db, resident, "news2_rising")[0]["status"] == "resolved"  # a complete 0 does
+
+
+def _behaviour(db: psycopg.Connection, site: str) -> list[tuple[Any, ...]]:
+    return db.execute("SELECT kind, started_at, ended_at, device_id, detail FROM behaviour_events WHERE site_id = %s "
+                      "ORDER BY kind, started_at", (site,)).fetchall()
+
+
+def test_incremental_rederivation_matches_a_full_one_and_takes_late_readings(database, db, flat, uid,
+                                                                             monkeypatch) -> None:
+    """A long-running scorer re-derives only what new readings can change; the events must be exactly those a
+    fresh process (full 36 h window) derives, including a reading uploaded late (buffered by the hub)."""
+    from carewatch.scoring import engine
+
+    db.commit()  # the household rows, for the autocommit connection below
+    db = psycopg.connect(database, autocommit=True)  # each reading its own transaction: real stored_at times
+    monkeypatch.setattr(engine, "STORED_AT_SLACK", timedelta(0))  # steps here are milliseconds apart
+    t0 = NOW - timedelta(hours=30)
+    add_reading(db, flat, flat, f"fridge-{uid}", "door_open", 1, t0 - timedelta(hours=20))  # an older event exists
+    add_reading(db, flat, flat, f"fridge-{uid}", "door_open", 0, t0 - timedelta(hours=20) + timedelta(seconds=30))
+    evaluate_subjects(db, [flat], t0)
+    for step in range(1, 25):  # a bathroom visit and hall walk every hour, evaluated as they arrive
+        at = t0 + timedelta(hours=step)
+        add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, at - timedelta(minutes=20))
+        add_reading(db, flat, flat, f"hall-{uid}", "motion", 0, at - timedelta(minutes=18))
+        add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, at - timedelta(minutes=16))
+        add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, at - timedelta(minutes=4))
+        evaluate_subjects(db, [flat], at)
+        # the visit goes on after that evaluation: the next one must extend it, not leave it as it was
+        add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, at + timedelta(minutes=4))
+        add_reading(db, flat, flat, f"bath-{uid}", "motion", 0, at + timedelta(minutes=6))
+    # a late upload: a bathroom reading from 10 h ago that merges into that visit and one more visit
+    late = t0 + timedelta(hours=14)
+    add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, late - timedelta(minutes=12))
+    add_reading(db, flat, flat, f"bath-{uid}", "motion", 1, late - timedelta(minutes=45))
+    add_reading(db, flat, flat, f"bath-{uid}", "motion", 0, late - timedelta(minutes=40))
+    end = t0 + timedelta(hours=24, minutes=10)
+    evaluate_subjects(db, [flat], end)
+    incremental = _behaviour(db, flat)
+    assert any(r[1] == late - timedelta(minutes=45) for r in incremental)  # the late visit was derived
+    db.execute("DELETE FROM behaviour_events WHERE site_id = %s AND started_at > %s",
+               (flat, end - engine.BEHAVIOUR_LOOKBACK + engine.BEHAVIOUR_EDGE))
+    engine._DERIVED.clear()  # a fresh process: the full window
+    evaluate_subjects(db, [flat], end)
+    assert _behaviour(db, flat) == incremental
+    db.close()

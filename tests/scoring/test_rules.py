@@ -199,4 +199,8 @@ def test_gateway_offline_by_state_or_silence() -> None:
     online = GatewayState("gw-1", "home-1", "online", T0)
     assert gateway_finding(online, T0 + timedelta(minutes=10)).state == "clear"
     assert gateway_finding(online, T0 + timedelta(minutes=11)).state == "raise"
-    assert gateway_finding(GatewayState("gw-1", "home-1", "offline", T0), T0).severity is Severity.MEDIUM
+    # an explicit offline (last will) waits out the same grace: a router reboot must not alert (H-DEV-04)
+    assert gateway_finding(GatewayState("gw-1", "home-1", "offline", T0), T0 + timedelta(minutes=9)).state == "hold"
+    late = gateway_finding(GatewayState("gw-1", "home-1", "offline", T0), T0 + timedelta(minutes=10))
+    assert late.state == "raise" and late.severity is Severity.MEDIUM
+    assert gateway_finding(GatewayState("gw-1", "home-1", "offline", None), T0).state == "raise"  # since when?
