@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from operator import attrgetter
 
@@ -115,6 +115,10 @@ class PersonProfile:
         )
 
 
+#: Share of homes heated from morning to bedtime; the rest heat mornings and evenings only (rationing).
+ALL_DAY_HEATING = 0.75
+
+
 @dataclass(frozen=True, slots=True)
 class HomeProfile:
     setpoint: float  # living room thermostat (°C)
@@ -137,10 +141,12 @@ class HomeProfile:
         morning_on = float(rng.uniform(5.5, 7.0))
         evening_on = float(rng.uniform(15.0, 17.0))
         n_battery = sum(1 for s in SENSORS.values() if s.battery)
-        return cls(
-            setpoint=float(rng.uniform(19.0, 22.5)),
-            heating_periods=((morning_on, morning_on + float(rng.uniform(2.5, 4.5))),
-                             (evening_on, float(rng.uniform(22.0, 23.5)))),
+        setpoint = float(rng.uniform(19.0, 22.5))
+        morning_off = morning_on + float(rng.uniform(2.5, 4.5))
+        evening_off = float(rng.uniform(22.0, 23.5))
+        home = cls(
+            setpoint=setpoint,
+            heating_periods=((morning_on, morning_off), (evening_on, evening_off)),
             tau_h=float(rng.uniform(8.0, 16.0)),
             tau_heat_h=float(rng.uniform(0.7, 1.5)),
             setback=float(rng.uniform(17.0, 18.5)),
@@ -152,6 +158,12 @@ class HomeProfile:
             battery_start=tuple(float(x) for x in rng.uniform(55.0, 100.0, n_battery)),
             battery_drain_per_day=float(rng.uniform(0.03, 0.08)),
         )
+        # Older people are at home all day and most heat all day (BREDEM/SAP's "elderly" regime, 16 h a day);
+        # a minority ration heating to mornings and evenings, as working households do (drawn last, so the
+        # draws above keep their values).
+        if rng.random() < ALL_DAY_HEATING:
+            home = replace(home, heating_periods=((morning_on, evening_off),))
+        return home
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,9 @@ class HouseholdOptions:
     climate_interval_min: float = 10.0
     pir_clear_s: float = 120.0  # motion=0 after this long without a detection
     battery_report_h: float = 6.0
+    #: A mains smart plug reports its power draw periodically (0 W when idle), not only when switched: that is
+    #: how the platform tells a kettle nobody used from a plug that died (device_silent after 1 h).
+    plug_report_min: float = 15.0
 
 
 class Weather:
@@ -311,6 +326,19 @@ def _uniform_free_times(rng: np.random.Generator, n: int, lo: float, hi: float) 
     return np.sort(rng.uniform(lo, hi, n)) if hi > lo and n > 0 else np.empty(0)
 
 
+#: Night-time toilet trips are separate wakings: even with a urine infection's urgency a person is back in bed
+#: for a while before the next one (a trip minutes after the last would be one visit to the sensor, too).
+NIGHT_TOILET_SPACING_S = 25 * 60.0
+
+
+def _spaced_times(rng: np.random.Generator, n: int, lo: float, hi: float, gap: float) -> np.ndarray:
+    """``n`` sorted times in [lo, hi] at least ``gap`` apart, uniform over such arrangements (as many as fit)."""
+    if hi <= lo or n <= 0:
+        return np.empty(0)
+    n = min(n, int((hi - lo) // gap) + 1)
+    return np.sort(rng.uniform(lo, hi - (n - 1) * gap, n)) + gap * np.arange(n)
+
+
 def plan_person_window(
     plan: _Plan,
     profile: PersonProfile,
@@ -377,7 +405,8 @@ def plan_person_window(
     n_wake = int(rng.poisson(max(profile.night_waking + effect_at.get("night_waking", 0.0), 0.0)))
     n_wander = int(rng.poisson(4.0 * float(np.clip(effect_at.get("night_wandering", 0.0), 0.0, 1.0))))
     lo, hi = asleep + 1200.0, next_wake - 900.0
-    for kind, n in (("toilet", n_toilet), ("wake", n_wake), ("wander", n_wander)):
+    night_events.extend((float(t), "toilet") for t in _spaced_times(rng, n_toilet, lo, hi, NIGHT_TOILET_SPACING_S))
+    for kind, n in (("wake", n_wake), ("wander", n_wander)):
         night_events.extend((float(t), kind) for t in _uniform_free_times(rng, n, lo, hi))
     night_events.sort()
     cursor = asleep
@@ -565,6 +594,26 @@ class HouseholdModel:
                     detections["bathroom"], np.sort(rng.uniform(found_at + 30.0, found_at + 1800.0, 60))
                 )
 
+    def _plug_reports(self, start: float, end: float,
+                      discrete: Sequence[tuple[float, str, Metric, float]]) -> list[tuple[float, str, Metric, float]]:
+        """The kettle plug's periodic power report (0 W) on a fixed grid in [start, end), skipping any that would
+        fall inside a boil (the switch events carry the power then)."""
+        every = self.options.plug_report_min * 60.0
+        if every <= 0:
+            return []
+        phase = (self.index * 131.0) % every
+        first = start + (phase - (start - self.clock.midnight(0))) % every
+        times = np.arange(first, end, every)
+        ons = sorted(t for t, sensor, metric, v in discrete if sensor == "kettle" and metric is Metric.POWER_ON
+                     and v == 1.0)
+        offs = sorted(t for t, sensor, metric, v in discrete if sensor == "kettle" and metric is Metric.POWER_ON
+                      and v == 0.0)
+        busy = np.zeros(len(times), dtype=bool)
+        for on in ons:
+            off = next((o for o in offs if o >= on), on + 600.0)
+            busy |= (times >= on - 5.0) & (times <= off + 5.0)
+        return [(float(t), "kettle", Metric.POWER, 0.0) for t in times[~busy]]
+
     def activity_events(self, first_day: int, last_day: int) -> Iterator[SensorEvent]:
         """Motion, door, fridge and kettle events of windows ``first_day``..``last_day``, in order."""
         timeout = self.options.pir_clear_s
@@ -573,8 +622,9 @@ class HouseholdModel:
         leftover: list[tuple[float, str, Metric, float]] = []  # e.g. a door closing after the window ended
         for day in range(first_day, last_day + 1):
             detections, discrete = self.plan_window(day)
-            _, end = self.window_bounds(day)
-            rows: list[tuple[float, str, Metric, float]] = leftover + discrete
+            start, end = self.window_bounds(day)
+            rows: list[tuple[float, str, Metric, float]] = leftover + discrete + self._plug_reports(start, end,
+                                                                                                  discrete)
             for room, times in detections.items():
                 ons, offs, carried[room] = pir_transitions(times, carried[room], timeout, end)
                 sensor = ROOM_SENSOR[room]

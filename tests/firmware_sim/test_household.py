@@ -145,3 +145,32 @@ def test_batteries_report_and_drain_slowly(fortnight: tuple) -> None:
     for values in battery.values():
         assert len(values) >= 14 * 3
         assert values[0] - values[-1] <= 2  # coin cells last years
+
+
+def test_kettle_plug_reports_its_power_periodically_so_it_is_never_silent_for_an_hour(fortnight: tuple) -> None:
+    """A mains plug reports 0 W while idle (the platform's device_silent expects a plug every hour)."""
+    _, events = fortnight
+    by_house: dict[str, list[SensorEvent]] = defaultdict(list)
+    for e in events:
+        if e.sensor == "kettle":
+            by_house[e.household_id].append(e)
+    for samples in by_house.values():
+        gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(samples)]
+        assert max(gaps) <= 15 * 60 + 10  # a report due during a boil is carried by the boil itself
+        idle = [e for e in samples if e.metric is Metric.POWER and e.value == 0.0]
+        assert len(idle) >= 14 * 24 * 3  # about four an hour
+
+
+def test_most_homes_are_heated_through_the_day_and_some_ration(fortnight: tuple) -> None:
+    from carewatch.firmware_sim.household import ALL_DAY_HEATING, HomeProfile
+
+    periods = [len(HomeProfile.draw(np.random.default_rng([5, i])).heating_periods) for i in range(400)]
+    share = periods.count(1) / len(periods)
+    assert abs(share - ALL_DAY_HEATING) < 0.08 and 2 in periods
+    world, events = fortnight
+    # an all-day home keeps its living room warm at midday
+    all_day = [h.id for h in world.households if len(h.home.heating_periods) == 1]
+    assert all_day
+    midday = [e.value for e in events if e.household_id == all_day[0] and e.sensor == "living_climate"
+              and e.metric is Metric.ROOM_TEMPERATURE and 12 <= _local_hour(e) < 14]
+    assert min(midday) >= 18.0
