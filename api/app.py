@@ -8,6 +8,7 @@ is also in the server log.
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -122,8 +123,12 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
     return await call_next(request)
 
 
-def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None = None) -> FastAPI:
-    """Build the API. ``pool`` lets a caller share one; otherwise one is opened (and closed) with the app."""
+def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None = None,
+               freeze_gc: bool = False) -> FastAPI:
+    """Build the API. ``pool`` lets a caller share one; otherwise one is opened (and closed) with the app.
+
+    ``freeze_gc`` (a serving process, see ``create_served_app``): after startup, move every object alive into the
+    GC's permanent generation. Not for processes that build many apps (tests): nothing frozen is ever collected."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -134,6 +139,11 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         if own_pool:
             app.state.pool.open(wait=False)
         app.state.conn_gate = pooling.gate_for(app.state.pool)  # every checkout waits here, not in a thread
+        if freeze_gc:
+            # Startup objects (routes, schemas, models) live as long as the process: keep them out of the cyclic
+            # GC, whose full collections over them were the overview's worst latencies (bench_api.py: p99 ~80 ms).
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -165,3 +175,8 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         app.include_router(module.router)
     app.include_router(routes_reports.router)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app as a long-running server runs it (``carewatch api``; uvicorn factory for worker processes)."""
+    return create_app(freeze_gc=True)

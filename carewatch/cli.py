@@ -215,7 +215,8 @@ def api() -> None:
 
     settings = get_settings()
     _configure_logging()
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(create_app(settings, freeze_gc=True), host=settings.api_host, port=settings.api_port,
+                log_level="warning")
 
 
 @app.command()
