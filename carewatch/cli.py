@@ -250,12 +250,16 @@ def sim(
 
 
 @app.command()
-def news2() -> None:
+def news2(
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when any line was an error (they are always "
+                                "reported in place)."),
+) -> None:
     """Score NEWS2 for JSON lines on stdin, one JSON line out per line in. Keys: respiration_rate, spo2,
-    spo2_scale (1|2), on_oxygen, systolic_bp, pulse, consciousness (A/C/V/P/U), temperature (°C)."""
+    spo2_scale (1|2), on_oxygen, systolic_bp, pulse, consciousness (A/C/V/P/U), temperature (°C); other keys are
+    ignored and listed in "ignored"."""
     from carewatch.scoring.news2_cli import run_news2
 
-    raise typer.Exit(run_news2(sys.stdin, sys.stdout))
+    raise typer.Exit(run_news2(sys.stdin, sys.stdout, strict=strict))
 
 
 @app.command()

@@ -5,15 +5,23 @@ Contract (docs/clinical-safety.md, H-NEWS2-11):
 * Output line k answers input line k, always: a scored object, or ``{"error": "line k: ..."}`` saying what is
   wrong and why. A blank (or whitespace-only) line is an error line too, so the two streams never drift apart.
 * Input keys, each optional or null: respiration_rate, spo2, spo2_scale (1|2, default 1), on_oxygen (default
-  false, i.e. air), systolic_bp, pulse, consciousness (A/C/V/P/U), temperature (°C). Unknown keys are errors.
-* Output: {"score", "risk", "subscores": {...7 parameters, null if not measured}, "complete", "missing"}.
+  false, i.e. air), systolic_bp, pulse, consciousness (A/C/V/P/U), temperature (°C).
+* Other keys (a record's diastolic BP, oxygen device, ...) are not NEWS2 parameters: they are ignored and named
+  in the output's ``ignored`` list, so a misspelt parameter is visible (and, being missing, makes the set
+  incomplete rather than normal). One exception keeps a default from hiding oxygen: a line with an
+  oxygen-looking key (o2, oxygen, fio2, flow) but no ``on_oxygen`` is an error, as is a scale-looking key without
+  ``spo2_scale`` (H-NEWS2-11).
+* Output: {"score", "risk", "subscores": {...7 parameters, null if not measured}, "complete", "missing"}, plus
+  "ignored" when the line had other keys.
 * Lines are read in chunks; each chunk is validated line by line and scored in one vectorised call.
-* Return code: 0 when every line was scored, 1 when at least one line was an error.
+* Return code: 0 when the input was read to the end (errors are reported in their lines); with ``strict``, 1
+  when at least one line was an error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from itertools import islice
 from typing import TextIO
 
@@ -46,20 +54,38 @@ def _error(line_number: int, reason: str) -> str:
     return json.dumps({"error": f"line {line_number}: {reason}"})
 
 
-def _parse(line: str) -> ObservationSet | str:
-    """The validated set, or the reason the line cannot be scored."""
+_KNOWN = frozenset(ObservationSet.model_fields)
+#: Keys that say something about oxygen or the SpO2 scale: their NEWS2 parameter must then be given explicitly.
+_GUARDED = (
+    ("on_oxygen", re.compile(r"o2|oxygen|fio2|flow", re.IGNORECASE),
+     "say true or false: NEWS2 scores supplemental oxygen 2 and air 0, and a missing on_oxygen means air"),
+    ("spo2_scale", re.compile(r"scale", re.IGNORECASE),
+     "say 1 or 2: a missing spo2_scale means Scale 1"),
+)
+
+
+def _parse(line: str) -> tuple[ObservationSet, list[str]] | str:
+    """The validated set and the keys ignored, or the reason the line cannot be scored."""
     if not line.strip():
         return "blank line; expected one JSON object of observations per line"
     try:
-        return ObservationSet.model_validate_json(line)
+        return ObservationSet.model_validate_json(line), []
     except ValidationError as exc:
-        return describe_error(exc)
+        if any(item["type"] != "extra_forbidden" for item in exc.errors()):
+            return describe_error(exc)
+    doc = json.loads(line)  # valid JSON: only unknown keys were wrong
+    ignored = sorted(key for key in doc if key not in _KNOWN)
+    for parameter, looks_like, why in _GUARDED:
+        hints = [key for key in ignored if looks_like.search(key)]
+        if hints and doc.get(parameter) is None:
+            return f"{parameter} is not given but {', '.join(hints)} is: {why}"
+    return ObservationSet.model_validate({k: v for k, v in doc.items() if k in _KNOWN}), ignored
 
 
 def score_lines(lines: list[str], first_line_number: int = 1) -> tuple[list[str], int]:
     """Score one chunk of input lines: (output lines in input order, number of error lines)."""
     parsed = [_parse(line) for line in lines]
-    valid = [item for item in parsed if isinstance(item, ObservationSet)]
+    valid = [item[0] for item in parsed if not isinstance(item, str)]
     rendered: list[str] = []
     if valid:
         scored = score_arrays(**observation_columns(valid))
@@ -80,11 +106,14 @@ def score_lines(lines: list[str], first_line_number: int = 1) -> tuple[list[str]
             out.append(_error(first_line_number + offset, item))
             errors += 1
         else:
-            out.append(next(next_valid))
+            result = next(next_valid)
+            if item[1]:
+                result = f'{result[:-1]}, "ignored": {json.dumps(item[1])}}}'
+            out.append(result)
     return out, errors
 
 
-def run_news2(stdin: TextIO, stdout: TextIO) -> int:
+def run_news2(stdin: TextIO, stdout: TextIO, *, strict: bool = False) -> int:
     """Read observation sets as JSON lines from stdin and write one JSON line per input line to stdout."""
     line_number = 1
     any_errors = False
@@ -95,4 +124,4 @@ def run_news2(stdin: TextIO, stdout: TextIO) -> int:
         any_errors = any_errors or errors > 0
         line_number += len(chunk)
     stdout.flush()
-    return 1 if any_errors else 0
+    return 1 if strict and any_errors else 0
