@@ -115,6 +115,38 @@ def episodes(times: NDArray[np.float64], on: NDArray[np.bool_], merge_gap: float
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
+def on_seconds(times: NDArray[np.float64], on: NDArray[np.bool_], start: float, end: float) -> float:
+    """Seconds within [start, end] that a motion sensor reported "on" (from each "on" to the next "off"; an
+    "on" with no "off" before ``end`` counts to ``end``)."""
+    order = np.argsort(times, kind="stable")
+    total, since = 0.0, None
+    for t, is_on in zip(times[order].tolist(), on[order].tolist(), strict=True):
+        if is_on and since is None:
+            since = t
+        elif not is_on and since is not None:
+            total += max(0.0, min(t, end) - max(since, start))
+            since = None
+    if since is not None:
+        total += max(0.0, end - max(since, start))
+    return total
+
+
+#: A bedroom PIR also sees a sleeper turn over: a bedroom episode counts as someone being up (awake and restless)
+#: only when it lasts at least BEDROOM_UP_MINUTES with the motion "on" for at least BEDROOM_UP_ON_SHARE of it;
+#: a sleeper's movements are brief blips minutes apart. Any other room (bar the bathroom trip) always counts.
+#: Chosen on the simulator's sleepers (H-HOME-07): it removes ~97 % of sleep-motion episodes and keeps ~60 % of
+#: wakeful spells in bed, all wakeful spells out of bed.
+BEDROOM_UP_MINUTES: Final = 15.0
+BEDROOM_UP_ON_SHARE: Final = 0.5
+
+
+def someone_up(role: str | None, duration_s: float, on_s: float) -> bool:
+    """Whether a night-time motion episode shows someone up (see BEDROOM_UP_MINUTES)."""
+    if role != "bedroom":
+        return True
+    return duration_s >= BEDROOM_UP_MINUTES * 60 and on_s >= BEDROOM_UP_ON_SHARE * duration_s
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Local time helpers
 # ------------------------------------------------------------------------------------------------------------
@@ -181,7 +213,8 @@ def derive_events(readings: Sequence[SensorReading], now: datetime) -> list[Beha
     by_device: dict[str, list[SensorReading]] = {}
     for r in readings:
         by_device.setdefault(r.device_id, []).append(r)
-    motion_eps: list[tuple[float, float, str, str | None]] = []  # indoor motion episodes: start, end, device, role
+    # indoor motion episodes: start, end, device, role, seconds the motion was "on" within the episode
+    motion_eps: list[tuple[float, float, str, str | None, float]] = []
     for device_id, rows in by_device.items():
         role = rows[0].role
         for kind, want_role, metrics, gap in EVENT_SOURCES:
@@ -195,20 +228,21 @@ def derive_events(readings: Sequence[SensorReading], now: datetime) -> list[Beha
                 events.append(BehaviourEvent(kind, _dt(start), _dt(end), device_id, {"role": role}))
         motion = [r for r in rows if r.metric in MOTION_METRICS]
         if motion:
-            for start, end in episodes(_epoch(r.measured_at for r in motion), np.array([r.is_on for r in motion]),
-                                       NIGHT_MERGE_GAP.total_seconds()):
-                motion_eps.append((start, end, device_id, role))
+            times, on = _epoch(r.measured_at for r in motion), np.array([r.is_on for r in motion])
+            for start, end in episodes(times, on, NIGHT_MERGE_GAP.total_seconds()):
+                motion_eps.append((start, end, device_id, role, on_seconds(times, on, start, end)))
 
     visits = [e for e in events if e.kind == "bathroom_visit"]
-    for start, end, device_id, role in motion_eps:
+    for start, end, device_id, role, on_s in motion_eps:
         if role == "bathroom" or night_of(_dt(start)) is None:
             continue
         s, e = _dt(start), _dt(end)
         trip = any(v.started_at - BATHROOM_TRIP_MARGIN <= e and s <= v.ended_at + BATHROOM_TRIP_MARGIN
                    for v in visits)
-        events.append(BehaviourEvent("night_activity", s, e, device_id, {"role": role, "bathroom_trip": trip}))
+        events.append(BehaviourEvent("night_activity", s, e, device_id,
+                                     {"role": role, "bathroom_trip": trip, "up": someone_up(role, end - start, on_s)}))
 
-    indoor = np.array(sorted(t for s, e, _, role in motion_eps if role != "front_door" for t in (s, e)))
+    indoor = np.array(sorted(t for s, e, _, role, _ in motion_eps if role != "front_door" for t in (s, e)))
     margin = DOOR_CONTEXT.total_seconds()
     out = []
     for ev in events:
@@ -543,15 +577,15 @@ CARE_REVIEW_SETTLED: Final = 5
 SETTLED_MAX_BATHROOM_VISITS: Final = 1
 
 
-#: A bedroom PIR also sees a sleeper turn over: bedroom motion counts as being up only when an episode lasts this
-#: long (awake and restless); anywhere else (bar the bathroom trip) any motion counts (H-HOME-07).
-BEDROOM_RESTLESS: Final = timedelta(minutes=10)
-
-
 def _awake_at_night(e: BehaviourEvent) -> bool:
+    """Someone was up at night, apart from the trip to the bathroom (events derived before ``up`` existed: any
+    bedroom episode of BEDROOM_UP_MINUTES or more counts)."""
     if e.kind != "night_activity" or e.detail.get("bathroom_trip"):
         return False
-    return e.detail.get("role") != "bedroom" or e.ended_at - e.started_at >= BEDROOM_RESTLESS
+    up = e.detail.get("up")
+    if up is None:
+        return e.detail.get("role") != "bedroom" or e.ended_at - e.started_at >= timedelta(minutes=BEDROOM_UP_MINUTES)
+    return bool(up)
 
 
 def settled_nights(h: HouseholdData, nights: Sequence[date]) -> NDArray[np.bool_]:

@@ -700,7 +700,7 @@ _FREQUENT = (Metric.ROOM_TEMPERATURE.value, Metric.MOTION.value, Metric.HUMIDITY
 _METRICS_FREQUENT_FIRST = [*_FREQUENT, *sorted(m.value for m in Metric if m.value not in _FREQUENT)]
 _TICK = timedelta(microseconds=1)
 _EVENT_COLUMNS = ("site_id, event_id, kind, started_at, ended_at, device_id, detail->>'role', "
-                  "detail->>'direction', (detail->>'bathroom_trip')::boolean, "
+                  "detail->>'direction', (detail->>'bathroom_trip')::boolean, (detail->>'up')::boolean, "
                   "CASE WHEN started_at >= %(recent)s THEN detail END")
 
 
@@ -847,14 +847,14 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
         derived = {(e.kind, e.started_at): e for e in derive_events(sensor, now) if e.started_at >= window_from}
         events: dict[tuple[str, datetime], BehaviourEvent] = {}
         held: dict[tuple[str, datetime], tuple[datetime | None, Any]] = {}
-        for event_id, kind, s, e, dev, role, direction, trip, detail in home.stored:
+        for event_id, kind, s, e, dev, role, direction, trip, up, detail in home.stored:
             key = (kind, s)
             if window_from <= s <= now and key not in derived and kind in _DERIVED_KINDS:
                 vanished.append(event_id)  # the readings no longer support it (e.g. two visits merged by a late one)
                 continue
             held[key] = (e, detail)
-            slim = {k: v for k, v in (("role", role), ("direction", direction), ("bathroom_trip", trip))
-                    if v is not None}
+            slim = {k: v for k, v in (("role", role), ("direction", direction), ("bathroom_trip", trip),
+                                      ("up", up)) if v is not None}
             events[key] = BehaviourEvent(kind, s, e or s, dev, slim)
         changed += [(site_id, ev) for key, ev in derived.items() if key not in held or held[key][0] != ev.ended_at
                     or held[key][1] != _json_safe(dict(ev.detail))]

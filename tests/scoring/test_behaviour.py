@@ -281,3 +281,28 @@ def test_sleep_movements_in_the_bedroom_do_not_unsettle_a_night_but_restlessness
 
 def test_care_review_needs_data_nights() -> None:
     assert bh.care_review_finding(household(), at(DAY, 8)).state == "hold"
+
+
+def test_on_seconds_counts_on_time_within_the_window() -> None:
+    times = np.array([0.0, 120.0, 600.0, 720.0, 1000.0])
+    on = np.array([True, False, True, False, True])
+    assert bh.on_seconds(times, on, 0.0, 1100.0) == pytest.approx(120 + 120 + 100)  # the last "on" runs to the end
+    assert bh.on_seconds(times, on, 60.0, 700.0) == pytest.approx(60 + 100)
+
+
+def test_a_sleeper_s_bedroom_blips_are_not_someone_up_but_a_restless_spell_and_the_hall_are() -> None:
+    night = DAY
+    sleeper = [  # turning over: two 2-minute blips 14 minutes apart merge into one 16-minute episode
+        _sr("m-bed", "bedroom", "motion", 1, at(night, 2, 0)), _sr("m-bed", "bedroom", "motion", 0, at(night, 2, 2)),
+        _sr("m-bed", "bedroom", "motion", 1, at(night, 2, 14)), _sr("m-bed", "bedroom", "motion", 0, at(night, 2, 16)),
+    ]
+    restless = [_sr("m-bed", "bedroom", "motion", v, at(night, 3, m)) for m, v in
+                ((0, 1), (6, 0), (7, 1), (13, 0), (14, 1), (20, 0))]  # on 18 of 20 minutes
+    hall = [_sr("m-hall", None, "motion", 1, at(night, 4, 0)), _sr("m-hall", None, "motion", 0, at(night, 4, 2))]
+    events = [e for e in bh.derive_events(sleeper + restless + hall, at(night, 12)) if e.kind == "night_activity"]
+    up = sorted((e.started_at, e.detail["up"]) for e in events)
+    assert up == [(at(night, 2, 0), False), (at(night, 3, 0), True), (at(night, 4, 0), True)]
+    h = household(events=events, nights_heard=frozenset({night}))
+    assert bh.settled_nights(replace(h, events=[e for e in events if e.started_at < at(night, 3)]), [night]).tolist() \
+        == [True]
+    assert bh.settled_nights(h, [night]).tolist() == [False]
