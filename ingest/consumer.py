@@ -173,6 +173,10 @@ class IngestWorker:
         self.subscribed = threading.Event()
 
         self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=queue_size)
+        self._in_hand: list[Inbound] = []  # the batch the writer is committing (not in the queue any more)
+        # Read at scrape time, so they keep moving while the writer is stuck retrying a commit.
+        metrics.QUEUE_DEPTH.labels(worker_id).set_function(self.pending_messages)
+        metrics.OLDEST_PENDING.labels(worker_id).set_function(self.oldest_pending_seconds)
         self._stopping = threading.Event()
         self._abandon = threading.Event()  # stop retrying a failing commit (shutdown deadline passed)
         self._ack_lock = threading.Lock()
@@ -334,17 +338,31 @@ class IngestWorker:
                     acked += 1
         return acked
 
+    # -- consumer lag -------------------------------------------------------------------------------------
+    def pending_messages(self) -> int:
+        """Messages received but not yet committed: the queue plus the batch in hand."""
+        return self._queue.qsize() + len(self._in_hand)
+
+    def oldest_pending_seconds(self) -> float:
+        """How long the oldest uncommitted message has waited (0 when none): the consumer's lag behind the broker."""
+        in_hand = self._in_hand
+        oldest = in_hand[0].received_at if in_hand else None
+        if oldest is None:
+            with self._queue.mutex:
+                oldest = self._queue.queue[0].received_at if self._queue.queue else None
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
+
     # -- writer -------------------------------------------------------------------------------------------
     def _run_writer(self) -> None:
         while True:
             self._maybe_maintain()
             self._maybe_request_resends()
             items = self._collect()
-            metrics.QUEUE_DEPTH.labels(self.worker_id).set(self._queue.qsize())
             if not items:
                 if self._stopping.is_set() and self._queue.empty():
                     return
                 continue
+            self._in_hand = items
             try:
                 result = self._commit(items)
             except Exception:  # a bug must not kill the writer silently; nothing is acked, so nothing is lost
@@ -352,10 +370,12 @@ class IngestWorker:
                 if self._abandon.wait(1.0):
                     return
                 self._requeue(items)
+                self._in_hand = []
                 continue
             if result is None:
                 return  # abandoned at shutdown: not acknowledged, so re-delivered later
             acked = self._ack(items)
+            self._in_hand = []
             with self._counters_lock:
                 self._counters.acked += acked
 

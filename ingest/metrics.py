@@ -32,6 +32,10 @@ LAG_SECONDS = Gauge("carewatch_ingest_lag_seconds",
                     registry=REGISTRY)
 QUEUE_DEPTH = Gauge("carewatch_ingest_queue_depth", "Messages received but not yet committed", ["worker"],
                     registry=REGISTRY)
+OLDEST_PENDING = Gauge("carewatch_ingest_oldest_pending_seconds",
+                       "Age of the oldest message received but not yet committed and acknowledged (0 when none); "
+                       "keeps growing while the database is down, unlike lag_seconds", ["worker"],
+                       registry=REGISTRY)
 MISSING_SEQS = Gauge("carewatch_ingest_missing_seqs", "Sequence numbers never received below a gateway's last_seq",
                      ["gateway_id"], registry=REGISTRY)
 GAPS = Counter("carewatch_ingest_sequence_gaps", "Sequence numbers newly found missing (gaps opened)",

@@ -4,9 +4,12 @@
 
 In one run, against a private PostgreSQL and a private Mosquitto (both in a temp dir, removed at the end):
 
-* **ingest, N workers**: simulator-style wire batches of 200 readings published with QoS 1, consumed by N
-  ``python -m carewatch ingest`` subprocesses sharing ``$share/ingest/...``, timed from the first publish until
-  every reading is committed. Each worker count gets a fresh broker and its own gateways (sequences from 1).
+* **ingest, N workers**: the simulator's MQTT output (``firmware_sim``: a world of care homes and households,
+  its vital-sign and home-sensor events turned into wire readings by ``wire_output.event_reading`` and batched
+  200 to a message per gateway, as ``carewatch sim --output mqtt`` sends them) published with QoS 1, consumed by
+  N ``python -m carewatch ingest`` subprocesses sharing ``$share/ingest/...``, timed from the first publish until
+  every reading is committed. Messages are generated and encoded before the clock starts. Each worker count gets
+  a fresh broker and its own gateways (sequences from 1).
 * **raw COPY**: the same rows binary-COPYed straight into ``readings`` in one transaction: the ceiling.
 * **naive consumer**: a paho subscriber that decodes each message and INSERTs reading by reading in autocommit,
   on a small sample: the floor.
@@ -34,15 +37,23 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
+from carewatch.firmware_sim.devices import world_devices
+from carewatch.firmware_sim.household import SensorEvent
+from carewatch.firmware_sim.physiology import VitalSample
+from carewatch.firmware_sim.seed import seed_world
+from carewatch.firmware_sim.wire_output import event_reading, event_source
+from carewatch.firmware_sim.world import SiteSpec, World, build_world
 from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for
-from carewatch.wire import Channel, DeviceKind, Metric, Reading, decode_batch, encode_batch, topic, topic_filter
+from carewatch.wire import Channel, Reading, decode_batch, encode_batch, topic, topic_filter
 
 BATCH = 200  # readings per wire message, as the simulator and the gateway publisher send them
-SITES = 10  # one gateway per site and scenario
-RESIDENTS_PER_SITE = 20  # each wearing a pulse oximeter (spo2 + pulse_rate)
+HOMES = 20  # care homes of RESIDENTS_PER_HOME, plus HOUSEHOLDS with home sensors: one gateway each per scenario
+RESIDENTS_PER_HOME = 20
+HOUSEHOLDS = 80
+SEED = 5
 PUBLISH_INFLIGHT = 64  # as firmware_sim/wire_output.py
 NAIVE_SAMPLE = 5_000
 
@@ -56,43 +67,37 @@ Row = tuple[datetime, str, int, str, str, str, str, float, datetime, list[str]]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The estate and its readings
+# The estate and its readings: a simulated world
 # ------------------------------------------------------------------------------------------------------------
-def site_id(site: int) -> str:
-    return f"bench-s{site:02d}"
+def sim_world() -> World:
+    """Care homes and households over the last month (so readings land in existing partitions)."""
+    start = (datetime.now(UTC) - timedelta(days=31)).replace(hour=0, minute=0, second=0, microsecond=0)
+    homes = [SiteSpec(id=f"bench-home-{i:02d}", residents=RESIDENTS_PER_HOME) for i in range(HOMES)]
+    return build_world(seed=SEED, sites=homes, households=HOUSEHOLDS, scenarios=[], start=start)
 
 
-def gateway_id(site: int, scenario: str) -> str:
-    return f"gw-{site_id(site)}-{scenario}"
+def site_ids(world: World) -> list[str]:
+    return [s.id for s in world.sites if s.residents] + [h.id for h in world.households]
 
 
-def resident_id(site: int, resident: int) -> str:
-    return f"res-{site:02d}-{resident:02d}"
+def gateway_id(site: str, scenario: str) -> str:
+    return f"gw-{site}-{scenario}"
 
 
-def oximeter_id(site: int, resident: int) -> str:
-    return f"ox-{site:02d}-{resident:02d}"
-
-
-def register_estate(dsn: str, scenarios: list[str]) -> None:
-    """Sites, residents, their oximeters, and one gateway per site for each scenario."""
-    with psycopg.connect(dsn) as conn, conn.transaction(), conn.cursor() as cur:
-        cur.executemany("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', %s)",
-                        [(site_id(s), f"Bench home {s}") for s in range(SITES)])
-        cur.executemany("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
-                        "VALUES (%s, %s, 'Bench Resident', '1940-01-01')",
-                        [(resident_id(s, r), site_id(s)) for s in range(SITES) for r in range(RESIDENTS_PER_SITE)])
-        cur.executemany("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s)",
-                        [(gateway_id(s, name), site_id(s)) for s in range(SITES) for name in scenarios])
-        cur.executemany("INSERT INTO devices (device_id, site_id, kind, resident_id) VALUES (%s, %s, %s, %s)",
-                        [(oximeter_id(s, r), site_id(s), DeviceKind.PULSE_OXIMETER.value, resident_id(s, r))
-                         for s in range(SITES) for r in range(RESIDENTS_PER_SITE)])
+def register_estate(dsn: str, world: World, scenarios: list[str]) -> None:
+    """The world's sites, residents and devices (as the simulator seeds them), and one gateway per site for each
+    scenario."""
+    with psycopg.connect(dsn) as conn:
+        seed_world(conn, world, world_devices(world))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s)",
+                            [(gateway_id(site, name), site) for site in site_ids(world) for name in scenarios])
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One scenario's readings: wire messages (topic, payload) interleaved across gateways, and the same
-    readings as ``readings`` rows."""
+    """One scenario's readings: wire messages (topic, payload) in the order the simulator would send them, and
+    the same readings as ``readings`` rows."""
 
     messages: list[tuple[str, bytes]]
     rows: list[Row]
@@ -103,31 +108,39 @@ class Workload:
         return len(self.rows)
 
 
-def make_workload(scenario: str, readings: int) -> Workload:
-    """``readings`` plausible oximeter readings from the last hour, sequences from 1 per gateway."""
-    per_site = [readings // SITES + (1 if s < readings % SITES else 0) for s in range(SITES)]
-    start = datetime.now(UTC) - timedelta(hours=1)
-    by_site: list[list[tuple[str, bytes]]] = []
+def make_workload(world: World, scenario: str, readings: int) -> Workload:
+    """The world's first ``readings`` vital-sign and home-sensor readings, as this scenario's gateways."""
+    seqs: dict[str, int] = {}
+    pending: dict[str, list[Reading]] = {}
+    messages: list[tuple[str, bytes]] = []
     rows: list[Row] = []
-    for s, count in enumerate(per_site):
-        gw, batch, messages = gateway_id(s, scenario), [], []
-        for seq in range(1, count + 1):
-            resident = seq % RESIDENTS_PER_SITE
-            metric, value, unit = ((Metric.SPO2, 90.0 + seq % 9, "%") if seq % 2 else
-                                   (Metric.PULSE_RATE, 60.0 + seq % 40, "/min"))
-            measured = start + timedelta(milliseconds=10 * seq)
-            received = measured + timedelta(milliseconds=300)
-            batch.append(Reading(seq=seq, device_id=oximeter_id(s, resident), device_kind=DeviceKind.PULSE_OXIMETER,
-                                 metric=metric, value=value, unit=unit, measured_at=measured, received_at=received))
-            rows.append((measured, gw, seq, site_id(s), resident_id(s, resident), oximeter_id(s, resident),
-                         metric.value, value, received, []))
-            if len(batch) == BATCH or seq == count:
-                messages.append((topic(site_id(s), gw, Channel.READINGS), encode_batch(site_id(s), gw, batch)))
-                batch = []
-        by_site.append(messages)
-    # Round-robin over gateways, as ten gateways publishing at once would arrive.
-    interleaved = [m for i in range(max(map(len, by_site))) for site in by_site if i < len(site) for m in [site[i]]]
-    return Workload(interleaved, rows, [gateway_id(s, scenario) for s in range(SITES)])
+
+    def flush(site: str) -> None:
+        batch = pending.pop(site, [])
+        if batch:
+            gw = gateway_id(site, scenario)
+            messages.append((topic(site, gw, Channel.READINGS), encode_batch(site, gw, batch)))
+
+    for event in world.events(world.start, world.start + timedelta(days=31)):
+        if not isinstance(event, VitalSample | SensorEvent):
+            continue
+        site = event_source(event)[0]
+        gw = gateway_id(site, scenario)
+        seqs[gw] = seqs.get(gw, 0) + 1
+        _, reading = event_reading(event, seqs[gw])
+        subject = event.resident_id if isinstance(event, VitalSample) else event.household_id
+        rows.append((reading.measured_at, gw, reading.seq, site, subject, reading.device_id, reading.metric.value,
+                     reading.value, reading.received_at, [f.value for f in reading.flags]))
+        pending.setdefault(site, []).append(reading)
+        if len(pending[site]) >= BATCH:
+            flush(site)
+        if len(rows) >= readings:
+            break
+    for site in list(pending):
+        flush(site)
+    if len(rows) < readings:
+        raise SystemExit(f"the simulated month holds only {len(rows):,} readings; ask for fewer")
+    return Workload(messages, rows, sorted({gateway_id(site, scenario) for site in pending} | set(seqs)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -233,9 +246,9 @@ class IngestResult:
         return self.readings / self.seconds
 
 
-def bench_ingest(workers: int, readings: int, dsn: str, root: Path, timeout: float) -> IngestResult:
+def bench_ingest(world: World, workers: int, readings: int, dsn: str, root: Path, timeout: float) -> IngestResult:
     name = f"w{workers}"
-    work = make_workload(name, readings)
+    work = make_workload(world, name, readings)
     checkpoint(dsn)
     with broker(root, name) as server, ingest_workers(workers, root, name, dsn, server.port), \
             psycopg.connect(dsn, autocommit=True) as poll:
@@ -258,9 +271,9 @@ def bench_ingest(workers: int, readings: int, dsn: str, root: Path, timeout: flo
     return IngestResult(workers, work.readings, seconds, published, rows, distinct)
 
 
-def bench_copy(readings: int, dsn: str) -> float:
+def bench_copy(world: World, readings: int, dsn: str) -> float:
     """Binary COPY of the same rows into ``readings``, one transaction, commit included. Returns readings/s."""
-    rows = make_workload("copy", readings).rows
+    rows = make_workload(world, "copy", readings).rows
     checkpoint(dsn)
     with psycopg.connect(dsn) as conn:
         started = time.perf_counter()
@@ -272,11 +285,11 @@ def bench_copy(readings: int, dsn: str) -> float:
         return readings / (time.perf_counter() - started)
 
 
-def bench_naive(readings: int, dsn: str, root: Path, timeout: float) -> float:
+def bench_naive(world: World, readings: int, dsn: str, root: Path, timeout: float) -> float:
     """Subscribe, decode each message, INSERT each reading in autocommit. Returns readings/s."""
-    work = make_workload("naive", readings)
+    work = make_workload(world, "naive", readings)
     with psycopg.connect(dsn) as conn:
-        subject_of = dict(conn.execute("SELECT device_id, resident_id FROM devices"))
+        subject_of = dict(conn.execute("SELECT device_id, coalesce(resident_id, site_id) FROM devices"))
     checkpoint(dsn)
     inserted = [0]
     done = threading.Event()
@@ -368,18 +381,20 @@ def main() -> int:
         stack.callback(pg.stop)
         dsn = pg.start()
         migrate(dsn)
-        register_estate(dsn, [f"w{n}" for n in worker_counts] + ["naive"])
-        print(f"PostgreSQL {pg.bin.parent.name} and Mosquitto in {root}; {os.cpu_count()} cores; "
-              f"batches of {BATCH} readings, QoS 1, {SITES} gateways")
+        world = sim_world()
+        register_estate(dsn, world, [f"w{n}" for n in worker_counts] + ["copy", "naive"])
+        print(f"PostgreSQL {pg.bin.parent.name} and Mosquitto in {root}; {os.cpu_count()} cores; the simulator's "
+              f"readings of {len(world.residents)} residents in {HOMES} homes and {HOUSEHOLDS} households, "
+              f"batches of {BATCH}, QoS 1, {len(site_ids(world))} gateways per run")
 
         ingest = []
         for workers in worker_counts:
             print(f"ingest with {workers} worker(s), {args.readings:,} readings ...", flush=True)
-            ingest.append(bench_ingest(workers, args.readings, dsn, root, args.timeout))
+            ingest.append(bench_ingest(world, workers, args.readings, dsn, root, args.timeout))
         print(f"raw binary COPY, {args.readings:,} readings ...", flush=True)
-        copy_rate = bench_copy(args.readings, dsn)
+        copy_rate = bench_copy(world, args.readings, dsn)
         print(f"naive consumer, {args.naive_readings:,} readings ...", flush=True)
-        naive_rate = bench_naive(args.naive_readings, dsn, root, args.timeout)
+        naive_rate = bench_naive(world, args.naive_readings, dsn, root, args.timeout)
         report(ingest, copy_rate, naive_rate, args.naive_readings)
     return 0
 

@@ -157,3 +157,32 @@ def test_shared_none_probes_the_broker(database: str, scratch_dir, private_broke
     finally:
         amqtt.stop()
     assert broker_delivers_shared(settings, timeout=1) is None  # broker gone
+
+
+def test_consumer_lag_keeps_growing_while_the_database_stalls(worker: IngestWorker, private_broker: EmbeddedBroker,
+                                                              database: str, estate: Estate, publisher_factory,
+                                                              uid: str) -> None:
+    """A commit stuck behind a lock (as behind a database outage): the lag gauges move at scrape time, then
+    drop to zero once the batch commits."""
+    import time
+
+    def sample(name: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name, {"worker": worker.worker_id})
+
+    assert sample("carewatch_ingest_oldest_pending_seconds") == 0.0
+    pub = publisher_factory(private_broker.url, f"pub-{uid}")
+    with psycopg.connect(database) as blocker:
+        blocker.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+        pub.publish(estate.readings_topic(), estate.batch(range(1, 4)))
+        assert worker.wait_until(lambda c: c.received == 1, timeout=10)
+        time.sleep(1.5)
+        first = sample("carewatch_ingest_oldest_pending_seconds")
+        time.sleep(1.0)
+        later = sample("carewatch_ingest_oldest_pending_seconds")
+        assert first is not None and later is not None and 1.0 <= first < later
+        assert sample("carewatch_ingest_queue_depth") == 1
+        assert worker.counters.acked == 0  # (reading the table here would wait for the lock too)
+    assert worker.wait_until(lambda c: c.acked == 1, timeout=15)
+    assert stored_seqs(database, estate.gateway_id) == [1, 2, 3]
+    assert sample("carewatch_ingest_oldest_pending_seconds") == 0.0
+    assert sample("carewatch_ingest_queue_depth") == 0
