@@ -233,13 +233,19 @@ class DeviceStatus(_Wire):
 
 
 class GatewayStatus(_Wire):
-    """Retained status message; the MQTT last will is the same message with ``state='offline'``."""
+    """Retained status message; the MQTT last will is a bare one with ``state='offline'``.
+
+    ``at`` is when the gateway wrote the message. A last will is written when its connection opens and sent by
+    the broker whenever it notices that connection gone, so its ``at`` equals ``connected_at``: the gateway
+    was online then, and the will says nothing about when it stopped.
+    """
 
     v: Literal[1] = WIRE_VERSION
     site_id: Ident
     gateway_id: Ident
     state: Literal["online", "offline"]
     at: AwareDatetime
+    connected_at: AwareDatetime | None = None  # when the MQTT connection this message belongs to was opened
     uptime_s: float | None = None
     outbox_depth: int | None = None
     outbox_bytes: int | None = None

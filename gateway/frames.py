@@ -22,6 +22,7 @@ NULL_RESERVED = "reserved"
 NULL_INVALID = "invalid"  # a proprietary "no value" marker (e.g. BerryMed SpO2 127) or a filtered value
 NULL_UNSUCCESSFUL = "unsuccessful"  # Weight Scale 0xFFFF "measurement unsuccessful"
 NULL_CLOCK_NOT_SET = "clock_not_set"  # a Date Time field that is present but unusable
+NULL_UNUSED = "unused"  # a field the characteristic defines but does not use (0x2A36 diastolic and MAP)
 
 DEFAULT_MAX_SKEW = timedelta(minutes=10)
 
@@ -35,11 +36,13 @@ class DecodedFrame:
     """What one frame said, in one shape for every parser.
 
     ``fields`` holds exactly the keys the ``carewatch decode`` CLI prints for this source (a value is ``None``
-    when the device sent a special value; ``null_reasons`` says which). ``measurements`` holds only the values
-    that may be used as clean readings: nothing is put there when the device flags the reading as
-    questionable, invalid or faulty (``flags``). Values are not range-checked here; ``wire.check_plausible``
-    does that when a ``Reading`` is built. ``details`` keeps everything else the frame carried (status bits,
-    units, raw values) for logs and dead letters.
+    when the device sent a special value; ``null_reasons`` says which). ``measurements`` holds every value the
+    frame carried as a number, trusted or not: a reading the device marks questionable, invalid or faulty is
+    still a reading, passed on *with* those ``flags`` (``trusted`` is False) so that it is stored and set aside
+    by the scorer instead of vanishing. ``unflagged`` names measurements the frame's quality flags do not
+    describe (a battery level sent beside a flagged SpO2). Values are not range-checked here;
+    ``wire.check_plausible`` does that when a ``Reading`` is built. ``details`` keeps everything else the frame
+    carried (status bits, units, raw values) for logs and dead letters.
     """
 
     source: str
@@ -49,12 +52,17 @@ class DecodedFrame:
     device_time: datetime | None = None
     clock_not_set: bool = False
     measurements: tuple[tuple[Metric, float], ...] = ()
+    unflagged: frozenset[Metric] = frozenset()
     details: dict[str, Any] = field(default_factory=dict)
     duplicate: bool = False  # BTHome: a repeated packet id, i.e. not a new reading
 
     @property
     def trusted(self) -> bool:
         return not (self.flags & UNTRUSTED_FLAGS)
+
+    def flags_for(self, metric: Metric) -> frozenset[QualityFlag]:
+        """The quality flags that apply to ``metric``'s value (device-distrust flags skip ``unflagged`` ones)."""
+        return self.flags - UNTRUSTED_FLAGS if metric in self.unflagged else self.flags
 
     def to_json_dict(self, *, with_status: bool = True) -> dict[str, Any]:
         """``fields`` made JSON-ready (timestamps as ``YYYY-MM-DDTHH:MM:SS``), plus null reasons and flags."""
@@ -73,12 +81,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def clean_measurements(
-    flags: frozenset[QualityFlag], candidates: list[tuple[Metric, float | None]]
-) -> tuple[tuple[Metric, float], ...]:
-    """The candidates that are real numbers, or nothing at all when the device distrusts the reading."""
-    if flags & UNTRUSTED_FLAGS:
-        return ()
+def present_values(candidates: list[tuple[Metric, float | None]]) -> tuple[tuple[Metric, float], ...]:
+    """The candidates that are numbers (``None``: a special or "no value" marker, not a reading).
+
+    Whether the device trusts them is not decided here: the frame's ``flags`` travel with them.
+    """
     return tuple((metric, float(value)) for metric, value in candidates if value is not None)
 
 

@@ -2,8 +2,8 @@
 
 Each decoder reads every optional field its flags announce, checks the frame is long enough *before*
 reading (so the error names the flags that needed the bytes), maps device status bits to quality flags,
-and keeps values the device distrusts out of ``measurements``. Layouts follow the Bluetooth SIG GATT
-Specification Supplement; byte order is little-endian throughout.
+and passes values the device distrusts on *with* those flags (never as clean values). Layouts follow the
+Bluetooth SIG GATT Specification Supplement; byte order is little-endian throughout.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 from carewatch.gateway.frames import (
     NULL_CLOCK_NOT_SET,
     NULL_UNSUCCESSFUL,
+    NULL_UNUSED,
     DecodedFrame,
     FrameError,
-    clean_measurements,
+    present_values,
 )
 from carewatch.gateway.ieee11073 import Special, decode_float, decode_sfloat, float_parts
 
@@ -232,15 +233,14 @@ def decode_plx_spot_check(data: bytes) -> DecodedFrame:
     _trailing(details, data, offset)
     if clock_not_set:
         flags.add(QualityFlag.CLOCK_NOT_SET)
-    frozen = frozenset(flags)
     return DecodedFrame(
         source=uuid,
         fields=out.fields,
         null_reasons=out.null_reasons,
-        flags=frozen,
+        flags=frozenset(flags),
         device_time=device_time,
         clock_not_set=clock_not_set,
-        measurements=clean_measurements(frozen, [(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
+        measurements=present_values([(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
         details=details,
     )
 
@@ -273,13 +273,12 @@ def decode_plx_continuous(data: bytes) -> DecodedFrame:
     else:
         out.fields["pulse_amplitude_index"] = None
     _trailing(details, data, offset)
-    frozen = frozenset(flags)
     return DecodedFrame(
         source=uuid,
         fields=out.fields,
         null_reasons=out.null_reasons,
-        flags=frozen,
-        measurements=clean_measurements(frozen, [(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
+        flags=frozenset(flags),
+        measurements=present_values([(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
         details=details,
     )
 
@@ -352,7 +351,7 @@ def decode_temperature(data: bytes) -> DecodedFrame:
         flags=flags,
         device_time=device_time,
         clock_not_set=clock_not_set,
-        measurements=clean_measurements(flags, [(Metric.TEMPERATURE, celsius)]),
+        measurements=present_values([(Metric.TEMPERATURE, celsius)]),
         details=details,
     )
 
@@ -437,16 +436,14 @@ def decode_blood_pressure(data: bytes) -> DecodedFrame:
     diastolic = out.put("diastolic_mmhg", _pressure(data, 3, kpa))
     mean = out.put("mean_arterial_pressure_mmhg", _pressure(data, 5, kpa))
     pulse, device_time, clock_not_set, _ = _bp_tail(data, flags_byte, out, details, flags)
-    frozen = frozenset(flags)
     return DecodedFrame(
         source=uuid,
         fields=out.fields,
         null_reasons=out.null_reasons,
-        flags=frozen,
+        flags=frozenset(flags),
         device_time=device_time,
         clock_not_set=clock_not_set,
-        measurements=clean_measurements(
-            frozen,
+        measurements=present_values(
             [
                 (Metric.SYSTOLIC_BP, systolic),
                 (Metric.DIASTOLIC_BP, diastolic),
@@ -459,15 +456,24 @@ def decode_blood_pressure(data: bytes) -> DecodedFrame:
 
 
 def decode_intermediate_cuff_pressure(data: bytes) -> DecodedFrame:
-    """Intermediate Cuff Pressure 0x2A36: the cuff pressure while inflating.
+    """Intermediate Cuff Pressure 0x2A36: the cuff pressure while inflating, in the 0x2A35 layout.
 
-    It is progress, not a blood pressure, so it yields no measurements. The two unused SFLOATs (NaN by the
-    spec, 0 on some devices) are ignored.
+    The spec carries the current cuff pressure in the systolic field and leaves diastolic and mean arterial
+    pressure unused (NaN; some devices send 0): so ``systolic_mmhg`` is the cuff pressure (also under
+    ``cuff_pressure_mmhg``, which says what it is) and the other two are ``None`` with their reason (the
+    special value's name, else ``unused``). It is progress, not a blood pressure, so it yields no measurements.
     """
     uuid = "2a36"
     flags_byte, out, details, flags = _bp_start(uuid, data)
     details["pressures_as_sent"] = _as_sent(data, (1,))
-    out.put("cuff_pressure_mmhg", _pressure(data, 1, bool(flags_byte & 0x01)))
+    cuff = out.put("systolic_mmhg", _pressure(data, 1, bool(flags_byte & 0x01)))
+    for key, offset in (("diastolic_mmhg", 3), ("mean_arterial_pressure_mmhg", 5)):
+        sent = decode_sfloat(data, offset)
+        out.fields[key] = None
+        out.null_reasons[key] = sent.value if isinstance(sent, Special) else NULL_UNUSED
+    out.fields["cuff_pressure_mmhg"] = cuff
+    if "systolic_mmhg" in out.null_reasons:
+        out.null_reasons["cuff_pressure_mmhg"] = out.null_reasons["systolic_mmhg"]
     _, device_time, clock_not_set, _ = _bp_tail(data, flags_byte, out, details, flags)
     return DecodedFrame(
         source=uuid,
@@ -518,7 +524,7 @@ def decode_heart_rate(data: bytes) -> DecodedFrame:
             "sensor_contact": sensor_contact,
         },
         flags=flags,
-        measurements=clean_measurements(flags, [(Metric.PULSE_RATE, heart_rate)]),
+        measurements=present_values([(Metric.PULSE_RATE, heart_rate)]),
         details=details,
     )
 
@@ -564,7 +570,7 @@ def decode_weight(data: bytes) -> DecodedFrame:
         flags=flags,
         device_time=device_time,
         clock_not_set=clock_not_set,
-        measurements=clean_measurements(flags, [(Metric.WEIGHT, weight)]),
+        measurements=present_values([(Metric.WEIGHT, weight)]),
         details=details,
     )
 
@@ -582,7 +588,7 @@ def decode_battery_level(data: bytes) -> DecodedFrame:
     return DecodedFrame(
         source="2a19",
         fields={"battery_pct": float(level)},
-        measurements=clean_measurements(frozenset(), [(Metric.BATTERY, float(level))]),
+        measurements=present_values([(Metric.BATTERY, float(level))]),
     )
 
 

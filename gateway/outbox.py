@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS state (
+    name  TEXT PRIMARY KEY,                    -- alarm states shared by every connection and every restart
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     payload BLOB NOT NULL                      -- a GatewayEvent as wire JSON, deleted after PUBACK
@@ -94,6 +98,11 @@ COUNTERS = (
     "pruned_sent",  # sent rows dropped at the end of the replay window
     "pruned_sent_early",  # sent rows dropped before the end of the window to make room (nothing lost)
 )
+
+
+#: Durable alarm state: 1 while the 80 % alarm may fire (reset below ALARM_REARM_PCT), 0 once it has fired.
+#: In the file, not in an ``Outbox`` object, so the gateway's two connections and a restarted gateway agree.
+ALARM_ARMED = "budget_alarm_armed"
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ class Outbox:
             self._db.executemany(
                 "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", [(c,) for c in COUNTERS]
             )
-        self._alarm_armed = True
+            self._db.execute("INSERT OR IGNORE INTO state(name, value) VALUES (?, 1)", (ALARM_ARMED,))
         self._last_evict_alarm: datetime | None = None
         self._last_evict_level = ""
         self._unreported: dict[str, int] = {}
@@ -209,6 +218,13 @@ class Outbox:
     def _bump(self, db: sqlite3.Connection, name: str, by: int) -> None:
         if by:
             db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (by, name))
+
+    def _set_state(self, db: sqlite3.Connection, name: str, value: int) -> None:
+        db.execute("UPDATE state SET value = ? WHERE name = ?", (value, name))
+
+    def alarm_armed(self) -> bool:
+        """Whether the 80 % budget alarm would fire now (False from its firing until use falls below 70 %)."""
+        return bool(self._read("SELECT value FROM state WHERE name = ?", (ALARM_ARMED,))[0][0])
 
     def _used(self, db: sqlite3.Connection) -> int:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
@@ -399,8 +415,9 @@ class Outbox:
     def _alarms(self, db: sqlite3.Connection, now: datetime) -> list[GatewayEvent]:
         alarms = []
         pct = 100.0 * self._used(db) / self.max_bytes
-        if pct >= ALARM_PCT and self._alarm_armed:
-            self._alarm_armed = False
+        armed = bool(db.execute("SELECT value FROM state WHERE name = ?", (ALARM_ARMED,)).fetchone()[0])
+        if pct >= ALARM_PCT and armed:
+            self._set_state(db, ALARM_ARMED, 0)  # in the same transaction as the alarm event itself
             alarms.append(
                 self._event(
                     now,
@@ -409,8 +426,8 @@ class Outbox:
                     {"budget_pct": round(pct, 1), "level": "warning"},
                 )
             )
-        elif pct < ALARM_REARM_PCT:
-            self._alarm_armed = True
+        elif pct < ALARM_REARM_PCT and not armed:
+            self._set_state(db, ALARM_ARMED, 1)
         level = "critical" if self._unreported.get("evicted_vital") else "error"
         due = (
             self._last_evict_alarm is None

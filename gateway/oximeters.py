@@ -3,8 +3,8 @@
 These devices do not implement the SIG PLX service: they stream vendor frames over a "transparent UART"
 characteristic. Layouts are reverse-engineered by open-source projects (see the conformance corpus,
 ``oximeter_proprietary_cases.json``), so the rules are deliberately conservative: "probe off", "no finger"
-and "searching" states are flagged (never a clean value) and every documented "no value" marker becomes
-``None`` with reason ``"invalid"``. Supported formats (``FORMATS``):
+and "searching" states are flagged (passed on with the flag, never as a clean value) and every documented
+"no value" marker becomes ``None`` with reason ``"invalid"``. Supported formats (``FORMATS``):
 
 - ``berrymed``: BerryMed BCI 5-byte packets (sync bit 7 on byte 0 only).
 - ``contec``: Contec CMS50D+ 5-byte live packets (same framing, different flag bits) and 3-byte recorded
@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from carewatch.gateway.frames import NULL_INVALID, DecodedFrame, FrameError, clean_measurements
+from carewatch.gateway.frames import NULL_INVALID, DecodedFrame, FrameError, present_values
 
 from carewatch.wire import Metric, QualityFlag
 
@@ -89,20 +89,18 @@ def _result(
 ) -> DecodedFrame:
     """One DecodedFrame; ``invalid`` names fields that hold a device "no value" marker.
 
-    ``untrusted_ok`` lists device-health values (e.g. battery) that stay usable when the vitals are flagged.
+    ``untrusted_ok`` lists device-health values (e.g. battery) that the vitals' quality flags do not describe.
     """
     null_reasons = {key: NULL_INVALID for key in invalid}
     for key in invalid:
         fields[key] = None
-    frozen = frozenset(flags)
-    measurements = clean_measurements(frozen, [(m, fields.get(k)) for m, k in metrics])
-    measurements += tuple((m, float(fields[k])) for m, k in untrusted_ok if fields.get(k) is not None)
     return DecodedFrame(
         source=source,
         fields=fields,
         null_reasons=null_reasons,
-        flags=frozen,
-        measurements=measurements,
+        flags=frozenset(flags),
+        measurements=present_values([(m, fields.get(k)) for m, k in (*metrics, *untrusted_ok)]),
+        unflagged=frozenset(m for m, _ in untrusted_ok),
         details=details,
     )
 

@@ -1,9 +1,11 @@
 """Notification → readings or dead letters. No I/O: the same input always gives the same output.
 
-The pipeline looks the sender up in the registry, hands the bytes to the right parser, and turns each clean
-measurement into a :class:`ReadingDraft` (a reading without its sequence number, which the outbox assigns).
-Anything it cannot turn into a credible reading becomes a :class:`DeadLetter` carrying the raw bytes and the
-reason; nothing here raises on bad input, so one broken device can never stop the gateway.
+The pipeline looks the sender up in the registry, hands the bytes to the right parser, and turns each
+measurement into a :class:`ReadingDraft` (a reading without its sequence number, which the outbox assigns). A
+value the device distrusts (questionable, invalid, sensor fault) is a draft too, carrying those quality flags:
+it is stored and the scorer sets it aside, so it is never lost and never scored as a clean value. Anything it
+cannot turn into a credible reading becomes a :class:`DeadLetter` carrying the raw bytes and the reason;
+nothing here raises on bad input, so one broken device can never stop the gateway.
 
 It keeps the per-device parser state the formats need (BTHome packet ids and encryption counters,
 proprietary oximeter stream buffers), so one Pipeline serves one gateway.
@@ -24,6 +26,7 @@ from carewatch.gateway.transport import Notification
 
 from carewatch.wire import (
     METRICS,
+    UNTRUSTED_FLAGS,
     DeviceKind,
     ImplausibleValue,
     Metric,
@@ -72,6 +75,11 @@ class ReadingDraft:
     @property
     def vital(self) -> bool:
         return METRICS[self.metric].vital
+
+    @property
+    def trusted(self) -> bool:
+        """False when the device said this value is questionable, invalid or from a faulty sensor."""
+        return not UNTRUSTED_FLAGS.intersection(self.flags)
 
 
 @dataclass(frozen=True)
@@ -182,13 +190,16 @@ class Pipeline:
         measured_at, clock_flags = resolve_measured_at(
             frame.device_time, note.received_at, clock_not_set=frame.clock_not_set
         )
-        flags = tuple(sorted(frame.flags | clock_flags, key=lambda f: f.value))
         drafts, dead = [], []
         for metric, value in frame.measurements:
+            flags = tuple(sorted(frame.flags_for(metric) | clock_flags, key=lambda f: f.value))
             try:
                 value = check_plausible(metric, value)
             except ImplausibleValue as exc:
-                dead.append(_dead(note, device, str(exc), detail={"metric": metric.value, "value": value}))
+                detail: dict[str, Any] = {"metric": metric.value, "value": value}
+                if flags:
+                    detail["flags"] = [f.value for f in flags]
+                dead.append(_dead(note, device, str(exc), detail=detail))
                 continue
             drafts.append(
                 ReadingDraft(
@@ -200,7 +211,8 @@ class Pipeline:
                     measured_at=measured_at,
                     received_at=note.received_at,
                     flags=flags,
-                    urgent=is_urgent(metric, value),
+                    # the scorer sets a distrusted value aside, so hurrying it to the platform helps nobody
+                    urgent=is_urgent(metric, value) and not UNTRUSTED_FLAGS.intersection(flags),
                 )
             )
         return drafts, dead

@@ -165,6 +165,7 @@ class Publisher:
         #: Why the last connection attempt failed, in words (None once connected): TLS trust, credentials, ...
         self.last_connect_error: str | None = None
         self._refused_at_connack = False
+        self.connected_at: datetime | None = None  # when the current (or last attempted) connection opened
 
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -188,6 +189,7 @@ class Publisher:
         self.client.max_inflight_messages_set(self.inflight + 16)  # our window, plus events and status
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
+        self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -200,8 +202,6 @@ class Publisher:
     # life cycle
     # --------------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        offline = self._status().model_copy(update={"state": "offline", "at": self.clock()})
-        self.client.will_set(self.topics[Channel.STATUS], offline.model_dump_json(), qos=1, retain=True)
         self.client.connect_async(self.target.host, self.target.port, keepalive=self._keepalive)
         self.client.loop_start()
         self._thread = threading.Thread(
@@ -223,7 +223,9 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.connected:
-            offline = self._status().model_copy(update={"state": "offline", "at": self.clock()})
+            offline = self._status().model_copy(
+                update={"state": "offline", "at": self.clock(), "connected_at": self.connected_at}
+            )
             info = self.client.publish(
                 self.topics[Channel.STATUS], offline.model_dump_json(), qos=1, retain=True
             )
@@ -295,6 +297,18 @@ class Publisher:
     # --------------------------------------------------------------------------------------------------------
     # paho callbacks (network thread): record and wake, nothing else
     # --------------------------------------------------------------------------------------------------------
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        """Before every connection attempt: register a last will that is true whenever the broker sends it."""
+        self.connected_at = self.clock()
+        will = self.last_will(self.connected_at)
+        client.will_set(self.topics[Channel.STATUS], will.model_dump_json(), qos=1, retain=True)
+
+    def last_will(self, connected_at: datetime) -> GatewayStatus:
+        """``offline``, written at ``connected_at``, and nothing else: a snapshot (uptime, outbox depth, devices)
+        taken now would be stale by the time the broker publishes the will, hours or days later."""
+        return GatewayStatus(site_id=self.site_id, gateway_id=self.gateway_id, state="offline", at=connected_at,
+                             connected_at=connected_at)
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
@@ -515,7 +529,7 @@ class Publisher:
 
     def _publish_status(self) -> None:
         self._status_due = False
-        status = self._status().model_copy(update={"state": "online"})
+        status = self._status().model_copy(update={"state": "online", "connected_at": self.connected_at})
         info = self.client.publish(self.topics[Channel.STATUS], status.model_dump_json(), qos=1, retain=True)
         self._pending[info.mid] = _Pending("status")
         self.counters.status_sent += 1

@@ -54,6 +54,7 @@ TRANSPORT_RESTART_S = 5.0
 class GatewayCounters:
     frames_in: int = 0  # notifications delivered by the transport
     readings_accepted: int = 0  # readings committed to the outbox
+    readings_flagged: int = 0  # of those, ones the device distrusts (stored with their flags, scored never)
     dead_letters: int = 0
     duplicates: int = 0  # BTHome re-broadcasts ignored
     urgent: int = 0
@@ -329,6 +330,7 @@ class Gateway:
                 events = [self._dead_letter_event(d) for d in dead]
                 drafts = []
         self._counters.readings_accepted += len(stored)
+        self._counters.readings_flagged += sum(1 for d in drafts if not d.trusted)
         self._counters.dead_letters += len(dead)
         self._counters.duplicates += sum(r.duplicates for _, r in results)
         urgent = sum(1 for d in drafts if d.urgent)

@@ -1,13 +1,18 @@
-"""docker-compose.yml cannot run here (no Docker engine): check its shape and that every command exists."""
+"""docker-compose.yml cannot run here (no Docker engine): check its shape, that every command exists, and that
+the broker's ACL, TLS files and listeners agree with the code and the docs."""
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import typer.main
 import yaml
 
 from carewatch.cli import app
+from carewatch.embedded import gateway_acl
+from carewatch.settings import MqttTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,3 +58,77 @@ def test_broker_requires_passwords_and_acls() -> None:
     assert "allow_anonymous false" in conf and "acl_file" in conf and "password_file" in conf
     acl = (REPO_ROOT / "deploy" / "mosquitto" / "acl").read_text()
     assert "topic write carewatch/v1/sim-home/gw-sim-1/#" in acl
+
+
+DEPLOY = REPO_ROOT / "deploy"
+
+
+def acl_grants(text: str) -> dict[str, set[tuple[str, str]]]:
+    """A mosquitto acl_file as user -> {(access, topic)} (comments and blank lines ignored)."""
+    grants: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    user = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word == "user":
+            user = rest.strip()
+        elif word == "topic":
+            assert user is not None, f"grant outside a user block: {line}"
+            access, _, name = rest.strip().partition(" ")
+            assert access in ("read", "write", "readwrite") and name, line
+            grants[user].add((access, name.strip()))
+        else:
+            raise AssertionError(f"unexpected ACL line: {line}")
+    return dict(grants)
+
+
+def _env(service: str) -> dict[str, str]:
+    return COMPOSE["services"][service]["environment"]
+
+
+def _mqtt(service: str) -> MqttTarget:
+    """The service's CAREWATCH_MQTT_URL, with compose's ${VAR:?...} secrets filled in."""
+    return MqttTarget(re.sub(r"\$\{[^}]*\}", "secret", _env(service)["CAREWATCH_MQTT_URL"]))
+
+
+def test_deploy_acl_grants_exactly_what_gateway_acl_generates() -> None:
+    """The deploy ACL and carewatch.embedded.gateway_acl (used by the tests' brokers) cannot drift apart."""
+    gateway = _env("gateway-sim")
+    site_id, gateway_id = gateway["CAREWATCH_SITE_ID"], gateway["CAREWATCH_GATEWAY_ID"]
+    reader = _mqtt("ingest").username
+    assert reader and _mqtt("gateway-sim").username == gateway_id  # username = gateway id
+    deployed = acl_grants((DEPLOY / "mosquitto" / "acl").read_text())
+    generated = acl_grants(gateway_acl([(site_id, gateway_id)], readers=[reader]))
+    assert set(generated) == {gateway_id, reader}
+    for user, grants in generated.items():
+        assert deployed.get(user) == grants, user
+    # the gateway reads its own resend topic; ingest may write every gateway's (docs/gateway.md)
+    assert ("read", f"carewatch/v1/{site_id}/{gateway_id}/resend") in deployed[gateway_id]
+    assert ("write", "carewatch/v1/+/+/resend") in deployed[reader]
+    assert set(deployed) - set(generated) == {"healthcheck"}  # nobody else has any grant
+    assert deployed["healthcheck"] == {("read", "$SYS/#")}
+
+
+def test_broker_tls_files_and_listeners_are_consistent() -> None:
+    mqtt = COMPOSE["services"]["mqtt"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in mqtt["volumes"] if v.startswith("./"))
+    certs = next(target for source, target in mounts.items() if source == "./deploy/tls")
+    assert (DEPLOY / "tls" / "README.md").exists(), "how to make the certificates the broker mounts"
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    files = dict(re.findall(r"^(cafile|certfile|keyfile) (\S+)$", conf, flags=re.M))
+    assert set(files) == {"cafile", "certfile", "keyfile"}
+    readme = (DEPLOY / "tls" / "README.md").read_text()
+    for path in files.values():
+        assert path.startswith(certs + "/"), path
+        assert f"`{Path(path).name}`" in readme, f"{path} is not explained in deploy/tls/README.md"
+    listeners = re.findall(r"^listener (\d+)", conf, flags=re.M)
+    assert listeners == ["1883", "8883"]
+    # only the TLS listener is published; plain 1883 stays inside the compose network
+    assert mqtt["ports"] == ["8883:8883"]
+    for service in ("ingest", "gateway-sim"):
+        target = _mqtt(service)
+        assert (target.host, target.port, target.tls) == ("mqtt", 1883, False), service
+    ignored = (DEPLOY / ".gitignore").read_text()
+    assert "tls/*" in ignored and "mosquitto/passwd" in ignored  # keys and passwords never committed

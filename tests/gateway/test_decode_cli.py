@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 from carewatch.firmware_sim.frames import (
@@ -60,9 +62,27 @@ def test_temperature_blood_pressure_heart_rate_weight_keys() -> None:
     assert doc == {"weight_kg": 72.35, "null_reasons": {}, "flags": []}
 
 
-def test_intermediate_cuff_pressure() -> None:
+BP_KEYS = {"systolic_mmhg", "diastolic_mmhg", "mean_arterial_pressure_mmhg", "pulse_rate", "timestamp", "user_id"}
+
+
+def test_intermediate_cuff_pressure_has_the_blood_pressure_keys() -> None:
+    # as the spec sends it: the cuff pressure in the systolic field, NaN in the unused two
     code, doc, _ = _run("2a36", encode_blood_pressure(150, Special.NAN, Special.NAN, intermediate=True).hex())
-    assert code == EXIT_OK and doc["cuff_pressure_mmhg"] == 150.0
+    assert code == EXIT_OK
+    assert doc == {"systolic_mmhg": 150.0, "diastolic_mmhg": None, "mean_arterial_pressure_mmhg": None,
+                   "cuff_pressure_mmhg": 150.0, "timestamp": None, "pulse_rate": None, "user_id": None,
+                   "null_reasons": {"diastolic_mmhg": "NaN", "mean_arterial_pressure_mmhg": "NaN"}, "flags": []}
+    _, bp, _ = _run("2a35", encode_blood_pressure(120, 80, 93).hex())
+    assert set(doc) >= BP_KEYS and set(bp) >= BP_KEYS  # one key set for both characteristics
+
+
+def test_intermediate_cuff_pressure_conformance_vector_with_zero_unused_fields() -> None:
+    # the Nordic vector: kPa, zeros (not NaN) in the unused fields, which are unused all the same
+    code, doc, _ = _run("2a36", "156ff0000000003c001200")
+    assert code == EXIT_OK
+    assert doc["systolic_mmhg"] == doc["cuff_pressure_mmhg"] == 83.3  # 11.1 kPa
+    assert (doc["diastolic_mmhg"], doc["mean_arterial_pressure_mmhg"], doc["pulse_rate"]) == (None, None, 60.0)
+    assert doc["null_reasons"] == {"diastolic_mmhg": "unused", "mean_arterial_pressure_mmhg": "unused"}
 
 
 def test_truncated_frame_exits_non_zero_with_reason() -> None:
@@ -109,3 +129,12 @@ def test_proprietary_oximeters() -> None:
     assert doc["flags"] == ["sensor_fault"]
     code, _, err = _run("berrymed", "0732054862")
     assert code == EXIT_BAD_FRAME and "sync bit" in err
+
+
+def test_the_cli_itself_prints_the_blood_pressure_keys_for_2a36() -> None:
+    frame = "1e0400000000000000041114293b3c00012700"  # the Nordic conformance vector, every field present
+    run = subprocess.run([sys.executable, "-m", "carewatch", "decode", "2a36", frame],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert set(doc) >= BP_KEYS and doc["systolic_mmhg"] == 4.0 and doc["user_id"] == 1

@@ -21,7 +21,7 @@ from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carewatch.wire import Metric, QualityFlag
+from carewatch.wire import UNTRUSTED_FLAGS, Metric, QualityFlag
 
 SECTION_UUID = {
     "temperature_measurement_0x2A1C": "2a1c",
@@ -98,8 +98,9 @@ def test_conformance_characteristics(case: dict[str, Any]) -> None:
             assert fields["rr_intervals_ms"] == [round(r * 1000 / 1024, 1) for r in expected["rr_intervals_raw"]]
         if "rr_intervals_s" in expected:
             assert fields["rr_intervals_ms"] == [s * 1000 for s in expected["rr_intervals_s"]]
-        clean = fields["sensor_contact"] is not False
-        assert frame.measurements == (((Metric.PULSE_RATE, expected["heart_rate"]),) if clean else ())
+        # no sensor contact: still a reading, flagged sensor_fault (never a clean value)
+        assert frame.measurements == ((Metric.PULSE_RATE, expected["heart_rate"]),)
+        assert frame.trusted == (fields["sensor_contact"] is not False)
     elif uuid == "2a35":
         unit = expected["unit"]
         assert details["unit"] == unit
@@ -126,12 +127,21 @@ def test_conformance_characteristics(case: dict[str, Any]) -> None:
             # a loose cuff or bad posture makes the reading questionable: not a clean value
             assert (QualityFlag.QUESTIONABLE in frame.flags) == (status["cuff_too_loose"] or
                                                                  status["improper_measurement_position"])
-        assert bool(frame.measurements) == frame.trusted
+        # flagged or not, every pressure the cuff sent is passed on; the flags say whether to trust it
+        assert [m for m, _ in frame.measurements] == [
+            m for m, v in zip((Metric.SYSTOLIC_BP, Metric.DIASTOLIC_BP, Metric.MEAN_ARTERIAL_PRESSURE,
+                               Metric.PULSE_RATE),
+                              (fields["systolic_mmhg"], fields["diastolic_mmhg"],
+                               fields["mean_arterial_pressure_mmhg"], fields["pulse_rate"]), strict=True)
+            if v is not None]
     elif uuid == "2a36":
         unit = expected["unit"]
         assert details["unit"] == unit
         assert details["pressures_as_sent"] == [expected["cuff_pressure"]]
-        assert fields["cuff_pressure_mmhg"] == _mmhg(expected["cuff_pressure"], unit)
+        # the spec carries the current cuff pressure in the systolic field; diastolic and MAP are unused
+        assert fields["systolic_mmhg"] == fields["cuff_pressure_mmhg"] == _mmhg(expected["cuff_pressure"], unit)
+        assert fields["diastolic_mmhg"] is None and fields["mean_arterial_pressure_mmhg"] is None
+        assert frame.null_reasons["diastolic_mmhg"] == frame.null_reasons["mean_arterial_pressure_mmhg"] == "unused"
         assert fields["pulse_rate"] == expected.get("pulse_rate")
         assert fields["user_id"] == expected.get("user_id")
         assert details.get("measurement_status", {}).get("raw") == expected.get("status_raw")
@@ -152,10 +162,10 @@ def test_conformance_characteristics(case: dict[str, Any]) -> None:
                 assert details[name]["raw"] == raw
         if "device_clock_not_set" in expected:
             assert details["device_clock_not_set"] == expected["device_clock_not_set"]
-        if frame.trusted:
-            assert frame.measurements == ((Metric.SPO2, fields["spo2"]), (Metric.PULSE_RATE, fields["pulse_rate"]))
-        else:
-            assert frame.measurements == ()
+        # trusted or not, the values travel; a distrusted frame carries its flags (the scorer sets it aside)
+        assert frame.measurements == tuple((m, fields[k]) for m, k in ((Metric.SPO2, "spo2"),
+                                                                       (Metric.PULSE_RATE, "pulse_rate"))
+                                           if fields[k] is not None)
     elif uuid == "2a60":
         for name in ("supported_features", "measurement_status_support", "device_and_sensor_status_support"):
             assert fields[name]["raw"] == int(expected[name]["raw"], 16)
@@ -213,10 +223,13 @@ def test_device_clock_not_set_flag_discards_timestamp() -> None:
     assert frame.null_reasons["timestamp"] == "clock_not_set"
 
 
-@pytest.mark.parametrize("status_bit", [13, 14, 15])
-def test_plx_untrusted_status_keeps_values_out_of_measurements(status_bit: int) -> None:
+@pytest.mark.parametrize(("status_bit", "flag"), [(13, QualityFlag.INVALID), (14, QualityFlag.QUESTIONABLE),
+                                                   (15, QualityFlag.INVALID)])
+def test_plx_untrusted_status_passes_values_on_flagged(status_bit: int, flag: QualityFlag) -> None:
     frame = decode_characteristic("2a5e", encode_plx_spot_check(97, 72, measurement_status=1 << status_bit))
-    assert frame.fields["spo2"] == 97 and frame.measurements == () and not frame.trusted
+    assert frame.fields["spo2"] == 97 and not frame.trusted and flag in frame.flags
+    assert frame.measurements == ((Metric.SPO2, 97.0), (Metric.PULSE_RATE, 72.0))
+    assert frame.flags_for(Metric.SPO2) == frame.flags
 
 
 def test_plx_early_estimate_and_low_perfusion_are_flags_on_usable_values() -> None:
@@ -247,7 +260,8 @@ def test_fuzz_only_frame_errors_escape(uuid: str, data: bytes) -> None:
         assert str(exc)
     else:
         json.dumps(frame.to_json_dict(), default=str)  # always printable
-        assert not (frame.measurements and not frame.trusted)
+        for metric, _ in frame.measurements:  # a distrusted value never travels without its flags
+            assert frame.trusted or frame.flags_for(metric) & UNTRUSTED_FLAGS
 
 
 @given(data=st.binary(min_size=1, max_size=40).map(lambda b: bytes([b[0] | 0x1F]) + b[1:]))

@@ -145,6 +145,35 @@ def test_budget_alarm_at_80_percent_once(tmp_path: Path) -> None:
         assert len(raised) == 1 and raised[0]["detail"]["level"] == "warning"
 
 
+def warnings(outbox: Outbox) -> int:
+    return sum(1 for a in alarms(outbox) if a["kind"] == "outbox_alarm" and a["detail"]["level"] == "warning")
+
+
+def test_budget_alarm_state_survives_restarts_and_is_shared_by_connections(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with open_outbox(path, max_bytes=BUDGET) as outbox:
+        while outbox.budget_pct() < ALARM_PCT:
+            fill(outbox, Metric.MOTION, 1, 1)
+        assert warnings(outbox) == 1 and not outbox.alarm_armed()
+    # a restarted gateway, and the publisher's second connection beside it, do not raise it again
+    with open_outbox(path, max_bytes=BUDGET) as restarted, open_outbox(path, max_bytes=BUDGET) as second:
+        assert not restarted.alarm_armed()
+        fill(restarted, Metric.MOTION, 1, 1)
+        second.add_events([])  # the publisher's side runs the same check when it stores an event
+        fill(second, Metric.MOTION, 1, 1)
+        assert warnings(restarted) == 1
+        # use falls below 70 %: re-armed, durably, by whichever connection sees it first
+        restarted.delete(r.seq for r in restarted.peek(100_000))
+        second.add_events([])
+        assert restarted.alarm_armed() and second.alarm_armed()
+    with open_outbox(path, max_bytes=BUDGET) as again:
+        assert again.alarm_armed()
+        while again.budget_pct() < ALARM_PCT:
+            fill(again, Metric.MOTION, 1, 1)
+        fill(again, Metric.MOTION, 1, 1)
+        assert warnings(again) == 2, "a new episode raises the alarm once more"
+
+
 def test_full_budget_evicts_oldest_home_readings_first(tmp_path: Path) -> None:
     with open_outbox(tmp_path / "o.sqlite", max_bytes=BUDGET) as outbox:
         vitals = outbox.append([draft(Metric.SPO2, 95, i=i) for i in range(50)])

@@ -70,9 +70,10 @@ def _check_reading(fmt: str, frame: Any, expected: dict[str, Any]) -> None:
         if key in ("note", "byte3", "of"):  # prose, or checked by the caller
             continue
         assert _lookup(fmt, frame, key) == value, key
-    # a flagged reading never yields clean vitals
+    # a flagged reading's vitals travel with its flags, never as clean values
     if not frame.trusted:
-        assert not any(m in (Metric.SPO2, Metric.PULSE_RATE) for m, _ in frame.measurements)
+        assert all(frame.flags_for(m) == frame.flags for m, _ in frame.measurements
+                   if m in (Metric.SPO2, Metric.PULSE_RATE))
 
 
 @pytest.mark.parametrize("case", conformance_params("oximeter_proprietary_cases.json", _cases))
@@ -139,8 +140,9 @@ def test_conformance(case: dict[str, Any]) -> None:
 )
 def test_probe_off_and_searching_are_never_clean(fmt: str, hex_frame: str, flag: QualityFlag) -> None:
     frame = decode_oximeter(fmt, bytes.fromhex(hex_frame))
-    assert flag in frame.flags and frame.measurements == ()
-    assert frame.fields["spo2"] == 98  # kept for the record, just not as a clean reading
+    assert flag in frame.flags and not frame.trusted
+    assert frame.fields["spo2"] == 98  # passed on with the flag, never as a clean reading
+    assert frame.measurements == ((Metric.SPO2, 98.0), (Metric.PULSE_RATE, 72.0))
 
 
 def test_stream_resyncs_after_cut_packet_and_reports_garbage() -> None:
@@ -182,8 +184,7 @@ def test_fuzz_only_frame_errors_escape(fmt: str, data: bytes) -> None:
         assert str(exc).startswith(fmt)
     else:
         json.dumps(frame.to_json_dict())
-        assert not (frame.measurements and not frame.trusted and
-                    any(m is Metric.SPO2 for m, _ in frame.measurements))
+        assert all(frame.flags_for(m) == frame.flags for m, _ in frame.measurements if m is Metric.SPO2)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))

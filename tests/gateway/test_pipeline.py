@@ -7,15 +7,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from carewatch.firmware_sim.frames import (
+    encode_berrymed,
+    encode_heart_rate,
+    encode_plx_continuous,
+    encode_plx_spot_check,
+)
 from carewatch.gateway.pipeline import URGENT_BANDS, Pipeline, is_urgent
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
-from conformance import CONFORMANCE_DIR
+from conformance import CONFORMANCE_DIR, load_conformance
 
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, Reading
 
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 OX, TH, PIR, CHEAP = "A4:C1:38:00:00:01", "A4:C1:38:00:00:02", "A4:C1:38:00:00:03", "A4:C1:38:00:00:04"
+RING, STRAP = "A4:C1:38:00:00:05", "A4:C1:38:00:00:06"
 
 
 @pytest.fixture
@@ -35,6 +42,10 @@ def pipeline() -> Pipeline:
                 RegisteredDevice(
                     address=CHEAP, device_id="ox-2", kind=DeviceKind.PULSE_OXIMETER, source="berrymed"
                 ),
+                RegisteredDevice(
+                    address=RING, device_id="ring-1", kind=DeviceKind.PULSE_OXIMETER, source="o2ring"
+                ),
+                RegisteredDevice(address=STRAP, device_id="hr-1", kind=DeviceKind.HEART_RATE, resident_id="r-1"),
             ]
         )
     )
@@ -126,6 +137,75 @@ def test_wrong_source_truncated_frame_and_implausible_value(pipeline: Pipeline, 
     assert [d.metric for d in implausible.drafts] == [Metric.PULSE_RATE], "the good half of the frame is kept"
     [dead] = implausible.dead_letters
     assert "plausible" in dead.reason and dead.detail == {"metric": "spo2", "value": 30.0}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Readings the device distrusts: passed on with their flags, never dropped, never clean
+# ------------------------------------------------------------------------------------------------------------
+QUESTIONABLE_BIT, INVALID_BIT = 1 << 14, 1 << 15  # PLX Measurement Status
+SENSOR_DISCONNECTED_BIT = 1 << 15  # PLX Device and Sensor Status
+
+
+def _flagged(result: Any) -> dict[Metric, tuple[float, set[str], bool]]:
+    assert not result.dead_letters
+    for draft in result.drafts:
+        Reading(seq=1, **{k: v for k, v in vars(draft).items() if k != "urgent"})  # valid on the wire
+    return {d.metric: (d.value, {f.value for f in d.flags}, d.urgent) for d in result.drafts}
+
+
+@pytest.mark.parametrize(("frame", "flag"), [
+    (encode_plx_spot_check(86, 72, measurement_status=QUESTIONABLE_BIT), "questionable"),
+    (encode_plx_spot_check(86, 72, measurement_status=INVALID_BIT), "invalid"),
+    (encode_plx_spot_check(86, 72, device_and_sensor_status=SENSOR_DISCONNECTED_BIT), "sensor_fault"),
+])
+def test_distrusted_spot_check_is_a_flagged_reading(pipeline: Pipeline, frame: bytes, flag: str) -> None:
+    readings = _flagged(pipeline.process(note(OX, "2a5e", frame)))
+    # SpO2 86 would be urgent if clean; flagged, it is stored and set aside by the scorer, not hurried
+    assert readings == {Metric.SPO2: (86, {flag}, False), Metric.PULSE_RATE: (72, {flag}, False)}
+    assert not any(d.trusted for d in pipeline.process(note(OX, "2a5e", frame)).drafts)
+
+
+def test_distrusted_continuous_measurement_is_a_flagged_reading(pipeline: Pipeline) -> None:
+    frame = encode_plx_continuous(95, 70, measurement_status=QUESTIONABLE_BIT,
+                                  device_and_sensor_status=SENSOR_DISCONNECTED_BIT)
+    readings = _flagged(pipeline.process(note(OX, "2a5f", frame)))
+    both = {"questionable", "sensor_fault"}
+    assert readings == {Metric.SPO2: (95, both, False), Metric.PULSE_RATE: (70, both, False)}
+
+
+def test_conformance_vector_with_every_distrust_flag_is_stored_flagged(pipeline: Pipeline) -> None:
+    case = next(c for c in load_conformance("gatt_cases.json")["cases"] if c["bytes_hex"] ==
+                "0facf3bef5e8070b1d170839204022000066e3")  # questionable, sensor fault and low perfusion
+    result = pipeline.process(note(OX, "2a5e", bytes.fromhex(case["bytes_hex"])))
+    flags = {"low_perfusion", "questionable", "sensor_fault"}
+    # its 2024 device clock is far from AT: the receive time is used, and said so
+    assert _flagged(result) == {Metric.SPO2: (94, flags | {"clock_skewed"}, False),
+                                Metric.PULSE_RATE: (147, flags | {"clock_skewed"}, False)}
+
+
+def test_flagged_value_outside_the_plausible_range_is_a_dead_letter_with_its_flags(pipeline: Pipeline) -> None:
+    result = pipeline.process(note(OX, "2a5e", encode_plx_spot_check(0, 0, measurement_status=INVALID_BIT)))
+    assert not result.drafts and len(result.dead_letters) == 2  # kept, counted, never silent
+    assert all(d.detail["flags"] == ["invalid"] for d in result.dead_letters)
+
+
+def test_proprietary_probe_off_and_heart_rate_without_contact_are_flagged(pipeline: Pipeline) -> None:
+    berrymed = _flagged(pipeline.process(note(CHEAP, "berrymed", encode_berrymed(97, 70, no_finger=True))))
+    assert berrymed == {Metric.SPO2: (97, {"sensor_fault"}, False), Metric.PULSE_RATE: (70, {"sensor_fault"}, False)}
+    strap = _flagged(pipeline.process(note(STRAP, "2a37", encode_heart_rate(44, sensor_contact=False))))
+    assert strap == {Metric.PULSE_RATE: (44, {"sensor_fault"}, False)}
+
+
+def test_battery_beside_a_flagged_vital_is_not_flagged(pipeline: Pipeline) -> None:
+    case = next(c for c in load_conformance("oximeter_proprietary_cases.json")["cases"]
+                if c["id"] == "o2ring-offfinger")
+    readings = _flagged(pipeline.process(note(RING, "o2ring", bytes.fromhex(case["bytes_hex"]))))
+    assert readings == {Metric.BATTERY: (90, set(), False)}  # ring not worn: no vitals, battery still true
+    worn = bytes.fromhex("0000000000000061480000000000550003060100")
+    worn_off = worn[:18] + b"\x00" + worn[19:]  # the same values with the ring reported off the finger
+    readings = _flagged(pipeline.process(note(RING, "o2ring", worn_off)))
+    assert readings == {Metric.SPO2: (97, {"sensor_fault"}, False), Metric.PULSE_RATE: (72, {"sensor_fault"}, False),
+                        Metric.BATTERY: (85, set(), False)}
 
 
 def test_naive_receive_time_is_dead_lettered_not_raised(pipeline: Pipeline, gw: Any) -> None:

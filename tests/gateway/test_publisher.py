@@ -147,11 +147,31 @@ def test_status_is_retained_and_will_says_offline(
     late.wait_for(lambda: bool(late.statuses), 5, "retained status")
     retained, status = late.statuses[0]
     assert retained and status["state"] == "online" and status["gateway_id"] == outbox.gateway_id
-    # die without a DISCONNECT: the broker publishes the last will
+    first = publisher.connected_at
+    assert first is not None and datetime.fromisoformat(status["connected_at"]) == first
+
+    def wills() -> list[dict[str, Any]]:
+        return [s for _, s in late.statuses if s["state"] == "offline"]
+
+    # the network goes (no DISCONNECT): the broker publishes the will registered on that connection
+    publisher.set_uplink(False)
+    late.wait_for(lambda: len(wills()) == 1, 10, "last will")
+    # a will claims only what is true whenever it is sent: offline, written when its connection opened
+    assert wills()[0] == {"v": 1, "site_id": outbox.site_id, "gateway_id": outbox.gateway_id, "state": "offline",
+                          "at": wills()[0]["connected_at"], "connected_at": wills()[0]["connected_at"],
+                          "uptime_s": None, "outbox_depth": None, "outbox_bytes": None, "outbox_budget_pct": None,
+                          "oldest_unsent": None, "last_seq": None, "devices": []}
+    assert datetime.fromisoformat(wills()[0]["at"]) == first
+    publisher.set_uplink(True)
+    assert publisher.wait_connected(10)
+    second = publisher.connected_at
+    assert second is not None and second > first
+    # die without a DISCONNECT: this time's will carries this connection's time, not the first one's
     publisher._stopping.set()
     publisher.client.loop_stop()
     publisher.client.socket().close()  # type: ignore[union-attr]
-    late.wait_for(lambda: any(s["state"] == "offline" for _, s in late.statuses), 10, "last will")
+    late.wait_for(lambda: len(wills()) == 2, 10, "second last will")
+    assert datetime.fromisoformat(wills()[1]["at"]) == second
     assert outbox.depth() == 5, "unsent readings stay in the outbox"
 
 
