@@ -229,24 +229,29 @@ def dashboard() -> None:
 
 @app.command()
 def sim(
-    residents: Annotated[int, typer.Option(help="Residents per care home.")] = 12,
-    homes: Annotated[int, typer.Option(help="Care homes.")] = 2,
+    residents: Annotated[int, typer.Option(help="Care-home residents in all, spread over homes of --per-home.")] = 24,
+    per_home: Annotated[int, typer.Option(help="Residents per care home (the last home takes the rest).")] = 12,
     households: Annotated[int, typer.Option(help="Households with home sensors.")] = 3,
-    scenario: Annotated[list[Path] | None, typer.Option(help="Scenario YAML file(s).")] = None,
+    scenario: Annotated[list[str] | None, typer.Option(
+        help="Scenario YAML file, or a built-in name (demo, month); repeatable.")] = None,
     mode: Annotated[str, typer.Option(help="realtime | accelerated | backfill")] = "accelerated",
     accelerate: Annotated[float, typer.Option(help="Speed-up for accelerated mode.")] = 60.0,
     days: Annotated[float, typer.Option(help="Simulated days (backfill) or run length (others).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same output.")] = 7,
-    output: Annotated[str, typer.Option(help="mqtt (wire messages) | ble (bytes through the gateway code)")] = "ble",
+    seed: Annotated[int, typer.Option(help="Seed: same seed and --start, same output.")] = 7,
+    start: Annotated[str | None, typer.Option(
+        help="Simulated start, ISO 8601 (UTC unless it has an offset); default now (backfill: --days ago).")] = None,
+    output: Annotated[str, typer.Option(
+        help="ble (bytes through the gateway code) | mqtt (wire messages) | jsonl (wire messages to --out)")] = "ble",
+    out: Annotated[Path | None, typer.Option(help="File for --output jsonl: one readings message per line.")] = None,
     ground_truth: Annotated[Path | None, typer.Option(help="Write ground truth JSON lines here.")] = None,
 ) -> None:
     """Simulate residents, households and their devices, with scripted scenarios and ground truth."""
     from carewatch.firmware_sim.cli import run_sim
 
     _configure_logging()
-    raise typer.Exit(run_sim(get_settings(), residents=residents, homes=homes, households=households,
-                             scenarios=scenario or [], mode=mode, accelerate=accelerate, days=days, seed=seed,
-                             output=output, ground_truth=ground_truth))
+    raise typer.Exit(run_sim(get_settings(), residents=residents, per_home=per_home, households=households,
+                             scenarios=list(scenario or []), mode=mode, accelerate=accelerate, days=days, seed=seed,
+                             start=start, output=output, out=out, ground_truth=ground_truth))
 
 
 @app.command()

@@ -29,14 +29,22 @@ from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
 #: Readings per history load (one transaction and one COPY each); observation sets are written between loads.
 CHUNK = 200_000
+#: The progress bar is redrawn every this many readings (and once more at the end).
+PROGRESS_EVERY = 20_000
 
 
 def backfill_gateway_id(site_id: str) -> str:
     return f"gw-{site_id}-backfill"
 
 
+def progress_line(done: float, readings: int, per_second: float) -> str:
+    """One redraw of the backfill progress bar (``done`` is the simulated fraction, 0..1)."""
+    done = min(max(done, 0.0), 1.0)
+    return f"\rbackfill [{'#' * int(done * 30):<30}] {done:5.1%}  {readings:,} readings  {per_second:,.0f}/s"
+
+
 def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end: datetime,
-                   progress: bool = True, chunk: int = CHUNK) -> dict[str, int]:
+                   progress: bool = True, chunk: int = CHUNK, progress_every: int = PROGRESS_EVERY) -> dict[str, int]:
     """Store every device reading of ``world`` in [start, end) with ingest's bulk history load. Returns counts."""
     from carewatch.ingest.store import HistoryReading, load_directory, load_history
 
@@ -70,11 +78,10 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
                                  event.value, event.at, event.at, tuple(getattr(event, "flags", ())))
             produced += 1
             totals["readings"] += 1
-            if progress and totals["readings"] % 20_000 == 0:
-                done = (event.at - start).total_seconds() / span
+            if progress and totals["readings"] % progress_every == 0:
                 rate = totals["readings"] / max(1e-9, time.monotonic() - t0)
-                print(f"\rbackfill [{'#' * int(done * 30):<30}] {done:5.1%}  {totals['readings']:,} readings  "
-                      f"{rate:,.0f}/s", end="", file=sys.stderr, flush=True)
+                print(progress_line((event.at - start).total_seconds() / span, totals["readings"], rate), end="",
+                      file=sys.stderr, flush=True)
             if produced >= chunk:
                 return
         exhausted = True
@@ -86,7 +93,8 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
         rounds.flush()
     totals["observation_sets"] = rounds.close()
     if progress:
-        print(file=sys.stderr)
+        rate = totals["readings"] / max(1e-9, time.monotonic() - t0)
+        print(progress_line(1.0, totals["readings"], rate), file=sys.stderr, flush=True)
     return totals
 
 

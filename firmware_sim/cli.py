@@ -15,21 +15,24 @@ import psycopg
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
-from carewatch.firmware_sim.scenarios import Scenario, load_scenarios
+from carewatch.firmware_sim.scenarios import Scenario, ScenarioError, load_scenarios
 from carewatch.firmware_sim.seed import seed_world
-from carewatch.firmware_sim.world import SiteSpec, World, build_world
+from carewatch.firmware_sim.world import World, build_world, site_specs
 
 from carewatch.settings import Settings
 
 MODES = ("realtime", "accelerated", "backfill")
-OUTPUTS = ("ble", "mqtt")
+OUTPUTS = ("ble", "mqtt", "jsonl")
+#: Residents per care home unless ``--per-home`` says otherwise (the demo's homes, and one device kit each).
+PER_HOME = 12
 
 
-def make_world(*, seed: int, homes: int, residents: int, households: int, scenarios: list[Scenario],
-               start: datetime, site_ids: list[str] | None = None) -> World:
-    ids = site_ids or [f"home-{i + 1:02d}" for i in range(homes)]
-    sites = [SiteSpec(id=site, residents=residents) for site in ids]
-    return build_world(seed=seed, sites=sites, households=households, scenarios=scenarios, start=start)
+def make_world(*, seed: int, residents: int, households: int, scenarios: list[Scenario], start: datetime,
+               per_home: int = PER_HOME, site_ids: list[str] | None = None,
+               household_prefix: str = "hh") -> World:
+    """``residents`` in all, spread over care homes of ``per_home``, plus ``households`` homes with sensors."""
+    return build_world(seed=seed, sites=site_specs(residents, per_home, site_ids=site_ids), households=households,
+                       scenarios=scenarios, start=start, household_prefix=household_prefix)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -39,25 +42,60 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_sim(settings: Settings, *, residents: int, homes: int, households: int, scenarios: list[Path],
-            mode: str, accelerate: float, days: float, seed: int, output: str, ground_truth: Path | None) -> int:
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def parse_start(text: str) -> datetime:
+    """``--start``: an ISO 8601 date or date-time, UTC unless it carries an offset."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--start {text!r} is not an ISO date-time (e.g. 2025-01-06T08:00:00+00:00)") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def run_sim(settings: Settings, *, residents: int, households: int, scenarios: list[str | Path], mode: str,
+            accelerate: float, days: float, seed: int, output: str, ground_truth: Path | None,
+            per_home: int = PER_HOME, start: datetime | str | None = None, out: Path | None = None) -> int:
+    """``carewatch sim``. Same seed and ``start``, same world, same ground truth and same ``--output jsonl`` bytes.
+
+    Without ``start`` the simulation starts now (backfill: ``days`` before now); backfill covers
+    [start, start + days), the other modes run for ``days`` of simulated time."""
     if mode not in MODES:
-        print(f"error: --mode must be one of {', '.join(MODES)}", file=sys.stderr)
-        return 2
+        return _error(f"--mode must be one of {', '.join(MODES)}")
     if output not in OUTPUTS:
-        print(f"error: --output must be one of {', '.join(OUTPUTS)}", file=sys.stderr)
-        return 2
-    specs = [s for path in scenarios for s in load_scenarios(path)]
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    start = now - timedelta(days=days) if mode == "backfill" else now
-    world = make_world(seed=seed, homes=homes, residents=residents, households=households, scenarios=specs,
-                       start=start)
+        return _error(f"--output must be one of {', '.join(OUTPUTS)}")
+    if output == "jsonl" and out is None:
+        return _error("--output jsonl needs --out FILE")
+    try:
+        if isinstance(start, str):
+            start = parse_start(start)
+        elif start is not None and start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        specs = [s for ref in scenarios for s in load_scenarios(ref)]
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        if start is None:
+            start = now - timedelta(days=days) if mode == "backfill" else now
+        world = make_world(seed=seed, residents=residents, per_home=per_home, households=households,
+                           scenarios=specs, start=start)
+    except (ScenarioError, ValueError) as exc:
+        return _error(str(exc))
+    end = start + timedelta(days=days)
     if ground_truth:
         world.write_ground_truth(ground_truth)
     if mode == "backfill":
         from carewatch.firmware_sim.backfill import backfill
 
-        return backfill(settings, world, start=start, end=now)
+        return backfill(settings, world, start=start, end=end)
+    if output == "jsonl":
+        from carewatch.firmware_sim.wire_output import write_jsonl
+
+        assert out is not None
+        print(json.dumps(write_jsonl(world, out, start=start, end=end)), flush=True)
+        return 0
+    speed = 1.0 if mode == "realtime" else accelerate
     if output == "mqtt":
         from carewatch.firmware_sim.wire_output import direct_gateway_id, publish_direct
 
@@ -67,10 +105,10 @@ def run_sim(settings: Settings, *, residents: int, homes: int, households: int, 
                 conn.cursor().executemany(
                     "INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     [(direct_gateway_id(s), s) for s in [x.id for x in world.sites] + [h.id for h in world.households]])
-
-        return publish_direct(settings, world, start=start, days=days,
-                              accelerate=1.0 if mode == "realtime" else accelerate, stop=_stop_on_signals())
-    return _run_fleet(settings, world, accelerate=1.0 if mode == "realtime" else accelerate, days=days)
+        summary = publish_direct(settings, world, start=start, end=end, accelerate=speed, stop=_stop_on_signals())
+        print(json.dumps(summary), flush=True)
+        return 0
+    return _run_fleet(settings, world, accelerate=speed, days=days)
 
 
 def _run_fleet(settings: Settings, world: World, *, accelerate: float, days: float,
@@ -107,7 +145,7 @@ def _fleet_summary(fleet: SimFleet, counters: Any, drained: bool) -> dict[str, A
 
 def run_simulated_gateway(settings: Settings) -> None:
     """``carewatch gateway --simulate``: one care home of simulated residents behind this gateway, in real time."""
-    world = make_world(seed=zlib.crc32(settings.site_id.encode()) % 10_000, homes=1, residents=12, households=0,
+    world = make_world(seed=zlib.crc32(settings.site_id.encode()) % 10_000, residents=PER_HOME, households=0,
                        scenarios=[], start=datetime.now(UTC), site_ids=[settings.site_id])
     _run_fleet(settings, world, accelerate=1.0, days=3650, site_ids=[settings.site_id],
                gateway_ids={settings.site_id: settings.gateway_id})

@@ -59,6 +59,8 @@ BTHOME_FIELD = {
 _PLX_QUESTIONABLE = 1 << 14
 _PLX_LOW_PERFUSION = 1 << 5
 _PLX_ERRATIC_SIGNAL = 1 << 6
+# Blood Pressure Measurement Status bit 0: body movement detected (the cuff's retry after the resident moved).
+_BP_BODY_MOVEMENT = 1 << 0
 
 
 def mac_for(device_id: str) -> str:
@@ -204,14 +206,15 @@ class DeviceLayer:
         """A fault parameter as the scenario declared it, its kind's default otherwise."""
         return float(faults[kind].params.get(name, FAULT_DEFAULTS[kind][name]))
 
-    def _device_time(self, faults: dict[FaultKind, DeviceFault], at: datetime) -> tuple[datetime | None, bool]:
-        """(timestamp to encode, clock_not_set)."""
+    def _device_time(self, faults: dict[FaultKind, DeviceFault], at: datetime) -> datetime | None:
+        """The Date Time the device stamps on a measurement: its clock in UTC (the gateway sets it through the
+        Current Time Service), off by ``skew_s`` while clock_wrong, None ("unknown", year 0) while clock_unset."""
         if FaultKind.CLOCK_UNSET in faults:
-            return None, True
+            return None
         if FaultKind.CLOCK_WRONG in faults:
             skew = self._param(faults, FaultKind.CLOCK_WRONG, "skew_s")
-            return (at + timedelta(seconds=skew)).replace(tzinfo=None), False
-        return at.replace(tzinfo=None), False
+            return (at + timedelta(seconds=skew)).replace(tzinfo=None)
+        return at.replace(tzinfo=None)
 
     def _vital(self, samples: list[VitalSample]) -> list[Routed]:
         first = samples[0]
@@ -221,28 +224,29 @@ class DeviceLayer:
         values = {s.metric: s.value for s in samples}
         flags = frozenset().union(*(s.flags for s in samples))
         faults = self._active(device, first.at, kit=first.device)
-        stamp, unset = self._device_time(faults, first.at)
+        # every bedside frame carries its Time Stamp; an unset clock sends the spec's "unknown" (year 0)
+        stamp = self._device_time(faults, first.at)
         if device.kind == DeviceKind.PULSE_OXIMETER:
             status = _PLX_QUESTIONABLE if QualityFlag.QUESTIONABLE in flags else 0
             dss = (_PLX_LOW_PERFUSION if QualityFlag.LOW_PERFUSION in flags else 0) | (
                 _PLX_ERRATIC_SIGNAL if QualityFlag.MOTION_ARTEFACT in flags else 0)
             data = frames.encode_plx_spot_check(
                 round(values.get(Metric.SPO2, float("nan"))), round(values.get(Metric.PULSE_RATE, float("nan"))),
-                timestamp=stamp, with_timestamp=True, measurement_status=status or None,
-                device_and_sensor_status=dss or None,
+                timestamp=stamp, with_timestamp=True, device_clock_not_set=stamp is None,
+                measurement_status=status or None, device_and_sensor_status=dss or None,
+                pulse_amplitude_index=values.get(Metric.PERFUSION_INDEX),
             )
         elif device.kind == DeviceKind.THERMOMETER:
-            data = frames.encode_temperature(round(values[Metric.TEMPERATURE], 2), timestamp=stamp, temp_type=6)
-            if unset:
-                data = frames.encode_temperature(round(values[Metric.TEMPERATURE], 2), timestamp=None, temp_type=6)
-                data = bytes([data[0] | 0x02]) + data[1:5] + frames.encode_date_time(None) + data[5:]
+            data = frames.encode_temperature(round(values[Metric.TEMPERATURE], 2), timestamp=stamp,
+                                             with_timestamp=True, temp_type=6)
         else:
             sbp, dbp = values.get(Metric.SYSTOLIC_BP), values.get(Metric.DIASTOLIC_BP)
             if sbp is None or dbp is None:
                 return []
             data = frames.encode_blood_pressure(
-                round(sbp), round(dbp), round(dbp + (sbp - dbp) / 3),
-                timestamp=stamp if not unset else None, pulse_rate=values.get(Metric.PULSE_RATE),
+                round(sbp), round(dbp), round(dbp + (sbp - dbp) / 3), timestamp=stamp, with_timestamp=True,
+                pulse_rate=values.get(Metric.PULSE_RATE),
+                measurement_status=_BP_BODY_MOVEMENT if QualityFlag.MOTION_ARTEFACT in flags else None,
             )
         out = self._emit(device, data, first.at, faults)
         if FaultKind.FLAT_BATTERY in faults:

@@ -175,14 +175,19 @@ def encode_temperature(
     fahrenheit: bool = False,
     timestamp: datetime | None = None,
     temp_type: int | None = None,
+    with_timestamp: bool | None = None,
 ) -> bytes:
-    """Temperature Measurement 0x2A1C at 0.01 degree; with ``fahrenheit`` the value is sent in °F."""
+    """Temperature Measurement 0x2A1C at 0.01 degree; with ``fahrenheit`` the value is sent in °F.
+
+    The Time Stamp field is included when ``timestamp`` is given (or ``with_timestamp=True``, which sends the
+    all-zero "unknown" date of a device whose clock was never set)."""
     value: Value = celsius
     if fahrenheit and not isinstance(celsius, Special) and math.isfinite(celsius):
         value = celsius * 9 / 5 + 32
-    flags = 0x01 * fahrenheit | 0x02 * (timestamp is not None) | 0x04 * (temp_type is not None)
+    include_time = timestamp is not None if with_timestamp is None else with_timestamp
+    flags = 0x01 * fahrenheit | 0x02 * include_time | 0x04 * (temp_type is not None)
     out = bytes([flags]) + encode_float(value, -2)
-    if timestamp is not None:
+    if include_time:
         out += encode_date_time(timestamp)
     if temp_type is not None:
         out += bytes([temp_type])
@@ -203,25 +208,28 @@ def encode_blood_pressure(
     user_id: int | None = None,
     measurement_status: int | None = None,
     intermediate: bool = False,
+    with_timestamp: bool | None = None,
 ) -> bytes:
     """Blood Pressure 0x2A35 (or Intermediate Cuff Pressure 0x2A36 with ``intermediate``, where the first
     value is the cuff pressure and the other two should be NaN). Pressures are given in mmHg; with ``kpa``
-    they are sent in kPa at 0.1 kPa, else in mmHg at 1 mmHg."""
+    they are sent in kPa at 0.1 kPa, else in mmHg at 1 mmHg. ``with_timestamp=True`` and no ``timestamp``
+    sends the all-zero "unknown" Time Stamp."""
     def pressure(v: Value) -> bytes:
         if kpa and not isinstance(v, Special) and math.isfinite(v):
             return encode_sfloat(v * KPA_PER_MMHG, -1)
         return encode_sfloat(v, -1 if kpa else 0)
 
     del intermediate  # same layout; kept so callers can say which characteristic they mean
+    include_time = timestamp is not None if with_timestamp is None else with_timestamp
     flags = (
         0x01 * kpa
-        | 0x02 * (timestamp is not None)
+        | 0x02 * include_time
         | 0x04 * (pulse_rate is not None)
         | 0x08 * (user_id is not None)
         | 0x10 * (measurement_status is not None)
     )
     out = bytes([flags]) + pressure(systolic) + pressure(diastolic) + pressure(mean_arterial)
-    if timestamp is not None:
+    if include_time:
         out += encode_date_time(timestamp)
     if pulse_rate is not None:
         out += encode_sfloat(pulse_rate)

@@ -432,6 +432,10 @@ FAULT_DEFAULTS: dict[FaultKind, dict[str, float | str]] = {
     FaultKind.CLOCK_UNSET: {},
     FaultKind.CLOCK_WRONG: {"skew_s": -86_400.0 * 365},
 }
+CLOCK_FAULTS = frozenset({FaultKind.CLOCK_UNSET, FaultKind.CLOCK_WRONG})
+#: Device kinds whose frames carry a Date Time, so a clock fault can show: the thermometer (0x2A1C), the cuff
+#: (0x2A35) and the PLX spot check (0x2A5E). Household sensors send BTHome advertisements, which carry no time.
+CLOCK_DEVICE_KINDS = frozenset({DeviceKind.THERMOMETER, DeviceKind.BP_CUFF, DeviceKind.PULSE_OXIMETER})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -529,6 +533,8 @@ class ScenarioSpec(_Model):
                 raise ValueError(
                     f"fault {self.fault.kind.value} has no parameter {', '.join(unknown_fault)} (allowed: {allowed})"
                 )
+            if self.fault.kind in CLOCK_FAULTS:
+                self._check_clock_fault()
         elif self.fault is not None:
             raise ValueError(f"fault is only for device_fault scenarios, not {self.kind.value}")
         if info.target == "site" and t.site is None and t.household is None:
@@ -539,6 +545,23 @@ class ScenarioSpec(_Model):
                 if not all(0.0 <= v <= 1.0 for v in lo_hi):
                     raise ValueError(f"{name} is a probability/fraction and must stay within 0..1")
         return self
+
+    def _check_clock_fault(self) -> None:
+        """A clock fault needs a device whose frames carry a time, and a wrong clock must be off by more than the
+        gateway tolerates (``gateway.frames.DEFAULT_MAX_SKEW``): else the expected device_fault could never come."""
+        from carewatch.gateway.frames import DEFAULT_MAX_SKEW
+
+        assert self.fault is not None
+        t = self.target
+        kinds = ", ".join(sorted(k.value for k in CLOCK_DEVICE_KINDS))
+        if t.household is not None or (t.device_kind is not None and t.device_kind not in CLOCK_DEVICE_KINDS):
+            what = f"a {t.device_kind.value}" if t.device_kind is not None else "a household sensor"
+            raise ValueError(f"{self.fault.kind.value} needs a device whose frames carry a Date Time (a care-home "
+                             f"kit's {kinds}); {t.device} is {what}, and BTHome advertisements carry no time")
+        skew = float(self.fault_params().get("skew_s", math.inf))
+        if abs(skew) <= DEFAULT_MAX_SKEW.total_seconds():
+            raise ValueError(f"skew_s {skew:g} is within the {DEFAULT_MAX_SKEW.total_seconds():g} s the gateway "
+                             "accepts from a device clock, so no fault would show")
 
     # ---- derived, with kind defaults filled in -------------------------------------------------------
     @property
@@ -701,8 +724,10 @@ def parse_scenario_file(text: str, *, source: str = "<string>") -> ScenarioFile:
 
 
 def load_scenario_file(name_or_path: str | Path) -> ScenarioFile:
-    """Load a built-in scenario file by name ('demo', 'month') or any YAML file by path."""
-    if isinstance(name_or_path, str) and name_or_path in BUILTIN:
+    """Load a built-in scenario file by name ('demo', 'month') or any YAML file by path.
+
+    A built-in name given as a Path (as a CLI option may pass it) is the built-in unless that file exists."""
+    if str(name_or_path) in BUILTIN and (isinstance(name_or_path, str) or not Path(name_or_path).is_file()):
         ref = resources.files("carewatch.firmware_sim").joinpath("scenarios", f"{name_or_path}.yaml")
         return parse_scenario_file(ref.read_text(encoding="utf-8"), source=f"{name_or_path}.yaml")
     path = Path(name_or_path)

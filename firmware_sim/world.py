@@ -63,6 +63,8 @@ Event = VitalSample | ManualObservation | SensorEvent | DeviceFault | GatewayOut
 
 TAG_RESIDENT, TAG_RESIDENT_DAY, TAG_KIT, TAG_SITE, TAG_HOUSEHOLD = 11, 12, 13, 14, 15
 MAX_RESIDENTS_PER_SITE = 1000
+#: Care homes one world can hold: NHS test numbers are unique per (site position, resident index) below 900,000.
+MAX_SITES = 900
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -140,6 +142,24 @@ class SiteSpec:
     obs_per_day: int | None = None  # None: per resident from the care plan (1, 2 or 4 a day)
     residents_per_kit: int = 12
     missed_round_probability: float = 0.02
+
+
+def site_specs(residents: int, per_home: int, *, obs_per_day: int | None = None,
+               site_ids: Sequence[str] | None = None) -> list[SiteSpec]:
+    """``residents`` in all, in care homes of ``per_home`` (the last one takes the rest): full homes first, so
+    adding residents never changes existing ones. Site ids are ``home-01``... unless ``site_ids`` names them."""
+    if residents < 0 or not 1 <= per_home <= MAX_RESIDENTS_PER_SITE:
+        raise ValueError(f"residents must be >= 0 and per_home 1..{MAX_RESIDENTS_PER_SITE} "
+                         f"(got {residents} and {per_home})")
+    sizes = [per_home] * (residents // per_home) + ([residents % per_home] if residents % per_home else [])
+    if len(sizes) > MAX_SITES:
+        raise ValueError(f"{residents} residents in homes of {per_home} make {len(sizes)} homes; at most "
+                         f"{MAX_SITES} (use larger homes)")
+    ids = list(site_ids) if site_ids is not None else [f"home-{i + 1:02d}" for i in range(len(sizes))]
+    if len(ids) != len(sizes):
+        raise ValueError(f"{residents} residents in homes of {per_home} make {len(sizes)} homes, "
+                         f"but {len(ids)} site ids were given")
+    return [SiteSpec(id=site, residents=n, obs_per_day=obs_per_day) for site, n in zip(ids, sizes, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -248,7 +268,7 @@ def _draw_resident(seed: int, site: SiteSpec, site_pos: int, index: int, start: 
     )
 
 
-def _draw_household(seed: int, index: int) -> Household:
+def _draw_household(seed: int, index: int, prefix: str = "hh") -> Household:
     rng = np.random.default_rng([seed, TAG_HOUSEHOLD, index, 0, 0])
     people = 1 if rng.random() < 0.7 else 2
     profiles = tuple(
@@ -262,7 +282,7 @@ def _draw_household(seed: int, index: int) -> Household:
     if people == 2:
         name = f"{female} and {male} {surname}"
     return Household(
-        id=f"hh-{index + 1:02d}",
+        id=f"{prefix}-{index + 1:02d}",
         index=index,
         name=name,
         council=COUNCILS[int(rng.integers(len(COUNCILS)))],
@@ -601,13 +621,18 @@ def build_world(
     start: datetime,
     tz: str | tzinfo = "Europe/London",
     household_options: HouseholdOptions | None = None,
+    household_prefix: str = "hh",
 ) -> World:
-    """Draw the population for ``seed`` and attach ``scenarios``. Raises ScenarioError for bad targets."""
+    """Draw the population for ``seed`` and attach ``scenarios``. Raises ScenarioError for bad targets.
+
+    Households are ``<household_prefix>-01``...: another prefix lets two worlds share one database."""
     if seed < 0:
         raise ValueError("seed must be a non-negative integer")
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
     ids = [s.id for s in sites]
+    if len(ids) > MAX_SITES:
+        raise ValueError(f"{len(ids)} care homes; a world holds at most {MAX_SITES}")
     if len(set(ids)) != len(ids):
         raise ValueError(f"site ids must be unique: {ids}")
     for site in sites:
@@ -619,6 +644,6 @@ def build_world(
     residents = [
         _draw_resident(seed, site, pos, i, start) for pos, site in enumerate(sites) for i in range(site.residents)
     ]
-    homes = [_draw_household(seed, i) for i in range(households)]
+    homes = [_draw_household(seed, i, household_prefix) for i in range(households)]
     return World(seed=seed, start=start, tz=zone, sites=sites, residents=residents, households=homes,
                  scenarios=scenarios, household_options=household_options or HouseholdOptions())

@@ -119,6 +119,20 @@ def test_blood_pressure_round_trip(systolic, diastolic, mean, kpa, pulse, user) 
     assert (fields["pulse_rate"], fields["user_id"]) == (pulse, user)
 
 
+@pytest.mark.parametrize(("uuid", "frame"), [
+    ("2a1c", encode_temperature(36.8, with_timestamp=True, temp_type=6)),
+    ("2a35", encode_blood_pressure(128, 74, 92, with_timestamp=True, pulse_rate=70)),
+    ("2a5e", encode_plx_spot_check(96, 70, with_timestamp=True)),
+])
+def test_an_unset_clock_sends_the_unknown_date_and_the_gateway_flags_it(uuid: str, frame: bytes) -> None:
+    """A Time Stamp of year 0 is the spec's "unknown": the values are kept, the time is not trusted."""
+    from carewatch.wire import QualityFlag
+
+    decoded = decode_characteristic(uuid, frame)
+    assert decoded.clock_not_set and decoded.device_time is None
+    assert QualityFlag.CLOCK_NOT_SET in decoded.flags and decoded.measurements
+
+
 @given(st.integers(0, 400), st.lists(st.integers(300, 2000).map(float), max_size=5), st.none() | st.integers(0, 9999),
        st.sampled_from([None, True, False]))
 def test_heart_rate_round_trip(bpm, rr, energy, contact) -> None:

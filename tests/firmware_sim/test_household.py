@@ -174,3 +174,26 @@ def test_most_homes_are_heated_through_the_day_and_some_ration(fortnight: tuple)
     midday = [e.value for e in events if e.household_id == all_day[0] and e.sensor == "living_climate"
               and e.metric is Metric.ROOM_TEMPERATURE and 12 <= _local_hour(e) < 14]
     assert min(midday) >= 18.0
+
+
+def test_weekends_start_later_and_bring_family_visits() -> None:
+    """People get up later at weekends (kitchen first used later) and family call on Saturday or Sunday
+    afternoons (more front-door openings then than on weekday afternoons)."""
+    world = build_world(seed=31, sites=[], households=20, scenarios=[], start=WINTER)
+    first_kitchen: dict[bool, dict[tuple[str, object], float]] = {True: {}, False: {}}
+    afternoon_door: Counter[bool] = Counter()
+    days: Counter[bool] = Counter()
+    for e in world.events(WINTER, WINTER + timedelta(days=21)):
+        if not isinstance(e, SensorEvent) or e.value != 1:
+            continue
+        local = e.at.astimezone(LONDON)
+        weekend, hour = local.weekday() >= 5, _local_hour(e)
+        if e.sensor == "kitchen_motion" and 5 <= hour < 12:
+            first_kitchen[weekend].setdefault((e.household_id, local.date()), hour)
+        elif e.sensor == "front_door" and 13 <= hour < 18:
+            afternoon_door[weekend] += 1
+    for start in (WINTER + timedelta(days=d) for d in range(21)):
+        days[start.weekday() >= 5] += 1
+    later_min = 60 * (np.mean(list(first_kitchen[True].values())) - np.mean(list(first_kitchen[False].values())))
+    assert later_min > 8
+    assert afternoon_door[True] / days[True] > 1.25 * afternoon_door[False] / days[False]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import Condition, ManualObservation, VitalSample
 from carewatch.firmware_sim.scenarios import (
+    CLOCK_DEVICE_KINDS,
+    CLOCK_FAULTS,
     KINDS,
     DeviceFault,
     GatewayOutage,
@@ -87,6 +90,13 @@ def _yaml(body: str) -> str:
          " fault: {kind: clock_unset}}", "device_kind"),
         ("  - {id: a, kind: device_fault, onset: 2h, target: {household: 0, device: kettle},"
          " fault: {kind: flat_battery, params: {volts: 3}}}", "flat_battery has no parameter volts"),
+        # BTHome advertisements carry no time: a clock fault there could never show
+        ("  - {id: a, kind: device_fault, onset: 2h, target: {household: 4, device: living_climate},"
+         " fault: {kind: clock_wrong}}", "clock_wrong needs a device whose frames carry a Date Time"),
+        ("  - {id: a, kind: device_fault, onset: 2h, target: {household: 0, device: bathroom},"
+         " fault: {kind: clock_unset}}", "BTHome advertisements carry no time"),
+        ("  - {id: a, kind: device_fault, onset: 2h, target: {site: 0, device: kit-01, device_kind: thermometer},"
+         " fault: {kind: clock_wrong, params: {skew_s: 120}}}", "within the 600 s the gateway accepts"),
         ("  - {id: a, kind: infection, onset: 2h, progression: {params: {new_confusion: 3}}}", "0..1"),
         ("  - {id: a, kind: infection, onset: 2h}\n  - {id: a, kind: uti, onset: 2h}", "used twice"),
         ("  - {id: a, kind: infection, onset: 2h, surprise: 1}", "Extra inputs"),
@@ -115,6 +125,10 @@ def test_builtin_files_load_and_month_covers_every_kind() -> None:
             assert exp.alert is None or exp.alert in AlertKind
     with pytest.raises(ScenarioError, match="no scenario file"):
         load_scenario_file("/nonexistent/x.yaml")
+    # a built-in name arrives as a Path from the CLI; a file by that name would win
+    assert load_scenario_file(Path("demo")) == demo
+    clock_faults = [s for s in month.scenarios if s.fault and s.fault.kind in CLOCK_FAULTS]
+    assert clock_faults and all(s.target.device_kind in CLOCK_DEVICE_KINDS for s in clock_faults)
 
 
 def test_every_kind_has_a_documented_default() -> None:
@@ -150,7 +164,7 @@ scenarios:
     fault: {kind: flat_battery, params: {hours_to_flat: 20}, replaced_after: 10h}
   - id: clock
     kind: device_fault
-    target: {household: 1, device: living_climate}
+    target: {site: 0, device: kit-01, device_kind: thermometer}
     onset: day 2 00:00
     progression: {duration: 24h}
     fault: {kind: clock_wrong}
@@ -369,7 +383,7 @@ def test_targets_that_do_not_exist_are_refused() -> None:
               "device_kind: bp_cuff}, fault: {kind: clock_unset}}")
     with pytest.raises(ScenarioError, match="no sensor 'toaster'"):
         build("  - {id: a, kind: device_fault, onset: 2h, target: {household: 0, device: toaster}, "
-              "fault: {kind: clock_unset}}")
+              "fault: {kind: garbage_frames}}")
 
 
 def test_flat_battery_silence_is_expected_only_after_the_device_kind_may_be_quiet(world_and_events: tuple) -> None:
