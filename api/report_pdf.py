@@ -232,7 +232,7 @@ def render_pdf(data: RightsizingReport, generated_at: datetime) -> bytes:
                   "kitchen sessions (fridge, kettle, kitchen motion within 30 minutes = one session)",
                   colour=palette.NIGHT["none"].background)
     pdf.bar_chart("Time out of the home per day", days, [d.minutes_out for d in r.daily], "minutes out",
-                  colour="#5F3C99")
+                  colour=palette.TIME_OUT)
     pdf.heading("Room temperature", 10)
     if not r.room_temperatures:
         pdf.para("No room-temperature readings in this period.", 9)

@@ -14,7 +14,9 @@ API, and serves ``carewatch api`` as a child process.
   opened in headless Chromium from the sidebar; time from the click until the page's heading is shown and
   Streamlit has finished running. Baseline: the sign-in form appearing after loading the app.
 
-Target: every page under 2 s. Exits 0 whether or not the target is met.
+Each page's figure is printed beside the baseline measured in the same run (so a loaded machine shows as a slow
+baseline too), with the machine's load average before and after, and whether every page's worst first render
+met the 2 s target. Exits 0 whether or not the target is met.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ APP = REPO / "dashboard" / "app.py"
 DRAWN = ("() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning' && "
          "[...document.querySelectorAll('[data-testid=stVegaLiteChart]')].every(e => e.querySelector('canvas, svg'))")
 TARGET_S = 2.0
+#: The figure every page is compared with: the sign-in page's first render, measured in the same run.
+BASELINE = "sign-in page (baseline)"
 #: role -> (page file, heading) in the order a person would open them; the first is the page shown on signing in
 ROUTES = {
     "care_staff": [("home", None), ("health_check", "Record a physical health check"), ("alerts", "Alerts"),
@@ -96,7 +100,7 @@ def apptest_round(api_url: str, world: DashWorld, times: dict[str, list[float]])
         at.session_state["api_url"] = api_url
         t0 = time.perf_counter()
         at.run()
-        times["sign-in page (baseline)"].append(time.perf_counter() - t0)
+        times[BASELINE].append(time.perf_counter() - t0)
         at.text_input(key="username").input(world.users[role])
         at.text_input(key="password").input(PASSWORD)
         at.button[0].click()
@@ -125,7 +129,7 @@ def browser_round(dashboard_url: str, world: DashWorld, times: dict[str, list[fl
                 t0 = time.perf_counter()
                 page.goto(dashboard_url)
                 page.get_by_role("textbox", name="Username").wait_for()
-                times["sign-in page (baseline)"].append(time.perf_counter() - t0)
+                times[BASELINE].append(time.perf_counter() - t0)
                 page.get_by_role("textbox", name="Username").fill(world.users[role])
                 page.get_by_role("textbox", name="Password").fill(PASSWORD)
                 for i, (name, heading) in enumerate(pages):
@@ -142,14 +146,31 @@ def browser_round(dashboard_url: str, world: DashWorld, times: dict[str, list[fl
             browser.close()
 
 
-def report(title: str, times: dict[str, list[float]]) -> None:
-    base = statistics.median(times["sign-in page (baseline)"])
-    print(f"\n{title}")
-    print(f"{'page':44} {'median s':>9} {'worst s':>9} {'x baseline':>11}  target < {TARGET_S:g} s")
+def load() -> str:
+    """The 1, 5 and 15 minute load averages and the CPU count: the figures mean little on a busy machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def report(title: str, times: dict[str, list[float]]) -> bool:
+    """Print each page beside the baseline of the same run; True when every page's worst run is under 2 s."""
+    base = statistics.median(times[BASELINE])
+    print(f"\n{title} ({load()})")
+    print(f"{'page':44} {'median s':>9} {'worst s':>9} {'baseline s':>11} {'x baseline':>11}  "
+          f"target < {TARGET_S:g} s")
+    slow = []
     for key, values in times.items():
         med, worst = statistics.median(values), max(values)
-        verdict = "" if key.startswith("sign-in") else ("ok" if worst < TARGET_S else "SLOW")
-        print(f"{key:44} {med:9.3f} {worst:9.3f} {med / base:11.1f}  {verdict}")
+        if key == BASELINE:
+            verdict = "(baseline)"
+        else:
+            verdict = "met" if worst < TARGET_S else "NOT MET"
+            if worst >= TARGET_S:
+                slow.append(key)
+        print(f"{key:44} {med:9.3f} {worst:9.3f} {base:11.3f} {med / base:11.1f}  {verdict}")
+    print(f"target (every page's worst first render < {TARGET_S:g} s): "
+          + ("met" if not slow else f"NOT MET by {len(slow)}: {', '.join(slow)}"))
+    return not slow
 
 
 def main() -> None:
@@ -158,6 +179,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=3, help="Fresh sessions per role.")
     parser.add_argument("--browser", action="store_true", help="Also measure in headless Chromium.")
     args = parser.parse_args()
+    print(f"before: {load()}")
     with database() as dsn, tempfile.TemporaryDirectory(prefix="bench-dash-state-") as state:
         t0 = time.perf_counter()
         with psycopg.connect(dsn) as conn:

@@ -50,7 +50,11 @@ OK = Swatch("#E8F5E9", "#1A1A1A")
 
 #: Chart shading behind a vital sign, by the NEWS2 points a value there scores (0-3).
 BAND_FILL = {0: "#E8F5E9", 1: "#FFF5CC", 2: "#FFE0B2", 3: "#FFCDD2"}
-PAGE = "#FFFFFF"
+PAGE = "#FFFFFF"  # page and card background; also the thin gaps between heatmap squares and night bars
+#: Card borders (a resident with no open alert) and other outlines: the well-known AA grey, 4.5:1 on white.
+BORDER = "#767676"
+#: Bars of time spent out of the home (care-package review), apart from the kitchen (green) and bathroom (blue).
+TIME_OUT = "#5F3C99"
 #: Streamlit's theme colour (primary buttons, selected chips and controls), with white text on it.
 PRIMARY = "#1F4E99"
 INK = "#1A1A1A"  # body text and chart lines

@@ -85,7 +85,7 @@ def vitals_chart(parameter: str, title: str, unit: str, readings: Sequence[Mappi
         odf = pd.DataFrame({"t": _local([o["taken_at"] for o in obs]), "value": [o[parameter] for o in obs],
                             "by": [o.get("recorded_by", "") for o in obs]})
         layers.append(alt.Chart(odf).mark_point(shape="diamond", size=140, filled=True, color=palette.INK,
-                                                stroke="#FFFFFF", strokeWidth=1).encode(
+                                                stroke=palette.PAGE, strokeWidth=1).encode(
             x=x, y=alt.Y("value:Q", scale=y_scale),
             tooltip=[alt.Tooltip("t:T", title="observation", format="%d %b %H:%M"),
                      alt.Tooltip("value:Q", title=unit), alt.Tooltip("by:N", title="recorded by")]))
@@ -109,7 +109,7 @@ def heatmap_chart(heatmap: Mapping[str, Any], height_per_day: int = 14) -> alt.C
     rows = [{"day": d, "hour": h, "events": c} for d, counts in zip(days, heatmap["counts"], strict=True)
             for h, c in enumerate(counts)]
     df = pd.DataFrame(rows)
-    return alt.Chart(df).mark_rect(stroke="#FFFFFF", strokeWidth=0.5).encode(
+    return alt.Chart(df).mark_rect(stroke=palette.PAGE, strokeWidth=0.5).encode(
         x=alt.X("hour:O", title="Hour of the day (UK time)"),
         y=alt.Y("day:O", title="Day", sort=days),
         color=alt.Color("events:Q", title="Activity events",
@@ -135,7 +135,7 @@ def nights_chart(nights: Sequence[Mapping[str, Any]]) -> alt.Chart:
     df = pd.DataFrame([{"night": short_date(n["night"]), "class": palette.NIGHT_WORDS[n["activity"]],
                         "bathroom": n["bathroom_visits"], "other": n["other_activity"], "one": 1} for n in nights])
     words = list(palette.NIGHT_WORDS.values())
-    return alt.Chart(df).mark_bar(stroke="#FFFFFF", strokeWidth=1).encode(
+    return alt.Chart(df).mark_bar(stroke=palette.PAGE, strokeWidth=1).encode(
         x=alt.X("night:O", title="Night (00:00-06:00)", sort=list(df["night"]),
                 axis=alt.Axis(labelAngle=0, labelOverlap=True)),
         y=alt.Y("one:Q", axis=None, title=None, scale=alt.Scale(domain=[0, 1])),

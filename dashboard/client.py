@@ -18,6 +18,11 @@ from carewatch.scoring.kinds import SEVERITY_RANK
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
 UNRESOLVED = ("open", "acknowledged", "escalated")
+#: Items the API serves per page at most (``limit``); the client follows ``next_offset`` from page to page.
+PAGE_SIZE = 500
+#: Most items one list gathers: enough for any real home, practice or council, small enough that a page still
+#: draws quickly. A list stopped here says so (``Items.truncated``) and the page shows a note.
+MAX_ITEMS = 5000
 
 _http_lock = threading.Lock()
 _http_clients: dict[tuple[str, float], httpx.Client] = {}
@@ -31,6 +36,13 @@ def _http(base_url: str, timeout: float) -> httpx.Client:
             client = httpx.Client(base_url=base_url, timeout=timeout)
             _http_clients[(base_url, timeout)] = client
         return client
+
+
+class Items(list[dict[str, Any]]):
+    """The items of a paged API list, all pages gathered; ``truncated`` says it stopped at the upper bound with
+    more still on the server (so a page can say so instead of silently showing part of the list)."""
+
+    truncated: bool = False
 
 
 class ApiError(RuntimeError):
@@ -81,6 +93,27 @@ class ApiClient:
         response = self._raw(method, path, **kwargs)
         return response.json() if response.content else None
 
+    def _items(self, path: str, params: dict[str, Any], most: int | None = None, key: str | None = None) -> Items:
+        """Every item of a paged list, following ``next_offset`` until the last page or ``most`` items
+        (default ``MAX_ITEMS``). ``key`` drops an item seen on an earlier page (rows can shift between pages
+        while new ones arrive)."""
+        most = MAX_ITEMS if most is None else most
+        out, seen, offset = Items(), set(), 0
+        while True:
+            page = self._request("GET", path, params={**params, "limit": max(1, min(PAGE_SIZE, most - len(out))),
+                                                      "offset": offset})
+            for item in page["items"]:
+                if key is None or item[key] not in seen:
+                    out.append(item)
+                    if key is not None:
+                        seen.add(item[key])
+            offset = page.get("next_offset")
+            if offset is None:
+                return out
+            if len(out) >= most:
+                out.truncated = True
+                return out
+
     def _refresh(self) -> None:
         response = self._send("POST", "/auth/refresh", json={"refresh_token": self.refresh_token})
         if response.status_code != 200:
@@ -104,14 +137,14 @@ class ApiClient:
         return self._request("GET", "/auth/me")
 
     # -- sites and residents -----------------------------------------------------------------------------
-    def sites(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/sites", params={"limit": 500, **({"kind": kind} if kind else {})})["items"]
+    def sites(self, kind: str | None = None) -> Items:
+        return self._items("/sites", {"kind": kind} if kind else {}, key="site_id")
 
     def overview(self, site_id: str) -> dict[str, Any]:
         return self._request("GET", f"/sites/{site_id}/overview")
 
-    def residents(self, site: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/residents", params={"limit": 500, **({"site": site} if site else {})})["items"]
+    def residents(self, site: str | None = None) -> Items:
+        return self._items("/residents", {"site": site} if site else {}, key="resident_id")
 
     def resident(self, resident_id: str) -> dict[str, Any]:
         return self._request("GET", f"/residents/{resident_id}")
@@ -139,21 +172,23 @@ class ApiClient:
     def record_observation(self, resident_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", f"/residents/{resident_id}/observations", json=body)
 
-    def observations(self, resident_id: str, since: datetime | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if since is not None:
-            params["since"] = since.isoformat()
-        return self._request("GET", f"/residents/{resident_id}/observations", params=params)["items"]
+    def observations(self, resident_id: str, since: datetime | None = None, most: int | None = None) -> Items:
+        params: dict[str, Any] = {"since": since.isoformat()} if since is not None else {}
+        return self._items(f"/residents/{resident_id}/observations", params, most, key="obs_id")
 
     # -- alerts ------------------------------------------------------------------------------------------
-    def alerts(self, site: str | None = None, resident: str | None = None,
-               statuses: tuple[str, ...] = UNRESOLVED, limit: int = 200) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit, "status": list(statuses)}
+    def alerts(self, site: str | None = None, resident: str | None = None, statuses: tuple[str, ...] = UNRESOLVED,
+               severities: tuple[str, ...] | None = None, most: int | None = None) -> Items:
+        """Most severe first, then newest (the API's order). ``severities`` is filtered by the API, so a long
+        list of low alerts cannot push the high ones past the upper bound."""
+        params: dict[str, Any] = {"status": list(statuses)}
         if site:
             params["site"] = site
         if resident:
             params["resident"] = resident
-        return self._request("GET", "/alerts", params=params)["items"]
+        if severities:
+            params["severity"] = list(severities)
+        return self._items("/alerts", params, most, key="alert_id")
 
     def alert(self, alert_id: int) -> dict[str, Any]:
         return self._request("GET", f"/alerts/{alert_id}")
@@ -201,15 +236,14 @@ class ApiClient:
                          params=self._calculator(days, hours_released, hourly_rate, caseload)).content
 
     # -- estate ------------------------------------------------------------------------------------------
-    def devices(self, site: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/devices", params={"limit": 500, **({"site": site} if site else {})})["items"]
+    def devices(self, site: str | None = None) -> Items:
+        return self._items("/devices", {"site": site} if site else {}, key="device_id")
 
-    def gateways(self, site: str | None = None) -> list[dict[str, Any]]:
-        return self._request("GET", "/gateways", params={"limit": 500, **({"site": site} if site else {})})["items"]
+    def gateways(self, site: str | None = None) -> Items:
+        return self._items("/gateways", {"site": site} if site else {}, key="gateway_id")
 
-    def dead_letters(self, site: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        return self._request("GET", "/dead-letters",
-                             params={"limit": limit, **({"site": site} if site else {})})["items"]
+    def dead_letters(self, site: str | None = None, most: int | None = None) -> Items:
+        return self._items("/dead-letters", {"site": site} if site else {}, most, key="dl_id")
 
     def adoption(self, days: int = 28, site: str | None = None) -> dict[str, Any]:
         return self._request("GET", "/reports/adoption", params={"days": days, **({"site": site} if site else {})})

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import streamlit as st
-from carewatch.dashboard.client import ApiClient, ApiError
+from carewatch.dashboard.client import ApiClient, ApiError, Items
 from carewatch.scoring.kinds import AlertKind
 
 from carewatch import palette
@@ -17,7 +17,7 @@ from carewatch.settings import get_settings
 
 SESSION_KEYS = ("token", "refresh_token", "me", "resident_id", "alert_id", "obs_result", "site_id")
 
-#: Large touch targets (at least 48 px), readable type, and the badge/card styles.
+#: Touch targets over 44 px (buttons 3rem = 48 px, number and text boxes 2.8rem), readable type, badge/card styles.
 CSS = f"""
 <style>
 .stButton button, .stDownloadButton button, .stFormSubmitButton button {{ min-height: 3rem; font-size: 1.05rem; }}
@@ -25,8 +25,8 @@ CSS = f"""
 .stCheckbox label, .stRadio label {{ font-size: 1.05rem; min-height: 2rem; }}
 .cw-badge {{ display: inline-block; padding: 0.15rem 0.6rem; border-radius: 0.4rem; font-weight: 700; }}
 .cw-grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr)); gap: 0.6rem; }}
-.cw-card {{ border: 2px solid #767676; border-radius: 0.6rem; padding: 0.6rem 0.8rem; background: #FFFFFF;
-           color: {palette.INK}; line-height: 1.45; }}
+.cw-card {{ border: 2px solid {palette.BORDER}; border-radius: 0.6rem; padding: 0.6rem 0.8rem;
+           background: {palette.PAGE}; color: {palette.INK}; line-height: 1.45; }}
 .cw-card h4 {{ margin: 0 0 0.3rem 0; font-size: 1.1rem; color: {palette.INK}; }}
 .cw-card .cw-line {{ font-size: 0.95rem; }}
 .cw-big {{ font-size: 1.6rem; padding: 0.3rem 0.9rem; }}
@@ -100,6 +100,13 @@ def api_errors() -> Iterator[None]:
         st.stop()
 
 
+def note_if_cut(items: Items, what: str, narrow: str = "") -> None:
+    """Say so when a list stopped at the dashboard's upper bound, so nobody takes part of a list for all of it."""
+    if items.truncated:
+        st.warning(f"Showing the first {len(items):,} {what} only: there are more than the dashboard shows at "
+                   f"once.{' ' + narrow if narrow else ''}")
+
+
 def badge(swatch: palette.Swatch, text: str, big: bool = False) -> str:
     """A coloured label that always carries its words (HTML)."""
     size = " cw-big" if big else ""
@@ -146,6 +153,7 @@ def care_home_site(c: ApiClient) -> str | None:
     if mine:
         return mine
     homes = c.sites(kind="care_home")
+    note_if_cut(homes, "care homes")
     names = {h["site_id"]: h["name"] for h in homes}
     if not names:
         st.info("There are no care homes to show.")
@@ -203,5 +211,5 @@ def resident_card(r: dict[str, Any]) -> str:
     if r.get("monitoring") == "paused":
         lines.append('<div class="cw-line">Monitoring paused</div>')
     border = palette.SEVERITY[r["worst_severity"]].background if r.get("worst_severity") in palette.SEVERITY \
-        else "#767676"
+        else palette.BORDER
     return f'<div class="cw-card" style="border-color:{border}">{"".join(lines)}</div>'

@@ -13,6 +13,7 @@ Imported by tests/dashboard (``pythonpath = tests``) and bench/bench_dashboard.p
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -272,3 +273,92 @@ def serve_stack(database_url: str, state_dir: Path) -> Iterator[Stack]:
         yield Stack(api_url, f"http://127.0.0.1:{dash_port}", supervisor)
     finally:
         supervisor.stop_all()
+
+
+
+@dataclass
+class PdfPage:
+    """What one PDF page says and draws: its text (whitespace collapsed) and its filled rectangles by colour."""
+
+    text: str
+    fills: dict[str, int]  # "#RRGGBB" -> filled rectangles drawn in that colour
+
+
+def read_pdf(data: bytes) -> list[PdfPage]:
+    """Parse a PDF with pypdf: each page's text and the rectangles it fills, by fill colour (the report's charts
+    are fpdf2 vector drawings, not embedded pictures, so the rectangles are the charts)."""
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.generic import ContentStream
+
+    reader = PdfReader(io.BytesIO(data))
+    pages = []
+    for page in reader.pages:
+        fills: dict[str, int] = {}
+        colour, saved, pending = "#000000", [], 0
+        for operands, op in ContentStream(page.get_contents(), reader).operations:
+            if op == b"q":
+                saved.append(colour)
+            elif op == b"Q" and saved:
+                colour = saved.pop()
+            elif op == b"rg":
+                colour = "#" + "".join(f"{round(float(v) * 255):02X}" for v in operands)
+            elif op == b"g":
+                colour = "#" + f"{round(float(operands[0]) * 255):02X}" * 3
+            elif op == b"re":
+                pending += 1
+            elif op in (b"f", b"F", b"f*", b"B", b"B*", b"b", b"b*"):
+                if pending:
+                    fills[colour] = fills.get(colour, 0) + pending
+                pending = 0
+            elif op in (b"S", b"s", b"n"):
+                pending = 0
+        pages.append(PdfPage(" ".join(page.extract_text().split()), fills))
+    return pages
+
+
+def check_council_pdf(data: bytes, priced: dict[str, Any]) -> list[PdfPage]:
+    """Assert that the care-package PDF carries what the API's ``/rightsizing`` answer ``priced`` says (the plain
+    summary, the package and its hours and cost, the benefit figures) and draws each chart from that data on
+    the page with the chart's heading. Returns the parsed pages."""
+    from carewatch import palette
+
+    report, benefit = priced["report"], priced["benefit"]
+    pages = read_pdf(data)
+    text = " ".join(p.text for p in pages)
+    assert report["summary"] in text, report["summary"]
+    package = report["care_package"]
+    assert (f"Current package: {package['description']}, {package['hours_per_week']:g} hours a week at "
+            f"£{package['hourly_rate_gbp']:,.2f} an hour = £{package['weekly_cost_gbp']:,.2f} a week.") in text
+    assert benefit is not None and benefit["sentence"] in text, benefit
+
+    def page_with(heading: str) -> PdfPage:
+        """The page with a chart's heading (not a sentence that starts the same way, "...per night: 1 on")."""
+        found = [p for p in pages if re.search(re.escape(heading) + "(?!:)", p.text)]
+        assert found, f"no page has the heading {heading!r}"
+        return found[0]
+
+    nights, daily = report["nights"], report["daily"]
+    strip = page_with("Night by night")
+    for key in palette.NIGHT:  # a square per night in its class colour (+1: the legend swatch)
+        expected = sum(n["activity"] == key for n in nights) + 1
+        assert strip.fills.get(palette.NIGHT[key].background, 0) >= expected, (key, strip.fills)
+    counts = report["heatmap"]["counts"]
+    peak = max((c for row in counts for c in row), default=0) or 1
+    cells: dict[str, int] = {}
+    for row in counts:
+        for c in row:
+            colour = palette.mix(palette.HEAT_LOW, palette.HEAT_HIGH, c / peak)
+            cells[colour] = cells.get(colour, 0) + 1
+    heat = page_with("Activity by hour of day")
+    assert sum(cells.values()) == 24 * len(report["heatmap"]["days"])
+    assert {k: heat.fills.get(k, 0) for k in cells} == cells, heat.fills  # every square, shaded by its count
+    bathroom = page_with("Bathroom visits per night")
+    assert bathroom.fills.get(palette.BASELINE, 0) == sum(n["activity"] != "no_data" for n in nights)
+    kitchen = page_with("Meals and drinks: kitchen sessions per day")
+    assert kitchen.fills.get(palette.NIGHT["none"].background, 0) >= sum(d["kitchen_sessions"] is not None
+                                                                          for d in daily)
+    out = page_with("Time out of the home per day")
+    assert out.fills.get(palette.TIME_OUT, 0) == sum(d["minutes_out"] is not None for d in daily)
+    return pages

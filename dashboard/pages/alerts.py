@@ -66,6 +66,7 @@ with ui.api_errors():
         st.stop()
     alerts = c.alerts(site=site)
 now = datetime.now(UTC)
+ui.note_if_cut(alerts, "alerts", "Deal with the most urgent first; the rest appear as these are closed.")
 st.caption("Most urgent first. Acknowledge to show someone is dealing with it (this stops automatic escalation).")
 if not alerts:
     st.success("No open alerts.")

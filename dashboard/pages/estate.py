@@ -19,6 +19,9 @@ with ui.api_errors():
     gateways = c.gateways(site=site)
     dead = c.dead_letters(site=site)
 now = datetime.now(UTC)
+ui.note_if_cut(devices, "devices")
+ui.note_if_cut(gateways, "gateways")
+ui.note_if_cut(dead, "dead letters (newest first)")
 
 silent = [d for d in devices if d["silent"]]
 low = [d for d in devices if d["battery_pct"] is not None and d["battery_pct"] < BATTERY_LOW]
@@ -29,7 +32,8 @@ m[1].metric("Silent (no data for 1 h)", len(silent))
 m[2].metric(f"Battery below {BATTERY_LOW}%", len(low))
 m[3].metric("Gateways offline", len(offline))
 
-devices_tab, gateways_tab, dead_tab = st.tabs(["Devices", "Gateways", f"Dead letters ({len(dead)})"])
+dead_count = f"{len(dead):,}+" if dead.truncated else f"{len(dead):,}"
+devices_tab, gateways_tab, dead_tab = st.tabs(["Devices", "Gateways", f"Dead letters ({dead_count})"])
 with devices_tab:
     only = st.toggle("Only devices needing attention", value=bool(silent or low), key="estate-only")
     rows = [d for d in devices if not only or d in silent or d in low]

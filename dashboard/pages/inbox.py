@@ -18,10 +18,13 @@ severities = cols[0].multiselect("Severity", ["high", "medium", "low", "info"], 
                                  format_func=lambda s: ui.SEVERITY_WORDS[s], key="inbox-severity")
 statuses = cols[1].multiselect("Status", [*UNRESOLVED, "resolved"], default=list(UNRESOLVED),
                                key="inbox-status")
+if not severities:
+    st.info("Choose at least one severity to see alerts.")
+    st.stop()
 with ui.api_errors():
-    alerts = c.alerts(statuses=tuple(statuses) or UNRESOLVED, limit=500)
-alerts = [a for a in alerts if a["severity"] in severities]
-cols[2].metric("Shown", len(alerts))
+    alerts = c.alerts(statuses=tuple(statuses) or UNRESOLVED, severities=tuple(severities))
+cols[2].metric("Shown", f"{len(alerts):,}+" if alerts.truncated else len(alerts))
+ui.note_if_cut(alerts, "alerts", "Choose fewer severities or statuses to see the rest.")
 now = datetime.now(UTC)
 limit = st.session_state.get("inbox-limit", PAGE)
 if not alerts:

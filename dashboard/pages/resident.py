@@ -25,6 +25,7 @@ RESPONSES = {"advice_given": "Advice given", "visit_booked": "Visit booked", "ad
 def choose_resident(c: ApiClient) -> str | None:
     """Alphabetical (the person is usually already chosen on the previous page); staff see their own home."""
     people = c.residents(site=ui.me().get("site_id"))
+    ui.note_if_cut(people, "residents")
     names = {r["resident_id"]: r["display_name"] for r in people}
     return ui.choose("Resident", list(names), lambda r: names[r], "resident_id", "resident-pick")
 
@@ -88,7 +89,7 @@ with ui.api_errors(), ThreadPoolExecutor(max_workers=4) as pool:
     baselines_f = pool.submit(c.baselines, rid)
     observations_f = pool.submit(c.observations, rid, start)
     timelines_f = {p: pool.submit(c.readings, rid, METRIC_OF[p].value, start, end) for p, _ in VITALS}
-    alerts_f = pool.submit(c.alerts, None, rid, ("open", "acknowledged", "escalated", "resolved"), 100)
+    alerts_f = pool.submit(c.alerts, None, rid, ("open", "acknowledged", "escalated", "resolved"))
     baselines = {b["parameter"]: b for b in baselines_f.result()["baselines"]}
     observations = observations_f.result()
     timelines = {p: f.result() for p, f in timelines_f.items()}
@@ -107,6 +108,7 @@ for param, title in VITALS:
         st.caption(base["meaning"])
 
 st.subheader("Observations")
+ui.note_if_cut(observations, "observations (newest first)", "Choose a shorter period to see them all.")
 if observations:
     table = pd.DataFrame([{
         "Taken": local_time(o["taken_at"], "%d %b %H:%M"), "By": o["recorded_by"], "Source": o["source"],
@@ -128,6 +130,7 @@ for o in signs:
                 + (f". Note: {o['note']}" if o.get("note") else ""))
 
 st.subheader("Alert history")
+ui.note_if_cut(alerts, "alerts")
 if not alerts:
     st.write("No alerts.")
 for a in alerts:

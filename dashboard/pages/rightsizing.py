@@ -18,6 +18,7 @@ with ui.api_errors():
 if not households:
     st.info("You have no households to review.")
     st.stop()
+ui.note_if_cut(households, "households")
 names = {h["site_id"]: h["name"] for h in households}
 top = st.columns([3, 2])
 with top[0]:
@@ -67,7 +68,7 @@ with cols[0]:
                                      "bathroom_visits", "Night", "Visits", "Bathroom visits per night"),
                     width="stretch")
     st.altair_chart(charts.bar_chart(report["daily"], "day", "minutes_out", "Day", "Minutes",
-                                     "Time out of the home", colour="#5F3C99"), width="stretch")
+                                     "Time out of the home", colour=palette.TIME_OUT), width="stretch")
 with cols[1]:
     st.altair_chart(charts.bar_chart(report["daily"], "day", "kitchen_sessions", "Day", "Sessions",
                                      "Meals and drinks: kitchen sessions per day",

@@ -16,6 +16,7 @@ with ui.api_errors():
         rid, _ = ui.pick_resident_in_home(c, "sbard-resident")
     else:
         people = c.residents()
+        ui.note_if_cut(people, "residents")
         names = {r["resident_id"]: r["display_name"] for r in people}
         rid = ui.choose("Resident", list(names), lambda r: names[r], "resident_id", "sbard-pick")
     if rid is None:

@@ -2,26 +2,33 @@
 ``carewatch dashboard`` child processes over a real, seeded PostgreSQL database.
 
 Care staff sign in on a tablet-sized screen, see the deteriorating resident, record observations and acknowledge
-the alert; a GP opens the alert from the inbox; a council reviewer downloads the PDF report. Screenshots go to
-``$CAREWATCH_TEST_ARTIFACTS`` (default tests/artifacts/).
+the alert (the grid and the form must fit the tablet's width with finger-sized buttons); a GP opens the alert
+from the inbox; a council reviewer downloads the CSV evidence and the PDF report, both checked against the API.
+Screenshots and the downloads go to ``$CAREWATCH_TEST_ARTIFACTS`` (default tests/artifacts/).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
-from dashboard_world import PASSWORD, DashWorld, Stack, deteriorate, seed, serve_stack
+from carewatch.api.rightsizing import CSV_COLUMNS
+from dashboard_world import PASSWORD, DashWorld, Stack, check_council_pdf, deteriorate, seed, serve_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CAREWATCH_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")
 TABLET = {"width": 1024, "height": 1366}  # a 12.9" tablet held upright
 TIMEOUT_MS = 30_000
+#: Smallest touch target, CSS px (WCAG 2.5.5; Apple's and Android's guidance are 44 and 48).
+TOUCH_PX = 44
 
 pytestmark = [
     pytest.mark.browser,
@@ -97,6 +104,40 @@ def _shot(page: Any, path: Path) -> None:
     page.set_viewport_size(TABLET)
 
 
+#: Widths that tell whether anything is wider than the window: the document and Streamlit's scrolling main block.
+WIDTHS = ("() => { const m = document.querySelector('[data-testid=stMain]'); return {window: window.innerWidth, "
+          "document: document.documentElement.scrollWidth, main: m.scrollWidth, main_visible: m.clientWidth, "
+          "widest_right: Math.max(0, ...[...document.querySelectorAll('.cw-card, [data-testid=stMain] button, "
+          "[data-testid=stMain] input')].map(e => e.getBoundingClientRect().right))}; }")
+
+
+def _assert_fits_tablet(page: Any, buttons: Sequence[str], spinbuttons: Sequence[str] = ()) -> dict[str, float]:
+    """At tablet width nothing scrolls sideways, and the buttons (and number boxes) a person taps are at least
+    ``TOUCH_PX`` tall and inside the window."""
+    assert page.viewport_size == TABLET
+    widths = page.evaluate(WIDTHS)
+    assert widths["document"] <= widths["window"], widths  # no horizontal scroll of the page
+    assert widths["main"] <= widths["main_visible"], widths  # ... nor of Streamlit's main block
+    assert widths["widest_right"] <= widths["window"], widths  # no card, button or box cut off on the right
+    for role, names in (("button", buttons), ("spinbutton", spinbuttons)):
+        for name in names:
+            box = page.get_by_role(role, name=name, exact=True).first.bounding_box()
+            assert box is not None, f"{role} {name!r} is not shown"
+            assert box["height"] >= TOUCH_PX, f"{role} {name!r} is {box['height']:.0f} px tall"
+            assert box["x"] >= 0 and box["x"] + box["width"] <= widths["window"], (name, box)
+    return widths
+
+
+def _api(stack: Stack, username: str, path: str, **params: Any) -> Any:
+    """What the API itself says (the reference the downloads are checked against), as ``username``."""
+    with httpx.Client(base_url=stack.api_url, timeout=30) as http:
+        token = http.post("/auth/token", data={"username": username, "password": PASSWORD})
+        token.raise_for_status()
+        reply = http.get(path, params=params, headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+        reply.raise_for_status()
+        return reply.json()
+
+
 def _nav(page: Any, title: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
     page.get_by_role("heading", name=title).first.wait_for()
@@ -115,6 +156,7 @@ def test_care_staff_record_observations_and_acknowledge(browser: Any, stack: Sta
     first_card = page.locator(".cw-card").first.inner_text()
     assert name in first_card  # most worrying first
     _settle(page)
+    _assert_fits_tablet(page, ["Record a health check", "SBARD summary", "Charts and history", "Sign out"])
     _shot(page, shots / "01-care-home-grid.png")
 
     page.get_by_role("button", name="Record a health check").click()
@@ -128,6 +170,9 @@ def test_care_staff_record_observations_and_acknowledge(browser: Any, stack: Sta
     page.get_by_role("spinbutton", name="Temperature (°C)", exact=True).fill("39.1")
     page.get_by_text("A: Alert", exact=True).click()
     page.get_by_text("more breathless", exact=True).click()
+    _assert_fits_tablet(page, ["Work out the NEWS2 score and save"],
+                        ["Oxygen level, SpO2 (%)", "Breathing rate (breaths a minute)",
+                         "Blood pressure, top number (mmHg)", "Pulse (beats a minute)", "Temperature (°C)"])
     _shot(page, shots / "02-health-check-form.png")
     page.get_by_role("button", name="Work out the NEWS2 score and save").click()
     page.get_by_text("What to do now:").wait_for()
@@ -179,21 +224,37 @@ def test_gp_opens_the_alert(browser: Any, stack: Stack, world: DashWorld, shots:
     page.context.close()
 
 
-def test_council_downloads_the_pdf(browser: Any, stack: Stack, world: DashWorld, shots: Path) -> None:
+def test_council_downloads_the_csv_and_the_pdf(browser: Any, stack: Stack, world: DashWorld, shots: Path) -> None:
     page = _sign_in(browser, stack, world.users["council"])
     page.get_by_role("heading", name="Care package review").wait_for()
     _settle(page)
     page.get_by_text("In the last 28 nights, 25 had no activity between 00:00 and 06:00").wait_for()
     page.wait_for_timeout(500)
     _shot(page, shots / "07-council-review.png")
+    site = world.households[0]  # the first household is shown first
+    priced = _api(stack, world.users["council"], f"/households/{site}/rightsizing", days=28)
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download the evidence (CSV)").click()
+    download = info.value
+    target = shots / "care-package-evidence.csv"
+    download.save_as(target)
+    assert download.suggested_filename.endswith(".csv") and site in download.suggested_filename
+    rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8"))))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    nights = priced["report"]["nights"]
+    assert len(rows) - 1 == len(nights) == 28  # a row per night of the evidence period
+    assert [(r[0], r[1]) for r in rows[1:]] == [(n["night"], n["activity"]) for n in nights]
+
     with page.expect_download() as info:
         page.get_by_role("button", name="Download the report (PDF)").click()
     download = info.value
     target = shots / "care-package-review.pdf"
     download.save_as(target)
     data = target.read_bytes()
-    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF") and len(data) > 3000
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
     assert download.suggested_filename.endswith(".pdf")
+    check_council_pdf(data, priced)  # summary, package and hours, benefit figures, and the charts drawn
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()  # back to the sign-in form
     page.context.close()

@@ -55,6 +55,38 @@ def test_streamlit_theme_colour_takes_white_text() -> None:
     assert command[command.index("--theme.primaryColor") + 1] == palette.PRIMARY
 
 
+#: Marks on the white page (WCAG 1.4.11): what draws them, its colour.
+GRAPHICS_ON_PAGE = [
+    ("card border (ui.CSS)", palette.BORDER),
+    ("time-out bars (care-package review)", palette.TIME_OUT),
+    ("bathroom bars and baseline lines", palette.BASELINE),
+    ("kitchen bars", palette.NIGHT["none"].background),
+    ("18/26 °C lines on the room-temperature chart", palette.SEVERITY["high"].background),
+    ("darkest heatmap square", palette.HEAT_HIGH),
+]
+
+
 def test_page_text_and_card_border() -> None:
     assert contrast_ratio(palette.INK, palette.PAGE) >= 7  # AAA for body text
-    assert contrast_ratio("#767676", palette.PAGE) >= GRAPHICS_AA  # card borders (ui.CSS)
+    assert contrast_ratio(palette.BORDER, palette.PAGE) >= TEXT_AA  # card borders (ui.CSS), the AA grey
+
+
+@pytest.mark.parametrize(("what", "colour"), GRAPHICS_ON_PAGE, ids=[w for w, _ in GRAPHICS_ON_PAGE])
+def test_chart_marks_stand_out_from_the_page(what: str, colour: str) -> None:
+    assert contrast_ratio(colour, palette.PAGE) >= GRAPHICS_AA, what
+
+
+def test_every_palette_colour_has_a_contrast_check() -> None:
+    """A colour added to the palette (where the dashboard must take its colours from) needs a check here too."""
+    checked = {palette.INK, palette.PAGE, palette.PRIMARY, palette.BASELINE, palette.HEAT_LOW, palette.HEAT_HIGH,
+               *palette.BAND_FILL.values(), *(c for _, c in GRAPHICS_ON_PAGE),
+               *(c for _, s in SWATCHES for c in (s.background, s.text))}
+    defined: set[str] = set()
+    for value in vars(palette).values():
+        items = value.values() if isinstance(value, dict) else [value]
+        for item in items:
+            if isinstance(item, palette.Swatch):
+                defined |= {item.background, item.text}
+            elif isinstance(item, str) and item.startswith("#"):
+                defined.add(item)
+    assert defined - checked == set()
