@@ -1,8 +1,10 @@
 """Fault tests: whatever dies mid-stream, every reading the broker accepted is stored exactly once.
 
-Each test publishes numbered readings through a publisher that records which messages the broker acknowledged,
-breaks something while ingest is busy, and finally checks, by (gateway_id, seq), that every acknowledged reading
-is stored, none is stored twice, and nothing was stored that was never published. The broker restart with the
+Each test publishes a simulated household's readings (firmware_sim: its home sensors' events as wire readings, the
+ground truth) through a publisher that records which messages the broker acknowledged, breaks something while
+ingest is busy, and finally checks, by (gateway_id, seq), that every acknowledged reading is stored, none is
+stored twice, nothing was stored that was never published, and each stored row holds the simulated reading's
+device, metric, time and value. The broker restart with the
 shared subscription needs the gateway's side of the contract too (a broker that acknowledged and dropped
 readings): that test runs a real gateway, whose replay window lets ingest's gap recovery fill the hole.
 """
@@ -16,14 +18,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.frames import encode_plx_spot_check
+from carewatch.firmware_sim.household import SensorEvent
+from carewatch.firmware_sim.seed import seed_world
+from carewatch.firmware_sim.wire_output import event_reading
+from carewatch.firmware_sim.world import build_world
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Deliver, Notification, OnEvent
@@ -33,19 +41,62 @@ from paho.mqtt.enums import CallbackAPIVersion
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.settings import MqttTarget, Settings
-from carewatch.wire import DeviceKind
+from carewatch.wire import Channel, DeviceKind, Reading, encode_batch, topic
 
-from .conftest import Estate, register_estate, stored_seqs, worker_settings
+from .conftest import Estate, stored_seqs, worker_settings
 
 pytestmark = pytest.mark.slow
 
 PER_MESSAGE = 20
 
 
+@dataclass(frozen=True)
+class SimSource:
+    """A simulated household's home-sensor readings under one gateway, seq i at ``readings[i - 1]``."""
+
+    site_id: str
+    gateway_id: str
+    readings: list[Reading]
+
+    def batch(self, seqs: Iterable[int]) -> bytes:
+        return encode_batch(self.site_id, self.gateway_id, [self.readings[s - 1] for s in seqs])
+
+    def readings_topic(self) -> str:
+        return topic(self.site_id, self.gateway_id, Channel.READINGS)
+
+
+def sim_source(conn: psycopg.Connection, uid: str, count: int) -> SimSource:
+    """Seed a one-household world (its site, person and sensors, as the simulator seeds them) and take its first
+    ``count`` readings, numbered from 1 for a gateway of this test."""
+    start = (datetime.now(UTC) - timedelta(days=8)).replace(hour=0, minute=0, second=0, microsecond=0)
+    world = build_world(seed=3, sites=[], households=1, scenarios=[], start=start, household_prefix=f"f{uid}")
+    seed_world(conn, world, world_devices(world))
+    site, gateway = world.households[0].id, f"gw-sim-{uid}"
+    with conn.transaction():
+        conn.execute("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s)", (gateway, site))
+    readings: list[Reading] = []
+    for event in world.events(start, start + timedelta(days=8)):
+        if isinstance(event, SensorEvent):
+            readings.append(event_reading(event, len(readings) + 1)[1])
+            if len(readings) == count:
+                return SimSource(site, gateway, readings)
+    raise AssertionError(f"the simulated household made only {len(readings)} readings")
+
+
+def assert_stored_as_simulated(dsn: str, source: SimSource) -> None:
+    """Every stored row is the simulated reading its seq numbers: same device, metric, time and value."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT seq, device_id, metric, measured_at, value FROM readings WHERE gateway_id = %s",
+                            (source.gateway_id,)).fetchall()
+    wrong = [row for row in rows if (row[1], row[2], row[3], row[4]) != (
+        (r := source.readings[row[0] - 1]).device_id, r.metric.value, r.measured_at, r.value)]
+    assert rows and not wrong, f"{len(wrong)} stored rows differ from the simulation, e.g. {wrong[:3]}"
+
+
 class StreamPublisher(threading.Thread):
     """Publishes ``messages`` readings messages of PER_MESSAGE readings each, retrying until acknowledged."""
 
-    def __init__(self, url: str, estate: Estate, messages: int, pace_s: float, client_id: str) -> None:
+    def __init__(self, url: str, estate: Estate | SimSource, messages: int, pace_s: float, client_id: str) -> None:
         super().__init__(daemon=True)
         self.estate, self.messages, self.pace_s = estate, messages, pace_s
         self.acked: set[int] = set()
@@ -97,6 +148,8 @@ def exactly_once(dsn: str, gateway_id: str, pub: StreamPublisher, timeout: float
     assert not lost, f"{len(lost)} acknowledged readings lost, e.g. {lost[:10]}"
     assert len(stored) == len(set(stored)), "a reading was stored twice"
     assert set(stored) <= pub.attempted
+    if isinstance(pub.estate, SimSource):
+        assert_stored_as_simulated(dsn, pub.estate)
     return stored
 
 
@@ -147,17 +200,18 @@ def test_kill_9_worker_mid_batch_then_restart(database: str, db: psycopg.Connect
                                              procs: list) -> None:
     url = private_broker.url
     # 1.5 s batches (messages arrive every 10 ms, so they never idle-close): the kill lands inside an open batch
+    source = sim_source(db, uid, 300 * PER_MESSAGE)
     worker = start_session(procs, database, url, f"k{uid}", scratch_dir, batch_ms=1500)
     _wait_session(scratch_dir, f"k{uid}", worker)
-    pub = StreamPublisher(url, estate, messages=300, pace_s=0.01, client_id=f"pub-{uid}")
+    pub = StreamPublisher(url, source, messages=300, pace_s=0.01, client_id=f"pub-{uid}")
     pub.start()
-    wait_stored(database, estate.gateway_id, 400)
+    wait_stored(database, source.gateway_id, 400)
     time.sleep(0.7)
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     time.sleep(0.5)  # publishing goes on while no worker runs: the broker queues for the session
     start_session(procs, database, url, f"k{uid}", scratch_dir)
-    stored = exactly_once(database, estate.gateway_id, pub)
+    stored = exactly_once(database, source.gateway_id, pub)
     assert len(stored) == 300 * PER_MESSAGE
     pub.close()
 
@@ -169,17 +223,18 @@ def test_two_workers_kill_one(database: str, db: psycopg.Connection, estate: Est
     second = start_session(procs, database, url, f"b{uid}", scratch_dir)
     _wait_session(scratch_dir, f"a{uid}", first)
     _wait_session(scratch_dir, f"b{uid}", second)
-    pub = StreamPublisher(url, estate, messages=200, pace_s=0.01, client_id=f"pub-{uid}")
+    source = sim_source(db, uid, 200 * PER_MESSAGE)
+    pub = StreamPublisher(url, source, messages=200, pace_s=0.01, client_id=f"pub-{uid}")
     pub.start()
-    wait_stored(database, estate.gateway_id, 400)
+    wait_stored(database, source.gateway_id, 400)
     second.send_signal(signal.SIGKILL)
     second.wait(10)
     # the survivor keeps going on its share while the other is down ...
-    before = len(stored_seqs(database, estate.gateway_id))
-    wait_stored(database, estate.gateway_id, before + 200)
+    before = len(stored_seqs(database, source.gateway_id))
+    wait_stored(database, source.gateway_id, before + 200)
     # ... and the killed worker's session (its unacknowledged and queued share) is drained when it comes back.
     start_session(procs, database, url, f"b{uid}", scratch_dir)
-    stored = exactly_once(database, estate.gateway_id, pub)
+    stored = exactly_once(database, source.gateway_id, pub)
     assert len(stored) == 200 * PER_MESSAGE
     pub.close()
 
@@ -192,11 +247,12 @@ def test_mosquitto_restart_during_ingest(database: str, db: psycopg.Connection, 
     worker.start()
     try:
         assert worker.subscribed.wait(10)
-        pub = StreamPublisher(url, estate, messages=150, pace_s=0.01, client_id=f"pub-{uid}")
+        source = sim_source(db, uid, 150 * PER_MESSAGE)
+        pub = StreamPublisher(url, source, messages=150, pace_s=0.01, client_id=f"pub-{uid}")
         pub.start()
-        wait_stored(database, estate.gateway_id, 400)
+        wait_stored(database, source.gateway_id, 400)
         private_broker.restart()
-        stored = exactly_once(database, estate.gateway_id, pub)
+        stored = exactly_once(database, source.gateway_id, pub)
         assert len(stored) >= len(pub.acked) > 0
         assert worker.counters.stored == len(stored)
         pub.close()
@@ -289,19 +345,19 @@ def test_postgres_restart_during_ingest(scratch_dir: Path, private_broker: Embed
     try:
         migrate(pg.dsn)
         with psycopg.connect(pg.dsn) as conn:
-            estate = register_estate(conn, uid)
+            source = sim_source(conn, uid, 150 * PER_MESSAGE)
         url = private_broker.url
         worker = IngestWorker(worker_settings(pg.dsn, url), worker_id=f"p{uid}", shared=True, batch_ms=100)
         worker.start()
         try:
             assert worker.subscribed.wait(10)
-            pub = StreamPublisher(url, estate, messages=150, pace_s=0.01, client_id=f"pub-{uid}")
+            pub = StreamPublisher(url, source, messages=150, pace_s=0.01, client_id=f"pub-{uid}")
             pub.start()
-            wait_stored(pg.dsn, estate.gateway_id, 400)
+            wait_stored(pg.dsn, source.gateway_id, 400)
             pg.stop(mode="fast")
             time.sleep(1.5)  # messages pile up; commits fail and are retried, nothing is acknowledged
             pg.start()
-            stored = exactly_once(pg.dsn, estate.gateway_id, pub, timeout=90)
+            stored = exactly_once(pg.dsn, source.gateway_id, pub, timeout=90)
             assert len(stored) == 150 * PER_MESSAGE
             assert worker.counters.db_errors > 0  # the outage was really felt
             pub.close()
