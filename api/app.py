@@ -36,7 +36,9 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import carewatch
 from carewatch.settings import Settings, get_settings
@@ -60,6 +62,9 @@ Carewatch's data for people and other systems: care-home dashboards, GP systems,
   **403**.
 * **Audit**: every read and write of a person's data is recorded with who, what, when and from where.
 * **Paging**: `limit` (at most 500) and `offset`; each page says its `next_offset`.
+* **Bad input** is a **422** naming each field and what is wrong with it, whoever found the fault (validation,
+  the NEWS2 scorer, a database rule). Bodies over 256 KiB are refused with **413**, whether the size is
+  declared (Content-Length) or the body is streamed (chunked).
 """
 
 
@@ -95,12 +100,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(psycopg.errors.IntegrityError)
     async def _conflict(request: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
         constraint = exc.diag.constraint_name or "a database rule"
-        code = status.HTTP_409_CONFLICT
         if isinstance(exc, psycopg.errors.CheckViolation | psycopg.errors.ForeignKeyViolation
                       | psycopg.errors.NotNullViolation):
+            fields = await _constraint_fields(request.app, exc)
+            if fields:
+                return errors.unprocessable(errors.body_errors(fields, errors.constraint_message(exc)))
             return errors.unprocessable(errors.field_errors(
                 f"refused by the database rule {constraint}: check the values (and that what they name exists)"))
-        return JSONResponse({"detail": f"the change conflicts with existing data ({constraint})"}, status_code=code)
+        return JSONResponse({"detail": f"the change conflicts with existing data ({constraint})"},
+                            status_code=status.HTTP_409_CONFLICT)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -110,17 +118,79 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
+async def _constraint_fields(app: FastAPI, exc: psycopg.errors.IntegrityError) -> tuple[str, ...]:
+    """The columns of the violated constraint (the request's own connection is gone by now: ask on another).
+    () when the catalogue cannot be read right now; the 422 then names the request as a whole."""
+    known = errors.known_constraint_columns(exc)
+    if known is not None:
+        return known
+
+    def lookup(pool: ConnectionPool, wait: float) -> tuple[str, ...]:
+        with pool.connection(timeout=wait) as conn:
+            return errors.constraint_columns(conn, exc)
+
+    try:
+        async with pooling.permit(app, timeout=2) as wait:
+            return await run_in_threadpool(lookup, app.state.pool, wait)
+    except Exception:
+        log.warning("could not look up the columns of constraint %s", exc.diag.constraint_name, exc_info=True)
+        return ()
+
+
 def _ping(pool: ConnectionPool, timeout: float) -> None:
     with pool.connection(timeout=timeout) as conn:
         conn.execute("SELECT 1")
 
 
-async def _limit_body(request: Request, call_next: Any) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return JSONResponse({"detail": f"request body too large (at most {MAX_BODY_BYTES} bytes)"},
-                            status_code=status.HTTP_413_CONTENT_TOO_LARGE)
-    return await call_next(request)
+class BodyLimit:
+    """ASGI middleware: a 413 for any request body over ``max_bytes``, before any other code reads it.
+
+    A declared Content-Length is refused at once. The body is then counted as it arrives, so a client cannot get
+    round the limit by streaming it chunked (no Content-Length): this reads at most ``max_bytes`` + one chunk,
+    then stops. A body within the limit is replayed to the app (``errors.refuse_nul`` reads every body whole
+    anyway, so holding it here costs nothing more)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _refuse(self) -> JSONResponse:
+        return JSONResponse({"detail": f"request body too large (at most {self.max_bytes} bytes)"},
+                            status_code=status.HTTP_413_CONTENT_TOO_LARGE, headers={"Connection": "close"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse()(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client hung up mid-body: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for the disconnect, as the server would
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None = None,
@@ -157,7 +227,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     _install_error_handlers(app)
     app.middleware("http")(audit.audit_middleware)
     app.middleware("http")(errors.refuse_nul)  # PostgreSQL cannot store NUL: a 422 before any route runs
-    app.middleware("http")(_limit_body)  # added last = outermost: refuses huge bodies before anything else
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # added last = outermost: before anything reads
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database check (no sign-in)",
              response_model=Health, responses={503: {"model": Health, "description": "Database unreachable"}})

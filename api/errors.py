@@ -4,7 +4,9 @@ guard that refuses text PostgreSQL cannot store (NUL characters) with a 422 befo
 Shapes (``tests/api/test_api_schemathesis.py`` checks every response against them):
 
 * 422: ``{"detail": [{"loc", "field", "msg", "type"}, ...], "message": "field: msg; ..."}`` whatever raised it
-  (request validation, a route's own check, a database CHECK constraint).
+  (request validation, a route's own check, the NEWS2 scorer, a database CHECK or foreign-key constraint: the
+  columns of the violated constraint, looked up in ``pg_constraint``, are the fields). ``field`` is 'request'
+  only when no field is to blame.
 * 500: ``{"detail": "internal error", "request_id": ...}``; the same id is in the server log.
 * anything else: ``{"detail": "what is wrong, in words"}``.
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import psycopg
 from fastapi import Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -68,10 +71,63 @@ def field_errors(detail: Any, default_loc: tuple[str, ...] = ()) -> list[dict[st
     return [{"loc": list(default_loc), "field": "request", "msg": str(detail), "type": "value_error"}]
 
 
+def body_errors(fields: Iterable[str], msg: str) -> list[dict[str, Any]]:
+    """The same message for each of these body fields (or for the request as a whole when there are none)."""
+    found = [{"loc": ["body", f], "field": f, "msg": msg, "type": "value_error"} for f in dict.fromkeys(fields)]
+    return found or field_errors(msg)
+
+
 def unprocessable(errors: list[dict[str, Any]]) -> JSONResponse:
     message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors)
     return JSONResponse({"detail": errors, "message": message},
                         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Database constraint violations: which columns (= body fields) broke the rule
+# ------------------------------------------------------------------------------------------------------------
+_CONSTRAINT_COLUMNS = """
+    SELECT a.attname FROM pg_constraint c
+    JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+    CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+    WHERE c.conname = %s AND t.relname = %s AND n.nspname = %s ORDER BY k.ord"""
+_columns_of: dict[tuple[str, str, str], tuple[str, ...]] = {}  # constraints change only with a migration
+
+
+def known_constraint_columns(exc: psycopg.errors.IntegrityError) -> tuple[str, ...] | None:
+    """The columns a violated constraint covers, if known without asking the database (a NOT NULL names its
+    own; others once looked up); () when the server named no constraint."""
+    diag = exc.diag
+    if diag.column_name:
+        return (diag.column_name,)
+    if not (diag.constraint_name and diag.table_name):
+        return ()
+    return _columns_of.get((diag.schema_name or "public", diag.table_name, diag.constraint_name))
+
+
+def constraint_columns(conn: psycopg.Connection, exc: psycopg.errors.IntegrityError) -> tuple[str, ...]:
+    """The columns a violated constraint covers, from the catalogue rather than the message (CHECK messages name
+    no column, and every message is translated under another ``lc_messages``). API bodies use the column names,
+    so these are the offending fields. ``conn`` must not be in a failed transaction."""
+    known = known_constraint_columns(exc)
+    if known is not None:
+        return known
+    diag = exc.diag
+    key = (diag.schema_name or "public", str(diag.table_name), str(diag.constraint_name))
+    rows = conn.execute(_CONSTRAINT_COLUMNS, (key[2], key[1], key[0])).fetchall()
+    _columns_of[key] = tuple(r[0] for r in rows)
+    return _columns_of[key]
+
+
+def constraint_message(exc: psycopg.errors.IntegrityError) -> str:
+    """What a refused value did wrong, in words, naming the database rule."""
+    rule = exc.diag.constraint_name or "a database rule"
+    if isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        return f"names something that does not exist (database rule {rule})"
+    if isinstance(exc, psycopg.errors.NotNullViolation):
+        return "is required"
+    return f"is not allowed, alone or with the other fields named here (database rule {rule})"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
+from carewatch.scoring import lifecycle
 from carewatch.scoring.kinds import AlertKind, Severity
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
@@ -100,12 +101,6 @@ def get_alert(ctx: Context, alert_id: int) -> AlertDetail:
 
 
 # ------------------------------------------------------------------------------------------------------------
-def _lifecycle() -> Any:
-    from carewatch.scoring import lifecycle
-
-    return lifecycle
-
-
 def _transition_errors(module: Any) -> tuple[type[Exception], ...]:
     """Exceptions that mean "not allowed in this state": ValueError/LookupError and any error class the
     lifecycle module defines itself. Database errors are not among them (they are real failures)."""
@@ -114,16 +109,18 @@ def _transition_errors(module: Any) -> tuple[type[Exception], ...]:
     return (ValueError, LookupError, *own)
 
 
+TRANSITION_ERRORS = _transition_errors(lifecycle)
+
+
 def _apply(ctx: Ctx, alert_id: int, action: str, call: Callable[[Any], Any], **detail: Any) -> AlertDetail:
     ctx.require(Permission.ACT_ON_ALERT)
     ctx.alert(alert_id, action="update", change=action, **detail)
-    module = _lifecycle()
     try:
         with ctx.conn.transaction():
-            call(module)
+            call(lifecycle)
     except psycopg.Error:
         raise
-    except _transition_errors(module) as exc:
+    except TRANSITION_ERRORS as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc) or f"cannot {action} this alert now") from None
     return _detail(ctx, scope.load_alert(ctx.conn, ctx.principal, alert_id))
 
@@ -174,13 +171,12 @@ def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             [{"loc": ["body", "until"], "field": "until", "type": "value_error",
                               "msg": "must be in the future and at most 7 days ahead"}])
-    module = _lifecycle()
     try:
         with ctx.conn.transaction():
-            module.snooze(ctx.conn, resident_id, body.kind, ctx.principal.username, body.reason, until)
+            lifecycle.snooze(ctx.conn, resident_id, body.kind, ctx.principal.username, body.reason, until)
     except psycopg.Error:
         raise
-    except _transition_errors(module) as exc:
+    except TRANSITION_ERRORS as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return SnoozeOut(subject_id=resident_id, kind=body.kind, until=until, reason=body.reason,
                      created_by=ctx.principal.username)

@@ -22,7 +22,8 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
-from carewatch.scoring.news2 import InvalidObservation, ObservationSet, score_observation
+from carewatch.scoring.engine import evaluate_subjects
+from carewatch.scoring.news2 import InvalidObservation, score_observation
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -76,6 +77,17 @@ def _unprocessable(field: str, message: str) -> HTTPException:
                          [{"loc": ["body", field], "field": field, "msg": message, "type": "value_error"}])
 
 
+def _scorer_errors(exc: InvalidObservation, inputs: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """The scorer's reasons by field; a value taken from a device says so (the user did not type it)."""
+    errors = []
+    for field, reason in exc.problems.items():
+        source = inputs.get(field, {})
+        if source.get("source") == "device":
+            reason = f"{reason} (the reading of device {source['device_id']} at {source['measured_at']})"
+        errors.append({"loc": ["body", field], "field": field, "msg": reason, "type": "value_error"})
+    return errors or str(exc)
+
+
 @router.post("/residents/{resident_id}/observations", response_model=ObservationResult,
              status_code=status.HTTP_201_CREATED,
              summary="Record an observation set; returns the NEWS2 score and what to do now")
@@ -118,10 +130,12 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
         inputs["consciousness"] = manual
 
     spo2_scale = 2 if resident["scale2"] else 1
-    try:
-        result = score_observation(ObservationSet(
-            **values, spo2_scale=spo2_scale, on_oxygen=body.on_oxygen, consciousness=body.consciousness))
-    except (InvalidObservation, ValueError) as exc:
+    try:  # a mapping, so the scorer validates it and says which field is wrong (InvalidObservation.problems)
+        result = score_observation({**values, "spo2_scale": spo2_scale, "on_oxygen": body.on_oxygen,
+                                    "consciousness": body.consciousness})
+    except InvalidObservation as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _scorer_errors(exc, inputs)) from None
+    except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
     source = "mixed" if body.from_device else "manual"
@@ -167,8 +181,6 @@ def evaluate_alerts(ctx: Ctx, resident_id: str, now: datetime) -> bool:
     record), the failure is logged, and the caller is told alerts were not evaluated.
     """
     try:
-        from carewatch.scoring.engine import evaluate_subjects
-
         with ctx.conn.transaction():
             evaluate_subjects(ctx.conn, [resident_id], now)
     except Exception:

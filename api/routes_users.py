@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from carewatch.api import users
+from carewatch.api import errors, users
 from carewatch.api.auth import Me
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import AuditOut, Page, PasswordIn, UserCreate, UserOut, UserUpdate, page_of
@@ -27,6 +27,8 @@ def _bad(exc: UserError) -> HTTPException:
     code = status.HTTP_409_CONFLICT if "already exists" in str(exc) else status.HTTP_422_UNPROCESSABLE_CONTENT
     if str(exc).startswith("no user"):
         code = status.HTTP_404_NOT_FOUND
+    if code == status.HTTP_422_UNPROCESSABLE_CONTENT and exc.fields:
+        return HTTPException(code, errors.body_errors(exc.fields, str(exc)))
     return HTTPException(code, str(exc))
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from carewatch.api.errors import constraint_columns
 from psycopg.rows import dict_row
 
 
@@ -40,7 +41,12 @@ _COLUMNS = "username, full_name, role, site_id, practice_code, council, active, 
 
 
 class UserError(ValueError):
-    """A user could not be created or changed; the message says why in plain words."""
+    """A user could not be created or changed; the message says why in plain words, ``fields`` which of the
+    user's fields are to blame (the API's field-level 422)."""
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -81,15 +87,15 @@ def hash_password(password: str) -> str:
 
 def check_password_policy(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+        raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters", "password")
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+        raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password")
 
 
 def normalise_username(username: str) -> str:
     name = username.strip().lower()
     if not _USERNAME.match(name):
-        raise UserError("username must be 2-64 characters: lower-case letters, digits and _ . @ -")
+        raise UserError("username must be 2-64 characters: lower-case letters, digits and _ . @ -", "username")
     return name
 
 
@@ -97,13 +103,13 @@ def check_scope(role: Role | str, site_id: str | None, practice_code: str | None
     """Each role needs its scope (and only its scope), so a user can never see more than intended."""
     role = Role(role)
     needs = {
-        Role.CARE_STAFF: ("site", site_id),
-        Role.MANAGER: ("site", site_id),
-        Role.GP: ("practice", practice_code),
-        Role.COUNCIL: ("council", council),
+        Role.CARE_STAFF: ("site", "site_id", site_id),
+        Role.MANAGER: ("site", "site_id", site_id),
+        Role.GP: ("practice", "practice_code", practice_code),
+        Role.COUNCIL: ("council", "council", council),
     }
-    if role in needs and not needs[role][1]:
-        raise UserError(f"a {role.value} user needs a {needs[role][0]}")
+    if role in needs and not needs[role][2]:
+        raise UserError(f"a {role.value} user needs a {needs[role][0]}", needs[role][1])
 
 
 def _run(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,12 +118,13 @@ def _run(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[s
             cur.execute(query, params)
             return cur.fetchone() if cur.description else None
     except psycopg.errors.UniqueViolation:
-        raise UserError(f"user {params.get('username')!r} already exists") from None
+        raise UserError(f"user {params.get('username')!r} already exists", "username") from None
     except psycopg.errors.ForeignKeyViolation as exc:
-        what = "site" if "site" in str(exc) else "GP practice"
-        raise UserError(f"unknown {what}: create it first") from None
-    except psycopg.errors.CheckViolation:
-        raise UserError("the role and its site/practice/council do not match") from None
+        fields = constraint_columns(conn, exc)
+        what = "site" if "site_id" in fields else "GP practice"
+        raise UserError(f"unknown {what}: create it first", *fields) from None
+    except psycopg.errors.CheckViolation as exc:
+        raise UserError("the role and its site/practice/council do not match", *constraint_columns(conn, exc)) from None
 
 
 def create_user(
@@ -136,7 +143,7 @@ def create_user(
     try:
         role = Role(role)
     except ValueError:
-        raise UserError(f"role must be one of {', '.join(r.value for r in Role)}") from None
+        raise UserError(f"role must be one of {', '.join(r.value for r in Role)}", "role") from None
     check_scope(role, site_id, practice_code, council)
     row = _run(
         conn,

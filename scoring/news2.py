@@ -454,7 +454,12 @@ def encode_consciousness(letters: Iterable[str | None]) -> NDArray[np.int8]:
 # One observation set
 # ------------------------------------------------------------------------------------------------------------
 class InvalidObservation(ValueError):
-    """An observation set that cannot be scored; the message says which field and why."""
+    """An observation set that cannot be scored; the message says which field and why, ``problems`` the same by
+    field (field -> why; empty when the set as a whole is wrong) for callers that point at the field."""
+
+    def __init__(self, message: str, problems: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: Mapping[str, str] = MappingProxyType(dict(problems or {}))
 
 
 def _vital(metric: Metric) -> Any:
@@ -538,6 +543,17 @@ def describe_error(error: ValidationError) -> str:
     return "; ".join(_describe(item) for item in error.errors())
 
 
+def _problems(error: ValidationError) -> dict[str, str]:
+    """``describe_error``'s reasons by field (without the leading 'field: ')."""
+    problems: dict[str, str] = {}
+    for item in error.errors():
+        if item["loc"]:
+            field = str(item["loc"][0])
+            reason = _describe(item).removeprefix(f"{field}: ")
+            problems[field] = f"{problems[field]}; {reason}" if field in problems else reason
+    return problems
+
+
 _LETTERS = "A (alert), C (new confusion), V (voice), P (pain) or U (unresponsive)"
 
 
@@ -550,7 +566,7 @@ def validate_observation(obs: ObservationSet | Mapping[str, Any]) -> Observation
     try:
         return ObservationSet.model_validate(dict(obs))
     except ValidationError as exc:
-        raise InvalidObservation(describe_error(exc)) from None
+        raise InvalidObservation(describe_error(exc), _problems(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -614,7 +630,7 @@ def score_observations(sets: Iterable[ObservationSet | Mapping[str, Any]]) -> li
         try:
             validated.append(validate_observation(obs))
         except InvalidObservation as exc:
-            raise InvalidObservation(f"observation set {position}: {exc}") from None
+            raise InvalidObservation(f"observation set {position}: {exc}", exc.problems) from None
     return results_from_arrays(score_arrays(**observation_columns(validated)))
 
 

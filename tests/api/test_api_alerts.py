@@ -6,13 +6,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
-import pytest
 from fastapi.testclient import TestClient
 
 if TYPE_CHECKING:
     from conftest import World
-
-pytest.importorskip("carewatch.scoring.lifecycle", reason="alert lifecycle (scoring stage) not present yet")
 
 
 def _alert(db: psycopg.Connection, world: World, kind: str, severity: str, opened_at: datetime) -> int:

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from carewatch.api import errors
+from carewatch.api.app import create_app
 from carewatch.api.errors import NUL_MESSAGE, nul_locations
+from carewatch.api.pooling import Conn
 from fastapi.testclient import TestClient
+
+from carewatch.settings import Settings
 
 if TYPE_CHECKING:
     from conftest import World
@@ -91,3 +96,50 @@ def test_every_route_declares_the_common_error_responses(client: TestClient) -> 
             assert {"401", "403", "404", "422", "500"} <= declared, (method, path, sorted(declared))
     problem = schema["components"]["schemas"]["ValidationProblem"]
     assert set(problem["required"]) == {"detail", "message"}
+
+
+def _fields(body: dict[str, Any]) -> list[tuple[list[str], str]]:
+    assert _is_problem_422(body), body
+    return [(e["loc"], e["field"]) for e in body["detail"]]
+
+
+def test_foreign_key_refusals_name_the_field(client: TestClient, world: World) -> None:
+    """The database's foreign keys (an unknown GP practice or site) are 422s on the field that names it."""
+    headers = world.headers(client, "admin")
+    unknown = f"NOPE{world.uid}"
+    created = client.post("/residents", headers=headers, json={
+        "resident_id": f"fk-{world.uid}", "site_id": world.home_a, "display_name": "New",
+        "date_of_birth": "1940-01-01", "gp_practice": unknown})
+    assert created.status_code == 422, created.text
+    assert _fields(created.json()) == [(["body", "gp_practice"], "gp_practice")]
+    assert "residents_gp_practice_fkey" in created.json()["detail"][0]["msg"]
+    patched = client.patch(f"/residents/{world.resident_a}", json={"gp_practice": unknown}, headers=headers)
+    assert patched.status_code == 422 and _fields(patched.json()) == [(["body", "gp_practice"], "gp_practice")]
+    user = {"username": f"fk-{world.uid}", "password": "a long password"}
+    no_site = client.post("/users", headers=headers, json={**user, "role": "care_staff", "site_id": unknown})
+    assert no_site.status_code == 422 and _fields(no_site.json()) == [(["body", "site_id"], "site_id")]
+    no_practice = client.post("/users", headers=headers, json={**user, "role": "gp", "practice_code": unknown})
+    assert _fields(no_practice.json()) == [(["body", "practice_code"], "practice_code")]
+    missing = client.post("/users", headers=headers, json={**user, "role": "gp"})
+    assert _fields(missing.json()) == [(["body", "practice_code"], "practice_code")]
+
+
+def test_check_constraint_refusals_name_the_rules_columns(api_settings: Settings, world: World) -> None:
+    """A CHECK violation (its message names no column) is a 422 on the columns of the rule, read from the
+    catalogue; a rule over several columns names them all. The schemas normally stop such input first, so a
+    route of this test's own breaks the rules."""
+    app = create_app(api_settings)
+
+    @app.post("/break/{rule}")
+    def break_rule(conn: Conn, rule: str) -> None:
+        change = {"obs": "obs_per_day = 99", "scale2": "scale2 = true"}[rule]
+        conn.execute(f"UPDATE residents SET {change} WHERE resident_id = %s", (world.resident_a,))
+
+    errors._columns_of.clear()  # so the lookup runs on a connection of its own, as after a deploy
+    with TestClient(app) as fresh:
+        obs = fresh.post("/break/obs")
+        scale2 = fresh.post("/break/scale2")
+    assert obs.status_code == 422, obs.text
+    assert _fields(obs.json()) == [(["body", "obs_per_day"], "obs_per_day")]
+    assert "residents_obs_per_day_check" in obs.json()["message"]
+    assert [f for _, f in _fields(scale2.json())] == ["scale2", "scale2_set_by", "scale2_set_at", "scale2_reason"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -64,9 +63,7 @@ def test_record_observation_mixed_sources_and_news2_result(client: TestClient, w
     assert body["subscores"] == dict(expected.subscores)
     assert (body["meaning"], body["action"], body["label"]) == (advice.meaning, advice.action, advice.label)
     assert body["source"] == "mixed" and body["spo2_scale"] == 1
-    assert isinstance(body["alerts_evaluated"], bool)
-    if importlib.util.find_spec("carewatch.scoring.engine") is not None:
-        assert body["alerts_evaluated"] is True
+    assert body["alerts_evaluated"] is True
     row = db.execute("SELECT source, pulse, inputs, soft_signs, note, recorded_by FROM observation_sets "
                      "WHERE obs_id = %s", (body["obs_id"],)).fetchone()
     assert row[0] == "mixed" and row[1] == 112
@@ -116,6 +113,24 @@ def test_observation_input_errors(client: TestClient, world: World, db: psycopg.
     count = db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s AND recorded_by = %s",
                        (world.resident_a, world.users["care_staff"])).fetchone()[0]
     assert count == 0
+
+
+def test_implausible_device_value_is_a_422_on_that_field(client: TestClient, world: World,
+                                                         db: psycopg.Connection) -> None:
+    """A device reading the form accepted is checked by the NEWS2 scorer (typed values never get that far):
+    its refusal names the field, says the value came from the device, and nothing is stored."""
+    _latest(db, world, "spo2", 150, timedelta(minutes=2))
+    _latest(db, world, "pulse_rate", 300, timedelta(minutes=2))
+    response = client.post(f"/residents/{world.resident_a}/observations",
+                           json={"respiration_rate": 18, "from_device": ["spo2", "pulse"]},
+                           headers=world.headers(client, "care_staff"))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert [(e["loc"], e["field"]) for e in detail] == [(["body", "spo2"], "spo2"), (["body", "pulse"], "pulse")]
+    assert all("plausible range" in e["msg"] and world.device_a in e["msg"] for e in detail)
+    assert response.json()["message"].startswith("spo2: ")
+    assert db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s AND recorded_by = %s",
+                      (world.resident_a, world.users["care_staff"])).fetchone()[0] == 0
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -9,21 +9,20 @@ connections and a 5 s timeout, and 80 requests arrive together over real HTTP: e
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import uvicorn
 from carewatch.api.app import create_app
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import get_user
 from psycopg_pool import ConnectionPool
 
-from carewatch.embedded import free_port
 from carewatch.settings import Settings
+
+from .conftest import serve
 
 if TYPE_CHECKING:
     import psycopg
@@ -36,20 +35,10 @@ BURST = 80  # twice AnyIO's 40 worker threads
 def small_pool_api(api_settings: Settings) -> Iterator[str]:
     """The app with a 2-connection pool under uvicorn, in a thread of this process."""
     pool = ConnectionPool(api_settings.dsn, min_size=1, max_size=2, timeout=5, open=True, name="burst-test")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(api_settings, pool=pool), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="burst-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with serve(create_app(api_settings, pool=pool)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         pool.close()
 
 
