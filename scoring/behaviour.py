@@ -574,6 +574,9 @@ def household_silent_finding(h: HouseholdData, now: datetime) -> Finding:
 # --- settled nights: evidence for a care review -------------------------------------------------------------
 CARE_REVIEW_NIGHTS: Final = 7
 CARE_REVIEW_SETTLED: Final = 5
+#: Hysteresis: an open care_review is closed only when this few of the last 7 nights were settled (one
+#: disturbed night must not close and re-open the evidence every other day).
+CARE_REVIEW_CLEAR_AT: Final = 3
 SETTLED_MAX_BATHROOM_VISITS: Final = 1
 
 
@@ -606,8 +609,10 @@ def care_review_finding(h: HouseholdData, now: datetime) -> Finding:
         return hold(kind, subject, site, "not enough nights with sensor data")
     settled = settled_nights(h, nights)
     count = int(settled.sum())
-    if count < CARE_REVIEW_SETTLED:
+    if count <= CARE_REVIEW_CLEAR_AT:
         return clear_alert(kind, subject, site, f"{count} of the last {len(nights)} nights were settled.")
+    if count < CARE_REVIEW_SETTLED:  # between the two: an open review stays open, none is opened
+        return hold(kind, subject, site, f"{count} of the last {len(nights)} nights were settled")
     package = f" Current package: {h.care_package}." if h.care_package else ""
     reason = (f"{count} of the last {len(nights)} nights were settled (no activity 00:00-06:00 apart from at most "
               f"one bathroom visit).{package}")
