@@ -181,8 +181,11 @@ class QualityFlag(StrEnum):
     MANUAL = "manual"  # typed in by staff rather than read from a device
 
 
-#: Flags that mean the value must not be used as a clean clinical value.
-UNTRUSTED_FLAGS = frozenset({QualityFlag.QUESTIONABLE, QualityFlag.INVALID, QualityFlag.SENSOR_FAULT})
+#: Flags that mean the value must not be used as a clean clinical value: the device itself distrusts it. Motion
+#: (a BP cuff's "body movement", an oximeter's motion artefact) means "measure again", as for questionable.
+#: Low perfusion is not here: poor perfusion can be the illness itself (shock), so that value is scored, flag shown.
+UNTRUSTED_FLAGS = frozenset({QualityFlag.QUESTIONABLE, QualityFlag.INVALID, QualityFlag.SENSOR_FAULT,
+                             QualityFlag.MOTION_ARTEFACT})
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -50,13 +50,19 @@ def test_readings_within_30_minutes_form_one_round_and_newest_clean_value_wins()
     assert rounds[1].values["spo2"].value == 90
 
 
-@pytest.mark.parametrize("flag", ["questionable", "invalid", "sensor_fault"])
+@pytest.mark.parametrize("flag", ["questionable", "invalid", "sensor_fault", "motion_artefact"])
 def test_untrusted_readings_are_set_aside_not_used(flag: str) -> None:
     rounds = build_rounds([_r("spo2", 96, 0), _r("spo2", 85, 1, (flag,))])
     assert rounds[0].values["spo2"].value == 96
     assert [r.value for r in rounds[0].set_aside] == [85]
     plan = plan_observation_sets(rounds, [], scale2=False)[0]
     assert any(flag in note and "not used" in note for note in plan.set_aside)
+
+
+def test_low_perfusion_is_scored_with_its_flag_not_set_aside() -> None:
+    """Poor perfusion can be the illness (shock): that value counts, and its flag stays with it."""
+    rounds = build_rounds([_r("spo2", 88, 0, ("low_perfusion",))])
+    assert rounds[0].values["spo2"].value == 88 and rounds[0].set_aside == ()
 
 
 def test_only_untrusted_value_leaves_parameter_missing() -> None:
