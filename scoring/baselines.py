@@ -5,9 +5,9 @@ points every day. A fall of 3 points from their own level, or a temperature 1 °
 chart cannot see. Everything here works on 2-D arrays (one row per resident, NaN-padded), so a whole site is
 computed at once; times are float seconds since the epoch.
 
-Baseline (docs/clinical-safety.md, H-BASE-1): median and MAD of the values in [now - 14 days, now - 24 h) - the
+Baseline (docs/clinical-safety.md, H-BASE-01): median and MAD of the values in [now - 14 days, now - 24 h) - the
 last day is excluded so that an illness developing now does not drag the baseline with it - trusted only from
-``min_count`` values. Deviation (H-BASE-2/3): the most recent ``min_readings`` values in the last 24 h all at
+``min_count`` values. Deviation (H-BASE-02, H-BASE-03): the most recent ``min_readings`` values in the last 24 h all at
 least ``delta`` from the median in the worrying direction (one odd value is not an alert).
 """
 

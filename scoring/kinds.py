@@ -48,7 +48,7 @@ class AlertStatus(StrEnum):
 
 
 #: How long an alert may stay unacknowledged before the engine escalates it (escalation_level + 1, status
-#: 'escalated'), and again after each escalation. 'info' never escalates. See docs/clinical-safety.md (H-ALERT-3).
+#: 'escalated'), and again after each escalation. 'info' never escalates. See docs/clinical-safety.md (H-ALERT-05).
 ACK_WINDOW: dict[Severity, timedelta | None] = {
     Severity.HIGH: timedelta(minutes=15),
     Severity.MEDIUM: timedelta(minutes=60),

@@ -1,6 +1,6 @@
 """When a resident's next observations are due, and whether they are overdue.
 
-RCP Chart 4 minimum frequencies, adapted for care homes (docs/clinical-safety.md, H-OBS-1):
+RCP Chart 4 minimum frequencies, adapted for care homes (docs/clinical-safety.md, H-OBS-06, H-OBS-09, H-OBS-10):
 
 * total 0 on a complete set: the care plan's interval (24 h / obs_per_day; the default 2 a day is RCP's 12 h);
 * total 1-4: every 4 h; a single red 3 or 5-6: every hour; 7+: "continuous" - a care home cannot monitor

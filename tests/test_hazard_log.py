@@ -39,3 +39,15 @@ def test_every_test_named_in_the_hazard_log_exists() -> None:
                 missing.append(f"{current}::{name}")
     assert checked > 50, "the hazard log should name the tests behind its mitigations"
     assert not missing, f"tests named in docs/clinical-safety.md that do not exist: {missing}"
+
+
+def test_every_hazard_id_the_code_cites_is_in_the_log() -> None:
+    logged = set(re.findall(r"^\| (H-[A-Z]+-\d+) \|", HAZARD_LOG.read_text(encoding="utf-8"), flags=re.MULTILINE))
+    cited: dict[str, str] = {}
+    for folder in ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            for hazard in re.findall(r"\bH-[A-Z]+-\d+\b", path.read_text(encoding="utf-8")):
+                cited.setdefault(hazard, str(path.relative_to(REPO_ROOT)))
+    assert len(logged) > 40
+    unknown = {h: where for h, where in cited.items() if h not in logged}
+    assert not unknown, f"hazard ids cited in code but not in docs/clinical-safety.md: {unknown}"
