@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -57,10 +56,9 @@ from carewatch.api.auth import issue_tokens
 from carewatch.api.users import get_user, hash_password
 from carewatch.scoring.kinds import Severity
 from carewatch.scoring.news2 import PARAMETERS, score_arrays
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from scratch import scratch_database
 
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedPostgres, free_port, port_open
+from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
 from carewatch.settings import Settings
 
@@ -87,38 +85,6 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # Scratch database
 # ------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def scratch_database(keep: bool) -> Iterator[str]:
-    """A new database on the local PostgreSQL (or a private embedded server); dropped afterwards."""
-    settings = Settings()
-    server = settings.test_dsn or "postgresql://postgres@127.0.0.1:5432/postgres"
-    private: EmbeddedPostgres | None = None
-    root: Path | None = None
-    if not settings.test_dsn and not port_open("127.0.0.1", 5432):
-        root = Path(tempfile.mkdtemp(prefix="carewatch-bench-api-"))
-        root.chmod(0o755)
-        private = EmbeddedPostgres(root / "pg", free_port())
-        private.start()
-        server = private.admin_dsn
-    name = f"carewatch_bench_api_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        if keep:
-            log(f"kept database {name}")
-        else:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if private is not None:
-            private.stop(mode="immediate")
-        if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The estate: homes of 24, practices, devices, users
 # ------------------------------------------------------------------------------------------------------------
@@ -741,15 +707,15 @@ def main() -> int:
         driver = "httpx"
     run = run_wrk if driver == "wrk" else run_httpx
 
-    database = contextlib.nullcontext(args.use_db) if args.use_db else scratch_database(args.keep_db)
-    with database as dsn, tempfile.TemporaryDirectory(prefix="carewatch-bench-api-") as tmp:
+    database = (contextlib.nullcontext((args.use_db, "given database")) if args.use_db
+                else scratch_database(prefix="carewatch_bench_api", keep=args.keep_db))
+    with database as (dsn, where), tempfile.TemporaryDirectory(prefix="carewatch-bench-api-") as tmp:
         workdir = Path(tmp)
         t0 = time.monotonic()
+        log(f"database: {where}")
         if args.use_db:
             estate, history = existing_history(dsn)
-        else:
-            log("migrating the scratch database ...")
-            migrate(dsn)
+        else:  # scratch_database has migrated it
             estate, history = build_history(dsn, args.residents, args.days, args.rounds, args.obs_per_day)
         build_s = time.monotonic() - t0
         tokens = tokens_for(dsn, estate.care_staff + estate.gps)

@@ -23,26 +23,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedPostgres, free_port, port_open
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from dashboard_world import PASSWORD, DashWorld, deteriorate, seed, serve_stack  # noqa: E402
+from scratch import scratch_database  # noqa: E402  (bench/, beside this script)
 
 APP = REPO / "dashboard" / "app.py"
 #: Streamlit has finished the page's script run and every chart on it has been drawn.
@@ -62,34 +56,6 @@ ROUTES = {
 NAV_TITLES = {"home": "Residents", "health_check": "Record a health check", "alerts": "Alerts",
               "sbard": "SBARD summary", "resident": "Resident charts and history", "inbox": "Alert inbox",
               "rightsizing": "Care package review", "estate": "Devices and gateways", "adoption": "Adoption"}
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    """A fresh migrated database, dropped afterwards."""
-    admin = os.environ.get("CAREWATCH_TEST_DSN") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    private = None
-    scratch = None
-    if not (port_open("127.0.0.1", 5432) or os.environ.get("CAREWATCH_TEST_DSN")):
-        scratch = Path(tempfile.mkdtemp(prefix="bench-dash-"))
-        scratch.chmod(0o755)
-        private = EmbeddedPostgres(scratch / "pg", free_port())
-        private.start()
-        admin = private.admin_dsn
-    name = f"carewatch_bench_dash_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(**{**conninfo_to_dict(admin), "dbname": name})
-    try:
-        migrate(dsn)
-        yield dsn
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if private is not None:
-            private.stop(mode="immediate")
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def apptest_round(api_url: str, world: DashWorld, times: dict[str, list[float]]) -> None:
@@ -180,7 +146,8 @@ def main() -> None:
     parser.add_argument("--browser", action="store_true", help="Also measure in headless Chromium.")
     args = parser.parse_args()
     print(f"before: {load()}")
-    with database() as dsn, tempfile.TemporaryDirectory(prefix="bench-dash-state-") as state:
+    with scratch_database(prefix="carewatch_bench_dash") as (dsn, _), \
+            tempfile.TemporaryDirectory(prefix="bench-dash-state-") as state:
         t0 = time.perf_counter()
         with psycopg.connect(dsn) as conn:
             world = seed(conn, uuid.uuid4().hex[:8], residents=args.residents)

@@ -12,9 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from conformance import CONFORMANCE_DIR, REPO_ROOT, load_conformance  # noqa: F401  (re-exported)
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from databases import fresh_database
 
-from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
 from carewatch.settings import Settings
 
@@ -69,16 +68,8 @@ def pg_server(test_settings: Settings, scratch_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database(pg_server: str) -> Iterator[str]:
     """A fresh, migrated database for this test run; dropped afterwards."""
-    name = f"carewatch_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(pg_server)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(pg_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from carewatch.ingest.store import apply_retention, ensure_partitions
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from carewatch.db.migrate import migrate
+from databases import fresh_database
 
 
 @pytest.fixture
 def own_db(pg_server: str) -> Iterator[psycopg.Connection]:
-    name = f"carewatch_retention_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(pg_server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(**{**conninfo_to_dict(pg_server), "dbname": name})
-    try:
-        migrate(dsn)
-        with psycopg.connect(dsn) as conn:
-            yield conn
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(pg_server, "carewatch_retention") as dsn, psycopg.connect(dsn) as conn:
+        yield conn
 
 
 def _store(conn: psycopg.Connection, seq: int, at: datetime) -> None:

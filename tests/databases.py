@@ -1,0 +1,28 @@
+"""Scratch databases for the suite: the session's database and tests that need one of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from carewatch.db.migrate import migrate
+
+
+@contextlib.contextmanager
+def fresh_database(pg_server: str, prefix: str = "carewatch_test") -> Iterator[str]:
+    """A new, migrated database on ``pg_server``; dropped afterwards (also for tests that need one of their own,
+    e.g. because they drop partitions)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(**{**conninfo_to_dict(pg_server), "dbname": name})
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
