@@ -16,6 +16,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import carewatch
 from carewatch.api import (
     audit,
     auth,
@@ -30,17 +41,6 @@ from carewatch.api import (
     routes_sites,
     routes_users,
 )
-from fastapi import FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
-from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-import carewatch
 from carewatch.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

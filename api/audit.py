@@ -15,12 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from carewatch.api.pooling import permit
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
+
+from carewatch.api.pooling import permit
 
 log = logging.getLogger(__name__)
 

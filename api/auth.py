@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import jwt
-from carewatch.api import audit
-from carewatch.api.pooling import Conn
-from carewatch.api.users import User, authenticate, get_user
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
+from carewatch.api import audit
+from carewatch.api.pooling import Conn
+from carewatch.api.users import User, authenticate, get_user
 from carewatch.settings import Settings
 
 ALGORITHM = "HS256"

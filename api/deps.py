@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
+from fastapi import Depends, Query, Request
+from fastapi.security import OAuth2PasswordBearer
+
 from carewatch.api import audit, scope
 from carewatch.api.auth import decode_token, unauthorised
 from carewatch.api.pooling import Conn, get_conn  # noqa: F401  (Conn is the routes' connection; see pooling)
 from carewatch.api.scope import Permission, Principal
 from carewatch.api.users import get_user
-from fastapi import Depends, Query, Request
-from fastapi.security import OAuth2PasswordBearer
-
 from carewatch.settings import Settings
 
 MAX_LIMIT = 500

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+
 from carewatch.scoring.behaviour import KITCHEN_KINDS, SETTLED_MAX_BATHROOM_VISITS, night_of
 from carewatch.scoring.rules import LOCAL_TZ
-from pydantic import BaseModel, Field
 
 LOW_MAX_OTHER = 2
 LOW_MAX_BATHROOM = 2

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from carewatch.api.rightsizing import RightsizingReport
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from carewatch import palette
+from carewatch.api.rightsizing import RightsizingReport
 
 MARGIN = 15.0
 WIDTH = 210.0 - 2 * MARGIN

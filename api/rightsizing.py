@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 
-from carewatch.api.household_report import BehaviourReport
 from pydantic import BaseModel, Field
+
+from carewatch.api.household_report import BehaviourReport
 
 WEEKS_PER_YEAR = 52
 

@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import psycopg
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+
 from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
@@ -29,8 +32,6 @@ from carewatch.api.schemas import (
 from carewatch.api.scope import Permission
 from carewatch.scoring import lifecycle
 from carewatch.scoring.kinds import AlertKind, Severity
-from fastapi import APIRouter, HTTPException, Query, status
-from psycopg.rows import dict_row
 
 router = APIRouter(tags=["alerts"])
 UNRESOLVED = ["open", "acknowledged", "escalated"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field, ValidationError
+
 from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
 from carewatch.api.scope import Permission
 from carewatch.gateway.registry import SOURCE_FORMATS, RegisteredDevice
-from fastapi import APIRouter, HTTPException, Query, status
-from psycopg.rows import dict_row
-from pydantic import BaseModel, Field, ValidationError
 
 router = APIRouter(tags=["configuration"])
 GATEWAY_ONLINE_WITHIN = timedelta(minutes=5)

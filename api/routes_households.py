@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated
 
+from fastapi import APIRouter, Query
+from psycopg.rows import dict_row
+
 from carewatch.api.deps import Context
 from carewatch.api.household_report import BehaviourReport, Event, HourlyTemperature, behaviour_report
 from carewatch.api.scope import Permission
 from carewatch.scoring.behaviour import last_complete_night
 from carewatch.scoring.rules import LOCAL_TZ
-from fastapi import APIRouter, Query
-from psycopg.rows import dict_row
-
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
 router = APIRouter(tags=["households"])

@@ -6,6 +6,10 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
     PARAMETER_METRIC,
@@ -24,10 +28,6 @@ from carewatch.api.schemas import (
 from carewatch.api.scope import Permission
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.scoring.news2 import InvalidObservation, score_observation
-from fastapi import APIRouter, HTTPException, Query, status
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Literal
 
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from psycopg.rows import dict_row
+from pydantic import BaseModel, Field
+
 from carewatch.api import scope
 from carewatch.api.adoption import AdoptionReport, AlertTiming, DayCount, adoption_report
 from carewatch.api.deps import Context, Ctx
@@ -22,11 +27,6 @@ from carewatch.api.scope import Permission
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.engine import ACTOR as SCORER
 from carewatch.scoring.rules import LOCAL_TZ
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
-from psycopg.rows import dict_row
-from pydantic import BaseModel, Field
-
 from carewatch.wire import METRICS
 
 router = APIRouter(tags=["reports"])

@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg.rows import dict_row
+
 from carewatch.api import fhir, sbard, scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.present import news2_badge
@@ -19,10 +23,6 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
-from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import JSONResponse, PlainTextResponse
-from psycopg.rows import dict_row
-
 from carewatch.wire import METRICS
 
 router = APIRouter(tags=["residents"])

@@ -6,6 +6,9 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Literal
 
+from fastapi import APIRouter
+from psycopg.rows import dict_row
+
 from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.present import device_warning, news2_badge, worst_severity
@@ -20,9 +23,6 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.api.users import Role
-from fastapi import APIRouter
-from psycopg.rows import dict_row
-
 from carewatch.wire import METRICS
 
 router = APIRouter(tags=["sites"])

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+from fastapi import APIRouter, HTTPException, Query, status
+from psycopg.rows import dict_row
+
 from carewatch.api import errors, users
 from carewatch.api.auth import Me
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import AuditOut, Page, PasswordIn, UserCreate, UserOut, UserUpdate, page_of
 from carewatch.api.scope import Permission
 from carewatch.api.users import Role, User, UserError
-from fastapi import APIRouter, HTTPException, Query, status
-from psycopg.rows import dict_row
 
 router = APIRouter(tags=["users"])
 

@@ -13,8 +13,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk, clinical_response
 from pydantic import BaseModel, Field
+
+from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk, clinical_response
 
 UNITS = {"respiration_rate": "breaths/min", "spo2": "%", "systolic_bp": "mmHg", "pulse": "beats/min",
          "temperature": "°C"}

@@ -6,8 +6,6 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from carewatch.api.users import USERNAME_PATTERN, Role
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, SoftSign
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -19,7 +17,9 @@ from pydantic import (
     model_validator,
 )
 
+from carewatch.api.users import USERNAME_PATTERN, Role
 from carewatch.nhs import normalise_nhs_number
+from carewatch.scoring.kinds import ESCALATION_OUTCOMES, SoftSign
 from carewatch.wire import Ident, Metric, check_plausible
 
 T = TypeVar("T")

@@ -31,10 +31,11 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
-from carewatch.api.users import Role, User
-from carewatch.scoring.kinds import CLINICAL_KINDS
 from fastapi import HTTPException, status
 from psycopg.rows import dict_row
+
+from carewatch.api.users import Role, User
+from carewatch.scoring.kinds import CLINICAL_KINDS
 
 
 @dataclass(frozen=True)

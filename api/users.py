@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from carewatch.api.errors import constraint_columns
 from psycopg.rows import dict_row
+
+from carewatch.api.errors import constraint_columns
 
 
 class Role(StrEnum):

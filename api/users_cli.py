@@ -7,8 +7,8 @@ from typing import Annotated
 
 import psycopg
 import typer
-from carewatch.api.users import Role, UserError, create_user, disable_user, list_users, set_password
 
+from carewatch.api.users import Role, UserError, create_user, disable_user, list_users, set_password
 from carewatch.settings import get_settings
 
 users_app = typer.Typer(help="Manage users and roles (admin): add, list, passwd, disable.", no_args_is_help=True)

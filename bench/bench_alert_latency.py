@@ -47,6 +47,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import psycopg
 from bench_evaluation import record_staff_entry
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedPostgres, free_port
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
@@ -55,9 +58,6 @@ from carewatch.firmware_sim.wire_output import event_reading
 from carewatch.firmware_sim.world import SiteSpec, World, build_world
 from carewatch.ingest.store import NOTIFY_CHANNEL, notify_payloads, store_batch
 from carewatch.ingest.validate import ReadingsMessage, StatusUpdate
-
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedPostgres, free_port
 from carewatch.wire import DecodedBatch, DeviceKind, GatewayStatus, Metric, Reading
 
 SEED = 11

@@ -52,14 +52,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from carewatch.api.auth import issue_tokens
-from carewatch.api.users import get_user, hash_password
-from carewatch.scoring.kinds import Severity
-from carewatch.scoring.news2 import PARAMETERS, score_arrays
 from scratch import scratch_database
 
+from carewatch.api.auth import issue_tokens
+from carewatch.api.users import get_user, hash_password
 from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
+from carewatch.scoring.kinds import Severity
+from carewatch.scoring.news2 import PARAMETERS, score_arrays
 from carewatch.settings import Settings
 
 TARGET_P95_MS = 50.0

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from carewatch.gateway.outbox import Outbox
-from carewatch.gateway.pipeline import ReadingDraft
-from carewatch.gateway.publisher import Publisher, encode_rows
 from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.embedded import EmbeddedBroker, free_port, port_open
+from carewatch.gateway.outbox import Outbox
+from carewatch.gateway.pipeline import ReadingDraft
+from carewatch.gateway.publisher import Publisher, encode_rows
 from carewatch.settings import MqttTarget, Settings
 from carewatch.wire import Channel, DeviceKind, Metric, topic
 

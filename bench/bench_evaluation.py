@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
+from scratch import scratch_database
+
 from carewatch.firmware_sim.devices import ID_PREFIX, world_devices
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.household import SensorEvent
@@ -68,9 +71,6 @@ from carewatch.scoring import engine
 from carewatch.scoring.engine import evaluate_subjects, tick
 from carewatch.scoring.kinds import SEVERITY_RANK, AlertKind, Severity
 from carewatch.scoring.news2 import score_observation
-from psycopg.types.json import Jsonb
-from scratch import scratch_database
-
 from carewatch.wire import DecodedBatch, GatewayStatus, Reading
 
 SEED = 7

@@ -71,11 +71,10 @@ def child(mode: str) -> None:
 
 
 def _run_gateway() -> dict[str, Any]:
+    import carewatch.cli  # noqa: F401  (a real gateway process is started by `carewatch gateway`)
     from carewatch.firmware_sim.transport import SimTransport
     from carewatch.gateway.service import Gateway
     from carewatch.gateway.transport import Notification
-
-    import carewatch.cli  # noqa: F401  (a real gateway process is started by `carewatch gateway`)
     from carewatch.logs import configure_logging
     from carewatch.settings import Settings
 
@@ -180,7 +179,6 @@ class Feed:
     def _events(self, device: Any, at: datetime) -> list[Any]:
         from carewatch.firmware_sim.household import SENSORS, SensorEvent
         from carewatch.firmware_sim.physiology import VitalSample
-
         from carewatch.wire import DeviceKind, Metric
 
         rng = self.rng
@@ -273,9 +271,8 @@ def main() -> None:
         child(args.child)
         return
 
-    from carewatch.gateway.registry import DeviceRegistry, save_registry
-
     from carewatch.embedded import EmbeddedBroker, free_port, port_open
+    from carewatch.gateway.registry import DeviceRegistry, save_registry
     from carewatch.settings import Settings, process_env
 
     with ExitStack() as stack:

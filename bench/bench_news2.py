@@ -11,6 +11,7 @@ import argparse
 import time
 
 import numpy as np
+
 from carewatch.scoring.news2 import CONSCIOUSNESS_CODES, encode_consciousness, score_arrays
 from carewatch.scoring.news2_reference import score_reference
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
-
 from carewatch.wire import DeviceKind, Metric
 
 

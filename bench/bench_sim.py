@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.firmware_sim.backfill import backfill_world
 from carewatch.firmware_sim.devices import DeviceLayer, notifications, world_devices
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import WireBatcher, device_events, publish_direct
 from carewatch.firmware_sim.world import MAX_RESIDENTS_PER_SITE, World, build_world, site_specs
 from carewatch.gateway.transport import Notification
-
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.settings import Settings
 
 BACKFILL_TARGET_S = 60.0

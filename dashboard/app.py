@@ -13,6 +13,7 @@ Run with ``carewatch dashboard`` (or ``streamlit run dashboard/app.py``); the AP
 from __future__ import annotations
 
 import streamlit as st
+
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiError
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import altair as alt
 import pandas as pd
-from carewatch.dashboard.client import LOCAL_TZ
-from carewatch.scoring.news2 import BANDS, STEPS_PER_UNIT, spo2_table
 
 from carewatch import palette
+from carewatch.dashboard.client import LOCAL_TZ
+from carewatch.scoring.news2 import BANDS, STEPS_PER_UNIT, spo2_table
 
 BAND_WORDS = {0: "0 points (normal)", 1: "1 point", 2: "2 points", 3: "3 points"}
 

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+
 from carewatch.scoring.kinds import SEVERITY_RANK
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time

@@ -16,14 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
+
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import event_source
 from carewatch.scoring.news2 import score_observations
-from psycopg.types.json import Jsonb
-
 from carewatch.settings import Settings
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 

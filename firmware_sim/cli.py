@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
 from carewatch.firmware_sim.scenarios import Scenario, ScenarioError, load_scenarios
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.world import World, build_world, site_specs
-
 from carewatch.settings import Settings
 
 MODES = ("realtime", "accelerated", "backfill")

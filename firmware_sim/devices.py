@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+
 from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
@@ -28,7 +29,6 @@ from carewatch.firmware_sim.scenarios import FAULT_DEFAULTS, DeviceFault, FaultK
 from carewatch.firmware_sim.transport import SimTransport  # noqa: F401  (re-exported: its home before)
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification, TransportEvent
-
 from carewatch.wire import DeviceKind, Metric, QualityFlag
 
 #: The GATT characteristic each bedside device kind notifies.

@@ -15,7 +15,6 @@ from typing import Any
 from carewatch.firmware_sim.devices import DeviceLayer, SimTransport, world_devices
 from carewatch.firmware_sim.driver import SimClock, SimDriver
 from carewatch.firmware_sim.physiology import ManualObservation
-
 from carewatch.settings import Settings
 
 

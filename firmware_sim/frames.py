@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from carewatch.gateway.ieee11073 import Special
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+from carewatch.gateway.ieee11073 import Special
 
 _SFLOAT_SPECIAL_RAW = {"NaN": 0x07FF, "NRes": 0x0800, "+INF": 0x07FE, "-INF": 0x0802, "reserved": 0x0801}
 _FLOAT_SPECIAL_RAW = {"NaN": 0x007FFFFF, "NRes": 0x00800000, "+INF": 0x007FFFFE, "-INF": 0x00800002,

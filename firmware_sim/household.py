@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from operator import attrgetter
 
 import numpy as np
-from carewatch.firmware_sim.scenarios import Effect, WallClock, total_effect
 
+from carewatch.firmware_sim.scenarios import Effect, WallClock, total_effect
 from carewatch.wire import DeviceKind, Metric
 
 # seed tags: keep every generator's key the same length so keys can never collide

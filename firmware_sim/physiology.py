@@ -21,8 +21,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
-from carewatch.scoring.schedule import CARE_PLAN_ROUND_HOURS
 
+from carewatch.scoring.schedule import CARE_PLAN_ROUND_HOURS
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag
 
 if TYPE_CHECKING:

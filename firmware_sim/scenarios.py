@@ -22,10 +22,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from carewatch.firmware_sim.physiology import Condition
-from carewatch.scoring.kinds import AlertKind
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from carewatch.firmware_sim.physiology import Condition
+from carewatch.scoring.kinds import AlertKind
 from carewatch.wire import DeviceKind, explain
 
 

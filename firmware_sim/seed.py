@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+
 from carewatch.firmware_sim.devices import SimDevice
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.world import World

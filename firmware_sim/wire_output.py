@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
 from carewatch.firmware_sim.devices import ID_PREFIX
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.world import World
-
 from carewatch.settings import Settings
 from carewatch.wire import METRICS, Channel, DeviceKind, Reading, encode_batch, topic
 

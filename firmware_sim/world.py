@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+
 from carewatch.firmware_sim.household import (
     SENSORS,
     TAG_PROFILE,
@@ -56,7 +57,6 @@ from carewatch.firmware_sim.scenarios import (
     ScenarioKind,
     WallClock,
 )
-
 from carewatch.wire import DeviceKind
 
 Event = VitalSample | ManualObservation | SensorEvent | DeviceFault | GatewayOutage

@@ -37,6 +37,7 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTServiceCollection
 from bleak.exc import BleakError
 from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
+
 from carewatch.gateway.oximeters import CONTEC_BLE_COMMANDS, O2RING_LEGACY_REALTIME_REQUEST, contec_ble_command
 from carewatch.gateway.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import (

@@ -19,9 +19,9 @@ from typing import Any
 
 from bthome_ble import BTHomeBluetoothDeviceData
 from bthome_ble.event import BUTTON_EVENTS
-from carewatch.gateway.frames import DecodedFrame, FrameError
 from habluetooth import BluetoothServiceInfoBleak
 
+from carewatch.gateway.frames import DecodedFrame, FrameError
 from carewatch.wire import Metric
 
 SERVICE_UUIDS = {

@@ -22,7 +22,6 @@ from carewatch.gateway.frames import (
     present_values,
 )
 from carewatch.gateway.ieee11073 import Special, decode_float, decode_sfloat, float_parts
-
 from carewatch.wire import Metric, QualityFlag
 
 KPA_TO_MMHG = 7.500617

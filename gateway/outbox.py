@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 from carewatch.gateway.pipeline import DeadLetter, ReadingDraft
 from carewatch.gateway.transport import Clock, system_clock
-
 from carewatch.wire import METRICS, GatewayEvent, Metric, Reading, SeqRun, merge_runs, runs_from_seqs
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]

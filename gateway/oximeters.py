@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 from carewatch.gateway.frames import NULL_INVALID, DecodedFrame, FrameError, present_values
-
 from carewatch.wire import Metric, QualityFlag
 
 

@@ -23,7 +23,6 @@ from carewatch.gateway.gatt import decode_characteristic
 from carewatch.gateway.oximeters import OximeterStream
 from carewatch.gateway.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
-
 from carewatch.wire import (
     METRICS,
     UNTRUSTED_FLAGS,

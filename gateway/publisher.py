@@ -36,11 +36,11 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import structlog
-from carewatch.gateway.outbox import Outbox, OutboxRow
-from carewatch.gateway.transport import Clock, system_clock
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from carewatch.gateway.outbox import Outbox, OutboxRow
+from carewatch.gateway.transport import Clock, system_clock
 from carewatch.settings import MqttTarget
 from carewatch.wire import (
     Channel,

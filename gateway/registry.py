@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from carewatch.gateway.bthome import normalise_mac
 from carewatch.gateway.gatt import DECODERS as GATT_DECODERS
 from carewatch.gateway.oximeters import FORMATS as OXIMETER_FORMATS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from carewatch.wire import DeviceKind, Ident
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import DeadLetter, Pipeline, PipelineResult
 from carewatch.gateway.publisher import Publisher
@@ -38,7 +39,6 @@ from carewatch.gateway.registry import (
     refresh_registry_file,
 )
 from carewatch.gateway.transport import Clock, Notification, Transport, TransportEvent, system_clock
-
 from carewatch.settings import Settings
 from carewatch.wire import DeviceStatus, GatewayEvent, GatewayStatus, Metric
 

@@ -35,6 +35,9 @@ from datetime import UTC, datetime
 import paho.mqtt.client as mqtt
 import psycopg
 import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from psycopg_pool import ConnectionPool, PoolTimeout
+
 from carewatch.ingest import metrics
 from carewatch.ingest.recovery import HoleAges, ResendPolicy, plan_resends
 from carewatch.ingest.store import (
@@ -54,9 +57,6 @@ from carewatch.ingest.validate import (
     classify_status,
     raw_text,
 )
-from paho.mqtt.enums import CallbackAPIVersion
-from psycopg_pool import ConnectionPool, PoolTimeout
-
 from carewatch.settings import Settings
 from carewatch.wire import Channel, parse_topic, run_length, topic, topic_filter
 

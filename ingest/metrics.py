@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 
-from carewatch.ingest.store import BatchResult
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from carewatch.ingest.store import BatchResult
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

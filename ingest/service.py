@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from carewatch.ingest import metrics
 from carewatch.ingest.consumer import IngestWorker
-
 from carewatch.logs import configure_logging
 from carewatch.settings import Settings, get_settings
 

@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+
 from carewatch.ingest.validate import (
     Classified,
     DeadLetter,
@@ -41,7 +42,6 @@ from carewatch.ingest.validate import (
     device_problem,
     status_devices,
 )
-
 from carewatch.wire import (
     DecodedBatch,
     ImplausibleValue,

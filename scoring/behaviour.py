@@ -17,6 +17,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
+
 from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.rules import (
     LOCAL_TZ,
@@ -27,8 +29,6 @@ from carewatch.scoring.rules import (
     local_time,
     raise_alert,
 )
-from numpy.typing import NDArray
-
 from carewatch.wire import Metric
 
 # ------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
+
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.behaviour import (
     EARLIEST_WAKE,
@@ -77,8 +79,6 @@ from carewatch.scoring.rules import (
     soft_signs_finding,
 )
 from carewatch.scoring.schedule import LastObservation, first_obs_due, next_obs_due, overdue_finding
-from psycopg.types.json import Jsonb
-
 from carewatch.wire import ImplausibleValue, Metric
 
 log = logging.getLogger("carewatch.scoring.engine")

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, AlertKind, Severity
 from psycopg.types.json import Jsonb
+
+from carewatch.scoring.kinds import ESCALATION_OUTCOMES, AlertKind, Severity
 
 
 class AlertLifecycleError(ValueError):

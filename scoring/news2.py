@@ -35,10 +35,10 @@ from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
-from carewatch.scoring.clinical_response import RISK_BY_CODE, ClinicalResponse, Risk, clinical_response
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
+from carewatch.scoring.clinical_response import RISK_BY_CODE, ClinicalResponse, Risk, clinical_response
 from carewatch.wire import METRICS, ImplausibleValue, Metric, check_plausible
 
 __all__ = [

@@ -26,9 +26,10 @@ from itertools import islice
 from typing import TextIO
 
 import numpy as np
+from pydantic import ValidationError
+
 from carewatch.scoring.clinical_response import RISK_BY_CODE
 from carewatch.scoring.news2 import PARAMETERS, ObservationSet, describe_error, observation_columns, score_arrays
-from pydantic import ValidationError
 
 CHUNK_LINES = 8192
 

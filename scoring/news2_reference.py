@@ -26,7 +26,6 @@ from carewatch.scoring.news2 import (
     STEPS_PER_UNIT,
     spo2_table,
 )
-
 from carewatch.wire import check_plausible
 
 

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk
 from carewatch.scoring.kinds import SOFT_SIGN_NAMES, AlertKind, Severity
 from carewatch.scoring.news2 import News2Result
-
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
 #: Care homes and households are in England: times in alert text are local (Europe/London).

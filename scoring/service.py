@@ -18,9 +18,9 @@ from datetime import datetime
 
 import psycopg
 import structlog
+
 from carewatch.scoring.clock import Clock, parse_timestamp
 from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, rescore_all, tick
-
 from carewatch.settings import Settings
 
 CHANNEL = "carewatch_readings"

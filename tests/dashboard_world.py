@@ -23,14 +23,14 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.types.json import Jsonb
+
 from carewatch.api.users import create_user, hash_password
+from carewatch.embedded import free_port, wait_for
+from carewatch.procs import Supervisor
 from carewatch.scoring.behaviour import last_complete_night
 from carewatch.scoring.news2 import ObservationSet, score_observation
 from carewatch.scoring.rules import LOCAL_TZ
-from psycopg.types.json import Jsonb
-
-from carewatch.embedded import free_port, wait_for
-from carewatch.procs import Supervisor
 from carewatch.settings import Settings
 
 PASSWORD = "dashboard pass 1"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
+
 from carewatch.api.app import create_app
 from carewatch.api.users import create_user
 from carewatch.firmware_sim.driver import SimClock
@@ -25,8 +27,6 @@ from carewatch.ingest.consumer import IngestWorker
 from carewatch.scoring.clock import Clock
 from carewatch.scoring.news2 import score_observation
 from carewatch.scoring.service import run_scorer
-from fastapi.testclient import TestClient
-
 from carewatch.settings import Settings
 
 INFECTION = """

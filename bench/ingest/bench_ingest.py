@@ -37,16 +37,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import event_reading, event_source
 from carewatch.firmware_sim.world import SiteSpec, World, build_world
-from paho.mqtt.enums import CallbackAPIVersion
-
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for
 from carewatch.wire import Channel, Reading, decode_batch, encode_batch, topic, topic_filter
 
 BATCH = 200  # readings per wire message, as the simulator and the gateway publisher send them

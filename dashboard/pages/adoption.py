@@ -4,6 +4,7 @@ and homes whose use is dropping (computed by the API from the database)."""
 from __future__ import annotations
 
 import streamlit as st
+
 from carewatch.dashboard import charts, ui
 
 st.title("Adoption")

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import streamlit as st
+
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiClient, ApiError, ago, local_time
 from carewatch.scoring.kinds import ESCALATION_OUTCOMES

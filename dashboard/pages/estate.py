@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import streamlit as st
+
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ago, local_time
 

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import streamlit as st
+
+from carewatch import palette
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiError, ago, local_time
 from carewatch.scoring.kinds import SOFT_SIGN_NAMES, SoftSign
 from carewatch.scoring.news2 import METRIC_OF
-
-from carewatch import palette
 from carewatch.wire import METRICS
 
 PREFILL_MINUTES = 15

@@ -4,6 +4,7 @@ worrying first, with big buttons to act on the chosen resident."""
 from __future__ import annotations
 
 import streamlit as st
+
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import urgency
 

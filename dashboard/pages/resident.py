@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+
 from carewatch.dashboard import charts, ui
 from carewatch.dashboard.client import ApiClient, ApiError, local_time
 from carewatch.scoring.kinds import SOFT_SIGN_NAMES

@@ -5,9 +5,9 @@ temperature), a benefit calculator, and CSV/PDF exports. Every figure comes from
 from __future__ import annotations
 
 import streamlit as st
-from carewatch.dashboard import charts, ui
 
 from carewatch import palette
+from carewatch.dashboard import charts, ui
 
 PERIODS = (7, 14, 28, 56, 90)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 import streamlit as st
+
 from carewatch.dashboard import ui
 
 st.title("SBARD summary")

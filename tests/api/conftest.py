@@ -21,12 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 import uvicorn
-from carewatch.api.app import create_app
-from carewatch.api.auth import issue_tokens
-from carewatch.api.users import create_user, get_user, hash_password
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
+from carewatch.api.app import create_app
+from carewatch.api.auth import issue_tokens
+from carewatch.api.users import create_user, get_user, hash_password
 from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
 from carewatch.settings import Settings

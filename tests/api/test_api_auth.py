@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 import jwt
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
 from carewatch.api import users_cli
 from carewatch.api.auth import ALGORITHM, ISSUER, LoginRateLimiter, issue_tokens
 from carewatch.api.users import UserError, authenticate, create_user, get_user
-from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 if TYPE_CHECKING:
     from conftest import World

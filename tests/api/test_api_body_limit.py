@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import psycopg
 import pytest
-from carewatch.api.app import MAX_BODY_BYTES, BodyLimit, create_app
 from fastapi.testclient import TestClient
 
+from carewatch.api.app import MAX_BODY_BYTES, BodyLimit, create_app
 from carewatch.settings import Settings
 
 from .conftest import serve

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fastapi.testclient import TestClient
+
 from carewatch.api import errors
 from carewatch.api.app import create_app
 from carewatch.api.errors import NUL_MESSAGE, nul_locations
 from carewatch.api.pooling import Conn
-from fastapi.testclient import TestClient
-
 from carewatch.settings import Settings
 
 if TYPE_CHECKING:

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from carewatch.api import fhir, sbard
-from carewatch.scoring.clinical_response import clinical_response
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
+
+from carewatch.api import fhir, sbard
+from carewatch.scoring.clinical_response import clinical_response
 
 if TYPE_CHECKING:
     from conftest import World

@@ -6,6 +6,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
+from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
+
 from carewatch.api.household_report import (
     Event,
     HourlyTemperature,
@@ -16,8 +19,6 @@ from carewatch.api.household_report import (
 )
 from carewatch.scoring.behaviour import last_complete_night
 from carewatch.scoring.rules import LOCAL_TZ
-from fastapi.testclient import TestClient
-from psycopg.types.json import Jsonb
 
 if TYPE_CHECKING:
     from conftest import World

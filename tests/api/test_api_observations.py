@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
+
 from carewatch.scoring.clinical_response import clinical_response
 from carewatch.scoring.news2 import ObservationSet, score_observation
-from fastapi.testclient import TestClient
 
 if TYPE_CHECKING:
     from conftest import World

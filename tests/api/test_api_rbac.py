@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from carewatch.api.app import PUBLIC_PATHS, create_app
-from carewatch.api.deps import current_principal
-from carewatch.api.scope import GRANTS, Permission
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
+from carewatch.api.app import PUBLIC_PATHS, create_app
+from carewatch.api.deps import current_principal
+from carewatch.api.scope import GRANTS, Permission
 from carewatch.settings import Settings
 
 if TYPE_CHECKING:

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
+
 from carewatch.api.adoption import DROP_RATIO, RECENT_DAYS, AlertTiming, DayCount, adoption_report
 from carewatch.api.household_report import Event, behaviour_report
 from carewatch.api.report_pdf import render_pdf
 from carewatch.api.rightsizing import CSV_COLUMNS, RightsizingReport, benefit, evidence_csv
 from carewatch.scoring.behaviour import last_complete_night
 from carewatch.scoring.rules import LOCAL_TZ
-from fastapi.testclient import TestClient
-from psycopg.types.json import Jsonb
 
 if TYPE_CHECKING:
     from conftest import World

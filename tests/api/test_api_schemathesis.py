@@ -27,9 +27,6 @@ import psycopg
 import pytest
 import requests
 import schemathesis
-from carewatch.api.app import PUBLIC_PATHS, create_app
-from carewatch.api.auth import issue_tokens
-from carewatch.api.users import get_user
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -38,6 +35,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from carewatch.api.app import PUBLIC_PATHS, create_app
+from carewatch.api.auth import issue_tokens
+from carewatch.api.users import get_user
 from carewatch.settings import Settings
 
 from .conftest import World, build_world, serve

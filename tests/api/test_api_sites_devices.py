@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from carewatch.api.app import MAX_BODY_BYTES, create_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg_pool import ConnectionPool
 
+from carewatch.api.app import MAX_BODY_BYTES, create_app
 from carewatch.settings import Settings
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import uvicorn
-from carewatch.api.app import create_app
 from dashboard_world import PASSWORD, DashWorld, deteriorate, seed
 from streamlit.testing.v1 import AppTest
 
+from carewatch.api.app import create_app
 from carewatch.settings import Settings
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from carewatch.dashboard import client as client_module
-from carewatch.dashboard.client import PAGE_SIZE, ApiClient
 from dashboard_world import DashWorld
 from streamlit.testing.v1 import AppTest
+
+from carewatch.dashboard import client as client_module
+from carewatch.dashboard.client import PAGE_SIZE, ApiClient
 
 SignIn = Callable[..., AppTest]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import io
 
-from carewatch.api.rightsizing import CSV_COLUMNS
-from carewatch.dashboard.client import ApiClient
 from dashboard_world import PASSWORD, DashWorld, check_council_pdf
 
 from carewatch import palette
+from carewatch.api.rightsizing import CSV_COLUMNS
+from carewatch.dashboard.client import ApiClient
 
 
 def _council(live_api: str, estate: DashWorld) -> ApiClient:

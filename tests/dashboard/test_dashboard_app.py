@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from carewatch.dashboard.client import ago, local_time, urgency
 from dashboard_world import DashWorld
 from streamlit.testing.v1 import AppTest
+
+from carewatch.dashboard.client import ago, local_time, urgency
 
 SignIn = Callable[..., AppTest]
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from carewatch.api.rightsizing import CSV_COLUMNS
 from dashboard_world import PASSWORD, DashWorld, Stack, check_council_pdf, deteriorate, seed, serve_stack
+
+from carewatch.api.rightsizing import CSV_COLUMNS
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CAREWATCH_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")

@@ -47,7 +47,6 @@ def test_heatmap_numbers_stay_readable_across_the_ramp() -> None:
 
 def test_streamlit_theme_colour_takes_white_text() -> None:
     from carewatch.dashboard.serve import dashboard_command
-
     from carewatch.settings import Settings
 
     assert contrast_ratio(palette.PRIMARY, "#FFFFFF") >= TEXT_AA  # primary buttons and selected chips

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from carewatch.firmware_sim.devices import DeviceLayer, notifications, world_devices
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
@@ -16,7 +17,6 @@ from carewatch.gateway.frames import FrameError
 from carewatch.gateway.gatt import decode_characteristic
 from carewatch.gateway.pipeline import Pipeline, PipelineResult
 from carewatch.gateway.transport import Notification, TransportEvent
-
 from carewatch.wire import DeviceKind, Metric, QualityFlag
 
 START = datetime(2025, 1, 6, tzinfo=UTC)

@@ -7,6 +7,10 @@ import logging
 from datetime import datetime
 
 import pytest
+from conformance import CONFORMANCE_DIR
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carewatch.firmware_sim.frames import (
     encode_berrymed,
     encode_blood_pressure,
@@ -30,9 +34,6 @@ from carewatch.gateway.frames import FrameError
 from carewatch.gateway.gatt import KPA_TO_MMHG, decode_characteristic
 from carewatch.gateway.ieee11073 import Special, decode_float, decode_sfloat
 from carewatch.gateway.oximeters import decode_oximeter
-from conformance import CONFORMANCE_DIR
-from hypothesis import given
-from hypothesis import strategies as st
 
 MAC = "54:48:E6:8F:80:A5"
 

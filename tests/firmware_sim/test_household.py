@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+
 from carewatch.firmware_sim.household import SENSORS, SensorEvent, pir_transitions
 from carewatch.firmware_sim.world import build_world
-
 from carewatch.wire import Metric, check_plausible
 
 LONDON = ZoneInfo("Europe/London")

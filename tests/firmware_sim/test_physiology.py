@@ -8,6 +8,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+
 from carewatch.firmware_sim.physiology import (
     CONDITION_PREVALENCE,
     Condition,
@@ -22,7 +23,6 @@ from carewatch.firmware_sim.physiology import (
 )
 from carewatch.firmware_sim.scenarios import Effect, ScenarioKind, Shape, Trajectory, WallClock
 from carewatch.firmware_sim.world import SiteSpec, build_world
-
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, check_plausible
 
 START = datetime(2025, 1, 6, tzinfo=UTC)

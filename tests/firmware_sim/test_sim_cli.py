@@ -13,6 +13,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from typer.testing import CliRunner
+
+from carewatch.cli import app
 from carewatch.firmware_sim.backfill import backfill_gateway_id, backfill_world
 from carewatch.firmware_sim.cli import make_world, run_sim
 from carewatch.firmware_sim.devices import world_devices
@@ -23,9 +26,6 @@ from carewatch.firmware_sim.wire_output import (
     event_reading,
     publish_direct,
 )
-from typer.testing import CliRunner
-
-from carewatch.cli import app
 from carewatch.settings import MqttTarget, Settings
 from carewatch.wire import Channel, ReadingBatch, topic
 

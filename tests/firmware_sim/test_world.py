@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
 from carewatch.firmware_sim.scenarios import DeviceFault, GatewayOutage, load_scenarios

@@ -21,12 +21,12 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError
+from conformance import load_conformance
+
 from carewatch.gateway.ble import BleakTransport
 from carewatch.gateway.pipeline import Pipeline
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Notification, RateLimiter, TransportEvent, short_uuid, uuid128
-from conformance import load_conformance
-
 from carewatch.wire import DeviceKind, Metric
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

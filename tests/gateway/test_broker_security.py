@@ -18,9 +18,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from carewatch.gateway.outbox import Outbox
-from carewatch.gateway.pipeline import ReadingDraft
-from carewatch.gateway.publisher import Publisher
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,6 +25,9 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.embedded import BrokerSecurity, EmbeddedBroker, free_port, gateway_acl
+from carewatch.gateway.outbox import Outbox
+from carewatch.gateway.pipeline import ReadingDraft
+from carewatch.gateway.publisher import Publisher
 from carewatch.settings import MqttTarget
 from carewatch.wire import DeviceKind, Metric
 

@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from carewatch.firmware_sim.frames import encode_bthome
-from carewatch.gateway.bthome import BTHomeDecoder
-from carewatch.gateway.frames import FrameError
 from conformance import conformance_params
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carewatch.firmware_sim.frames import encode_bthome
+from carewatch.gateway.bthome import BTHomeDecoder
+from carewatch.gateway.frames import FrameError
 from carewatch.wire import Metric
 
 MAC = "54:48:E6:8F:80:A5"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from carewatch.firmware_sim.frames import (
     encode_blood_pressure,
     encode_bthome,

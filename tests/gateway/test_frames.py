@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from carewatch.gateway.frames import DecodedFrame, resolve_measured_at
 
+from carewatch.gateway.frames import DecodedFrame, resolve_measured_at
 from carewatch.wire import QualityFlag
 
 RECEIVED = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -7,6 +7,10 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from conformance import conformance_params
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carewatch.firmware_sim.frames import encode_plx_spot_check, encode_sfloat
 from carewatch.gateway.frames import FrameError
 from carewatch.gateway.gatt import (
@@ -17,10 +21,6 @@ from carewatch.gateway.gatt import (
     normalise_uuid,
 )
 from carewatch.gateway.ieee11073 import Special
-from conformance import conformance_params
-from hypothesis import given
-from hypothesis import strategies as st
-
 from carewatch.wire import UNTRUSTED_FLAGS, Metric, QualityFlag
 
 SECTION_UUID = {

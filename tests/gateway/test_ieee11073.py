@@ -4,6 +4,10 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from conformance import conformance_params
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carewatch.firmware_sim.frames import encode_sfloat_auto, pack_sfloat
 from carewatch.gateway.frames import FrameError
 from carewatch.gateway.ieee11073 import (
@@ -17,9 +21,6 @@ from carewatch.gateway.ieee11073 import (
     sfloat_from_raw,
     sfloat_parts,
 )
-from conformance import conformance_params
-from hypothesis import given
-from hypothesis import strategies as st
 
 SPECIAL_NAMES = {"NaN": Special.NAN, "NRes": Special.NRES, "+INF": Special.POS_INF, "-INF": Special.NEG_INF,
                  "RESERVED": Special.RESERVED}

@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from carewatch.gateway.outbox import ALARM_PCT, Outbox
 from carewatch.gateway.pipeline import DeadLetter, ReadingDraft
-
 from carewatch.wire import METRICS, DeviceKind, GatewayEvent, Metric
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

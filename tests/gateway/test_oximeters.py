@@ -4,6 +4,10 @@ import json
 from typing import Any
 
 import pytest
+from conformance import conformance_params
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carewatch.firmware_sim.frames import encode_pc60fw
 from carewatch.gateway.frames import FrameError
 from carewatch.gateway.oximeters import (
@@ -15,10 +19,6 @@ from carewatch.gateway.oximeters import (
     decode_oximeter,
     o2ring_s_command,
 )
-from conformance import conformance_params
-from hypothesis import given
-from hypothesis import strategies as st
-
 from carewatch.wire import Metric, QualityFlag
 
 FAMILY_FORMAT = {

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from conformance import CONFORMANCE_DIR, load_conformance
+
 from carewatch.firmware_sim.frames import (
     encode_berrymed,
     encode_heart_rate,
@@ -16,8 +18,6 @@ from carewatch.firmware_sim.frames import (
 from carewatch.gateway.pipeline import URGENT_BANDS, Pipeline, is_urgent
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
-from conformance import CONFORMANCE_DIR, load_conformance
-
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, Reading
 
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
 from carewatch.gateway.publisher import Publisher, encode_rows
-
 from carewatch.settings import MqttTarget
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, decode_batch, encode_batch
 

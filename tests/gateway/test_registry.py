@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from carewatch.gateway.registry import (
     BTHOME,
     GATT,
@@ -17,7 +18,6 @@ from carewatch.gateway.registry import (
     save_registry,
     unpair,
 )
-
 from carewatch.wire import DeviceKind
 
 KEY = "231d39c1d7cc1ab1aee224cd096db932"

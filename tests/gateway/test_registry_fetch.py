@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+
 from carewatch.api.app import create_app
 from carewatch.api.users import create_user
 from carewatch.firmware_sim.transport import SimTransport
@@ -37,7 +38,6 @@ from carewatch.gateway.registry import (
 )
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Notification
-
 from carewatch.settings import Settings, process_env
 
 PASSWORD = "gateway account pw 1"

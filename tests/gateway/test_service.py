@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from carewatch.gateway import service
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice, pair
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Deliver, Notification, OnEvent, ReplayTransport, TransportEvent
-
 from carewatch.wire import DeviceKind
 
 OX = "A4:C1:38:00:00:01"

@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
+
 from carewatch.gateway.registry import DeviceRegistry
 from carewatch.gateway.transport import (
     Backoff,

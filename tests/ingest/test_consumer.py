@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+
+from carewatch.embedded import EmbeddedBroker, free_port
 from carewatch.ingest import metrics
 from carewatch.ingest.consumer import IngestWorker, broker_delivers_shared
 from carewatch.ingest.service import run_ingest
-
-from carewatch.embedded import EmbeddedBroker, free_port
 from carewatch.wire import Channel, GatewayEvent, GatewayStatus, encode_batch, topic, utcnow
 
 from .conftest import Estate, stored_seqs, worker_settings

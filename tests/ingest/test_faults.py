@@ -26,6 +26,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from carewatch.db.migrate import migrate
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.frames import encode_plx_spot_check
 from carewatch.firmware_sim.household import SensorEvent
@@ -36,10 +40,6 @@ from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Deliver, Notification, OnEvent
 from carewatch.ingest.consumer import IngestWorker
-from paho.mqtt.enums import CallbackAPIVersion
-
-from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from carewatch.settings import MqttTarget, Settings
 from carewatch.wire import Channel, DeviceKind, Reading, encode_batch, topic
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import psycopg
+from hypothesis import given
+from hypothesis import strategies as st
+
 from carewatch.ingest.recovery import (
     REQUESTED_KIND,
     HoleAges,
@@ -15,9 +18,6 @@ from carewatch.ingest.recovery import (
     plan_resends,
 )
 from carewatch.ingest.store import store_batch
-from hypothesis import given
-from hypothesis import strategies as st
-
 from carewatch.wire import ResendRequest, decode_batch, merge_runs, runs_from_seqs, subtract_runs
 
 from .conftest import Estate

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from carewatch.ingest.store import apply_retention, ensure_partitions
 from databases import fresh_database
+
+from carewatch.ingest.store import apply_retention, ensure_partitions
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import itertools
 import json
 from datetime import UTC, datetime
 
-from carewatch.ingest.store import covered, merge_runs, missing_below, notify_payloads, runs_from_seqs
 from hypothesis import given
 from hypothesis import strategies as st
+
+from carewatch.ingest.store import covered, merge_runs, missing_below, notify_payloads, runs_from_seqs
 
 seq_sets = st.sets(st.integers(min_value=1, max_value=300), max_size=120)
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+
 from carewatch.ingest.store import DirectoryCache, HistoryReading, load_history, missing_below, store_batch
 from carewatch.ingest.validate import EventRecord, ReadingsMessage, classify_event, classify_status
-
 from carewatch.wire import Channel, GatewayEvent, GatewayStatus, Metric, encode_batch, topic, utcnow
 
 from .conftest import BASE_TIME, Estate, register_estate, stored_seqs

@@ -16,7 +16,6 @@ from carewatch.ingest.validate import (
     raw_text,
     topic_mismatch,
 )
-
 from carewatch.wire import Channel, DeviceKind, GatewayEvent, GatewayStatus, Metric, Reading, encode_batch, topic
 
 T0 = datetime(2025, 1, 1, 12, tzinfo=UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from carewatch.scoring import baselines as bl
 
 NOW = 1_800_000_000.0

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
+
 from carewatch.scoring import behaviour as bh
 from carewatch.scoring.behaviour import BehaviourEvent, HouseholdData, RoomTemperature, SensorReading
 from carewatch.scoring.kinds import AlertKind, Severity

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from carewatch.scoring import lifecycle
 from carewatch.scoring.engine import evaluate_subjects, tick
 from carewatch.scoring.schedule import care_plan_gap
@@ -398,8 +399,9 @@ def test_staff_entry_after_the_device_round_joins_it(db, home, resident) -> None
 # ------------------------------------------------------------------------------------------------------------
 def add_scored_set(db: psycopg.Connection, site: str, rid: str, at: datetime, **values: Any) -> None:
     """A complete staff set scored as the API scores it (subscores stored, so it can build a usual score)."""
-    from carewatch.scoring.news2 import score_observation
     from psycopg.types.json import Jsonb
+
+    from carewatch.scoring.news2 import score_observation
 
     result = score_observation(values)
     db.execute(

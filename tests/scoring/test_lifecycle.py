@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+
 from carewatch.scoring import lifecycle
 from carewatch.scoring.lifecycle import AlertLifecycleError, AlertNotFound
 

@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
+from conformance import CONFORMANCE_DIR
+
 from carewatch.scoring.news2 import (
     AIR_OR_OXYGEN_POINTS,
     CHART1,
@@ -26,9 +30,6 @@ from carewatch.scoring.news2 import (
     score_observations,
 )
 from carewatch.scoring.news2_reference import score_reference
-
-# Conformance vectors are read at run time from the shared folder beside the repo (tests/conftest.py's
-from conformance import CONFORMANCE_DIR
 
 CASES_PATH = CONFORMANCE_DIR / "news2_cases.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]

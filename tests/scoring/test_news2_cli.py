@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from conformance import load_conformance
+
 from carewatch.scoring import news2_cli
 from carewatch.scoring.news2 import PARAMETERS, score_observation
 from carewatch.scoring.news2_cli import run_news2
-from conformance import load_conformance
 
 FULL = {"respiration_rate": 21, "spo2": 93, "systolic_bp": 120, "pulse": 95, "consciousness": "A", "temperature": 37.5}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
 from carewatch.scoring.clinical_response import (
     INCOMPLETE_RECHECK,
     RESPONSES,

@@ -12,6 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from carewatch.scoring.news2 import (
     BANDS,
     CONSCIOUSNESS_CODES,
@@ -25,9 +28,6 @@ from carewatch.scoring.news2 import (
     spo2_table,
 )
 from carewatch.scoring.news2_reference import score_reference
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from carewatch.wire import METRICS
 
 

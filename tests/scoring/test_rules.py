@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+
 from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.news2 import score_observation
 from carewatch.scoring.rules import (

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from carewatch.scoring.clinical_response import clinical_response
 from carewatch.scoring.kinds import Severity
 from carewatch.scoring.rules import ResidentFacts

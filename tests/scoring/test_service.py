@@ -9,9 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
+
 from carewatch.scoring.clock import Clock
 from carewatch.scoring.service import parse_payload, run_scorer
-
 from carewatch.settings import Settings
 
 
