@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
@@ -28,6 +27,7 @@ from carewatch.api.schemas import (
 from carewatch.api.scope import Permission
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.scoring.news2 import InvalidObservation, score_observation
+from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
 
 log = logging.getLogger(__name__)
@@ -139,23 +139,11 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
     source = "mixed" if body.from_device else "manual"
-    with ctx.conn.cursor(row_factory=dict_row) as cur:
-        obs_id = cur.execute(
-            """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, respiration_rate,
-                   spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature, soft_signs, note,
-                   inputs, score, risk, subscores, complete, missing)
-               VALUES (%(rid)s, %(site)s, %(taken_at)s, %(by)s, %(source)s, %(respiration_rate)s, %(spo2)s,
-                   %(scale)s, %(on_oxygen)s, %(systolic_bp)s, %(pulse)s, %(consciousness)s, %(temperature)s,
-                   %(soft_signs)s, %(note)s, %(inputs)s, %(score)s, %(risk)s, %(subscores)s, %(complete)s,
-                   %(missing)s)
-               RETURNING obs_id""",
-            {**values, "rid": resident_id, "site": resident["site_id"], "taken_at": taken_at,
-             "by": ctx.principal.username, "source": source, "scale": spo2_scale, "on_oxygen": body.on_oxygen,
-             "consciousness": body.consciousness, "soft_signs": [s.value for s in body.soft_signs],
-             "note": body.note, "inputs": Jsonb(inputs), "score": result.score, "risk": result.risk.value,
-             "subscores": Jsonb(dict(result.subscores)), "complete": result.complete,
-             "missing": list(result.missing)},
-        ).fetchone()["obs_id"]
+    obs_id = record_observation_set(ctx.conn, ObservationSetRow(
+        resident_id=resident_id, site_id=resident["site_id"], taken_at=taken_at, recorded_by=ctx.principal.username,
+        source=source, values=values, result=result, spo2_scale=spo2_scale, on_oxygen=body.on_oxygen,
+        consciousness=body.consciousness, soft_signs=[s.value for s in body.soft_signs], note=body.note,
+        inputs=inputs))
     ctx.note("create", "observation_set", obs_id, resident_id=resident_id, score=result.score)
     # Alerts are evaluated as of now; under a data clock (simulated-time demo) "now" is the observation's time.
     data_clock = ctx.request.app.state.settings.clock == "data"

@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 from scratch import scratch_database
 
 from carewatch.firmware_sim.devices import ID_PREFIX, world_devices
@@ -67,10 +66,11 @@ from carewatch.firmware_sim.wire_output import event_reading
 from carewatch.firmware_sim.world import SiteSpec, World, build_world
 from carewatch.ingest.store import store_batch
 from carewatch.ingest.validate import ReadingsMessage, StatusUpdate
-from carewatch.scoring import engine
+from carewatch.scoring import households
 from carewatch.scoring.engine import evaluate_subjects, tick
 from carewatch.scoring.kinds import SEVERITY_RANK, AlertKind, Severity
 from carewatch.scoring.news2 import score_observation
+from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
 from carewatch.wire import DecodedBatch, GatewayStatus, Reading
 
 SEED = 7
@@ -301,14 +301,11 @@ def record_staff_entry(conn: psycopg.Connection, obs: ManualObservation, *, scal
     result = score_observation(values)
     typed = {"source": "manual", "by": "evaluation", "at": obs.at.isoformat()}
     inputs = {"respiration_rate": typed, "consciousness": typed, "on_oxygen": typed}
-    conn.execute(
-        """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, respiration_rate,
-               spo2_scale, on_oxygen, consciousness, soft_signs, note, inputs, score, risk, subscores, complete,
-               missing)
-           VALUES (%s, %s, %s, 'evaluation', 'manual', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-        (obs.resident_id, obs.site_id, obs.at, obs.respiration_rate, values["spo2_scale"], obs.supplemental_oxygen,
-         obs.consciousness, list(obs.soft_signs), obs.note, Jsonb(inputs), result.score, result.risk.value,
-         Jsonb(dict(result.subscores)), result.complete, list(result.missing)))
+    record_observation_set(conn, ObservationSetRow(
+        resident_id=obs.resident_id, site_id=obs.site_id, taken_at=obs.at, recorded_by="evaluation",
+        source="manual", values={"respiration_rate": obs.respiration_rate}, result=result,
+        spo2_scale=values["spo2_scale"], on_oxygen=obs.supplemental_oxygen, consciousness=obs.consciousness,
+        soft_signs=obs.soft_signs, note=obs.note, inputs=inputs))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -717,7 +714,7 @@ def run_shard(shard: Shard, args: argparse.Namespace) -> ShardResult:
     # One synchronous writer per database and nothing else writing: no ingest transaction can be in flight while
     # the scorer reads, so the incremental re-derivation needs no stored_at slack (its results are the same either
     # way: tests/scoring/test_engine.py::test_incremental_rederivation_matches_a_full_one_and_takes_late_readings).
-    engine.STORED_AT_SLACK = timedelta(0)
+    households.STORED_AT_SLACK = timedelta(0)
     history_start = datetime.fromisoformat(args.start).replace(tzinfo=UTC)
     eval_start = history_start + timedelta(days=args.history_days)
     end = eval_start + timedelta(days=args.days)

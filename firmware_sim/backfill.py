@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.household import SensorEvent
@@ -24,6 +23,7 @@ from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import event_source
 from carewatch.scoring.news2 import score_observations
+from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_sets
 from carewatch.settings import Settings
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
@@ -137,7 +137,7 @@ class _Rounds:
         inputs = {"respiration_rate": typed, "consciousness": typed} if staff.respiration_rate is not None else {
             "consciousness": typed}
         self.pending.append((values, (resident_id, staff.site_id, max(e.at for e in events), list(staff.soft_signs),
-                                      Jsonb(inputs))))
+                                      inputs)))
 
     def flush(self) -> None:
         """Score the finished rounds in one vectorised NEWS2 call and write them."""
@@ -145,20 +145,15 @@ class _Rounds:
             return
         results = score_observations([values for values, _ in self.pending])
         rows = [
-            (resident_id, site_id, taken_at, v.get("respiration_rate"), v.get("spo2"), v["spo2_scale"],
-             v["on_oxygen"], v.get("systolic_bp"), v.get("pulse"), v["consciousness"], v.get("temperature"),
-             soft_signs, r.score, r.risk.value, Jsonb(dict(r.subscores)), r.complete, list(r.missing), inputs)
+            ObservationSetRow(
+                resident_id=resident_id, site_id=site_id, taken_at=taken_at, recorded_by="backfill", source="mixed",
+                values=v, result=r, spo2_scale=v["spo2_scale"], on_oxygen=v["on_oxygen"],
+                consciousness=v["consciousness"], soft_signs=soft_signs, inputs=inputs)
             for (v, (resident_id, site_id, taken_at, soft_signs, inputs)), r in zip(self.pending, results,
                                                                                  strict=True)
         ]
         with self.conn.transaction():
-            self.conn.cursor().executemany(
-                """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source,
-                       respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness,
-                       temperature, soft_signs, score, risk, subscores, complete, missing, inputs)
-                   VALUES (%s, %s, %s, 'backfill', 'mixed', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                           %s, %s, %s)""", rows)
-        self.written += len(rows)
+            self.written += record_observation_sets(self.conn, rows)
         self.pending.clear()
 
     def close(self) -> int:

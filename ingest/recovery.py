@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from carewatch.ingest.store import record_gateway_events
 from carewatch.wire import (
     MAX_RESEND_RANGES,
     MAX_RESEND_READINGS,
@@ -253,12 +254,8 @@ def plan_resends(conn: psycopg.Connection, ages: HoleAges, policy: ResendPolicy)
             detail = {"ranges": [list(r) for r in decided.ranges], "readings": count}
             fingerprint = hashlib.sha256(
                 f"{REQUESTED_KIND}\x1f{gateway_id}\x1f{now_at.isoformat()}\x1f{detail}".encode()).hexdigest()[:32]
-            rows.append((request.site_id, gateway_id, REQUESTED_KIND, now_at,
+            rows.append((request.site_id, gateway_id, REQUESTED_KIND, None, now_at,
                          f"ingest asked for {count} readings never stored, in {len(decided.ranges)} range(s)",
                          json.dumps(detail), fingerprint))
-        if rows:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    """INSERT INTO gateway_events (site_id, gateway_id, kind, at, message, detail, fingerprint)
-                       VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (fingerprint) DO NOTHING""", rows)
+        record_gateway_events(conn, rows)
     return plan

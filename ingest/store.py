@@ -484,6 +484,19 @@ def _apply_statuses(
                 )
 
 
+def record_gateway_events(conn: psycopg.Connection,
+                          rows: Sequence[tuple[str, str, str, str | None, datetime, str | None, str, str]]) -> None:
+    """The one writer of ``gateway_events``: rows of (site_id, gateway_id, kind, device_id, at, message, detail as
+    JSON text, fingerprint). A fingerprint already stored (a retained or re-sent event) is skipped."""
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO gateway_events (site_id, gateway_id, kind, device_id, at, message, detail, fingerprint)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (fingerprint) DO NOTHING""",
+                rows,
+            )
+
+
 def _insert_events(conn: psycopg.Connection, events: Sequence[EventRecord], locked: dict[str, _GatewayRow]) -> None:
     rows = []
     for rec in events:
@@ -495,12 +508,8 @@ def _insert_events(conn: psycopg.Connection, events: Sequence[EventRecord], lock
                      _jsonb_text(ev.detail), rec.fingerprint))
     if not rows:
         return
+    record_gateway_events(conn, rows)
     with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO gateway_events (site_id, gateway_id, kind, device_id, at, message, detail, fingerprint)
-               VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (fingerprint) DO NOTHING""",
-            rows,
-        )
         cur.executemany(
             "UPDATE gateways SET last_seen = greatest(last_seen, now()) WHERE gateway_id = %s",
             sorted({(r[1],) for r in rows}),

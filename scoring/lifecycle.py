@@ -1,22 +1,233 @@
-"""What staff do with an alert: acknowledge, escalate (GP, 111, 999...), resolve, comment, snooze.
+"""Every alert state transition, and the ``alert_events`` row that records it: the one writer of ``alerts``,
+``alert_events`` and ``alert_suppressions``.
 
-Each function runs in its own transaction (a savepoint inside a caller's transaction), locks the alert row,
-checks that the transition is allowed, changes the row and appends an ``alert_events`` row, so the full history
-stays in alert_events. An invalid transition raises ``AlertLifecycleError`` with a message for the user.
-``at`` defaults to the database clock; the demo passes its simulated time.
+Automatic transitions, made by the scorer (actor ``scorer``): ``apply_findings`` opens, updates and auto-resolves
+alerts so they match the rules' findings (one unresolved alert per subject and kind, the partial unique index
+``alerts_one_open``: updated, never repeated); ``escalate_unacknowledged`` escalates alerts nobody acknowledged in
+time; ``resolve_open_alerts`` closes a subject's alerts (monitoring paused, discharged).
+
+What staff do with an alert: acknowledge, escalate (GP, 111, 999...), resolve, comment, snooze. Each of these runs
+in its own transaction (a savepoint inside a caller's transaction), locks the alert row, checks that the transition
+is allowed, changes the row and appends an ``alert_events`` row, so the full history stays in alert_events. An
+invalid transition raises ``AlertLifecycleError`` with a message for the user. ``at`` defaults to the database
+clock; the demo passes its simulated time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, AlertKind, Severity
+from carewatch.scoring.batches import EvaluationSummary, json_safe, transaction
+from carewatch.scoring.kinds import (
+    ACK_WINDOW,
+    ESCALATION_OUTCOMES,
+    MAX_AUTO_ESCALATION_LEVEL,
+    SEVERITY_RANK,
+    AlertKind,
+    Severity,
+)
+from carewatch.scoring.rules import Finding
+
+#: The actor of every automatic transition.
+ACTOR = "scorer"
 
 
+def _event(conn: psycopg.Connection, alert_id: int, at: datetime, action: str, *, actor: str = ACTOR,
+           outcome: str | None = None, comment: str | None = None,
+           detail: Mapping[str, Any] | None = None) -> int:
+    """Append one row to the alert's history (every transition does). Returns the event id."""
+    return conn.execute(
+        "INSERT INTO alert_events (alert_id, at, actor, action, outcome, comment, detail) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING event_id",
+        (alert_id, at, actor, action, outcome, comment, Jsonb(dict(detail or {}))),
+    ).fetchone()[0]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Automatic transitions: findings -> alert rows, unacknowledged escalation
+# ------------------------------------------------------------------------------------------------------------
+def _active_suppressions(conn: psycopg.Connection, subjects: Sequence[str],
+                         now: datetime) -> set[tuple[str, str | None]]:
+    rows = conn.execute(
+        "SELECT subject_id, kind FROM alert_suppressions WHERE subject_id = ANY(%s) AND until > %s",
+        (list(subjects), now),
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def _ack_due(severity: Severity, now: datetime) -> datetime | None:
+    window = ACK_WINDOW[severity]
+    return now + window if window is not None else None
+
+
+OpenAlert = tuple[int, str, str, str, str, datetime | None, datetime | None]
+_OPEN_ALERT_SQL = """SELECT a.subject_id, a.kind, a.alert_id, a.severity, a.status, a.reason, a.action,
+       a.acknowledged_at, a.ack_due_at
+FROM alerts a JOIN unnest(%s::text[], %s::text[]) AS p(subject_id, kind) USING (subject_id, kind)
+WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
+
+
+def _open_alerts(conn: psycopg.Connection, findings: Sequence[Finding], *,
+                 lock: bool) -> dict[tuple[str, str], OpenAlert]:
+    """The unresolved alert (if any) of each finding's subject and kind, in one query (``lock``: FOR UPDATE)."""
+    pairs = sorted({(f.subject_id, f.kind.value) for f in findings})
+    if not pairs:
+        return {}
+    rows = conn.execute(_OPEN_ALERT_SQL + (" FOR UPDATE OF a" if lock else ""),
+                        ([s for s, _ in pairs], [k for _, k in pairs])).fetchall()
+    return {(row[0], row[1]): tuple(row[2:]) for row in rows}  # type: ignore[misc]
+
+
+def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) -> list[Finding]:
+    """The findings that would open, update or resolve an alert, by one unlocked read: lets a pass over every
+    resident lock and write only the few that change. ``apply_findings`` re-checks under the locks."""
+    active = [f for f in findings if f.state != "hold"]
+    open_rows = _open_alerts(conn, active, lock=False)
+    out = []
+    for f in active:
+        row = open_rows.get((f.subject_id, f.kind.value))
+        if f.state == "clear":
+            if row is not None:
+                out.append(f)
+        elif row is None or not (row[1] == f.severity.value and row[3] == f.reason and row[4] == f.action):
+            out.append(f)
+    return out
+
+
+def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: datetime,
+                   summary: EvaluationSummary, *, latency: list[tuple[int, datetime]] | None = None) -> None:
+    """Open, update or resolve alerts so they match the findings. Call inside a transaction holding the
+    subjects' locks. 'hold' findings change nothing; a suppression hides new evidence (never a 'high')."""
+    active = [f for f in findings if f.state != "hold"]
+    if not active:
+        return
+    open_rows = _open_alerts(conn, active, lock=True)
+    if not any(f.state == "raise" or (f.subject_id, f.kind.value) in open_rows for f in active):
+        return  # only 'clear' findings with nothing open: nothing to write
+    suppressions = _active_suppressions(conn, sorted({f.subject_id for f in active}), now)
+    for f in active:
+        key = (f.subject_id, f.kind.value)
+        row = open_rows.get(key)
+        if f.state == "clear":
+            if row is not None:
+                _auto_resolve(conn, row[0], f.reason, now)
+                summary.resolved.append(row[0])
+                del open_rows[key]
+            continue
+        assert f.severity is not None
+        suppressed = (f.subject_id, f.kind.value) in suppressions or (f.subject_id, None) in suppressions
+        if suppressed and f.severity is not Severity.HIGH:
+            summary.suppressed += 1
+            continue
+        data = json_safe(dict(f.data))
+        if row is None:
+            alert_id = conn.execute(
+                """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, status, reason, action, data,
+                                       score, opened_at, updated_at, ack_due_at)
+                   VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s) RETURNING alert_id""",
+                (f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value, f.reason, f.action,
+                 Jsonb(data), f.score, now, now, _ack_due(f.severity, now)),
+            ).fetchone()[0]
+            open_rows[key] = (alert_id, f.severity.value, "open", f.reason, f.action, None, _ack_due(f.severity, now))
+            _event(conn, alert_id, now, "opened", detail={"severity": f.severity.value, "reason": f.reason,
+                                                          **({"suppression_overridden": True} if suppressed else {})})
+            summary.opened.append(alert_id)
+            if latency is not None and f.evidence_stored_at is not None:
+                latency.append((alert_id, f.evidence_stored_at))
+            continue
+        alert_id, old_severity, status, old_reason, old_action, acked_at, ack_due_at = row
+        old = Severity(old_severity)
+        new = f.severity
+        if not f.allow_downgrade and SEVERITY_RANK[new] < SEVERITY_RANK[old]:
+            new = old
+        if new == old and f.reason == old_reason and f.action == old_action:
+            continue
+        rose = SEVERITY_RANK[new] > SEVERITY_RANK[old]
+        new_status, new_acked_at, new_due = status, acked_at, ack_due_at
+        if rose and new is not Severity.INFO:
+            # a worse alert needs acknowledging again, within the new severity's window
+            new_acked_at = None
+            due = _ack_due(new, now)
+            new_due = min(d for d in (due, ack_due_at if acked_at is None else None) if d is not None)
+            if status == "acknowledged":
+                new_status = "open"
+        conn.execute(
+            """UPDATE alerts SET severity = %s, status = %s, reason = %s, action = %s, data = %s, score = %s,
+                      updated_at = %s, acknowledged_at = %s,
+                      acknowledged_by = CASE WHEN %s::timestamptz IS NULL THEN NULL ELSE acknowledged_by END,
+                      ack_due_at = %s
+               WHERE alert_id = %s""",
+            (new.value, new_status, f.reason, f.action, Jsonb(data), f.score, now, new_acked_at, new_acked_at,
+             new_due, alert_id),
+        )
+        _event(conn, alert_id, now, "updated", detail={
+            "from_severity": old.value, "to_severity": new.value, "reason": f.reason,
+            **({"needs_acknowledging_again": True} if rose and acked_at is not None else {}),
+        })
+        open_rows[key] = (alert_id, new.value, new_status, f.reason, f.action, new_acked_at, new_due)
+        summary.updated.append(alert_id)
+        if latency is not None and f.evidence_stored_at is not None:
+            latency.append((alert_id, f.evidence_stored_at))
+
+
+def _auto_resolve(conn: psycopg.Connection, alert_id: int, why: str, now: datetime) -> None:
+    conn.execute(
+        "UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
+        "updated_at = %s, ack_due_at = NULL WHERE alert_id = %s",
+        (now, ACTOR, why, now, alert_id),
+    )
+    _event(conn, alert_id, now, "auto_resolved", comment=why)
+
+
+def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, resident_id: str | None = None,
+                        subject_id: str | None = None, summary: EvaluationSummary | None = None) -> list[int]:
+    """Resolve every open alert of a resident (or subject): e.g. monitoring paused, discharged."""
+    if resident_id is None and subject_id is None:
+        raise ValueError("name a resident or a subject")
+    rows = conn.execute(
+        "SELECT alert_id FROM alerts WHERE status <> 'resolved' AND (resident_id = %s OR subject_id = %s) "
+        "FOR UPDATE", (resident_id, subject_id),
+    ).fetchall()
+    for (alert_id,) in rows:
+        _auto_resolve(conn, alert_id, why, now)
+    ids = [r[0] for r in rows]
+    if summary is not None:
+        summary.resolved.extend(ids)
+    return ids
+
+
+def escalate_unacknowledged(conn: psycopg.Connection, now: datetime) -> list[int]:
+    """Alerts not acknowledged within their severity's window: escalation_level + 1, status 'escalated'."""
+    with transaction(conn):
+        rows = conn.execute(
+            """UPDATE alerts SET escalation_level = escalation_level + 1, status = 'escalated', escalated_at = %(now)s,
+                      updated_at = %(now)s,
+                      ack_due_at = CASE WHEN escalation_level + 1 >= %(max)s THEN NULL
+                                        ELSE %(now)s + CASE severity WHEN 'high' THEN %(high)s
+                                                                     WHEN 'medium' THEN %(medium)s
+                                                                     ELSE %(low)s END END
+               WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
+                 AND ack_due_at <= %(now)s
+               RETURNING alert_id, escalation_level, severity""",
+            {"now": now, "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
+             "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
+        ).fetchall()
+        for alert_id, level, severity in rows:
+            window = ACK_WINDOW[Severity(severity)]
+            minutes = int(window.total_seconds() // 60) if window else 0
+            _event(conn, alert_id, now, "escalated",
+                   comment=f"Not acknowledged within {minutes} minutes ({severity}): escalated to level {level}.",
+                   detail={"level": level, "automatic": True})
+    return [r[0] for r in rows]
+
+# ------------------------------------------------------------------------------------------------------------
+# What staff do: acknowledge, escalate, resolve, comment, snooze
+# ------------------------------------------------------------------------------------------------------------
 class AlertLifecycleError(ValueError):
     """A request that cannot be applied to the alert in its current state; the message says why."""
 
@@ -60,15 +271,6 @@ def _not_resolved(alert: dict[str, Any], verb: str) -> None:
         )
 
 
-def _event(conn: psycopg.Connection, alert_id: int, at: datetime, actor: str, action: str, *,
-           outcome: str | None = None, comment: str | None = None, detail: dict[str, Any] | None = None) -> int:
-    return conn.execute(
-        "INSERT INTO alert_events (alert_id, at, actor, action, outcome, comment, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING event_id",
-        (alert_id, at, actor, action, outcome, comment, Jsonb(detail or {})),
-    ).fetchone()[0]
-
-
 def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None, *,
                 at: datetime | None = None) -> None:
     """Someone has seen the alert and is dealing with it: stops automatic escalation."""
@@ -87,7 +289,7 @@ def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: st
             "acknowledged_at = %s, acknowledged_by = %s, ack_due_at = NULL, updated_at = %s WHERE alert_id = %s",
             (now, actor, now, alert_id),
         )
-        _event(conn, alert_id, now, actor, "acknowledged", comment=comment)
+        _event(conn, alert_id, now, "acknowledged", actor=actor, comment=comment)
 
 
 def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, comment: str | None = None, *,
@@ -115,7 +317,7 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
                WHERE alert_id = %s""",
             (now, now, actor, now, outcome + (f": {comment}" if comment else ""), alert_id),
         )
-        _event(conn, alert_id, now, actor, "escalated", outcome=outcome, comment=comment,
+        _event(conn, alert_id, now, "escalated", actor=actor, outcome=outcome, comment=comment,
                detail={"automatic": False})
 
 
@@ -134,7 +336,7 @@ def resolve(conn: psycopg.Connection, alert_id: int, actor: str, resolution: str
             "ack_due_at = NULL, updated_at = %s WHERE alert_id = %s",
             (now, actor, resolution.strip(), now, alert_id),
         )
-        _event(conn, alert_id, now, actor, "resolved", comment=resolution.strip())
+        _event(conn, alert_id, now, "resolved", actor=actor, comment=resolution.strip())
 
 
 def comment(conn: psycopg.Connection, alert_id: int, actor: str, text: str, *, at: datetime | None = None) -> int:
@@ -145,7 +347,7 @@ def comment(conn: psycopg.Connection, alert_id: int, actor: str, text: str, *, a
     with conn.transaction():
         alert = _lock(conn, alert_id)
         now = _now(conn, at)
-        return _event(conn, alert["alert_id"], now, actor, "commented", comment=text.strip())
+        return _event(conn, alert["alert_id"], now, "commented", actor=actor, comment=text.strip())
 
 
 def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: str, reason: str,
@@ -190,6 +392,6 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
                 "ELSE greatest(ack_due_at, %s) END, updated_at = %s WHERE alert_id = %s",
                 (until, now, alert_id),
             )
-            _event(conn, alert_id, now, actor, "snoozed", comment=reason.strip(),
+            _event(conn, alert_id, now, "snoozed", actor=actor, comment=reason.strip(),
                    detail={"until": until.isoformat(), "suppression_id": suppression_id})
         return suppression_id

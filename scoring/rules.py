@@ -2,7 +2,7 @@
 
 A Finding says, for one subject and alert kind, either *raise* (open or update the alert with this severity,
 reason and action), *clear* (resolve it: the condition has gone) or *hold* (not enough information either way,
-leave any open alert as it is). The engine (scoring/engine.py) turns findings into alert rows and events.
+leave any open alert as it is). scoring/lifecycle.py turns findings into alert rows and events.
 
 docs/clinical-safety.md (sections H-ALERT-*, H-OBS-*, H-DEV-*) gives the hazard, cause, mitigation and test for
 every rule and threshold here.

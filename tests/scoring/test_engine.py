@@ -457,11 +457,11 @@ def test_incremental_rederivation_matches_a_full_one_and_takes_late_readings(dat
                                                                              monkeypatch) -> None:
     """A long-running scorer re-derives only what new readings can change; the events must be exactly those a
     fresh process (full 36 h window) derives, including a reading uploaded late (buffered by the hub)."""
-    from carewatch.scoring import engine
+    from carewatch.scoring import households
 
     db.commit()  # the household rows, for the autocommit connection below
     db = psycopg.connect(database, autocommit=True)  # each reading its own transaction: real stored_at times
-    monkeypatch.setattr(engine, "STORED_AT_SLACK", timedelta(0))  # steps here are milliseconds apart
+    monkeypatch.setattr(households, "STORED_AT_SLACK", timedelta(0))  # steps here are milliseconds apart
     t0 = NOW - timedelta(hours=30)
     add_reading(db, flat, flat, f"fridge-{uid}", "door_open", 1, t0 - timedelta(hours=20))  # an older event exists
     add_reading(db, flat, flat, f"fridge-{uid}", "door_open", 0, t0 - timedelta(hours=20) + timedelta(seconds=30))
@@ -486,8 +486,8 @@ def test_incremental_rederivation_matches_a_full_one_and_takes_late_readings(dat
     incremental = _behaviour(db, flat)
     assert any(r[1] == late - timedelta(minutes=45) for r in incremental)  # the late visit was derived
     db.execute("DELETE FROM behaviour_events WHERE site_id = %s AND started_at > %s",
-               (flat, end - engine.BEHAVIOUR_LOOKBACK + engine.BEHAVIOUR_EDGE))
-    engine._DERIVED.clear()  # a fresh process: the full window
+               (flat, end - households.BEHAVIOUR_LOOKBACK + households.BEHAVIOUR_EDGE))
+    households._DERIVED.clear()  # a fresh process: the full window
     evaluate_subjects(db, [flat], end)
     assert _behaviour(db, flat) == incremental
     db.close()

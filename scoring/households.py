@@ -1,0 +1,377 @@
+"""Households: home-sensor readings -> behaviour events -> household findings -> alerts.
+
+``evaluate_households`` runs for a batch of households whose locks the caller holds. This module is the one
+writer of ``behaviour_events`` (re-derived incrementally, H-HOME-08); alerts go through ``scoring/lifecycle.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import psycopg
+
+from carewatch.scoring.batches import EvaluationSummary, json_safe
+from carewatch.scoring.behaviour import (
+    EARLIEST_WAKE,
+    EVENT_SOURCES,
+    KITCHEN_KINDS,
+    MOTION_METRICS,
+    NIGHT_END,
+    ROOM_USUAL_DAYS,
+    BehaviourEvent,
+    HouseholdData,
+    RoomTemperature,
+    SensorReading,
+    derive_events,
+    household_findings,
+    role_of,
+)
+from carewatch.scoring.lifecycle import apply_findings, resolve_open_alerts
+from carewatch.scoring.loading import FUTURE_SLACK
+from carewatch.scoring.rules import LOCAL_TZ, GatewayState, gateway_offline
+from carewatch.wire import Metric
+
+#: Home-sensor readings re-derived into behaviour events on each evaluation.
+BEHAVIOUR_LOOKBACK = timedelta(hours=36)
+BEHAVIOUR_BASELINE_WINDOW = timedelta(days=16)
+#: Events starting this close to the start of the re-derivation window may be truncated: left as they are.
+BEHAVIOUR_EDGE = timedelta(minutes=30)
+
+_BEHAVIOUR_METRICS = sorted({m for _, _, metrics, _ in EVENT_SOURCES for m in metrics} | MOTION_METRICS)
+_DERIVED_KINDS = sorted({k for k, _, _, _ in EVENT_SOURCES} | {"night_activity"})
+
+
+DeviceRow = tuple[str, str, str | None, str | None, datetime]  # device_id, kind, role, room, bound_at
+
+
+#: Incremental re-derivation, per process: (database, household) -> (the ``now`` of its last derivation, the wall
+#: time its readings were read). Readings stored since then (``stored_at``, the database's clock) are the only
+#: news; a household seen for the first time, or after a long gap, gets the full window.
+_DERIVED: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+_DERIVED_LOCK = threading.Lock()
+#: Re-derive this much before the earliest news: merge gaps (15 min), door and bathroom-trip context (15 min).
+DERIVE_CONTEXT = timedelta(hours=1)
+#: A reading stored by a transaction that began before the last derivation read (and committed after it) is
+#: still caught: ingest transactions last well under a second.
+STORED_AT_SLACK = timedelta(minutes=5)
+INCREMENTAL_MAX_GAP = timedelta(hours=6)
+#: Households evaluated together in one transaction (a dozen set-based queries for the whole batch).
+HOUSEHOLD_BATCH = 50
+#: Every metric, for per-metric index probes (readings are indexed by subject, metric, time; PostgreSQL cannot
+#: skip-scan the metric), the ones home sensors send most often first so "any reading?" stops early.
+_FREQUENT = (Metric.ROOM_TEMPERATURE.value, Metric.MOTION.value, Metric.HUMIDITY.value, Metric.BATTERY.value)
+_METRICS_FREQUENT_FIRST = [*_FREQUENT, *sorted(m.value for m in Metric if m.value not in _FREQUENT)]
+_TICK = timedelta(microseconds=1)
+_EVENT_COLUMNS = ("site_id, event_id, kind, started_at, ended_at, device_id, detail->>'role', "
+                  "detail->>'direction', (detail->>'bathroom_trip')::boolean, (detail->>'up')::boolean, "
+                  "CASE WHEN started_at >= %(recent)s THEN detail END")
+
+
+def _derived_key(conn: psycopg.Connection, site_id: str) -> tuple[str, str]:
+    info = conn.info
+    return f"{info.host}:{info.port}/{info.dbname}", site_id
+
+
+def _local_days(first: datetime, last: datetime) -> list[date]:
+    day, end = first.astimezone(LOCAL_TZ).date(), last.astimezone(LOCAL_TZ).date()
+    return [day + timedelta(days=i) for i in range((end - day).days + 1)]
+
+
+def _by_site(rows: Iterable[Sequence[Any]]) -> dict[str, list[Sequence[Any]]]:
+    out: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        out.setdefault(row[0], []).append(row[1:])
+    return out
+
+
+@dataclass
+class _Household:
+    """One household of a batch while it is evaluated."""
+
+    site_id: str
+    name: str
+    care_package: str | None
+    gateways: list[GatewayState]
+    last_seen_any: datetime | None
+    devices: list[DeviceRow] = field(default_factory=list)
+    stored: list[Sequence[Any]] = field(default_factory=list)
+    start: datetime | None = None  # re-derivation window start
+
+    @property
+    def roles(self) -> dict[str, str | None]:
+        return {d: role_of(role, room) for d, _, role, room, _ in self.devices}
+
+
+def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: datetime,
+                         summary: EvaluationSummary, latency: list[tuple[int, datetime]] | None) -> None:
+    """A batch of households as of ``now`` (the caller holds their locks): behaviour events re-derived from their
+    readings (only what can have changed, H-HOME-08), then what the rules need, each in one set-based query for
+    the whole batch (each walks the (subject, metric, time) index a few entries per metric and day rather than
+    scanning 16 days of readings), then the pure rules per household and one pass to write the alerts."""
+    gateway_column = "ARRAY(SELECT g.{} FROM gateways g WHERE g.site_id = s.site_id ORDER BY g.gateway_id)"
+    homes: dict[str, _Household] = {}
+    for site_id, name, package, statuses, gw_ids, gw_states, gw_seen, seen_any in conn.execute(
+        "SELECT s.site_id, s.name, s.care_package, ARRAY(SELECT monitoring FROM residents r "
+        "WHERE r.site_id = s.site_id), "
+        + ", ".join(gateway_column.format(c) for c in ("gateway_id", "state", "last_seen"))
+        + ", (SELECT max(last_seen) FROM devices d WHERE d.site_id = s.site_id) "
+        "FROM sites s WHERE s.site_id = ANY(%s) AND s.kind = 'household' ORDER BY s.site_id", (list(site_ids),),
+    ).fetchall():
+        if statuses and "active" not in statuses:
+            resolve_open_alerts(conn, now, "No one in this household is being monitored: alerts closed.",
+                                subject_id=site_id, summary=summary)
+            continue
+        gateways = [GatewayState(*row) for row in zip(gw_ids, [site_id] * len(gw_ids), gw_states, gw_seen,
+                                                      strict=True)]
+        homes[site_id] = _Household(site_id, name, package, gateways, seen_any)
+    if not homes:
+        return
+    ids = sorted(homes)
+    for site_id, *device in conn.execute(
+        "SELECT site_id, device_id, kind, role, room, bound_at FROM devices WHERE site_id = ANY(%s) "
+        "AND resident_id IS NULL AND active AND (unbound_at IS NULL OR unbound_at < bound_at)", (ids,),
+    ).fetchall():
+        homes[site_id].devices.append(tuple(device))  # type: ignore[arg-type]
+    events = _sync_events(conn, homes, now, summary)
+    data = _load_households(conn, homes, events, now)
+    newest: dict[str, datetime] = {}
+    if latency is not None:
+        newest = dict(conn.execute(
+            "SELECT subject_id, max(stored_at) FROM readings WHERE subject_id = ANY(%s) AND measured_at > %s "
+            "AND measured_at <= %s GROUP BY subject_id", (ids, now - timedelta(hours=2), now + FUTURE_SLACK),
+        ).fetchall())
+    findings = [replace(f, evidence_stored_at=newest.get(site_id)) for site_id in ids
+                for f in household_findings(data[site_id], now)]
+    apply_findings(conn, findings, now, summary, latency=latency)
+    summary.households += len(homes)
+
+
+def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,
+                 summary: EvaluationSummary) -> dict[str, list[BehaviourEvent]]:
+    """Re-derive each household's recent behaviour events from its readings, write only what changed, and return
+    its events of the last 16 days for the rules (one read of the stored events serves both).
+
+    Up to the last 36 h are re-derived (late uploads included): all of it the first time this process sees the
+    household, afterwards from just before whatever can have changed (``_incremental_starts``). A household with
+    no derived events yet (new, or history just backfilled) gets its whole baseline window, so night and
+    wake-time baselines exist from the first evaluation. Events starting within BEHAVIOUR_EDGE of the window's
+    start may be truncated: left alone.
+    """
+    ids = sorted(homes)
+    recent_from = now - BEHAVIOUR_LOOKBACK
+    since = now - BEHAVIOUR_BASELINE_WINDOW
+    # Every event of the re-derivation window; before it only what the rules look back at (H-HOME-*): night-time
+    # bathroom visits and night activity (baselines), and the newest front-door and kitchen events.
+    stored = _by_site(conn.execute(
+        f"""SELECT * FROM (
+              SELECT {_EVENT_COLUMNS} FROM behaviour_events WHERE site_id = ANY(%(sites)s)
+                 AND started_at > %(since)s AND started_at <= %(until)s
+                 AND (started_at >= %(recent)s OR (kind = ANY(%(night_kinds)s)
+                      AND (started_at AT TIME ZONE '{LOCAL_TZ.key}')::time < %(night_end)s))
+              UNION ALL
+              SELECT * FROM (SELECT DISTINCT ON (site_id) {_EVENT_COLUMNS} FROM behaviour_events
+                 WHERE site_id = ANY(%(sites)s) AND kind = 'front_door' AND started_at > %(since)s
+                   AND started_at < %(recent)s ORDER BY site_id, started_at DESC) door
+              UNION ALL
+              SELECT * FROM (SELECT DISTINCT ON (site_id) {_EVENT_COLUMNS} FROM behaviour_events
+                 WHERE site_id = ANY(%(sites)s) AND kind = ANY(%(kitchen)s) AND started_at > %(since)s
+                   AND started_at < %(recent)s ORDER BY site_id, ended_at DESC NULLS LAST) kitchen
+            ) e ORDER BY site_id, started_at""",
+        {"sites": ids, "since": since, "until": now + FUTURE_SLACK, "recent": recent_from,
+         "night_kinds": ["bathroom_visit", "night_activity"], "night_end": NIGHT_END,
+         "kitchen": sorted(KITCHEN_KINDS)},
+    ).fetchall())
+    for site_id, home in homes.items():
+        home.stored = stored.get(site_id, [])
+        home.start = recent_from if home.stored else now - BEHAVIOUR_BASELINE_WINDOW
+    _incremental_starts(conn, homes, now, recent_from)
+    queried_at = datetime.now(UTC)
+    starts = [homes[s].start for s in ids]
+    readings = _by_site(conn.execute(
+        "SELECT h.site, x.device_id, x.metric, x.value, x.measured_at FROM unnest(%s::text[], %s::timestamptz[]) "
+        "AS h(site, lo) CROSS JOIN LATERAL (SELECT device_id, metric, value, measured_at FROM readings "
+        "  WHERE subject_id = h.site AND metric = ANY(%s) AND measured_at > h.lo AND measured_at > %s "
+        "  AND measured_at <= %s) x ORDER BY h.site, x.measured_at",
+        (ids, starts, _BEHAVIOUR_METRICS, min(starts), now + FUTURE_SLACK),
+    ).fetchall())
+    with _DERIVED_LOCK:
+        for site_id in ids:
+            _DERIVED[_derived_key(conn, site_id)] = (now, queried_at)
+    out: dict[str, list[BehaviourEvent]] = {}
+    changed: list[tuple[str, BehaviourEvent]] = []
+    vanished: list[int] = []
+    for site_id in ids:
+        home = homes[site_id]
+        assert home.start is not None
+        roles, rooms = home.roles, {d: room for d, _, _, room, _ in home.devices}
+        sensor = [SensorReading(d, roles.get(d), m, v, t, rooms.get(d)) for d, m, v, t in readings.get(site_id, [])]
+        window_from = home.start + BEHAVIOUR_EDGE
+        # one row per (kind, started_at): the unique key (two devices of one role starting together: the last wins)
+        derived = {(e.kind, e.started_at): e for e in derive_events(sensor, now) if e.started_at >= window_from}
+        events: dict[tuple[str, datetime], BehaviourEvent] = {}
+        held: dict[tuple[str, datetime], tuple[datetime | None, Any]] = {}
+        for event_id, kind, s, e, dev, role, direction, trip, up, detail in home.stored:
+            key = (kind, s)
+            if window_from <= s <= now and key not in derived and kind in _DERIVED_KINDS:
+                vanished.append(event_id)  # the readings no longer support it (e.g. two visits merged by a late one)
+                continue
+            held[key] = (e, detail)
+            slim = {k: v for k, v in (("role", role), ("direction", direction), ("bathroom_trip", trip),
+                                      ("up", up)) if v is not None}
+            events[key] = BehaviourEvent(kind, s, e or s, dev, slim)
+        changed += [(site_id, ev) for key, ev in derived.items() if key not in held or held[key][0] != ev.ended_at
+                    or held[key][1] != json_safe(dict(ev.detail))]
+        events.update(derived)
+        out[site_id] = sorted(events.values(), key=lambda ev: ev.started_at)
+    if changed:
+        summary.behaviour_events_written += conn.execute(
+            """INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, device_id, detail)
+               SELECT v.site_id, v.kind, v.started_at, v.ended_at, v.device_id, v.detail::jsonb
+               FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::text[])
+                    AS v(site_id, kind, started_at, ended_at, device_id, detail)
+               ON CONFLICT (site_id, kind, started_at) DO UPDATE SET ended_at = EXCLUDED.ended_at,
+                   device_id = EXCLUDED.device_id, detail = EXCLUDED.detail
+               WHERE behaviour_events.ended_at IS DISTINCT FROM EXCLUDED.ended_at
+                  OR behaviour_events.detail IS DISTINCT FROM EXCLUDED.detail""",
+            ([s for s, _ in changed], [e.kind for _, e in changed], [e.started_at for _, e in changed],
+             [e.ended_at for _, e in changed], [e.device_id for _, e in changed],
+             [json.dumps(dict(e.detail), default=str) for _, e in changed]),
+        ).rowcount
+    if vanished:
+        conn.execute("DELETE FROM behaviour_events WHERE event_id = ANY(%s)", (vanished,))
+    return out
+
+
+def _incremental_starts(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,
+                        full_start: datetime) -> None:
+    """Move each household's re-derivation start as late as is safe: every event the readings can have changed
+    since this process last derived it is re-derived whole - before the earliest reading stored since then
+    (late uploads included), before the previous ``now``, and before the start of any stored event still running
+    then."""
+    candidates: dict[str, tuple[datetime, datetime]] = {}
+    with _DERIVED_LOCK:
+        for site_id, home in homes.items():
+            previous = _DERIVED.get(_derived_key(conn, site_id))
+            if home.stored and previous is not None and timedelta(0) <= now - previous[0] <= INCREMENTAL_MAX_GAP:
+                candidates[site_id] = previous
+    if not candidates:
+        return
+    ids = sorted(candidates)
+    late = dict(conn.execute(
+        "SELECT h.site, x.first FROM unnest(%s::text[], %s::timestamptz[]) AS h(site, stored_since) "
+        "CROSS JOIN LATERAL (SELECT min(measured_at) AS first FROM readings WHERE subject_id = h.site "
+        "  AND metric = ANY(%s) AND measured_at > %s AND measured_at <= %s AND stored_at >= h.stored_since) x",
+        (ids, [candidates[s][1] - STORED_AT_SLACK for s in ids], _BEHAVIOUR_METRICS, full_start,
+         now + FUTURE_SLACK),
+    ).fetchall())
+    for site_id in ids:
+        last_now = candidates[site_id][0]
+        anchor = min(last_now, late[site_id]) if late.get(site_id) is not None else last_now
+        running = [row[2] for row in homes[site_id].stored
+                   if row[2] >= full_start and (row[3] is None or row[3] >= anchor - DERIVE_CONTEXT)]
+        home = homes[site_id]
+        assert home.start is not None
+        home.start = max(home.start, min([anchor, *running]) - DERIVE_CONTEXT - BEHAVIOUR_EDGE)
+
+
+def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
+                     events: Mapping[str, list[BehaviourEvent]], now: datetime) -> dict[str, HouseholdData]:
+    """What the household rules need, as of ``now``, for the whole batch."""
+    ids = sorted(homes)
+    since = now - timedelta(days=16)
+    motion = sorted(MOTION_METRICS)
+    last_motion: dict[str, tuple[datetime, str]] = {}
+    for site_id, at, device_id in conn.execute(
+        "SELECT h.site, x.measured_at, x.device_id FROM unnest(%s::text[]) AS h(site) "
+        "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
+        "  SELECT measured_at, device_id FROM readings WHERE subject_id = h.site AND metric = m.metric"
+        "  AND value >= 0.5 AND measured_at > %s AND measured_at <= %s ORDER BY measured_at DESC LIMIT 1) x",
+        (ids, motion, since, now + FUTURE_SLACK),
+    ).fetchall():
+        if site_id not in last_motion or at > last_motion[site_id][0]:
+            last_motion[site_id] = (at, device_id)
+    # first indoor motion at/after 05:00 local, per local day
+    days = _local_days(since, now)
+    lows = [max(datetime.combine(d, EARLIEST_WAKE, tzinfo=LOCAL_TZ), since + _TICK) for d in days]
+    highs = [min(datetime.combine(d + timedelta(days=1), time(0), tzinfo=LOCAL_TZ), now + _TICK) for d in days]
+    indoor = sorted(d for home in homes.values() for d, role in home.roles.items() if role != "front_door")
+    first_by_day: dict[str, dict[date, datetime]] = {}
+    for site_id, day, at in conn.execute(
+        "SELECT h.site, d.day, min(x.measured_at) FROM unnest(%s::text[]) AS h(site) "
+        "CROSS JOIN unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, lo, hi) "
+        "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
+        "  SELECT measured_at FROM readings WHERE subject_id = h.site AND metric = m.metric AND value >= 0.5"
+        "  AND measured_at >= d.lo AND measured_at < d.hi AND measured_at > %s AND measured_at <= %s"
+        "  AND device_id = ANY(%s) ORDER BY measured_at LIMIT 1) x GROUP BY h.site, d.day",
+        (ids, days, lows, highs, motion, since, now, indoor),
+    ).fetchall():
+        if at is not None:
+            first_by_day.setdefault(site_id, {})[day] = at
+    # nights (00:00-06:00 local) with at least one reading of any kind
+    night_lo = [max(datetime.combine(d, time(0), tzinfo=LOCAL_TZ), since + _TICK) for d in days]
+    night_hi = [min(datetime.combine(d, NIGHT_END, tzinfo=LOCAL_TZ), now + _TICK) for d in days]
+    nights: dict[str, set[date]] = {}
+    for site_id, day in conn.execute(
+        "SELECT h.site, d.day FROM unnest(%s::text[]) AS h(site) "
+        "CROSS JOIN unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, lo, hi) "
+        "WHERE d.lo < d.hi AND EXISTS (SELECT 1 FROM unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
+        "  SELECT 1 FROM readings WHERE subject_id = h.site AND metric = m.metric AND measured_at >= d.lo"
+        "  AND measured_at < d.hi AND measured_at > %s AND measured_at <= %s LIMIT 1) x)",
+        (ids, days, night_lo, night_hi, _METRICS_FREQUENT_FIRST, since, now),
+    ).fetchall():
+        nights.setdefault(site_id, set()).add(day)
+    last_heard = dict(conn.execute(
+        "SELECT h.site, max(x.measured_at) FROM unnest(%s::text[]) AS h(site) "
+        "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
+        "  SELECT measured_at FROM readings WHERE subject_id = h.site AND metric = m.metric AND measured_at > %s"
+        "  AND measured_at <= %s ORDER BY measured_at DESC LIMIT 1) x GROUP BY h.site",
+        (ids, _METRICS_FREQUENT_FIRST, now - timedelta(days=2), now + FUTURE_SLACK),
+    ).fetchall())
+    # the last 2 h of room temperatures, and the same hour of the day on the previous days (H-HOME-05)
+    temps: dict[str, list[RoomTemperature]] = {}
+    past_by_day: dict[str, dict[tuple[str, int], float]] = {}
+    ranges = [(now - timedelta(hours=2), now + FUTURE_SLACK)] + [
+        (now - timedelta(days=k, hours=1), now - timedelta(days=k)) for k in range(1, ROOM_USUAL_DAYS + 1)]
+    within = " OR ".join(f"(r.measured_at > %(lo{i})s AND r.measured_at <= %(hi{i})s)" for i in range(len(ranges)))
+    bounds = {f"{name}{i}": at for i, (lo, hi) in enumerate(ranges) for name, at in (("lo", lo), ("hi", hi))}
+    for site_id, d, room, t, v in conn.execute(  # one index range per hour (a bitmap OR), not 7 days of readings
+        "SELECT r.subject_id, r.device_id, coalesce(d.room, d.role), r.measured_at, r.value FROM readings r "
+        "LEFT JOIN devices d USING (device_id) WHERE r.subject_id = ANY(%(sites)s) AND r.metric = %(metric)s "
+        f"AND r.measured_at > %(since)s AND r.measured_at <= %(until)s AND ({within}) "
+        "ORDER BY r.subject_id, r.measured_at",
+        {"sites": ids, "metric": Metric.ROOM_TEMPERATURE.value, "since": ranges[-1][0],
+         "until": now + FUTURE_SLACK, **bounds},
+    ):
+        if t > now - timedelta(hours=2):
+            temps.setdefault(site_id, []).append(RoomTemperature(d, room, t, v))
+        else:  # warmest reading in this hour of the day, per room and previous day
+            per_day = past_by_day.setdefault(site_id, {})
+            key = (room or d, int((now - t) // timedelta(days=1)))
+            per_day[key] = max(v, per_day.get(key, v))
+    out = {}
+    for site_id in ids:
+        home = homes[site_id]
+        roles = home.roles
+        motion_devices = {d for d, kind, *_ in home.devices if kind in ("motion_sensor", "bathroom_sensor")}
+        past: dict[str, list[float]] = {}
+        for (room, _day), warmest in sorted(past_by_day.get(site_id, {}).items(), key=lambda item: item[0][1]):
+            past.setdefault(room, []).append(warmest)
+        lm = last_motion.get(site_id)
+        heard = last_heard.get(site_id)
+        out[site_id] = HouseholdData(
+            site_id=site_id, name=home.name, events=events.get(site_id, []),
+            roles=frozenset(r for r in roles.values() if r),
+            has_other_motion=any(roles[d] not in ("bathroom", "front_door") for d in motion_devices),
+            last_motion_at=lm[0] if lm else None, last_motion_role=roles.get(lm[1]) if lm else None,
+            first_motion_by_day=first_by_day.get(site_id, {}), nights_heard=frozenset(nights.get(site_id, ())),
+            last_heard=heard if heard is not None else home.last_seen_any,
+            room_temperatures=temps.get(site_id, []), care_package=home.care_package,
+            gateway_offline=any(gateway_offline(gw, now) for gw in home.gateways),
+            data_since=min((b for *_, b in home.devices), default=None), room_past_max=past,
+        )
+    return out

@@ -1,0 +1,99 @@
+"""The one writer of ``observation_sets``: staff entries (API), device rounds (scorer), backfilled and benchmark
+history all store a set the same way, with the NEWS2 result it was scored with.
+
+A set with a ``round_key`` is a device round: one per resident and round, so storing it again updates the row
+(``ON CONFLICT (resident_id, round_key)``); a staff entry has none and is always a new row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from carewatch.scoring.batches import json_safe
+from carewatch.scoring.news2 import News2Result
+
+_INSERT = """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
+        respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature, soft_signs,
+        note, inputs, score, risk, subscores, complete, missing)
+    VALUES (%(resident_id)s, %(site_id)s, %(taken_at)s, %(recorded_by)s, %(source)s, %(round_key)s, %(rr)s,
+        %(spo2)s, %(scale)s, %(on_oxygen)s, %(sbp)s, %(pulse)s, %(consciousness)s, %(temp)s, %(soft_signs)s,
+        %(note)s, %(inputs)s, %(score)s, %(risk)s, %(subscores)s, %(complete)s, %(missing)s)
+    ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
+        source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
+        spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
+        pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
+        score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
+        complete = EXCLUDED.complete, missing = EXCLUDED.missing"""
+
+
+@dataclass(frozen=True)
+class ObservationSetRow:
+    """One observation set as stored: who took it, its values and its NEWS2 result. Defaults are the columns'."""
+
+    resident_id: str
+    site_id: str
+    taken_at: datetime
+    recorded_by: str  # a username, 'scorer' for device rounds, 'backfill' / 'evaluation' for simulated history
+    source: str  # manual | device | mixed
+    values: Mapping[str, float | None]  # respiration_rate, spo2, systolic_bp, pulse, temperature
+    result: News2Result
+    spo2_scale: int = 1
+    on_oxygen: bool = False
+    consciousness: str | None = None
+    soft_signs: Sequence[str] = ()
+    note: str | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # per parameter: which device or person, when
+    round_key: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        v, r = self.values, self.result
+        return {
+            "resident_id": self.resident_id, "site_id": self.site_id, "taken_at": self.taken_at,
+            "recorded_by": self.recorded_by, "source": self.source, "round_key": self.round_key,
+            "rr": v.get("respiration_rate"), "spo2": v.get("spo2"), "scale": self.spo2_scale,
+            "on_oxygen": self.on_oxygen, "sbp": v.get("systolic_bp"), "pulse": v.get("pulse"),
+            "consciousness": self.consciousness, "temp": v.get("temperature"), "soft_signs": list(self.soft_signs),
+            "note": self.note, "inputs": Jsonb(json_safe(dict(self.inputs))), "score": r.score,
+            "risk": r.risk.value, "subscores": Jsonb(dict(r.subscores)), "complete": r.complete,
+            "missing": list(r.missing),
+        }
+
+
+def record_observation_set(conn: psycopg.Connection, row: ObservationSetRow) -> int:
+    """Store one set (a device round again: its row updated). Returns its obs_id."""
+    return conn.execute(_INSERT + " RETURNING obs_id", row.params()).fetchone()[0]
+
+
+def record_observation_sets(conn: psycopg.Connection, rows: Iterable[ObservationSetRow]) -> int:
+    """Store many sets in one round trip (history backfills). Returns how many were given."""
+    params = [row.params() for row in rows]
+    if params:
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, params)
+    return len(params)
+
+
+def update_observation_set(conn: psycopg.Connection, obs_id: int, row: ObservationSetRow) -> None:
+    """A stored set re-planned: a device round completes a staff set, a late reading changes a round. Who
+    recorded it, the soft signs, consciousness, oxygen and note stay as they were."""
+    conn.execute(
+        """UPDATE observation_sets SET taken_at = %(taken_at)s, source = %(source)s,
+               round_key = %(round_key)s, respiration_rate = %(rr)s, spo2 = %(spo2)s,
+               spo2_scale = %(scale)s, systolic_bp = %(sbp)s, pulse = %(pulse)s, temperature = %(temp)s,
+               inputs = %(inputs)s, score = %(score)s, risk = %(risk)s, subscores = %(subscores)s,
+               complete = %(complete)s, missing = %(missing)s
+           WHERE obs_id = %(obs_id)s""",
+        {**row.params(), "obs_id": obs_id},
+    )
+
+
+def delete_device_set(conn: psycopg.Connection, obs_id: int) -> None:
+    """A device-only set folded into the staff set of the same round (one round, one set); staff sets are never
+    deleted."""
+    conn.execute("DELETE FROM observation_sets WHERE obs_id = %s AND recorded_by = 'scorer'", (obs_id,))

@@ -1,0 +1,304 @@
+"""Residents: device rounds -> observation sets -> NEWS2 -> findings -> alerts, and each resident's current state.
+
+``evaluate_residents`` runs for a batch of residents whose locks the caller holds; ``overdue_pass`` is the
+time-based part (observations overdue). Writes ``resident_state`` (this module is its one writer); observation
+sets go through ``scoring/observation_sets.py`` and alerts through ``scoring/lifecycle.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import psycopg
+
+from carewatch.scoring import baselines as bl
+from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
+from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
+from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals
+from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
+from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
+from carewatch.scoring.observation_sets import (
+    ObservationSetRow,
+    delete_device_set,
+    record_observation_set,
+    update_observation_set,
+)
+from carewatch.scoring.rules import (
+    NUMERIC_SET_FIELDS,
+    Finding,
+    ResidentFacts,
+    SetPlan,
+    StoredSet,
+    build_rounds,
+    clear_alert,
+    hold,
+    iso,
+    local_time,
+    news2_finding,
+    plan_observation_sets,
+    raise_alert,
+    sbard,
+    soft_signs_finding,
+)
+from carewatch.scoring.schedule import LastObservation, first_obs_due, next_obs_due, overdue_finding
+from carewatch.wire import ImplausibleValue
+
+log = logging.getLogger("carewatch.scoring.residents")
+
+
+def _write_sets(conn: psycopg.Connection, resident: ResidentFacts, plans: Sequence[SetPlan],
+                results: Sequence[News2Result]) -> None:
+    for plan, result in zip(plans, results, strict=True):
+        if plan.supersedes is not None:
+            delete_device_set(conn, plan.supersedes)
+        # only the round's values: a staff set keeps its own consciousness, oxygen, soft signs and note
+        row = ObservationSetRow(
+            resident_id=resident.resident_id, site_id=resident.site_id, taken_at=plan.taken_at,
+            recorded_by=plan.recorded_by, source=plan.source, values=plan.values, result=result,
+            spo2_scale=plan.spo2_scale, inputs=plan.inputs, round_key=plan.round_key)
+        if plan.obs_id is None:
+            record_observation_set(conn, row)
+        else:
+            update_observation_set(conn, plan.obs_id, row)
+
+
+def _score_sets(sets: Sequence[StoredSet | SetPlan]) -> list[News2Result] | None:
+    observations = [
+        s.observation() if isinstance(s, SetPlan) else {
+            **s.values, "consciousness": s.consciousness, "on_oxygen": s.on_oxygen, "spo2_scale": s.spo2_scale}
+        for s in sets
+    ]
+    try:
+        return score_observations(observations)
+    except (InvalidObservation, ImplausibleValue) as exc:
+        log.error("observation set cannot be scored: %s", exc)
+        return None
+
+
+def _epoch_rows(rows: Sequence[Sequence[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    return bl.pad_rows([[v for v, _ in r] for r in rows]), bl.pad_rows([[t for _, t in r] for r in rows])
+
+
+def _baseline_findings(residents: Sequence[ResidentFacts], history: Mapping[str, list[StoredSet]],
+                       now: datetime) -> list[Finding]:
+    """SpO2 below, temperature above the resident's own baseline, and NEWS2 rising: one 2-D pass per rule for
+    all the residents at once."""
+    t_now = now.timestamp()
+    spo2_rows, temp_rows, score_rows, complete_rows = [], [], [], []
+    for r in residents:
+        sets = history.get(r.resident_id, [])
+        spo2_rows.append([(s.values["spo2"], s.taken_at.timestamp()) for s in sets
+                          if s.values.get("spo2") is not None and not s.on_oxygen])
+        temp_rows.append([(s.values["temperature"], s.taken_at.timestamp()) for s in sets
+                          if s.values.get("temperature") is not None])
+        scored = [s for s in sets if s.score is not None]
+        score_rows.append([(float(s.score), s.taken_at.timestamp()) for s in scored])
+        complete_rows.append([bool(s.complete) for s in scored])
+    out: list[Finding] = []
+    for kind, rows, direction, delta, label, unit in (
+        (AlertKind.SPO2_BELOW_BASELINE, spo2_rows, "below", bl.SPO2_DROP_POINTS, "SpO2", "%"),
+        (AlertKind.TEMPERATURE_ABOVE_BASELINE, temp_rows, "above", bl.TEMPERATURE_RISE_C, "temperature", " °C"),
+    ):
+        values, times = _epoch_rows(rows)
+        base = bl.rolling_baselines(values, times, t_now)
+        dev = bl.sustained_deviation(values, times, base, t_now, direction=direction, delta=delta)  # type: ignore[arg-type]
+        for i, r in enumerate(residents):
+            out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now))
+    scores, times = _epoch_rows(score_rows)
+    complete = np.zeros(scores.shape, dtype=bool)
+    for i, row in enumerate(complete_rows):
+        complete[i, : len(row)] = row
+    rise = bl.news2_rise(scores, times, complete, t_now)
+    for i, r in enumerate(residents):
+        out.append(_rise_finding(r, rise, i, now))
+    return out
+
+
+def _usual_news2(residents: Sequence[ResidentFacts], history: Mapping[str, list[StoredSet]],
+                 now: datetime) -> bl.UsualNews2:
+    """Each resident's usual values and subscores from their complete sets (H-OBS-09), all in one 2-D pass."""
+    complete = [[s for s in history.get(r.resident_id, []) if s.complete] for r in residents]
+    times = bl.pad_rows([[s.taken_at.timestamp() for s in sets] for sets in complete])
+    values = {
+        name: bl.pad_rows([[np.nan if s.values.get(name) is None else float(s.values[name]) for s in sets]
+                           for sets in complete])
+        for name in NUMERIC_SET_FIELDS
+    }
+    subscores = {
+        name: bl.pad_rows([[np.nan if s.subscores.get(name) is None else float(s.subscores[name]) for s in sets]
+                           for sets in complete])
+        for name in NEWS2_PARAMETERS if name not in NUMERIC_SET_FIELDS
+    }
+    return bl.usual_news2(values, subscores, times, now.timestamp())
+
+
+def _deviation_finding(kind: AlertKind, r: ResidentFacts, base: bl.Baselines, dev: bl.Deviation, i: int,
+                       label: str, unit: str, direction: str, delta: float, now: datetime) -> Finding:
+    rid, site = r.resident_id, r.site_id
+    if not base.trusted[i]:
+        return hold(kind, rid, site, f"baseline from {int(base.count[i])} values, not yet trusted", resident_id=rid)
+    if np.isnan(dev.latest_value[i]):
+        return hold(kind, rid, site, resident_id=rid)
+    median, mad = float(base.median[i]), float(base.mad[i])
+    if not dev.alert[i]:
+        if dev.run_length[i] == 0:
+            return clear_alert(kind, rid, site, f"{label} {dev.latest_value[i]:g}{unit} is within {delta:g} of the "
+                               f"usual {median:g}{unit}.", resident_id=rid)
+        return hold(kind, rid, site, "one deviating value: waiting for a second", resident_id=rid)
+    started = datetime.fromtimestamp(float(dev.run_start[i]), UTC)
+    latest = datetime.fromtimestamp(float(dev.latest_time[i]), UTC)
+    reason = (f"{label} {dev.latest_value[i]:g}{unit} at {local_time(latest)} is {abs(dev.deviation[i]):.1f} "
+              f"{'points below' if direction == 'below' else 'above'} {r.display_name}'s usual {median:g}{unit} "
+              f"(median of {int(base.count[i])} readings over 14 days); {int(dev.run_length[i])} readings in a row "
+              f"since {local_time(started)}.")
+    if kind is AlertKind.SPO2_BELOW_BASELINE:
+        action = ("Take a full set of observations now (NEWS2) and look for a chest infection or breathlessness. "
+                  "Contact the GP today; sooner if NEWS2 is 5 or more or they are getting worse.")
+    else:
+        action = ("Take a full set of observations now (NEWS2); look for infection (chest, urine, skin), offer "
+                  "fluids. Contact the GP today; sooner if NEWS2 is 5 or more or they are getting worse.")
+    data = {
+        "baseline_median": median, "baseline_mad": mad, "baseline_count": int(base.count[i]),
+        "latest": float(dev.latest_value[i]), "latest_at": iso(latest), "run_length": int(dev.run_length[i]),
+        "sbard": sbard(f"{r.display_name}: {label} {dev.latest_value[i]:g}{unit}, usual {median:g}{unit}.",
+                       r.background(now), [reason], action),
+    }
+    return raise_alert(kind, rid, site, Severity.LOW, reason, action, resident_id=rid, data=data)
+
+
+def _rise_finding(r: ResidentFacts, rise: bl.Rise, i: int, now: datetime) -> Finding:
+    kind, rid, site = AlertKind.NEWS2_RISING, r.resident_id, r.site_id
+    if np.isnan(rise.reference[i]):
+        return hold(kind, rid, site, "no complete set in the previous 24 h to compare with", resident_id=rid)
+    latest_at = datetime.fromtimestamp(float(rise.latest_time[i]), UTC)
+    ref_at = datetime.fromtimestamp(float(rise.reference_time[i]), UTC)
+    if not rise.alert[i]:
+        if not rise.latest_complete[i]:  # a partial set's total can only be an underestimate (H-BASE-04)
+            return hold(kind, rid, site, "newest set is incomplete: it cannot show that NEWS2 has come down",
+                        resident_id=rid)
+        return clear_alert(kind, rid, site, f"NEWS2 {rise.latest[i]:g} at {local_time(latest_at)}, not 2 above "
+                           f"{rise.reference[i]:g} at {local_time(ref_at)}.", resident_id=rid)
+    reason = (f"NEWS2 has risen from {rise.reference[i]:g} ({local_time(ref_at)}) to {rise.latest[i]:g} "
+              f"({local_time(latest_at)}): up {rise.rise[i]:g} in 24 h.")
+    action = ("Tell the nurse or senior carer. Look for what has changed (infection, dehydration, pain, new "
+              "medicines) and repeat the observations within 4 hours or as the NEWS2 band says.")
+    data = {"from": float(rise.reference[i]), "to": float(rise.latest[i]), "from_at": iso(ref_at),
+            "to_at": iso(latest_at),
+            "sbard": sbard(f"{r.display_name}: NEWS2 up from {rise.reference[i]:g} to {rise.latest[i]:g}.",
+                           r.background(now), [reason], action)}
+    return raise_alert(kind, rid, site, Severity.LOW, reason, action, resident_id=rid, data=data,
+                       score=int(rise.latest[i]))
+
+
+def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFacts], now: datetime,
+                        summary: EvaluationSummary, latency: list[tuple[int, datetime]]) -> None:
+    """Rounds -> sets -> scores -> findings for residents of one site. Caller holds the locks."""
+    active = [r for r in residents if r.monitoring == "active"]
+    for r in residents:
+        if r.monitoring != "active":
+            resolve_open_alerts(conn, now, f"Monitoring is {r.monitoring}: alerts closed.",
+                                resident_id=r.resident_id, summary=summary)
+    if not active:
+        return
+    ids = [r.resident_id for r in active]
+    vitals = load_vitals(conn, ids, now)
+    history = load_sets(conn, ids, now)
+    newest_stored: dict[str, datetime | None] = {}
+    for r in active:
+        rounds = build_rounds(vitals[r.resident_id])
+        newest_stored[r.resident_id] = max((x.newest_stored_at for x in rounds if x.newest_stored_at),
+                                           default=None)
+        recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
+        plans = plan_observation_sets(rounds, recent, scale2=r.scale2)
+        if not plans:
+            continue
+        results = _score_sets(plans)
+        if results is None:
+            summary.errors[r.resident_id] = "device readings could not be scored (see log)"
+            continue
+        _write_sets(conn, r, plans, results)
+        summary.observation_sets_written += len(plans)
+    if summary.observation_sets_written:
+        history = load_sets(conn, ids, now)
+
+    findings: list[Finding] = []
+    usual = _usual_news2(active, history, now)
+    latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
+    scored_latest = _score_sets(list(latest_sets.values())) if latest_sets else []
+    latest_results = dict(zip(latest_sets, scored_latest or [], strict=False))
+    index = {r.resident_id: i for i, r in enumerate(active)}
+    for r in active:
+        rid = r.resident_id
+        obs = latest_sets.get(rid)
+        result = latest_results.get(rid)
+        if obs is not None and result is not None:
+            findings.append(news2_finding(r, obs, result, now))
+            stable = result.complete and result.score > 0 and bl.at_usual(dict(result.subscores),
+                                                                          dict(obs.values), usual, index[rid])
+            due = next_obs_due(obs.taken_at, result.response, result.score, result.complete, r.obs_per_day,
+                               at_usual=stable)
+            last = LastObservation(obs.taken_at, result.score, result.risk.value, result.complete, result.missing)
+            _upsert_state(conn, r, now, obs, result, due)
+        else:
+            due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
+            _upsert_state(conn, r, now, None, None, due)
+        findings.append(soft_signs_finding(r, history.get(rid, []), now))
+        findings.append(overdue_finding(r, due, last, now))
+    findings.extend(_baseline_findings(active, history, now))
+    stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id)) for f in findings]
+    apply_findings(conn, stamped, now, summary, latency=latency)
+
+
+def _upsert_state(conn: psycopg.Connection, r: ResidentFacts, now: datetime, obs: StoredSet | None,
+                  result: News2Result | None, due: datetime | None) -> None:
+    conn.execute(
+        """INSERT INTO resident_state (resident_id, site_id, news2_score, news2_risk, news2_complete, news2_at,
+                                       last_obs_id, next_obs_due, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (resident_id) DO UPDATE SET site_id = EXCLUDED.site_id,
+               news2_score = EXCLUDED.news2_score, news2_risk = EXCLUDED.news2_risk,
+               news2_complete = EXCLUDED.news2_complete, news2_at = EXCLUDED.news2_at,
+               last_obs_id = EXCLUDED.last_obs_id, next_obs_due = EXCLUDED.next_obs_due,
+               updated_at = EXCLUDED.updated_at""",
+        (r.resident_id, r.site_id, result.score if result else None, result.risk.value if result else None,
+         result.complete if result else None, obs.taken_at if obs else None, obs.obs_id if obs else None, due, now),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Observations overdue (tick)
+# ------------------------------------------------------------------------------------------------------------
+def _overdue_findings(conn: psycopg.Connection, now: datetime,
+                      resident_ids: Sequence[str] | None = None) -> list[Finding]:
+    where, params = "r.monitoring = 'active'", []
+    if resident_ids is not None:
+        where += " AND r.resident_id = ANY(%s)"
+        params.append(list(resident_ids))
+    residents = load_residents(conn, where, params)
+    state = {row[0]: row[1:] for row in conn.execute(
+        "SELECT resident_id, next_obs_due, news2_at, news2_score, news2_risk, news2_complete FROM resident_state "
+        "WHERE resident_id = ANY(%s)", ([r.resident_id for r in residents],))}
+    findings = []
+    for r in residents:
+        due, taken, score, risk, complete = state.get(r.resident_id, (None,) * 5)
+        last = LastObservation(taken, score, risk, bool(complete)) if taken is not None and score is not None else None
+        if due is None:
+            due = first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None
+        findings.append(overdue_finding(r, due, last, now))
+    return findings
+
+
+def overdue_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary) -> None:
+    # Most residents' overdue state is unchanged since the last tick: lock and write only those that change.
+    changing = findings_that_change(conn, _overdue_findings(conn, now))
+    for start in range(0, len(changing), 200):
+        ids = [f.subject_id for f in changing[start:start + 200]]
+        with transaction(conn):
+            lock_subjects(conn, ids)
+            # again under the locks: an evaluation may just have recorded a set and moved next_obs_due
+            apply_findings(conn, _overdue_findings(conn, now, ids), now, summary)
