@@ -35,6 +35,7 @@ from carewatch.api import (
     routes_alerts,
     routes_devices,
     routes_households,
+    routes_incidents,
     routes_observations,
     routes_reports,
     routes_residents,
@@ -241,6 +242,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
 
     app.include_router(auth.router)
     for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_alerts,
+                   routes_incidents,
                    routes_households, routes_devices):
         app.include_router(module.router)
     app.include_router(routes_reports.router)

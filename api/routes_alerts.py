@@ -31,7 +31,7 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.scoring import lifecycle
-from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.scoring.kinds import AlertKind, Severity, snooze_limit
 
 router = APIRouter(tags=["alerts"])
 UNRESOLVED = ["open", "acknowledged", "escalated"]
@@ -154,7 +154,6 @@ def comment(ctx: Context, alert_id: int, body: CommentIn) -> AlertDetail:
     return _apply(ctx, alert_id, "comment", lambda m: m.comment(ctx.conn, alert_id, ctx.principal.username, body.text))
 
 
-MAX_SNOOZE = timedelta(days=7)
 
 
 @router.post("/residents/{resident_id}/snooze", response_model=SnoozeOut, status_code=status.HTTP_201_CREATED,
@@ -168,10 +167,12 @@ def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
                               "msg": f"unknown alert kind {body.kind!r}"}])
     now = datetime.now(UTC)
     until = body.until or now + timedelta(minutes=body.minutes or 0)
-    if until <= now or until - now > MAX_SNOOZE:
+    limit = snooze_limit(body.kind)  # clinical kinds (and 'every kind'): 24 h at most (H-ALERT-07)
+    if until <= now or until - now > limit:
+        hours = int(limit.total_seconds() // 3600)
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             [{"loc": ["body", "until"], "field": "until", "type": "value_error",
-                              "msg": "must be in the future and at most 7 days ahead"}])
+                              "msg": f"must be in the future and at most {hours} hours ahead for this kind"}])
     try:
         with ctx.conn.transaction():
             lifecycle.snooze(ctx.conn, resident_id, body.kind, ctx.principal.username, body.reason, until)

@@ -26,6 +26,7 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.scoring.engine import evaluate_subjects
+from carewatch.scoring.kinds import SoftSign
 from carewatch.scoring.news2 import InvalidObservation, score_observation
 from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
@@ -72,6 +73,13 @@ def prefill(ctx: Context, resident_id: str,
     return Prefill(resident_id=resident_id, window_minutes=minutes, generated_at=now, values=values, skipped=skipped)
 
 
+#: 'C' in ACVPU *is* new confusion: ticking the soft sign while recording 'A' says two different things (H-OBS-12).
+NEW_CONFUSION_WITH_A = (
+    "'new confusion' is ticked but alertness (ACVPU) is A. Which is true? If the confusion is new or worse than "
+    "usual, record C (it scores 3). If it is their usual confusion, untick 'new confusion' and keep A."
+)
+
+
 def _unprocessable(field: str, message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                          [{"loc": ["body", field], "field": field, "msg": message, "type": "value_error"}])
@@ -104,6 +112,8 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
         raise _unprocessable("taken_at", "is in the future: check the tablet's clock")
     if taken_at < now - MAX_BACKDATE:
         raise _unprocessable("taken_at", "is more than 7 days ago")
+    if body.consciousness == "A" and SoftSign.NEW_CONFUSION in body.soft_signs:
+        raise _unprocessable("consciousness", NEW_CONFUSION_WITH_A)
 
     values: dict[str, Any] = {p.value: getattr(body, p.value) for p in News2Parameter}
     inputs: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from carewatch.api.present import news2_badge
 from carewatch.api.schemas import (
     BoundDevice,
     MonitoringStatus,
+    OxygenUpdate,
     Page,
     ResidentCreate,
     ResidentOut,
@@ -116,6 +117,23 @@ def set_scale2(ctx: Context, resident_id: str, body: Scale2Update) -> ResidentOu
                       scale2_reason = %(reason)s
                WHERE resident_id = %(rid)s RETURNING *""",
             {"scale2": body.scale2, "by": ctx.principal.username, "reason": body.reason, "rid": resident_id},
+        ).fetchone()
+    return _out(row)
+
+
+@router.put("/residents/{resident_id}/oxygen", response_model=ResidentOut,
+            summary="Set the oxygen prescription (clinical roles; records who and when)")
+def set_oxygen(ctx: Context, resident_id: str, body: OxygenUpdate) -> ResidentOut:
+    """Oxygen on or off (and the flow) is a clinical decision (H-OBS-11): device-only rounds are scored with it,
+    marked "air/oxygen unconfirmed" until staff confirm air or oxygen on the form."""
+    ctx.require(Permission.SET_OXYGEN)
+    ctx.resident(resident_id, action="update", clinical=True, oxygen=body.on_oxygen, flow_lpm=body.flow_lpm)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """UPDATE residents SET oxygen_prescribed = %(on)s, oxygen_flow_lpm = %(flow)s, oxygen_set_by = %(by)s,
+                      oxygen_set_at = now()
+               WHERE resident_id = %(rid)s RETURNING *""",
+            {"on": body.on_oxygen, "flow": body.flow_lpm, "by": ctx.principal.username, "rid": resident_id},
         ).fetchone()
     return _out(row)
 

@@ -132,6 +132,11 @@ class ResidentOut(BaseModel):
     scale2_set_by: str | None
     scale2_set_at: datetime | None
     scale2_reason: str | None
+    oxygen_prescribed: bool | None = Field(default=None, description="Oxygen prescription: true on oxygen, "
+                                           "false on air, null not recorded (device-only sets are then unconfirmed).")
+    oxygen_flow_lpm: float | None = None
+    oxygen_set_by: str | None = None
+    oxygen_set_at: datetime | None = None
     created_at: datetime
 
 
@@ -179,6 +184,17 @@ class ResidentUpdate(_In):
 class Scale2Update(_In):
     scale2: bool = Field(description="true: use SpO2 Scale 2 (target 88-92%); false: back to Scale 1.")
     reason: Reason = Field(description="Why, and on whose clinical advice (required either way).")
+
+
+class OxygenUpdate(_In):
+    on_oxygen: bool = Field(description="true: oxygen prescribed; false: on air (no oxygen).")
+    flow_lpm: float | None = Field(default=None, ge=0.1, le=15, description="Prescribed flow, litres per minute.")
+
+    @model_validator(mode="after")
+    def _flow_needs_oxygen(self) -> OxygenUpdate:
+        if not self.on_oxygen and self.flow_lpm is not None:
+            raise ValueError("a flow rate is only given with on_oxygen true")
+        return self
 
 
 class BoundDevice(BaseModel):
@@ -376,6 +392,87 @@ class AlertOut(BaseModel):
     resolved_by: str | None
     resolution: str | None
     data: dict[str, Any] = {}
+
+
+class IncidentComponent(AlertOut):
+    """One component of an incident: a (possibly resolved) alert with its evidence in ``data``."""
+
+
+class IncidentOut(BaseModel):
+    incident_id: int
+    site_id: str
+    site_name: str | None = None
+    resident_id: str | None
+    resident_name: str | None = None
+    subject_id: str
+    category: str
+    severity: str
+    band: str | None = Field(description="NEWS2 risk band now (clinical incidents).")
+    peak_band: str | None
+    status: str
+    headline: str
+    action: str
+    opened_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    ack_due_at: datetime | None
+    escalation_level: int
+    escalated_at: datetime | None
+    owner: str | None
+    outcome: str | None
+    outcome_comment: str | None
+    outcome_at: datetime | None
+    outcome_by: str | None
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+    components: list[IncidentComponent] = Field(default=[], description="Unresolved components, worst first.")
+
+
+class IncidentEventOut(BaseModel):
+    event_id: int
+    at: datetime
+    actor: str
+    action: str
+    outcome: str | None
+    comment: str | None
+    detail: dict[str, Any]
+
+
+class IncidentDetail(IncidentOut):
+    history: list[IncidentComponent] = Field(description="Every component alert it ever had, resolved included.")
+    events: list[IncidentEventOut]
+
+
+class OutcomeIn(_In):
+    outcome: str = Field(description="monitoring_plan, gp_called, nhs_111, called_999, visit_booked, advice_given, "
+                                     "admitted or other (with a comment).")
+    comment: Note | None = None
+
+
+class TaskOut(BaseModel):
+    resident_id: str
+    display_name: str
+    site_id: str
+    due_at: datetime
+    status: Literal["overdue", "due", "upcoming"]
+    why: str
+    why_text: str
+    last_at: datetime | None
+    last_score: int | None
+    last_risk: str | None
+    in_incident: bool = Field(description="Overdue and part of the resident's incident (it escalates).")
+    text: str
+
+
+class TaskList(BaseModel):
+    site_id: str
+    shift: str
+    shift_start: datetime
+    shift_end: datetime
+    generated_at: datetime
+    tasks: list[TaskOut]
 
 
 class AlertEventOut(BaseModel):

@@ -5,6 +5,8 @@ Rules
 * **care_staff**: their own site (residents, observations, alerts, device list for batteries).
 * **manager**: their own site, plus its configuration (bind/unbind devices, gateways, dead letters) and
   resident records (create/update, Scale 2).
+* **nurse**: a nursing home's nurse (``site_id``: like care staff, their own site) or a community nurse
+  (``practice_code``: like a GP, the practice's residents); a clinical role, so they set Scale 2 and oxygen.
 * **gp**: residents registered with their practice (``residents.gp_practice``), in any home or household; alerts
   about those residents; sites only as far as where those residents live.
 * **council**: households (``sites.kind = 'household'``) of their council: behaviour data always, clinical
@@ -62,6 +64,7 @@ class Permission(StrEnum):
     ACT_ON_ALERT = "act_on_alert"  # acknowledge, escalate, resolve, comment
     SNOOZE = "snooze"
     READ_DEVICES = "read_devices"
+    READ_TASKS = "read_tasks"  # a home's observations due (the shift's task list)
     CONFIGURE_DEVICES = "configure_devices"
     READ_GATEWAYS = "read_gateways"
     READ_GATEWAY_REGISTRY = "read_gateway_registry"  # a gateway's device list *with* BTHome bind keys
@@ -70,17 +73,21 @@ class Permission(StrEnum):
     MANAGE_USERS = "manage_users"
     READ_AUDIT = "read_audit"
     READ_ADOPTION = "read_adoption"  # how much each home uses Carewatch (observations, alert response times)
+    SET_OXYGEN = "set_oxygen"  # a resident's oxygen prescription: a clinical decision
 
 
 _ALL = frozenset(Role)
 GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.READ: _ALL,
     Permission.WRITE_RESIDENT: frozenset({Role.MANAGER, Role.ADMIN}),
-    Permission.SET_SCALE2: frozenset({Role.GP, Role.MANAGER, Role.ADMIN}),
-    Permission.RECORD_OBSERVATION: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.ADMIN}),
-    Permission.ACT_ON_ALERT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.ADMIN}),
-    Permission.SNOOZE: frozenset({Role.MANAGER, Role.GP, Role.ADMIN}),
+    # Scale 2 and oxygen are clinical decisions (H-NEWS2-04, H-OBS-04, H-OBS-11): clinical roles only.
+    Permission.SET_SCALE2: frozenset({Role.GP, Role.NURSE}),
+    Permission.SET_OXYGEN: frozenset({Role.GP, Role.NURSE}),
+    Permission.RECORD_OBSERVATION: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.NURSE, Role.ADMIN}),
+    Permission.ACT_ON_ALERT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.GP, Role.NURSE, Role.ADMIN}),
+    Permission.SNOOZE: frozenset({Role.MANAGER, Role.GP, Role.NURSE, Role.ADMIN}),
     Permission.READ_DEVICES: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    Permission.READ_TASKS: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.NURSE, Role.ADMIN}),
     Permission.CONFIGURE_DEVICES: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.READ_GATEWAYS: frozenset({Role.MANAGER, Role.ADMIN}),
     # The gateway signs in with a dedicated care_staff (or manager) account of its own site to fetch this.
@@ -133,6 +140,9 @@ def site_predicate(principal: Principal, s: str = "s") -> str:
         case Role.GP:
             return (f"EXISTS (SELECT 1 FROM residents scope_r WHERE scope_r.site_id = {s}.site_id "
                     "AND scope_r.gp_practice = %(scope_practice)s)")
+        case Role.NURSE:
+            return (f"({s}.site_id = %(scope_site)s OR EXISTS (SELECT 1 FROM residents scope_r "
+                    f"WHERE scope_r.site_id = {s}.site_id AND scope_r.gp_practice = %(scope_practice)s))")
         case Role.COUNCIL:
             return f"({s}.kind = 'household' AND {s}.council = %(scope_council)s)"
     return "FALSE"  # pragma: no cover - every role is matched above
@@ -147,6 +157,8 @@ def resident_predicate(principal: Principal, r: str = "r", s: str = "s") -> str:
             return f"{r}.site_id = %(scope_site)s"
         case Role.GP:
             return f"{r}.gp_practice = %(scope_practice)s"
+        case Role.NURSE:
+            return f"({r}.site_id = %(scope_site)s OR {r}.gp_practice = %(scope_practice)s)"
         case Role.COUNCIL:
             return f"({s}.kind = 'household' AND {s}.council = %(scope_council)s)"
     return "FALSE"  # pragma: no cover
@@ -166,10 +178,23 @@ def alert_predicate(principal: Principal, a: str = "a", r: str = "r", s: str = "
             return f"{a}.site_id = %(scope_site)s"
         case Role.GP:
             return f"({a}.resident_id IS NOT NULL AND {r}.gp_practice = %(scope_practice)s)"
+        case Role.NURSE:
+            return (f"({a}.site_id = %(scope_site)s OR "
+                    f"({a}.resident_id IS NOT NULL AND {r}.gp_practice = %(scope_practice)s))")
         case Role.COUNCIL:
             return (f"({s}.kind = 'household' AND {s}.council = %(scope_council)s AND "
                     f"(NOT {a}.kind = ANY(%(scope_clinical_kinds)s) OR {s}.consent_vitals))")
     return "FALSE"  # pragma: no cover
+
+
+def incident_predicate(principal: Principal, i: str = "i", r: str = "r", s: str = "s") -> str:
+    """Incidents the caller may see (``i`` incidents, ``r`` LEFT JOINed resident, ``s`` the incident's site): the
+    alert rule, with a council user needing vitals consent for a clinical or data incident."""
+    rule = alert_predicate(principal, i, r, s)
+    if principal.role is Role.COUNCIL:
+        rule = (f"({s}.kind = 'household' AND {s}.council = %(scope_council)s AND "
+                f"({i}.category NOT IN ('clinical', 'data') OR {s}.consent_vitals))")
+    return rule
 
 
 def config_predicate(principal: Principal, site_column: str) -> str:
@@ -235,6 +260,20 @@ def load_alert(conn: psycopg.Connection, principal: Principal, alert_id: int) ->
     )
     if row is None:
         raise not_found("alert")
+    return row
+
+
+def load_incident(conn: psycopg.Connection, principal: Principal, incident_id: int) -> dict[str, Any]:
+    row = _one(
+        conn,
+        f"""SELECT i.*, r.display_name AS resident_name, s.name AS site_name
+            FROM incidents i JOIN sites s ON s.site_id = i.site_id
+            LEFT JOIN residents r ON r.resident_id = i.resident_id
+            WHERE i.incident_id = %(id)s AND {incident_predicate(principal)}""",
+        {**params(principal), "id": incident_id},
+    )
+    if row is None:
+        raise not_found("incident")
     return row
 
 

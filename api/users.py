@@ -26,6 +26,7 @@ class Role(StrEnum):
     CARE_STAFF = "care_staff"
     MANAGER = "manager"
     GP = "gp"
+    NURSE = "nurse"  # a nursing home's nurse (site) or a community nurse (practice)
     COUNCIL = "council"
     ADMIN = "admin"
 
@@ -111,6 +112,8 @@ def check_scope(role: Role | str, site_id: str | None, practice_code: str | None
     }
     if role in needs and not needs[role][2]:
         raise UserError(f"a {role.value} user needs a {needs[role][0]}", needs[role][1])
+    if role is Role.NURSE and not (site_id or practice_code):
+        raise UserError("a nurse user needs a site (nursing home) or a GP practice (community nurse)", "site_id")
 
 
 def _run(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[str, Any] | None:

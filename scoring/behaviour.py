@@ -299,6 +299,9 @@ class HouseholdData:
     #: room -> warmest reading in the same hour of the day (the hour before ``now``) on each of the previous
     #: days that have readings (up to ROOM_USUAL_DAYS): what this room is usually like at this time
     room_past_max: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    #: the household's own settings (sites.long_lie_minutes, sites.home_by): see LONG_LIE_AFTER and HOME_BY
+    long_lie_after: timedelta | None = None
+    home_by: time | None = None
 
 
 def _finding_args(h: HouseholdData) -> tuple[str, str]:
@@ -473,6 +476,75 @@ def long_bathroom_stay_finding(h: HouseholdData, now: datetime) -> Finding:
                        data={"last_motion_at": iso(h.last_motion_at), "minutes": minutes})
 
 
+# --- long lie anywhere (no motion in waking hours, last seen outside the bedroom) -----------------------------
+#: Default waking-hours stillness before a long lie is raised; per household in sites.long_lie_minutes.
+LONG_LIE_AFTER: Final = timedelta(hours=2)
+
+
+def long_lie_finding(h: HouseholdData, now: datetime) -> Finding:
+    """No motion anywhere for ``long_lie_after`` of waking hours (07:00-22:00), after motion was last seen in a
+    room other than the bedroom (asleep) or the bathroom (``long_bathroom_stay`` covers it sooner), with no
+    front-door event since (gone out). Needs a motion sensor outside the bedroom; held while the hub is offline
+    (no news is not evidence). Cleared by any movement (H-HOME-09)."""
+    kind = AlertKind.LONG_LIE
+    subject, site = _finding_args(h)
+    after = h.long_lie_after or LONG_LIE_AFTER
+    if not h.has_other_motion or h.last_motion_at is None:
+        return hold(kind, subject, site)
+    still_hours = waking_hours_between(h.last_motion_at, now)
+    if still_hours * 3600 < after.total_seconds():
+        return clear_alert(kind, subject, site, f"Movement at {local_time(h.last_motion_at)}.")
+    doors_after = [e for e in h.events if e.kind == "front_door" and e.started_at > h.last_motion_at]
+    if h.last_motion_role in ("bedroom", "bathroom", "front_door") or doors_after or _away(h):
+        return hold(kind, subject, site, "last seen in the bedroom or bathroom, or went out")
+    if h.gateway_offline:
+        return hold(kind, subject, site, "hub offline: no news is not evidence")
+    room = h.last_motion_role or "a room"
+    minutes = int(after.total_seconds() // 60)
+    reason = (f"No movement anywhere at home since {local_time(h.last_motion_at)} (last seen in {room}): "
+              f"{still_hours:.1f} waking hours without movement, alert after {minutes} minutes.")
+    action = "Phone the person now. If there is no answer, send someone or call 999: they may have fallen."
+    return raise_alert(kind, subject, site, Severity.HIGH, reason, action,
+                       data={"last_motion_at": iso(h.last_motion_at), "last_room": h.last_motion_role,
+                             "still_waking_hours": round(still_hours, 2), "after_minutes": minutes})
+
+
+# --- out and not back ---------------------------------------------------------------------------------------
+#: Default time by which someone who went out is expected home (local); per household in sites.home_by.
+HOME_BY: Final = time(21, 0)
+#: Someone who leaves after the expected time (or at night) is expected back within this.
+LATE_EXIT_GRACE: Final = timedelta(hours=1)
+
+
+def out_not_back_finding(h: HouseholdData, now: datetime) -> Finding:
+    """A front-door exit with no return (no indoor motion since) by the household's home-by time; an exit in
+    the evening or night (after home-by, before 07:00) gets LATE_EXIT_GRACE. Cleared by a return; held while
+    the hub is offline (H-HOME-10)."""
+    kind = AlertKind.OUT_NOT_BACK
+    subject, site = _finding_args(h)
+    if "front_door" not in h.roles:
+        return hold(kind, subject, site)
+    if not _away(h):
+        return clear_alert(kind, subject, site, "Not out (or back home).")
+    exit_event = max((e for e in h.events if e.kind == "front_door"), key=lambda e: e.started_at)
+    left = exit_event.ended_at
+    home_by = h.home_by or HOME_BY
+    local = left.astimezone(LOCAL_TZ)
+    evening = datetime.combine(local.date(), home_by, tzinfo=LOCAL_TZ)
+    morning = datetime.combine(local.date(), WAKING_START, tzinfo=LOCAL_TZ)
+    deadline = left + LATE_EXIT_GRACE if (local >= evening or local < morning) else evening
+    if now < deadline:
+        return hold(kind, subject, site, f"out since {local_time(left)}; expected back by {local_time(deadline)}")
+    if h.gateway_offline:
+        return hold(kind, subject, site, "hub offline: a return would not be seen")
+    reason = (f"Went out by the front door at {local_time(left)} and has not come back: expected home by "
+              f"{local_time(deadline)} (no movement indoors since).")
+    action = ("Phone the person, then their family or carer. If nobody knows where they are, call the police on "
+              "101 (999 if they are at risk).")
+    return raise_alert(kind, subject, site, Severity.MEDIUM if now - deadline < timedelta(hours=2) else Severity.HIGH,
+                       reason, action, data={"left_at": iso(left), "expected_by": iso(deadline)})
+
+
 # --- room temperature --------------------------------------------------------------------------------------
 ROOM_COLD_BELOW: Final = 18.0
 ROOM_VERY_COLD_BELOW: Final = 16.0
@@ -629,6 +701,8 @@ def household_findings(h: HouseholdData, now: datetime) -> list[Finding]:
         kitchen_inactivity_finding(h, now),
         no_morning_activity_finding(h, now),
         long_bathroom_stay_finding(h, now),
+        long_lie_finding(h, now),
+        out_not_back_finding(h, now),
         *room_temperature_findings(h, now),
         household_silent_finding(h, now),
         care_review_finding(h, now),

@@ -29,6 +29,8 @@ class AlertKind(StrEnum):
     KITCHEN_INACTIVITY = "kitchen_inactivity"  # fridge/kitchen unused (not eating or drinking)
     NO_MORNING_ACTIVITY = "no_morning_activity"  # no activity by the usual wake time
     LONG_BATHROOM_STAY = "long_bathroom_stay"  # no motion for long after entering the bathroom (fall/long lie)
+    LONG_LIE = "long_lie"  # no motion anywhere for long in waking hours, last seen outside the bedroom
+    OUT_NOT_BACK = "out_not_back"  # left by the front door and not back by the household's expected time
     ROOM_COLD = "room_cold"
     ROOM_HOT = "room_hot"
     CARE_REVIEW = "care_review"  # e.g. settled nights: evidence to review (reduce) waking-night care
@@ -38,6 +40,8 @@ class AlertKind(StrEnum):
     BATTERY_LOW = "battery_low"
     DEVICE_FAULT = "device_fault"  # garbage frames, unset/wrong clock, flapping connection
     GATEWAY_OFFLINE = "gateway_offline"
+    # the platform itself
+    DATA_FAULT = "data_fault"  # a stored value could not be scored: named with its source, last good state kept
 
 
 class AlertStatus(StrEnum):
@@ -73,8 +77,40 @@ CLINICAL_KINDS = frozenset(
         AlertKind.TEMPERATURE_ABOVE_BASELINE,
         AlertKind.SOFT_SIGNS,
         AlertKind.OBS_OVERDUE,
+        AlertKind.DATA_FAULT,
     }
 )
+
+#: Clinical kinds may be snoozed for at most this long (H-ALERT-07): a clinical picture a day old says little.
+CLINICAL_SNOOZE_MAX = timedelta(hours=24)
+#: Any other kind (a known flat battery, a household on holiday) at most this long.
+OTHER_SNOOZE_MAX = timedelta(days=7)
+
+
+def snooze_limit(kind: str | None) -> timedelta:
+    """The longest snooze allowed for ``kind`` (None = every kind, so the clinical limit applies)."""
+    return CLINICAL_SNOOZE_MAX if kind is None or kind in CLINICAL_KINDS else OTHER_SNOOZE_MAX
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"  # needs acknowledging (again, after a band rise)
+    ACKNOWLEDGED = "acknowledged"
+    ESCALATED = "escalated"  # escalated automatically or by staff, not yet closed
+    RESOLVED = "resolved"
+
+
+#: NEWS2 clinical risk bands in order (RCP Chart 3). An incident re-alerts when its band rises along this
+#: order, whatever the alert severity enum says (a red 3 and a 5-6 are both 'medium' severity but different
+#: bands, H-INC-02).
+NEWS2_BANDS: tuple[str, ...] = ("low", "low-medium", "medium", "high")
+BAND_RANK: dict[str, int] = {band: i for i, band in enumerate(NEWS2_BANDS)}
+#: Each band's acknowledgement window: a rise into the band needs a fresh acknowledgement within it.
+BAND_ACK_WINDOW: dict[str, timedelta] = {
+    "low": timedelta(hours=4),
+    "low-medium": timedelta(minutes=60),
+    "medium": timedelta(minutes=60),
+    "high": timedelta(minutes=15),
+}
 
 
 class SoftSign(StrEnum):

@@ -107,6 +107,10 @@ class ResidentFacts:
     gp_practice: str | None = None
     site_name: str | None = None
     created_at: datetime | None = None
+    #: oxygen prescription set by a clinician (residents.oxygen_prescribed): True on oxygen, False on air, None
+    #: not recorded. Used for device-only sets until staff confirm air or oxygen (H-OBS-11).
+    oxygen_prescribed: bool | None = None
+    oxygen_flow_lpm: float | None = None
 
     def age(self, today: date) -> int | None:
         if self.date_of_birth is None:
@@ -121,6 +125,9 @@ class ResidentFacts:
                      + (f", lives at {self.site_name}" if self.site_name else ""))
         if self.scale2:
             facts.append(f"SpO2 Scale 2 (target 88-92%): {self.scale2_reason or 'reason not recorded'}")
+        if self.oxygen_prescribed:
+            flow = f" at {self.oxygen_flow_lpm:g} L/min" if self.oxygen_flow_lpm else ""
+            facts.append(f"Oxygen prescribed{flow}")
         if self.baseline_confused:
             facts.append("Usually confused (e.g. dementia): confusion is their normal; 'C' means new confusion")
         facts.append(f"Care plan: observations at least {self.obs_per_day} times a day")
@@ -291,6 +298,7 @@ def _same_values(plan: SetPlan, stored: StoredSet) -> bool:
         and plan.taken_at == stored.taken_at
         and plan.round_key == stored.round_key
         and plan.spo2_scale == stored.spo2_scale
+        and plan.on_oxygen == stored.on_oxygen
         and dict(plan.inputs) == dict(stored.inputs)
     )
 
@@ -306,6 +314,7 @@ def plan_observation_sets(
     existing: Sequence[StoredSet],
     *,
     scale2: bool,
+    oxygen: bool | None = None,
     window: timedelta = ROUND_WINDOW,
 ) -> list[SetPlan]:
     """One observation set per round: update the set already holding this round (same round_key, or a set taken
@@ -339,7 +348,7 @@ def plan_observation_sets(
                 target = min(staff, key=lambda s: abs(s.taken_at - rnd.start))
         if target is not None and target.obs_id is not None:
             claimed.add(target.obs_id)
-        plan = _merge(rnd, target, scale2)
+        plan = _merge(rnd, target, scale2, oxygen)
         if supersedes is not None:
             plan = replace(plan, supersedes=supersedes, round_key=rnd.key)
         if target is None or supersedes is not None or not _same_values(plan, target):
@@ -347,7 +356,11 @@ def plan_observation_sets(
     return plans
 
 
-def _merge(rnd: Round, target: StoredSet | None, scale2: bool) -> SetPlan:
+#: inputs["air_or_oxygen"] of a device-only set: scored from the prescription, not yet confirmed by staff.
+AIR_OXYGEN_UNCONFIRMED = "air/oxygen unconfirmed"
+
+
+def _merge(rnd: Round, target: StoredSet | None, scale2: bool, oxygen: bool | None = None) -> SetPlan:
     values: dict[str, float | None] = {}
     inputs: dict[str, Any] = {}
     manual_any = False
@@ -381,6 +394,15 @@ def _merge(rnd: Round, target: StoredSet | None, scale2: bool) -> SetPlan:
     set_aside = tuple(describe_set_aside(r) for r in rnd.set_aside)
     if set_aside:
         inputs["set_aside"] = list(set_aside)
+    on_oxygen = target.on_oxygen if target is not None else False
+    if not staff_set:
+        # No one has said air or oxygen for this round: use the clinician's prescription and say it is
+        # unconfirmed (never reassuring) until staff record it (H-OBS-11).
+        on_oxygen = bool(oxygen)
+        inputs["air_or_oxygen"] = {
+            "confirmed": False, "on_oxygen": on_oxygen,
+            "source": "prescription" if oxygen is not None else "no prescription recorded",
+            "note": AIR_OXYGEN_UNCONFIRMED}
     source = "mixed" if manual_any and device_any else ("manual" if manual_any and not device_any else "device")
     times = [rnd.end] + ([target.taken_at] if staff_set and target is not None else [])
     return SetPlan(
@@ -391,7 +413,7 @@ def _merge(rnd: Round, target: StoredSet | None, scale2: bool) -> SetPlan:
         recorded_by=target.recorded_by if target is not None else "scorer",
         values=values,
         consciousness=consciousness,
-        on_oxygen=target.on_oxygen if target is not None else False,
+        on_oxygen=on_oxygen,
         spo2_scale=2 if scale2 else 1,
         soft_signs=target.soft_signs if target is not None else (),
         inputs=inputs,
@@ -435,13 +457,15 @@ def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, 
     kind = AlertKind.NEWS2
     when = local_time(obs.taken_at)
     severity = NEWS2_SEVERITY[result.risk]
+    unconfirmed = air_oxygen_unconfirmed(obs)
     if severity is None:
-        if result.complete:
+        if result.complete and not unconfirmed:
             return clear_alert(kind, resident.resident_id, resident.site_id,
                                f"Complete observations at {when} scored NEWS2 {result.score} (low).",
                                resident_id=resident.resident_id)
+        why = ("air/oxygen unconfirmed" if unconfirmed and result.complete else "a partial score")
         return hold(kind, resident.resident_id, resident.site_id,
-                    f"Partial observations at {when} scored {result.score}: a partial score cannot show recovery.",
+                    f"Observations at {when} scored {result.score}: {why} cannot show recovery.",
                     resident_id=resident.resident_id)
     scored = scored_parameters_text(obs, result)
     missing_names = [PLAIN_NAMES.get(m, m) for m in result.missing]
@@ -452,8 +476,12 @@ def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, 
     set_aside = obs.inputs.get("set_aside") if isinstance(obs.inputs, Mapping) else None
     if set_aside:
         reason += " Not used: " + "; ".join(set_aside) + "."
-    if not obs.inputs.get("on_oxygen") and obs.source == "device":
-        reason += " Air or oxygen not recorded: scored as air."
+    if unconfirmed:
+        entry = obs.inputs.get("air_or_oxygen") or {}
+        basis = ("on oxygen, as prescribed" if obs.on_oxygen else
+                 "on air, as prescribed" if entry.get("source") == "prescription" else
+                 "on air (no oxygen prescription recorded)")
+        reason += f" Air/oxygen unconfirmed: scored {basis}; staff must confirm air or oxygen."
     assessment = [f"{PLAIN_NAMES[p]}: {_value_text(obs, p)}" for p in NUMERIC_SET_FIELDS]
     assessment.insert(4, f"alertness (ACVPU): {obs.consciousness or 'not recorded'}")
     assessment.append(f"NEWS2 {result.score} ({result.risk.value}) at {when}"
@@ -465,6 +493,7 @@ def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, 
         "risk": result.risk.value,
         "complete": result.complete,
         "missing": list(result.missing),
+        "air_oxygen_unconfirmed": unconfirmed,
         "subscores": dict(result.subscores),
         "meaning": result.response.meaning,
         "min_interval_minutes": result.response.min_interval_minutes,
@@ -478,7 +507,15 @@ def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, 
     }
     return raise_alert(kind, resident.resident_id, resident.site_id, severity, reason, result.response.action,
                        resident_id=resident.resident_id, data=data, score=result.score,
-                       allow_downgrade=result.complete)
+                       allow_downgrade=result.complete and not unconfirmed)
+
+
+def air_oxygen_unconfirmed(obs: StoredSet | SetPlan) -> bool:
+    """True for a set whose air/oxygen nobody confirmed (a device-only round): it may raise, never reassure."""
+    entry = obs.inputs.get("air_or_oxygen") if isinstance(obs.inputs, Mapping) else None
+    if isinstance(entry, Mapping):
+        return not entry.get("confirmed", False)
+    return obs.source == "device"
 
 
 def _value_text(obs: StoredSet, parameter: str) -> str:

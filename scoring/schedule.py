@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
+from carewatch.scoring.incidents import overdue_joins_incident
 from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.rules import LOCAL_TZ, Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
 
@@ -115,14 +116,20 @@ OVERDUE_SEVERITY: Mapping[str, Severity] = {
 
 
 def overdue_finding(resident: ResidentFacts, due: datetime | None, last: LastObservation | None,
-                    now: datetime, grace: timedelta = OVERDUE_GRACE) -> Finding:
-    """obs_overdue: raised once ``now`` passes ``due + grace``; cleared when the next set moves ``due`` on."""
+                    now: datetime, grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False) -> Finding:
+    """obs_overdue: raised once ``now`` passes ``due + grace`` when it joins an incident (the last set was
+    low-medium or worse, or the resident has an open clinical incident: ``open_clinical``); otherwise overdue
+    observations are a task on the home's list, not an alert (H-TASK-01/02). Cleared when the next set moves
+    ``due`` on."""
     kind = AlertKind.OBS_OVERDUE
     rid, site = resident.resident_id, resident.site_id
     if due is None:
         return hold(kind, rid, site, resident_id=rid)
     if now <= due + grace:
         return clear_alert(kind, rid, site, f"Next observations due {local_time(due)}.", resident_id=rid)
+    if not overdue_joins_incident(last.risk if last is not None else None, open_clinical):
+        return clear_alert(kind, rid, site, f"Observations due by {local_time(due)} are on the home's task list.",
+                           resident_id=rid)
     if last is None:
         reason = f"No observations have been recorded yet; the first set was due by {local_time(due)}."
         severity = Severity.LOW

@@ -29,10 +29,11 @@ from carewatch.api.auth import issue_tokens
 from carewatch.api.users import create_user, get_user, hash_password
 from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
+from carewatch.scoring.incident_store import sync_incidents
 from carewatch.settings import Settings
 
 PASSWORD = "correct horse 42"
-ROLES = ("care_staff", "manager", "gp", "council", "admin")
+ROLES = ("care_staff", "manager", "gp", "nurse", "council", "admin")
 
 
 @functools.cache
@@ -79,6 +80,9 @@ class World:
     device_b: str
     gateway_a: str
     gateway_b: str
+    incident_a: int = 0  # the incidents grouping alert_a, alert_b and alert_hb (incident_store.sync_incidents)
+    incident_b: int = 0
+    incident_hb: int = 0
     foreign_ids: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
 
@@ -106,6 +110,13 @@ def _alert(conn: psycopg.Connection, site: str, resident: str | None, subject: s
         (site, resident, subject, kind, severity, f"test reason for {subject} {kind}",
          "test action: phone the GP", 5 if kind == "news2" else None, opened_at or datetime.now(UTC)),
     ).fetchone()[0]
+
+
+def incident_of(conn: psycopg.Connection, alert_id: int) -> int:
+    """Group the alert's subject into its incident (as the engine does after writing alerts); its id."""
+    subject = conn.execute("SELECT subject_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()[0]
+    sync_incidents(conn, [subject], datetime.now(UTC))
+    return conn.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()[0]
 
 
 def build_world(conn: psycopg.Connection, uid: str) -> World:
@@ -182,11 +193,12 @@ def build_world(conn: psycopg.Connection, uid: str) -> World:
             (rid, site, now - timedelta(hours=2)))
     scopes = {
         "care_staff": {"site_id": w.home_a}, "manager": {"site_id": w.home_a},
-        "gp": {"practice_code": w.practice_a}, "council": {"council": council_a}, "admin": {},
+        "gp": {"practice_code": w.practice_a}, "nurse": {"site_id": w.home_a}, "council": {"council": council_a},
+        "admin": {},
     }
     other_scopes = {
         "care_staff": {"site_id": w.home_b}, "manager": {"site_id": w.home_b},
-        "gp": {"practice_code": w.practice_b}, "council": {"council": council_b},
+        "gp": {"practice_code": w.practice_b}, "nurse": {"site_id": w.home_b}, "council": {"council": council_b},
     }
     for tenant, table, target in (("a", scopes, w.users), ("b", other_scopes, w.other_users)):
         for role, extra in table.items():
@@ -200,6 +212,7 @@ def build_world(conn: psycopg.Connection, uid: str) -> World:
                     (name, f"{role} {tenant.upper()}", role, extra.get("site_id"), extra.get("practice_code"),
                      extra.get("council"), _password_hash()))
             target[role] = name
+    w.incident_a, w.incident_b, w.incident_hb = (incident_of(conn, a) for a in (w.alert_a, w.alert_b, w.alert_hb))
     conn.commit()
     w.foreign_ids = [w.home_b, w.household_b, w.practice_b, w.resident_b, w.resident_hb, w.device_b, w.gateway_b,
                      f"Name {w.resident_b}", f"Name {w.resident_hb}", f"raw-{w.home_b}", council_b]

@@ -81,6 +81,9 @@ def test_snooze(client: TestClient, world: World, db: psycopg.Connection) -> Non
     too_long = client.post(url, json={**body, "minutes": None, "until": (datetime.now(UTC) + timedelta(days=9))
                                       .isoformat()}, headers=world.headers(client, "manager"))
     assert too_long.status_code == 422
+    # a clinical kind is snoozed for 24 h at most (H-ALERT-07)
+    a_day_and_more = client.post(url, json={**body, "minutes": 25 * 60}, headers=world.headers(client, "manager"))
+    assert a_day_and_more.status_code == 422 and "24 hours" in a_day_and_more.text
     both = client.post(url, json={**body, "until": datetime.now(UTC).isoformat()},
                        headers=world.headers(client, "manager"))
     assert both.status_code == 422 and "exactly one" in both.json()["message"]

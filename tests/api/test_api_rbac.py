@@ -32,15 +32,18 @@ from carewatch.api.deps import current_principal
 from carewatch.api.scope import GRANTS, Permission
 from carewatch.settings import Settings
 
+from .conftest import incident_of
+
 if TYPE_CHECKING:
     from conftest import World
 
-NON_ADMIN = ("care_staff", "manager", "gp", "council")
+NON_ADMIN = ("care_staff", "manager", "gp", "nurse", "council")
 ROLES = (*NON_ADMIN, "admin")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Body fields that name another tenant's resource (``gp_practice`` is not one: any home may register a
 #: resident with any practice).
-TENANT_FIELDS = frozenset({"site_id", "resident_id", "alert_id", "device_id", "gateway_id", "practice_code"})
+TENANT_FIELDS = frozenset({"site_id", "resident_id", "alert_id", "device_id", "gateway_id", "practice_code",
+                           "incident_id"})
 Route = tuple[str, str, Any]
 Target = dict[str, str | None]
 
@@ -81,18 +84,23 @@ class Tenancy:
     alert_a_pb: int  # about resident_a_pb
     alert_ha: int  # council A's own alert (household A, consent recorded)
     alert_hb_clinical: int  # council B's clinical alert (household B, resident HB)
+    incident_a_pb: int = 0  # the incidents of the three alerts above
+    incident_ha: int = 0
+    incident_hb_clinical: int = 0
 
     def own(self, role: str) -> Target:
         """The role's own resources by path parameter; None where the role has none of that kind."""
         w = self.w
         home = {"resident_id": w.resident_a, "site_id": w.home_a, "alert_id": str(w.alert_a),
-                "device_id": w.device_a, "gateway_id": w.gateway_a}
+                "device_id": w.device_a, "gateway_id": w.gateway_a, "incident_id": str(w.incident_a)}
         target: Target = {
             "care_staff": {**home, "household": None},
             "manager": {**home, "household": None},
+            "nurse": {**home, "household": None},
             "gp": {**home, "household": w.household_a, "device_id": None, "gateway_id": None},
             "council": {"resident_id": w.resident_ha, "site_id": w.household_a, "household": w.household_a,
-                        "alert_id": str(self.alert_ha), "device_id": None, "gateway_id": None},
+                        "alert_id": str(self.alert_ha), "device_id": None, "gateway_id": None,
+                        "incident_id": str(self.incident_ha)},
             "admin": {**home, "household": w.household_a},
         }[role]
         return {**target, "username": w.other_users["manager"]}
@@ -102,7 +110,7 @@ class Tenancy:
         w = self.w
         return {"resident_id": w.resident_b, "site_id": w.home_b, "household": w.household_b,
                 "alert_id": str(w.alert_b), "device_id": w.device_b, "gateway_id": w.gateway_b,
-                "username": w.other_users["manager"]}
+                "incident_id": str(w.incident_b), "username": w.other_users["manager"]}
 
     def probes(self, role: str) -> list[tuple[str, Target, frozenset[str] | None]]:
         """(what, target, path parameters it varies: only routes with one of them are probed; None = all)."""
@@ -110,14 +118,17 @@ class Tenancy:
         found: list[tuple[str, Target, frozenset[str] | None]] = [
             ("tenant B's care home", base, None),
             ("council B's household", {**base, "resident_id": w.resident_hb, "site_id": w.household_b,
-                                       "alert_id": str(w.alert_hb)}, frozenset({"resident_id", "site_id", "alert_id"})),
-            ("council B's clinical alert", {**base, "alert_id": str(self.alert_hb_clinical)},
-             frozenset({"alert_id"})),
+                                       "alert_id": str(w.alert_hb), "incident_id": str(w.incident_hb)},
+             frozenset({"resident_id", "site_id", "alert_id", "incident_id"})),
+            ("council B's clinical alert", {**base, "alert_id": str(self.alert_hb_clinical),
+                                            "incident_id": str(self.incident_hb_clinical)},
+             frozenset({"alert_id", "incident_id"})),
         ]
         if role == "gp":
             found.append(("practice B's resident in home A", {**base, "resident_id": self.resident_a_pb,
-                                                              "alert_id": str(self.alert_a_pb)},
-                          frozenset({"resident_id", "alert_id"})))
+                                                              "alert_id": str(self.alert_a_pb),
+                                                              "incident_id": str(self.incident_a_pb)},
+                          frozenset({"resident_id", "alert_id", "incident_id"})))
         return found
 
     def hidden_from(self, role: str) -> list[str]:
@@ -127,7 +138,7 @@ class Tenancy:
                  w.resident_ha: (w.household_a, w.practice_a), w.resident_ha2: (w.household_a2, w.practice_a),
                  w.resident_hb: (w.household_b, w.practice_b), self.resident_a_pb: (w.home_a, w.practice_b)}
         council_a = {w.household_a, w.household_a2}
-        if role in ("care_staff", "manager"):
+        if role in ("care_staff", "manager", "nurse"):
             seen = {r for r, (site, _) in where.items() if site == w.home_a}
         elif role == "gp":
             seen = {r for r, (_, practice) in where.items() if practice == w.practice_a}
@@ -162,6 +173,8 @@ def tenancy(world: World, db: psycopg.Connection) -> Tenancy:
     t = Tenancy(w, resident, alert(w.home_a, resident, resident, "news2"),
                 alert(w.household_a, w.resident_ha, w.resident_ha, "news2"),
                 alert(w.household_b, w.resident_hb, w.resident_hb, "news2"))
+    t.incident_a_pb, t.incident_ha, t.incident_hb_clinical = (
+        incident_of(db, a) for a in (t.alert_a_pb, t.alert_ha, t.alert_hb_clinical))
     db.commit()
     return t
 
@@ -197,6 +210,10 @@ def body_for(method: str, path: str, w: World, target: Target) -> tuple[dict[str
                                  "date_of_birth": "1940-01-01"},
         ("PATCH", "/residents/{resident_id}"): {"display_name": "Changed"},
         ("PUT", "/residents/{resident_id}/scale2"): {"scale2": True, "reason": "respiratory consultant letter"},
+        ("PUT", "/residents/{resident_id}/oxygen"): {"on_oxygen": True, "flow_lpm": 2},
+        ("POST", "/incidents/{incident_id}/acknowledge"): {},
+        ("POST", "/incidents/{incident_id}/outcome"): {"outcome": "monitoring_plan", "comment": "hourly obs"},
+        ("POST", "/incidents/{incident_id}/resolve"): {"resolution": "seen by GP, fine"},
         ("POST", "/residents/{resident_id}/observations"): {"pulse": 80, "consciousness": "A"},
         ("POST", "/alerts/{alert_id}/acknowledge"): {},
         ("POST", "/alerts/{alert_id}/escalate"): {"outcome": "gp_called"},
@@ -285,14 +302,22 @@ def test_every_body_that_can_name_a_tenant_is_probed(routes: list[Route]) -> Non
 
 def _tenant_b_unchanged(db: psycopg.Connection, t: Tenancy) -> None:
     w = t.w
-    residents = db.execute("SELECT resident_id, display_name, scale2 FROM residents WHERE resident_id = ANY(%s) "
-                           "ORDER BY resident_id", ([w.resident_b, w.resident_hb, t.resident_a_pb],)).fetchall()
-    assert residents == sorted((r, f"Name {r}", False) for r in (w.resident_b, w.resident_hb, t.resident_a_pb))
+    residents = db.execute("SELECT resident_id, display_name, scale2, oxygen_prescribed FROM residents "
+                           "WHERE resident_id = ANY(%s) ORDER BY resident_id",
+                           ([w.resident_b, w.resident_hb, t.resident_a_pb],)).fetchall()
+    assert residents == sorted((r, f"Name {r}", False, None) for r in (w.resident_b, w.resident_hb, t.resident_a_pb))
     alerts = db.execute("SELECT alert_id, status FROM alerts WHERE alert_id = ANY(%s)",
                         ([w.alert_b, w.alert_hb, t.alert_hb_clinical, t.alert_a_pb],)).fetchall()
     assert sorted(alerts) == sorted((a, "open") for a in (w.alert_b, w.alert_hb, t.alert_hb_clinical, t.alert_a_pb))
     assert db.execute("SELECT count(*) FROM alert_events WHERE alert_id = ANY(%s)",
                       ([w.alert_b, w.alert_hb, t.alert_hb_clinical, t.alert_a_pb],)).fetchone()[0] == 0
+    incidents = db.execute("SELECT incident_id, status, acknowledged_at, outcome FROM incidents "
+                           "WHERE incident_id = ANY(%s)", ([w.incident_b, w.incident_hb, t.incident_hb_clinical,
+                                                            t.incident_a_pb],)).fetchall()
+    assert sorted(incidents) == sorted((i, "open", None, None) for i in (
+        w.incident_b, w.incident_hb, t.incident_hb_clinical, t.incident_a_pb))
+    assert db.execute("SELECT count(*) FROM incident_events WHERE incident_id = ANY(%s) AND action <> 'opened'",
+                      ([w.incident_b, w.incident_hb, t.incident_hb_clinical, t.incident_a_pb],)).fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM alert_suppressions WHERE subject_id = ANY(%s)",
                       ([w.resident_b, w.resident_hb, t.resident_a_pb],)).fetchone()[0] == 0
     devices = db.execute("SELECT device_id, resident_id, room FROM devices WHERE device_id = ANY(%s) ORDER BY 1",
@@ -342,7 +367,7 @@ def test_rbac_matrix_other_tenant_is_never_visible(client: TestClient, tenancy: 
     assert checked["tenant B's care home"] >= 4 * 25
     assert checked["council B's household"] >= 4 * (resident_routes + 5)
     assert checked["practice B's resident in home A"] >= resident_routes
-    assert checked["a body naming another tenant"] == 4 * len(FOREIGN_BODIES)
+    assert checked["a body naming another tenant"] == len(NON_ADMIN) * len(FOREIGN_BODIES)
     _tenant_b_unchanged(db, tenancy)
 
 
@@ -363,7 +388,7 @@ def test_lists_never_include_another_tenant(client: TestClient, tenancy: Tenancy
                 if path == "/alerts" and response.status_code == 200:
                     ids = {a["alert_id"] for a in response.json()["items"]}
                     assert not ids & {w.alert_b, w.alert_hb, tenancy.alert_hb_clinical}
-                    assert role in ("care_staff", "manager") or tenancy.alert_a_pb not in ids
+                    assert role in ("care_staff", "manager", "nurse") or tenancy.alert_a_pb not in ids
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -403,6 +428,13 @@ ROUTE_PERMISSION: dict[tuple[str, str], Permission] = {
     ("POST", "/alerts/{alert_id}/resolve"): Permission.ACT_ON_ALERT,
     ("POST", "/alerts/{alert_id}/comment"): Permission.ACT_ON_ALERT,
     ("POST", "/residents/{resident_id}/snooze"): Permission.SNOOZE,
+    ("PUT", "/residents/{resident_id}/oxygen"): Permission.SET_OXYGEN,
+    ("GET", "/incidents"): Permission.READ,
+    ("GET", "/incidents/{incident_id}"): Permission.READ,
+    ("POST", "/incidents/{incident_id}/acknowledge"): Permission.ACT_ON_ALERT,
+    ("POST", "/incidents/{incident_id}/outcome"): Permission.ACT_ON_ALERT,
+    ("POST", "/incidents/{incident_id}/resolve"): Permission.ACT_ON_ALERT,
+    ("GET", "/sites/{site_id}/tasks"): Permission.READ_TASKS,
     ("GET", "/households/{site_id}/behaviour"): Permission.READ_BEHAVIOUR,
     ("GET", "/households/{site_id}/rightsizing"): Permission.READ_BEHAVIOUR,
     ("GET", "/households/{site_id}/report.csv"): Permission.READ_BEHAVIOUR,

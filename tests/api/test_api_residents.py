@@ -84,9 +84,9 @@ def test_scale2_records_who_when_why(client: TestClient, world: World, db: psyco
     assert before - timedelta(seconds=5) <= datetime.fromisoformat(body["scale2_set_at"]) <= datetime.now(UTC)
     cleared = client.put(f"/residents/{world.resident_a}/scale2",
                          json={"scale2": False, "reason": "reviewed: CO2 normal"},
-                         headers=world.headers(client, "manager")).json()
+                         headers=world.headers(client, "nurse")).json()
     assert (cleared["scale2"], cleared["scale2_set_by"], cleared["scale2_reason"]) == (
-        False, world.users["manager"], "reviewed: CO2 normal")
+        False, world.users["nurse"], "reviewed: CO2 normal")
 
 
 def test_scale2_needs_a_reason_and_a_clinical_role(client: TestClient, world: World) -> None:

@@ -181,6 +181,51 @@ def test_long_bathroom_stay() -> None:
     assert bh.long_bathroom_stay_finding(only_bathroom_sensor, at(DAY, 12)).state == "hold"
 
 
+def test_long_lie_anywhere_counts_waking_hours_after_motion_outside_the_bedroom() -> None:
+    """H-HOME-09: no motion anywhere for the configured time of waking hours, last seen outside the bedroom."""
+    h = household(last_motion_at=at(DAY, 10), last_motion_role=None)  # a lounge sensor has no behaviour role
+    assert bh.long_lie_finding(h, at(DAY, 11, 59)).state == "clear"
+    f = bh.long_lie_finding(h, at(DAY, 12, 0))
+    assert f.state == "raise" and f.severity is Severity.HIGH and "10:00" in f.reason
+    kitchen = replace(h, last_motion_role="kitchen")
+    assert bh.long_lie_finding(kitchen, at(DAY, 12, 1)).state == "raise"
+    configured = replace(h, long_lie_after=timedelta(minutes=45))
+    assert bh.long_lie_finding(configured, at(DAY, 10, 45)).state == "raise"
+    # waking hours only: last seen at 21:30, nothing overnight, 1 h 30 of waking time by 08:00
+    evening = replace(h, last_motion_at=at(DAY, 21, 30))
+    assert bh.long_lie_finding(evening, at(DAY + timedelta(days=1), 8, 0)).state == "clear"
+    assert bh.long_lie_finding(evening, at(DAY + timedelta(days=1), 8, 31)).state == "raise"
+    # asleep in the bedroom, in the bathroom (its own 45-min rule), gone out, hub offline: held
+    assert bh.long_lie_finding(replace(h, last_motion_role="bedroom"), at(DAY, 13)).state == "hold"
+    assert bh.long_lie_finding(replace(h, last_motion_role="bathroom"), at(DAY, 13)).state == "hold"
+    out = replace(h, events=[BehaviourEvent("front_door", at(DAY, 10, 5), at(DAY, 10, 6), None,
+                                            {"direction": "exit"})])
+    assert bh.long_lie_finding(out, at(DAY, 13)).state == "hold"
+    assert bh.long_lie_finding(replace(h, gateway_offline=True), at(DAY, 13)).state == "hold"
+    assert bh.long_lie_finding(replace(h, has_other_motion=False), at(DAY, 13)).state == "hold"
+    assert any(f.kind is AlertKind.LONG_LIE for f in bh.household_findings(h, at(DAY, 13)))
+
+
+def test_out_and_not_back_by_the_household_s_time() -> None:
+    """H-HOME-10: a front-door exit with no return by the configured evening time (or an hour after a late exit)."""
+    exit_at = BehaviourEvent("front_door", at(DAY, 15), at(DAY, 15, 1), None, {"direction": "exit"})
+    h = household(events=[exit_at], last_motion_at=at(DAY, 14, 55), last_motion_role="kitchen")
+    assert bh.out_not_back_finding(h, at(DAY, 20, 59)).state == "hold"
+    f = bh.out_not_back_finding(h, at(DAY, 21, 0))
+    assert f.state == "raise" and f.severity is Severity.MEDIUM and "15:01" in f.reason
+    assert bh.out_not_back_finding(h, at(DAY, 23, 30)).severity is Severity.HIGH
+    assert bh.out_not_back_finding(replace(h, home_by=bh.time(18, 0)), at(DAY, 18, 0)).state == "raise"
+    back = replace(h, last_motion_at=at(DAY, 19))
+    assert bh.out_not_back_finding(back, at(DAY, 21, 30)).state == "clear"
+    late = replace(h, events=[BehaviourEvent("front_door", at(DAY, 23), at(DAY, 23, 1), None,
+                                             {"direction": "exit"})])
+    assert bh.out_not_back_finding(late, at(DAY + timedelta(days=1), 0, 0)).state == "hold"
+    assert bh.out_not_back_finding(late, at(DAY + timedelta(days=1), 0, 2)).state == "raise"
+    assert bh.out_not_back_finding(replace(h, gateway_offline=True), at(DAY, 22)).state == "hold"
+    # it no longer holds the activity rules silently: the household gets an incident for being out
+    assert any(f.kind is AlertKind.OUT_NOT_BACK and f.state == "raise" for f in bh.household_findings(h, at(DAY, 22)))
+
+
 # --- rooms, silence, care review -----------------------------------------------------------------------------
 def _temps(values: list[float], room: str = "lounge", end: datetime | None = None) -> list[RoomTemperature]:
     end = end or at(DAY, 12)

@@ -270,6 +270,7 @@ def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
 
 
 def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
+    """Overdue after a low set is a task (no alert, H-TASK-01); after a red 3 it is part of an incident."""
     taken = NOW - timedelta(hours=13)
     add_manual_set(db, home, resident, taken, respiration_rate=16, spo2=97, systolic_bp=125, pulse=70,
                    temperature=36.8)
@@ -277,8 +278,14 @@ def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
     due = db.execute("SELECT next_obs_due FROM resident_state WHERE resident_id = %s", (resident,)).fetchone()[0]
     assert due == taken + care_plan_gap(2, taken) and due <= NOW - timedelta(hours=1)  # 2 a day: at most 12 h
     tick(db, NOW, slow=False)
+    assert alerts(db, resident, "obs_overdue") == []
+    red = NOW - timedelta(hours=3)
+    add_manual_set(db, home, resident, red, respiration_rate=26, spo2=97, systolic_bp=125, pulse=70,
+                   temperature=36.8)  # RR 26 scores 3: low-medium, hourly
+    evaluate_subjects(db, [resident], red)
+    tick(db, NOW, slow=False)
     [alert] = alerts(db, resident, "obs_overdue")
-    assert alert["severity"] == "low" and alert["status"] == "open"
+    assert alert["severity"] == "medium" and alert["status"] == "open"
     add_manual_set(db, home, resident, NOW + timedelta(minutes=5), respiration_rate=16, spo2=97, systolic_bp=125,
                    pulse=70, temperature=36.8)
     evaluate_subjects(db, [resident], NOW + timedelta(minutes=6))

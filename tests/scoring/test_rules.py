@@ -98,6 +98,47 @@ def test_replanning_the_same_round_is_idempotent() -> None:
     assert again[0].values["temperature"] == 37.0
 
 
+def test_device_only_round_uses_the_oxygen_prescription_and_is_unconfirmed() -> None:
+    """H-OBS-11: a Scale 2 resident on oxygen at SpO2 97% scores 5 (3 + 2 for oxygen), not 0 as 'on air'."""
+    rounds = build_rounds([_r("spo2", 97, 0), _r("pulse_rate", 80, 1)])
+    on_o2 = plan_observation_sets(rounds, [], scale2=True, oxygen=True)[0]
+    assert on_o2.on_oxygen and on_o2.inputs["air_or_oxygen"] == {
+        "confirmed": False, "on_oxygen": True, "source": "prescription", "note": "air/oxygen unconfirmed"}
+    result = score_observation(on_o2.observation())
+    assert result.score == 5 and result.subscores["spo2"] == 3 and result.subscores["air_or_oxygen"] == 2
+    on_air = plan_observation_sets(rounds, [], scale2=True, oxygen=None)[0]
+    assert not on_air.on_oxygen and on_air.inputs["air_or_oxygen"]["source"] == "no prescription recorded"
+    assert score_observation(on_air.observation()).score == 0
+    # the prescription changing re-plans the set (same readings)
+    stored = StoredSet(10, on_air.taken_at, on_air.source, on_air.round_key, on_air.values, on_oxygen=False,
+                       spo2_scale=2, inputs=on_air.inputs)
+    assert plan_observation_sets(rounds, [stored], scale2=True, oxygen=None) == []
+    assert [p.on_oxygen for p in plan_observation_sets(rounds, [stored], scale2=True, oxygen=True)] == [True]
+    # staff who typed on the tablet have said air or oxygen: theirs stands
+    staff = _stored({"respiration_rate": 18, "spo2": None, "systolic_bp": None, "pulse": None, "temperature": None},
+                    consciousness="A", recorded_by="carer1", on_oxygen=False)
+    merged = plan_observation_sets(rounds, [staff], scale2=True, oxygen=True)[0]
+    assert not merged.on_oxygen and "air_or_oxygen" not in merged.inputs
+
+
+def test_unconfirmed_air_or_oxygen_never_reassures() -> None:
+    full_low = {**FULL}
+    obs = _stored(full_low, consciousness="A", source="device",
+                  inputs={"air_or_oxygen": {"confirmed": False, "on_oxygen": False, "source": "prescription"}})
+    result = score_observation({**full_low, "consciousness": "A"})
+    assert result.complete and result.score == 0
+    finding = news2_finding(RES, obs, result, T0)
+    assert finding.state == "hold" and "unconfirmed" in finding.reason
+    risky = _stored({**FULL, "spo2": 91.0}, consciousness="A", source="device",
+                    inputs={"air_or_oxygen": {"confirmed": False, "on_oxygen": True, "source": "prescription"}},
+                    on_oxygen=True)
+    raised = news2_finding(RES, risky, score_observation({**FULL, "spo2": 91.0, "consciousness": "A",
+                                                          "on_oxygen": True}), T0)
+    assert raised.state == "raise" and not raised.allow_downgrade
+    assert "Air/oxygen unconfirmed: scored on oxygen, as prescribed" in raised.reason
+    assert raised.data["air_oxygen_unconfirmed"] is True
+
+
 # --- NEWS2 finding -------------------------------------------------------------------------------------------
 FULL = {"respiration_rate": 16.0, "spo2": 97.0, "systolic_bp": 125.0, "pulse": 75.0, "temperature": 36.8}
 

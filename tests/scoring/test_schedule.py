@@ -101,9 +101,20 @@ def test_overdue_only_after_grace() -> None:
 
 
 def test_overdue_severity_follows_last_risk_and_never_observed_is_low() -> None:
+    """Overdue joins an incident (an alert) only with an open clinical incident or a last set of low-medium or
+    worse; otherwise it is a task on the home's list (H-TASK-02)."""
     later = T0 + timedelta(hours=2)
-    low = overdue_finding(RES, T0, LastObservation(T0, 1, "low", True), later)
+    low = overdue_finding(RES, T0, LastObservation(T0, 1, "low", True), later, open_clinical=True)
     high = overdue_finding(RES, T0, LastObservation(T0, 8, "high", True), later)
-    never = overdue_finding(RES, first_obs_due(T0 - timedelta(days=1), 2), None, later)
+    never = overdue_finding(RES, first_obs_due(T0 - timedelta(days=1), 2), None, later, open_clinical=True)
     assert (low.severity, high.severity, never.severity) == (Severity.LOW, Severity.HIGH, Severity.LOW)
     assert "No observations" in never.reason
+
+
+def test_overdue_after_a_low_set_is_a_task_not_an_alert() -> None:
+    later = T0 + timedelta(hours=2)
+    task = overdue_finding(RES, T0, LastObservation(T0, 1, "low", True), later)
+    assert task.state == "clear" and "task list" in task.reason
+    assert overdue_finding(RES, first_obs_due(T0 - timedelta(days=1), 2), None, later).state == "clear"
+    red3 = overdue_finding(RES, T0, LastObservation(T0, 3, "low-medium", True), later)
+    assert red3.state == "raise" and red3.severity is Severity.MEDIUM

@@ -1,0 +1,305 @@
+"""The one writer of ``incidents`` and ``incident_events``: grouping after each evaluation, and what staff do.
+
+``sync_incidents`` runs after the engine has written a subject's alerts (inside its transaction, holding the
+subjects' advisory locks): it groups each subject's unresolved alerts into its one open incident with the pure
+``incidents.plan_incident``. Component alerts keep their rows and their ``alert_events`` history; once in an
+incident their own escalation deadline is cleared (the incident's deadline is the one that counts, so one
+problem escalates once).
+
+Staff transitions (acknowledge, owner, outcome, resolve, comment) lock the incident row, check the transition,
+change it and append an ``incident_events`` row; acknowledging or resolving an incident does the same to its
+component alerts through ``carewatch.scoring.lifecycle`` (the alerts' own writer). An invalid transition raises
+``IncidentError`` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from carewatch.scoring import lifecycle
+from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
+from carewatch.scoring.kinds import ACK_WINDOW, ESCALATION_OUTCOMES, MAX_AUTO_ESCALATION_LEVEL, Severity
+
+ACTOR = "scorer"
+#: What staff may record as an incident's outcome (issue 16 adds follow-up on it): a monitoring plan kept in
+#: the home, or the escalation outcomes of an alert.
+OUTCOMES = frozenset({"monitoring_plan", *ESCALATION_OUTCOMES})
+
+
+class IncidentError(ValueError):
+    """A request that cannot be applied to the incident in its current state; the message says why."""
+
+
+class IncidentNotFound(IncidentError):
+    pass
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _event(conn: psycopg.Connection, incident_id: int, at: datetime, actor: str, action: str, *,
+           outcome: str | None = None, comment: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+    conn.execute(
+        "INSERT INTO incident_events (incident_id, at, actor, action, outcome, comment, detail) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (incident_id, at, actor, action, outcome, comment, Jsonb(_json(dict(detail or {})))),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Grouping (the engine's side)
+# ------------------------------------------------------------------------------------------------------------
+def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: datetime) -> list[int]:
+    """Bring each subject's open incident in line with its unresolved alerts. Call inside the transaction that
+    wrote the alerts, holding the subjects' locks. Returns the ids of incidents opened or changed."""
+    subjects = sorted(set(subject_ids))
+    if not subjects:
+        return []
+    alerts: dict[str, list[tuple[Component, str, str | None]]] = {}
+    for alert_id, subject, kind, severity, reason, action, data, site_id, resident_id in conn.execute(
+        "SELECT alert_id, subject_id, kind, severity, reason, action, data, site_id, resident_id FROM alerts "
+        "WHERE subject_id = ANY(%s) AND status <> 'resolved' ORDER BY alert_id", (subjects,),
+    ).fetchall():
+        alerts.setdefault(subject, []).append(
+            (Component(alert_id, kind, Severity(severity), reason, action, data or {}), site_id, resident_id))
+    current: dict[str, tuple[OpenIncident, str | None]] = {}
+    for (incident_id, subject, severity, band, status, acked_at, due, headline, action, peak,
+         members) in conn.execute(
+        """SELECT i.incident_id, i.subject_id, i.severity, i.band, i.status, i.acknowledged_at, i.ack_due_at,
+                  i.headline, i.action, i.peak_band,
+                  ARRAY(SELECT alert_id FROM alerts a WHERE a.incident_id = i.incident_id AND a.status <> 'resolved')
+           FROM incidents i WHERE i.subject_id = ANY(%s) AND i.status <> 'resolved' FOR UPDATE""", (subjects,),
+    ).fetchall():
+        current[subject] = (OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline,
+                                         action, frozenset(members)), peak)
+    changed = []
+    for subject in subjects:
+        rows = alerts.get(subject, [])
+        existing, peak = current.get(subject, (None, None))
+        plan = plan_incident(existing, [c for c, _, _ in rows], now)
+        if plan.action == "none":
+            if existing is not None:
+                _link(conn, existing.incident_id, [c.alert_id for c in plan.components])
+            continue
+        if plan.action == "open":
+            site_id, resident_id = rows[0][1], rows[0][2]
+            incident_id = _open(conn, subject, site_id, resident_id, plan, now)
+        else:
+            assert existing is not None
+            incident_id = existing.incident_id
+            if plan.action == "resolve":
+                conn.execute(
+                    "UPDATE incidents SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
+                    "ack_due_at = NULL, updated_at = %s WHERE incident_id = %s",
+                    (now, ACTOR, "Every part of it has cleared.", now, incident_id))
+            else:
+                _update(conn, existing, plan, peak, now)
+        for action, detail in plan.events:
+            _event(conn, incident_id, now, ACTOR, action, detail=detail)
+        if plan.action != "resolve":
+            _link(conn, incident_id, [c.alert_id for c in plan.components])
+        changed.append(incident_id)
+    return changed
+
+
+def _open(conn: psycopg.Connection, subject: str, site_id: str, resident_id: str | None, plan: IncidentPlan,
+          now: datetime) -> int:
+    assert plan.severity is not None
+    return conn.execute(
+        """INSERT INTO incidents (site_id, resident_id, subject_id, category, severity, band, peak_band, status,
+                                  headline, action, opened_at, updated_at, ack_due_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s) RETURNING incident_id""",
+        (site_id, resident_id, subject, plan.category, plan.severity.value, plan.band, plan.band, plan.headline,
+         plan.action_text, now, now, plan.ack_due_at),
+    ).fetchone()[0]
+
+
+def _update(conn: psycopg.Connection, existing: OpenIncident, plan: IncidentPlan, peak: str | None,
+            now: datetime) -> None:
+    assert plan.severity is not None
+    new_peak = plan.band if band_rank(plan.band) > band_rank(peak) else peak
+    if plan.realert:
+        conn.execute(
+            """UPDATE incidents SET severity = %s, band = %s, peak_band = %s, headline = %s, action = %s,
+                      category = %s, updated_at = %s, acknowledged_at = NULL, acknowledged_by = NULL,
+                      status = CASE WHEN status = 'acknowledged' THEN 'open' ELSE status END, ack_due_at = %s
+               WHERE incident_id = %s""",
+            (plan.severity.value, plan.band, new_peak, plan.headline, plan.action_text, plan.category, now,
+             plan.ack_due_at, existing.incident_id))
+    else:
+        conn.execute(
+            """UPDATE incidents SET severity = %s, band = %s, peak_band = %s, headline = %s, action = %s,
+                      category = %s, updated_at = %s WHERE incident_id = %s""",
+            (plan.severity.value, plan.band, new_peak, plan.headline, plan.action_text, plan.category, now,
+             existing.incident_id))
+
+
+def _link(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) -> None:
+    """Components join the incident; their own escalation deadline gives way to the incident's."""
+    if alert_ids:
+        conn.execute(
+            "UPDATE alerts SET incident_id = %s, ack_due_at = NULL WHERE alert_id = ANY(%s) "
+            "AND (incident_id IS DISTINCT FROM %s OR ack_due_at IS NOT NULL)",
+            (incident_id, list(alert_ids), incident_id))
+
+
+def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str]) -> set[str]:
+    """Residents with an open clinical incident (overdue observations then join it, H-TASK-02)."""
+    return {row[0] for row in conn.execute(
+        "SELECT subject_id FROM incidents WHERE subject_id = ANY(%s) AND status <> 'resolved' "
+        "AND category = 'clinical'", (list(resident_ids),)).fetchall()}
+
+
+def escalate_unacknowledged_incidents(conn: psycopg.Connection, now: datetime) -> list[int]:
+    """Incidents not acknowledged within their deadline: escalation_level + 1, status 'escalated', and a new
+    deadline one window on (by the incident's severity), up to MAX_AUTO_ESCALATION_LEVEL."""
+    with conn.transaction():
+        rows = conn.execute(
+            """UPDATE incidents SET escalation_level = escalation_level + 1, status = 'escalated',
+                      escalated_at = %(now)s, updated_at = %(now)s,
+                      ack_due_at = CASE WHEN escalation_level + 1 >= %(max)s THEN NULL
+                                        ELSE %(now)s + CASE severity WHEN 'high' THEN %(high)s
+                                                                     WHEN 'medium' THEN %(medium)s
+                                                                     ELSE %(low)s END END
+               WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
+                 AND ack_due_at <= %(now)s
+               RETURNING incident_id, escalation_level, severity""",
+            {"now": now, "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
+             "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
+        ).fetchall()
+        for incident_id, level, severity in rows:
+            _event(conn, incident_id, now, ACTOR, "escalated",
+                   comment=f"Not acknowledged in time ({severity}): escalated to level {level}.",
+                   detail={"level": level, "automatic": True})
+    return [r[0] for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What staff do
+# ------------------------------------------------------------------------------------------------------------
+def _now(conn: psycopg.Connection, at: datetime | None) -> datetime:
+    if at is not None:
+        if at.tzinfo is None:
+            raise IncidentError("times must be timezone-aware")
+        return at
+    return conn.execute("SELECT now()").fetchone()[0]
+
+
+def _actor(actor: str) -> str:
+    if not actor or not actor.strip():
+        raise IncidentError("an actor (who did this) is required")
+    return actor.strip()
+
+
+def _lock(conn: psycopg.Connection, incident_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT incident_id, status, acknowledged_at, acknowledged_by, resolved_at, resolved_by FROM incidents "
+        "WHERE incident_id = %s FOR UPDATE", (incident_id,)).fetchone()
+    if row is None:
+        raise IncidentNotFound(f"incident {incident_id} does not exist")
+    return dict(zip(("incident_id", "status", "acknowledged_at", "acknowledged_by", "resolved_at", "resolved_by"),
+                    row, strict=True))
+
+
+def _not_resolved(incident: dict[str, Any], verb: str) -> None:
+    if incident["status"] == "resolved":
+        raise IncidentError(f"cannot {verb} incident {incident['incident_id']}: it was resolved by "
+                            f"{incident['resolved_by']} at {incident['resolved_at']:%Y-%m-%d %H:%M} UTC")
+
+
+def _components(conn: psycopg.Connection, incident_id: int, *, unacknowledged: bool = False) -> list[int]:
+    extra = " AND acknowledged_at IS NULL" if unacknowledged else ""
+    return [r[0] for r in conn.execute(
+        f"SELECT alert_id FROM alerts WHERE incident_id = %s AND status <> 'resolved'{extra} ORDER BY alert_id",
+        (incident_id,)).fetchall()]
+
+
+def acknowledge(conn: psycopg.Connection, incident_id: int, actor: str, comment: str | None = None, *,
+                at: datetime | None = None) -> None:
+    """Someone has seen the incident and is dealing with it: its components are acknowledged with it."""
+    actor = _actor(actor)
+    with conn.transaction():
+        incident = _lock(conn, incident_id)
+        _not_resolved(incident, "acknowledge")
+        if incident["acknowledged_at"] is not None:
+            raise IncidentError(f"incident {incident_id} is already acknowledged by {incident['acknowledged_by']} at "
+                                f"{incident['acknowledged_at']:%Y-%m-%d %H:%M} UTC")
+        now = _now(conn, at)
+        conn.execute(
+            "UPDATE incidents SET status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END, "
+            "acknowledged_at = %s, acknowledged_by = %s, owner = coalesce(owner, %s), ack_due_at = NULL, "
+            "updated_at = %s WHERE incident_id = %s", (now, actor, actor, now, incident_id))
+        for alert_id in _components(conn, incident_id, unacknowledged=True):
+            lifecycle.acknowledge(conn, alert_id, actor, f"with incident {incident_id}", at=now)
+        _event(conn, incident_id, now, actor, "acknowledged", comment=comment)
+
+
+def set_owner(conn: psycopg.Connection, incident_id: int, actor: str, owner: str, *,
+              at: datetime | None = None) -> None:
+    actor = _actor(actor)
+    if not owner or not owner.strip():
+        raise IncidentError("name the owner")
+    with conn.transaction():
+        _not_resolved(_lock(conn, incident_id), "change the owner of")
+        now = _now(conn, at)
+        conn.execute("UPDATE incidents SET owner = %s, updated_at = %s WHERE incident_id = %s",
+                     (owner.strip(), now, incident_id))
+        _event(conn, incident_id, now, actor, "owner", detail={"owner": owner.strip()})
+
+
+def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outcome: str,
+                   comment: str | None = None, *, at: datetime | None = None) -> None:
+    """What was decided (a monitoring plan, GP called, NHS 111, 999, admitted...). Counts as acknowledging."""
+    actor = _actor(actor)
+    if outcome not in OUTCOMES:
+        raise IncidentError(f"unknown outcome {outcome!r}; use one of {', '.join(sorted(OUTCOMES))}")
+    if outcome == "other" and not (comment and comment.strip()):
+        raise IncidentError("outcome 'other' needs a comment saying what was done")
+    with conn.transaction():
+        incident = _lock(conn, incident_id)
+        _not_resolved(incident, "record an outcome for")
+        now = _now(conn, at)
+        conn.execute(
+            """UPDATE incidents SET outcome = %s, outcome_comment = %s, outcome_at = %s, outcome_by = %s,
+                      acknowledged_at = coalesce(acknowledged_at, %s), acknowledged_by = coalesce(acknowledged_by, %s),
+                      status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END,
+                      owner = coalesce(owner, %s), ack_due_at = NULL, updated_at = %s
+               WHERE incident_id = %s""",
+            (outcome, comment, now, actor, now, actor, actor, now, incident_id))
+        for alert_id in _components(conn, incident_id, unacknowledged=True):
+            lifecycle.acknowledge(conn, alert_id, actor, f"with incident {incident_id}", at=now)
+        _event(conn, incident_id, now, actor, "outcome", outcome=outcome, comment=comment)
+
+
+def resolve(conn: psycopg.Connection, incident_id: int, actor: str, resolution: str, *,
+            at: datetime | None = None) -> None:
+    """Close the incident and its components, saying how it ended."""
+    actor = _actor(actor)
+    if not resolution or not resolution.strip():
+        raise IncidentError("say how the incident was resolved")
+    with conn.transaction():
+        _not_resolved(_lock(conn, incident_id), "resolve")
+        now = _now(conn, at)
+        conn.execute(
+            "UPDATE incidents SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
+            "ack_due_at = NULL, updated_at = %s WHERE incident_id = %s",
+            (now, actor, resolution.strip(), now, incident_id))
+        for alert_id in _components(conn, incident_id):
+            lifecycle.resolve(conn, alert_id, actor, f"with incident {incident_id}: {resolution.strip()}", at=now)
+        _event(conn, incident_id, now, actor, "resolved", comment=resolution.strip())
+
+
+def comment(conn: psycopg.Connection, incident_id: int, actor: str, text: str, *, at: datetime | None = None) -> None:
+    actor = _actor(actor)
+    if not text or not text.strip():
+        raise IncidentError("a comment cannot be empty")
+    with conn.transaction():
+        _lock(conn, incident_id)
+        _event(conn, incident_id, _now(conn, at), actor, "commented", comment=text.strip())
