@@ -1,5 +1,6 @@
 """FHIR R4 export: a ``collection`` Bundle with the Patient, one vital-sign Observation per measured value, the
-NEWS2 total score, and a Flag per open alert. Pure functions returning plain JSON-ready dicts.
+NEWS2 total score, and a Flag per open incident (or open alert outside any incident). Pure functions returning
+plain JSON-ready dicts.
 
 Codes: LOINC for vital signs (the FHIR vital-signs profile codes), SNOMED CT 1104051000000101 for the NEWS2
 total score, UCUM units. Resource ids are UUIDv5 of our own keys, so exporting twice gives the same ids.
@@ -131,6 +132,21 @@ def alert_flag(alert: dict[str, Any], patient_ref: str) -> dict[str, Any]:
     }
 
 
+def incident_flag(incident: dict[str, Any], patient_ref: str) -> dict[str, Any]:
+    """One Flag per open incident (its components are named in the text), not one per alert (H-INC-01)."""
+    band = f", NEWS2 band {incident['band']}" if incident.get("band") else ""
+    parts = [c["kind"] for c in incident.get("components", ())]
+    return {
+        "resourceType": "Flag",
+        "id": _uuid("incident", incident["incident_id"]),
+        "status": "active",
+        "category": [{"text": f"carewatch incident ({incident['severity']}{band})"}],
+        "code": {"text": incident["headline"] + (f" [parts: {', '.join(parts)}]" if parts else "")},
+        "subject": {"reference": patient_ref},
+        "period": {"start": _iso(incident["opened_at"])},
+    }
+
+
 def build_bundle(
     resident: dict[str, Any],
     observations: Sequence[dict[str, Any]],
@@ -138,6 +154,7 @@ def build_bundle(
     alerts: Sequence[dict[str, Any]],
     *,
     generated_at: datetime,
+    incidents: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The export. ``observations``: the sets to include (usually the latest); ``latest``: latest device vitals,
     used for values no included set has (e.g. diastolic pressure, weight) or when a device value is newer."""
@@ -166,7 +183,10 @@ def build_bundle(
         key = f"reading-{reading['device_id']}-{reading['measured_at'].isoformat()}"
         entries.append(_entry(vital_observation(name, reading["value"], reading["measured_at"], patient_ref, key,
                                                 reading["device_id"])))
-    entries.extend(_entry(alert_flag(a, patient_ref)) for a in alerts if a["status"] != "resolved")
+    entries.extend(_entry(incident_flag(i, patient_ref)) for i in incidents if i["status"] != "resolved")
+    # alerts that belong to no incident (e.g. 'info' evidence) keep a Flag of their own
+    entries.extend(_entry(alert_flag(a, patient_ref)) for a in alerts
+                   if a["status"] != "resolved" and a.get("incident_id") is None)
     return {
         "resourceType": "Bundle",
         "id": _uuid("bundle", resident["resident_id"], generated_at.isoformat()),

@@ -184,8 +184,17 @@ def clinical_picture(ctx: Ctx, resident: dict[str, Any], *, obs_limit: int = 12)
             (rid, [m.value for m, spec in METRICS.items() if spec.vital])).fetchall()
         practice = cur.execute("SELECT name FROM gp_practices WHERE practice_code = %s",
                                (resident["gp_practice"],)).fetchone()
+        incidents = cur.execute(
+            """SELECT * FROM incidents WHERE subject_id = %s AND status <> 'resolved' ORDER BY opened_at""",
+            (rid,)).fetchall()
+        incident_events = cur.execute(
+            "SELECT * FROM incident_events WHERE incident_id = ANY(%s) ORDER BY at",
+            ([i["incident_id"] for i in incidents],)).fetchall()
+    for incident in incidents:
+        incident["components"] = [a for a in alerts if a.get("incident_id") == incident["incident_id"]]
     return {"observations": observations, "alerts": alerts, "events": events, "latest": latest,
-            "practice_name": practice["name"] if practice else None}
+            "practice_name": practice["name"] if practice else None, "incidents": incidents,
+            "incident_events": incident_events}
 
 
 @router.get("/residents/{resident_id}/sbard", summary="SBARD handover for a phone call to a GP, NHS 111 or 999",
@@ -207,5 +216,5 @@ def get_fhir(ctx: Context, resident_id: str) -> Any:
     resident = ctx.resident(resident_id, action="export", clinical=True, export="fhir")
     picture = clinical_picture(ctx, resident, obs_limit=1)
     bundle = fhir.build_bundle(resident, picture["observations"][:1], picture["latest"], picture["alerts"],
-                               generated_at=datetime.now(UTC))
+                               generated_at=datetime.now(UTC), incidents=picture["incidents"])
     return JSONResponse(bundle, media_type="application/fhir+json")

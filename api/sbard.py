@@ -119,14 +119,22 @@ def build_sbard(
     latest: Sequence[dict[str, Any]],
     practice_name: str | None,
     now: datetime,
+    incidents: Sequence[dict[str, Any]] = (),
+    incident_events: Sequence[dict[str, Any]] = (),
 ) -> Sbard:
-    """The SBARD for one resident. ``observations`` newest first; ``alerts`` the open ones."""
+    """The SBARD for one resident. ``observations`` newest first; ``alerts`` the open ones; ``incidents`` the open
+    ones (each with its ``components``): the concern is said once per incident, headline first (H-INC-01)."""
     name = resident["display_name"]
     age = _age(resident["date_of_birth"], now.date())
     nhs = resident.get("nhs_number")
     nhs_words = f"NHS number {nhs[:3]} {nhs[3:6]} {nhs[6:]}" if nhs else "NHS number not recorded"
     last = observations[0] if observations else None
-    concerns = [a["reason"] for a in alerts]
+    if incidents:
+        concerns = list(dict.fromkeys(
+            [i["headline"] for i in incidents]
+            + [c["reason"] for i in incidents for c in i.get("components", ()) if c["reason"] != i["headline"]]))
+    else:
+        concerns = [a["reason"] for a in alerts]
     soft = [SOFT_SIGN_WORDS.get(s, s) for s in (last.get("soft_signs") or [])] if last else []
 
     # S
@@ -152,7 +160,11 @@ def build_sbard(
     if resident.get("scale2"):
         background.append(f"They are on SpO2 Scale 2 (target 88-92%), set by {resident.get('scale2_set_by')}: "
                           f"{resident.get('scale2_reason')}.")
-    if len(alerts) > len(concerns[:3]):
+    if incidents:
+        parts = sum(len(i.get("components", ())) for i in incidents)
+        background.append(f"One incident with {parts} part{'s' if parts != 1 else ''} is open."
+                          if len(incidents) == 1 else f"{len(incidents)} incidents are open.")
+    elif len(alerts) > len(concerns[:3]):
         background.append(f"{len(alerts)} alerts are open.")
     background.append("Check their care plan for a ReSPECT form or advance care plan before the call.")
 
@@ -184,17 +196,21 @@ def build_sbard(
     else:
         recommendation = "Take a full set of observations now (breathing, oxygen, blood pressure, pulse, " \
                          "alertness, temperature) and score NEWS2 before the call if you safely can."
-    if alerts:
+    if incidents:
+        recommendation += " Alert advice: " + " ".join(dict.fromkeys(i["action"] for i in incidents[:3]))
+    elif alerts:
         recommendation += " Alert advice: " + " ".join(dict.fromkeys(a["action"] for a in alerts[:3]))
 
     # D
     previous = [f"{_local(e['at']):%d %b %H:%M} {e['actor']}: {e['action']}"
                 + (f" ({e['outcome']})" if e.get("outcome") else "")
                 + (f" - {e['comment']}" if e.get("comment") else "")
-                for e in events if e["action"] in ("escalated", "commented", "acknowledged")]
+                for e in sorted([*events, *incident_events], key=lambda e: e["at"])
+                if e["action"] in ("escalated", "commented", "acknowledged", "outcome")
+                and not (e.get("comment") or "").startswith("with incident ")]
     decision = Decision(previous=previous, prompt=(
         "Record who you spoke to, what was agreed (visit, advice, 999, admission), and when to check again; "
-        "then escalate the alert with that outcome."))
+        + ("then record that outcome on the incident." if incidents else "then escalate the alert with that outcome.")))
     return Sbard(resident_id=resident["resident_id"], generated_at=now, situation=situation,
                  background=" ".join(background), assessment=assessment, recommendation=recommendation,
                  decision=decision)

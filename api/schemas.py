@@ -391,6 +391,7 @@ class AlertOut(BaseModel):
     resolved_at: datetime | None
     resolved_by: str | None
     resolution: str | None
+    incident_id: int | None = Field(default=None, description="The incident this alert is part of, if any.")
     data: dict[str, Any] = {}
 
 

@@ -3,8 +3,8 @@
 It starts (or reuses) a private PostgreSQL and MQTT broker under the state dir, migrates and seeds the database
 from a simulated world (2 care homes × 12 residents, 3 households, one user per role), then runs ingest, the
 scorer, the API and the dashboard as child processes, and the simulator plus one real gateway per site in this
-process. Simulated time starts on the evening before and runs ``accelerate`` times faster until it catches up
-with the wall clock, so the scripted scenarios raise alerts within the first minutes.
+process. Simulated time starts at 04:00 on a morning at least 12 hours ago and runs ``accelerate`` times faster
+until it catches up with the wall clock, so every scripted scenario appears within 3 minutes at the default ×60.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as local_clock
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -45,10 +46,19 @@ class DemoUser:
     scope: dict[str, str] = field(default_factory=dict)
 
 
+#: Simulated time starts at this local time: the live night's 06:00 (when a night is complete and the night-time
+#: rules can judge it) comes two simulated hours in, two minutes at the default ×60.
+SIM_START_LOCAL = local_clock(4, 0)
+#: Vital-sign scenarios start this long before the live part, so the resident is visibly unwell (hourly checks)
+#: when it begins and the first live round shows it within the first minute or two at ×60.
+VITALS_HEAD_START = timedelta(hours=3)
+
+
 def sim_start_for(now: datetime) -> datetime:
-    """21:00 local on an evening at least 12 hours ago: the night-time scenarios need a night."""
+    """04:00 local on a morning at least 12 hours ago: the night-time scenarios' night then completes within the
+    demo's first minutes (every scripted scenario appears within 3 minutes at the default ×60)."""
     local = now.astimezone(TZ)
-    start = local.replace(hour=21, minute=0, second=0, microsecond=0)
+    start = datetime.combine(local.date(), SIM_START_LOCAL, tzinfo=TZ)
     while start > local - timedelta(hours=12):
         start -= timedelta(days=1)
     return start.astimezone(UTC)
@@ -118,6 +128,8 @@ class Demo:
             seed_world(conn, self.world, self.devices)
             self.users = self._seed_users(conn)
             self.alerts_before = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()[0]
+            self.incidents_before = conn.execute(
+                "SELECT coalesce(max(incident_id), 0) FROM incidents").fetchone()[0]
             history_stored = conn.execute(
                 "SELECT coalesce(sum(last_seq), 0) FROM gateways WHERE gateway_id LIKE '%-backfill'").fetchone()[0]
             if not history_stored:
@@ -127,7 +139,7 @@ class Demo:
 
     @staticmethod
     def _lead_in(scenario: Any) -> timedelta:
-        return HISTORY - timedelta(days=1) if scenario.kind.value == "uti" else HISTORY
+        return HISTORY - timedelta(days=1) if scenario.kind.value == "uti" else HISTORY - VITALS_HEAD_START
 
     def _seed_users(self, conn: psycopg.Connection) -> list[DemoUser]:
         from carewatch.api.users import create_user, get_user
@@ -139,6 +151,7 @@ class Demo:
             DemoUser("staff2", "care_staff", "Riley Carer (care staff)", {"site_id": HOMES[1][0]}),
             DemoUser("manager", "manager", "Morgan Manager", {"site_id": HOMES[0][0]}),
             DemoUser("gp", "gp", "Dr Jo Patel (GP)", {"practice_code": residents[0].gp_practice_code}),
+            DemoUser("nurse", "nurse", "Nia Nurse (nurse)", {"site_id": HOMES[0][0]}),
             DemoUser("council", "council", "Alex Reviewer (council)", {"council": households[0].council}),
             DemoUser("admin", "admin", "Ada Admin"),
         ]
@@ -244,6 +257,8 @@ class Demo:
                     """SELECT alert_id, subject_id, kind, severity, status, score, opened_at, reason FROM alerts
                        WHERE alert_id > %s ORDER BY alert_id""", (self.alerts_before,)).fetchall()
             ]
+            incidents = self._incidents(conn)
+            tasks_due = self._tasks_due(conn)
         truth = [row for row in self.world.ground_truth() if row.get("expected_alert")]
         raised = {(a["subject"], a["kind"]) for a in alerts}
         detected = [row for row in truth if (row["target"], row["expected_alert"]) in raised]
@@ -253,11 +268,43 @@ class Demo:
             "readings_lost": published - stored,
             "duplicates_stored": duplicates,
             "alerts": alerts,
+            "incidents": incidents,
+            "tasks_due": tasks_due,
             "scenarios_total": len(truth),
             "scenarios_detected": len(detected),
             "scenarios_missed": sorted(row["id"] for row in truth if row not in detected),
             "sim_time_reached": self.clock().isoformat() if hasattr(self, "clock") else None,
         }
+
+    def _incidents(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
+        """Incidents opened during the run, each with its components (alerts), worst first."""
+        rows = conn.execute(
+            """SELECT i.incident_id, i.subject_id, i.status, i.severity, i.band, i.headline, i.opened_at,
+                      coalesce(json_agg(json_build_object('alert_id', a.alert_id, 'kind', a.kind,
+                                                          'severity', a.severity, 'status', a.status)
+                                        ORDER BY a.alert_id) FILTER (WHERE a.alert_id IS NOT NULL), '[]')
+               FROM incidents i LEFT JOIN alerts a ON a.incident_id = i.incident_id
+               WHERE i.incident_id > %s GROUP BY i.incident_id ORDER BY i.incident_id""",
+            (getattr(self, "incidents_before", 0),)).fetchall()
+        return [{"incident_id": i, "subject": s, "status": st, "severity": sev, "band": band, "headline": h,
+                 "opened_at": o.isoformat(), "components": comps}
+                for i, s, st, sev, band, h, o, comps in rows]
+
+    def _tasks_due(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
+        """Observations due or overdue at the simulated time reached (the home's task list, not alerts)."""
+        from carewatch.scoring.tasks import TaskInput, build_tasks
+
+        now = self.clock() if hasattr(self, "clock") else datetime.now(UTC)
+        rows = conn.execute(
+            """SELECT r.resident_id, r.display_name, r.site_id, st.next_obs_due, st.next_obs_why, st.news2_at,
+                      st.news2_score, st.news2_risk, st.news2_complete,
+                      EXISTS (SELECT 1 FROM incidents i WHERE i.subject_id = r.resident_id
+                              AND i.status <> 'resolved' AND i.category = 'clinical')
+               FROM residents r JOIN resident_state st USING (resident_id)
+               WHERE r.monitoring = 'active' AND st.next_obs_due IS NOT NULL ORDER BY r.resident_id""").fetchall()
+        tasks = build_tasks([TaskInput(*row) for row in rows], now, until=now)
+        return [{"resident": t.resident_id, "site": t.site_id, "due_at": t.due_at.isoformat(), "status": t.status,
+                 "why": t.why, "in_incident": t.in_incident} for t in tasks]
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def print_banner(self) -> None:

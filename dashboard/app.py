@@ -21,7 +21,7 @@ from carewatch.dashboard.client import ApiError
 PAGES = {
     "home": ("Residents", ":material/grid_view:"),
     "health_check": ("Record a health check", ":material/monitor_heart:"),
-    "alerts": ("Alerts", ":material/notifications:"),
+    "alerts": ("Incidents", ":material/notifications:"),
     "inbox": ("Alert inbox", ":material/inbox:"),
     "resident": ("Resident charts and history", ":material/show_chart:"),
     "sbard": ("SBARD summary", ":material/record_voice_over:"),
@@ -33,6 +33,7 @@ ROLE_PAGES = {
     "care_staff": ("home", "health_check", "alerts", "sbard", "resident"),
     "manager": ("home", "health_check", "alerts", "sbard", "resident", "estate", "adoption"),
     "gp": ("inbox", "resident", "sbard"),
+    "nurse": ("home", "health_check", "alerts", "sbard", "resident"),
     "council": ("rightsizing",),
     "admin": ("home", "inbox", "resident", "sbard", "alerts", "health_check", "estate", "adoption", "rightsizing"),
 }

@@ -209,6 +209,36 @@ class ApiClient:
     def comment(self, alert_id: int, text: str) -> dict[str, Any]:
         return self._request("POST", f"/alerts/{alert_id}/comment", json={"text": text})
 
+    # -- incidents and tasks ------------------------------------------------------------------------------
+    def incidents(self, site: str | None = None, resident: str | None = None,
+                  statuses: tuple[str, ...] = UNRESOLVED, most: int | None = None) -> Items:
+        """One per person, home, device or hub, worst first, each with its unresolved components."""
+        params: dict[str, Any] = {"status": list(statuses)}
+        if site:
+            params["site"] = site
+        if resident:
+            params["resident"] = resident
+        return self._items("/incidents", params, most, key="incident_id")
+
+    def incident(self, incident_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/incidents/{incident_id}")
+
+    def acknowledge_incident(self, incident_id: int, comment: str | None = None) -> dict[str, Any]:
+        return self._request("POST", f"/incidents/{incident_id}/acknowledge",
+                             json={"comment": comment} if comment else {})
+
+    def incident_outcome(self, incident_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"outcome": outcome}
+        if comment:
+            body["comment"] = comment
+        return self._request("POST", f"/incidents/{incident_id}/outcome", json=body)
+
+    def resolve_incident(self, incident_id: int, resolution: str) -> dict[str, Any]:
+        return self._request("POST", f"/incidents/{incident_id}/resolve", json={"resolution": resolution})
+
+    def tasks(self, site_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/sites/{site_id}/tasks")
+
     # -- households --------------------------------------------------------------------------------------
     def behaviour(self, site_id: str, days: int = 28) -> dict[str, Any]:
         return self._request("GET", f"/households/{site_id}/behaviour", params={"days": days})

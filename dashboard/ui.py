@@ -213,3 +213,42 @@ def resident_card(r: dict[str, Any]) -> str:
     border = palette.SEVERITY[r["worst_severity"]].background if r.get("worst_severity") in palette.SEVERITY \
         else palette.BORDER
     return f'<div class="cw-card" style="border-color:{border}">{"".join(lines)}</div>'
+
+
+BAND_WORDS = {"low": "low", "low-medium": "low-medium (a red 3)", "medium": "medium", "high": "HIGH"}
+
+
+def incident_card(i: dict[str, Any]) -> str:
+    """One incident (HTML): who, severity, NEWS2 band, the headline and what to do, then its components with
+    their evidence. One card per person however many rules fired (H-INC-01)."""
+    from carewatch.dashboard.client import local_time
+
+    who = i.get("resident_name") or i["subject_id"]
+    band = f" NEWS2 band {BAND_WORDS.get(i['band'], i['band'])}" if i.get("band") else ""
+    status = {"open": "needs acknowledging", "acknowledged": f"acknowledged by {i.get('acknowledged_by')}",
+              "escalated": "ESCALATED"}.get(i["status"], i["status"])
+    lines = [f"<h4>{html.escape(who)}</h4>",
+             f"<div>{severity_badge(i['severity'])}{html.escape(band)} ({html.escape(status)})</div>",
+             f'<div class="cw-line"><b>{html.escape(i["headline"])}</b></div>',
+             f'<div class="cw-line">What to do: {html.escape(i["action"])}</div>']
+    parts = i.get("components") or []
+    if parts:
+        items = "".join(f'<li data-kind="{html.escape(c["kind"])}">{html.escape(kind_words(c["kind"]))}: '
+                        f"{html.escape(c['reason'])}</li>" for c in parts)
+        lines.append(f'<div class="cw-line">{len(parts)} part{"s" if len(parts) != 1 else ""}:<ul '
+                     f'class="cw-components">{items}</ul></div>')
+    if i.get("outcome"):
+        lines.append(f'<div class="cw-line">Outcome: {html.escape(i["outcome"].replace("_", " "))}</div>')
+    lines.append(f'<div class="cw-line">Opened {local_time(i["opened_at"], "%d %b %H:%M")}</div>')
+    border = palette.SEVERITY[i["severity"]].background if i["severity"] in palette.SEVERITY else palette.BORDER
+    return (f'<div class="cw-card cw-incident" data-incident="{i["incident_id"]}" style="border-color:{border}">'
+            f'{"".join(lines)}</div>')
+
+
+def task_line(t: dict[str, Any]) -> str:
+    """One row of the "due now" list (HTML): who, by when, why."""
+    from carewatch.dashboard.client import local_time
+
+    flag = {"overdue": badge(palette.WARNING, "OVERDUE"), "due": badge(palette.OK, "Due now")}.get(t["status"], "")
+    return (f'<li class="cw-task" data-status="{t["status"]}">{flag} <b>{html.escape(t["display_name"])}</b>: '
+            f"by {local_time(t['due_at'])} ({html.escape(t['why_text'])})</li>")

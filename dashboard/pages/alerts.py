@@ -1,5 +1,6 @@
-"""Care-home alerts: what happened and what to do, then acknowledge it saying what was done, record an escalation
-(GP, NHS 111, 999) with its outcome, or close it."""
+"""Care-home incidents: one per person (or device, or hub), with the parts that make it up and what to do; then
+acknowledge it saying what was done, record what was decided (monitoring plan, GP, NHS 111, 999), or close it.
+Alerts outside any incident (evidence for a care review) are listed after them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ OUTCOME_WORDS = {"gp_called": "GP called", "nhs_111": "NHS 111 called", "called_
             "other": "Other (say what in the note)"}
 #: The outcomes the alert lifecycle accepts (one definition), in the order above; any new one is offered too.
 OUTCOMES = [o for o in OUTCOME_WORDS if o in ESCALATION_OUTCOMES] + sorted(ESCALATION_OUTCOMES - OUTCOME_WORDS.keys())
+#: What may be recorded on an incident: a monitoring plan kept in the home, or any escalation outcome.
+INCIDENT_OUTCOMES = ["monitoring_plan", *OUTCOMES]
+INCIDENT_OUTCOME_WORDS = {"monitoring_plan": "Monitoring plan in the home (say what in the note)", **OUTCOME_WORDS}
 
 
 def act(label: str, call: Any) -> None:
@@ -59,17 +63,49 @@ def alert_block(c: ApiClient, a: dict[str, Any], now: datetime) -> None:
                     act("Close", lambda: c.resolve(aid, resolution))
 
 
-st.title("Alerts")
+def incident_block(c: ApiClient, i: dict[str, Any]) -> None:
+    """One incident: the card (headline, severity, band, parts) and what staff can do with it."""
+    iid = i["incident_id"]
+    with st.container(border=True):
+        st.html(ui.incident_card(i))
+        if i["status"] == "open":
+            with st.form(f"ack-inc-{iid}"):
+                done = st.text_area("What have you done? (optional)", key=f"ack-inc-note-{iid}", max_chars=2000)
+                if st.form_submit_button("Acknowledge", type="primary", width="stretch", key=f"ack-inc-btn-{iid}"):
+                    act("Acknowledge", lambda: c.acknowledge_incident(iid, done.strip() or None))
+        with st.expander("Record what was decided, or close this incident"):
+            with st.form(f"outcome-inc-{iid}"):
+                outcome = st.selectbox("What was decided?", INCIDENT_OUTCOMES,
+                                       format_func=lambda o: INCIDENT_OUTCOME_WORDS.get(o, o.replace("_", " ")),
+                                       key=f"inc-outcome-{iid}")
+                note = st.text_input("Note", key=f"inc-outcome-note-{iid}", max_chars=2000)
+                if st.form_submit_button("Record the decision", width="stretch", key=f"inc-outcome-btn-{iid}"):
+                    act("Decision", lambda: c.incident_outcome(iid, outcome, note.strip() or None))
+            with st.form(f"resolve-inc-{iid}"):
+                resolution = st.text_input("How did it end? (e.g. 'GP visited, antibiotics started')",
+                                           key=f"inc-res-text-{iid}", max_chars=1000)
+                if st.form_submit_button("Close the incident", width="stretch", key=f"inc-res-btn-{iid}"):
+                    act("Close", lambda: c.resolve_incident(iid, resolution))
+
+
+st.title("Incidents")
 c = ui.client()
 with ui.api_errors():
     site = ui.care_home_site(c)
     if site is None:
         st.stop()
+    incidents = c.incidents(site=site)
     alerts = c.alerts(site=site)
 now = datetime.now(UTC)
-ui.note_if_cut(alerts, "alerts", "Deal with the most urgent first; the rest appear as these are closed.")
-st.caption("Most urgent first. Acknowledge to show someone is dealing with it (this stops automatic escalation).")
-if not alerts:
-    st.success("No open alerts.")
-for alert in alerts:
-    alert_block(c, alert, now)
+ui.note_if_cut(incidents, "incidents", "Deal with the most urgent first; the rest appear as these are closed.")
+st.caption("One card per person, most urgent first, with everything that makes it up. Acknowledge to show someone "
+           "is dealing with it (this stops automatic escalation); a worse NEWS2 band asks again.")
+if not incidents:
+    st.success("No open incidents.")
+for incident in incidents:
+    incident_block(c, incident)
+loose = [a for a in alerts if a.get("incident_id") is None]
+if loose:
+    st.subheader("Other alerts")
+    for alert in loose:
+        alert_block(c, alert, now)

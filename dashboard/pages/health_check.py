@@ -59,6 +59,13 @@ def show_result(result: dict[str, Any]) -> None:
         st.switch_page("pages/alerts.py")
 
 
+#: Shown (and the set not sent) when "new confusion" is ticked while ACVPU is A; the API refuses it too.
+NEW_CONFUSION_QUESTION = (
+    "You ticked 'new or worse confusion' but chose A (alert). Which is true? If the confusion is new or worse than "
+    "usual, choose C (new confusion): it scores 3. If it is their usual confusion, untick 'new or worse confusion'. "
+    "Nothing has been saved yet."
+)
+
 st.title("Record a physical health check")
 c = ui.client()
 with ui.api_errors():
@@ -121,6 +128,9 @@ if submitted:
     body["prefill_minutes"] = PREFILL_MINUTES
     if not any(v is not None for v in values.values()) and not consciousness and not signs:
         st.error("Nothing to save: enter at least one observation.")
+    elif consciousness == "A" and SoftSign.NEW_CONFUSION in signs:
+        # 'C' in ACVPU is new confusion: the two answers disagree, so ask which is true (H-OBS-12).
+        st.warning(NEW_CONFUSION_QUESTION)
     else:
         try:
             st.session_state["obs_result"] = {"resident_id": rid, **c.record_observation(rid, body)}

@@ -14,18 +14,42 @@ with ui.api_errors():
     if site is None:
         st.stop()
     overview = c.overview(site)
+    incidents = c.incidents(site=site)
+    tasks = c.tasks(site)
 
 residents = sorted(overview["residents"], key=urgency)
 st.title(overview["site"]["name"])
 st.caption("Most worrying first. NEWS2 shows the score, the risk word and a colour.")
 
-alerts = sum(r["open_alerts"] for r in residents)
-overdue = sum(bool(r["obs_overdue"]) for r in residents)
+due_now = [t for t in tasks["tasks"] if t["status"] in ("overdue", "due")]
 cols = st.columns(4)
 cols[0].metric("Residents", len(residents))
-cols[1].metric("Open alerts", alerts)
-cols[2].metric("Observations overdue", overdue)
+cols[1].metric("Incidents", len(incidents))
+cols[2].metric("Observations due now", len(due_now))
 cols[3].metric("Device warnings", len(overview["device_warnings"]))
+
+# Incidents (one per person, with what makes it up) and the observations due are kept apart: a due round is a
+# task, not an alert (H-TASK-01).
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Incidents")
+    if incidents:
+        st.html('<div class="cw-grid cw-incidents">' + "".join(ui.incident_card(i) for i in incidents) + "</div>")
+        if st.button("Open the incidents page to act on them", width="stretch"):
+            st.switch_page("pages/alerts.py")
+    else:
+        st.success("No open incidents.")
+with right:
+    st.subheader("Due now")
+    st.caption(f"Observations due this {tasks['shift']} shift: who, by when and why.")
+    if due_now:
+        st.html('<ul class="cw-tasks">' + "".join(ui.task_line(t) for t in due_now) + "</ul>")
+    else:
+        st.info("No observations due right now.")
+    later = [t for t in tasks["tasks"] if t["status"] == "upcoming"]
+    if later:
+        with st.expander(f"Later this shift ({len(later)})"):
+            st.html('<ul class="cw-tasks-later">' + "".join(ui.task_line(t) for t in later) + "</ul>")
 
 by_id = {r["resident_id"]: r for r in residents}
 if residents:
@@ -45,7 +69,7 @@ shown = [r for r in residents if show != "Needs attention" or r["open_alerts"] o
 if not shown:
     st.info("No resident needs attention right now.")
 else:
-    st.html('<div class="cw-grid">' + "".join(ui.resident_card(r) for r in shown) + "</div>")
+    st.html('<div class="cw-grid cw-residents">' + "".join(ui.resident_card(r) for r in shown) + "</div>")
 
 room_warnings = [w for w in overview["device_warnings"] if w["resident_id"] is None]
 if room_warnings:

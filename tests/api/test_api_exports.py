@@ -57,10 +57,14 @@ def test_fhir_bundle_validates_and_carries_the_codes(client: TestClient, world: 
     (news2,) = [o for o in by_type["Observation"] if (fhir.SNOMED, "1104051000000101") in _codes(o)]
     assert news2["valueInteger"] == result["score"]
     flags = by_type["Flag"]
-    open_alerts = db.execute("SELECT count(*) FROM alerts WHERE resident_id = %s AND status <> 'resolved'",
-                             (world.resident_a,)).fetchone()[0]
-    assert len(flags) == open_alerts >= 1
-    assert fhir._uuid("flag", world.alert_a) in {f["id"] for f in flags}
+    # one Flag per open incident, not per alert; an alert outside any incident keeps its own (H-INC-01)
+    loose = db.execute("SELECT count(*) FROM alerts WHERE resident_id = %s AND status <> 'resolved' "
+                       "AND incident_id IS NULL", (world.resident_a,)).fetchone()[0]
+    incidents = db.execute("SELECT count(*) FROM incidents WHERE subject_id = %s AND status <> 'resolved'",
+                           (world.resident_a,)).fetchone()[0]
+    assert len(flags) == incidents + loose and incidents == 1
+    assert fhir._uuid("incident", world.incident_a) in {f["id"] for f in flags}
+    assert fhir._uuid("flag", world.alert_a) not in {f["id"] for f in flags}
     refs = {o["subject"]["reference"] for o in by_type["Observation"] + flags}
     assert refs == {f"urn:uuid:{patient['id']}"}
     spo2 = next(o for o in by_type["Observation"] if (fhir.LOINC, "59408-5") in _codes(o))

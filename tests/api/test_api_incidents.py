@@ -123,3 +123,21 @@ def test_new_confusion_ticked_with_acvpu_a_asks_which_is_true(client: TestClient
     assert client.post(url, json={"pulse": 80, "consciousness": "C", "soft_signs": ["new_confusion"]},
                        headers=headers).status_code == 201
     assert client.post(url, json={"pulse": 80, "consciousness": "A"}, headers=headers).status_code == 201
+
+
+def test_sbard_and_fhir_speak_of_the_incident(client: TestClient, world: World, db: psycopg.Connection) -> None:
+    _add_alert(db, world, "spo2_below_baseline", "low", {})
+    headers = world.headers(client, "care_staff")
+    report = client.get(f"/residents/{world.resident_a}/sbard", headers=headers).json()
+    headline = f"test reason for {world.resident_a} news2"
+    assert report["situation"].count(headline) == 1 and "spo2_below_baseline for resident A" in report["situation"]
+    assert "One incident with 2 parts is open." in report["background"]
+    assert "record that outcome on the incident" in report["decision"]["prompt"]
+    client.post(f"/incidents/{world.incident_a}/outcome", json={"outcome": "nhs_111", "comment": "call back 1h"},
+                headers=headers)
+    report = client.get(f"/residents/{world.resident_a}/sbard", headers=headers).json()
+    assert any("outcome (nhs_111) - call back 1h" in p for p in report["decision"]["previous"])
+    flags = [e["resource"] for e in client.get(f"/residents/{world.resident_a}/fhir", headers=headers).json()["entry"]
+             if e["resource"]["resourceType"] == "Flag"]
+    assert len(flags) == 1 and flags[0]["code"]["text"].startswith(headline)
+    assert "spo2_below_baseline" in flags[0]["code"]["text"]

@@ -58,7 +58,8 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     at = sign_in(estate.users["care_staff"])
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == f"Oakview {estate.uid}"
-    grid = html_text(at)
+    page = html_text(at)
+    grid = page[page.index('cw-grid cw-residents'):]  # the resident grid (incidents and tasks come before it)
     name = estate.names[estate.deteriorating]
     assert grid.index(name) < min(grid.index(estate.names[r]) for r in estate.residents[1:])  # most worrying first
     card = grid[grid.index(name): grid.index("</div></div>", grid.index(name))]
@@ -68,7 +69,8 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     assert "no data for 5 h" in grid  # the silent device
     assert "Observations OVERDUE" in grid
     metrics = {m.label: m.value for m in at.metric}
-    assert int(metrics["Open alerts"]) >= 1 and metrics["Residents"] == str(len(estate.residents))
+    assert {"Incidents", "Observations due now"} <= set(metrics)
+    assert metrics["Residents"] == str(len(estate.residents))
     # the residents of another home are never shown
     assert all(estate.names[r] not in grid for r in estate.residents_b)
     # filter: only people needing attention
@@ -109,6 +111,30 @@ def test_record_health_check_with_prefill_then_advice(sign_in: SignIn, estate: D
     assert inputs["spo2"]["source"] == "device" and inputs["spo2"]["device_id"] == f"ox-{rid}"
     assert inputs["pulse"]["source"] == "manual"  # changed from the device value
     assert signs == ["breathless"]
+
+
+def test_new_confusion_with_acvpu_a_asks_which_is_true_before_saving(sign_in: SignIn, estate: DashWorld,
+                                                                     database: str) -> None:
+    """H-OBS-12: the form asks, and saves nothing, when 'new confusion' is ticked with ACVPU A."""
+    at = go(sign_in(estate.users["care_staff"]), "health_check")
+    rid = estate.residents[4]
+    at.selectbox(key="check-resident").set_value(rid).run()
+    with psycopg.connect(database) as conn:
+        before = conn.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s", (rid,)).fetchone()[0]
+    at.number_input(key=f"obs-pulse-{rid}").set_value(80.0)
+    at.radio(key=f"obs-acvpu-{rid}").set_value("A")
+    at.checkbox(key=f"obs-sign-new_confusion-{rid}").check()
+    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
+    submit.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Which is true?" in w.value for w in at.warning)
+    with psycopg.connect(database) as conn:
+        after = conn.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s", (rid,)).fetchone()[0]
+    assert after == before
+    at.radio(key=f"obs-acvpu-{rid}").set_value("C")
+    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
+    submit.click().run()
+    assert at.session_state["obs_result"]["resident_id"] == rid
 
 
 def test_empty_health_check_is_refused_in_plain_words(sign_in: SignIn, estate: DashWorld) -> None:
