@@ -531,6 +531,46 @@ def _value_text(obs: StoredSet, parameter: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Data faults: a stored value that cannot be scored (H-DATA-01)
+# ------------------------------------------------------------------------------------------------------------
+DATA_FAULT_ACTION = (
+    "Check the observations named and record a corrected set now; until then this resident's score is the last "
+    "good one shown. If a device gave the value, check or replace the device."
+)
+
+
+def data_fault_finding(resident: ResidentFacts, obs: StoredSet, problems: Mapping[str, str], now: datetime,
+                       ) -> Finding:
+    """The newest set of this resident cannot be scored: name each value, its reason and where it came from
+    (who typed it, or which device measured it), so it can be corrected. The resident's last good state stays."""
+    where = []
+    for name, why in problems.items():
+        entry = obs.inputs.get(name) if isinstance(obs.inputs, Mapping) else None
+        if isinstance(entry, Mapping) and entry.get("device_id"):
+            source = f"from device {entry['device_id']}"
+        elif isinstance(entry, Mapping) and entry.get("by"):
+            source = f"typed by {entry['by']}"
+        else:
+            source = f"recorded by {obs.recorded_by}" if obs.source != "device" else "from a device round"
+        value = obs.values.get(name)
+        plain = PLAIN_NAMES.get(name, name)
+        shown = f"{value:g}{PARAMETER_UNITS.get(name, '')}" if isinstance(value, int | float) else "?"
+        where.append(f"{plain} {shown} ({source}): {why}")
+    reason = (f"Observations at {local_time(obs.taken_at)} (set {obs.obs_id}) cannot be scored: "
+              + "; ".join(where) + f". {resident.display_name}'s score and schedule stay at the last good set.")
+    data = {"obs_id": obs.obs_id, "taken_at": iso(obs.taken_at), "problems": dict(problems),
+            "values": {k: obs.values.get(k) for k in problems}, "recorded_by": obs.recorded_by,
+            "source": obs.source}
+    return raise_alert(AlertKind.DATA_FAULT, resident.resident_id, resident.site_id, Severity.MEDIUM, reason,
+                       DATA_FAULT_ACTION, resident_id=resident.resident_id, data=data)
+
+
+def data_fault_cleared(resident: ResidentFacts) -> Finding:
+    return clear_alert(AlertKind.DATA_FAULT, resident.resident_id, resident.site_id,
+                       "The newest observations can be scored.", resident_id=resident.resident_id)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Soft signs
 # ------------------------------------------------------------------------------------------------------------
 #: Soft-sign assessments older than this say nothing about now.

@@ -252,3 +252,17 @@ def test_gateway_offline_by_state_or_silence() -> None:
     late = gateway_finding(GatewayState("gw-1", "home-1", "offline", T0), T0 + timedelta(minutes=10))
     assert late.state == "raise" and late.severity is Severity.MEDIUM
     assert gateway_finding(GatewayState("gw-1", "home-1", "offline", None), T0).state == "raise"  # since when?
+
+
+def test_data_fault_names_the_value_and_where_it_came_from() -> None:
+    """H-DATA-01: a stored value that cannot be scored is named with its source, not silently dropped."""
+    from carewatch.scoring.rules import data_fault_finding
+
+    obs = _stored({**FULL, "spo2": 150.0}, obs_id=42, recorded_by="carer1",
+                  inputs={"spo2": {"source": "device", "device_id": "ox-9"}, "pulse": {"source": "manual",
+                                                                                       "by": "carer2"}})
+    f = data_fault_finding(RES, obs, {"spo2": "spo2=150 % is outside the plausible range 40-100",
+                                      "pulse": "pulse=0 is outside"}, T0)
+    assert f.state == "raise" and f.kind is AlertKind.DATA_FAULT and f.severity is Severity.MEDIUM
+    assert "SpO2) 150% (from device ox-9)" in f.reason and "(typed by carer2)" in f.reason
+    assert "last good set" in f.reason and f.data["obs_id"] == 42
