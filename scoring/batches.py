@@ -35,6 +35,7 @@ class EvaluationSummary:
     updated: list[int] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
     escalated: list[int] = field(default_factory=list)
+    incidents_escalated: list[int] = field(default_factory=list)
     suppressed: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     #: alert id -> seconds from the newest contributing reading's stored_at to the alert being committed
@@ -44,7 +45,7 @@ class EvaluationSummary:
         for name in ("residents", "households", "devices", "observation_sets_written", "behaviour_events_written",
                      "suppressed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("unknown_subjects", "opened", "updated", "resolved", "escalated"):
+        for name in ("unknown_subjects", "opened", "updated", "resolved", "escalated", "incidents_escalated"):
             getattr(self, name).extend(getattr(other, name))
         self.errors.update(other.errors)
         self.latency_s.update(other.latency_s)

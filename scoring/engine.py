@@ -23,6 +23,7 @@ import psycopg
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
+from carewatch.scoring.incident_store import escalate_unacknowledged_incidents
 from carewatch.scoring.kinds import CLINICAL_KINDS
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, escalate_unacknowledged, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
@@ -140,6 +141,7 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
     kitchen, rooms, silence), devices and gateways."""
     summary = EvaluationSummary()
     summary.escalated.extend(escalate_unacknowledged(conn, now))
+    summary.incidents_escalated.extend(escalate_unacknowledged_incidents(conn, now))
     overdue_pass(conn, now, summary)
     if slow:
         households = [row[0] for row in conn.execute(

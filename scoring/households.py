@@ -101,6 +101,8 @@ class _Household:
     devices: list[DeviceRow] = field(default_factory=list)
     stored: list[Sequence[Any]] = field(default_factory=list)
     start: datetime | None = None  # re-derivation window start
+    long_lie_after: timedelta | None = None  # sites.long_lie_minutes (None: the rule's default)
+    home_by: time | None = None  # sites.home_by (None: the rule's default)
 
     @property
     def roles(self) -> dict[str, str | None]:
@@ -115,8 +117,9 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     scanning 16 days of readings), then the pure rules per household and one pass to write the alerts."""
     gateway_column = "ARRAY(SELECT g.{} FROM gateways g WHERE g.site_id = s.site_id ORDER BY g.gateway_id)"
     homes: dict[str, _Household] = {}
-    for site_id, name, package, statuses, gw_ids, gw_states, gw_seen, seen_any in conn.execute(
-        "SELECT s.site_id, s.name, s.care_package, ARRAY(SELECT monitoring FROM residents r "
+    for site_id, name, package, lie_minutes, home_by, statuses, gw_ids, gw_states, gw_seen, seen_any in conn.execute(
+        "SELECT s.site_id, s.name, s.care_package, s.long_lie_minutes, s.home_by, "
+        "ARRAY(SELECT monitoring FROM residents r "
         "WHERE r.site_id = s.site_id), "
         + ", ".join(gateway_column.format(c) for c in ("gateway_id", "state", "last_seen"))
         + ", (SELECT max(last_seen) FROM devices d WHERE d.site_id = s.site_id) "
@@ -128,7 +131,9 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
             continue
         gateways = [GatewayState(*row) for row in zip(gw_ids, [site_id] * len(gw_ids), gw_states, gw_seen,
                                                       strict=True)]
-        homes[site_id] = _Household(site_id, name, package, gateways, seen_any)
+        homes[site_id] = _Household(site_id, name, package, gateways, seen_any,
+                                    long_lie_after=timedelta(minutes=lie_minutes) if lie_minutes else None,
+                                    home_by=home_by)
     if not homes:
         return
     ids = sorted(homes)
@@ -373,5 +378,6 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
             room_temperatures=temps.get(site_id, []), care_package=home.care_package,
             gateway_offline=any(gateway_offline(gw, now) for gw in home.gateways),
             data_since=min((b for *_, b in home.devices), default=None), room_past_max=past,
+            long_lie_after=home.long_lie_after, home_by=home.home_by,
         )
     return out

@@ -142,12 +142,7 @@ def _update(conn: psycopg.Connection, existing: OpenIncident, plan: IncidentPlan
 
 
 def _link(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) -> None:
-    """Components join the incident; their own escalation deadline gives way to the incident's."""
-    if alert_ids:
-        conn.execute(
-            "UPDATE alerts SET incident_id = %s, ack_due_at = NULL WHERE alert_id = ANY(%s) "
-            "AND (incident_id IS DISTINCT FROM %s OR ack_due_at IS NOT NULL)",
-            (incident_id, list(alert_ids), incident_id))
+    lifecycle.link_components(conn, incident_id, alert_ids)
 
 
 def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str]) -> set[str]:

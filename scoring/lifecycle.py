@@ -23,6 +23,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from carewatch.scoring.batches import EvaluationSummary, json_safe, transaction
+from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.kinds import (
     ACK_WINDOW,
     ESCALATION_OUTCOMES,
@@ -30,6 +31,7 @@ from carewatch.scoring.kinds import (
     SEVERITY_RANK,
     AlertKind,
     Severity,
+    snooze_limit,
 )
 from carewatch.scoring.rules import Finding
 
@@ -102,7 +104,9 @@ def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) 
 def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: datetime,
                    summary: EvaluationSummary, *, latency: list[tuple[int, datetime]] | None = None) -> None:
     """Open, update or resolve alerts so they match the findings. Call inside a transaction holding the
-    subjects' locks. 'hold' findings change nothing; a suppression hides new evidence (never a 'high')."""
+    subjects' locks. 'hold' findings change nothing; a suppression hides a refresh of what staff decided to
+    live with, never a high finding, a NEWS2 band rise or new soft signs (``incidents.snooze_hides``). Then
+    each subject's alerts are grouped into its incident (``incident_store.sync_incidents``)."""
     active = [f for f in findings if f.state != "hold"]
     if not active:
         return
@@ -110,6 +114,10 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
     if not any(f.state == "raise" or (f.subject_id, f.kind.value) in open_rows for f in active):
         return  # only 'clear' findings with nothing open: nothing to write
     suppressions = _active_suppressions(conn, sorted({f.subject_id for f in active}), now)
+    snoozed = {s for s, _ in suppressions}
+    open_data = dict(((s, k), d) for s, k, d in conn.execute(
+        "SELECT subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",
+        ([row[0] for (s, _), row in open_rows.items() if s in snoozed],)).fetchall()) if snoozed else {}
     for f in active:
         key = (f.subject_id, f.kind.value)
         row = open_rows.get(key)
@@ -121,7 +129,8 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
             continue
         assert f.severity is not None
         suppressed = (f.subject_id, f.kind.value) in suppressions or (f.subject_id, None) in suppressions
-        if suppressed and f.severity is not Severity.HIGH:
+        if suppressed and snooze_hides(f.kind.value, f.severity, f.data, open_data.get(key),
+                                       Severity(row[1]) if row is not None else None):
             summary.suppressed += 1
             continue
         data = json_safe(dict(f.data))
@@ -173,6 +182,24 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
         summary.updated.append(alert_id)
         if latency is not None and f.evidence_stored_at is not None:
             latency.append((alert_id, f.evidence_stored_at))
+    _group(conn, {f.subject_id for f in active}, now)
+
+
+def _group(conn: psycopg.Connection, subjects: set[str], now: datetime) -> None:
+    """Group the subjects' alerts into their incidents (imported here: incident_store calls this module)."""
+    from carewatch.scoring import incident_store
+
+    incident_store.sync_incidents(conn, subjects, now)
+
+
+def link_components(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) -> None:
+    """Alerts join their subject's incident; their own escalation deadline gives way to the incident's (one
+    problem escalates once, H-INC-01)."""
+    if alert_ids:
+        conn.execute(
+            "UPDATE alerts SET incident_id = %s, ack_due_at = NULL WHERE alert_id = ANY(%s) "
+            "AND (incident_id IS DISTINCT FROM %s OR ack_due_at IS NOT NULL)",
+            (incident_id, list(alert_ids), incident_id))
 
 
 def _auto_resolve(conn: psycopg.Connection, alert_id: int, why: str, now: datetime) -> None:
@@ -190,12 +217,14 @@ def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, re
     if resident_id is None and subject_id is None:
         raise ValueError("name a resident or a subject")
     rows = conn.execute(
-        "SELECT alert_id FROM alerts WHERE status <> 'resolved' AND (resident_id = %s OR subject_id = %s) "
-        "FOR UPDATE", (resident_id, subject_id),
+        "SELECT alert_id, subject_id FROM alerts WHERE status <> 'resolved' "
+        "AND (resident_id = %s OR subject_id = %s) FOR UPDATE", (resident_id, subject_id),
     ).fetchall()
-    for (alert_id,) in rows:
+    for alert_id, _ in rows:
         _auto_resolve(conn, alert_id, why, now)
     ids = [r[0] for r in rows]
+    if rows:
+        _group(conn, {r[1] for r in rows}, now)
     if summary is not None:
         summary.resolved.extend(ids)
     return ids
@@ -354,8 +383,9 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
            until: datetime, *, at: datetime | None = None) -> int:
     """Suppress new alerts of ``kind`` (None = every kind) for ``subject_id`` until ``until``, with a reason.
 
-    An open alert of that kind stops escalating until then. A HIGH alert cannot be snoozed (and the engine
-    never suppresses a high one): acknowledge or escalate it instead. Returns the suppression id.
+    A snooze never defers escalation, never hides a high finding, a NEWS2 band rise or new soft signs, and
+    lasts at most 24 h for clinical kinds (H-ALERT-07). A HIGH alert cannot be snoozed: acknowledge or escalate
+    it instead. Returns the suppression id.
     """
     actor = _actor(actor)
     if not reason or not reason.strip():
@@ -371,6 +401,10 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
         now = _now(conn, at)
         if until <= now:
             raise AlertLifecycleError("until must be in the future")
+        limit = snooze_limit(kind)
+        if until - now > limit:
+            raise AlertLifecycleError(f"a snooze of {kind or 'every kind'} lasts at most "
+                                      f"{int(limit.total_seconds() // 3600)} hours")
         open_rows = conn.execute(
             "SELECT alert_id, severity FROM alerts WHERE subject_id = %s AND status <> 'resolved' "
             "AND (%s::text IS NULL OR kind = %s) FOR UPDATE",
@@ -386,12 +420,7 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
             "VALUES (%s, %s, %s, %s, %s, %s) RETURNING suppression_id",
             (subject_id, kind, reason.strip(), until, actor, now),
         ).fetchone()[0]
-        for alert_id, _ in open_rows:
-            conn.execute(
-                "UPDATE alerts SET ack_due_at = CASE WHEN ack_due_at IS NULL THEN NULL "
-                "ELSE greatest(ack_due_at, %s) END, updated_at = %s WHERE alert_id = %s",
-                (until, now, alert_id),
-            )
+        for alert_id, _ in open_rows:  # recorded on each alert; escalation goes on (H-ALERT-07)
             _event(conn, alert_id, now, "snoozed", actor=actor, comment=reason.strip(),
                    detail={"until": until.isoformat(), "suppression_id": suppression_id})
         return suppression_id

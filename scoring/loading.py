@@ -23,7 +23,8 @@ FUTURE_SLACK = timedelta(minutes=10)
 
 
 _RESIDENT_COLUMNS = """r.resident_id, r.site_id, r.display_name, r.date_of_birth, r.obs_per_day, r.monitoring,
-    r.baseline_confused, r.scale2, r.scale2_reason, r.gp_practice, s.name, r.created_at"""
+    r.baseline_confused, r.scale2, r.scale2_reason, r.gp_practice, s.name, r.created_at, r.oxygen_prescribed,
+    r.oxygen_flow_lpm"""
 
 
 def load_residents(conn: psycopg.Connection, where: str, params: Sequence[Any]) -> list[ResidentFacts]:

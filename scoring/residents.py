@@ -17,6 +17,7 @@ import psycopg
 
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
+from carewatch.scoring.incident_store import open_clinical_incidents
 from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
 from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals
@@ -36,6 +37,8 @@ from carewatch.scoring.rules import (
     StoredSet,
     build_rounds,
     clear_alert,
+    data_fault_cleared,
+    data_fault_finding,
     hold,
     iso,
     local_time,
@@ -46,6 +49,7 @@ from carewatch.scoring.rules import (
     soft_signs_finding,
 )
 from carewatch.scoring.schedule import LastObservation, first_obs_due, next_obs_due, overdue_finding
+from carewatch.scoring.tasks import due_reason
 from carewatch.wire import ImplausibleValue
 
 log = logging.getLogger("carewatch.scoring.residents")
@@ -60,7 +64,7 @@ def _write_sets(conn: psycopg.Connection, resident: ResidentFacts, plans: Sequen
         row = ObservationSetRow(
             resident_id=resident.resident_id, site_id=resident.site_id, taken_at=plan.taken_at,
             recorded_by=plan.recorded_by, source=plan.source, values=plan.values, result=result,
-            spo2_scale=plan.spo2_scale, inputs=plan.inputs, round_key=plan.round_key)
+            spo2_scale=plan.spo2_scale, inputs=plan.inputs, round_key=plan.round_key, on_oxygen=plan.on_oxygen)
         if plan.obs_id is None:
             record_observation_set(conn, row)
         else:
@@ -214,7 +218,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         newest_stored[r.resident_id] = max((x.newest_stored_at for x in rounds if x.newest_stored_at),
                                            default=None)
         recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
-        plans = plan_observation_sets(rounds, recent, scale2=r.scale2)
+        plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed)
         if not plans:
             continue
         results = _score_sets(plans)
@@ -227,13 +231,21 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         history = load_sets(conn, ids, now)
 
     findings: list[Finding] = []
+    # Isolation (H-DATA-01): a newest set that cannot be scored is named in a data-fault finding and set aside, so
+    # this resident is judged on their last good set and everyone else in the batch is scored as usual.
+    latest_results, faults = _score_latest(history)
     usual = _usual_news2(active, history, now)
     latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
-    scored_latest = _score_sets(list(latest_sets.values())) if latest_sets else []
-    latest_results = dict(zip(latest_sets, scored_latest or [], strict=False))
     index = {r.resident_id: i for i, r in enumerate(active)}
+    open_clinical = open_clinical_incidents(conn, ids)
+    by_id = {r.resident_id: r for r in active}
+    for rid, (bad, problems) in faults.items():
+        findings.append(data_fault_finding(by_id[rid], bad, problems, now))
+        summary.errors[rid] = f"observation set {bad.obs_id} cannot be scored: " + "; ".join(problems.values())
     for r in active:
         rid = r.resident_id
+        if rid not in faults:
+            findings.append(data_fault_cleared(r))
         obs = latest_sets.get(rid)
         result = latest_results.get(rid)
         if obs is not None and result is not None:
@@ -243,30 +255,58 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             due = next_obs_due(obs.taken_at, result.response, result.score, result.complete, r.obs_per_day,
                                at_usual=stable)
             last = LastObservation(obs.taken_at, result.score, result.risk.value, result.complete, result.missing)
-            _upsert_state(conn, r, now, obs, result, due)
+            why = due_reason(result.response, result.score, result.complete, r.obs_per_day, obs.taken_at,
+                             at_usual=stable)
+            _upsert_state(conn, r, now, obs, result, due, why)
         else:
             due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
-            _upsert_state(conn, r, now, None, None, due)
+            _upsert_state(conn, r, now, None, None, due, "first_set")
         findings.append(soft_signs_finding(r, history.get(rid, []), now))
-        findings.append(overdue_finding(r, due, last, now))
+        findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical))
     findings.extend(_baseline_findings(active, history, now))
     stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id)) for f in findings]
     apply_findings(conn, stamped, now, summary, latency=latency)
 
 
+def _score_latest(history: dict[str, list[StoredSet]],
+                  ) -> tuple[dict[str, News2Result], dict[str, tuple[StoredSet, Mapping[str, str]]]]:
+    """Score each resident's newest set, all at once; if that fails, one by one: a set that cannot be scored is
+    taken out of ``history`` (so the resident is judged on their last good set) and returned with its problems."""
+    latest = {rid: sets[-1] for rid, sets in history.items() if sets}
+    results = _score_sets(list(latest.values())) if latest else []
+    if results is not None:
+        return dict(zip(latest, results, strict=True)), {}
+    out: dict[str, News2Result] = {}
+    faults: dict[str, tuple[StoredSet, Mapping[str, str]]] = {}
+    for rid, sets in history.items():
+        while sets:
+            try:
+                out[rid] = score_observations([_observation(sets[-1])])[0]
+                break
+            except (InvalidObservation, ImplausibleValue) as exc:
+                bad = sets.pop()
+                faults.setdefault(rid, (bad, dict(getattr(exc, "problems", {}) or {"set": str(exc)})))
+    return out, faults
+
+
+def _observation(s: StoredSet) -> dict[str, object]:
+    return {**s.values, "consciousness": s.consciousness, "on_oxygen": s.on_oxygen, "spo2_scale": s.spo2_scale}
+
+
 def _upsert_state(conn: psycopg.Connection, r: ResidentFacts, now: datetime, obs: StoredSet | None,
-                  result: News2Result | None, due: datetime | None) -> None:
+                  result: News2Result | None, due: datetime | None, why: str | None = None) -> None:
     conn.execute(
         """INSERT INTO resident_state (resident_id, site_id, news2_score, news2_risk, news2_complete, news2_at,
-                                       last_obs_id, next_obs_due, updated_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                       last_obs_id, next_obs_due, next_obs_why, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT (resident_id) DO UPDATE SET site_id = EXCLUDED.site_id,
                news2_score = EXCLUDED.news2_score, news2_risk = EXCLUDED.news2_risk,
                news2_complete = EXCLUDED.news2_complete, news2_at = EXCLUDED.news2_at,
                last_obs_id = EXCLUDED.last_obs_id, next_obs_due = EXCLUDED.next_obs_due,
-               updated_at = EXCLUDED.updated_at""",
+               next_obs_why = EXCLUDED.next_obs_why, updated_at = EXCLUDED.updated_at""",
         (r.resident_id, r.site_id, result.score if result else None, result.risk.value if result else None,
-         result.complete if result else None, obs.taken_at if obs else None, obs.obs_id if obs else None, due, now),
+         result.complete if result else None, obs.taken_at if obs else None, obs.obs_id if obs else None, due, why,
+         now),
     )
 
 
@@ -284,12 +324,13 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime,
         "SELECT resident_id, next_obs_due, news2_at, news2_score, news2_risk, news2_complete FROM resident_state "
         "WHERE resident_id = ANY(%s)", ([r.resident_id for r in residents],))}
     findings = []
+    open_clinical = open_clinical_incidents(conn, [r.resident_id for r in residents])
     for r in residents:
         due, taken, score, risk, complete = state.get(r.resident_id, (None,) * 5)
         last = LastObservation(taken, score, risk, bool(complete)) if taken is not None and score is not None else None
         if due is None:
             due = first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None
-        findings.append(overdue_finding(r, due, last, now))
+        findings.append(overdue_finding(r, due, last, now, open_clinical=r.resident_id in open_clinical))
     return findings
 
 

@@ -17,6 +17,8 @@ from conformance import REPO_ROOT
 #: table -> the one module that writes it
 OWNERS = {
     "observation_sets": "scoring/observation_sets.py",
+    "incidents": "scoring/incident_store.py",
+    "incident_events": "scoring/incident_store.py",
     "alerts": "scoring/lifecycle.py",
     "alert_events": "scoring/lifecycle.py",
     "alert_suppressions": "scoring/lifecycle.py",

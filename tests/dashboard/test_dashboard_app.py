@@ -69,7 +69,9 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     assert "no data for 5 h" in grid  # the silent device
     assert "Observations OVERDUE" in grid
     metrics = {m.label: m.value for m in at.metric}
-    assert {"Incidents", "Observations due now"} <= set(metrics)
+    assert int(metrics["Incidents"]) >= 1 and "Observations due now" in metrics
+    incident = page[page.index("cw-incident"):page.index("cw-grid cw-residents")]
+    assert incident.count(name) == 1 and 'data-kind="news2"' in incident  # one card, with its parts
     assert metrics["Residents"] == str(len(estate.residents))
     # the residents of another home are never shown
     assert all(estate.names[r] not in grid for r in estate.residents_b)
@@ -147,28 +149,35 @@ def test_empty_health_check_is_refused_in_plain_words(sign_in: SignIn, estate: D
     assert "obs_result" not in at.session_state or at.session_state["obs_result"]["resident_id"] != rid
 
 
-def test_acknowledge_alert_recording_what_was_done(sign_in: SignIn, estate: DashWorld, database: str) -> None:
+def test_acknowledge_incident_recording_what_was_done(sign_in: SignIn, estate: DashWorld, database: str) -> None:
+    """One card per person (H-INC-01): acknowledging it acknowledges its parts; the decision is recorded on it."""
     at = go(sign_in(estate.users["care_staff"]), "alerts")
+    assert at.title[0].value == "Incidents"
     assert estate.names[estate.deteriorating] in html_text(at)
     assert "HIGH: act now" in html_text(at)
-    at.text_area(key=f"ack-note-{estate.alert_id}").input("Sat with her, called 111, obs every 30 min")
-    at.button(key=f"ack-btn-{estate.alert_id}").click().run()
+    with psycopg.connect(database) as conn:
+        iid = conn.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (estate.alert_id,)).fetchone()[0]
+    assert iid is not None
+    at.text_area(key=f"ack-inc-note-{iid}").input("Sat with her, called 111, obs every 30 min")
+    at.button(key=f"ack-inc-btn-{iid}").click().run()
     assert not at.exception, [e.value for e in at.exception]
     with psycopg.connect(database) as conn:
-        status, by = conn.execute("SELECT status, acknowledged_by FROM alerts WHERE alert_id = %s",
-                                  (estate.alert_id,)).fetchone()
-        comment = conn.execute("SELECT comment FROM alert_events WHERE alert_id = %s AND action = 'acknowledged'",
-                               (estate.alert_id,)).fetchone()[0]
+        status, by = conn.execute("SELECT status, acknowledged_by FROM incidents WHERE incident_id = %s",
+                                  (iid,)).fetchone()
+        comment = conn.execute("SELECT comment FROM incident_events WHERE incident_id = %s "
+                               "AND action = 'acknowledged'", (iid,)).fetchone()[0]
+        parts = conn.execute("SELECT count(*), count(acknowledged_at) FROM alerts WHERE incident_id = %s "
+                             "AND status <> 'resolved'", (iid,)).fetchone()
     assert (status, by) == ("acknowledged", estate.users["care_staff"])
     assert comment == "Sat with her, called 111, obs every 30 min"
-    assert f"ack-btn-{estate.alert_id}" not in {b.key for b in at.button}  # acknowledged: the button has gone
+    assert parts[0] >= 2 and parts[0] == parts[1]  # every part acknowledged with it
+    assert f"ack-inc-btn-{iid}" not in {b.key for b in at.button}  # acknowledged: the button has gone
     # then record the 111 call on the same page
-    at.selectbox(key=f"esc-outcome-{estate.alert_id}").set_value("nhs_111")
-    at.text_input(key=f"esc-note-{estate.alert_id}").input("111: GP to visit today")
-    at.button(key=f"esc-btn-{estate.alert_id}").click().run()
+    at.selectbox(key=f"inc-outcome-{iid}").set_value("nhs_111")
+    at.text_input(key=f"inc-outcome-note-{iid}").input("111: GP to visit today")
+    at.button(key=f"inc-outcome-btn-{iid}").click().run()
     with psycopg.connect(database) as conn:
-        outcome = conn.execute("SELECT outcome FROM alert_events WHERE alert_id = %s AND action = 'escalated'",
-                               (estate.alert_id,)).fetchone()[0]
+        outcome = conn.execute("SELECT outcome FROM incidents WHERE incident_id = %s", (iid,)).fetchone()[0]
     assert outcome == "nhs_111"
 
 

@@ -1,9 +1,10 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright, against ``carewatch api`` and
 ``carewatch dashboard`` child processes over a real, seeded PostgreSQL database.
 
-Care staff sign in on a tablet-sized screen, see the deteriorating resident, record observations and acknowledge
-the alert (the grid and the form must fit the tablet's width with finger-sized buttons); a GP opens the alert
-from the inbox; a council reviewer downloads the CSV evidence and the PDF report, both checked against the API.
+Care staff sign in on a tablet-sized screen, see the deteriorating resident (one incident card with its parts, the
+observations due listed apart), record observations and acknowledge the incident (the grid and the form must fit
+the tablet's width with finger-sized buttons); a GP opens the alert from the inbox; a council reviewer downloads
+the CSV evidence and the PDF report, both checked against the API.
 Screenshots and the downloads go to ``$CAREWATCH_TEST_ARTIFACTS`` (default tests/artifacts/).
 """
 
@@ -150,12 +151,23 @@ def test_care_staff_record_observations_and_acknowledge(browser: Any, stack: Sta
     page = _sign_in(browser, stack, world.users["care_staff"])
     page.get_by_role("heading", name=f"Oakview {world.uid}").wait_for()
     name = world.names[world.deteriorating]
-    card = page.locator(".cw-card", has_text=name)
+    card = page.locator(".cw-residents .cw-card", has_text=name)
     card.wait_for()
     assert "NEWS2 7 High" in card.inner_text()  # number and word beside the colour
     assert "HIGH: act now" in card.inner_text()
-    first_card = page.locator(".cw-card").first.inner_text()
+    first_card = page.locator(".cw-residents .cw-card").first.inner_text()
     assert name in first_card  # most worrying first
+    # H-INC-01: the deteriorating resident is ONE incident card listing its parts, not a badge per rule
+    incident = page.locator(".cw-incidents .cw-incident", has_text=name)
+    assert incident.count() == 1
+    parts = {li.get_attribute("data-kind") for li in incident.locator(".cw-components li").all()}
+    assert {"news2", "soft_signs"} <= parts, parts
+    assert "NEWS2 band HIGH" in incident.inner_text()
+    # H-TASK-01: observations due are a task list beside the incidents, not inside them
+    page.get_by_role("heading", name="Due now").wait_for()
+    assert page.locator(".cw-tasks .cw-task").count() >= 1
+    assert page.locator(".cw-incidents .cw-task").count() == 0
+    assert page.locator(".cw-tasks .cw-incident").count() == 0
     _settle(page)
     _assert_fits_tablet(page, ["Record a health check", "SBARD summary", "Charts and history", "Sign out"])
     _shot(page, shots / "01-care-home-grid.png")
@@ -187,19 +199,25 @@ def test_care_staff_record_observations_and_acknowledge(browser: Any, stack: Sta
             (world.deteriorating, world.users["care_staff"])).fetchone()
     assert (spo2_value, source) == (92, "device") and score >= 7
 
-    _nav(page, "Alerts")
-    page.locator(f".st-key-ack-note-{world.alert_id} textarea").fill("Sat with her, phoned 111, obs every 30 min")
-    page.locator(f".st-key-ack-btn-{world.alert_id} button").click()
-    page.locator(f".st-key-ack-btn-{world.alert_id}").wait_for(state="detached")
-    _settle(page)
-    _shot(page, shots / "04-alert-acknowledged.png")
+    _nav(page, "Incidents")
     with psycopg.connect(database) as conn:
-        status, by = conn.execute("SELECT status, acknowledged_by FROM alerts WHERE alert_id = %s",
-                                  (world.alert_id,)).fetchone()
-        comment = conn.execute("SELECT comment FROM alert_events WHERE alert_id = %s AND action = 'acknowledged'",
-                               (world.alert_id,)).fetchone()[0]
-    assert (status, by, comment) == ("acknowledged", world.users["care_staff"],
-                                     "Sat with her, phoned 111, obs every 30 min")
+        iid = conn.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (world.alert_id,)).fetchone()[0]
+    assert page.locator(".cw-incident", has_text=name).count() == 1
+    page.locator(f".st-key-ack-inc-note-{iid} textarea").fill("Sat with her, phoned 111, obs every 30 min")
+    page.locator(f".st-key-ack-inc-btn-{iid} button").click()
+    page.locator(f".st-key-ack-inc-btn-{iid}").wait_for(state="detached")
+    _settle(page)
+    _shot(page, shots / "04-incident-acknowledged.png")
+    with psycopg.connect(database) as conn:
+        status, by = conn.execute("SELECT status, acknowledged_by FROM incidents WHERE incident_id = %s",
+                                  (iid,)).fetchone()
+        comment = conn.execute("SELECT comment FROM incident_events WHERE incident_id = %s "
+                               "AND action = 'acknowledged'", (iid,)).fetchone()[0]
+        alert_by = conn.execute("SELECT acknowledged_by FROM alerts WHERE alert_id = %s",
+                                (world.alert_id,)).fetchone()[0]
+    assert (status, by, comment, alert_by) == ("acknowledged", world.users["care_staff"],
+                                               "Sat with her, phoned 111, obs every 30 min",
+                                               world.users["care_staff"])
     page.context.close()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from carewatch.scoring import lifecycle
+from carewatch.scoring import incident_store, lifecycle
 from carewatch.scoring.engine import evaluate_subjects, tick
 from carewatch.scoring.schedule import care_plan_gap
 
@@ -228,11 +228,16 @@ def test_monitoring_paused_gets_no_alerts_and_closes_open_ones(db, home, residen
 # Suppression, escalation, overdue
 # ------------------------------------------------------------------------------------------------------------
 def test_snooze_suppresses_new_alerts_but_never_a_high_one(db, home, resident) -> None:
+    """A snooze holds back a refresh at the same NEWS2 band (H-ALERT-07); a band rise and a high one show."""
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=30), spo2=91)  # red 3: low-medium
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=29))
+    [alert] = alerts(db, resident, "news2")
     lifecycle.snooze(db, resident, "news2", "nurse1", "GP aware, reviewing tomorrow", NOW + timedelta(hours=4),
                      at=NOW)
-    oximeter_round(db, home, resident, NOW + timedelta(minutes=1), spo2=91)
+    oximeter_round(db, home, resident, NOW + timedelta(minutes=1), spo2=91, pulse=85)  # same band, new values
     summary = evaluate_subjects(db, [resident], NOW + timedelta(minutes=2))
-    assert summary.suppressed >= 1 and alerts(db, resident, "news2") == []
+    assert summary.suppressed >= 1
+    assert alerts(db, resident, "news2")[0]["reason"] == alert["reason"]  # the refresh was held back
     add_manual_set(db, home, resident, NOW + timedelta(minutes=3), score=9, risk="high", respiration_rate=26,
                    spo2=88, systolic_bp=95, pulse=125, temperature=39.5, consciousness="V")
     evaluate_subjects(db, [resident], NOW + timedelta(minutes=4))
@@ -241,19 +246,22 @@ def test_snooze_suppresses_new_alerts_but_never_a_high_one(db, home, resident) -
 
 
 def test_unacknowledged_alert_escalates_on_time(db, home, resident) -> None:
+    """H-ALERT-05 with incidents: the incident carries the deadline and escalates once; its components do not."""
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
     evaluate_subjects(db, [resident], NOW)
     [alert] = alerts(db, resident, "news2")
-    assert alert["ack_due_at"] == NOW + timedelta(minutes=60)  # medium: 60 minutes
+    [incident] = open_incidents(db, resident)
+    assert incident["ack_due_at"] == NOW + timedelta(minutes=60) and alert["ack_due_at"] is None  # medium: 60 min
     tick(db, NOW + timedelta(minutes=59), slow=False)
-    assert alerts(db, resident, "news2")[0]["escalation_level"] == 0
+    assert open_incidents(db, resident)[0]["escalation_level"] == 0
     tick(db, NOW + timedelta(minutes=60), slow=False)
-    escalated = alerts(db, resident, "news2")[0]
+    escalated = open_incidents(db, resident)[0]
     assert escalated["status"] == "escalated" and escalated["escalation_level"] == 1
-    assert events(db, alert["alert_id"])[-1] == "escalated"
-    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=70))
+    assert incident_events(db, incident["incident_id"])[-1] == "escalated"
+    assert alerts(db, resident, "news2")[0]["escalation_level"] == 0  # one problem escalates once
+    incident_store.acknowledge(db, incident["incident_id"], "carer1", at=NOW + timedelta(minutes=70))
     tick(db, NOW + timedelta(hours=5), slow=False)
-    assert alerts(db, resident, "news2")[0]["escalation_level"] == 1
+    assert open_incidents(db, resident)[0]["escalation_level"] == 1
 
 
 def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
@@ -266,7 +274,8 @@ def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
     evaluate_subjects(db, [resident], NOW + timedelta(minutes=41))
     [worse] = alerts(db, resident, "news2")
     assert worse["severity"] == "high" and worse["status"] == "open" and worse["acknowledged_at"] is None
-    assert worse["ack_due_at"] == NOW + timedelta(minutes=41 + 15)
+    [incident] = open_incidents(db, resident)  # the deadline is the incident's: high, 15 minutes
+    assert incident["band"] == "high" and incident["ack_due_at"] == NOW + timedelta(minutes=41 + 15)
 
 
 def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
@@ -317,7 +326,9 @@ def test_long_bathroom_stay_raises_on_tick_and_clears_on_movement(db, flat, uid)
     assert alerts(db, flat, "long_bathroom_stay") == []
     tick(db, t + timedelta(minutes=47), slow=True)
     [alert] = alerts(db, flat, "long_bathroom_stay")
-    assert alert["severity"] == "high" and alert["ack_due_at"] == t + timedelta(minutes=47 + 15)
+    [incident] = open_incidents(db, flat)
+    assert alert["severity"] == "high" and incident["ack_due_at"] == t + timedelta(minutes=47 + 15)
+    assert incident["category"] == "household" and alert["incident_id"] == incident["incident_id"]
     add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, t + timedelta(minutes=50))
     evaluate_subjects(db, [flat], t + timedelta(minutes=51))
     assert alerts(db, flat, "long_bathroom_stay")[0]["status"] == "resolved"
@@ -498,3 +509,138 @@ def test_incremental_rederivation_matches_a_full_one_and_takes_late_readings(dat
     evaluate_subjects(db, [flat], end)
     assert _behaviour(db, flat) == incremental
     db.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Incidents, isolation, snooze and oxygen (issue 15)
+# ------------------------------------------------------------------------------------------------------------
+def open_incidents(db: psycopg.Connection, subject: str) -> list[dict[str, Any]]:
+    cur = db.execute("SELECT * FROM incidents WHERE subject_id = %s AND status <> 'resolved' ORDER BY incident_id",
+                     (subject,))
+    names = [c.name for c in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def incident_events(db: psycopg.Connection, incident_id: int) -> list[str]:
+    return [r[0] for r in db.execute("SELECT action FROM incident_events WHERE incident_id = %s ORDER BY event_id",
+                                     (incident_id,))]
+
+
+def test_a_deteriorating_resident_is_one_incident_and_a_band_rise_asks_again(db, home, resident) -> None:
+    """H-INC-01/02: soft signs, a red 3 and a trend are one incident; a red 3 becoming 5-6 re-alerts."""
+    add_manual_set(db, home, resident, NOW - timedelta(hours=2), respiration_rate=16, spo2=97, systolic_bp=125,
+                   pulse=70, temperature=36.8, soft_signs=("drowsy",))
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=30), spo2=91, pulse=80)  # SpO2 91 scores 3
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=25))
+    [incident] = open_incidents(db, resident)
+    parts = {a["kind"] for a in alerts(db, resident) if a["incident_id"] == incident["incident_id"]}
+    assert {"news2", "soft_signs"} <= parts
+    assert incident["band"] == "low-medium" and incident["severity"] == "medium" and incident["category"] == "clinical"
+    assert all(a["ack_due_at"] is None for a in alerts(db, resident))  # the incident's deadline counts, once
+    incident_store.acknowledge(db, incident["incident_id"], "carer1", at=NOW - timedelta(minutes=24))
+    assert all(a["acknowledged_by"] == "carer1" for a in alerts(db, resident) if a["status"] != "resolved")
+    # 5-6 (medium band), the same 'medium' severity: the acknowledged incident must ask again
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=10), spo2=91, pulse=112)  # + pulse 112 scores 2
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=5))
+    [again] = open_incidents(db, resident)
+    assert again["incident_id"] == incident["incident_id"]
+    assert again["band"] == "medium" and again["status"] == "open" and again["acknowledged_at"] is None
+    assert again["ack_due_at"] == NOW - timedelta(minutes=5) + timedelta(minutes=60)
+    assert "band_rose" in incident_events(db, incident["incident_id"])
+    assert len(alerts(db, resident, "news2")) == 1  # updated, not repeated
+
+
+def test_two_findings_racing_for_one_subject_make_one_incident(database: str, db, home, resident) -> None:
+    """Two evaluations of one resident at once, on two connections: one incident, one alert per kind."""
+    add_manual_set(db, home, resident, NOW - timedelta(minutes=20), respiration_rate=26, spo2=91, systolic_bp=95,
+                   pulse=115, temperature=38.6, soft_signs=("drowsy",))
+    db.commit()
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def run(when: datetime) -> None:
+        try:
+            with psycopg.connect(database, autocommit=True) as conn:
+                barrier.wait()
+                evaluate_subjects(conn, [resident], when)
+                tick(conn, when, slow=False)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(NOW - timedelta(minutes=m),)) for m in (15, 14)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    [incident] = open_incidents(db, resident)
+    kinds = [a["kind"] for a in alerts(db, resident) if a["status"] != "resolved"]
+    assert len(kinds) == len(set(kinds)) and "news2" in kinds
+    assert {a["incident_id"] for a in alerts(db, resident) if a["status"] != "resolved"} == {incident["incident_id"]}
+    assert incident_events(db, incident["incident_id"]).count("opened") == 1
+
+
+def test_one_residents_bad_data_cannot_stop_scoring_for_the_others(db, home, resident, uid) -> None:
+    """H-DATA-01: an implausible stored value (a row from before the CHECK constraints) is named in a data-fault
+    incident; that resident keeps their last good state, everyone else is scored."""
+    other = add_resident(db, home, f"res2-{uid}")
+    add_manual_set(db, home, resident, NOW - timedelta(hours=3), respiration_rate=16, spo2=97, systolic_bp=125,
+                   pulse=70, temperature=36.8, score=0)
+    add_manual_set(db, home, other, NOW - timedelta(hours=3), respiration_rate=16, spo2=97, systolic_bp=125,
+                   pulse=70, temperature=36.8, score=0)
+    evaluate_subjects(db, [resident, other], NOW - timedelta(hours=2))
+    before = db.execute("SELECT news2_score, news2_at, last_obs_id FROM resident_state WHERE resident_id = %s",
+                        (resident,)).fetchone()
+    assert before[0] == 0
+    # a legacy row the CHECK constraint (NOT VALID) never looked at
+    db.execute("ALTER TABLE observation_sets DROP CONSTRAINT obs_spo2_plausible")
+    bad = add_manual_set(db, home, resident, NOW - timedelta(minutes=30), respiration_rate=16, spo2=150,
+                         systolic_bp=125, pulse=70, temperature=36.8)
+    db.execute("ALTER TABLE observation_sets ADD CONSTRAINT obs_spo2_plausible "
+               "CHECK (spo2 IS NULL OR spo2 BETWEEN 40 AND 100) NOT VALID")
+    add_manual_set(db, home, other, NOW - timedelta(minutes=30), respiration_rate=26, spo2=91, systolic_bp=95,
+                   pulse=115, temperature=38.6)
+    db.commit()
+    summary = evaluate_subjects(db, [resident, other], NOW)
+    assert db.execute("SELECT news2_score FROM resident_state WHERE resident_id = %s", (other,)).fetchone()[0] >= 7
+    assert db.execute("SELECT news2_score, news2_at, last_obs_id FROM resident_state WHERE resident_id = %s",
+                      (resident,)).fetchone() == before  # the last good state is kept
+    [fault] = alerts(db, resident, "data_fault")
+    assert "150" in fault["reason"] and "SpO2" in fault["reason"] and "carer1" in fault["reason"]
+    assert fault["data"]["obs_id"] == bad
+    [incident] = open_incidents(db, resident)
+    assert incident["category"] == "data" and fault["incident_id"] == incident["incident_id"]
+    assert resident in summary.errors and other not in summary.errors
+
+
+def test_snooze_never_hides_a_band_rise_and_never_defers_escalation(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=40), spo2=91, pulse=80)  # red 3: low-medium
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=35))
+    [incident] = open_incidents(db, resident)
+    due = incident["ack_due_at"]
+    lifecycle.snooze(db, resident, None, "nurse1", "known COPD, reviewed today", NOW + timedelta(hours=6),
+                     at=NOW - timedelta(minutes=34))
+    assert open_incidents(db, resident)[0]["ack_due_at"] == due  # escalation is not deferred
+    [alert] = alerts(db, resident, "news2")
+    assert alert["ack_due_at"] is None or alert["ack_due_at"] <= due
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=20), spo2=91, pulse=112)  # 5: medium band
+    summary = evaluate_subjects(db, [resident], NOW - timedelta(minutes=15))
+    [alert] = alerts(db, resident, "news2")
+    assert alert["data"]["risk"] == "medium" and summary.suppressed == 0
+    assert open_incidents(db, resident)[0]["band"] == "medium"
+    with pytest.raises(lifecycle.AlertLifecycleError, match="24"):
+        lifecycle.snooze(db, resident, "news2", "nurse1", "too long", NOW + timedelta(hours=30), at=NOW)
+
+
+def test_device_round_uses_the_oxygen_prescription_until_staff_confirm(db, home, uid) -> None:
+    """H-OBS-11: a Scale 2 resident on oxygen at SpO2 97 % scores 5 from a device-only round, marked unconfirmed."""
+    rid = add_resident(db, home, f"o2-{uid}", scale2=True)
+    db.execute("UPDATE residents SET oxygen_prescribed = true, oxygen_flow_lpm = 2, oxygen_set_by = 'dr.x', "
+               "oxygen_set_at = %s WHERE resident_id = %s", (NOW, rid))
+    oximeter_round(db, home, rid, NOW - timedelta(minutes=10), spo2=97, pulse=80)
+    evaluate_subjects(db, [rid], NOW)
+    on_o2, score, inputs = db.execute("SELECT on_oxygen, score, inputs FROM observation_sets WHERE resident_id = %s",
+                                      (rid,)).fetchone()
+    assert on_o2 and score == 5 and inputs["air_or_oxygen"]["confirmed"] is False
+    [alert] = alerts(db, rid, "news2")
+    assert alert["severity"] == "medium" and "Air/oxygen unconfirmed" in alert["reason"]

@@ -89,13 +89,17 @@ def test_missing_alert_actor_and_text(db, alert) -> None:
         lifecycle.resolve(db, alert, "carer1", " ")
 
 
-def test_snooze_pushes_escalation_and_records_event(db, alert, uid) -> None:
+def test_snooze_never_defers_escalation_and_records_event(db, alert, uid) -> None:
+    """H-ALERT-07: a snooze is recorded on the alert but its escalation deadline stays; clinical kinds 24 h at most."""
+    due = _row(db, alert)["ack_due_at"]
     until = NOW + timedelta(hours=3)
     sid = lifecycle.snooze(db, f"subj-{uid}", "news2", "nurse1", "GP aware", until, at=NOW)
     assert db.execute("SELECT reason, until FROM alert_suppressions WHERE suppression_id = %s",
                       (sid,)).fetchone() == ("GP aware", until)
-    assert _row(db, alert)["ack_due_at"] == until
+    assert _row(db, alert)["ack_due_at"] == due
     assert _events(db, alert)[-1][0] == "snoozed"
+    with pytest.raises(AlertLifecycleError, match="at most 24 hours"):
+        lifecycle.snooze(db, f"subj-{uid}", "news2", "nurse1", "GP aware", NOW + timedelta(hours=25), at=NOW)
 
 
 def test_snooze_refuses_high_unknown_kind_past_time_and_no_reason(db, uid) -> None:
