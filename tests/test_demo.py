@@ -44,5 +44,14 @@ def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Pat
                                                                           summary["alerts"])
     kinds = {a["kind"] for a in summary["alerts"]}
     assert {"news2", "night_bathroom"} <= kinds
+    # one incident per deteriorating person, with its components; due observations are tasks, not alerts
+    news2 = {a["subject"] for a in summary["alerts"] if a["kind"] == "news2"}
+    for subject in news2:
+        mine = [i for i in summary["incidents"] if i["subject"] == subject and i["status"] != "resolved"]
+        assert len(mine) == 1, summary["incidents"]
+        assert "news2" in {c["kind"] for c in mine[0]["components"]}
+    assert all({"subject", "status", "components"} <= set(i) for i in summary["incidents"])
+    assert isinstance(summary["tasks_due"], list)
+    assert all({"resident", "due_at", "why"} <= set(t) for t in summary["tasks_due"])
     # servers were stopped: nothing left listening on the demo's ports
     assert "Carewatch demo is running" in proc.stderr
