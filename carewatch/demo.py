@@ -3,7 +3,7 @@
 It starts (or reuses) a private PostgreSQL and MQTT broker under the state dir, migrates and seeds the database
 from a simulated world (2 care homes × 12 residents, 3 households, one user per role), then runs ingest, the
 scorer, the API and the dashboard as child processes, and the simulator plus one real gateway per site in this
-process. Simulated time starts at 04:00 on a morning at least 12 hours ago and runs ``accelerate`` times faster
+process. Simulated time starts at 05:00 on a morning at least 12 hours ago and runs ``accelerate`` times faster
 until it catches up with the wall clock, so every scripted scenario appears within 3 minutes at the default ×60.
 """
 
@@ -47,15 +47,15 @@ class DemoUser:
 
 
 #: Simulated time starts at this local time: the live night's 06:00 (when a night is complete and the night-time
-#: rules can judge it) comes two simulated hours in, two minutes at the default ×60.
-SIM_START_LOCAL = local_clock(4, 0)
+#: rules can judge it) comes one simulated hour in, one minute at the default ×60 (margin for a busy machine).
+SIM_START_LOCAL = local_clock(5, 0)
 #: Vital-sign scenarios start this long before the live part, so the resident is visibly unwell (hourly checks)
 #: when it begins and the first live round shows it within the first minute or two at ×60.
 VITALS_HEAD_START = timedelta(hours=3)
 
 
 def sim_start_for(now: datetime) -> datetime:
-    """04:00 local on a morning at least 12 hours ago: the night-time scenarios' night then completes within the
+    """05:00 local on a morning at least 12 hours ago: the night-time scenarios' night then completes within the
     demo's first minutes (every scripted scenario appears within 3 minutes at the default ×60)."""
     local = now.astimezone(TZ)
     start = datetime.combine(local.date(), SIM_START_LOCAL, tzinfo=TZ)
