@@ -113,9 +113,9 @@ class Demo:
 
         self.sim_start = sim_start_for(now)
         world_start = self.sim_start - HISTORY
-        # The history before the live part gives personal baselines. Vital-sign scenarios start minutes into the
-        # live part; night-time patterns start a day earlier, so their first night is already in the history and
-        # the second (which confirms the pattern) comes within the first minutes of the demo.
+        # The history before the live part gives personal baselines. Vital-sign scenarios start 3 hours before
+        # the live part; night-time patterns two days before, so their first night is already in the history and
+        # the second (which confirms the pattern) completes at 06:00, a minute into the demo (``_lead_in``).
         scenarios = [s.model_copy(update={"onset": Onset(offset=self._lead_in(s) + s.onset.offset)})
                      if s.onset.offset is not None else s for s in load_scenarios("demo")]
         self.world = build_world(
@@ -139,7 +139,9 @@ class Demo:
 
     @staticmethod
     def _lead_in(scenario: Any) -> timedelta:
-        return HISTORY - timedelta(days=1) if scenario.kind.value == "uti" else HISTORY - VITALS_HEAD_START
+        """Night-time patterns start two days early: both nights the rule compares (the one just ended in the
+        history and the live one, complete at 06:00) show them. Vital-sign scenarios start VITALS_HEAD_START early."""
+        return HISTORY - timedelta(days=2) if scenario.kind.value == "uti" else HISTORY - VITALS_HEAD_START
 
     def _seed_users(self, conn: psycopg.Connection) -> list[DemoUser]:
         from carewatch.api.users import create_user, get_user

@@ -70,8 +70,8 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     assert "Observations OVERDUE" in grid
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Incidents"]) >= 1 and "Observations due now" in metrics
-    incident = page[page.index("cw-incident"):page.index("cw-grid cw-residents")]
-    assert incident.count(name) == 1 and 'data-kind="news2"' in incident  # one card, with its parts
+    incident = page[page.index("cw-incidents"):page.index('class="cw-tasks')]
+    assert incident.count(f"<h4>{name}</h4>") == 1 and 'data-kind="news2"' in incident  # one card, its parts
     assert metrics["Residents"] == str(len(estate.residents))
     # the residents of another home are never shown
     assert all(estate.names[r] not in grid for r in estate.residents_b)
