@@ -23,6 +23,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from carewatch.scoring import lifecycle
+from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
 from carewatch.scoring.kinds import ACK_WINDOW, ESCALATION_OUTCOMES, MAX_AUTO_ESCALATION_LEVEL, Severity
 
@@ -194,6 +195,12 @@ def _actor(actor: str) -> str:
 
 
 def _lock(conn: psycopg.Connection, incident_id: int) -> dict[str, Any]:
+    """The incident row, FOR UPDATE, after its subject's advisory lock: the engine takes that lock before it
+    touches the subject's alerts and incident, so staff and engine always lock in the same order (no deadlock)."""
+    subject = conn.execute("SELECT subject_id FROM incidents WHERE incident_id = %s", (incident_id,)).fetchone()
+    if subject is None:
+        raise IncidentNotFound(f"incident {incident_id} does not exist")
+    lock_subjects(conn, [subject[0]])
     row = conn.execute(
         "SELECT incident_id, status, acknowledged_at, acknowledged_by, resolved_at, resolved_by FROM incidents "
         "WHERE incident_id = %s FOR UPDATE", (incident_id,)).fetchone()
