@@ -12,6 +12,7 @@ import pytest
 
 from carewatch.scoring import incident_store, lifecycle
 from carewatch.scoring.engine import evaluate_subjects, tick
+from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.scoring.schedule import care_plan_gap
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -644,3 +645,21 @@ def test_device_round_uses_the_oxygen_prescription_until_staff_confirm(db, home,
     assert on_o2 and score == 5 and inputs["air_or_oxygen"]["confirmed"] is False
     [alert] = alerts(db, rid, "news2")
     assert alert["severity"] == "medium" and "Air/oxygen unconfirmed" in alert["reason"]
+
+
+def test_long_lie_anywhere_uses_the_household_setting(db, flat, uid) -> None:
+    """H-HOME-09 through the engine: sites.long_lie_minutes is read; motion last seen in the hall, then nothing."""
+    db.execute("UPDATE sites SET long_lie_minutes = 45 WHERE site_id = %s", (flat,))
+    noon = (NOW - timedelta(days=1)).astimezone(LOCAL_TZ).replace(hour=12, minute=0)  # waking hours
+    add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, noon - timedelta(minutes=50))
+    add_reading(db, flat, flat, f"fridge-{uid}", "door_open", 0, noon - timedelta(minutes=49))
+    evaluate_subjects(db, [flat], noon - timedelta(minutes=40))
+    assert alerts(db, flat, "long_lie") == []
+    tick(db, noon, slow=True)  # 50 minutes without movement, setting 45
+    [alert] = alerts(db, flat, "long_lie")
+    assert alert["severity"] == "high" and "45 minutes" in alert["reason"]
+    [incident] = open_incidents(db, flat)
+    assert incident["category"] == "household" and alert["incident_id"] == incident["incident_id"]
+    add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, noon + timedelta(minutes=2))
+    evaluate_subjects(db, [flat], noon + timedelta(minutes=3))
+    assert alerts(db, flat, "long_lie")[0]["status"] == "resolved"
