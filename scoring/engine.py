@@ -23,7 +23,7 @@ import psycopg
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
-from carewatch.scoring.incident_store import escalate_unacknowledged_incidents
+from carewatch.scoring.incident_store import escalate_unacknowledged_incidents, sync_incidents
 from carewatch.scoring.kinds import CLINICAL_KINDS
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, escalate_unacknowledged, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
@@ -132,7 +132,22 @@ def rescore_all(conn: psycopg.Connection, now: datetime) -> EvaluationSummary:
     for start in range(0, len(ids), 200):
         summary.merge(evaluate_subjects(conn, ids[start:start + 200], now))
     summary.merge(tick(conn, now))
+    group_loose_alerts(conn, now)
     return summary
+
+
+def group_loose_alerts(conn: psycopg.Connection, now: datetime) -> int:
+    """Unresolved actionable alerts in no incident (opened before incidents existed, or whose subject no rule
+    re-evaluated since) join their subject's incident. Returns how many subjects were grouped."""
+    subjects = [row[0] for row in conn.execute(
+        "SELECT DISTINCT subject_id FROM alerts WHERE status <> 'resolved' AND incident_id IS NULL "
+        "AND severity <> 'info' ORDER BY 1").fetchall()]
+    for start in range(0, len(subjects), 200):
+        chunk = subjects[start:start + 200]
+        with transaction(conn):
+            lock_subjects(conn, chunk)
+            sync_incidents(conn, chunk, now)
+    return len(subjects)
 
 
 def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways: bool = False) -> EvaluationSummary:

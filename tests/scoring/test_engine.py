@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from carewatch.scoring import incident_store, lifecycle
-from carewatch.scoring.engine import evaluate_subjects, tick
+from carewatch.scoring.engine import evaluate_subjects, group_loose_alerts, tick
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.scoring.schedule import care_plan_gap
 
@@ -663,3 +663,15 @@ def test_long_lie_anywhere_uses_the_household_setting(db, flat, uid) -> None:
     add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, noon + timedelta(minutes=2))
     evaluate_subjects(db, [flat], noon + timedelta(minutes=3))
     assert alerts(db, flat, "long_lie")[0]["status"] == "resolved"
+
+
+def test_alerts_from_before_incidents_are_grouped_at_rescore(db, home, resident) -> None:
+    """An open alert with no incident (opened before migration 0007) joins its subject's incident on start-up."""
+    alert_id = db.execute(
+        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, opened_at)
+           VALUES (%s, %s, %s, 'spo2_below_baseline', 'low', 'old alert', 'act', %s) RETURNING alert_id""",
+        (home, resident, resident, NOW - timedelta(days=1))).fetchone()[0]
+    assert group_loose_alerts(db, NOW) >= 1
+    [incident] = open_incidents(db, resident)
+    assert db.execute("SELECT incident_id FROM alerts WHERE alert_id = %s",
+                      (alert_id,)).fetchone()[0] == incident["incident_id"]
