@@ -36,6 +36,7 @@ from carewatch.api import (
     routes_devices,
     routes_households,
     routes_incidents,
+    routes_kits,
     routes_observations,
     routes_reports,
     routes_residents,
@@ -241,7 +242,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         return JSONResponse({"status": "ok", "database": "ok"})
 
     app.include_router(auth.router)
-    for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_alerts,
+    for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_kits, routes_alerts,
                    routes_incidents,
                    routes_households, routes_devices):
         app.include_router(module.router)

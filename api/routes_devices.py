@@ -68,19 +68,25 @@ def get_device(ctx: Context, device_id: str) -> DeviceOut:
              summary="Bind a device to a resident or a room of its site (manager, admin)")
 def bind_device(ctx: Context, device_id: str, body: BindIn) -> DeviceOut:
     ctx.require(Permission.CONFIGURE_DEVICES)
-    device = ctx.device(device_id, action="update", change="bind", resident_id=body.resident_id, room=body.room)
+    device = ctx.device(device_id, action="update", change="bind", resident_id=body.resident_id, room=body.room,
+                        kit_id=body.kit_id)
     if body.resident_id is not None:
         resident = ctx.resident(body.resident_id, action="update", change="device_bound", device_id=device_id)
         if resident["site_id"] != device["site_id"]:
             raise HTTPException(status.HTTP_409_CONFLICT, "the device and the resident are at different sites")
         if resident["monitoring"] in ("discharged", "deceased"):
             raise HTTPException(status.HTTP_409_CONFLICT, f"resident is {resident['monitoring']}")
+    if body.kit_id is not None:
+        kit = scope.load_kit(ctx.conn, ctx.principal, body.kit_id)
+        if kit["site_id"] != device["site_id"]:
+            raise HTTPException(status.HTTP_409_CONFLICT, "the device and the kit are at different sites")
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            """UPDATE devices SET resident_id = %(resident)s, room = %(room)s,
+            """UPDATE devices SET resident_id = %(resident)s, room = %(room)s, kit_id = %(kit)s,
                       role = coalesce(%(role)s, role), bound_at = now(), unbound_at = NULL, active = true
                WHERE device_id = %(id)s RETURNING *""",
-            {"resident": body.resident_id, "room": body.room, "role": body.role, "id": device_id}).fetchone()
+            {"resident": body.resident_id, "room": body.room, "kit": body.kit_id, "role": body.role,
+             "id": device_id}).fetchone()
     return _device_out(row, datetime.now(UTC), timedelta(hours=1))
 
 
@@ -93,7 +99,7 @@ def unbind_device(ctx: Context, device_id: str) -> DeviceOut:
         ctx.note("update", "resident", device["resident_id"], change="device_unbound", device_id=device_id)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            """UPDATE devices SET resident_id = NULL, room = NULL, unbound_at = now()
+            """UPDATE devices SET resident_id = NULL, room = NULL, kit_id = NULL, unbound_at = now()
                WHERE device_id = %s RETURNING *""", (device_id,)).fetchone()
     return _device_out(row, datetime.now(UTC), timedelta(hours=1))
 

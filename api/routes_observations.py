@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
+from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.routes_kits import identity_questions
 from carewatch.api.schemas import (
     PARAMETER_METRIC,
     AlertBrief,
@@ -25,6 +27,7 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
+from carewatch.ingest import kit_sessions
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.scoring.kinds import SoftSign
 from carewatch.scoring.news2 import InvalidObservation, score_observation
@@ -134,6 +137,7 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
     for name, value in values.items():
         if value is not None and name not in inputs:
             inputs[name] = {"source": "manual", "by": ctx.principal.username, "at": taken_at.isoformat()}
+    session = _kit_session_check(ctx, resident, body, {p.value: values[p.value] for p in body.from_device}, now)
     manual = {"source": "manual", "by": ctx.principal.username, "at": taken_at.isoformat()}
     inputs["on_oxygen"] = manual
     if body.consciousness is not None:
@@ -154,7 +158,13 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
         source=source, values=values, result=result, spo2_scale=spo2_scale, on_oxygen=body.on_oxygen,
         consciousness=body.consciousness, soft_signs=[s.value for s in body.soft_signs], note=body.note,
         inputs=inputs))
-    ctx.note("create", "observation_set", obs_id, resident_id=resident_id, score=result.score)
+    ctx.note("create", "observation_set", obs_id, resident_id=resident_id, score=result.score,
+             session_id=body.session_id, identity_confirmed=body.identity_confirmed or None)
+    if session is not None and session["ended_at"] is None:  # saving ends the kit's measurement session
+        kit_sessions.lock_kits(ctx.conn, [session["kit_id"]])
+        kit_sessions.end_session(ctx.conn, session["session_id"], by=ctx.principal.username,
+                                 at=max(taken_at, session["started_at"]), reason="saved")
+        ctx.note("update", "kit_session", session["session_id"], change="ended", reason="saved")
     # Alerts are evaluated as of now; under a data clock (simulated-time demo) "now" is the observation's time.
     data_clock = ctx.request.app.state.settings.clock == "data"
     evaluated = evaluate_alerts(ctx, resident_id, taken_at if data_clock else now)
@@ -170,6 +180,25 @@ def record_observation(ctx: Context, resident_id: str, body: ObservationIn) -> O
         meaning=response.meaning, action=response.action, min_interval_minutes=response.min_interval_minutes,
         continuous_monitoring=response.continuous, soft_signs=[s.value for s in body.soft_signs],
         alerts_evaluated=evaluated, open_alerts=[AlertBrief(**a) for a in alerts])
+
+
+def _kit_session_check(ctx: Ctx, resident: dict[str, Any], body: ObservationIn, device_values: dict[str, Any],
+                       now: datetime) -> dict[str, Any] | None:
+    """The shared-kit session these values came from (None without one). Device values implausibly far from this
+    resident's usual ones are refused (409) until the carer confirms who they measured: "Is this <name>?"."""
+    if body.session_id is None:
+        return None
+    session = scope.load_kit_session(ctx.conn, ctx.principal, body.session_id)
+    if session["resident_id"] != resident["resident_id"]:
+        raise HTTPException(status.HTTP_409_CONFLICT, (
+            f"session {body.session_id} is measuring {session['resident_name']}, not {resident['display_name']}: "
+            "choose the resident again on the tablet"))
+    metric_values = {PARAMETER_METRIC[News2Parameter(p)].value: v for p, v in device_values.items() if v is not None}
+    questions = identity_questions(ctx, resident, body.session_id, metric_values, now)
+    if questions and not body.identity_confirmed:
+        raise HTTPException(status.HTTP_409_CONFLICT, " ".join(questions) + (
+            " Check the wristband or photo, then confirm, or choose the right resident."))
+    return session
 
 
 def evaluate_alerts(ctx: Ctx, resident_id: str, now: datetime) -> bool:

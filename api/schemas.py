@@ -272,6 +272,10 @@ class ObservationIn(_In):
     note: Note | None = None
     from_device: list[News2Parameter] = Field(default=[], max_length=len(News2Parameter))
     prefill_minutes: int = Field(default=15, ge=1, le=120, description="How recent an accepted device value must be.")
+    session_id: int | None = Field(default=None, ge=1, description="The shared-kit measurement session these values "
+                                   "came from: saving ends it.")
+    identity_confirmed: bool = Field(default=False, description="The carer answered yes to 'Is this <name>?' for "
+                                     "kit values far from this resident's usual ones.")
 
     @field_validator("respiration_rate", "spo2", "systolic_bp", "pulse", "temperature")
     @classmethod
@@ -545,6 +549,7 @@ class DeviceOut(BaseModel):
     model: str | None
     mac: str | None
     resident_id: str | None
+    kit_id: str | None = None
     room: str | None
     role: str | None
     active: bool
@@ -557,14 +562,17 @@ class DeviceOut(BaseModel):
 
 
 class BindIn(_In):
+    """Bind a device to one resident, to a room, or to a shared kit (measures whoever the tablet session names)."""
+
     resident_id: Ident | None = None
     room: ShortText | None = None
+    kit_id: Ident | None = None
     role: ShortText | None = Field(default=None, description="e.g. bathroom, fridge_door, kettle.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BindIn:
-        if (self.resident_id is None) == (self.room is None):
-            raise ValueError("bind to exactly one of 'resident_id' or 'room'")
+        if sum(x is not None for x in (self.resident_id, self.room, self.kit_id)) != 1:
+            raise ValueError("bind to exactly one of 'resident_id', 'room' or 'kit_id'")
         return self
 
 

@@ -74,6 +74,8 @@ class Permission(StrEnum):
     READ_AUDIT = "read_audit"
     READ_ADOPTION = "read_adoption"  # how much each home uses Carewatch (observations, alert response times)
     SET_OXYGEN = "set_oxygen"  # a resident's oxygen prescription: a clinical decision
+    USE_KIT = "use_kit"  # start and end measurement sessions on a home's shared kit, claim its readings
+    MOVE_READING = "move_reading"  # put a shared kit's reading on the right resident (within an hour)
 
 
 _ALL = frozenset(Role)
@@ -97,6 +99,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.MANAGE_USERS: frozenset({Role.ADMIN}),
     Permission.READ_AUDIT: frozenset({Role.ADMIN}),
     Permission.READ_ADOPTION: frozenset({Role.MANAGER, Role.ADMIN}),
+    Permission.USE_KIT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    Permission.MOVE_READING: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
 }
 
 #: Alert kinds that carry clinical information (council users need the household's vitals consent).
@@ -292,4 +296,27 @@ def load_gateway(conn: psycopg.Connection, principal: Principal, gateway_id: str
                {**params(principal), "id": gateway_id})
     if row is None:
         raise not_found("gateway")
+    return row
+
+
+def load_kit(conn: psycopg.Connection, principal: Principal, kit_id: str) -> dict[str, Any]:
+    """A home's shared kit: its own staff, managers and admins only (404 otherwise)."""
+    row = _one(conn, f"SELECT k.* FROM kits k WHERE k.kit_id = %(id)s AND {config_predicate(principal, 'k.site_id')}",
+               {**params(principal), "id": kit_id})
+    if row is None:
+        raise not_found("kit")
+    return row
+
+
+def load_kit_session(conn: psycopg.Connection, principal: Principal, session_id: int) -> dict[str, Any]:
+    """A measurement session with its kit's name and its resident's banner details (404 outside tenancy)."""
+    row = _one(
+        conn,
+        f"""SELECT k.*, kit.name AS kit_name, r.display_name AS resident_name, r.date_of_birth, r.nhs_number
+            FROM kit_sessions k JOIN kits kit ON kit.kit_id = k.kit_id
+            JOIN residents r ON r.resident_id = k.resident_id
+            WHERE k.session_id = %(id)s AND {config_predicate(principal, 'k.site_id')}""",
+        {**params(principal), "id": session_id})
+    if row is None:
+        raise not_found("session")
     return row

@@ -177,6 +177,31 @@ class ApiClient:
         params: dict[str, Any] = {"since": since.isoformat()} if since is not None else {}
         return self._items(f"/residents/{resident_id}/observations", params, most, key="obs_id")
 
+    # -- shared kits (measurement sessions) ---------------------------------------------------------------
+    def kits(self, site: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/kits", params={"site": site} if site else {})
+
+    def start_session(self, kit_id: str, resident_id: str, *, replace: bool = False) -> dict[str, Any]:
+        return self._request("POST", f"/kits/{kit_id}/sessions", json={"resident_id": resident_id,
+                                                                         "replace": replace})
+
+    def kit_session(self, session_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/kit-sessions/{session_id}")
+
+    def end_session(self, session_id: int, reason: str = "ended") -> dict[str, Any]:
+        return self._request("POST", f"/kit-sessions/{session_id}/end", json={"reason": reason})
+
+    def claim(self, session_id: int, readings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return self._request("POST", f"/kit-sessions/{session_id}/claim", json={"readings": readings or []})
+
+    def unassigned(self, kit_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/kits/{kit_id}/unassigned")
+
+    def move_reading(self, gateway_id: str, seq: int, to_resident_id: str, reason: str | None = None
+                     ) -> dict[str, Any]:
+        return self._request("POST", "/readings/move", json={"gateway_id": gateway_id, "seq": seq,
+                                                              "to_resident_id": to_resident_id, "reason": reason})
+
     # -- alerts ------------------------------------------------------------------------------------------
     def alerts(self, site: str | None = None, resident: str | None = None, statuses: tuple[str, ...] = UNRESOLVED,
                severities: tuple[str, ...] | None = None, most: int | None = None) -> Items:

@@ -23,11 +23,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
+from carewatch.ingest import kit_sessions
+from carewatch.ingest.attribution import SessionWindow, attribute, covering
 from carewatch.ingest.validate import (
     Classified,
     DeadLetter,
@@ -101,8 +103,8 @@ def load_directory(conn: psycopg.Connection) -> Directory:
     devices = {
         row[0]: DeviceInfo(*row)
         for row in conn.execute(
-            """SELECT device_id, site_id, coalesce(resident_id, site_id),
-                      active AND (unbound_at IS NULL OR unbound_at < bound_at)
+            """SELECT device_id, site_id, coalesce(resident_id, kit_id, site_id),
+                      active AND (unbound_at IS NULL OR unbound_at < bound_at), kit_id
                FROM devices"""
         )
     }
@@ -160,11 +162,13 @@ class BatchResult:
         self.dead_letters_by_class.update(other.dead_letters_by_class)
 
 
-_STAGE_COLUMNS = "measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags"
-_STAGE_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]"]
+_STAGE_COLUMNS = ("measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags, "
+                  "session_id")
+_STAGE_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]",
+                "int8"]
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     measured_at timestamptz, gateway_id text, seq bigint, site_id text, subject_id text, device_id text,
-    metric text, value double precision, received_at timestamptz, flags text[]
+    metric text, value double precision, received_at timestamptz, flags text[], session_id bigint
 ) ON COMMIT DELETE ROWS"""
 
 # One statement: move staged rows into readings, then maintain latest_readings and devices from what was inserted.
@@ -248,8 +252,9 @@ def store_batch(
         fresh, seq_state = _fresh_rows(conn, classified.rows, locked)
         result.duplicates = len(classified.rows) - len(fresh)
 
-        # 3. write the fresh rows
+        # 3. attribute shared kits' readings to the session covering their measurement time, write the rows
         if fresh:
+            fresh = _attribute_kit_rows(conn, fresh, snapshot)
             _write_fresh(conn, fresh, result)
 
         # 4. sequence bookkeeping and gateway liveness
@@ -283,7 +288,7 @@ def _write_fresh(conn: psycopg.Connection, fresh: list[StagedReading], result: B
             copy.set_types(_STAGE_TYPES)
             for r in fresh:
                 copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
-                                r.metric, r.value, r.received_at, list(r.flags)))
+                                r.metric, r.value, r.received_at, list(r.flags), r.session_id))
                 newest.add(r.subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value,
                            r.flags, r.received_at)
     except psycopg.errors.UniqueViolation:
@@ -303,12 +308,38 @@ def _stage_and_move(conn: psycopg.Connection, fresh: list[StagedReading], result
             copy.set_types(_STAGE_TYPES)
             for r in fresh:
                 copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
-                                r.metric, r.value, r.received_at, list(r.flags)))
+                                r.metric, r.value, r.received_at, list(r.flags), r.session_id))
         per_subject = cur.execute(_MOVE_SQL).fetchall()
     result.stored = sum(n for _, n, _ in per_subject)
     result.duplicates += len(fresh) - result.stored
     result.subjects = [s for s, _, _ in per_subject]
     result.max_received_at = max((t for _, _, t in per_subject), default=None)
+
+
+def _attribute_kit_rows(conn: psycopg.Connection, rows: list[StagedReading], directory: Directory
+                        ) -> list[StagedReading]:
+    """Give each shared kit's reading the resident of the session covering its measurement time (see
+    ``ingest/attribution.py``); a reading no session covers keeps the kit as its subject (unassigned).
+
+    The kits' rows are locked FOR SHARE first: a session being started or ended right now commits before we read
+    the sessions (or waits until we commit, and then sweeps what we stored), so none falls between the two."""
+    devices = directory.devices
+    kit_rows = [i for i, r in enumerate(rows) if (d := devices.get(r.device_id)) is not None and d.kit_id]
+    if not kit_rows:
+        return rows
+    kits = sorted({devices[rows[i].device_id].kit_id for i in kit_rows})  # type: ignore[misc]
+    kit_sessions.lock_kits(conn, kits, share=True)
+    times = [rows[i].measured_at for i in kit_rows]
+    windows = kit_sessions.load_windows(conn, kits, min(times), max(times))
+    chosen = attribute([(devices[rows[i].device_id].kit_id or "", rows[i].measured_at) for i in kit_rows], windows)
+    out = list(rows)
+    newest: dict[int, Any] = {}
+    for i, session in zip(kit_rows, chosen, strict=True):
+        if session is not None:
+            out[i] = rows[i]._replace(subject_id=session.resident_id, session_id=session.session_id)
+            newest[session.session_id] = max(newest.get(session.session_id, rows[i].measured_at), rows[i].measured_at)
+    kit_sessions.note_readings(conn, newest)
+    return out
 
 
 @dataclass
@@ -604,6 +635,12 @@ def load_history(
         snapshot = directory if directory is not None else load_directory(conn)
         locked = _lock_gateways(conn, sorted(set(gateway_ids)))
         last_seq = {g: row.last_seq for g, row in locked.items()}
+        sites = {row.site_id for row in locked.values()}
+        kits = sorted({d.kit_id for d in snapshot.devices.values() if d.kit_id and d.site_id in sites})
+        kit_sessions.lock_kits(conn, kits, share=True)
+        windows = kit_sessions.load_windows(conn, kits, datetime(1970, 1, 1, tzinfo=UTC),
+                                            datetime(9999, 1, 1, tzinfo=UTC))
+        session_newest: dict[int, datetime] = {}
 
         def refuse(r: HistoryReading, reason_class: ReasonClass, reason: str) -> None:
             letters.append(DeadLetter(
@@ -631,9 +668,16 @@ def load_history(
                 if problem is not None:
                     refuse(r, *problem)
                     continue
-                subject_id = snapshot.devices[r.device_id].subject_id
+                info = snapshot.devices[r.device_id]
+                subject_id, session_id = info.subject_id, None
+                if info.kit_id:
+                    session = _history_session(windows.get(info.kit_id, ()), r.measured_at)
+                    if session is not None:
+                        subject_id, session_id = session.resident_id, session.session_id
+                        held = session_newest.get(session_id)
+                        session_newest[session_id] = r.measured_at if held is None else max(held, r.measured_at)
                 copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, subject_id, r.device_id, r.metric,
-                                r.value, r.received_at, list(r.flags)))
+                                r.value, r.received_at, list(r.flags), session_id))
                 last_seq[r.gateway_id] = r.seq
                 gw_runs = runs.setdefault(r.gateway_id, [])
                 if gw_runs and gw_runs[-1][1] + 1 == r.seq:
@@ -643,12 +687,22 @@ def load_history(
                 newest.add(subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value, r.flags,
                            r.received_at)
         result.stored = sum(newest.per_subject.values())
+        kit_sessions.note_readings(conn, session_newest)
         _history_bookkeeping(conn, locked, runs, newest, result)
         _insert_dead_letters(conn, letters)
         result.dead_letters = len(letters)
         result.dead_letters_by_class.update(d.reason_class.value for d in letters)
     result.subjects = sorted(newest.per_subject)
     return result
+
+
+def _history_session(sessions: Sequence[SessionWindow], at: datetime) -> SessionWindow | None:
+    """The session covering ``at`` in a history load, advancing its idle timer as ingest would."""
+    session = covering(sessions, at)
+    if session is not None and session.ended_at is None and (
+            session.last_reading_at is None or at > session.last_reading_at):
+        session.last_reading_at = at
+    return session
 
 
 def _history_bookkeeping(conn: psycopg.Connection, locked: dict[str, _GatewayRow], runs: dict[str, list[Run]],
@@ -673,6 +727,81 @@ def _history_bookkeeping(conn: psycopg.Connection, locked: dict[str, _GatewayRow
         conn.execute("UPDATE gateways SET last_seq = %s, missing_seqs = %s WHERE gateway_id = %s",
                      (last_seq, missing, gateway_id))
     _apply_newest(conn, newest)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Re-attributing stored kit readings: session-start sweep, claim, move (the readings table's one writer)
+# ------------------------------------------------------------------------------------------------------------
+ReadingKey = tuple[str, int]  # (gateway_id, seq)
+
+
+@dataclass
+class Reassigned:
+    """What a re-attribution changed: the readings moved and every subject whose data changed."""
+
+    readings: list[dict[str, Any]] = field(default_factory=list)  # gateway_id, seq, measured_at, metric, from
+    subjects: list[str] = field(default_factory=list)
+
+
+def reassign_readings(conn: psycopg.Connection, keys: Iterable[ReadingKey], *, to_subject: str,
+                      session_id: int | None, kind: str, by: str, reason: str | None = None) -> Reassigned:
+    """Give stored readings a new subject (and session), one history row each in ``reading_assignments``, and
+    bring ``latest_readings`` of the old and new subjects up to date. Rows already on ``to_subject`` are left.
+    The caller checks who may do this and which readings qualify; the caller's transaction commits it."""
+    pairs = sorted(set(keys))
+    out = Reassigned()
+    if not pairs:
+        return out
+    rows = conn.execute(
+        """SELECT r.gateway_id, r.seq, r.measured_at, r.metric, r.subject_id FROM readings r
+           JOIN unnest(%s::text[], %s::int8[]) AS k(gateway_id, seq) ON r.gateway_id = k.gateway_id AND r.seq = k.seq
+           WHERE r.subject_id <> %s ORDER BY r.gateway_id, r.seq FOR UPDATE OF r""",
+        ([g for g, _ in pairs], [q for _, q in pairs], to_subject)).fetchall()
+    if not rows:
+        return out
+    with conn.cursor() as cur:
+        cur.executemany(
+            """UPDATE readings SET subject_id = %s, session_id = %s
+               WHERE gateway_id = %s AND seq = %s AND measured_at = %s""",
+            [(to_subject, session_id, g, q, at) for g, q, at, _, _ in rows])
+        cur.executemany(
+            """INSERT INTO reading_assignments (kind, gateway_id, seq, measured_at, from_subject, to_subject,
+                                                session_id, by_user, reason)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            [(kind, g, q, at, old, to_subject, session_id, by, reason) for g, q, at, _, old in rows])
+    refresh_latest(conn, {(old, metric) for _, _, _, metric, old in rows} | {(to_subject, m) for *_, m, _ in rows})
+    out.readings = [{"gateway_id": g, "seq": q, "measured_at": at, "metric": m, "from": old}
+                    for g, q, at, m, old in rows]
+    out.subjects = sorted({old for *_, old in rows} | {to_subject})
+    return out
+
+
+def sweep_into_session(conn: psycopg.Connection, session: dict[str, Any], upto: datetime, *, by: str) -> Reassigned:
+    """A session just started covers kit readings measured since its start that were stored a moment before the
+    session row (unassigned, subject = the kit): they are the session's by its window, not by a guess."""
+    keys = conn.execute(
+        """SELECT gateway_id, seq FROM readings WHERE subject_id = %s AND measured_at >= %s AND measured_at <= %s""",
+        (session["kit_id"], session["started_at"], upto)).fetchall()
+    return reassign_readings(conn, [(g, q) for g, q in keys], to_subject=session["resident_id"],
+                             session_id=session["session_id"], kind="session_start", by=by,
+                             reason="measured inside the session's window, stored just before it started")
+
+
+def refresh_latest(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
+    """Recompute ``latest_readings`` for (subject, metric) pairs from ``readings`` (after re-attribution)."""
+    items = sorted(set(pairs))
+    if not items:
+        return
+    subjects, metrics = [s for s, _ in items], [m for _, m in items]
+    conn.execute("""DELETE FROM latest_readings l USING unnest(%s::text[], %s::text[]) AS p(subject_id, metric)
+                    WHERE l.subject_id = p.subject_id AND l.metric = p.metric""", (subjects, metrics))
+    conn.execute(
+        """INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at, flags)
+           SELECT p.subject_id, p.metric, r.site_id, r.device_id, r.value, r.measured_at, r.flags
+           FROM unnest(%s::text[], %s::text[]) AS p(subject_id, metric)
+           JOIN LATERAL (SELECT site_id, device_id, value, measured_at, flags FROM readings x
+                         WHERE x.subject_id = p.subject_id AND x.metric = p.metric
+                         ORDER BY x.measured_at DESC, x.seq DESC LIMIT 1) r ON true""", (subjects, metrics))
 
 
 # ------------------------------------------------------------------------------------------------------------

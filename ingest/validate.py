@@ -83,8 +83,9 @@ class DeviceInfo:
 
     device_id: str
     site_id: str
-    subject_id: str  # resident_id, or the site_id for room-bound home sensors
+    subject_id: str  # resident_id, the kit_id for a shared kit's devices, or the site_id for home sensors
     active: bool = True
+    kit_id: str | None = None  # a shared kit's device: attributed through measurement sessions
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class StagedReading(NamedTuple):
     value: float
     received_at: datetime
     flags: tuple[str, ...] = ()
+    session_id: int | None = None  # the kit session that attributed it (kit devices only)
 
 
 @dataclass

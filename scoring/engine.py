@@ -25,8 +25,15 @@ from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
 from carewatch.scoring.incident_store import escalate_unacknowledged_incidents, sync_incidents
 from carewatch.scoring.kinds import CLINICAL_KINDS
-from carewatch.scoring.lifecycle import ACTOR, apply_findings, escalate_unacknowledged, resolve_open_alerts
+from carewatch.scoring.lifecycle import (
+    ACTOR,
+    apply_findings,
+    escalate_unacknowledged,
+    resolve_alerts_resting_on,
+    resolve_open_alerts,
+)
 from carewatch.scoring.loading import load_residents
+from carewatch.scoring.observation_sets import delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
 from carewatch.scoring.rules import ResidentFacts
 
@@ -43,6 +50,18 @@ def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[lis
         "SELECT site_id FROM sites WHERE site_id = ANY(%s) AND kind = 'household' ORDER BY site_id", (rest,))]
     unknown = sorted(set(rest) - set(households))
     return residents, households, unknown
+
+
+def withdraw_device_values(conn: psycopg.Connection, resident_id: str, readings: Sequence[tuple[str, datetime]],
+                           now: datetime) -> int:
+    """Forget the device-round sets of ``resident_id`` built from these (device_id, measured_at) readings: they
+    were moved to another resident (issue 17). Open alerts that rest on those sets are resolved saying why; the
+    next :func:`evaluate_subjects` rebuilds rounds, scores and alerts from the readings still this resident's.
+    Staff-recorded sets are never deleted. Returns how many sets went."""
+    gone = delete_device_sets_built_from(conn, resident_id, readings)
+    resolve_alerts_resting_on(conn, resident_id, gone, "The device readings behind this alert were moved to another "
+                              "resident (measured with the shared kit on the wrong person).", now)
+    return len(gone)
 
 
 def evaluate_subjects(conn: psycopg.Connection, subject_ids: Iterable[str], now: datetime) -> EvaluationSummary:

@@ -230,6 +230,21 @@ def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, re
     return ids
 
 
+def resolve_alerts_resting_on(conn: psycopg.Connection, resident_id: str, obs_ids: Sequence[int], why: str,
+                              now: datetime) -> list[int]:
+    """Resolve a resident's open alerts whose evidence is one of these observation sets (withdrawn: their
+    readings were moved to another resident)."""
+    if not obs_ids:
+        return []
+    rows = conn.execute(
+        """SELECT alert_id FROM alerts WHERE resident_id = %s AND status <> 'resolved'
+             AND (data->>'obs_id')::bigint = ANY(%s) ORDER BY alert_id FOR UPDATE""",
+        (resident_id, list(obs_ids))).fetchall()
+    for (alert_id,) in rows:
+        _auto_resolve(conn, alert_id, why, now)
+    return [r[0] for r in rows]
+
+
 def escalate_unacknowledged(conn: psycopg.Connection, now: datetime) -> list[int]:
     """Alerts not acknowledged within their severity's window: escalation_level + 1, status 'escalated'."""
     with transaction(conn):

@@ -97,3 +97,19 @@ def delete_device_set(conn: psycopg.Connection, obs_id: int) -> None:
     """A device-only set folded into the staff set of the same round (one round, one set); staff sets are never
     deleted."""
     conn.execute("DELETE FROM observation_sets WHERE obs_id = %s AND recorded_by = 'scorer'", (obs_id,))
+
+
+def delete_device_sets_built_from(conn: psycopg.Connection, resident_id: str,
+                                  readings: Sequence[tuple[str, datetime]]) -> list[int]:
+    """Delete the device-round sets of ``resident_id`` that took a value from one of these (device_id,
+    measured_at) readings: the readings were moved to another resident. Staff sets are never deleted. Returns
+    the obs_ids deleted."""
+    if not readings:
+        return []
+    return [row[0] for row in conn.execute(
+        """DELETE FROM observation_sets o WHERE o.resident_id = %s AND o.recorded_by = 'scorer' AND EXISTS (
+               SELECT 1 FROM jsonb_each(o.inputs) e, unnest(%s::text[], %s::timestamptz[]) AS m(device_id, at)
+               WHERE jsonb_typeof(e.value) = 'object' AND e.value->>'device_id' = m.device_id
+                 AND (e.value->>'at')::timestamptz = m.at)
+           RETURNING o.obs_id""",
+        (resident_id, [d for d, _ in readings], [t for _, t in readings])).fetchall()]

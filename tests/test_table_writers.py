@@ -31,6 +31,9 @@ OWNERS = {
     "gateway_events": "ingest/store.py",
     "audit_log": "api/audit.py",
     "users": "api/users.py",
+    "kits": "ingest/kit_sessions.py",
+    "kit_sessions": "ingest/kit_sessions.py",
+    "reading_assignments": "ingest/store.py",
 }
 #: Modules allowed to write these tables anyway, and why.
 EXEMPT = {

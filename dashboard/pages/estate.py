@@ -40,7 +40,8 @@ with devices_tab:
     rows = [d for d in devices if not only or d in silent or d in low]
     st.dataframe([{
         "Device": d["device_id"], "Kind": d["kind"], "Site": d["site_id"],
-        "For": d["resident_id"] or d["room"] or "-",
+        "For": (f"resident {d['resident_id']}" if d["resident_id"] else f"shared kit {d['kit_id']}"
+                if d.get("kit_id") else f"room {d['room']}" if d["room"] else "-"),
         "Battery": "-" if d["battery_pct"] is None else (f"{d['battery_pct']:.0f}% LOW" if d["battery_pct"] <
                                                          BATTERY_LOW else f"{d['battery_pct']:.0f}%"),
         "Last seen": ago(d["last_seen"], now), "Status": "SILENT" if d["silent"] else ("active" if d["active"]

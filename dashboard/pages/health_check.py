@@ -66,6 +66,136 @@ NEW_CONFUSION_QUESTION = (
     "Nothing has been saved yet."
 )
 
+NO_KIT = "-"
+#: How often the open form asks the API for the kit's new values (they must show within 2 s of being sent).
+POLL_S = 1.0
+
+
+def _session_for(c: Any, resident: dict[str, Any], kit_id: str) -> dict[str, Any] | None:
+    """This tablet's session for the chosen resident and kit: started when they are chosen; choosing another
+    resident ends the previous one. Another tablet's open session on the kit: ask before ending it."""
+    held = st.session_state.get("kit_session")
+    if held and held["kit_id"] == kit_id and held["resident_id"] == resident["resident_id"]:
+        return held
+    mine = bool(held and held["kit_id"] == kit_id)  # this tablet moves on to the next resident
+    try:
+        session = c.start_session(kit_id, resident["resident_id"], replace=mine)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        st.warning(str(exc))
+        if st.button(f"End that session and measure {resident['display_name']}", key=f"kit-replace-{kit_id}",
+                     type="primary"):
+            session = c.start_session(kit_id, resident["resident_id"], replace=True)
+        else:
+            return None
+    st.session_state["kit_session"] = {"session_id": session["session_id"], "kit_id": kit_id,
+                                       "resident_id": resident["resident_id"]}
+    st.session_state.pop("obs_result", None)
+    return st.session_state["kit_session"]
+
+
+def _born(value: str) -> str:
+    return datetime.fromisoformat(value).strftime("%-d %B %Y")
+
+
+def kit_session_page(c: Any, resident: dict[str, Any], kit_id: str) -> None:
+    """Measure with the home's shared kit: a session for this kit, resident and carer; values arrive live."""
+    result = st.session_state.get("obs_result")
+    if result and result.get("resident_id") == resident["resident_id"] and result.get("kit_id") == kit_id:
+        show_result(result)
+        if st.button("Measure this resident again", key="kit-again"):
+            st.session_state.pop("obs_result", None)
+            st.rerun()
+        return
+    with ui.api_errors():
+        held = _session_for(c, resident, kit_id)
+    if held is None:
+        return
+    _live_form(c, resident, held["session_id"])
+
+
+@st.fragment(run_every=POLL_S)
+def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
+    with ui.api_errors():
+        live = c.kit_session(session_id)
+    name = resident["display_name"]
+    st.html(f"<div class='cw-kit-banner'>{ui.badge(palette.OK, 'Measuring', big=True)} <b>{ui.esc(name)}</b>, "
+            f"born {_born(live['date_of_birth'])}<div>{ui.esc(live['kit_name'])}, session started "
+            f"{local_time(live['started_at'])}. Check the wristband or photo before you measure.</div></div>")
+    if not live["open"]:
+        st.warning(f"This session ended ({live['end_reason']}). Choose the resident again to measure them.")
+        st.session_state.pop("kit_session", None)
+        return
+    for r in live["claimable"]:
+        cols = st.columns([3, 1])
+        cols[0].warning(f"{r['words'][0].upper()}{r['words'][1:]}: {r['metric'].replace('_', ' ')} "
+                        f"{r['value']:g} {r['unit']}. Was it {name}?")
+        if cols[1].button(f"Yes, {name}", key=f"claim-{r['gateway_id']}-{r['seq']}", width="stretch"):
+            with ui.api_errors():
+                c.claim(session_id, [{"gateway_id": r["gateway_id"], "seq": r["seq"]}])
+            st.rerun(scope="fragment")
+    offered: dict[str, dict[str, Any]] = live["values"]
+    seen = st.session_state.setdefault(f"kit-seen-{session_id}", {})
+    cols = st.columns(2)
+    values: dict[str, float | None] = {}
+    confirmed: dict[str, bool] = {}
+    for i, (param, label, step, fmt) in enumerate(FIELDS):
+        spec = METRICS[METRIC_OF[param]]
+        key = f"kit-{param}-{session_id}"
+        pre = offered.get(param) if param != "respiration_rate" else None  # breathing rate is always counted
+        if pre is not None and seen.get(param) != pre["seq"]:  # a new value from the kit: show it in the form
+            seen[param] = pre["seq"]
+            st.session_state[key] = float(pre["value"])
+            st.session_state[f"{key}-ok"] = False
+        col = cols[i % 2]
+        start = {} if key in st.session_state else {"value": None}  # set through session state once it is there
+        values[param] = col.number_input(label, min_value=float(spec.low), max_value=float(spec.high), step=step,
+                                         format=fmt, key=key, **start)
+        if pre is not None:
+            source = f"From {live['kit_name']} ({pre['device_id']}) at {local_time(pre['measured_at'], '%H:%M:%S')}"
+            if not pre["trusted"]:
+                source += f": the device flagged it ({', '.join(pre['flags'])}), measure again"
+            col.caption(source)
+            confirmed[param] = col.checkbox("Value checked", key=f"{key}-ok")
+    oxygen = cols[1].radio("Breathing", ["Air", "Oxygen"], horizontal=True, key=f"kit-oxygen-{session_id}")
+    hint = " This resident's usual confusion (e.g. dementia) counts as A." if resident.get("baseline_confused") else ""
+    consciousness = st.radio(f"Alertness (ACVPU).{hint}", list(ACVPU), format_func=ACVPU.__getitem__, index=None,
+                             horizontal=True, key=f"kit-acvpu-{session_id}")
+    identity = False
+    if live["identity_check"]:
+        for question in live["identity_check"]:
+            st.error(question)
+        identity = st.checkbox(f"Yes, this is {name}: I checked", key=f"kit-identity-{session_id}")
+    if st.button("Work out the NEWS2 score and save", type="primary", width="stretch", key=f"kit-save-{session_id}"):
+        from_device = [p for p, v in offered.items() if p in confirmed and values.get(p) is not None
+                       and abs(float(values[p]) - float(v["value"])) < 1e-9]
+        unchecked = [p for p in from_device if not confirmed.get(p)]
+        if unchecked:
+            st.error("Tick 'Value checked' or correct: " + ", ".join(p.replace("_", " ") for p in unchecked))
+            return
+        if live["identity_check"] and not identity:
+            st.error(f"Confirm that this is {name}, or choose the right resident.")
+            return
+        body: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k not in from_device}
+        body.update(on_oxygen=oxygen == "Oxygen", from_device=from_device, session_id=session_id,
+                    identity_confirmed=identity, prefill_minutes=120)
+        if consciousness:
+            body["consciousness"] = consciousness
+        if not any(v is not None for v in values.values()) and not consciousness:
+            st.error("Nothing to save: enter at least one observation.")
+            return
+        try:
+            saved = c.record_observation(resident["resident_id"], body)
+        except ApiError as exc:
+            st.error(f"Not saved: {exc}")
+            return
+        st.session_state["obs_result"] = {"resident_id": resident["resident_id"],
+                                          "kit_id": st.session_state["kit_session"]["kit_id"], **saved}
+        st.session_state.pop("kit_session", None)
+        st.rerun()
+
+
 st.title("Record a physical health check")
 c = ui.client()
 with ui.api_errors():
@@ -74,6 +204,18 @@ with ui.api_errors():
         st.info("No residents to record for.")
         st.stop()
     resident = c.resident(rid)
+    kits = c.kits(site=resident["site_id"])
+
+kit_id = None
+if kits:
+    names = {k["kit_id"]: k["name"] for k in kits}
+    kit_id = ui.choose("Device kit", [*names, NO_KIT], lambda k: names.get(k, "No kit: type the values in"),
+                       "kit_id", "check-kit")
+if kit_id not in (None, NO_KIT):
+    kit_session_page(c, resident, kit_id)
+    st.stop()
+
+with ui.api_errors():
     prefill = c.prefill(rid, minutes=PREFILL_MINUTES)
 
 now = datetime.now(UTC)

@@ -30,7 +30,11 @@ from fastapi.testclient import TestClient
 from carewatch.api.app import PUBLIC_PATHS, create_app
 from carewatch.api.deps import current_principal
 from carewatch.api.scope import GRANTS, Permission
+from carewatch.ingest import kit_sessions
+from carewatch.ingest.store import store_batch
+from carewatch.ingest.validate import ReadingsMessage
 from carewatch.settings import Settings
+from carewatch.wire import DeviceKind, Metric, Reading, encode_batch
 
 from .conftest import incident_of
 
@@ -43,7 +47,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Body fields that name another tenant's resource (``gp_practice`` is not one: any home may register a
 #: resident with any practice).
 TENANT_FIELDS = frozenset({"site_id", "resident_id", "alert_id", "device_id", "gateway_id", "practice_code",
-                           "incident_id"})
+                           "incident_id", "kit_id", "session_id", "to_resident_id"})
 Route = tuple[str, str, Any]
 Target = dict[str, str | None]
 
@@ -87,20 +91,29 @@ class Tenancy:
     incident_a_pb: int = 0  # the incidents of the three alerts above
     incident_ha: int = 0
     incident_hb_clinical: int = 0
+    kit_a: str = ""  # home A's shared kit (sessions start on it)
+    session_a: int = 0  # an open session on home A's second kit
+    seq_a: int = 0  # a kit reading of home A (gateway A)
+    kit_b: str = ""
+    session_b: int = 0
+    seq_b: int = 0  # a kit reading of home B (gateway B)
 
     def own(self, role: str) -> Target:
         """The role's own resources by path parameter; None where the role has none of that kind."""
         w = self.w
         home = {"resident_id": w.resident_a, "site_id": w.home_a, "alert_id": str(w.alert_a),
-                "device_id": w.device_a, "gateway_id": w.gateway_a, "incident_id": str(w.incident_a)}
+                "device_id": w.device_a, "gateway_id": w.gateway_a, "incident_id": str(w.incident_a),
+                "kit_id": self.kit_a, "session_id": str(self.session_a), "reading_gateway": w.gateway_a,
+                "reading_seq": str(self.seq_a)}
+        no_config = {"device_id": None, "gateway_id": None, "kit_id": None, "session_id": None}
         target: Target = {
             "care_staff": {**home, "household": None},
             "manager": {**home, "household": None},
             "nurse": {**home, "household": None},
-            "gp": {**home, "household": w.household_a, "device_id": None, "gateway_id": None},
+            "gp": {**home, "household": w.household_a, **no_config},
             "council": {"resident_id": w.resident_ha, "site_id": w.household_a, "household": w.household_a,
-                        "alert_id": str(self.alert_ha), "device_id": None, "gateway_id": None,
-                        "incident_id": str(self.incident_ha)},
+                        "alert_id": str(self.alert_ha), "incident_id": str(self.incident_ha),
+                        "reading_gateway": w.gateway_a, "reading_seq": str(self.seq_a), **no_config},
             "admin": {**home, "household": w.household_a},
         }[role]
         return {**target, "username": w.other_users["manager"]}
@@ -110,7 +123,8 @@ class Tenancy:
         w = self.w
         return {"resident_id": w.resident_b, "site_id": w.home_b, "household": w.household_b,
                 "alert_id": str(w.alert_b), "device_id": w.device_b, "gateway_id": w.gateway_b,
-                "incident_id": str(w.incident_b), "username": w.other_users["manager"]}
+                "incident_id": str(w.incident_b), "kit_id": self.kit_b, "session_id": str(self.session_b),
+                "reading_gateway": w.gateway_b, "reading_seq": str(self.seq_b), "username": w.other_users["manager"]}
 
     def probes(self, role: str) -> list[tuple[str, Target, frozenset[str] | None]]:
         """(what, target, path parameters it varies: only routes with one of them are probed; None = all)."""
@@ -175,6 +189,21 @@ def tenancy(world: World, db: psycopg.Connection) -> Tenancy:
                 alert(w.household_b, w.resident_hb, w.resident_hb, "news2"))
     t.incident_a_pb, t.incident_ha, t.incident_hb_clinical = (
         incident_of(db, a) for a in (t.alert_a_pb, t.alert_ha, t.alert_hb_clinical))
+    # shared kits: each home has two, a kit device, an open session on its second kit and a kit reading
+    for home, gateway, rid, side in ((w.home_a, w.gateway_a, w.resident_a, "a"), (w.home_b, w.gateway_b,
+                                                                                  w.resident_b, "b")):
+        kit_sessions.ensure_kits(db, [(f"{home}-kit-01", home, "kit-01"), (f"{home}-kit-02", home, "kit-02")])
+        db.execute("INSERT INTO devices (device_id, site_id, gateway_id, kind, kit_id) "
+                   "VALUES (%s, %s, %s, 'pulse_oximeter', %s)", (f"kox-{home}", home, gateway, f"{home}-kit-01"))
+        session = kit_sessions.start_session(db, kit_id=f"{home}-kit-02", site_id=home, resident_id=rid,
+                                             by="rbac", at=now).session
+        seq = 9001
+        store_batch(db, [ReadingsMessage.from_payload(None, encode_batch(home, gateway, [Reading(
+            seq=seq, device_id=f"kox-{home}", device_kind=DeviceKind.PULSE_OXIMETER, metric=Metric.SPO2,
+            value=95, unit="%", measured_at=now, received_at=now)]))])
+        setattr(t, f"kit_{side}", f"{home}-kit-01")
+        setattr(t, f"session_{side}", session["session_id"])
+        setattr(t, f"seq_{side}", seq)
     db.commit()
     return t
 
@@ -221,6 +250,11 @@ def body_for(method: str, path: str, w: World, target: Target) -> tuple[dict[str
         ("POST", "/alerts/{alert_id}/comment"): {"text": "looked in"},
         ("POST", "/residents/{resident_id}/snooze"): {"reason": "end of life care plan", "minutes": 60},
         ("POST", "/devices/{device_id}/bind"): {"room": "lounge"},
+        ("POST", "/kits/{kit_id}/sessions"): {"resident_id": target["resident_id"] or w.resident_a, "replace": True},
+        ("POST", "/kit-sessions/{session_id}/end"): {"reason": "ended"},
+        ("POST", "/kit-sessions/{session_id}/claim"): {},
+        ("POST", "/readings/move"): {"gateway_id": target["reading_gateway"], "seq": int(target["reading_seq"] or 1),
+                                    "to_resident_id": target["resident_id"] or w.resident_a},
     }
     params = {"metric": "spo2"} if path.endswith("/readings") else None
     return bodies.get((method, path)), params
@@ -251,6 +285,16 @@ FOREIGN_BODIES: list[tuple[str, str, frozenset[str], Callable[[Tenancy], dict[st
         "site_id": t.w.household_b, "practice_code": t.w.practice_b}),
     ("POST", "/devices/{device_id}/bind", frozenset({"resident_id"}), lambda t: {"resident_id": t.w.resident_b}),
     ("POST", "/devices/{device_id}/bind", frozenset({"resident_id"}), lambda t: {"resident_id": t.w.resident_hb}),
+    ("POST", "/devices/{device_id}/bind", frozenset({"kit_id"}), lambda t: {"kit_id": t.kit_b}),
+    ("POST", "/kits/{kit_id}/sessions", frozenset({"resident_id"}), lambda t: {
+        "resident_id": t.w.resident_b, "replace": True}),
+    ("POST", "/residents/{resident_id}/observations", frozenset({"session_id"}), lambda t: {
+        "pulse": 80, "session_id": t.session_b}),
+    # another home's reading, and a reading of one's own home moved onto another home's resident
+    ("POST", "/readings/move", frozenset({"gateway_id"}), lambda t: {
+        "gateway_id": t.w.gateway_b, "seq": t.seq_b, "to_resident_id": t.w.resident_a}),
+    ("POST", "/readings/move", frozenset({"to_resident_id"}), lambda t: {
+        "gateway_id": t.w.gateway_a, "seq": t.seq_a, "to_resident_id": t.w.resident_b}),
 ]
 
 
@@ -330,6 +374,14 @@ def _tenant_b_unchanged(db: psycopg.Connection, t: Tenancy) -> None:
     assert db.execute("SELECT count(*) FROM users WHERE username LIKE %s", (f"new-{w.uid}%",)).fetchone()[0] == 0
     assert db.execute("SELECT site_id, practice_code, full_name FROM users WHERE username = %s",
                       (w.other_users["manager"],)).fetchone() == (w.home_b, None, "manager B")
+    sessions = db.execute("SELECT session_id, resident_id, ended_at FROM kit_sessions WHERE site_id = %s",
+                          (w.home_b,)).fetchall()
+    assert sessions == [(t.session_b, w.resident_b, None)]
+    assert db.execute("SELECT subject_id FROM readings WHERE gateway_id = %s AND seq = %s",
+                      (w.gateway_b, t.seq_b)).fetchone()[0] == f"{w.home_b}-kit-01"
+    assert db.execute("SELECT subject_id FROM readings WHERE gateway_id = %s AND seq = %s",
+                      (w.gateway_a, t.seq_a)).fetchone()[0] == f"{w.home_a}-kit-01"
+    assert db.execute("SELECT kit_id FROM devices WHERE device_id = %s", (w.device_a,)).fetchone()[0] is None
 
 
 def test_rbac_matrix_other_tenant_is_never_visible(client: TestClient, tenancy: Tenancy, db: psycopg.Connection,
@@ -360,7 +412,7 @@ def test_rbac_matrix_other_tenant_is_never_visible(client: TestClient, tenancy: 
                 assert url is not None
                 probe(what, method, path, url, *body_for(method, path, w, target))
         for method, path, _, make in FOREIGN_BODIES:
-            url = fill(path, tenancy.own(role) | {"device_id": w.device_a})
+            url = fill(path, tenancy.own(role) | {"device_id": w.device_a, "kit_id": tenancy.kit_a})
             assert url is not None
             probe("a body naming another tenant", method, path, url, make(tenancy), None)
     resident_routes = sum(1 for _, p, _ in routes if "{resident_id}" in p)
@@ -448,6 +500,13 @@ ROUTE_PERMISSION: dict[tuple[str, str], Permission] = {
     ("GET", "/gateways/{gateway_id}/registry"): Permission.READ_GATEWAY_REGISTRY,
     ("GET", "/dead-letters"): Permission.READ_DEAD_LETTERS,
     ("GET", "/reports/adoption"): Permission.READ_ADOPTION,
+    ("GET", "/kits"): Permission.USE_KIT,
+    ("POST", "/kits/{kit_id}/sessions"): Permission.USE_KIT,
+    ("GET", "/kit-sessions/{session_id}"): Permission.USE_KIT,
+    ("POST", "/kit-sessions/{session_id}/claim"): Permission.USE_KIT,
+    ("POST", "/kit-sessions/{session_id}/end"): Permission.USE_KIT,
+    ("GET", "/kits/{kit_id}/unassigned"): Permission.USE_KIT,
+    ("POST", "/readings/move"): Permission.MOVE_READING,
 }
 
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,13 @@ import pytest
 from dashboard_world import PASSWORD, DashWorld, Stack, check_council_pdf, deteriorate, seed, serve_stack
 
 from carewatch.api.rightsizing import CSV_COLUMNS
+from carewatch.firmware_sim import frames
+from carewatch.firmware_sim.devices import VITAL_SOURCE
+from carewatch.firmware_sim.transport import SimTransport
+from carewatch.gateway.registry import RegisteredDevice
+from carewatch.gateway.transport import Notification
+from carewatch.settings import Settings
+from carewatch.wire import DeviceKind
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CAREWATCH_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")
@@ -276,4 +286,164 @@ def test_council_downloads_the_csv_and_the_pdf(browser: Any, stack: Stack, world
     check_council_pdf(data, priced)  # summary, package and hours, benefit figures, and the charts drawn
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("textbox", name="Username").wait_for()  # back to the sign-in form
+    page.context.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Shared kit (issue 17): choose a resident and a kit, the devices send through the real gateway, the values appear
+# in the open form, save, and the next resident's session starts clean
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class KitWorld:
+    site: str
+    gateway: str
+    kit: str
+    staff: str
+    mary: str
+    john: str
+    oximeter: RegisteredDevice
+    thermometer: RegisteredDevice
+
+
+@pytest.fixture(scope="module")
+def kit_world(database: str) -> KitWorld:
+    from carewatch.api.users import create_user
+    from carewatch.ingest import kit_sessions
+
+    uid = uuid.uuid4().hex[:8]
+    k = KitWorld(f"kithome-{uid}", f"gw-kithome-{uid}", f"kithome-{uid}-kit-01", f"kitstaff-{uid}", f"mary-{uid}",
+                 f"john-{uid}",
+                 RegisteredDevice(address="C0:17:00:00:00:01", device_id=f"oxi-kit-{uid}",
+                                  kind=DeviceKind.PULSE_OXIMETER, source="gatt"),
+                 RegisteredDevice(address="C0:17:00:00:00:02", device_id=f"thermo-kit-{uid}",
+                                  kind=DeviceKind.THERMOMETER, source="gatt"))
+    with psycopg.connect(database) as conn:
+        conn.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', %s)",
+                     (k.site, f"Kit home {uid}"))
+        for rid, name, born in ((k.mary, "Mary Smith", "1937-04-12"), (k.john, "John Jones", "1931-11-02")):
+            conn.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
+                         "VALUES (%s, %s, %s, %s)", (rid, k.site, name, born))
+        conn.execute("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s)", (k.gateway, k.site))
+        kit_sessions.ensure_kits(conn, [(k.kit, k.site, "kit-01")])
+        for d in (k.oximeter, k.thermometer):
+            conn.execute("INSERT INTO devices (device_id, site_id, gateway_id, kind, mac, kit_id) "
+                         "VALUES (%s, %s, %s, %s, %s, %s)", (d.device_id, k.site, k.gateway, d.kind.value,
+                                                             d.address, k.kit))
+        create_user(conn, k.staff, "care_staff", password=PASSWORD, full_name="Kit Carer", site_id=k.site)
+    return k
+
+
+@pytest.fixture(scope="module")
+def kit_gateway(kit_world: KitWorld, database: str, mqtt_url: str, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[SimTransport]:
+    """The real gateway (outbox, MQTT publisher) fed by simulated kit devices, and a real ingest worker."""
+    from carewatch.gateway.registry import DeviceRegistry
+    from carewatch.gateway.service import Gateway
+    from carewatch.ingest.consumer import IngestWorker
+
+    state = tmp_path_factory.mktemp("kit-gateway")
+    settings = Settings(database_url=database, mqtt_url=mqtt_url, state_dir=state, site_id=kit_world.site,
+                        gateway_id=kit_world.gateway, outbox_path=state / "outbox.sqlite", publish_batch_ms=50,
+                        ingest_batch_ms=50, ingest_shared=False)
+    worker = IngestWorker(settings, worker_id=f"kit-{kit_world.site}", shared=False)
+    worker.start()
+    transport = SimTransport()
+    gateway = Gateway(settings, transport, registry=DeviceRegistry([kit_world.oximeter, kit_world.thermometer]),
+                      status_interval_s=5.0)
+    gateway.start()
+    transport.wait_ready()
+    try:
+        yield transport
+    finally:
+        transport.close()
+        gateway.stop(timeout=15)
+        worker.stop(timeout=15)
+
+
+def _measure(transport: SimTransport, device: RegisteredDevice, data: bytes) -> float:
+    """The device sends one measurement now; returns when (monotonic)."""
+    transport.push([Notification(device.address, VITAL_SOURCE[device.kind], data, datetime.now(UTC), -60)])
+    return time.monotonic()
+
+
+def _choose(page: Any, key: str, option: str) -> None:
+    page.locator(f".st-key-{key}").click()
+    page.get_by_role("option", name=option).first.click()
+    _settle(page)
+
+
+def test_shared_kit_round_values_arrive_live_then_next_resident_starts_clean(
+        browser: Any, stack: Stack, kit_world: KitWorld, kit_gateway: SimTransport, database: str,
+        shots: Path) -> None:
+    k = kit_world
+    page = _sign_in(browser, stack, k.staff)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Record a health check", exact=True).click()
+    page.get_by_role("heading", name="Record a physical health check").wait_for()
+    _settle(page)
+    _choose(page, "check-resident", "Mary Smith")
+    page.get_by_text("Device kit").wait_for()
+    banner = page.locator(".cw-kit-banner")
+    banner.wait_for()
+    assert "Mary Smith" in banner.inner_text() and "born 12 April 1937" in banner.inner_text()
+    with psycopg.connect(database) as conn:
+        session, resident, by = conn.execute(
+            "SELECT session_id, resident_id, started_by FROM kit_sessions WHERE kit_id = %s AND ended_at IS NULL",
+            (k.kit,)).fetchone()
+    assert (resident, by) == (k.mary, k.staff)
+
+    spo2 = page.get_by_role("spinbutton", name="Oxygen level, SpO2 (%)", exact=True)
+    assert spo2.input_value() == ""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    sent = _measure(kit_gateway, k.oximeter, frames.encode_plx_spot_check(94, 82, timestamp=now,
+                                                                           with_timestamp=True))
+    page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value === '94')",
+                           timeout=TIMEOUT_MS, polling=50)
+    shown_after = time.monotonic() - sent
+    _measure(kit_gateway, k.thermometer, frames.encode_temperature(37.4, timestamp=now, with_timestamp=True,
+                                                                   temp_type=6))
+    page.wait_for_function("() => [...document.querySelectorAll('input')].some(i => i.value === '37.4')",
+                           timeout=TIMEOUT_MS, polling=50)
+    print(f"kit value shown in the open form {shown_after:.2f} s after the device sent it")
+    assert shown_after < 2.0, f"the value took {shown_after:.2f} s to appear in the form"
+    assert page.get_by_role("spinbutton", name="Pulse (beats a minute)", exact=True).input_value() == "82"
+    assert page.get_by_text(f"({k.oximeter.device_id}) at").count() >= 1  # its source and time
+    assert page.get_by_role("spinbutton", name="Breathing rate (breaths a minute)",
+                            exact=True).input_value() == ""  # always counted by the carer
+    _shot(page, shots / "08-kit-live-values.png")
+
+    save = "Work out the NEWS2 score and save"
+    page.get_by_role("button", name=save).click()
+    page.get_by_text("Tick 'Value checked' or correct").wait_for()  # each device value is confirmed or corrected
+    for box in page.get_by_text("Value checked", exact=True).all():
+        box.click()
+        _settle(page)
+    page.get_by_role("spinbutton", name="Breathing rate (breaths a minute)", exact=True).fill("16")
+    page.get_by_role("spinbutton", name="Pulse (beats a minute)", exact=True).fill("84")  # corrected by hand
+    page.get_by_text("A: Alert", exact=True).click()
+    _settle(page)
+    page.get_by_role("button", name=save).click()
+    page.get_by_text("What to do now:").wait_for()
+    _settle(page)
+    _shot(page, shots / "09-kit-saved.png")
+    with psycopg.connect(database) as conn:
+        spo2_value, spo2_source, spo2_device, pulse, pulse_source, temp, rr = conn.execute(
+            """SELECT spo2, inputs->'spo2'->>'source', inputs->'spo2'->>'device_id', pulse,
+                      inputs->'pulse'->>'source', temperature, respiration_rate FROM observation_sets
+               WHERE resident_id = %s AND recorded_by = %s""", (k.mary, k.staff)).fetchone()
+        ended = conn.execute("SELECT end_reason FROM kit_sessions WHERE session_id = %s", (session,)).fetchone()[0]
+        readings = conn.execute("SELECT DISTINCT subject_id FROM readings WHERE device_id = ANY(%s)",
+                                ([k.oximeter.device_id, k.thermometer.device_id],)).fetchall()
+    assert (spo2_value, spo2_source, spo2_device) == (94, "device", k.oximeter.device_id)
+    assert (pulse, pulse_source, temp, rr) == (84, "manual", 37.4, 16)
+    assert ended == "saved" and readings == [(k.mary,)]
+
+    _choose(page, "check-resident", "John Jones")
+    page.locator(".cw-kit-banner", has_text="John Jones").wait_for()
+    assert page.get_by_role("spinbutton", name="Oxygen level, SpO2 (%)", exact=True).input_value() == ""
+    assert page.get_by_role("spinbutton", name="Temperature (°C)", exact=True).input_value() == ""
+    with psycopg.connect(database) as conn:
+        nxt = conn.execute("SELECT resident_id, last_reading_at FROM kit_sessions WHERE kit_id = %s "
+                           "AND ended_at IS NULL", (k.kit,)).fetchone()
+    assert nxt == (k.john, None)
+    _shot(page, shots / "10-kit-next-resident.png")
     page.context.close()
