@@ -154,6 +154,14 @@ def _now(ctx: Ctx) -> datetime:
     return datetime.now(UTC)
 
 
+def _close_idle(ctx: Ctx, kit_ids: list[str]) -> int:
+    """Write down the idle end of sessions idle for 10 minutes. Not on a simulated-time platform (data clock):
+    its "now" is the simulation's, which only the simulated tablet's own requests carry (``at``)."""
+    if ctx.request.app.state.settings.clock == "data":
+        return 0
+    return kit_sessions.close_idle(ctx.conn, _now(ctx), kit_ids=kit_ids)
+
+
 def _when(ctx: Ctx, at: datetime | None) -> datetime:
     """Now; or, on a simulated-time platform (data clock), the time the simulated tablet says."""
     now = _now(ctx)
@@ -276,7 +284,7 @@ def list_kits(ctx: Context, site: str | None = None) -> list[KitOut]:
                   AND (%(site)s::text IS NULL OR k.site_id = %(site)s) ORDER BY k.site_id, k.name LIMIT 500""",
             {**ctx.params, "site": site}).fetchall()
         ids = [k["kit_id"] for k in kits]
-        kit_sessions.close_idle(ctx.conn, _now(ctx), kit_ids=ids)
+        _close_idle(ctx, ids)
         devices = cur.execute(
             """SELECT kit_id, device_id, kind, battery_pct, last_seen FROM devices
                WHERE kit_id = ANY(%s) AND active ORDER BY device_id""", (ids,)).fetchall()
@@ -339,7 +347,7 @@ def get_session(ctx: Context, session_id: int) -> SessionOut:
     ctx.require(Permission.USE_KIT)
     ctx.note("read", "kit_session", session_id)
     row = scope.load_kit_session(ctx.conn, ctx.principal, session_id)
-    if row["ended_at"] is None and kit_sessions.close_idle(ctx.conn, _now(ctx), kit_ids=[row["kit_id"]]):
+    if row["ended_at"] is None and _close_idle(ctx, [row["kit_id"]]):
         row = scope.load_kit_session(ctx.conn, ctx.principal, session_id)
     return _session_out(ctx, row)
 

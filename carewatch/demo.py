@@ -1,7 +1,9 @@
 """``carewatch demo``: the whole platform on this machine, on embedded defaults.
 
 It starts (or reuses) a private PostgreSQL and MQTT broker under the state dir, migrates and seeds the database
-from a simulated world (2 care homes × 12 residents, 3 households, one user per role), then runs ingest, the
+from a simulated world (2 care homes × 12 residents, 3 households, one user per role; Oakview measures with one
+shared kit whose simulated carers drive the tablet's sessions through the API, Riverside gives each resident their
+own devices), then runs ingest, the
 scorer, the API and the dashboard as child processes, and the simulator plus one real gateway per site in this
 process. Simulated time starts at 05:00 on a morning at least 12 hours ago and runs ``accelerate`` times faster
 until it catches up with the wall clock, so every scripted scenario appears within 3 minutes at the default ×60.
@@ -33,6 +35,8 @@ from carewatch.settings import Settings
 DEMO_PASSWORD = "carewatch-demo"
 TZ = ZoneInfo("Europe/London")
 HOMES = (("oakview", "Oakview Care Home"), ("riverside", "Riverside House"))
+#: Homes that measure with a shared kit (the others give each resident their own bedside devices).
+SHARED_KIT_HOMES = ("oakview",)
 RESIDENTS_PER_HOME = 12
 HOUSEHOLDS = 3
 HISTORY = timedelta(days=14)
@@ -90,6 +94,7 @@ class Demo:
         self.api_url = f"http://127.0.0.1:{settings.api_port}"
         self._tokens: dict[str, str] = {}
         self._token_lock = threading.Lock()
+        self.started_at = datetime.now(UTC)
 
     # -- servers ------------------------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -107,6 +112,7 @@ class Demo:
     def build(self, now: datetime) -> None:
         from carewatch.firmware_sim.backfill import backfill_world
         from carewatch.firmware_sim.devices import DeviceLayer, world_devices
+        from carewatch.firmware_sim.kit_round import KitRounds, kit_event_source, write_history_sessions
         from carewatch.firmware_sim.scenarios import Onset, load_scenarios
         from carewatch.firmware_sim.seed import seed_world
         from carewatch.firmware_sim.world import SiteSpec, build_world
@@ -122,7 +128,7 @@ class Demo:
             seed=self.seed, sites=[SiteSpec(id=i, name=n, residents=RESIDENTS_PER_HOME) for i, n in HOMES],
             households=HOUSEHOLDS, scenarios=scenarios, start=world_start,
         )
-        self.devices = world_devices(self.world)
+        self.devices = world_devices(self.world, SHARED_KIT_HOMES)
         self.layer = DeviceLayer(self.devices, seed=self.seed)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             seed_world(conn, self.world, self.devices)
@@ -134,7 +140,13 @@ class Demo:
                 "SELECT coalesce(sum(last_seq), 0) FROM gateways WHERE gateway_id LIKE '%-backfill'").fetchone()[0]
             if not history_stored:
                 print(f"Writing {HISTORY.days} days of simulated history…", file=sys.stderr, flush=True)
-                backfill_world(conn, self.world, start=world_start, end=self.sim_start)
+                # the shared kit's history: its sessions first (ingest attributes by them), then its readings,
+                # laid out one resident at a time as the live rounds are
+                write_history_sessions(conn, self.world, SHARED_KIT_HOMES, start=world_start, end=self.sim_start)
+                history = KitRounds(self.world, SHARED_KIT_HOMES, mistakes=False)
+                backfill_world(conn, self.world, start=world_start, end=self.sim_start,
+                               source=kit_event_source(SHARED_KIT_HOMES),
+                               events=history.wrap(self.world.events(world_start, self.sim_start)))
         self.world.write_ground_truth(self.dir / "ground_truth.jsonl")
 
     @staticmethod
@@ -190,10 +202,14 @@ class Demo:
     def start_gateways_and_sim(self) -> None:
         from carewatch.firmware_sim.driver import SimClock
         from carewatch.firmware_sim.fleet import SimFleet
+        from carewatch.firmware_sim.kit_round import KitRounds, TabletCarer
 
         self.clock = SimClock(self.sim_start, self.accelerate, catch_up=True)
+        self.kit_rounds = KitRounds(self.world, SHARED_KIT_HOMES, seed=self.seed)
+        self.carer = TabletCarer(self.api_url, self._token, forget_tokens=self._forget_tokens)
         self.fleet = SimFleet(self.world, self.settings, mqtt_url=self.mqtt_url, outbox_dir=self.dir / "gateways",
-                              clock=self.clock).start(on_manual=self._post_manual)
+                              clock=self.clock, shared_sites=SHARED_KIT_HOMES).start(
+            on_manual=self._post_manual, on_action=self.carer, wrap_events=self.kit_rounds.wrap)
 
     # -- manual observations: staff type RR, consciousness and soft signs on the tablet ---------------------
     def _token(self, site_id: str) -> str | None:
@@ -207,6 +223,10 @@ class Demo:
                 reply.raise_for_status()
                 self._tokens[user.username] = reply.json()["access_token"]
             return self._tokens[user.username]
+
+    def _forget_tokens(self) -> None:
+        with self._token_lock:
+            self._tokens.clear()
 
     def _post_manual(self, obs: Any) -> None:
         token = self._token(obs.site_id)
@@ -261,6 +281,19 @@ class Demo:
             ]
             incidents = self._incidents(conn)
             tasks_due = self._tasks_due(conn)
+            kit_ids = [r[0] for r in conn.execute(
+                "SELECT kit_id FROM kits WHERE site_id = ANY(%s)", (list(SHARED_KIT_HOMES),)).fetchall()]
+            kit_readings = [row for gw, (lo, hi) in ranges.items() for row in conn.execute(
+                """SELECT r.device_id, r.metric, r.measured_at, r.subject_id FROM readings r
+                   JOIN devices d ON d.device_id = r.device_id
+                   WHERE r.gateway_id = %s AND r.seq BETWEEN %s AND %s AND d.kit_id IS NOT NULL
+                     AND r.metric <> 'battery'""", (gw, lo, hi)).fetchall()]
+            corrections = conn.execute(
+                "SELECT count(*) FROM reading_assignments WHERE kind = 'move' AND at >= %s",
+                (self.started_at,)).fetchone()[0]
+        from carewatch.firmware_sim.kit_round import check_attribution
+
+        kit_check = check_attribution(kit_readings, self.kit_rounds.truth, set(kit_ids))
         truth = [row for row in self.world.ground_truth() if row.get("expected_alert")]
         raised = {(a["subject"], a["kind"]) for a in alerts}
         detected = [row for row in truth if (row["target"], row["expected_alert"]) in raised]
@@ -276,6 +309,15 @@ class Demo:
             "scenarios_detected": len(detected),
             "scenarios_missed": sorted(row["id"] for row in truth if row not in detected),
             "sim_time_reached": self.clock().isoformat() if hasattr(self, "clock") else None,
+            # shared kit (Oakview): every kit reading checked against whom the simulated carer really measured
+            "kit_readings": kit_check.readings,
+            "readings_attributed_wrong": kit_check.attributed_wrong,
+            "readings_unattributed": kit_check.unattributed,
+            "readings_unmatched": kit_check.unmatched,
+            "corrections": corrections,
+            "kit_mistakes": dict(self.kit_rounds.mistakes),
+            "kit_claims": self.carer.counters.claimed,
+            "tablet_actions_failed": self.carer.counters.failed,
         }
 
     def _incidents(self, conn: psycopg.Connection) -> list[dict[str, Any]]:

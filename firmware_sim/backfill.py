@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,8 +44,12 @@ def progress_line(done: float, readings: int, per_second: float) -> str:
 
 
 def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end: datetime,
-                   progress: bool = True, chunk: int = CHUNK, progress_every: int = PROGRESS_EVERY) -> dict[str, int]:
-    """Store every device reading of ``world`` in [start, end) with ingest's bulk history load. Returns counts."""
+                   progress: bool = True, chunk: int = CHUNK, progress_every: int = PROGRESS_EVERY,
+                   source: Callable[[VitalSample | SensorEvent], tuple[str, str, Any]] = event_source,
+                   events: Iterable[Any] | None = None) -> dict[str, int]:
+    """Store every device reading of ``world`` in [start, end) with ingest's bulk history load. Returns counts.
+    ``source`` names each event's site and device and ``events`` replaces the world's own stream (homes on shared
+    kits: ``kit_round.KitRounds.wrap`` lays each kit's measurements out and ``kit_event_source`` names them)."""
     from carewatch.ingest.store import HistoryReading, load_directory, load_history
 
     site_ids = [s.id for s in world.sites if s.residents] + [h.id for h in world.households]
@@ -61,7 +65,7 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
     span = (end - start).total_seconds() or 1.0
     t0 = time.monotonic()
     rounds = _Rounds(conn)
-    events = iter(world.events(start, end))
+    events = iter(world.events(start, end) if events is None else events)
     exhausted = False
 
     def next_chunk() -> Iterator[HistoryReading]:
@@ -72,7 +76,7 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
                 rounds.add(event)
             if not isinstance(event, VitalSample | SensorEvent):
                 continue
-            site, device_id, _ = event_source(event)
+            site, device_id, _ = source(event)
             seqs[site] += 1
             yield HistoryReading(backfill_gateway_id(site), seqs[site], site, device_id, event.metric.value,
                                  event.value, event.at, event.at, tuple(getattr(event, "flags", ())))

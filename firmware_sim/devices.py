@@ -6,16 +6,18 @@ turns :class:`VitalSample` / :class:`SensorEvent` into :class:`Notification` byt
 ``firmware_sim/frames.py`` and acts out device faults (garbage frames, duplicate notifications, unset or wrong
 clocks, disconnect storms). :class:`SimTransport` hands those notifications to the real gateway code.
 
-Care homes often share one kit between residents and pick the resident on the tablet; the platform attributes a
-reading through the device's binding, so the simulator sends each resident's readings from their own device
-address (a documented simplification). Faults still follow the kit: a fault on ``kit-01`` touches only readings
-taken with kit-01, and a draining kit notifies its Battery Level (0x2A19).
+A care home either gives each resident their own devices (bound) or, as most do, shares one kit (``kit-01``: an
+oximeter, a thermometer and a cuff) between residents and picks the resident on the tablet: ``world_devices(world,
+shared_sites=...)`` says which homes share kits. A shared kit's readings carry the kit device's id and the platform
+attributes them through the tablet's measurement sessions (``firmware_sim/kit_round.py`` plays the carers). Faults
+follow the kit: a fault on ``kit-01`` touches only readings taken with kit-01, and a draining kit notifies its
+Battery Level (0x2A19).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,6 +85,7 @@ class SimDevice:
     room: str | None = None
     role: str | None = None
     bind_key: bytes | None = None
+    kit_id: str | None = None  # a shared kit's device: measures whoever the tablet's session names
 
     def registered(self) -> RegisteredDevice:
         return RegisteredDevice(
@@ -95,7 +98,8 @@ class SimDevice:
         """A row for the platform's devices table."""
         return {"device_id": self.device_id, "site_id": self.site_id, "kind": self.kind.value,
                 "model": f"sim-{self.source}", "mac": self.address, "resident_id": self.resident_id,
-                "room": self.room, "role": self.role, "bind_key": self.bind_key.hex() if self.bind_key else None}
+                "room": self.room, "role": self.role, "bind_key": self.bind_key.hex() if self.bind_key else None,
+                "kit_id": self.kit_id}
 
 
 def resident_devices(resident_id: str, site_id: str) -> list[SimDevice]:
@@ -104,6 +108,19 @@ def resident_devices(resident_id: str, site_id: str) -> list[SimDevice]:
                   mac_for(f"{ID_PREFIX[kind]}-{resident_id}"), resident_id=resident_id)
         for kind, source in VITAL_SOURCE.items()
     ]
+
+
+def kit_id_for(site_id: str, kit: str) -> str:
+    """The estate-wide id of a home's kit ('oakview', 'kit-01' -> 'oakview-kit-01')."""
+    return f"{site_id}-{kit}"
+
+
+def kit_devices(site_id: str, kit: str) -> list[SimDevice]:
+    """A shared kit's three bedside devices."""
+    kit_id = kit_id_for(site_id, kit)
+    return [SimDevice(f"{ID_PREFIX[kind]}-{kit_id}", site_id, kind, source, mac_for(f"{ID_PREFIX[kind]}-{kit_id}"),
+                      kit_id=kit_id)
+            for kind, source in VITAL_SOURCE.items()]
 
 
 def household_devices(household_id: str, roles: dict[str, DeviceKind], seed: int) -> list[SimDevice]:
@@ -120,12 +137,16 @@ def household_devices(household_id: str, roles: dict[str, DeviceKind], seed: int
 Routed = tuple[str, Notification | TransportEvent]
 
 
-def world_devices(world: Any) -> list[SimDevice]:
-    """Every device of a simulated world: three bedside devices per resident, the sensors of each household."""
+def world_devices(world: Any, shared_sites: Collection[str] = ()) -> list[SimDevice]:
+    """Every device of a simulated world: each kit's three devices in the homes of ``shared_sites``, three bedside
+    devices per resident elsewhere, and the sensors of each household."""
     from carewatch.firmware_sim.household import SENSORS
 
     roles = {role: spec.device_kind for role, spec in SENSORS.items()}
-    out = [d for r in world.residents for d in resident_devices(r.id, r.site_id)]
+    shared = set(shared_sites)
+    out = [d for r in world.residents if r.site_id not in shared for d in resident_devices(r.id, r.site_id)]
+    kits = sorted({(r.site_id, r.kit) for r in world.residents if r.site_id in shared})
+    out += [d for site, kit in kits for d in kit_devices(site, kit)]
     out += [d for h in world.households for d in household_devices(h.id, roles, world.seed)]
     return out
 
@@ -144,6 +165,7 @@ class DeviceLayer:
     devices: list[SimDevice]
     seed: int = 0
     _by_resident: dict[tuple[str, DeviceKind], SimDevice] = field(init=False)
+    _by_kit: dict[tuple[str, DeviceKind], SimDevice] = field(init=False)
     _by_role: dict[tuple[str, str], SimDevice] = field(init=False)
     _state: dict[str, _DeviceState] = field(init=False)
     _faults: list[DeviceFault] = field(init=False, default_factory=list)
@@ -152,6 +174,7 @@ class DeviceLayer:
 
     def __post_init__(self) -> None:
         self._by_resident = {(d.resident_id, d.kind): d for d in self.devices if d.resident_id}
+        self._by_kit = {(d.kit_id, d.kind): d for d in self.devices if d.kit_id}
         self._by_role = {(d.site_id, d.role): d for d in self.devices if d.role}
         self._state = {d.device_id: _DeviceState() for d in self.devices}
         self.rng = np.random.default_rng([self.seed, 0xDE71CE])
@@ -218,7 +241,8 @@ class DeviceLayer:
 
     def _vital(self, samples: list[VitalSample]) -> list[Routed]:
         first = samples[0]
-        device = self._by_resident.get((first.resident_id, first.device_kind))
+        device = self._by_resident.get((first.resident_id, first.device_kind)) or self._by_kit.get(
+            (kit_id_for(first.site_id, first.device), first.device_kind))
         if device is None:
             return []
         values = {s.metric: s.value for s in samples}

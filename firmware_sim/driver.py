@@ -77,6 +77,7 @@ class SimDriver:
         *,
         on_manual: Callable[[ManualObservation], None] | None = None,
         on_outage: Callable[[str, bool], None] | None = None,
+        on_action: Callable[[Any], None] | None = None,
     ) -> None:
         self.events = events
         self.layer = layer
@@ -84,6 +85,7 @@ class SimDriver:
         self.clock = clock
         self.on_manual = on_manual
         self.on_outage = on_outage
+        self.on_action = on_action  # anything else in the stream: e.g. a simulated carer's tablet action
         self.counters = DriverCounters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,6 +153,12 @@ class SimDriver:
                     self._outage_ends.append((event.end, event.site_id))
                     if self.on_outage:
                         self.on_outage(event.site_id, True)
+                elif self.on_action is not None:
+                    self._route(self.layer.flush())  # what the devices measured so far goes out first
+                    try:
+                        self.on_action(event)
+                    except Exception:  # a failed tablet action must not stop the simulation
+                        log.exception("simulated tablet action failed: %s", event)
             self._route(self.layer.flush())
         finally:
             for _, site in self._outage_ends:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,13 @@ class SimFleet:
 
     def __init__(self, world: Any, settings: Settings, *, mqtt_url: str, outbox_dir: Path, clock: SimClock,
                  site_ids: list[str] | None = None, gateway_ids: dict[str, str] | None = None,
-                 status_interval_s: float = 10.0) -> None:
+                 status_interval_s: float = 10.0, shared_sites: Collection[str] = ()) -> None:
         self.world = world
         self.settings = settings
         self.mqtt_url = mqtt_url
         self.outbox_dir = outbox_dir
         self.clock = clock
-        self.devices = world_devices(world)
+        self.devices = world_devices(world, shared_sites)
         self.layer = DeviceLayer(self.devices, seed=world.seed)
         self.site_ids = site_ids or [s.id for s in world.sites if s.residents] + [h.id for h in world.households]
         self.status_interval_s = status_interval_s
@@ -44,7 +44,11 @@ class SimFleet:
         self.driver: SimDriver | None = None
 
     def start(self, *, end: datetime | None = None,
-              on_manual: Callable[[ManualObservation], None] | None = None) -> SimFleet:
+              on_manual: Callable[[ManualObservation], None] | None = None,
+              on_action: Callable[[Any], None] | None = None,
+              wrap_events: Callable[[Iterator[Any]], Iterator[Any]] | None = None) -> SimFleet:
+        """Start the gateways and the simulator. ``wrap_events`` may add events to the world's stream (the
+        simulated carers' tablet actions, ``firmware_sim/kit_round.py``), which go to ``on_action``."""
         from carewatch.gateway.service import Gateway
 
         for site_id in self.site_ids:
@@ -62,8 +66,9 @@ class SimFleet:
             self.gateways[site_id] = gateway
             self.transports[site_id] = transport
         stop_at = end or self.clock.start + timedelta(days=3650)
-        self.driver = SimDriver(self.world.events(self.clock.start, stop_at), self.layer, self.transports,
-                                self.clock, on_manual=on_manual, on_outage=self._outage).start()
+        events = self.world.events(self.clock.start, stop_at)
+        self.driver = SimDriver(wrap_events(events) if wrap_events else events, self.layer, self.transports,
+                                self.clock, on_manual=on_manual, on_outage=self._outage, on_action=on_action).start()
         return self
 
     def _outage(self, site_id: str, down: bool) -> None:

@@ -14,6 +14,7 @@ import psycopg
 from carewatch.firmware_sim.devices import SimDevice
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.world import World
+from carewatch.ingest.kit_sessions import ensure_kits
 
 #: What a council pays for the care package the simulator gives each household (used by the rightsizing view).
 HOUSEHOLD_PACKAGE = {"care_package": "waking-night care", "package_hours_per_week": 70.0, "hourly_rate_gbp": 24.50}
@@ -48,10 +49,13 @@ def seed_world(conn: psycopg.Connection, world: World, devices: list[SimDevice])
         site_ids = [s[0] for s in sites]
         cur.executemany("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                         [(gateway_id_for(s), s) for s in site_ids])
+        kits = {(d.kit_id, d.site_id, d.kit_id.removeprefix(f"{d.site_id}-")) for d in devices if d.kit_id}
+        counts["kits"] = ensure_kits(conn, kits)
         cur.executemany(
-            """INSERT INTO devices (device_id, site_id, gateway_id, kind, model, mac, bind_key, resident_id, room, role)
+            """INSERT INTO devices (device_id, site_id, gateway_id, kind, model, mac, bind_key, resident_id, room, role,
+                                    kit_id)
                VALUES (%(device_id)s, %(site_id)s, %(gateway_id)s, %(kind)s, %(model)s, %(mac)s, %(bind_key)s,
-                       %(resident_id)s, %(room)s, %(role)s) ON CONFLICT DO NOTHING""",
+                       %(resident_id)s, %(room)s, %(role)s, %(kit_id)s) ON CONFLICT DO NOTHING""",
             [{**d.record(), "gateway_id": gateway_id_for(d.site_id)} for d in devices])
         counts["devices"] = len(devices)
     return counts
