@@ -99,6 +99,12 @@ class KitReading(BaseModel):
     words: str
 
 
+class KitReadingRecent(KitReading):
+    resident_id: str | None = Field(description="Whom it is attributed to (None: not yet assigned).")
+    resident_name: str | None
+    movable: bool = Field(description="Still within the hour in which staff may move it.")
+
+
 class SessionOut(BaseModel):
     session_id: int
     kit_id: str
@@ -402,6 +408,36 @@ def unassigned(ctx: Context, kit_id: str,
     kit = scope.load_kit(ctx.conn, ctx.principal, kit_id)
     now = _now(ctx)
     return _kit_readings(ctx, kit, now - timedelta(hours=hours), now + MAX_FUTURE)
+
+
+@router.get("/kits/{kit_id}/readings", response_model=list[KitReadingRecent],
+            summary="What the kit measured recently and whom each reading went to (to put one right)")
+def recent_kit_readings(ctx: Context, kit_id: str,
+                        minutes: Annotated[int, Query(ge=1, le=24 * 60, description="How far back.")] = 60,
+                        ) -> list[KitReadingRecent]:
+    ctx.require(Permission.USE_KIT)
+    ctx.note("read", "kit", kit_id, view="readings")
+    kit = scope.load_kit(ctx.conn, ctx.principal, kit_id)
+    now = _now(ctx)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT r.gateway_id, r.seq, r.device_id, r.metric, r.value, r.measured_at, r.stored_at,
+                      res.resident_id, res.display_name AS resident_name
+               FROM readings r JOIN devices d ON d.device_id = r.device_id
+               LEFT JOIN residents res ON res.resident_id = r.subject_id
+               WHERE d.kit_id = %s AND r.stored_at >= %s AND r.metric <> 'battery'
+               ORDER BY r.measured_at DESC, r.seq DESC LIMIT 200""",
+            (kit_id, now - timedelta(minutes=minutes))).fetchall()
+    ctx.note("read", "resident", None, ids=sorted({r["resident_id"] for r in rows if r["resident_id"]}),
+             via="kit_readings")
+    return [KitReadingRecent(
+        gateway_id=r["gateway_id"], seq=r["seq"], device_id=r["device_id"], metric=r["metric"], value=r["value"],
+        unit=METRICS[r["metric"]].unit, measured_at=r["measured_at"],
+        words=(_words(kit["name"], r["measured_at"]) if r["resident_id"] is None else
+               f"reading from {kit['name']} at {r['measured_at'].astimezone(LOCAL_TZ):%H:%M}, "
+               f"on {r['resident_name']}"),
+        resident_id=r["resident_id"], resident_name=r["resident_name"],
+        movable=now - r["stored_at"] <= MOVE_WINDOW) for r in rows]
 
 
 @router.post("/readings/move", response_model=MoveOut,

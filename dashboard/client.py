@@ -194,6 +194,9 @@ class ApiClient:
     def claim(self, session_id: int, readings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return self._request("POST", f"/kit-sessions/{session_id}/claim", json={"readings": readings or []})
 
+    def kit_readings(self, kit_id: str, minutes: int = 60) -> list[dict[str, Any]]:
+        return self._request("GET", f"/kits/{kit_id}/readings", params={"minutes": minutes})
+
     def unassigned(self, kit_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/kits/{kit_id}/unassigned")
 

@@ -68,7 +68,7 @@ NEW_CONFUSION_QUESTION = (
 
 NO_KIT = "-"
 #: How often the open form asks the API for the kit's new values (they must show within 2 s of being sent).
-POLL_S = 1.0
+POLL_S = 0.5
 
 
 def _session_for(c: Any, resident: dict[str, Any], kit_id: str) -> dict[str, Any] | None:
@@ -113,6 +113,27 @@ def kit_session_page(c: Any, resident: dict[str, Any], kit_id: str) -> None:
     if held is None:
         return
     _live_form(c, resident, held["session_id"])
+    _put_right(c, resident, kit_id)
+
+
+def _put_right(c: Any, resident: dict[str, Any], kit_id: str) -> None:
+    """The kit's readings of the last hour and whom each went to: one not yet assigned, or on the wrong
+    resident, can be moved to the resident chosen above (audited; both residents are scored again)."""
+    with ui.api_errors():
+        recent = c.kit_readings(kit_id, minutes=60)
+    others = [r for r in recent if r["resident_id"] != resident["resident_id"] and r["movable"]]
+    if not others:
+        return
+    with st.expander(f"Readings from this kit not on {resident['display_name']} (last hour)"):
+        for r in others:
+            cols = st.columns([3, 1])
+            cols[0].markdown(f"{r['words'][0].upper()}{r['words'][1:]}: {r['metric'].replace('_', ' ')} "
+                             f"{r['value']:g} {r['unit']}")
+            if cols[1].button(f"Move to {resident['display_name']}", key=f"move-{r['gateway_id']}-{r['seq']}"):
+                with ui.api_errors():
+                    c.move_reading(r["gateway_id"], r["seq"], resident["resident_id"],
+                                   "moved on the tablet: measured this resident")
+                st.rerun()
 
 
 @st.fragment(run_every=POLL_S)

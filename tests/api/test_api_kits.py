@@ -238,6 +238,10 @@ def test_move_reading_to_the_right_resident_recomputes_alerts_for_both(client: T
     assert latest == {k.john: 86}
     assert db.execute("SELECT count(*) FROM audit_log WHERE subject_id = %s AND detail->>'change' = "
                       "'reading_moved_out'", (k.mary,)).fetchone()[0] == 2  # the measurement, the temperature
+    recent = client.get(f"/kits/{k.kit}/readings", headers=staff).json()
+    on = {(r["seq"], r["resident_id"], r["movable"]) for r in recent}
+    assert {(q, k.john, True) for q in [*seqs, seqs[-1] + 1]} <= on
+    assert all(r["words"].endswith("on John Jones") for r in recent if r["seq"] in seqs)
     # nothing older than an hour
     db.execute("UPDATE readings SET stored_at = now() - interval '61 minutes' WHERE gateway_id = %s AND seq = %s",
                (w.gateway_a, seqs[0]))

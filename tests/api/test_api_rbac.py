@@ -506,6 +506,7 @@ ROUTE_PERMISSION: dict[tuple[str, str], Permission] = {
     ("POST", "/kit-sessions/{session_id}/claim"): Permission.USE_KIT,
     ("POST", "/kit-sessions/{session_id}/end"): Permission.USE_KIT,
     ("GET", "/kits/{kit_id}/unassigned"): Permission.USE_KIT,
+    ("GET", "/kits/{kit_id}/readings"): Permission.USE_KIT,
     ("POST", "/readings/move"): Permission.MOVE_READING,
 }
 
