@@ -188,33 +188,39 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
         for question in live["identity_check"]:
             st.error(question)
         identity = st.checkbox(f"Yes, this is {name}: I checked", key=f"kit-identity-{session_id}")
+    problem_key = f"kit-problem-{session_id}"  # kept across the form's twice-a-second refreshes until fixed
     if st.button("Work out the NEWS2 score and save", type="primary", width="stretch", key=f"kit-save-{session_id}"):
+        st.session_state[problem_key] = None
         from_device = [p for p, v in offered.items() if p in confirmed and values.get(p) is not None
                        and abs(float(values[p]) - float(v["value"])) < 1e-9]
         unchecked = [p for p in from_device if not confirmed.get(p)]
-        if unchecked:
-            st.error("Tick 'Value checked' or correct: " + ", ".join(p.replace("_", " ") for p in unchecked))
-            return
-        if live["identity_check"] and not identity:
-            st.error(f"Confirm that this is {name}, or choose the right resident.")
-            return
         body: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k not in from_device}
         body.update(on_oxygen=oxygen == "Oxygen", from_device=from_device, session_id=session_id,
                     identity_confirmed=identity, prefill_minutes=120)
         if consciousness:
             body["consciousness"] = consciousness
-        if not any(v is not None for v in values.values()) and not consciousness:
-            st.error("Nothing to save: enter at least one observation.")
-            return
-        try:
-            saved = c.record_observation(resident["resident_id"], body)
-        except ApiError as exc:
-            st.error(f"Not saved: {exc}")
+        saved = None
+        if unchecked:
+            st.session_state[problem_key] = ("Tick 'Value checked' or correct: "
+                                             + ", ".join(p.replace("_", " ") for p in unchecked))
+        elif live["identity_check"] and not identity:
+            st.session_state[problem_key] = f"Confirm that this is {name}, or choose the right resident."
+        elif not any(v is not None for v in values.values()) and not consciousness:
+            st.session_state[problem_key] = "Nothing to save: enter at least one observation."
+        else:
+            try:
+                saved = c.record_observation(resident["resident_id"], body)
+            except ApiError as exc:
+                st.session_state[problem_key] = f"Not saved: {exc}"
+        if saved is None:
+            st.error(st.session_state[problem_key])
             return
         st.session_state["obs_result"] = {"resident_id": resident["resident_id"],
                                           "kit_id": st.session_state["kit_session"]["kit_id"], **saved}
         st.session_state.pop("kit_session", None)
         st.rerun()
+    if st.session_state.get(problem_key):
+        st.error(st.session_state[problem_key])
 
 
 st.title("Record a physical health check")
