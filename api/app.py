@@ -71,8 +71,12 @@ Carewatch's data for people and other systems: care-home dashboards, GP systems,
 
 
 class Health(BaseModel):
+    """``status`` is 'degraded' when the database is unreachable (503) or some site has gone unscored past the
+    stall limit (200: the API itself works); ``scoring`` is scoring/replicas.py's view of the scorer replicas."""
+
     status: str
     database: str
+    scoring: dict[str, Any] | None = None
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -139,9 +143,15 @@ async def _constraint_fields(app: FastAPI, exc: psycopg.errors.IntegrityError) -
         return ()
 
 
-def _ping(pool: ConnectionPool, timeout: float) -> None:
+def _ping(pool: ConnectionPool, timeout: float, stall_after_s: float) -> dict[str, Any]:
+    """The database answers; and how the scorer replicas are doing (live, buckets held, stalled sites)."""
+    from datetime import timedelta
+
+    from carewatch.scoring.replicas import scoring_health
+
     with pool.connection(timeout=timeout) as conn:
         conn.execute("SELECT 1")
+        return dict(scoring_health(conn, timedelta(seconds=stall_after_s)).as_dict())
 
 
 class BodyLimit:
@@ -236,10 +246,11 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     async def healthz(request: Request) -> JSONResponse:
         try:
             async with pooling.permit(request.app, timeout=2) as wait:
-                await run_in_threadpool(_ping, request.app.state.pool, wait)
+                scoring = await run_in_threadpool(_ping, request.app.state.pool, wait, settings.scorer_stall_after_s)
         except Exception:
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        return JSONResponse({"status": "ok" if not scoring["stalled_sites"] else "degraded", "database": "ok",
+                             "scoring": scoring})
 
     app.include_router(auth.router)
     for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_kits, routes_alerts,

@@ -198,12 +198,16 @@ def ingest(
 
 
 @app.command()
-def score() -> None:
-    """Run the scorer: NEWS2, personal baselines, home-sensor behaviour, observation schedule and alerts."""
+def score(
+    replica_id: Annotated[str | None, typer.Option(
+        help="stable name of this replica (default: host-pid-random); run several to share the sites")] = None,
+) -> None:
+    """Run the scorer: NEWS2, personal baselines, home-sensor behaviour, observation schedule and alerts. Run N
+    replicas against one database: they divide the sites and take over a dead replica's (scoring/replicas.py)."""
     from carewatch.scoring.service import main as scorer_main
 
     _configure_logging()
-    scorer_main(get_settings())
+    scorer_main(get_settings(), replica_id=replica_id)
 
 
 @app.command()

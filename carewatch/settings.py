@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     clock: Literal["wall", "data"] = Field(
         default="wall", description="'data' = time is the newest reading's received_at (simulated-time demos)."
     )
+    scorer_lease_s: float = Field(default=2.0, gt=0, description="Seconds between a scorer replica's lease rounds.")
+    scorer_stall_after_s: float = Field(
+        default=120.0, gt=0, description="A site unscored this long raises scoring_stalled (and shows in /healthz)."
+    )
+    scorer_watchdog_s: float = Field(default=15.0, gt=0, description="Seconds between scoring watchdog passes.")
 
     # --- services ----------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

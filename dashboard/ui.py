@@ -43,7 +43,7 @@ ALERT_KIND_WORDS: dict[str, str] = {
     AlertKind.ROOM_COLD: "room cold", AlertKind.ROOM_HOT: "room hot", AlertKind.CARE_REVIEW: "care review evidence",
     AlertKind.DEVICE_SILENT: "device silent", AlertKind.HOUSEHOLD_SILENT: "household silent",
     AlertKind.BATTERY_LOW: "battery low", AlertKind.DEVICE_FAULT: "device fault",
-    AlertKind.GATEWAY_OFFLINE: "gateway offline",
+    AlertKind.GATEWAY_OFFLINE: "gateway offline", AlertKind.SCORING_STALLED: "monitoring stalled",
 }
 SEVERITY_WORDS = {"high": "HIGH: act now", "medium": "MEDIUM: within the hour", "low": "LOW: today",
                   "info": "INFO: for review"}

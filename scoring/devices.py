@@ -86,10 +86,13 @@ def apply_device_findings(conn: psycopg.Connection, devices: Sequence[DeviceStat
     summary.devices += len(devices)
 
 
-def gateway_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary) -> None:
+def gateway_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary,
+                 site_ids: Sequence[str] | None = None) -> None:
+    scope = None if site_ids is None else list(site_ids)
     rows = conn.execute(
-        "SELECT g.gateway_id, g.site_id, g.state, g.last_seen, s.kind, s.name FROM gateways g "
-        "JOIN sites s USING (site_id) ORDER BY g.gateway_id").fetchall()
+        "SELECT g.gateway_id, g.site_id, g.state, g.last_seen, s.kind, s.name FROM gateways g JOIN sites s "
+        "USING (site_id) WHERE %s::text[] IS NULL OR g.site_id = ANY(%s::text[]) ORDER BY g.gateway_id",
+        (scope, scope)).fetchall()
     changing = findings_that_change(conn, [gateway_finding(GatewayState(*row), now) for row in rows])
     if changing:
         with transaction(conn):

@@ -169,21 +169,25 @@ def group_loose_alerts(conn: psycopg.Connection, now: datetime) -> int:
     return len(subjects)
 
 
-def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways: bool = False) -> EvaluationSummary:
+def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways: bool = False,
+         site_ids: Sequence[str] | None = None) -> EvaluationSummary:
     """Time-based rules. Fast part (every few seconds): escalations and overdue observations (and the gateway
     pass with ``gateways=True``: one cheap query). Slow part (``slow=True``): households (long lie, morning,
-    kitchen, rooms, silence), devices and gateways."""
+    kitchen, rooms, silence), devices and gateways. ``site_ids``: only these sites (a scorer replica's share,
+    scoring/replicas.py); None = the whole estate."""
     summary = EvaluationSummary()
-    summary.escalated.extend(escalate_unacknowledged(conn, now))
-    summary.incidents_escalated.extend(escalate_unacknowledged_incidents(conn, now))
-    overdue_pass(conn, now, summary)
+    summary.escalated.extend(escalate_unacknowledged(conn, now, site_ids))
+    summary.incidents_escalated.extend(escalate_unacknowledged_incidents(conn, now, site_ids))
+    overdue_pass(conn, now, summary, site_ids)
     if slow:
+        scope = None if site_ids is None else list(site_ids)
         households = [row[0] for row in conn.execute(
-            "SELECT site_id FROM sites WHERE kind = 'household' ORDER BY site_id").fetchall()]
+            "SELECT site_id FROM sites WHERE kind = 'household' AND (%s::text[] IS NULL OR site_id = ANY(%s::text[])) "
+            "ORDER BY site_id", (scope, scope)).fetchall()]
         _run_household_batches(conn, households, now, summary, latency=False)
-        apply_device_findings(conn, load_devices(conn, now), now, summary)
+        apply_device_findings(conn, load_devices(conn, now, site_ids=site_ids), now, summary)
     if slow or gateways:
-        gateway_pass(conn, now, summary)
+        gateway_pass(conn, now, summary, site_ids)
     return summary
 
 

@@ -153,9 +153,11 @@ def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str
         "AND category = 'clinical'", (list(resident_ids),)).fetchall()}
 
 
-def escalate_unacknowledged_incidents(conn: psycopg.Connection, now: datetime) -> list[int]:
+def escalate_unacknowledged_incidents(conn: psycopg.Connection, now: datetime,
+                                      site_ids: Sequence[str] | None = None) -> list[int]:
     """Incidents not acknowledged within their deadline: escalation_level + 1, status 'escalated', and a new
-    deadline one window on (by the incident's severity), up to MAX_AUTO_ESCALATION_LEVEL."""
+    deadline one window on (by the incident's severity), up to MAX_AUTO_ESCALATION_LEVEL. ``site_ids``: only
+    these sites' incidents (a scorer replica's share, scoring/replicas.py)."""
     with conn.transaction():
         rows = conn.execute(
             """UPDATE incidents SET escalation_level = escalation_level + 1, status = 'escalated',
@@ -165,9 +167,10 @@ def escalate_unacknowledged_incidents(conn: psycopg.Connection, now: datetime) -
                                                                      WHEN 'medium' THEN %(medium)s
                                                                      ELSE %(low)s END END
                WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
-                 AND ack_due_at <= %(now)s
+                 AND ack_due_at <= %(now)s AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s::text[]))
                RETURNING incident_id, escalation_level, severity""",
-            {"now": now, "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
+            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL,
+             "high": ACK_WINDOW[Severity.HIGH],
              "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
         ).fetchall()
         for incident_id, level, severity in rows:

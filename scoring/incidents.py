@@ -39,8 +39,8 @@ KIND_PRIORITY: tuple[str, ...] = (
     AlertKind.TEMPERATURE_ABOVE_BASELINE, AlertKind.DATA_FAULT, AlertKind.OBS_OVERDUE,
     AlertKind.LONG_BATHROOM_STAY, AlertKind.LONG_LIE, AlertKind.OUT_NOT_BACK, AlertKind.NO_MORNING_ACTIVITY,
     AlertKind.KITCHEN_INACTIVITY, AlertKind.NIGHT_BATHROOM, AlertKind.ROOM_COLD, AlertKind.ROOM_HOT,
-    AlertKind.HOUSEHOLD_SILENT, AlertKind.GATEWAY_OFFLINE, AlertKind.DEVICE_SILENT, AlertKind.DEVICE_FAULT,
-    AlertKind.BATTERY_LOW,
+    AlertKind.HOUSEHOLD_SILENT, AlertKind.SCORING_STALLED, AlertKind.GATEWAY_OFFLINE, AlertKind.DEVICE_SILENT,
+    AlertKind.DEVICE_FAULT, AlertKind.BATTERY_LOW,
 )
 _PRIORITY = {str(k): i for i, k in enumerate(KIND_PRIORITY)}
 #: Risk bands of the last set that make overdue observations part of an incident rather than a task.
@@ -129,8 +129,8 @@ def category_of(components: Sequence[Component]) -> str:
         return "clinical"
     if AlertKind.DATA_FAULT.value in kinds:
         return "data"
-    if kinds & {"device_silent", "device_fault", "battery_low", "gateway_offline"} == kinds:
-        return "device"
+    if kinds & {"device_silent", "device_fault", "battery_low", "gateway_offline", "scoring_stalled"} == kinds:
+        return "device"  # the kit and the platform: nothing about the person's health or home life
     return "household"
 
 

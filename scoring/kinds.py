@@ -42,6 +42,7 @@ class AlertKind(StrEnum):
     GATEWAY_OFFLINE = "gateway_offline"
     # the platform itself
     DATA_FAULT = "data_fault"  # a stored value could not be scored: named with its source, last good state kept
+    SCORING_STALLED = "scoring_stalled"  # no scorer replica has evaluated a site for 2 minutes (scoring/replicas.py)
 
 
 class AlertStatus(StrEnum):

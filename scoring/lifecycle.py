@@ -245,8 +245,10 @@ def resolve_alerts_resting_on(conn: psycopg.Connection, resident_id: str, obs_id
     return [r[0] for r in rows]
 
 
-def escalate_unacknowledged(conn: psycopg.Connection, now: datetime) -> list[int]:
-    """Alerts not acknowledged within their severity's window: escalation_level + 1, status 'escalated'."""
+def escalate_unacknowledged(conn: psycopg.Connection, now: datetime,
+                            site_ids: Sequence[str] | None = None) -> list[int]:
+    """Alerts not acknowledged within their severity's window: escalation_level + 1, status 'escalated'.
+    ``site_ids``: only these sites' alerts (a scorer replica's share, see scoring/replicas.py)."""
     with transaction(conn):
         rows = conn.execute(
             """UPDATE alerts SET escalation_level = escalation_level + 1, status = 'escalated', escalated_at = %(now)s,
@@ -256,9 +258,9 @@ def escalate_unacknowledged(conn: psycopg.Connection, now: datetime) -> list[int
                                                                      WHEN 'medium' THEN %(medium)s
                                                                      ELSE %(low)s END END
                WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
-                 AND ack_due_at <= %(now)s
+                 AND ack_due_at <= %(now)s AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s::text[]))
                RETURNING alert_id, escalation_level, severity""",
-            {"now": now, "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
+            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
              "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
         ).fetchall()
         for alert_id, level, severity in rows:

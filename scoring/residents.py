@@ -313,9 +313,12 @@ def _upsert_state(conn: psycopg.Connection, r: ResidentFacts, now: datetime, obs
 # ------------------------------------------------------------------------------------------------------------
 # Observations overdue (tick)
 # ------------------------------------------------------------------------------------------------------------
-def _overdue_findings(conn: psycopg.Connection, now: datetime,
-                      resident_ids: Sequence[str] | None = None) -> list[Finding]:
+def _overdue_findings(conn: psycopg.Connection, now: datetime, resident_ids: Sequence[str] | None = None,
+                      site_ids: Sequence[str] | None = None) -> list[Finding]:
     where, params = "r.monitoring = 'active'", []
+    if site_ids is not None:
+        where += " AND r.site_id = ANY(%s)"
+        params.append(list(site_ids))
     if resident_ids is not None:
         where += " AND r.resident_id = ANY(%s)"
         params.append(list(resident_ids))
@@ -334,9 +337,11 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime,
     return findings
 
 
-def overdue_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary) -> None:
+def overdue_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary,
+                 site_ids: Sequence[str] | None = None) -> None:
+    """``site_ids``: only these sites' residents (a scorer replica's share); None = everyone."""
     # Most residents' overdue state is unchanged since the last tick: lock and write only those that change.
-    changing = findings_that_change(conn, _overdue_findings(conn, now))
+    changing = findings_that_change(conn, _overdue_findings(conn, now, site_ids=site_ids))
     for start in range(0, len(changing), 200):
         ids = [f.subject_id for f in changing[start:start + 200]]
         with transaction(conn):

@@ -14,16 +14,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 import structlog
 
+from carewatch.scoring import metrics
 from carewatch.scoring.clock import Clock, parse_timestamp
-from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, rescore_all, tick
+from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, tick
+from carewatch.scoring.replicas import LeaseKeeper, SubjectMap, mark_scored, run_watchdog, subjects_of
 from carewatch.settings import Settings
 
 CHANNEL = "carewatch_readings"
+#: Subjects of newly acquired buckets evaluated per loop, beside whatever was freshly notified.
+CATCH_UP_SLICE = 200
 log = structlog.get_logger("carewatch.scoring.service")
 
 
@@ -58,6 +62,20 @@ def _log_summary(event: str, summary: EvaluationSummary, **extra: object) -> Non
         log.error("evaluation_failed", subject=subject, error=error)
 
 
+class Progress:
+    """When each scoring loop last went round (monotonic): the lease keeper gives the buckets up when a loop
+    stops moving (a hung replica must not sit on sites)."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def mark(self, loop: str) -> None:
+        self._at[loop] = time.monotonic()
+
+    def oldest(self) -> float:
+        return min(self._at.values(), default=time.monotonic())
+
+
 def run_scorer(
     settings: Settings,
     *,
@@ -67,101 +85,159 @@ def run_scorer(
     tick_s: float = 5.0,
     slow_tick_s: float = 30.0,
     dsn: str | None = None,
+    replica_id: str | None = None,
 ) -> None:
-    """Run until ``stop_event`` is set. ``clock`` defaults to wall time; the demo passes ``Clock.data()``."""
+    """Run one replica until ``stop_event`` is set. ``clock`` defaults to wall time; the demo passes
+    ``Clock.data()``. Any number of replicas may run against one database: they divide the sites between them
+    (scoring/replicas.py)."""
     stop = stop_event or threading.Event()
     clock = clock or Clock.wall()
     target = dsn or settings.dsn
+    progress = Progress()
+    keeper = LeaseKeeper(target, replica_id=replica_id, lease_s=settings.scorer_lease_s, progress=progress.oldest)
+    stall_after = timedelta(seconds=settings.scorer_stall_after_s)
+    lease_stop = threading.Event()
+    leases = threading.Thread(target=keeper.run, args=(lease_stop,), name="carewatch-scorer-lease", daemon=True)
+    leases.start()
+    metrics.serve(settings.metrics_port)
+    metrics.watch(keeper, target, stall_after)
     backoff = 1.0
-    while not stop.is_set():
-        try:
-            _serve(target, stop, clock, poll_s, tick_s, slow_tick_s)
-            return
-        except psycopg.OperationalError as exc:
-            log.warning("database_unavailable", error=str(exc), retry_in_s=backoff)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+    try:
+        while not stop.is_set():
+            try:
+                _serve(target, stop, clock, keeper, progress, poll_s, tick_s, slow_tick_s,
+                       (settings.scorer_watchdog_s, stall_after))
+                return
+            except psycopg.OperationalError as exc:
+                log.warning("database_unavailable", error=str(exc), retry_in_s=backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+    finally:
+        lease_stop.set()
+        leases.join(timeout=15)
 
 
-def _serve(dsn: str, stop: threading.Event, clock: Clock, poll_s: float, tick_s: float,
-           slow_tick_s: float) -> None:
+def _wait_first_round(keeper: LeaseKeeper, stop: threading.Event, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while keeper.rounds == 0 and time.monotonic() < deadline and not stop.wait(0.05):
+        pass
+
+
+def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, progress: Progress, poll_s: float,
+           tick_s: float, slow_tick_s: float, watchdog: tuple[float, timedelta]) -> None:
     with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-listen") as listen, \
             psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer") as work:
         listen.execute(f"LISTEN {CHANNEL}")
         _seed_data_clock(work, clock)
-        started = time.monotonic()
-        if clock.ready:
-            summary = rescore_all(work, clock.now())
-            log.info("scorer_started", clock=clock.mode, now=clock.now().isoformat(),
-                     rescore_s=round(time.monotonic() - started, 2), **summary.as_log())
-            _log_summary("rescored", summary)
-        else:
-            log.info("scorer_started", clock=clock.mode, waiting_for="first readings")
+        _wait_first_round(keeper, stop, 10.0)
+        subjects = SubjectMap()
+        # Everything held now is rescored (a start, or a reconnect after which notifications may have been missed),
+        # then whatever the keeper takes over later: the readings notified while a bucket had no holder.
+        catch_up: list[str] = []
+        rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
+        log.info("scorer_started", replica=keeper.replica_id, clock=clock.mode, buckets=len(keeper.buckets),
+                 **({"now": clock.now().isoformat()} if clock.ready else {"waiting_for": "first readings"}))
         # Time-based rules run in their own thread and connection: a slow tick (every household and device) must
         # never hold up the evaluation of freshly notified readings (H-ALERT-10).
         done = threading.Event()
-        ticker = threading.Thread(target=_tick_loop, args=(dsn, stop, done, clock, tick_s, slow_tick_s),
+        ticker = threading.Thread(target=_tick_loop,
+                                  args=(dsn, stop, done, clock, keeper, progress, tick_s, slow_tick_s, watchdog),
                                   name="carewatch-scorer-tick", daemon=True)
         ticker.start()
         try:
             while not stop.is_set():
+                progress.mark("evaluate")
                 pending: set[str] = set()
                 # wake on the first notification (not at the end of the poll window), then take what else is queued
-                for note in (*listen.notifies(timeout=poll_s, stop_after=1), *listen.notifies(timeout=0.0)):
-                    subjects, stamp = parse_payload(note.payload)
-                    if not subjects and stamp is None:
+                wait = 0.0 if catch_up else poll_s
+                for note in (*listen.notifies(timeout=wait, stop_after=1), *listen.notifies(timeout=0.0)):
+                    got, stamp = parse_payload(note.payload)
+                    if not got and stamp is None:
                         log.warning("bad_notify_payload", payload=note.payload[:200])
-                    pending.update(subjects)
+                    pending.update(got)
                     clock.observe(stamp)
+                rescoring |= keeper.take_acquired()
+                held = keeper.buckets
+                if rescoring and clock.ready:
+                    rescoring &= set(held)
+                    catch_up = sorted(set(catch_up) | set(subjects_of(work, rescoring)))
+                    log.info("buckets_to_rescore", replica=keeper.replica_id, buckets=len(rescoring),
+                             subjects=len(catch_up))
+                    mark_scored(work, keeper.replica_id, rescoring)
+                    rescoring = set()
                 if pending:
+                    pending = set(subjects.mine(work, pending, held))
+                # fresh readings first; the catch-up in slices, so a takeover never holds fresh readings up for long
+                batch = sorted(pending | set(catch_up[:CATCH_UP_SLICE]))
+                catch_up = catch_up[CATCH_UP_SLICE:]
+                if batch and clock.ready:
                     try:
-                        summary = evaluate_subjects(work, sorted(pending), clock.now())
+                        summary = evaluate_subjects(work, batch, clock.now())
                     except psycopg.OperationalError:
                         raise
                     except Exception:
-                        log.exception("evaluate_failed", subjects=len(pending))
+                        log.exception("evaluate_failed", subjects=len(batch))
                     else:
-                        _log_summary("evaluated", summary, subjects=len(pending))
+                        _log_summary("evaluated", summary, subjects=len(batch))
         finally:
             done.set()
             ticker.join(timeout=60)
-        log.info("scorer_stopped")
+        log.info("scorer_stopped", replica=keeper.replica_id)
 
 
-def _tick_loop(dsn: str, stop: threading.Event, done: threading.Event, clock: Clock, tick_s: float,
-               slow_tick_s: float) -> None:
-    """Every ``tick_s`` the fast tick, every ``slow_tick_s`` the slow one, on a connection of its own; a lost
-    connection is re-opened with back-off without disturbing the evaluation loop."""
+def _tick_loop(dsn: str, stop: threading.Event, done: threading.Event, clock: Clock, keeper: LeaseKeeper,
+               progress: Progress, tick_s: float, slow_tick_s: float, watchdog: tuple[float, timedelta]) -> None:
+    """The fast tick every ``tick_s``, the slow one every ``slow_tick_s`` (the first one at once), both over the
+    sites this replica holds, then the bucket heartbeat; the watchdog every ``watchdog_s``. On a connection of its
+    own; a lost connection is re-opened with back-off without disturbing the evaluation loop."""
     backoff = 1.0
-    next_slow = time.monotonic() + slow_tick_s
+    next_slow = 0.0
+    watchdog_s, stall_after = watchdog
+    next_watchdog = time.monotonic() + watchdog_s
+    subjects = SubjectMap()
     while not (stop.is_set() or done.is_set()):
         try:
             with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-tick") as conn:
                 backoff = 1.0
+                wait = 0.0
                 while not (stop.is_set() or done.is_set()):
-                    if done.wait(tick_s) or stop.is_set():
+                    progress.mark("tick")
+                    if done.wait(wait) or stop.is_set():
                         return
+                    wait = tick_s
                     if not clock.ready:
                         continue
                     mono = time.monotonic()
-                    slow = mono >= next_slow
-                    try:
-                        summary = tick(conn, clock.now(), slow=slow)
-                    except psycopg.OperationalError:
-                        raise
-                    except Exception:
-                        log.exception("tick_failed", slow=slow)
-                    else:
-                        _log_summary("ticked", summary, slow=slow, tick_ms=round((time.monotonic() - mono) * 1000))
-                    if slow:
-                        next_slow = time.monotonic() + slow_tick_s
+                    held = keeper.buckets
+                    if held:
+                        slow = mono >= next_slow
+                        try:
+                            summary = tick(conn, clock.now(), slow=slow, site_ids=subjects.sites(conn, held))
+                        except psycopg.OperationalError:
+                            raise
+                        except Exception:
+                            log.exception("tick_failed", slow=slow)
+                        else:
+                            mark_scored(conn, keeper.replica_id, held & keeper.buckets)
+                            _log_summary("ticked", summary, slow=slow, buckets=len(held),
+                                         tick_ms=round((time.monotonic() - mono) * 1000))
+                        if slow:
+                            next_slow = time.monotonic() + slow_tick_s
+                    if time.monotonic() >= next_watchdog:
+                        try:
+                            _log_summary("watchdog", run_watchdog(conn, clock.now(), stall_after=stall_after))
+                        except psycopg.OperationalError:
+                            raise
+                        except Exception:
+                            log.exception("watchdog_failed")
+                        next_watchdog = time.monotonic() + watchdog_s
         except psycopg.OperationalError as exc:
             log.warning("tick_database_unavailable", error=str(exc), retry_in_s=backoff)
             done.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, 10.0)
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings, replica_id: str | None = None) -> None:
     """``carewatch score``: run until SIGTERM or Ctrl-C; the clock follows ``CAREWATCH_CLOCK``."""
     import signal
 
@@ -169,4 +245,4 @@ def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     clock = Clock.data() if settings.clock == "data" else Clock.wall()
-    run_scorer(settings, stop_event=stop, clock=clock)
+    run_scorer(settings, stop_event=stop, clock=clock, replica_id=replica_id)
