@@ -216,8 +216,11 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_pool = pool is None
+        # check: a connection to a primary that failed over is found dead at checkout and replaced (through the
+        # multi-host DSN, with the new primary), not handed to a request (docs/operations.md)
         app.state.pool = pool or ConnectionPool(settings.dsn, min_size=1, max_size=8, open=False,
-                                                name="carewatch-api", kwargs={"application_name": "carewatch-api"})
+                                                name="carewatch-api", kwargs={"application_name": "carewatch-api"},
+                                                check=ConnectionPool.check_connection)
         if own_pool:
             app.state.pool.open(wait=False)
         app.state.conn_gate = pooling.gate_for(app.state.pool)  # every checkout waits here, not in a thread
