@@ -1,6 +1,9 @@
 """The scorer service: LISTEN for new readings, evaluate within about a second, tick time-based rules.
 
-On start it LISTENs first (so nothing notified during start-up is lost), then batch-rescores everything. Each
+Several replicas may run against one database: each holds some of the site buckets (scoring/replicas.py, a lease
+thread of its own) and acts only on its own sites' notifications and ticks. On start it LISTENs first (so nothing
+notified during start-up is lost), then rescores every subject of the buckets it holds, and later those of each
+bucket it takes over, in slices beside the fresh notifications. Each
 loop wakes on the first NOTIFY payload (``{"subjects": [...], "max_received_at": iso}``; at most ``poll_s``
 apart), takes every other payload already queued, and evaluates the notified subjects together. A second thread
 with its own connection runs the fast tick every ``tick_s`` (escalations, overdue observations) and every

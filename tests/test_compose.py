@@ -132,3 +132,29 @@ def test_broker_tls_files_and_listeners_are_consistent() -> None:
         assert (target.host, target.port, target.tls) == ("mqtt", 1883, False), service
     ignored = (DEPLOY / ".gitignore").read_text()
     assert "tls/*" in ignored and "mosquitto/passwd" in ignored  # keys and passwords never committed
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's ``!reset`` tag (an override clears a field of the base file)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None if isinstance(node, yaml.ScalarNode) else (
+    loader.construct_mapping(node) if isinstance(node, yaml.MappingNode) else loader.construct_sequence(node)))
+
+
+def test_database_ha_shape_gives_every_service_the_multi_host_read_write_dsn() -> None:
+    """deploy/ha/docker-compose.ha.yml (docs/operations.md): monitor + two pg_auto_failover nodes, the single db
+    switched off, and every Carewatch service on both nodes with target_session_attrs=read-write."""
+    ha = yaml.load((REPO_ROOT / "deploy" / "ha" / "docker-compose.ha.yml").read_text(), Loader=_ComposeLoader)
+    services = ha["services"]
+    assert {"monitor", "node1", "node2"} <= set(services)
+    assert services["db"]["profiles"] and "db" not in str(services["scorer"].get("depends_on"))
+    assert "monitor" in services["monitor"]["command"] and "--run" in services["monitor"]["command"]
+    for node in ("node1", "node2"):
+        command = services[node]["command"]
+        assert command[:3] == ["pg_autoctl", "create", "postgres"] and "--monitor" in command
+    for name in ("migrate", "ingest", "scorer", "api"):
+        assert name in COMPOSE["services"], name
+        dsn = services[name]["environment"]["CAREWATCH_DATABASE_URL"]
+        assert "@node1:5432,node2:5432/" in dsn and "target_session_attrs=read-write" in dsn, name
+        assert "db" not in (services[name].get("depends_on") or {}), name
