@@ -137,6 +137,8 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         # Everything held now is rescored (a start, or a reconnect after which notifications may have been missed),
         # then whatever the keeper takes over later: the readings notified while a bucket had no holder.
         catch_up: list[str] = []
+        catch_up_started: float | None = None
+        catch_up_total = 0
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
         log.info("scorer_started", replica=keeper.replica_id, clock=clock.mode, buckets=len(keeper.buckets),
                  **({"now": clock.now().isoformat()} if clock.ready else {"waiting_for": "first readings"}))
@@ -166,13 +168,19 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                     catch_up = sorted(set(catch_up) | set(subjects_of(work, rescoring)))
                     log.info("buckets_to_rescore", replica=keeper.replica_id, buckets=len(rescoring),
                              subjects=len(catch_up))
+                    if catch_up_started is None:
+                        catch_up_started, catch_up_total = time.monotonic(), 0
                     mark_scored(work, keeper.replica_id, rescoring)
                     rescoring = set()
                 if pending:
                     pending = set(subjects.mine(work, pending, held))
                 # fresh readings first; the catch-up in slices, so a takeover never holds fresh readings up for long
-                batch = sorted(pending | set(catch_up[:CATCH_UP_SLICE]))
+                # (and only what is still ours: buckets given back meanwhile are the new holder's to rescore)
+                slice_ = subjects.mine(work, catch_up[:CATCH_UP_SLICE], held) if catch_up else []
+                catch_up_total += len(slice_)
+                batch = sorted(pending | set(slice_))
                 catch_up = catch_up[CATCH_UP_SLICE:]
+                finishing = catch_up_started is not None and not catch_up
                 if batch and clock.ready:
                     try:
                         summary = evaluate_subjects(work, batch, clock.now())
@@ -182,6 +190,12 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                         log.exception("evaluate_failed", subjects=len(batch))
                     else:
                         _log_summary("evaluated", summary, subjects=len(batch))
+                if finishing and catch_up_started is not None:
+                    # how long a start or a takeover took to rescore its buckets (bench/bench_scale.py reads it)
+                    seconds = time.monotonic() - catch_up_started
+                    log.info("caught_up", replica=keeper.replica_id, subjects=catch_up_total,
+                             seconds=round(seconds, 2), per_s=round(catch_up_total / max(seconds, 1e-6), 1))
+                    catch_up_started = None
         finally:
             done.set()
             ticker.join(timeout=60)
