@@ -29,8 +29,9 @@ from carewatch.scoring.replicas import LeaseKeeper, SubjectMap, mark_scored, run
 from carewatch.settings import Settings
 
 CHANNEL = "carewatch_readings"
-#: Subjects of newly acquired buckets evaluated per loop, beside whatever was freshly notified.
-CATCH_UP_SLICE = 200
+#: Subjects of newly acquired buckets evaluated per loop, beside whatever was freshly notified: small, because fresh
+#: readings wait for the slice in hand (a slice of 50 took ~2 s on a loaded 2-core machine, bench/bench_scale.py).
+CATCH_UP_SLICE = 50
 log = structlog.get_logger("carewatch.scoring.service")
 
 
