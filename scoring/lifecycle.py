@@ -260,7 +260,8 @@ def escalate_unacknowledged(conn: psycopg.Connection, now: datetime,
                WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
                  AND ack_due_at <= %(now)s AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s::text[]))
                RETURNING alert_id, escalation_level, severity""",
-            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL, "high": ACK_WINDOW[Severity.HIGH],
+            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL,
+             "high": ACK_WINDOW[Severity.HIGH],
              "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
         ).fetchall()
         for alert_id, level, severity in rows:

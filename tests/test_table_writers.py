@@ -34,12 +34,16 @@ OWNERS = {
     "kits": "ingest/kit_sessions.py",
     "kit_sessions": "ingest/kit_sessions.py",
     "reading_assignments": "ingest/store.py",
+    "scorer_replicas": "scoring/replicas.py",
+    "scorer_buckets": "scoring/replicas.py",
 }
 #: Modules allowed to write these tables anyway, and why.
 EXEMPT = {
     "gateway/outbox.py": "the gateway's SQLite outbox: its own tables of the same names, not PostgreSQL",
     "bench/bench_api.py": "bulk COPY of a synthetic year (millions of rows) before the API is measured",
     "bench/ingest/bench_ingest.py": "raw COPY/INSERT into readings: the ceiling the ingest store is measured against",
+    "bench/bench_scale.py": "SQL copies of a simulated template up to 100,000 residents, and probe readings inserted "
+                            "as ingest would, to measure the scorer at that size",
 }
 SCANNED = ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim", "bench")
 WRITE = re.compile(r"(?<!FOR )(?<!DO )\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM|COPY|TRUNCATE(?:\s+TABLE)?)\s+(\w+)")
