@@ -25,7 +25,15 @@ import structlog
 from carewatch.scoring import metrics
 from carewatch.scoring.clock import Clock, parse_timestamp
 from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, tick
-from carewatch.scoring.replicas import LeaseKeeper, SubjectMap, mark_scored, run_watchdog, subjects_of
+from carewatch.scoring.replicas import (
+    FENCE_AFTER,
+    FENCE_TICK_AFTER,
+    LeaseKeeper,
+    SubjectMap,
+    mark_scored,
+    run_watchdog,
+    subjects_of,
+)
 from carewatch.settings import Settings
 
 CHANNEL = "carewatch_readings"
@@ -76,8 +84,11 @@ class Progress:
     def mark(self, loop: str) -> None:
         self._at[loop] = time.monotonic()
 
-    def oldest(self) -> float:
-        return min(self._at.values(), default=time.monotonic())
+    def stuck(self) -> bool:
+        """A loop that has not come round within its limit (replicas.FENCE_AFTER, FENCE_TICK_AFTER)."""
+        now = time.monotonic()
+        limits = {"evaluate": FENCE_AFTER, "tick": FENCE_TICK_AFTER}
+        return any(now - at > limits.get(loop, FENCE_AFTER) for loop, at in self._at.items())
 
 
 def run_scorer(
@@ -98,7 +109,7 @@ def run_scorer(
     clock = clock or Clock.wall()
     target = dsn or settings.dsn
     progress = Progress()
-    keeper = LeaseKeeper(target, replica_id=replica_id, lease_s=settings.scorer_lease_s, progress=progress.oldest)
+    keeper = LeaseKeeper(target, replica_id=replica_id, lease_s=settings.scorer_lease_s, stuck=progress.stuck)
     stall_after = timedelta(seconds=settings.scorer_stall_after_s)
     lease_stop = threading.Event()
     leases = threading.Thread(target=keeper.run, args=(lease_stop,), name="carewatch-scorer-lease", daemon=True)
