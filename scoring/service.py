@@ -24,7 +24,7 @@ import structlog
 
 from carewatch.scoring import metrics
 from carewatch.scoring.clock import Clock, parse_timestamp
-from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, tick
+from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, group_loose_alerts, tick
 from carewatch.scoring.replicas import (
     FENCE_AFTER,
     FENCE_TICK_AFTER,
@@ -152,6 +152,10 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         catch_up_started: float | None = None
         catch_up_total = 0
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
+        if clock.ready:
+            # alerts left outside any incident (from before incidents, or never re-evaluated) join their subject's
+            # incident, as rescore_all does at start; safe from every replica (subject locks)
+            group_loose_alerts(work, clock.now())
         log.info("scorer_started", replica=keeper.replica_id, clock=clock.mode, buckets=len(keeper.buckets),
                  **({"now": clock.now().isoformat()} if clock.ready else {"waiting_for": "first readings"}))
         # Time-based rules run in their own thread and connection: a slow tick (every household and device) must
