@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     registry_password: SecretStr | None = Field(default=None, description="Password of registry_username.")
     registry_fetch_s: float = Field(default=300.0, ge=1, description="Seconds between registry fetches.")
 
+    # --- gateway radio ------------------------------------------------------------------------------------
+    ble_backend: Literal["bleak", "bumble"] = Field(
+        default="bleak", description="Bluetooth stack: bleak on BlueZ, or Bumble driving a controller over HCI."
+    )
+    bumble_transport: str = Field(
+        default="usb:0",
+        description="Bumble HCI transport: usb:0 (first USB dongle), usb:VID:PID, serial:/dev/ttyACM0, tcp-client:h:p.",
+    )
+    bumble_keystore: Path | None = Field(
+        default=None, description="JSON file the Bumble backend keeps bonds in (default under state_dir)."
+    )
+
     # --- gateway store-and-forward -----------------------------------------------------------------------
     outbox_path: Path | None = Field(default=None, description="SQLite outbox file (default under state_dir).")
     outbox_max_mb: int = Field(default=512, ge=1, description="Disk budget for unsent readings.")
@@ -159,6 +171,10 @@ class Settings(BaseSettings):
     @property
     def outbox_file(self) -> Path:
         return self.outbox_path or self.state_dir / "gateway" / f"{self.gateway_id}.outbox.sqlite"
+
+    @property
+    def bumble_keystore_file(self) -> Path:
+        return self.bumble_keystore or self.state_dir / "gateway" / f"{self.gateway_id}.bonds.json"
 
     @property
     def registry_file(self) -> Path | None:

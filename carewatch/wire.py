@@ -266,7 +266,8 @@ class GatewayEvent(_Wire):
     gateway_id: Ident
     at: AwareDatetime
     kind: Literal[
-        "dead_letter", "outbox_alarm", "device_paired", "device_unpaired", "clock_alarm", "replay_unavailable"
+        "dead_letter", "outbox_alarm", "device_paired", "device_unpaired", "clock_alarm", "replay_unavailable",
+        "device_fault", "device_silent", "device_back",
     ]
     device_id: str | None = None
     message: str

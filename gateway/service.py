@@ -47,6 +47,8 @@ log = structlog.get_logger("carewatch.gateway")
 WRITE_BATCH_MAX = 1000  # notifications committed together at most
 QUEUE_MAX = 10_000  # notifications waiting for the writer before deliver() applies back-pressure
 REGISTRY_POLL_S = 5.0
+#: Transport events the platform hears about (as GatewayEvents), beside the device status.
+LINK_EVENTS = {"fault": "device_fault", "silent": "device_silent", "back": "device_back"}
 TRANSPORT_RESTART_S = 5.0
 
 
@@ -280,12 +282,34 @@ class Gateway:
             health.connected = connected
         if event.kind in ("connected", "seen"):
             health.last_seen = event.at
-        if event.kind in ("rate_limited", "error"):
+        if event.kind == "silent":
+            changed = health.connected is not False
+            health.connected = False
+        if event.kind in ("rate_limited", "error", "fault", "silent"):
             log.warning("transport_" + event.kind, address=event.address, detail=event.detail)
         else:
             log.debug("transport_event", address=event.address, kind=event.kind, detail=event.detail)
+        if event.kind in LINK_EVENTS:
+            await self._link_event(event)
         if changed and self.publisher is not None:
             self.publisher.request_status()
+
+    async def _link_event(self, event: TransportEvent) -> None:
+        """A device fault (keys or pairing refused), a device gone silent or back: a GatewayEvent for the platform,
+        stored in the outbox like any other (so it survives an outage)."""
+        assert self.outbox is not None
+        device = self.registry.get(event.address)
+        gateway_event = GatewayEvent(
+            site_id=self.settings.site_id, gateway_id=self.settings.gateway_id, at=event.at,
+            kind=LINK_EVENTS[event.kind], device_id=device.device_id if device else None,  # type: ignore[arg-type]
+            message=event.detail or event.kind, detail={"address": event.address},
+        )
+        try:
+            await asyncio.to_thread(self.outbox.add_events, [gateway_event])
+            if self.publisher is not None:
+                self.publisher.notify(urgent=False)
+        except (sqlite3.Error, OSError) as exc:  # an event is worth less than a reading: log, never stall the radio
+            log.error("link_event_not_stored", kind=event.kind, error=str(exc))
 
     async def _writer(self) -> None:
         assert self._queue is not None and self.outbox is not None
@@ -539,6 +563,19 @@ async def run_gateway(
     return gateway.counters
 
 
+def radio_transport(settings: Settings, *, clock: Clock | None = None) -> Transport:
+    """The Bluetooth transport ``settings.ble_backend`` names: bleak on BlueZ (default), or Bumble over
+    ``settings.bumble_transport`` (a USB dongle, or the virtual radio) with its bonds in ``bumble_keystore_file``."""
+    if settings.ble_backend == "bumble":
+        from carewatch.gateway.bumble_ble import BumbleTransport
+
+        return BumbleTransport(settings.bumble_transport, keystore=settings.bumble_keystore_file,
+                               clock=clock or system_clock)
+    from carewatch.gateway.ble import BleakTransport
+
+    return BleakTransport(clock=clock or system_clock)
+
+
 def main(
     settings: Settings, *, simulate: bool = False, transport_factory: Callable[[], Transport] | None = None
 ) -> None:
@@ -556,9 +593,7 @@ def main(
             "--simulate: run the simulator (`carewatch sim --output ble`), which starts its gateways"
         )
     else:
-        from carewatch.gateway.ble import BleakTransport
-
-        transport = BleakTransport()
+        transport = radio_transport(settings)
 
     async def _main() -> None:
         stop = asyncio.Event()

@@ -40,7 +40,9 @@ class Notification:
     rssi: int | None = None
 
 
-TransportEventKind = Literal["connected", "disconnected", "seen", "rate_limited", "error"]
+#: ``silent``: a registered device not heard for 10 minutes (``gateway/link.py``); ``back``: heard again;
+#: ``fault``: the device refused our keys or pairing (a device fault, reported to the platform).
+TransportEventKind = Literal["connected", "disconnected", "seen", "rate_limited", "error", "silent", "back", "fault"]
 
 
 @dataclass(frozen=True)

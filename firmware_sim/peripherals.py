@@ -1,0 +1,384 @@
+"""Simulated devices as Bluetooth LE peripherals (Google's Bumble) on a virtual link.
+
+Each GATT or UART device is a Bumble :class:`~bumble.device.Device` with its own emulated controller on the
+link: it advertises while unconnected, serves the GATT table of its kind (below) and sends the frames the
+simulator's device layer encodes (``firmware_sim/frames.py``) as notifications or indications:
+
+| profile | services and characteristics | sent by |
+| --- | --- | --- |
+| ``plx`` (pulse oximeter) | 0x1822: 0x2A5E Spot-Check, 0x2A5F Continuous, 0x2A60 Features; Battery 0x180F: 0x2A19 | indication (2A5E), notification |
+| ``thermometer`` | 0x1809: 0x2A1C Temperature Measurement; 0x180F | indication |
+| ``bp`` (cuff) | 0x1810: 0x2A35 Blood Pressure Measurement, 0x2A36 Intermediate Cuff Pressure, 0x2A49 Feature; 0x180F. **Encryption required** to subscribe: the gateway must pair (bond) | indication (2A35), notification |
+| ``heart_rate`` | 0x180D: 0x2A37; 0x180F | notification |
+| ``berrymed`` / ``pc60fw`` | their vendor UART service: notify + write characteristic | notification |
+| ``emay`` | 0xFF12: FF02 notify, FF01 write; streams only after the START_REALTIME command | notification |
+| ``o2ring`` | 14839ac4-…: 0734594a-… notify, 8b00ace7-… write; sends one frame per real-time request | notification |
+
+A device stores what it measured until it can send it: while nobody is connected or subscribed (as blood-pressure
+cuffs and thermometers keep their measurements until a collector connects), frames wait in the device's memory in
+order. An indication leaves the memory only once the gateway confirmed it, so a link that drops mid-transfer
+loses nothing; a notification has no confirmation, so it is gone once sent (as on a real device).
+
+BTHome sensors never connect: they are broadcasters (:class:`Broadcaster`) putting each packet on the link as
+legacy advertising PDUs (the same PDU an advertising controller sends), ``repeats`` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bumble import att, hci, ll
+from bumble.controller import Controller
+from bumble.core import AdvertisingData
+from bumble.device import Connection, Device
+from bumble.gatt import Characteristic, CharacteristicValue, Service
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.transport.common import AsyncPipeSink
+
+from carewatch.firmware_sim import frames
+from carewatch.gateway.link import LINK_COMMANDS, O2RING_WRITE_UUID, UART_CHARACTERISTICS
+from carewatch.gateway.oximeters import CONTEC_BLE_COMMANDS, contec_ble_command
+from carewatch.gateway.registry import BTHOME, GATT, RegisteredDevice
+from carewatch.gateway.transport import short_uuid, uuid128
+from carewatch.wire import DeviceKind
+
+NOTIFY = Characteristic.Properties.NOTIFY
+INDICATE = Characteristic.Properties.INDICATE
+READ = Characteristic.Properties.READ
+WRITE = Characteristic.Properties.WRITE
+WRITE_NR = Characteristic.Properties.WRITE_WITHOUT_RESPONSE
+ADVERTISING_INTERVAL_MS = 50.0
+INDICATION_TIMEOUT_S = 5.0
+START_REALTIME = contec_ble_command(*CONTEC_BLE_COMMANDS["START_REALTIME"])
+
+
+@dataclass(frozen=True)
+class CharSpec:
+    uuid: str
+    properties: Characteristic.Properties
+    value: bytes = b""
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a kind of device looks like over the air."""
+
+    name: str
+    services: tuple[tuple[str, tuple[CharSpec, ...]], ...]
+    pairing_required: tuple[str, ...] = ()  # characteristics whose subscription needs an encrypted link
+    advertised: tuple[str, ...] = ()  # 16-bit service UUIDs in the advert
+    start: str | None = None  # "emay": wait for START_REALTIME; "o2ring": one frame per request
+
+
+BATTERY = ("180f", (CharSpec("2a19", READ | NOTIFY, frames.encode_battery_level(100)),))
+PLX_FEATURES = bytes.fromhex("0000")  # no optional features
+BP_FEATURES = bytes.fromhex("0000")
+
+
+def _uart(service: str, notify: str, write: str, *, start: str | None = None, name: str) -> Profile:
+    return Profile(name, ((service, (CharSpec(notify, NOTIFY), CharSpec(write, WRITE | WRITE_NR, writable=True))),),
+                   start=start)
+
+
+PROFILES: dict[str, Profile] = {
+    "plx": Profile("plx", (("1822", (CharSpec("2a5e", INDICATE), CharSpec("2a5f", NOTIFY),
+                                     CharSpec("2a60", READ, PLX_FEATURES))), BATTERY), advertised=("1822",)),
+    "thermometer": Profile("thermometer", (("1809", (CharSpec("2a1c", INDICATE),)), BATTERY), advertised=("1809",)),
+    "bp": Profile("bp", (("1810", (CharSpec("2a35", INDICATE), CharSpec("2a36", NOTIFY),
+                                   CharSpec("2a49", READ, BP_FEATURES))), BATTERY),
+                  pairing_required=("2a35", "2a36"), advertised=("1810",)),
+    "heart_rate": Profile("heart_rate", (("180d", (CharSpec("2a37", NOTIFY),)), BATTERY), advertised=("180d",)),
+    "berrymed": _uart("49535343-fe7d-4ae5-8fa9-9fafd205e455", UART_CHARACTERISTICS["berrymed"][0],
+                      "49535343-8841-43f4-a8d4-ecbe34729bb3", name="berrymed"),
+    "pc60fw": _uart("6e400001-b5a3-f393-e0a9-e50e24dcca9e", UART_CHARACTERISTICS["pc60fw"][0],
+                    "6e400002-b5a3-f393-e0a9-e50e24dcca9e", name="pc60fw"),
+    "emay": _uart("ff12", UART_CHARACTERISTICS["emay"][0], LINK_COMMANDS["emay"].write_uuid, start="emay",
+                  name="emay"),
+    "o2ring": _uart("14839ac4-7d7e-415c-9a42-167340cf2339", UART_CHARACTERISTICS["o2ring"][0], O2RING_WRITE_UUID,
+                    start="o2ring", name="o2ring"),
+}
+GATT_PROFILE = {DeviceKind.PULSE_OXIMETER: "plx", DeviceKind.THERMOMETER: "thermometer", DeviceKind.BP_CUFF: "bp",
+                DeviceKind.HEART_RATE: "heart_rate"}
+
+
+def profile_for(device: RegisteredDevice) -> Profile:
+    if device.source == GATT:
+        if device.kind not in GATT_PROFILE:
+            raise ValueError(f"no simulated GATT profile for a {device.kind.value}")
+        return PROFILES[GATT_PROFILE[device.kind]]
+    if device.source not in PROFILES:
+        raise ValueError(f"no simulated peripheral for format {device.source!r}")
+    return PROFILES[device.source]
+
+
+def _uuid(text: str) -> str:
+    """Bumble's spelling of a UUID: 16-bit ones as 4 hex digits, others in full."""
+    short = short_uuid(uuid128(text))
+    return short.upper() if len(short) == 4 else short
+
+
+class _Delegate(PairingDelegate):
+    """Accepts pairing while the device is in pairing mode (as cuffs do when their pairing button is held)."""
+
+    def __init__(self, peripheral: Peripheral) -> None:
+        super().__init__()
+        self.peripheral = peripheral
+
+    async def accept(self) -> bool:
+        return self.peripheral.pairing_mode
+
+
+@dataclass
+class _Stream:
+    """One characteristic's frames waiting to be sent, in order."""
+
+    char: Characteristic
+    indicate: bool
+    waiting: deque[bytes] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Peripheral:
+    """One simulated GATT/UART device on the link (create, then ``await start()`` in the link's event loop)."""
+
+    def __init__(self, link: LocalLink, device: RegisteredDevice, *, pairing_mode: bool = True) -> None:
+        self.registered = device
+        self.address = device.address
+        self.profile = profile_for(device)
+        self.pairing_mode = pairing_mode
+        self.in_range = True
+        self.controller = Controller(f"sim-{device.device_id}", link=link)
+        self.device = Device(name=device.device_id, address=hci.Address(device.address),
+                             host=Host(self.controller, AsyncPipeSink(self.controller)))
+        self.device.pairing_config_factory = lambda _c: PairingConfig(
+            sc=True, mitm=False, bonding=True, delegate=_Delegate(self),
+            identity_address_type=PairingConfig.AddressType.RANDOM)
+        self.streams: dict[str, _Stream] = {}
+        self.chars: dict[str, Characteristic] = {}
+        self.subscribed: set[str] = set()
+        self.connection: Connection | None = None
+        self.writes: list[tuple[str, bytes]] = []
+        self.credits = 0  # o2ring: frames requested and not yet sent
+        self.started = self.profile.start is None
+        self.sent = 0
+        self.connections = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+        services = []
+        for service_uuid, specs in self.profile.services:
+            chars = []
+            for spec in specs:
+                value: Any = spec.value
+                permissions = att.Attribute.READABLE
+                if spec.writable:
+                    value = CharacteristicValue(write=lambda _conn, data, uuid=spec.uuid: self._on_write(uuid, data))
+                    permissions |= att.Attribute.WRITEABLE
+                char = Characteristic(_uuid(spec.uuid), spec.properties, permissions, value)
+                self.chars[short_uuid(uuid128(spec.uuid))] = char
+                chars.append(char)
+                if spec.properties & (NOTIFY | INDICATE):
+                    self.streams[short_uuid(uuid128(spec.uuid))] = _Stream(char, bool(spec.properties & INDICATE))
+            services.append(Service(_uuid(service_uuid), chars))
+        self.device.add_services(services)
+        self._require_encryption()
+        self.device.on("connection", self._on_connection)
+        self.device.on("characteristic_subscription", self._on_subscription)
+
+    def _require_encryption(self) -> None:
+        """The cuff's measurement CCCDs can only be written on an encrypted link (so the gateway must pair)."""
+        protected = {self.chars[short_uuid(uuid128(u))].handle for u in self.profile.pairing_required}
+        attributes = self.device.gatt_server.attributes
+        for index, attribute in enumerate(attributes):
+            if attribute.handle in protected:
+                for descriptor in attributes[index + 1 : index + 3]:
+                    if descriptor.type.to_hex_str() == "2902":
+                        descriptor.permissions |= att.Attribute.WRITE_REQUIRES_ENCRYPTION
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.device.power_on()
+        self._tasks = [asyncio.create_task(self._pump(uuid, s)) for uuid, s in self.streams.items()]
+        await self._advertise()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.device.stop_advertising()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.disconnect()
+
+    async def _advertise(self) -> None:
+        if not self.in_range or self.connection is not None or self.device.is_advertising:
+            return
+        items: list[Any] = [(AdvertisingData.FLAGS, bytes([0x06]))]
+        if self.profile.advertised:
+            uuids = b"".join(bytes.fromhex(u)[::-1] for u in self.profile.advertised)
+            items.append((AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS, uuids))
+        items.append((AdvertisingData.SHORTENED_LOCAL_NAME, self.registered.device_id[:8].encode()))
+        await self.device.start_advertising(advertising_data=bytes(AdvertisingData(items)),
+                                            advertising_interval_min=ADVERTISING_INTERVAL_MS,
+                                            advertising_interval_max=ADVERTISING_INTERVAL_MS)
+
+    def _on_connection(self, connection: Connection) -> None:
+        self.connection = connection
+        self.connections += 1
+        self.subscribed.clear()
+        self.started = self.profile.start is None
+        self.credits = 0
+        connection.on("disconnection", lambda _reason: self._on_disconnection(connection))
+        self._kick()
+
+    def _on_disconnection(self, connection: Connection) -> None:
+        if self.connection is connection:
+            self.connection = None
+            self.subscribed.clear()
+        self._kick()
+        if self.in_range:
+            asyncio.get_running_loop().create_task(self._advertise())
+
+    def _on_subscription(self, _bearer: Any, char: Characteristic, notify: bool, indicate: bool) -> None:
+        uuid = short_uuid(uuid128(char.uuid.to_hex_str()))
+        if notify or indicate:
+            self.subscribed.add(uuid)
+        else:
+            self.subscribed.discard(uuid)
+        self._kick()
+
+    def _on_write(self, uuid: str, data: bytes) -> None:
+        self.writes.append((short_uuid(uuid128(uuid)), bytes(data)))
+        if self.profile.start == "emay" and bytes(data) == START_REALTIME:
+            self.started = True
+        elif self.profile.start == "o2ring" and bytes(data) == LINK_COMMANDS["o2ring"].start[0]:
+            self.started = True
+            self.credits += 1
+        self._kick()
+
+    def _kick(self) -> None:
+        for stream in self.streams.values():
+            stream.wake.set()
+
+    # -- what the simulator feeds --------------------------------------------------------------------------
+    def send(self, source: str, data: bytes) -> None:
+        """Queue one frame: ``source`` is the characteristic's short UUID, or the device's proprietary format."""
+        uuid = UART_CHARACTERISTICS[source][0] if source in UART_CHARACTERISTICS else source
+        stream = self.streams.get(short_uuid(uuid128(uuid)))
+        if stream is None:
+            raise ValueError(f"{self.registered.device_id} has no characteristic for {source!r}")
+        stream.waiting.append(data)
+        stream.wake.set()
+
+    def waiting(self) -> int:
+        return sum(len(s.waiting) for s in self.streams.values())
+
+    def _ready(self, uuid: str) -> bool:
+        if self.connection is None or uuid not in self.subscribed:
+            return False
+        if uuid == "2a19":  # the battery is not gated by the start command
+            return True
+        if not self.started:
+            return False
+        return self.profile.start != "o2ring" or self.credits > 0
+
+    async def _pump(self, uuid: str, stream: _Stream) -> None:
+        """Send this characteristic's frames in order whenever the link allows; an indication leaves the device's
+        memory once confirmed, a notification once sent."""
+        while True:
+            while not (stream.waiting and self._ready(uuid)):
+                stream.wake.clear()
+                await stream.wake.wait()
+            connection = self.connection
+            assert connection is not None
+            data = stream.waiting[0]
+            if stream.indicate:
+                try:
+                    await asyncio.wait_for(connection.cancel_on_disconnection(
+                        self.device.indicate_subscriber(connection, stream.char, data)), INDICATION_TIMEOUT_S)
+                except Exception:  # the link dropped (or timed out) before the confirmation: keep it, send again
+                    await asyncio.sleep(0.01)
+                    continue
+                if self.connection is not connection:
+                    continue  # disconnected before we could know it arrived: send again on the next connection
+            else:
+                try:
+                    await self.device.notify_subscriber(connection, stream.char, data)
+                except Exception:
+                    await asyncio.sleep(0.01)
+                    continue
+            stream.waiting.popleft()
+            self.sent += 1
+            if self.profile.start == "o2ring" and uuid != "2a19":
+                self.credits -= 1
+
+    # -- what tests and scenarios do to it -----------------------------------------------------------------
+    async def drop(self) -> None:
+        """The link is lost (interference, walked out of range for a moment); it advertises again at once."""
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.disconnect(hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR)
+
+    async def leave(self) -> None:
+        """Out of range: the link drops and nobody hears it until :meth:`come_back`."""
+        self.in_range = False
+        with contextlib.suppress(Exception):
+            await self.device.stop_advertising()
+        await self.drop()
+
+    async def come_back(self) -> None:
+        self.in_range = True
+        await self._advertise()
+
+    async def forget_bonds(self) -> None:
+        """A factory reset: the device no longer knows the gateway's key."""
+        keystore = self.device.keystore
+        if keystore is not None:
+            await keystore.delete_all()
+
+
+class Broadcaster:
+    """A BTHome sensor: each packet goes on the link as a legacy advertising PDU from its address."""
+
+    def __init__(self, link: LocalLink, device: RegisteredDevice, *, repeats: int = 2,
+                 spacing_s: float = 0.005) -> None:
+        self.link = link
+        self.registered = device
+        self.address = hci.Address(device.address)
+        self.repeats = repeats
+        self.spacing_s = spacing_s
+        self.sent = 0
+        self.in_range = True
+
+    def send(self, source: str, data: bytes) -> None:
+        if source != BTHOME or not self.in_range:
+            return
+        advert = bytes(AdvertisingData([(AdvertisingData.FLAGS, bytes([0x06])),
+                                        (AdvertisingData.SERVICE_DATA_16_BIT_UUID, frames.BTHOME_UUID16_LE + data)]))
+        loop = asyncio.get_running_loop()
+        for i in range(self.repeats):
+            loop.call_later(i * self.spacing_s, self._put, advert)
+
+    def _put(self, advert: bytes) -> None:
+        self.link.send_advertising_pdu(None, ll.AdvInd(advertiser_address=self.address, data=advert))  # type: ignore[arg-type]
+        self.sent += 1
+
+    def waiting(self) -> int:
+        return 0
+
+
+Node = Peripheral | Broadcaster
+NodeFactory = Callable[[LocalLink, RegisteredDevice], Node]
+
+
+def node_for(link: LocalLink, device: RegisteredDevice, *, pairing_mode: bool = True) -> Node:
+    return Broadcaster(link, device) if device.source == BTHOME else Peripheral(link, device,
+                                                                                pairing_mode=pairing_mode)
