@@ -363,6 +363,16 @@ def encode_emay(spo2: int | None, pulse_rate: int | None) -> bytes:
     return body + bytes([sum(body) & 0x7F])
 
 
+def encode_o2ring(spo2: int, pulse_rate: int, *, battery: int = 80, worn: bool = True, movement: int = 0,
+                  perfusion_raw: int = 0) -> bytes:
+    """Viatom legacy O2Ring real-time response (fixed offsets: SpO2 @7, HR @8, battery @14, movement @16, PI @17,
+    worn @18), as the ring answers one ``AA 17 E8`` request; bytes not decoded are zero."""
+    out = bytearray(20)
+    out[0], out[1] = 0x55, 0x00
+    out[7], out[8], out[14], out[16], out[17], out[18] = spo2, pulse_rate, battery, movement, perfusion_raw, int(worn)
+    return bytes(out)
+
+
 def _crc8_maxim(data: bytes) -> int:
     crc = 0
     for byte in data:

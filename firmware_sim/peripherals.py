@@ -4,15 +4,16 @@ Each GATT or UART device is a Bumble :class:`~bumble.device.Device` with its own
 link: it advertises while unconnected, serves the GATT table of its kind (below) and sends the frames the
 simulator's device layer encodes (``firmware_sim/frames.py``) as notifications or indications:
 
-| profile | services and characteristics | sent by |
-| --- | --- | --- |
-| ``plx`` (pulse oximeter) | 0x1822: 0x2A5E Spot-Check, 0x2A5F Continuous, 0x2A60 Features; Battery 0x180F: 0x2A19 | indication (2A5E), notification |
-| ``thermometer`` | 0x1809: 0x2A1C Temperature Measurement; 0x180F | indication |
-| ``bp`` (cuff) | 0x1810: 0x2A35 Blood Pressure Measurement, 0x2A36 Intermediate Cuff Pressure, 0x2A49 Feature; 0x180F. **Encryption required** to subscribe: the gateway must pair (bond) | indication (2A35), notification |
-| ``heart_rate`` | 0x180D: 0x2A37; 0x180F | notification |
-| ``berrymed`` / ``pc60fw`` | their vendor UART service: notify + write characteristic | notification |
-| ``emay`` | 0xFF12: FF02 notify, FF01 write; streams only after the START_REALTIME command | notification |
-| ``o2ring`` | 14839ac4-…: 0734594a-… notify, 8b00ace7-… write; sends one frame per real-time request | notification |
+- ``plx`` (pulse oximeter): 0x1822 with 0x2A5E Spot-Check (indicated), 0x2A5F Continuous (notified), 0x2A60
+  Features; Battery 0x180F with 0x2A19 (read, notified);
+- ``thermometer``: 0x1809 with 0x2A1C Temperature Measurement (indicated); 0x180F;
+- ``bp`` (cuff): 0x1810 with 0x2A35 Blood Pressure Measurement (indicated), 0x2A36 Intermediate Cuff Pressure
+  (notified), 0x2A49 Feature; 0x180F. **Encryption required** to subscribe, so the gateway must pair and bond;
+  it accepts pairing only in pairing mode (``pairing_mode``);
+- ``heart_rate``: 0x180D with 0x2A37 (notified); 0x180F;
+- ``berrymed``, ``pc60fw``: their vendor UART service, a notify and a write characteristic;
+- ``emay``: 0xFF12 with FF02 (notify) and FF01 (write); streams only after the START_REALTIME command;
+- ``o2ring``: 14839ac4-… with 0734594a-… (notify) and 8b00ace7-… (write); one frame per real-time request.
 
 A device stores what it measured until it can send it: while nobody is connected or subscribed (as blood-pressure
 cuffs and thermometers keep their measurements until a collector connects), frames wait in the device's memory in
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +137,22 @@ class _Delegate(PairingDelegate):
         return self.peripheral.pairing_mode
 
 
+class _Radio(Controller):
+    """An emulated controller whose advertising can be out of range (``muted``): nobody hears it."""
+
+    muted = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # legacy advertising, like the bedside devices it stands for (and Bumble restarts it after a disconnection
+        # from its connection handler, without the extended sets' race)
+        self.le_features = self.le_features & ~hci.LeFeatureMask.LE_EXTENDED_ADVERTISING
+
+    def send_advertising_pdu(self, packet: ll.AdvertisingPdu) -> None:
+        if not self.muted:
+            super().send_advertising_pdu(packet)
+
+
 @dataclass
 class _Stream:
     """One characteristic's frames waiting to be sent, in order."""
@@ -155,7 +172,7 @@ class Peripheral:
         self.profile = profile_for(device)
         self.pairing_mode = pairing_mode
         self.in_range = True
-        self.controller = Controller(f"sim-{device.device_id}", link=link)
+        self.controller = _Radio(f"sim-{device.device_id}", link=link)
         self.device = Device(name=device.device_id, address=hci.Address(device.address),
                              host=Host(self.controller, AsyncPipeSink(self.controller)))
         self.device.pairing_config_factory = lambda _c: PairingConfig(
@@ -219,14 +236,13 @@ class Peripheral:
                 await self.connection.disconnect()
 
     async def _advertise(self) -> None:
-        if not self.in_range or self.connection is not None or self.device.is_advertising:
-            return
+        """Connectable advertising, restarted by Bumble after each disconnection (heard only while in range)."""
         items: list[Any] = [(AdvertisingData.FLAGS, bytes([0x06]))]
         if self.profile.advertised:
             uuids = b"".join(bytes.fromhex(u)[::-1] for u in self.profile.advertised)
             items.append((AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS, uuids))
         items.append((AdvertisingData.SHORTENED_LOCAL_NAME, self.registered.device_id[:8].encode()))
-        await self.device.start_advertising(advertising_data=bytes(AdvertisingData(items)),
+        await self.device.start_advertising(advertising_data=bytes(AdvertisingData(items)), auto_restart=True,
                                             advertising_interval_min=ADVERTISING_INTERVAL_MS,
                                             advertising_interval_max=ADVERTISING_INTERVAL_MS)
 
@@ -244,11 +260,9 @@ class Peripheral:
             self.connection = None
             self.subscribed.clear()
         self._kick()
-        if self.in_range:
-            asyncio.get_running_loop().create_task(self._advertise())
 
     def _on_subscription(self, _bearer: Any, char: Characteristic, notify: bool, indicate: bool) -> None:
-        uuid = short_uuid(uuid128(char.uuid.to_hex_str()))
+        uuid = short_uuid(uuid128(char.uuid.to_hex_str("-")))
         if notify or indicate:
             self.subscribed.add(uuid)
         else:
@@ -301,20 +315,14 @@ class Peripheral:
             assert connection is not None
             data = stream.waiting[0]
             if stream.indicate:
-                try:
-                    await asyncio.wait_for(connection.cancel_on_disconnection(
-                        self.device.indicate_subscriber(connection, stream.char, data)), INDICATION_TIMEOUT_S)
-                except Exception:  # the link dropped (or timed out) before the confirmation: keep it, send again
-                    await asyncio.sleep(0.01)
-                    continue
+                send = self.device.indicate_subscriber(connection, stream.char, data)
+                if not await _survived(asyncio.wait_for(connection.cancel_on_disconnection(send),
+                                                        INDICATION_TIMEOUT_S)):
+                    continue  # the link dropped (or timed out) before the confirmation: keep it, send again
                 if self.connection is not connection:
                     continue  # disconnected before we could know it arrived: send again on the next connection
-            else:
-                try:
-                    await self.device.notify_subscriber(connection, stream.char, data)
-                except Exception:
-                    await asyncio.sleep(0.01)
-                    continue
+            elif not await _survived(self.device.notify_subscriber(connection, stream.char, data)):
+                continue
             stream.waiting.popleft()
             self.sent += 1
             if self.profile.start == "o2ring" and uuid != "2a19":
@@ -328,21 +336,36 @@ class Peripheral:
                 await self.connection.disconnect(hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR)
 
     async def leave(self) -> None:
-        """Out of range: the link drops and nobody hears it until :meth:`come_back`."""
+        """Out of range: the link drops and nobody hears its adverts until :meth:`come_back`."""
         self.in_range = False
-        with contextlib.suppress(Exception):
-            await self.device.stop_advertising()
+        self.controller.muted = True
         await self.drop()
 
     async def come_back(self) -> None:
         self.in_range = True
-        await self._advertise()
+        self.controller.muted = False
 
     async def forget_bonds(self) -> None:
         """A factory reset: the device no longer knows the gateway's key."""
         keystore = self.device.keystore
         if keystore is not None:
             await keystore.delete_all()
+
+
+async def _survived(sending: Awaitable[Any]) -> bool:
+    """Whether a notification or indication went out; Bumble cancels what is pending on a link that drops
+    (a CancelledError that is not ours: only a real cancellation of this task propagates)."""
+    try:
+        await sending
+        return True
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+    except Exception:
+        pass
+    await asyncio.sleep(0.01)
+    return False
 
 
 class Broadcaster:

@@ -48,6 +48,7 @@ from carewatch.gateway.transport import Backoff, Clock, Deliver, OnEvent, RateLi
 log = structlog.get_logger("carewatch.gateway.bumble")
 
 CONNECT_TIMEOUT_S = 10.0
+DISCONNECT_TIMEOUT_S = 5.0
 GATEWAY_ADDRESS = "F0:CA:4E:00:00:01"  # the gateway's own static random address (top bits 11)
 _SECURITY_ERRORS = {att.ErrorCode.INSUFFICIENT_ENCRYPTION, att.ErrorCode.INSUFFICIENT_AUTHENTICATION}
 _PROPERTIES = {
@@ -64,12 +65,25 @@ def bumble_address(address: Any) -> str:
     return str(address.to_string(with_type_qualifier=False)).upper()
 
 
+def uuid_text(uuid: Any) -> str:
+    """A Bumble UUID in the 128-bit lower-case form the rest of the gateway uses."""
+    return uuid128(uuid.to_hex_str("-"))
+
+
 def service_data(advertisement: Advertisement) -> dict[str, bytes]:
     """The advert's 16-bit service data keyed by 128-bit UUID (as bleak gives it)."""
     out: dict[str, bytes] = {}
     for uuid, data in advertisement.data.get_all(AdvertisingData.Type.SERVICE_DATA_16_BIT_UUID):
-        out[uuid128(uuid.to_hex_str())] = bytes(data)
+        out[uuid_text(uuid)] = bytes(data)
     return out
+
+
+async def disconnect(connection: Connection) -> None:
+    """Disconnect unless the link is already gone (Bumble would wait for a disconnection that never comes)."""
+    if connection.device.connections.get(connection.handle) is not connection:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.disconnect(), DISCONNECT_TIMEOUT_S)
 
 
 class BumbleLink:
@@ -84,7 +98,7 @@ class BumbleLink:
         self._chars: dict[str, list[CharacteristicProxy]] = {}
         for service in peer.services:
             for char in service.characteristics:
-                self._chars.setdefault(uuid128(char.uuid.to_hex_str()), []).append(char)
+                self._chars.setdefault(uuid_text(char.uuid), []).append(char)
 
     def _char(self, uuid: str) -> CharacteristicProxy | None:
         found = self._chars.get(uuid128(uuid), [])
@@ -123,8 +137,7 @@ class BumbleLink:
         await char.write_value(data, with_response=response)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.connection.disconnect()
+        await disconnect(self.connection)
 
 
 class BumbleTransport(RadioTransport):
@@ -165,7 +178,7 @@ class BumbleTransport(RadioTransport):
                              identity_address_type=PairingConfig.AddressType.RANDOM)
 
     async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
-        self.ready = asyncio.Event()
+        self.ready.clear()
         self._connect_lock = asyncio.Lock()
         transport = await open_transport(self.hci_transport)
         tasks: list[asyncio.Task[Any]] = []
@@ -217,8 +230,7 @@ class BumbleTransport(RadioTransport):
                 await service.discover_characteristics()
             return BumbleLink(self, device, connection, peer)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.disconnect()
+            await disconnect(connection)
             raise
 
     async def _has_keys(self, connection: Connection) -> bool:

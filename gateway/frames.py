@@ -95,6 +95,7 @@ def resolve_measured_at(
     *,
     clock_not_set: bool = False,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
+    unheard: tuple[datetime, datetime] | None = None,
 ) -> tuple[datetime, frozenset[QualityFlag]]:
     """Pick the time a reading was measured: the device clock when it is credible, else the receive time.
 
@@ -104,6 +105,11 @@ def resolve_measured_at(
     time is used and the reading is flagged CLOCK_SKEWED. A frame whose Date Time field is present but unset
     (year 0; ``clock_not_set``) gives CLOCK_NOT_SET. A frame that carries no time by design (heart rate,
     BTHome advertisements) is measured when it is heard: the receive time, with no flag.
+
+    ``unheard``: (from, until) when the radio could not hear this device (it was out of range, or the gateway was
+    down) before the connection this frame came on; ``gateway/link.py`` decides it. A device time in that gap is
+    a measurement the device stored and sends now (BP cuffs do), so its own time is used; a time outside it is
+    still judged by ``max_skew`` (a clock reset to last year stays skewed).
     """
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware (the gateway clock is UTC)")
@@ -111,6 +117,8 @@ def resolve_measured_at(
     if device_time is None:
         return received_utc, frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
     device_utc = device_time.replace(tzinfo=UTC) if device_time.tzinfo is None else device_time.astimezone(UTC)
+    if unheard is not None and unheard[0] - max_skew <= device_utc <= min(unheard[1] + max_skew, received_utc):
+        return device_utc, frozenset()
     if abs(device_utc - received_utc) > max_skew:
         return received_utc, frozenset({QualityFlag.CLOCK_SKEWED})
     return device_utc, frozenset()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
 from carewatch.gateway.oximeters import CONTEC_BLE_COMMANDS, O2RING_LEGACY_REALTIME_REQUEST, contec_ble_command
@@ -72,6 +73,9 @@ STABLE_S = 30.0  # a connection that lasted this long resets the reconnect backo
 SILENT_AFTER_S = 600.0  # a registered device not heard for 10 minutes is silent
 SILENCE_CHECK_S = 30.0
 PAIRING_FAILURES_BEFORE_GIVING_UP = 3
+#: Before its first connection since the transport started, a device counts as unheard for this long: the gateway
+#: may have been down (a restart, a power cut) and the device kept what it measured meanwhile.
+FIRST_GAP_S = 24 * 3600.0
 
 
 class DeviceLinkError(Exception):
@@ -206,6 +210,50 @@ class SilenceWatch:
 
     def quiet_for(self, address: str, now: float) -> float:
         return now - self.last_heard.get(address, now)
+
+
+#: Where a GATT measurement carries its Time Stamp: characteristic -> (flags bit, offset of the year).
+_TIME_STAMP = {"2a35": (0x02, 7), "2a1c": (0x02, 5), "2a5e": (0x01, 5)}
+REPEAT_MEMORY = 32
+
+
+def time_stamped(source: str, data: bytes) -> bool:
+    """Whether a frame is a measurement with a set device Time Stamp (so the same bytes twice are one measurement)."""
+    where = _TIME_STAMP.get(source)
+    if where is None or not data or not data[0] & where[0] or len(data) < where[1] + 7:
+        return False
+    return int.from_bytes(data[where[1] : where[1] + 2], "little") != 0
+
+
+class RepeatGuard:
+    """A device re-sends an indication whose confirmation the link lost (it dropped just after we got it): the
+    same time-stamped measurement again. Seen before (among a device's last :data:`REPEAT_MEMORY`), it is a
+    repeat, not a second measurement. Frames without a set Time Stamp are never judged repeats."""
+
+    def __init__(self, memory: int = REPEAT_MEMORY) -> None:
+        self.memory = memory
+        self._seen: dict[str, dict[tuple[str, bytes], None]] = {}
+        self.repeats = 0
+
+    def is_repeat(self, address: str, source: str, data: bytes) -> bool:
+        if not time_stamped(source, data):
+            return False
+        seen = self._seen.setdefault(address, {})
+        if (source, data) in seen:
+            self.repeats += 1
+            return True
+        seen[(source, data)] = None
+        if len(seen) > self.memory:
+            del seen[next(iter(seen))]
+        return False
+
+
+def unheard_gap(last_session_end: datetime | None, started_at: datetime, connected_at: datetime,
+                ) -> tuple[datetime, datetime]:
+    """When the device could not be heard before the session that starts at ``connected_at``: since its last
+    session ended, or (first session since start) :data:`FIRST_GAP_S` before the transport started."""
+    since = last_session_end if last_session_end is not None else started_at - timedelta(seconds=FIRST_GAP_S)
+    return min(since, connected_at), connected_at
 
 
 Monotonic = Callable[[], float]

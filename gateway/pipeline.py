@@ -187,7 +187,8 @@ class Pipeline:
         # No time field by design (BTHome, heart rate): measured when heard, no flag. A time field that is
         # present but unset: receive time, flagged CLOCK_NOT_SET. A skewed clock: receive time, CLOCK_SKEWED.
         measured_at, clock_flags = resolve_measured_at(
-            frame.device_time, note.received_at, clock_not_set=frame.clock_not_set
+            frame.device_time, note.received_at, clock_not_set=frame.clock_not_set,
+            unheard=note.unheard,
         )
         drafts, dead = [], []
         for metric, value in frame.measurements:

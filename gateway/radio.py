@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from carewatch.gateway import link
-from carewatch.gateway.link import DeviceLinkError, LinkCommands, Reconnect, SilenceWatch, SubscribeRefused
+from carewatch.gateway.link import LinkCommands, Reconnect, RepeatGuard, SilenceWatch, SubscribeRefused
 from carewatch.gateway.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import (
     BTHOME_SOURCE,
@@ -102,6 +102,10 @@ class RadioTransport:
         self._told: set[tuple[str, str]] = set()  # (address, uuid) already logged as skipped
         self.silence: SilenceWatch | None = None
         self.gave_up: set[str] = set()  # devices that refused our keys too often (until the registry changes)
+        self._started_at: datetime | None = None
+        self._session_end: dict[str, datetime] = {}  # when each device's last session ended
+        self._gap: dict[str, tuple[datetime, datetime]] = {}  # the unheard gap before each device's session
+        self.repeats = RepeatGuard()
 
     # --------------------------------------------------------------------------------------------------------
     # What the backend must provide
@@ -123,6 +127,7 @@ class RadioTransport:
 
     def start_device_tasks(self, registry: DeviceRegistry, on_event: OnEvent) -> list[asyncio.Task[Any]]:
         """The connection loop of each GATT/UART device and the silence watch (call inside the loop)."""
+        self._started_at = self.clock()
         self.silence = SilenceWatch((d.address for d in registry), self._monotonic(), after_s=self.silent_after_s)
         tasks = [asyncio.create_task(self.maintain(d, on_event)) for d in registry if d.source != BTHOME]
         tasks.append(asyncio.create_task(self._watch_silence(registry, on_event)))
@@ -196,7 +201,11 @@ class RadioTransport:
         source = short_uuid(uuid) if device.source == GATT else device.source
 
         def on_notify(_characteristic: Any, data: bytearray) -> None:
-            self._enqueue(Notification(device.address, source, bytes(data), self.clock()), on_event)
+            if self.repeats.is_repeat(device.address, source, bytes(data)):
+                log.info("measurement_repeated", device_id=device.device_id, source=source)
+                return
+            note = Notification(device.address, source, bytes(data), self.clock(), unheard=self._gap.get(device.address))
+            self._enqueue(note, on_event)
 
         return on_notify
 
@@ -219,16 +228,24 @@ class RadioTransport:
             try:
                 gatt = await self._open_link(device, disconnected.set)
                 policy.connected(self._monotonic())
+                self._gap[device.address] = link.unheard_gap(
+                    self._session_end.get(device.address), self._started_at or self.clock(), self.clock())
                 self._heard(device.address, on_event)
                 await on_event(TransportEvent(device.address, "connected", self.clock()))
                 await self._serve(device, gatt, characteristics, disconnected, on_event)
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # we are being stopped
+                # a stack (Bumble) cancels the requests pending on a link that dropped: a lost link, not a stop
+                error = ConnectionError("the link dropped during a request")
+                await on_event(TransportEvent(device.address, "error", self.clock(), detail=str(error)))
             except Exception as exc:  # the stack's errors, TimeoutError, OSError, DeviceLinkError, nonsense
                 error = exc
                 await on_event(TransportEvent(device.address, "error", self.clock(), detail=f"{exc}"[:500]))
             finally:
                 if gatt is not None:
+                    self._session_end[device.address] = self.clock()
                     with contextlib.suppress(Exception):
                         await gatt.close()
                     await on_event(TransportEvent(device.address, "disconnected", self.clock()))

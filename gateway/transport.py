@@ -38,6 +38,10 @@ class Notification:
     data: bytes
     received_at: datetime  # gateway clock, aware UTC
     rssi: int | None = None
+    #: (from, until): the radio could not hear the device then, before the connection this came on
+    #: (``gateway/link.py``); a device time in that gap is a stored measurement (its time is used), not a wrong
+    #: clock. None: no gap known (adverts, the byte-level path).
+    unheard: tuple[datetime, datetime] | None = None
 
 
 #: ``silent``: a registered device not heard for 10 minutes (``gateway/link.py``); ``back``: heard again;

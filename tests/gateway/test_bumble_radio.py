@@ -1,0 +1,272 @@
+"""The gateway's Bumble backend against the simulator's devices as Bumble peripherals on a virtual link.
+
+Each test starts a :class:`~carewatch.firmware_sim.radio.VirtualRadio` (the devices, each with its own emulated
+controller on a Bumble ``LocalLink``) and a :class:`~carewatch.gateway.bumble_ble.BumbleTransport` reaching its own
+controller on that link over HCI (TCP), as it would reach a USB dongle. Everything above the radio is real:
+advertising, scanning, connection, GATT discovery, CCCD writes, notifications, indications and their
+confirmations, SMP pairing and encryption, the JSON key store on disk. Frames come from the simulator's encoders
+(``firmware_sim/frames.py``); the byte-level path (notification straight into the pipeline) is the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from virtual_radio import AT, Running, ScaledClock, Sink, in_radio, transport_for, until
+
+from carewatch.firmware_sim import frames
+from carewatch.firmware_sim.radio import VirtualRadio
+from carewatch.gateway.link import LINK_COMMANDS
+from carewatch.gateway.pipeline import Pipeline
+from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
+from carewatch.gateway.transport import Notification
+from carewatch.wire import DeviceKind, Metric
+
+STAMP = AT.replace(tzinfo=None)  # the devices' clocks (UTC, as the gateway sets them)
+OX, THERMO, CUFF, STRAP, BCI, PC60, EMAY, RING, MOTION, SEALED, WRONG = (
+    f"C0:5E:00:00:00:{i:02X}" for i in range(1, 12))
+KEY, OTHER_KEY = "231d39c1d7cc1ab1aee224cd096db932", "00112233445566778899aabbccddeeff"
+
+
+def every_kind() -> DeviceRegistry:
+    def gatt(address: str, device_id: str, kind: DeviceKind, **kw: object) -> RegisteredDevice:
+        return RegisteredDevice(address=address, device_id=device_id, kind=kind, resident_id="r-1", **kw)  # type: ignore[arg-type]
+
+    ox = DeviceKind.PULSE_OXIMETER
+    return DeviceRegistry([
+        gatt(OX, "ox-1", ox),
+        gatt(THERMO, "thermo-1", DeviceKind.THERMOMETER),
+        gatt(CUFF, "bp-1", DeviceKind.BP_CUFF),
+        gatt(STRAP, "hr-1", DeviceKind.HEART_RATE),
+        gatt(BCI, "ox-bci", ox, source="berrymed"),
+        gatt(PC60, "ox-pc60", ox, source="pc60fw"),
+        gatt(EMAY, "ox-emay", ox, source="emay"),
+        gatt(RING, "ox-ring", ox, source="o2ring"),
+        RegisteredDevice(address=MOTION, device_id="motion-1", kind=DeviceKind.MOTION_SENSOR, room="hall"),
+        RegisteredDevice(address=SEALED, device_id="bath-1", kind=DeviceKind.BATHROOM_SENSOR, room="bathroom",
+                         bind_key=KEY),
+        # registered with a key that is not the one the sensor encrypts with
+        RegisteredDevice(address=WRONG, device_id="door-1", kind=DeviceKind.DOOR_SENSOR, room="front",
+                         bind_key=OTHER_KEY),
+    ])
+
+
+def frames_of_every_kind() -> list[Notification]:
+    def note(address: str, source: str, data: bytes) -> Notification:
+        return Notification(address, source, data, AT)
+
+    t = [STAMP + timedelta(minutes=i) for i in range(4)]
+    return [
+        note(OX, "2a5e", frames.encode_plx_spot_check(96, 71, timestamp=t[0])),
+        note(OX, "2a5f", frames.encode_plx_continuous(95, 70)),
+        note(OX, "2a19", frames.encode_battery_level(64)),
+        note(THERMO, "2a1c", frames.encode_temperature(37.25, timestamp=t[1], temp_type=6)),
+        note(CUFF, "2a35", frames.encode_blood_pressure(132, 84, 100, timestamp=t[2], pulse_rate=66)),
+        note(STRAP, "2a37", frames.encode_heart_rate(64, sensor_contact=True)),
+        note(BCI, "berrymed", frames.encode_berrymed(97, 74)),
+        note(PC60, "pc60fw", frames.encode_pc60fw_params(98, 61, 2.5)),
+        note(EMAY, "emay", frames.encode_emay(94, 88)),
+        note(RING, "o2ring", frames.encode_o2ring(93, 77, battery=55)),
+        note(MOTION, "bthome", frames.encode_bthome({"motion": True, "battery_pct": 90}, packet_id=7, mac=MOTION)),
+        note(SEALED, "bthome", frames.encode_bthome({"occupancy": True}, packet_id=3, bindkey=bytes.fromhex(KEY),
+                                                   mac=SEALED, counter=11)),
+        note(WRONG, "bthome", frames.encode_bthome({"door_open": True}, packet_id=4, bindkey=bytes.fromhex(KEY),
+                                                  mac=WRONG, counter=12)),
+    ]
+
+
+def reading_set(drafts: list) -> list[tuple]:
+    return sorted((d.device_id, d.metric.value, d.value, d.unit, d.measured_at.isoformat(), d.received_at.isoformat(),
+                   tuple(sorted(f.value for f in d.flags))) for d in drafts)
+
+
+def test_every_device_kind_is_found_connected_and_read_as_the_byte_level_path_reads_it() -> None:
+    registry = every_kind()
+    notes = frames_of_every_kind()
+    reference = Pipeline(registry)
+    expected = [d for n in notes for d in reference.process(n).drafts]
+    sink = Sink(registry)
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio), registry, sink):
+            radio.push(notes)
+            await until(lambda: len(sink.drafts) >= len(expected) and len(sink.dead) >= 1, what="every reading")
+            await asyncio.sleep(0.3)  # nothing more may come
+
+    with VirtualRadio(registry) as radio:
+        asyncio.run(scenario(radio))
+        emay_writes = [data for _, data in radio.peripheral(EMAY).writes]
+        ring_writes = radio.peripheral(RING).writes
+    assert reading_set(sink.drafts) == reading_set(expected)  # same values, units, times, flags; none twice
+    assert {d.device_id for d in sink.drafts} == {d.device_id for d in registry} - {"door-1"}
+    # the encrypted advert under the wrong key is a dead letter; the right key decodes (occupancy above)
+    assert {address for address, _ in sink.dead} == {WRONG}  # each repeat of the advert (it cannot be de-duplicated)
+    assert "decrypt" in sink.dead[0][1].lower() or "key" in sink.dead[0][1].lower(), sink.dead
+    assert emay_writes[:4] == list(LINK_COMMANDS["emay"].start)  # the oximeter streamed only once told to
+    assert ring_writes[0] == ("8b00ace7-eb0b-49b0-bbe9-9aee0a26e1a3", LINK_COMMANDS["o2ring"].start[0])
+    connected = {e.address for e in sink.events if e.kind == "connected"}
+    assert connected == {OX, THERMO, CUFF, STRAP, BCI, PC60, EMAY, RING}  # BTHome sensors are never connected
+
+
+CUFF_ONLY = DeviceRegistry([RegisteredDevice(address=CUFF, device_id="bp-1", kind=DeviceKind.BP_CUFF,
+                                             resident_id="r-1")])
+
+
+def bp(minutes: int, systolic: int = 120) -> Notification:
+    return Notification(CUFF, "2a35", frames.encode_blood_pressure(
+        systolic, 80, 93, timestamp=STAMP + timedelta(minutes=minutes)), AT)
+
+
+def systolics(sink: Sink) -> list[tuple[float, str]]:
+    return [(d.value, d.measured_at.isoformat()) for d in sink.drafts if d.metric is Metric.SYSTOLIC_BP]
+
+
+def test_the_cuff_bonds_once_and_reconnects_with_the_key_kept_on_disk(tmp_path: Path) -> None:
+    keys = tmp_path / "bonds.json"
+    sink = Sink(CUFF_ONLY)
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):
+            radio.push([bp(0, 121)])
+            await until(lambda: len(systolics(sink)) == 1, what="the first measurement")
+            await in_radio(radio, radio.peripheral(CUFF).drop)  # link lost: reconnect, encrypt with the stored key
+            await until(lambda: sink.kinds(CUFF).count("connected") == 2, what="the reconnection")
+            radio.push([bp(1, 122)])
+            await until(lambda: len(systolics(sink)) == 2, what="the second measurement")
+        # a new gateway process (its own controller on the link) with the same key file: no pairing either
+        async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):
+            radio.push([bp(2, 123)])
+            await until(lambda: len(systolics(sink)) == 3, what="the measurement after a gateway restart")
+
+    with structlog.testing.capture_logs() as logs, VirtualRadio(CUFF_ONLY) as radio:
+        radio.peripheral(CUFF).pairing_mode = True
+        asyncio.run(scenario(radio))
+        connections = radio.peripheral(CUFF).connections
+    assert [e["event"] for e in logs if e["event"] in ("pairing", "paired")] == ["pairing", "paired"]  # once
+    assert connections == 3
+    assert [v for v, _ in systolics(sink)] == [121, 122, 123]
+    stored = json.loads(keys.read_text())
+    assert any(CUFF in peer and "ltk" in peer_keys for ns in stored.values() for peer, peer_keys in ns.items())
+    assert not [e for e in sink.events if e.kind == "fault"]
+
+
+def test_a_cuff_that_lost_its_bond_is_a_clear_error_and_a_device_fault_then_given_up(tmp_path: Path) -> None:
+    keys = tmp_path / "bonds.json"
+    sink = Sink(CUFF_ONLY)
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink) as transport:
+            radio.push([bp(0)])
+            await until(lambda: len(systolics(sink)) == 1, what="the bonded measurement")
+            cuff = radio.peripheral(CUFF)
+            await in_radio(radio, cuff.forget_bonds)  # factory reset: it no longer knows our key...
+            cuff.pairing_mode = False  # ...and is not in pairing mode
+            await in_radio(radio, cuff.drop)
+            await until(lambda: CUFF in transport.gave_up, timeout=20, what="the gateway to give up")
+
+    with VirtualRadio(CUFF_ONLY) as radio:
+        asyncio.run(scenario(radio))
+    faults = [e.detail for e in sink.events if e.kind == "fault"]
+    assert len(faults) == 3  # each attempt reported; the third says it gave up
+    assert "refused the stored bond key (PIN_OR_KEY_MISSING_ERROR)" in faults[0]
+    assert "re-pair it" in faults[0] and "gave up after 3 attempts" in faults[-1]
+    assert json.loads(keys.read_text())  # the key is kept: never thrown away to pair with whatever answers
+
+
+def test_a_cuff_that_refuses_to_pair_is_a_clear_error_and_a_device_fault() -> None:
+    sink = Sink(CUFF_ONLY)
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio), CUFF_ONLY, sink):
+            await until(lambda: any(e.kind == "fault" for e in sink.events), what="a device fault")
+
+    with VirtualRadio(CUFF_ONLY, pairing_mode=False) as radio:
+        asyncio.run(scenario(radio))
+    fault = next(e.detail for e in sink.events if e.kind == "fault")
+    assert "bp-1 requires pairing and refused to pair" in fault and "pairing mode" in fault
+    assert not sink.drafts
+
+
+def test_a_disconnect_mid_transfer_loses_nothing_and_duplicates_nothing() -> None:
+    sink = Sink(CUFF_ONLY)
+    stored = [bp(i, 120 + i) for i in range(8)]
+
+    async def drop_after(radio: VirtualRadio, sent: int) -> None:
+        cuff = radio.peripheral(CUFF)
+        while cuff.sent < sent:
+            await asyncio.sleep(0)
+        await cuff.drop()
+
+    async def scenario(radio: VirtualRadio) -> None:
+        radio.push(stored)  # measured before the gateway came: in the cuff's memory
+        dropping = in_radio(radio, lambda: drop_after(radio, 3))
+        async with Running(transport_for(radio), CUFF_ONLY, sink):
+            await dropping
+            await until(lambda: len(systolics(sink)) >= 8, what="all eight measurements")
+            await asyncio.sleep(0.3)
+
+    with VirtualRadio(CUFF_ONLY) as radio:
+        asyncio.run(scenario(radio))
+        connections = radio.peripheral(CUFF).connections
+    assert connections == 2  # the transfer was cut, the gateway came back for the rest
+    assert [v for v, _ in systolics(sink)] == [120 + i for i in range(8)]  # each once, in order
+
+
+def test_stored_measurements_taken_while_the_gateway_was_down_arrive_with_their_own_timestamps(
+        tmp_path: Path) -> None:
+    keys = tmp_path / "bonds.json"
+    sink = Sink(CUFF_ONLY)
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):
+            radio.push([bp(-240, 110)])
+            await until(lambda: len(systolics(sink)) == 1, what="the first measurement")
+        radio.push([bp(-180, 131), bp(-120, 132), bp(-60, 133)])  # taken while the gateway was down
+        await asyncio.sleep(0.3)
+        assert len(systolics(sink)) == 1
+        async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):  # the gateway is back (at AT)
+            await until(lambda: len(systolics(sink)) == 4, what="the stored measurements")
+
+    with VirtualRadio(CUFF_ONLY) as radio:
+        asyncio.run(scenario(radio))
+    assert systolics(sink) == [(110, (AT - timedelta(hours=4)).isoformat()),
+                               (131, (AT - timedelta(hours=3)).isoformat()),
+                               (132, (AT - timedelta(hours=2)).isoformat()),
+                               (133, (AT - timedelta(hours=1)).isoformat())]
+    assert {d.received_at for d in sink.drafts} == {AT}  # received now, measured then
+    assert not any(d.flags for d in sink.drafts)  # the cuff's own clock was trusted, not replaced
+
+
+def test_a_device_out_of_range_for_ten_minutes_becomes_silent_and_comes_back() -> None:
+    registry = DeviceRegistry([RegisteredDevice(address=OX, device_id="ox-1", kind=DeviceKind.PULSE_OXIMETER,
+                                                resident_id="r-1")])
+    sink = Sink(registry)
+    clock = ScaledClock(factor=300)  # ten minutes pass in two seconds on the transport's clock
+    marks: dict[str, float] = {}
+
+    async def scenario(radio: VirtualRadio) -> None:
+        async with Running(transport_for(radio, clock=clock), registry, sink):
+            radio.push([Notification(OX, "2a5e", frames.encode_plx_spot_check(97, 70, timestamp=STAMP), AT)])
+            await until(lambda: len(sink.drafts) == 2, what="the first reading")
+            await in_radio(radio, radio.peripheral(OX).leave)
+            marks["left"] = clock.monotonic()
+            await until(lambda: "silent" in sink.kinds(OX), timeout=10, what="silence")
+            marks["silent"] = clock.monotonic()
+            await in_radio(radio, radio.peripheral(OX).come_back)
+            radio.push([Notification(OX, "2a5e", frames.encode_plx_spot_check(
+                95, 75, timestamp=STAMP + timedelta(minutes=12)), AT)])
+            await until(lambda: len(sink.drafts) == 4, timeout=10, what="the reading after it came back")
+
+    with VirtualRadio(registry) as radio:
+        asyncio.run(scenario(radio))
+    kinds = [k for k in sink.kinds(OX) if k != "error"]  # a drop during a request is also an error event
+    assert kinds[:2] == ["connected", "disconnected"]
+    assert kinds.index("silent") < kinds.index("back") < len(kinds) - 1 - kinds[::-1].index("connected")
+    assert 600 <= marks["silent"] - marks["left"] <= 600 + 60  # silent after ten minutes, not before
+    silent = next(e for e in sink.events if e.kind == "silent")
+    assert silent.detail.startswith("not heard for 6")
+    assert [v for _, v in sink.values("ox-1")] == [97, 70, 95, 75]
