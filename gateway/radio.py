@@ -204,7 +204,8 @@ class RadioTransport:
             if self.repeats.is_repeat(device.address, source, bytes(data)):
                 log.info("measurement_repeated", device_id=device.device_id, source=source)
                 return
-            note = Notification(device.address, source, bytes(data), self.clock(), unheard=self._gap.get(device.address))
+            gap = self._gap.get(device.address)
+            note = Notification(device.address, source, bytes(data), self.clock(), unheard=gap)
             self._enqueue(note, on_event)
 
         return on_notify

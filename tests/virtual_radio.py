@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.radio import VirtualRadio
 from carewatch.gateway.bumble_ble import BumbleTransport
 from carewatch.gateway.pipeline import Pipeline, ReadingDraft
-from carewatch.gateway.registry import DeviceRegistry
+from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Notification, TransportEvent
+from carewatch.wire import DeviceKind
 
 AT = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
@@ -101,3 +103,57 @@ class Running:
 def in_radio(radio: VirtualRadio, action: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
     """Run a peripheral's coroutine in the radio's loop, awaitable from the test's loop."""
     return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(action(), radio._loop))  # type: ignore[arg-type]
+
+
+# Every device kind the virtual radio simulates, and one frame (or advert) from each
+STAMP = AT.replace(tzinfo=None)  # the devices' clocks (UTC, as the gateway sets them)
+OX, THERMO, CUFF, STRAP, BCI, PC60, EMAY, RING, MOTION, SEALED, WRONG = (
+    f"C0:5E:00:00:00:{i:02X}" for i in range(1, 12))
+KEY, OTHER_KEY = "231d39c1d7cc1ab1aee224cd096db932", "00112233445566778899aabbccddeeff"
+
+
+def every_kind() -> DeviceRegistry:
+    def gatt(address: str, device_id: str, kind: DeviceKind, **kw: object) -> RegisteredDevice:
+        return RegisteredDevice(address=address, device_id=device_id, kind=kind, resident_id="r-1", **kw)  # type: ignore[arg-type]
+
+    ox = DeviceKind.PULSE_OXIMETER
+    return DeviceRegistry([
+        gatt(OX, "ox-1", ox),
+        gatt(THERMO, "thermo-1", DeviceKind.THERMOMETER),
+        gatt(CUFF, "bp-1", DeviceKind.BP_CUFF),
+        gatt(STRAP, "hr-1", DeviceKind.HEART_RATE),
+        gatt(BCI, "ox-bci", ox, source="berrymed"),
+        gatt(PC60, "ox-pc60", ox, source="pc60fw"),
+        gatt(EMAY, "ox-emay", ox, source="emay"),
+        gatt(RING, "ox-ring", ox, source="o2ring"),
+        RegisteredDevice(address=MOTION, device_id="motion-1", kind=DeviceKind.MOTION_SENSOR, room="hall"),
+        RegisteredDevice(address=SEALED, device_id="bath-1", kind=DeviceKind.BATHROOM_SENSOR, room="bathroom",
+                         bind_key=KEY),
+        # registered with a key that is not the one the sensor encrypts with
+        RegisteredDevice(address=WRONG, device_id="door-1", kind=DeviceKind.DOOR_SENSOR, room="front",
+                         bind_key=OTHER_KEY),
+    ])
+
+
+def frames_of_every_kind() -> list[Notification]:
+    def note(address: str, source: str, data: bytes) -> Notification:
+        return Notification(address, source, data, AT)
+
+    t = [STAMP + timedelta(minutes=i) for i in range(4)]
+    return [
+        note(OX, "2a5e", frames.encode_plx_spot_check(96, 71, timestamp=t[0])),
+        note(OX, "2a5f", frames.encode_plx_continuous(95, 70)),
+        note(OX, "2a19", frames.encode_battery_level(64)),
+        note(THERMO, "2a1c", frames.encode_temperature(37.25, timestamp=t[1], temp_type=6)),
+        note(CUFF, "2a35", frames.encode_blood_pressure(132, 84, 100, timestamp=t[2], pulse_rate=66)),
+        note(STRAP, "2a37", frames.encode_heart_rate(64, sensor_contact=True)),
+        note(BCI, "berrymed", frames.encode_berrymed(97, 74)),
+        note(PC60, "pc60fw", frames.encode_pc60fw_params(98, 61, 2.5)),
+        note(EMAY, "emay", frames.encode_emay(94, 88)),
+        note(RING, "o2ring", frames.encode_o2ring(93, 77, battery=55)),
+        note(MOTION, "bthome", frames.encode_bthome({"motion": True, "battery_pct": 90}, packet_id=7, mac=MOTION)),
+        note(SEALED, "bthome", frames.encode_bthome({"occupancy": True}, packet_id=3, bindkey=bytes.fromhex(KEY),
+                                                   mac=SEALED, counter=11)),
+        note(WRONG, "bthome", frames.encode_bthome({"door_open": True}, packet_id=4, bindkey=bytes.fromhex(KEY),
+                                                  mac=WRONG, counter=12)),
+    ]
