@@ -72,14 +72,20 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last line.")] = False,
     fresh: Annotated[bool, typer.Option(help="Wipe the demo's data first.")] = False,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 1,
+    radio: Annotated[str, typer.Option(
+        help="bytes: the simulator hands each gateway its devices' bytes; virtual: its devices are Bluetooth LE "
+             "peripherals (Bumble) on a virtual link and each gateway reads them through its own controller, "
+             "with the Bumble backend (needs the bumble extra).")] = "bytes",
 ) -> None:
     """Run the whole platform here: its own PostgreSQL and MQTT broker, 2 care homes, 3 households, the simulator,
     gateways, ingest, scorer, API (/docs) and dashboard. Prints the URLs and demo logins. Ctrl-C stops it all."""
     from carewatch.demo import run_demo
 
     _configure_logging()
+    if radio not in ("bytes", "virtual"):
+        raise typer.BadParameter("--radio is bytes or virtual")
     code = run_demo(get_settings(), accelerate=accelerate, headless=headless, duration=duration,
-                    json_out=json_out, fresh=fresh, seed=seed)
+                    json_out=json_out, fresh=fresh, seed=seed, radio=radio)
     raise typer.Exit(code)
 
 

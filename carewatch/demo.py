@@ -71,8 +71,10 @@ def sim_start_for(now: datetime) -> datetime:
 class Demo:
     """Owns every server, child process, gateway and the simulator of one demo run."""
 
-    def __init__(self, settings: Settings, *, accelerate: float, headless: bool, fresh: bool, seed: int) -> None:
+    def __init__(self, settings: Settings, *, accelerate: float, headless: bool, fresh: bool, seed: int,
+                 radio: str = "bytes") -> None:
         self.settings = settings
+        self.radio = radio
         self.accelerate = accelerate
         self.headless = headless
         self.seed = seed
@@ -208,7 +210,7 @@ class Demo:
         self.kit_rounds = KitRounds(self.world, SHARED_KIT_HOMES, seed=self.seed)
         self.carer = TabletCarer(self.api_url, self._token, forget_tokens=self._forget_tokens)
         self.fleet = SimFleet(self.world, self.settings, mqtt_url=self.mqtt_url, outbox_dir=self.dir / "gateways",
-                              clock=self.clock, shared_sites=SHARED_KIT_HOMES).start(
+                              clock=self.clock, shared_sites=SHARED_KIT_HOMES, radio=self.radio).start(
             on_manual=self._post_manual, on_action=self.carer, wrap_events=self.kit_rounds.wrap)
 
     # -- manual observations: staff type RR, consciousness and soft signs on the tablet ---------------------
@@ -318,6 +320,7 @@ class Demo:
             "kit_mistakes": dict(self.kit_rounds.mistakes),
             "kit_claims": self.carer.counters.claimed,
             "tablet_actions_failed": self.carer.counters.failed,
+            "radio": self.fleet.radio_summary(),
         }
 
     def _incidents(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -359,6 +362,8 @@ class Demo:
         ]
         if not self.headless:
             lines.append(f"  Dashboard:  http://127.0.0.1:{self.settings.dashboard_port}")
+        if self.radio == "virtual":
+            lines.append("  Radio:      virtual (Bumble peripherals on a virtual link; gateways on the Bumble backend)")
         lines += [
             f"  Database:   {self.dsn}",
             f"  MQTT:       {self.mqtt_url} ({self.broker.kind if self.broker else 'external'})",
@@ -384,8 +389,8 @@ class Demo:
 
 
 def run_demo(settings: Settings, *, accelerate: float, headless: bool, duration: float | None, json_out: bool,
-             fresh: bool, seed: int) -> int:
-    demo = Demo(settings, accelerate=accelerate, headless=headless, fresh=fresh, seed=seed)
+             fresh: bool, seed: int, radio: str = "bytes") -> int:
+    demo = Demo(settings, accelerate=accelerate, headless=headless, fresh=fresh, seed=seed, radio=radio)
     stop = threading.Event()
     # Ctrl-C (SIGINT) and SIGTERM both stop everything cleanly; set explicitly, as a shell may start us with
     # SIGINT ignored.

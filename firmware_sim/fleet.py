@@ -1,6 +1,8 @@
-"""A simulated estate: one real gateway per site, fed by the simulator through :class:`SimTransport`.
+"""A simulated estate: one real gateway per site, fed by the simulator through :class:`SimTransport`, or (``radio=
+"virtual"``) through a :class:`~carewatch.firmware_sim.radio.VirtualRadio` per site, whose devices are Bumble
+peripherals the gateway reads with its Bumble backend.
 
-Used by ``carewatch demo``, ``carewatch sim --output ble`` and ``carewatch gateway --simulate``.
+Used by ``carewatch demo`` (``--radio virtual``), ``carewatch sim --output ble`` and ``carewatch gateway --simulate``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ class SimFleet:
 
     def __init__(self, world: Any, settings: Settings, *, mqtt_url: str, outbox_dir: Path, clock: SimClock,
                  site_ids: list[str] | None = None, gateway_ids: dict[str, str] | None = None,
-                 status_interval_s: float = 10.0, shared_sites: Collection[str] = ()) -> None:
+                 status_interval_s: float = 10.0, shared_sites: Collection[str] = (),
+                 radio: str = "bytes") -> None:
         self.world = world
+        self.radio = radio
         self.settings = settings
         self.mqtt_url = mqtt_url
         self.outbox_dir = outbox_dir
@@ -39,7 +43,8 @@ class SimFleet:
         self.status_interval_s = status_interval_s
         self.gateway_ids = {s: (gateway_ids or {}).get(s) or gateway_id_for(s) for s in self.site_ids}
         self.gateways: dict[str, Any] = {}
-        self.transports: dict[str, SimTransport] = {}
+        self.transports: dict[str, Any] = {}  # what the driver pushes to: a SimTransport or a VirtualRadio
+        self.radio_transports: dict[str, Any] = {}  # the gateways' BumbleTransports (virtual radio)
         self.first_seq: dict[str, int] = {}
         self.driver: SimDriver | None = None
 
@@ -57,19 +62,52 @@ class SimFleet:
                 "site_id": site_id, "gateway_id": gw_id, "mqtt_url": self.mqtt_url,
                 "outbox_path": self.outbox_dir / f"{gw_id}.sqlite", "device_registry": None,
             })
-            transport = SimTransport()
-            gateway = Gateway(gw_settings, transport, registry=self.layer.registry(site_id), clock=self.clock,
-                              status_interval_s=self.status_interval_s)
-            gateway.start()
-            transport.wait_ready()
+            registry = self.layer.registry(site_id)
+            if self.radio == "virtual":
+                gateway, feed = self._virtual_site(site_id, gw_id, gw_settings, registry)
+            else:
+                feed = SimTransport()
+                gateway = Gateway(gw_settings, feed, registry=registry, clock=self.clock,
+                                  status_interval_s=self.status_interval_s)
+                gateway.start()
+                feed.wait_ready()
             self.first_seq[gw_id] = gateway.counters.last_seq + 1
             self.gateways[site_id] = gateway
-            self.transports[site_id] = transport
+            self.transports[site_id] = feed
         stop_at = end or self.clock.start + timedelta(days=3650)
         events = self.world.events(self.clock.start, stop_at)
         self.driver = SimDriver(wrap_events(events) if wrap_events else events, self.layer, self.transports,
                                 self.clock, on_manual=on_manual, on_outage=self._outage, on_action=on_action).start()
         return self
+
+    def _virtual_site(self, site_id: str, gw_id: str, gw_settings: Settings, registry: Any) -> tuple[Any, Any]:
+        """The site's devices as Bumble peripherals on their own virtual link; the gateway reads them through its
+        own emulated controller over HCI, with the Bumble backend and its bonds on disk."""
+        from carewatch.firmware_sim.radio import VirtualRadio
+        from carewatch.gateway.bumble_ble import BumbleTransport
+        from carewatch.gateway.service import Gateway
+
+        radio = VirtualRadio(registry).start()
+        transport = BumbleTransport(radio.hci_transport, keystore=self.outbox_dir / f"{gw_id}.bonds.json",
+                                    clock=self.clock)
+        gateway = Gateway(gw_settings, transport, registry=registry, clock=self.clock,
+                          status_interval_s=self.status_interval_s)
+        gateway.start()
+        deadline = time.monotonic() + 30
+        while not transport.ready.is_set() and time.monotonic() < deadline:  # adverts are heard once it scans
+            time.sleep(0.05)
+        self.radio_transports[site_id] = transport
+        return gateway, radio
+
+    def radio_summary(self) -> dict[str, Any]:
+        """What went over the virtual radio (``{"mode": "bytes"}`` without one)."""
+        if self.radio != "virtual":
+            return {"mode": "bytes"}
+        return {"mode": "virtual",
+                "frames_pushed": sum(r.pushed for r in self.transports.values()),
+                "frames_waiting_in_devices": sum(r.waiting() for r in self.transports.values()),
+                "repeats_ignored": sum(t.repeats.repeats for t in self.radio_transports.values()),
+                "bonded_devices": sum(1 for t in self.radio_transports.values() for _ in t.bonded)}
 
     def _outage(self, site_id: str, down: bool) -> None:
         gateway = self.gateways.get(site_id)
@@ -85,9 +123,15 @@ class SimFleet:
         """Stop the simulator and wait until every gateway's outbox is empty. True when all drained."""
         if self.driver is not None:
             self.driver.stop()
-        for transport in self.transports.values():
-            transport.close()
         deadline = time.monotonic() + timeout
+        for site_id, transport in self.transports.items():
+            if self.radio == "virtual":  # every device sends what it holds; the gateway takes in what it got
+                transport.flush(max(1.0, deadline - time.monotonic()))
+                radio_transport = self.radio_transports[site_id]
+                while radio_transport.backlog() > 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            else:
+                transport.close()
         for gateway in self.gateways.values():
             gateway.set_uplink(True)
         for gateway in self.gateways.values():
@@ -101,3 +145,7 @@ class SimFleet:
         for gateway in self.gateways.values():
             with contextlib.suppress(Exception):
                 gateway.stop(timeout=15)
+        if self.radio == "virtual":
+            for radio in self.transports.values():
+                with contextlib.suppress(Exception):
+                    radio.close()

@@ -170,6 +170,7 @@ class BumbleTransport(RadioTransport):
         self._advertised: dict[str, hci.Address] = {}  # registry MAC -> the address (with its type) it advertised
         self._connect_lock = asyncio.Lock()
         self.ready = asyncio.Event()
+        self.bonded: set[str] = set()  # devices paired with during this run
 
     def _pairing_config(self, _connection: Connection) -> PairingConfig:
         # Just Works with bonding: a gateway has no display or keyboard (devices that insist on a passkey are not
@@ -267,6 +268,7 @@ class BumbleTransport(RadioTransport):
                     f"{device.device_id} requires pairing and refused to pair ({exc}): put it in pairing mode, "
                     "or remove its old bond, then re-pair it with the gateway"
                 ) from exc
+        self.bonded.add(device.address)
         log.info("paired", device_id=device.device_id, keystore=str(self.keystore_path or "memory"))
 
     async def forget(self, address: str) -> None:

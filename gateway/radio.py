@@ -133,6 +133,10 @@ class RadioTransport:
         tasks.append(asyncio.create_task(self._watch_silence(registry, on_event)))
         return tasks
 
+    def backlog(self) -> int:
+        """Notifications heard and not yet handed to ``deliver``."""
+        return sum(q.qsize() for q in self._queues.values())
+
     def _enqueue(self, note: Notification, on_event: OnEvent) -> None:
         queue = self._queues.get(note.address)
         if queue is None:
@@ -233,7 +237,7 @@ class RadioTransport:
                     self._session_end.get(device.address), self._started_at or self.clock(), self.clock())
                 self._heard(device.address, on_event)
                 await on_event(TransportEvent(device.address, "connected", self.clock()))
-                await self._serve(device, gatt, characteristics, disconnected, on_event)
+                await self._serve_until_gone(device, gatt, characteristics, disconnected, on_event)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -259,6 +263,33 @@ class RadioTransport:
                 return
             self._seen_event[device.address].clear()  # wait for a fresh advert before trying again
             await self._sleep(decision.delay_s)
+
+    async def _serve_until_gone(
+        self,
+        device: RegisteredDevice,
+        gatt: GattLink,
+        characteristics: tuple[str, ...],
+        disconnected: asyncio.Event,
+        on_event: OnEvent,
+    ) -> None:
+        """Serve the device; a disconnection ends the session at once, even mid-request (a stack may otherwise
+        wait out its request timeout on a link that is gone)."""
+        serving = asyncio.create_task(self._serve(device, gatt, characteristics, disconnected, on_event))
+        gone = asyncio.create_task(disconnected.wait())
+        try:
+            await asyncio.wait({serving, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            ours = not serving.done()
+            if ours:
+                serving.cancel()
+            [outcome] = await asyncio.gather(serving, return_exceptions=True)
+        if ours:
+            return  # the link went away: an ordinary end of a session
+        if isinstance(outcome, asyncio.CancelledError):
+            raise ConnectionError("the link dropped during a request")
+        if isinstance(outcome, BaseException):
+            raise outcome
 
     async def _serve(
         self,
