@@ -192,8 +192,9 @@ def main() -> None:
             c = r["counters"]
             quarter, end = rss._steady(r["samples"])
             print(f"{name:7s} peak {r['peak_mb']:5.1f} MB (steady {quarter:.1f} -> {end:.1f}), CPU {r['cpu_s']:5.1f} s "
-                  f"({r['cpu_s'] / args.seconds * 100:4.1f} % of one core, {r['cpu_s'] / max(1, c['frames_in']) * 1e6:.0f} us per "
-                  f"notification), {c['frames_in']:,} notifications in, "
+                  f"({r['cpu_s'] / args.seconds * 100:4.1f} % of one core, "
+                  f"{r['cpu_s'] / max(1, c['frames_in']) * 1e6:.0f} us per notification), "
+                  f"{c['frames_in']:,} notifications in, "
                   f"{c['readings_accepted']:,} readings stored, {c['acked']:,} acknowledged, {c['dead_letters']} dead "
                   f"letters, outbox {'drained' if r['drained'] else 'NOT drained'}, {r['modules']} modules")
         print(f"bumble: {by_radio['bonded']} cuffs bonded, {by_radio['repeats_ignored']} repeated indications ignored, "
