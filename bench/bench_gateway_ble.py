@@ -202,11 +202,12 @@ def main() -> None:
               f"{by_radio['radio_cpu_s']:.1f} s CPU")
         reasons: dict[str, int] = {}
         for line in log.read_text(errors="replace").splitlines():
-            if "dead_letter" in line and "reason=" in line:
-                reason = line.split("reason=", 1)[1][:90]
-                reasons[reason] = reasons.get(reason, 0) + 1
-        for reason, count in sorted(reasons.items(), key=lambda item: -item[1])[:5]:
-            print(f"dead letters: {count} x {reason}")
+            for what in ("dead_letter", "transport_error", "transport_fault", "transport_silent"):
+                if f"] {what}" in line:
+                    detail = line.split("reason=" if what == "dead_letter" else "detail=", 1)[-1][:90]
+                    reasons[f"{what}: {detail}"] = reasons.get(f"{what}: {detail}", 0) + 1
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1])[:6]:
+            print(f"in the logs: {count} x {reason}")
         ratio_mb = by_radio["peak_mb"] - by_bytes["peak_mb"]
         ratio_cpu = by_radio["cpu_s"] / max(by_bytes["cpu_s"], 0.01)
         print(f"bumble - bytes: {ratio_mb:+.1f} MB peak RSS, x{ratio_cpu:.1f} CPU; readings "

@@ -369,7 +369,9 @@ async def _survived(sending: Awaitable[Any]) -> bool:
 
 
 class Broadcaster:
-    """A BTHome sensor: each packet goes on the link as a legacy advertising PDU from its address."""
+    """A BTHome sensor: each packet goes on the link as a legacy advertising PDU from its address, ``repeats`` times
+    ``spacing_s`` apart (as sensors repeat a packet until the next), packets one after the other, never interleaved
+    (a repeat of an older packet after a newer one would look like a replayed encryption counter)."""
 
     def __init__(self, link: LocalLink, device: RegisteredDevice, *, repeats: int = 2,
                  spacing_s: float = 0.005) -> None:
@@ -380,22 +382,31 @@ class Broadcaster:
         self.spacing_s = spacing_s
         self.sent = 0
         self.in_range = True
+        self._packets: deque[bytes] = deque()
+        self._task: asyncio.Task[None] | None = None
 
     def send(self, source: str, data: bytes) -> None:
         if source != BTHOME or not self.in_range:
             return
-        advert = bytes(AdvertisingData([(AdvertisingData.FLAGS, bytes([0x06])),
-                                        (AdvertisingData.SERVICE_DATA_16_BIT_UUID, frames.BTHOME_UUID16_LE + data)]))
-        loop = asyncio.get_running_loop()
-        for i in range(self.repeats):
-            loop.call_later(i * self.spacing_s, self._put, advert)
+        self._packets.append(bytes(AdvertisingData([
+            (AdvertisingData.FLAGS, bytes([0x06])),
+            (AdvertisingData.SERVICE_DATA_16_BIT_UUID, frames.BTHOME_UUID16_LE + data)])))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._advertise())
 
-    def _put(self, advert: bytes) -> None:
-        self.link.send_advertising_pdu(None, ll.AdvInd(advertiser_address=self.address, data=advert))  # type: ignore[arg-type]
-        self.sent += 1
+    async def _advertise(self) -> None:
+        while self._packets:
+            advert = self._packets[0]
+            for i in range(self.repeats):
+                if i:
+                    await asyncio.sleep(self.spacing_s)
+                self.link.send_advertising_pdu(None, ll.AdvInd(advertiser_address=self.address, data=advert))  # type: ignore[arg-type]
+                self.sent += 1
+            self._packets.popleft()
+            await asyncio.sleep(self.spacing_s)
 
     def waiting(self) -> int:
-        return 0
+        return len(self._packets)
 
 
 Node = Peripheral | Broadcaster
