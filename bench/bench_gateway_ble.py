@@ -114,6 +114,11 @@ def run(mode: str, env: dict[str, str], log: Path, feed: rss.Feed, seconds: floa
         if radio is not None:
             radio.flush(60)
             waiting = radio.waiting()
+            if waiting:
+                print("frames left: " + ", ".join(
+                    f"{n.registered.device_id} {n.waiting()} (connections {getattr(n, 'connections', '-')}, "
+                    f"subscribed {sorted(getattr(n, 'subscribed', ()))})"
+                    for n in radio.nodes.values() if n.waiting())[:1500], flush=True)
         proc.stdin.write("STOP\n")
         proc.stdin.flush()
         report = json.loads(proc.stdout.readline())
@@ -147,6 +152,8 @@ def main() -> None:
                         help="Simulated seconds per real second (300: ~480 notifications/s, within one core for both).")
     parser.add_argument("--mqtt-url", default=None)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only-bumble", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--log", default=None, help="Keep the gateways' logs in this file.")
     parser.add_argument("--child-bumble", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_bumble:
@@ -180,9 +187,9 @@ def main() -> None:
         print(f"broker {url}; {len(devices)} devices ({len(devices) - bthome} bedside GATT, {bthome} BTHome, "
               f"{sum(1 for d in devices if d.bind_key)} encrypted); {args.seconds:.0f} s of traffic per gateway at "
               f"{args.accelerate:.0f}x")
-        log = tmp / "children.log"
-        by_bytes = run("bytes", env_for("bytes"), log, rss.Feed(devices, datetime.now(UTC), args.seed), args.seconds,
-                       args.accelerate)
+        log = Path(args.log) if args.log else tmp / "children.log"
+        by_bytes = run("bytes", env_for("bytes"), log, rss.Feed(devices, datetime.now(UTC), args.seed),
+                       0.5 if args.only_bumble else args.seconds, args.accelerate)
         radio = stack.enter_context(VirtualRadio(registry))
         by_radio = run("bumble", env_for("bumble", CAREWATCH_BLE_BACKEND="bumble",
                                          CAREWATCH_BUMBLE_TRANSPORT=radio.hci_transport,

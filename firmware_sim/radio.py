@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
+from bumble import hci
 from bumble.controller import Controller
 from bumble.link import LocalLink
 from bumble.transport.common import StreamPacketSource
@@ -32,6 +33,33 @@ from carewatch.gateway.transport import Notification, TransportEvent
 
 T = TypeVar("T")
 FLAP_MIN_S = 1.0  # a disconnect storm drops a device's link at most once a second
+
+
+class _GatewayController(Controller):
+    """A gateway's emulated controller. Passive scanning gets no scan responses (Bumble's emulator reports one for
+    every advert regardless, which doubled the host's advert work for nothing)."""
+
+    passive = False
+
+    def on_hci_le_set_scan_parameters_command(self, command: hci.HCI_LE_Set_Scan_Parameters_Command) -> Any:
+        self.passive = command.le_scan_type == 0
+        return super().on_hci_le_set_scan_parameters_command(command)
+
+    def on_hci_le_set_extended_scan_parameters_command(
+            self, command: hci.HCI_LE_Set_Extended_Scan_Parameters_Command) -> Any:
+        self.passive = all(scan_type == 0 for scan_type in command.scan_types)
+        return super().on_hci_le_set_extended_scan_parameters_command(command)
+
+    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        reports = getattr(packet, "reports", None) if isinstance(packet, _REPORTS) else None
+        if self.passive and reports and all(r.event_type in _SCAN_RESPONSES for r in reports):
+            return
+        super().send_hci_packet(packet)
+
+
+_REPORTS = (hci.HCI_LE_Extended_Advertising_Report_Event, hci.HCI_LE_Advertising_Report_Event)
+_SCAN_RESPONSES = {hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE,
+                   hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP}
 
 
 class _HciClient(asyncio.Protocol):
@@ -47,7 +75,7 @@ class _HciClient(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.controller = Controller(f"gateway-{len(self.radio.hosts)}", host_source=self.source,
+        self.controller = _GatewayController(f"gateway-{len(self.radio.hosts)}", host_source=self.source,
                                      host_sink=self, link=self.radio.link)
         self.radio.hosts.append(self)
 
