@@ -235,7 +235,8 @@ def test_a_device_out_of_range_for_ten_minutes_becomes_silent_and_comes_back() -
     kinds = [k for k in sink.kinds(OX) if k != "error"]  # a drop during a request is also an error event
     assert kinds[:2] == ["connected", "disconnected"]
     assert kinds.index("silent") < kinds.index("back") < len(kinds) - 1 - kinds[::-1].index("connected")
-    assert 600 <= marks["silent"] - marks["left"] <= 600 + 60  # silent after ten minutes, not before
+    # silent ten minutes after it was last heard (the marks are the test's, taken a few scaled seconds apart)
+    assert 540 <= marks["silent"] - marks["left"] <= 600 + 90
     silent = next(e for e in sink.events if e.kind == "silent")
-    assert silent.detail.startswith("not heard for 6")
+    assert silent.detail.startswith("not heard for 6")  # 600-699 s by the transport's own clock
     assert [v for _, v in sink.values("ox-1")] == [97, 70, 95, 75]
