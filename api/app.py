@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +32,7 @@ from carewatch.api import (
     audit,
     auth,
     errors,
+    network,
     pooling,
     routes_alerts,
     routes_devices,
@@ -115,6 +117,16 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f"refused by the database rule {constraint}: check the values (and that what they name exists)"))
         return JSONResponse({"detail": f"the change conflicts with existing data ({constraint})"},
                             status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(RecursionError)
+    @app.exception_handler(psycopg.errors.DataError)
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        """A date or number too far out to compute with (year 1, year 9999 plus a day), or input too deeply
+        nested: the input's fault, so a 422 (audited like any answer), never a 500."""
+        log.info("input out of range on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return errors.unprocessable(errors.field_errors(
+            "a date, time or number is out of the range that can be handled, or the input is nested too deeply"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -237,11 +249,14 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
 
     app = FastAPI(title="Carewatch API", version=carewatch.__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", responses=errors.COMMON_RESPONSES)
+    settings.verification_keys()  # refuse to start with a short or published signing key (WeakSecretError)
+    network.parse_proxies(settings.trusted_proxies)  # and with a malformed proxy list
     app.state.settings = settings
-    app.state.login_limiter = auth.LoginRateLimiter()
+    app.state.hash_slots = threading.BoundedSemaphore(settings.login_hash_concurrency)
     _install_error_handlers(app)
+    app.middleware("http")(errors.refuse_nul)  # NUL (PostgreSQL cannot store it), deep JSON: 422, audited
     app.middleware("http")(audit.audit_middleware)
-    app.middleware("http")(errors.refuse_nul)  # PostgreSQL cannot store NUL: a 422 before any route runs
+    app.middleware("http")(security_headers)  # outside audit: every answer, even a 503 from the audit trail
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # added last = outermost: before anything reads
 
     @app.get("/healthz", tags=["health"], summary="Liveness and database check (no sign-in)",
@@ -262,6 +277,33 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         app.include_router(module.router)
     app.include_router(routes_reports.router)
     return app
+
+
+#: Paths whose answers hold nothing personal and may be cached.
+CACHEABLE_PREFIXES = ("/docs", "/redoc", "/openapi.json")
+
+
+async def security_headers(request: Request, call_next: Any) -> Response:
+    """Headers on every answer: no MIME sniffing, HTTPS only from now on (HSTS; browsers ignore it over plain
+    HTTP, the TLS proxy in front makes it count), and no caching of anything that may hold clinical data
+    (FHIR, CSV and PDF exports included) by browsers or intermediaries."""
+    response: Response = await call_next(request)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if not request.url.path.startswith(CACHEABLE_PREFIXES):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def server_config(app: Any, host: str, port: int, **options: Any) -> Any:
+    """uvicorn's configuration for serving the API. Proxy headers are off: uvicorn would believe
+    X-Forwarded-For from any local peer; ``api.network.client_address`` believes only configured proxies."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, proxy_headers=False, server_header=False,
+                          **{"log_level": "warning", **options})
 
 
 def create_served_app() -> FastAPI:

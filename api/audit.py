@@ -3,10 +3,13 @@
 Routes *note* what they touch (:func:`note`, usually through the request context in ``deps``); a middleware
 writes one ``audit_log`` row per note after the route has run, with the final HTTP status, on its own
 autocommit connection, so refused and failed attempts are recorded too (a rolled-back request still leaves its
-audit row). Every authenticated request leaves at least one row. If the audit row cannot be written, the
-response is replaced by a 503: health data is not served without a record of who saw it.
+audit row). Every request outside ``UNAUDITED_PREFIXES`` leaves at least one row, including anonymous ones (a
+401, a 422 before sign-in): probing is visible. A request with no note of its own names the subject in its
+path (``/residents/{resident_id}`` -> resident), so a 403 says whose data was asked for. If the audit row cannot
+be written, the response is replaced by a 503: health data is not served without a record of who saw it.
 
-``audit_log`` is append-only: a database trigger refuses UPDATE, DELETE and TRUNCATE.
+``audit_log`` is append-only: the application's database role may only INSERT and SELECT it (migration 0008),
+and a trigger refuses UPDATE, DELETE and TRUNCATE even to its owner.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
+from carewatch.api.network import client_address
 from carewatch.api.pooling import permit
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ def set_identity(request: Request, username: str | None, role: str | None) -> No
 
 
 def client_of(request: Request) -> str:
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     agent = request.headers.get("user-agent", "-")[:200]
     return f"{address}; {agent}"
 
@@ -76,13 +80,26 @@ def rows_for(request: Request, status_code: int) -> list[dict[str, Any]]:
     notes = list(getattr(request.state, "audit_notes", []))
     username, role = getattr(request.state, "audit_user", (None, None))
     if not notes:
-        if username is None:
-            return []  # anonymous and refused before authentication: nothing of anyone's was touched
-        notes = [AuditNote(default_action(request.method))]
+        notes = [AuditNote(default_action(request.method), *path_subject(request))]
     base = {"username": username, "role": role, "method": request.method, "path": path[:500],
             "status": status_code, "client": client_of(request)}
     return [{**base, "action": n.action, "subject_type": n.subject_type, "subject_id": n.subject_id,
              "detail": Jsonb(n.detail)} for n in notes]
+
+
+#: Path parameters that name a subject, and its kind, most specific first.
+_PATH_SUBJECTS = (("alert_id", "alert"), ("resident_id", "resident"), ("device_id", "device"),
+                  ("gateway_id", "gateway"), ("household_id", "household"), ("site_id", "site"),
+                  ("username", "user"))
+
+
+def path_subject(request: Request) -> tuple[str | None, str | None]:
+    """(kind, id) of the subject the request's path names, e.g. ('resident', 'r-17'); (None, None) if none."""
+    path_params = request.scope.get("path_params") or {}
+    for name, kind in _PATH_SUBJECTS:
+        if path_params.get(name) is not None:
+            return kind, str(path_params[name])[:200]
+    return None, None
 
 
 def insert_rows(pool: ConnectionPool, rows: list[dict[str, Any]]) -> None:

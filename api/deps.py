@@ -13,7 +13,7 @@ import psycopg
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from carewatch.api import audit, scope
+from carewatch.api import audit, scope, sessions
 from carewatch.api.auth import decode_token, unauthorised
 from carewatch.api.pooling import Conn, get_conn  # noqa: F401  (Conn is the routes' connection; see pooling)
 from carewatch.api.scope import Permission, Principal
@@ -31,9 +31,12 @@ def current_principal(request: Request, conn: Conn,
         raise unauthorised("not signed in")
     settings: Settings = request.app.state.settings
     claims = decode_token(token, settings, "access")
+    audit.set_identity(request, str(claims["sub"])[:64], None)  # a refusal below is audited under this name
     user = get_user(conn, claims["sub"])
     if user is None or not user.active:
         raise unauthorised("account disabled or removed")
+    if not sessions.is_active(conn, str(claims["sid"]), user.username):
+        raise unauthorised("session ended (signed out, password or role changed): sign in again")
     principal = Principal.from_user(user)
     audit.set_identity(request, principal.username, principal.role.value)
     request.state.principal = principal

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -172,10 +173,44 @@ def nul_locations(path: str, query: bytes, content_type: str, body: bytes) -> li
     return found
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Nesting depth: Python's JSON parser recurses, so a body of 100 000 '[' (within the size limit) would end in a
+# RecursionError (a 500) before any route runs. No Carewatch body nests more than a few levels.
+# ------------------------------------------------------------------------------------------------------------
+MAX_JSON_DEPTH = 32
+DEPTH_MESSAGE = f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``body`` (brackets inside strings do not count); counted
+    without parsing, so it cannot recurse."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub(b'""', body)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def too_deep(content_type: str, body: bytes) -> bool:
+    """Whether a body FastAPI would parse as JSON (declared JSON, or no type at all) nests too deep."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if not body or (media_type and media_type not in JSON_TYPES and not media_type.endswith("+json")):
+        return False
+    return body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and json_depth(body) > MAX_JSON_DEPTH
+
+
 async def refuse_nul(request: Request, call_next: Any) -> Any:
-    """Middleware: a 422 naming each field that contains a NUL character (PostgreSQL cannot store one)."""
+    """Middleware: a 422 naming each field that contains a NUL character (PostgreSQL cannot store one), and a 422
+    for JSON nested too deep to parse safely."""
     content_type = request.headers.get("content-type", "")
     body = await request.body() if request.method in ("POST", "PUT", "PATCH") else b""
+    if too_deep(content_type, body):
+        return unprocessable([{"loc": ["body"], "field": "request", "msg": DEPTH_MESSAGE, "type": "value_error"}])
     found = nul_locations(request.scope.get("path", ""), request.scope.get("query_string", b""), content_type, body)
     if found:
         return unprocessable([{"loc": list(loc), "field": ".".join(loc[1:]) or loc[0], "msg": NUL_MESSAGE,

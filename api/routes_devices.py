@@ -173,13 +173,14 @@ def registry_entry(row: dict[str, Any]) -> RegisteredDevice:
 
 
 @router.get("/gateways/{gateway_id}/registry", response_model=GatewayRegistryOut,
-            summary="The gateway's device registry, with BTHome bind keys (the gateway's own account, manager, admin)")
+            summary="The gateway's device registry, with BTHome bind keys (the gateway's own account, admin)")
 def gateway_registry(ctx: Context, gateway_id: str) -> GatewayRegistryOut:
     """Active devices assigned to this gateway, in the format of the gateway's registry file. Unlike every other
     device route this returns bind keys, so each read is audited with the devices it disclosed. A device that
     cannot be listed (no MAC, unknown kind, bad key) is left out and named under ``skipped``: the rest still flow."""
     ctx.require(Permission.READ_GATEWAY_REGISTRY)
     gateway = ctx.gateway(gateway_id, change="registry")
+    scope.require_gateway_account(ctx.principal, gateway)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT d.device_id, d.kind, d.model, d.mac, d.bind_key, d.resident_id, d.room, d.role FROM devices d

@@ -21,7 +21,7 @@ router = APIRouter(tags=["users"])
 def _out(user: User) -> UserOut:
     return UserOut(username=user.username, full_name=user.full_name, role=user.role, site_id=user.site_id,
                    practice_code=user.practice_code, council=user.council, active=user.active,
-                   created_at=user.created_at)
+                   created_at=user.created_at, gateway_id=user.gateway_id)
 
 
 def _bad(exc: UserError) -> HTTPException:
@@ -57,7 +57,7 @@ def create_user(ctx: Context, body: UserCreate) -> UserOut:
     try:
         user = users.create_user(ctx.conn, body.username, body.role, password=body.password,
                                  full_name=body.full_name, site_id=body.site_id, practice_code=body.practice_code,
-                                 council=body.council)
+                                 council=body.council, gateway_id=body.gateway_id)
     except UserError as exc:
         raise _bad(exc) from None
     return _out(user)

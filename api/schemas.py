@@ -620,16 +620,22 @@ class UserOut(BaseModel):
     council: str | None
     active: bool
     created_at: datetime
+    gateway_id: str | None = Field(default=None, description="Set: the gateway's own account (reads bind keys).")
+
+
+#: The password policy's length; the rest (common passwords, the username) is api.users.check_password_policy.
+Password = Annotated[str, StringConstraints(min_length=12, max_length=256)]
 
 
 class UserCreate(_In):
     username: Username
     role: Role
-    password: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+    password: Password
     full_name: ShortText | None = None
     site_id: Ident | None = None
     practice_code: Ident | None = None
     council: ShortText | None = None
+    gateway_id: Ident | None = Field(default=None, description="Make this care_staff account the gateway's own.")
 
 
 class UserUpdate(_In):
@@ -639,10 +645,11 @@ class UserUpdate(_In):
     practice_code: Ident | None = None
     council: ShortText | None = None
     active: bool | None = None
+    gateway_id: Ident | None = None
 
 
 class PasswordIn(_In):
-    password: Annotated[str, StringConstraints(min_length=8, max_length=256)]
+    password: Password
 
 
 class AuditOut(BaseModel):

@@ -50,10 +50,12 @@ class Principal:
     site_id: str | None = None
     practice_code: str | None = None
     council: str | None = None
+    gateway_id: str | None = None  # a gateway's own account
 
     @classmethod
     def from_user(cls, user: User) -> Principal:
-        return cls(user.username, user.role, user.full_name, user.site_id, user.practice_code, user.council)
+        return cls(user.username, user.role, user.full_name, user.site_id, user.practice_code, user.council,
+                   user.gateway_id)
 
 
 class Permission(StrEnum):
@@ -92,8 +94,9 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.READ_TASKS: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.NURSE, Role.ADMIN}),
     Permission.CONFIGURE_DEVICES: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.READ_GATEWAYS: frozenset({Role.MANAGER, Role.ADMIN}),
-    # The gateway signs in with a dedicated care_staff (or manager) account of its own site to fetch this.
-    Permission.READ_GATEWAY_REGISTRY: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    # Bind keys decrypt a home's sensors: only the gateway's own account (a care_staff account whose users row
+    # names that gateway, see may_read_registry) and admins. Staff and managers never see them.
+    Permission.READ_GATEWAY_REGISTRY: frozenset({Role.CARE_STAFF, Role.ADMIN}),
     Permission.READ_DEAD_LETTERS: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.READ_BEHAVIOUR: _ALL,
     Permission.MANAGE_USERS: frozenset({Role.ADMIN}),
@@ -105,6 +108,14 @@ GRANTS: dict[Permission, frozenset[Role]] = {
 
 #: Alert kinds that carry clinical information (council users need the household's vitals consent).
 CLINICAL_ALERT_KINDS: tuple[str, ...] = tuple(sorted(k.value for k in CLINICAL_KINDS))
+
+
+def require_gateway_account(principal: Principal, gateway: dict[str, Any]) -> None:
+    """403 unless the caller is an admin or this gateway's own account (at the gateway's site)."""
+    if principal.role is Role.ADMIN:
+        return
+    if principal.gateway_id != gateway["gateway_id"] or principal.site_id != gateway["site_id"]:
+        raise forbidden("only the gateway's own account (and admins) may read its bind keys")
 
 
 def forbidden(detail: str) -> HTTPException:

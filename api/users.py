@@ -7,11 +7,13 @@ practice, a council user to a council; the database checks the same rules.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg.rows import dict_row
 
+from carewatch.api import sessions
 from carewatch.api.errors import constraint_columns
 
 
@@ -31,7 +34,8 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = 12
+MIN_DISTINCT_CHARACTERS = 5
 MAX_PASSWORD_LENGTH = 256
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.@-]{1,63}$"
 _USERNAME = re.compile(USERNAME_PATTERN)
@@ -39,7 +43,8 @@ _HASHER = PasswordHasher()
 #: Verified against when the username is unknown, so a failed login takes as long either way.
 _DUMMY_HASH = _HASHER.hash("not-a-real-password-0")
 
-_COLUMNS = "username, full_name, role, site_id, practice_code, council, active, created_at, password_hash"
+_COLUMNS = ("username, full_name, role, site_id, practice_code, council, active, created_at, password_hash, "
+            "gateway_id")
 
 
 class UserError(ValueError):
@@ -62,6 +67,7 @@ class User:
     active: bool
     created_at: datetime
     password_version: str  # changes whenever the password does: refresh tokens carry it
+    gateway_id: str | None = None  # set: this care_staff account is that gateway's own (may read its bind keys)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> User:
@@ -75,6 +81,7 @@ class User:
             active=row["active"],
             created_at=row["created_at"],
             password_version=password_version(row["password_hash"]),
+            gateway_id=row.get("gateway_id"),
         )
 
 
@@ -82,16 +89,35 @@ def password_version(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
-def hash_password(password: str) -> str:
-    check_password_policy(password)
+def hash_password(password: str, username: str | None = None) -> str:
+    check_password_policy(password, username)
     return _HASHER.hash(password)
 
 
-def check_password_policy(password: str) -> None:
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The deny-list shipped with the package (api/common_passwords.txt), lower case."""
+    text = resources.files("carewatch.api").joinpath("common_passwords.txt").read_text()
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def check_password_policy(password: str, username: str | None = None) -> None:
+    """Length (12-256), not mostly one or two characters, not a common or published password (also with digits
+    or symbols added at the end), and not the username. No other composition rules (NCSC guidance)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"password must be at least {MIN_PASSWORD_LENGTH} characters", "password")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError(f"password must be at most {MAX_PASSWORD_LENGTH} characters", "password")
+    folded = password.strip().lower()
+    if len(set(folded)) < MIN_DISTINCT_CHARACTERS:
+        raise UserError(f"password must use at least {MIN_DISTINCT_CHARACTERS} different characters", "password")
+    core = folded.rstrip("0123456789!?.@#$%&*_- ")
+    listed = common_passwords()
+    if folded in listed or core in listed or folded.replace(" ", "") in listed:
+        raise UserError("password is too common (it is on a list of published passwords): choose another",
+                        "password")
+    if username and (folded == username.strip().lower() or username.strip().lower() in folded):
+        raise UserError("password must not contain the username", "password")
 
 
 def normalise_username(username: str) -> str:
@@ -125,7 +151,7 @@ def _run(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> dict[s
         raise UserError(f"user {params.get('username')!r} already exists", "username") from None
     except psycopg.errors.ForeignKeyViolation as exc:
         fields = constraint_columns(conn, exc)
-        what = "site" if "site_id" in fields else "GP practice"
+        what = "site" if "site_id" in fields else "gateway" if "gateway_id" in fields else "GP practice"
         raise UserError(f"unknown {what}: create it first", *fields) from None
     except psycopg.errors.CheckViolation as exc:
         raise UserError("the role and its site/practice/council do not match", *constraint_columns(conn, exc)) from None
@@ -141,6 +167,7 @@ def create_user(
     site_id: str | None = None,
     practice_code: str | None = None,
     council: str | None = None,
+    gateway_id: str | None = None,
 ) -> User:
     """Create an active user; UserError when the name is taken, the scope is missing or the password is weak."""
     name = normalise_username(username)
@@ -151,8 +178,10 @@ def create_user(
     check_scope(role, site_id, practice_code, council)
     row = _run(
         conn,
-        f"""INSERT INTO users (username, full_name, role, site_id, practice_code, council, password_hash)
-            VALUES (%(username)s, %(full_name)s, %(role)s, %(site_id)s, %(practice_code)s, %(council)s, %(hash)s)
+        f"""INSERT INTO users (username, full_name, role, site_id, practice_code, council, password_hash,
+                               gateway_id)
+            VALUES (%(username)s, %(full_name)s, %(role)s, %(site_id)s, %(practice_code)s, %(council)s, %(hash)s,
+                    %(gateway_id)s)
             RETURNING {_COLUMNS}""",
         {
             "username": name,
@@ -161,7 +190,8 @@ def create_user(
             "site_id": site_id,
             "practice_code": practice_code,
             "council": council,
-            "hash": hash_password(password),
+            "gateway_id": gateway_id,
+            "hash": hash_password(password, name),
         },
     )
     assert row is not None
@@ -209,6 +239,7 @@ def update_user(
     practice_code: str | None = _UNSET,
     council: str | None = _UNSET,
     active: bool = _UNSET,
+    gateway_id: str | None = _UNSET,
 ) -> User:
     """Change the given fields (others are left alone); UserError when the result would be inconsistent."""
     current = get_user(conn, username)
@@ -221,35 +252,45 @@ def update_user(
         "practice_code": current.practice_code if practice_code is _UNSET else practice_code,
         "council": current.council if council is _UNSET else council,
         "active": current.active if active is _UNSET else active,
+        "gateway_id": current.gateway_id if gateway_id is _UNSET else gateway_id,
     }
     check_scope(merged["role"], merged["site_id"], merged["practice_code"], merged["council"])
     row = _run(
         conn,
         f"""UPDATE users SET full_name = %(full_name)s, role = %(role)s, site_id = %(site_id)s,
-                   practice_code = %(practice_code)s, council = %(council)s, active = %(active)s
+                   practice_code = %(practice_code)s, council = %(council)s, active = %(active)s,
+                   gateway_id = %(gateway_id)s
             WHERE username = %(username)s RETURNING {_COLUMNS}""",
         {**merged, "role": merged["role"].value, "username": current.username},
     )
     assert row is not None
+    changed = [f for f in ("role", "site_id", "practice_code", "council", "gateway_id")
+               if merged[f] != getattr(current, f)]
+    if changed or not merged["active"]:
+        sessions.revoke_user(conn, current.username, "disabled" if not merged["active"] else
+                             f"changed: {', '.join(changed)}")
     return User.from_row(row)
 
 
 def set_password(conn: psycopg.Connection, username: str, password: str) -> None:
-    """Set a new password; outstanding refresh tokens stop working (they carry the old password version)."""
-    new_hash = hash_password(password)
+    """Set a new password; every session of the user ends (access and refresh tokens alike)."""
+    name = username.strip().lower()
+    new_hash = hash_password(password, name)
     with conn.transaction():
-        cur = conn.execute("UPDATE users SET password_hash = %s WHERE username = %s",
-                           (new_hash, username.strip().lower()))
+        cur = conn.execute("UPDATE users SET password_hash = %s WHERE username = %s", (new_hash, name))
     if cur.rowcount == 0:
         raise UserError(f"no user {username!r}")
+    sessions.revoke_user(conn, name, "password changed")
 
 
 def disable_user(conn: psycopg.Connection, username: str) -> None:
     """Disable (never delete: the audit log names users). Takes effect on the user's next request."""
+    name = username.strip().lower()
     with conn.transaction():
-        cur = conn.execute("UPDATE users SET active = false WHERE username = %s", (username.strip().lower(),))
+        cur = conn.execute("UPDATE users SET active = false WHERE username = %s", (name,))
     if cur.rowcount == 0:
         raise UserError(f"no user {username!r}")
+    sessions.revoke_user(conn, name, "disabled")
 
 
 def authenticate(conn: psycopg.Connection, username: str, password: str) -> User | None:

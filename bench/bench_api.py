@@ -542,7 +542,7 @@ def tokens_for(dsn: str, usernames: list[str]) -> dict[str, str]:
         for name in usernames:
             user = get_user(conn, name)
             assert user is not None
-            out[name] = issue_tokens(user, settings).access_token
+            out[name] = issue_tokens(conn, user, settings).access_token
         return out
 
 

@@ -221,12 +221,17 @@ def api() -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) on CAREWATCH_API_HOST:CAREWATCH_API_PORT."""
     import uvicorn
 
-    from carewatch.api.app import create_app
+    from carewatch.api.app import create_app, server_config
+    from carewatch.settings import WeakSecretError
 
     settings = get_settings()
     _configure_logging()
-    uvicorn.run(create_app(settings, freeze_gc=True), host=settings.api_host, port=settings.api_port,
-                log_level="warning")
+    try:
+        app_ = create_app(settings, freeze_gc=True)
+    except WeakSecretError as exc:
+        typer.echo(f"refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.Server(server_config(app_, settings.api_host, settings.api_port)).run()
 
 
 @app.command()
@@ -291,12 +296,30 @@ def decode(
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
-    """Apply pending schema migrations to CAREWATCH_DATABASE_URL (idempotent)."""
-    from carewatch.db.migrate import migrate
+def db_migrate(
+    app_login: Annotated[str | None, typer.Option(
+        help="Also create/update this login in role carewatch_app (password: CAREWATCH_APP_DB_PASSWORD).")] = None,
+    report_login: Annotated[str | None, typer.Option(
+        help="Also create/update this login in role carewatch_report (password: CAREWATCH_REPORT_DB_PASSWORD).")
+    ] = None,
+) -> None:
+    """Apply pending schema migrations to CAREWATCH_DATABASE_URL (idempotent), as the owner role."""
+    import psycopg
 
-    applied = migrate(get_settings().dsn)
+    from carewatch.db.migrate import migrate
+    from carewatch.db.roles import ensure_login
+
+    settings = get_settings()
+    applied = migrate(settings.dsn)
     typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+    logins = [(app_login, "app", settings.app_db_password), (report_login, "report", settings.report_db_password)]
+    with psycopg.connect(settings.dsn, autocommit=True) as conn:
+        for name, group, password in logins:
+            if name:
+                if password is None:
+                    raise typer.BadParameter(f"set CAREWATCH_{group.upper()}_DB_PASSWORD for login {name}")
+                ensure_login(conn, name, group, password.get_secret_value())  # type: ignore[arg-type]
+                typer.echo(f"login {name}: member of carewatch_{group}")
 
 
 def main() -> None:  # pragma: no cover

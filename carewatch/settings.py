@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     dashboard_port: int = 8501
     metrics_port: int = Field(default=0, description="Prometheus /metrics port for workers; 0 = off.")
     jwt_secret: SecretStr | None = Field(default=None, description="Signing key; generated under state_dir.")
+    jwt_previous_secret: SecretStr | None = Field(
+        default=None, description="While rotating: the old key, still accepted for verifying (never for signing).")
+    trusted_proxies: str = Field(
+        default="", description="Comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
+        "is believed (empty: none; the peer address is the client).")
+    login_max_failures_per_account: int = Field(default=5, ge=1, description="Failed sign-ins per account...")
+    login_max_failures_per_client: int = Field(default=20, ge=1, description="...and per client address...")
+    login_failure_window_s: int = Field(default=900, ge=1, description="...within this many seconds -> 429.")
+    login_hash_concurrency: int = Field(
+        default=2, ge=1, description="Password checks (argon2, 64 MiB each) running at once per API process; "
+        "sign-ins beyond it get 429.")
+    app_db_password: SecretStr | None = Field(default=None, description="`db migrate --app-login`'s password.")
+    report_db_password: SecretStr | None = Field(default=None, description="`db migrate --report-login`'s password.")
     access_token_minutes: int = 15
     refresh_token_hours: int = 12
     log_level: str = "INFO"
@@ -188,9 +201,10 @@ class Settings(BaseSettings):
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
     def signing_key(self) -> str:
-        """The JWT signing key: configured, or generated once and kept in the state dir."""
+        """The JWT signing key: configured (refused when weak, see :func:`check_secret`), or generated once and
+        kept in the state dir (the demo)."""
         if self.jwt_secret is not None:
-            return self.jwt_secret.get_secret_value()
+            return check_secret(self.jwt_secret.get_secret_value(), "CAREWATCH_JWT_SECRET")
         path = self.state_dir / "jwt.key"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +212,41 @@ class Settings(BaseSettings):
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def verification_keys(self) -> list[str]:
+        """Keys a token may be signed with: the signing key, then (while rotating) the previous one."""
+        keys = [self.signing_key()]
+        if self.jwt_previous_secret is not None:
+            keys.append(check_secret(self.jwt_previous_secret.get_secret_value(), "CAREWATCH_JWT_PREVIOUS_SECRET"))
+        return keys
+
     def child_env(self, **overrides: str) -> dict[str, str]:
         """Environment for a child process: ours plus these settings, so the child sees the same config."""
         return process_env(**{f"CAREWATCH_{name.upper()}": value for name, value in overrides.items()})
+
+
+#: Secrets that appear in this repository's examples (.env.example, README, docs, compose): anyone can read them,
+#: so they are refused whatever their length. tests/core/test_secrets.py checks every example is listed here.
+EXAMPLE_SECRETS = frozenset({
+    "change-me", "change-me-to-a-long-random-string", "changeme", "secret", "carewatch", "healthcheck",
+    "carewatch-demo",
+})
+MIN_SECRET_BYTES = 32
+
+
+class WeakSecretError(ValueError):
+    """A configured secret is too short or published; the service refuses to start with it."""
+
+
+def check_secret(value: str, name: str) -> str:
+    """``value`` when it is fit to sign tokens; WeakSecretError otherwise (shorter than 32 bytes, or an example
+    from this repository, which an attacker can read as easily as we can)."""
+    if value.strip().lower() in EXAMPLE_SECRETS or value in EXAMPLE_SECRETS:
+        raise WeakSecretError(f"{name} is an example value published in the Carewatch repository: generate one, "
+                              "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise WeakSecretError(f"{name} must be at least {MIN_SECRET_BYTES} bytes (it is {len(value.encode())}): "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+    return value
 
 
 def process_env(*, drop_prefixes: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ def seed_world(conn: psycopg.Connection, world: World, devices: list[SimDevice])
         sites = [(s["id"], "care_home", s["name"], None, None, None, None, False) for s in records["sites"]]
         sites += [(h["id"], "household", h["name"], h["council"], HOUSEHOLD_PACKAGE["care_package"],
                    HOUSEHOLD_PACKAGE["package_hours_per_week"], HOUSEHOLD_PACKAGE["hourly_rate_gbp"],
-                   h["index"] % 2 == 0 if "index" in h else True) for h in records["households"]]
+                   bool(h["consent_vitals"])) for h in records["households"]]  # the record's own consent
         cur.executemany(
             """INSERT INTO sites (site_id, kind, name, council, care_package, package_hours_per_week,
                                   hourly_rate_gbp, consent_vitals)

@@ -220,12 +220,19 @@ class Household:
     def site_id(self) -> str:
         return self.id  # a household is its own site with its own gateway
 
+    @property
+    def consent_vitals(self) -> bool:
+        """Whether the household agreed to share clinical vitals with its council: every other household, so a
+        simulated estate has both kinds (the council's view must differ between them)."""
+        return self.index % 2 == 0
+
     def record(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "council": self.council,
             "people": self.people,
+            "consent_vitals": self.consent_vitals,
             "sensors": {role: spec.device_kind.value for role, spec in SENSORS.items()},
         }
 

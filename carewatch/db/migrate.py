@@ -97,6 +97,8 @@ def migrate(dsn: str) -> list[str]:
                         conn.execute(statement)
                     _record(conn, mig)
                 applied_now.append(label)
+            if conn.execute("SELECT to_regproc('carewatch_apply_grants')").fetchone()[0] is not None:
+                conn.execute("SELECT carewatch_apply_grants()")  # every run: later migrations' tables too
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

@@ -92,7 +92,7 @@ class World:
             with client.app.state.pool.connection() as conn:
                 user = get_user(conn, self.users[role])
             assert user is not None
-            self.tokens[role] = issue_tokens(user, client.app.state.settings).access_token
+            self.tokens[role] = issue_tokens(conn, user, client.app.state.settings).access_token
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
 
@@ -243,8 +243,10 @@ def serve(app: Any) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def api_settings(database: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     state: Path = tmp_path_factory.mktemp("api-state")
+    # Every test client signs in from the same address ("testclient"): the per-address limit has its own tests,
+    # with an app of their own (test_api_security.py).
     return Settings(database_url=database, jwt_secret="test-signing-key-" + "x" * 32, state_dir=state,
-                    access_token_minutes=15, refresh_token_hours=12)
+                    access_token_minutes=15, refresh_token_hours=12, login_max_failures_per_client=100_000)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from carewatch.api import users_cli
-from carewatch.api.auth import ALGORITHM, ISSUER, LoginRateLimiter, issue_tokens
+from carewatch.api import sessions, users_cli
+from carewatch.api.auth import ALGORITHM, ISSUER, issue_tokens
 from carewatch.api.users import UserError, authenticate, create_user, get_user
+
+from .conftest import login
 
 if TYPE_CHECKING:
     from conftest import World
@@ -58,9 +60,11 @@ def test_password_change_ends_refresh_and_disable_ends_access(client: TestClient
                        headers=admin).status_code == 204
     assert client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
     access = {"Authorization": f"Bearer {tokens['access_token']}"}
-    assert client.get("/auth/me", headers=access).status_code == 200
+    assert client.get("/auth/me", headers=access).status_code == 401  # the password change ended the session
+    second = {"Authorization": f"Bearer {login(client, username, 'brand new secret')}"}
+    assert client.get("/auth/me", headers=second).status_code == 200
     assert client.delete(f"/users/{username}", headers=admin).status_code == 204
-    assert client.get("/auth/me", headers=access).status_code == 401
+    assert client.get("/auth/me", headers=second).status_code == 401
     assert client.post("/auth/token", data={"username": username, "password": "brand new secret"}).status_code == 401
 
 
@@ -69,7 +73,8 @@ def test_expired_and_forged_tokens_are_refused(client: TestClient, world: World)
     with client.app.state.pool.connection() as conn:
         user = get_user(conn, world.users["care_staff"])
     assert user is not None
-    old = issue_tokens(user, settings, now=datetime.now(UTC) - timedelta(hours=1)).access_token
+    with client.app.state.pool.connection() as conn:
+        old = issue_tokens(conn, user, settings, now=datetime.now(UTC) - timedelta(hours=1)).access_token
     expired = client.get("/auth/me", headers={"Authorization": f"Bearer {old}"})
     assert expired.status_code == 401 and "expired" in expired.json()["detail"]
     forged = jwt.encode({"iss": ISSUER, "sub": world.users["admin"], "typ": "access", "iat": datetime.now(UTC),
@@ -89,18 +94,19 @@ def test_login_rate_limited_per_username_and_client(client: TestClient, world: W
     assert other.status_code == 200
 
 
-def test_rate_limiter_window_expires_and_success_resets() -> None:
-    limiter = LoginRateLimiter(max_failures=3, window_s=60)
-    key = ("alice", "10.0.0.1")
-    for t in (0.0, 1.0, 2.0):
-        assert limiter.retry_after(key, now=t) is None
-        limiter.failed(key, now=t)
-    assert limiter.retry_after(key, now=3.0) == 57
-    assert limiter.retry_after(("alice", "10.0.0.2"), now=3.0) is None
-    assert limiter.retry_after(key, now=60.5) is None  # the first failure has left the window
-    limiter.failed(key, now=61.0)
-    limiter.succeeded(key)
-    assert limiter.retry_after(key, now=61.5) is None
+def test_failures_leave_the_count_when_the_window_passes(db: psycopg.Connection, uid: str) -> None:
+    """The limits count failures in PostgreSQL within the window; older ones and a success no longer count."""
+    name, client = f"win-{uid}", f"10.9.{int(uid[:2], 16)}.1"
+    limits = {"per_account": 3, "per_client": 100, "window_s": 60}
+    db.execute("INSERT INTO login_failures (at, username, client) SELECT now() - interval '61 s', %s, %s "
+               "FROM generate_series(1, 3)", (name, client))
+    assert sessions.retry_after(db, name, client, **limits) is None
+    for _ in range(3):
+        sessions.record_failure(db, name, client)
+    wait = sessions.retry_after(db, name, client, **limits)
+    assert wait is not None and 55 <= wait <= 60
+    sessions.clear_failures(db, name, client)
+    assert sessions.retry_after(db, name, client, **limits) is None
 
 
 def test_users_crud_by_admin(client: TestClient, world: World, db: psycopg.Connection) -> None:
@@ -125,7 +131,7 @@ def test_users_crud_by_admin(client: TestClient, world: World, db: psycopg.Conne
 
 
 def test_user_functions(db: psycopg.Connection, uid: str) -> None:
-    with pytest.raises(UserError, match="at least 8"):
+    with pytest.raises(UserError, match="at least 12"):
         create_user(db, f"short-{uid}", "admin", password="short")
     with pytest.raises(UserError, match="needs a practice"):
         create_user(db, f"gp-{uid}", "gp", password="long enough pw")

@@ -46,7 +46,7 @@ def test_burst_beyond_worker_threads_is_served(small_pool_api: str, world: World
                                                api_settings: Settings) -> None:
     user = get_user(db, world.users["care_staff"])
     assert user is not None
-    headers = {"Authorization": f"Bearer {issue_tokens(user, api_settings).access_token}"}
+    headers = {"Authorization": f"Bearer {issue_tokens(db, user, api_settings).access_token}"}
 
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=BURST)

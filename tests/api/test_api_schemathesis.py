@@ -176,9 +176,9 @@ class Callers:
             with psycopg.connect(self.database) as conn:
                 world = build_world(conn, f"st{role.replace('_', '')[:6]}")
                 user = get_user(conn, world.users[role])
-            assert user is not None
+                assert user is not None
+                token = issue_tokens(conn, user, self.live.settings).access_token
             POOLS[role].update(id_pools(world, role))
-            token = issue_tokens(user, self.live.settings).access_token
             self.made[role] = Caller(self.live.base_url, {"Authorization": f"Bearer {token}"}, self.session, role)
         return self.made[role]
 
