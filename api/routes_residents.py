@@ -82,8 +82,22 @@ def create_resident(ctx: Context, body: ResidentCreate) -> ResidentOut:
             body.model_dump(),
         ).fetchone()
     if row is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, "a resident with this id or NHS number already exists")
+        raise _taken(ctx, body.resident_id, body.nhs_number)
     return _out(row)
+
+
+def _taken(ctx: Ctx, resident_id: str, nhs_number: str | None) -> HTTPException:
+    """409 when the resident holding this id or NHS number is one the caller can see; 404 (as for anything of
+    another tenant) when it is not, so the answer does not say "someone else has this person"."""
+    with ctx.conn.cursor() as cur:
+        (all_visible,) = cur.execute(
+            f"""SELECT coalesce(bool_and({scope.resident_predicate(ctx.principal)}), false)
+                FROM residents r JOIN sites s ON s.site_id = r.site_id
+                WHERE r.resident_id = %(id)s OR r.nhs_number = %(nhs)s""",
+            {**ctx.params, "id": resident_id, "nhs": nhs_number}).fetchone()
+    if all_visible:
+        return HTTPException(status.HTTP_409_CONFLICT, "a resident with this id or NHS number already exists")
+    return scope.not_found("resident")
 
 
 @router.patch("/residents/{resident_id}", response_model=ResidentOut,

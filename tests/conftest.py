@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conformance import CONFORMANCE_DIR, REPO_ROOT, load_conformance  # noqa: F401  (re-exported)
-from databases import fresh_database
+from databases import fresh_database, role_login
 
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
 from carewatch.settings import Settings
@@ -69,6 +69,14 @@ def pg_server(test_settings: Settings, scratch_dir: Path) -> Iterator[str]:
 def database(pg_server: str) -> Iterator[str]:
     """A fresh, migrated database for this test run; dropped afterwards."""
     with fresh_database(pg_server) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def app_database(pg_server: str, database: str) -> Iterator[str]:
+    """The run's database as the application role (carewatch_app: what the API, ingest and the scorer use in a
+    deployment), so the suite proves the role's privileges are enough."""
+    with role_login(pg_server, database, "app") as dsn:
         yield dsn
 
 

@@ -241,11 +241,11 @@ def serve(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def api_settings(database: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def api_settings(app_database: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     state: Path = tmp_path_factory.mktemp("api-state")
     # Every test client signs in from the same address ("testclient"): the per-address limit has its own tests,
     # with an app of their own (test_api_security.py).
-    return Settings(database_url=database, jwt_secret="test-signing-key-" + "x" * 32, state_dir=state,
+    return Settings(database_url=app_database, jwt_secret="test-signing-key-" + "x" * 32, state_dir=state,
                     access_token_minutes=15, refresh_token_hours=12, login_max_failures_per_client=100_000)
 
 
