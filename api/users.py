@@ -113,7 +113,7 @@ def check_password_policy(password: str, username: str | None = None) -> None:
         raise UserError(f"password must use at least {MIN_DISTINCT_CHARACTERS} different characters", "password")
     core = folded.rstrip("0123456789!?.@#$%&*_- ")
     listed = common_passwords()
-    if folded in listed or core in listed or folded.replace(" ", "") in listed:
+    if not core or folded in listed or core in listed or folded.replace(" ", "") in listed:
         raise UserError("password is too common (it is on a list of published passwords): choose another",
                         "password")
     if username and (folded == username.strip().lower() or username.strip().lower() in folded):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -16,6 +17,11 @@ from databases import fresh_database, role_login
 
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
 from carewatch.settings import Settings
+
+# Every test's requests come from 127.0.0.1 (or TestClient's "testclient") into one database per run, so the
+# per-address sign-in limit would pool the whole suite's failed sign-ins: lift it for every Settings() made here.
+# Tests of that limit set it themselves (tests/api/test_api_security.py).
+os.environ.setdefault("CAREWATCH_LOGIN_MAX_FAILURES_PER_CLIENT", "100000")
 
 # ------------------------------------------------------------------------------------------------------------
 # Real servers. PostgreSQL: CAREWATCH_TEST_DSN, else the local server on 127.0.0.1:5432, else a private

@@ -24,7 +24,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from carewatch.api.app import create_app
+from carewatch.api.app import create_app, server_config
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import create_user, get_user, hash_password
 from carewatch.embedded import free_port
@@ -223,9 +223,10 @@ def build_world(conn: psycopg.Connection, uid: str) -> World:
 
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
-    """The app under a real uvicorn on a free port, in a thread of this process; yields its base URL."""
+    """The app under a real uvicorn on a free port, in a thread of this process, configured as ``carewatch api``
+    serves it (``server_config``: no proxy headers); yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -115,7 +115,7 @@ def estate(db: psycopg.Connection, uid: str) -> Estate:
     db.cursor().executemany(
         """INSERT INTO devices (device_id, site_id, gateway_id, kind, model, mac, bind_key, resident_id, room, role,
                                 active) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""", devices)
-    create_user(db, e.account, "care_staff", password=PASSWORD, site_id=e.site)
+    create_user(db, e.account, "care_staff", password=PASSWORD, site_id=e.site, gateway_id=e.gateway)
     create_user(db, e.other_account, "care_staff", password=PASSWORD, site_id=other_site)
     db.commit()
     return e
