@@ -158,3 +158,46 @@ def test_database_ha_shape_gives_every_service_the_multi_host_read_write_dsn() -
         dsn = services[name]["environment"]["CAREWATCH_DATABASE_URL"]
         assert "@node1:5432,node2:5432/" in dsn and "target_session_attrs=read-write" in dsn, name
         assert "db" not in (services[name].get("depends_on") or {}), name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 13: TLS in front of HTTP (finding 7) and least-privilege database accounts (finding 3)
+# ------------------------------------------------------------------------------------------------------------
+def test_only_the_tls_proxy_and_the_gateways_tls_listener_are_published() -> None:
+    services = COMPOSE["services"]
+    published = {name: s["ports"] for name, s in services.items() if "ports" in s}
+    assert published == {"proxy": ["443:443", "80:80"], "mqtt": ["8883:8883"]}
+    assert services["proxy"]["image"].startswith("caddy:")
+    mounts = [v.split(":")[:2] for v in services["proxy"]["volumes"]]
+    assert ["./deploy/caddy/Caddyfile", "/etc/caddy/Caddyfile"] in mounts
+    assert {"api", "dashboard"} <= set(services["proxy"]["depends_on"])
+    assert services["api"]["environment"]["CAREWATCH_TRUSTED_PROXIES"]  # the proxy's X-Forwarded-For is believed
+
+
+def test_caddy_terminates_tls_with_hsts_nosniff_and_no_store() -> None:
+    caddyfile = (DEPLOY / "caddy" / "Caddyfile").read_text()
+    site = re.search(r"^\{\$CAREWATCH_PUBLIC_HOST\} \{$", caddyfile, flags=re.M)
+    assert site, "one site block, for the public host name (Caddy gets its certificate and redirects http)"
+    assert re.search(r'Strict-Transport-Security "max-age=\d{7,}', caddyfile)
+    assert 'X-Content-Type-Options "nosniff"' in caddyfile
+    assert caddyfile.count('Cache-Control "no-store"') == 2  # the API and the dashboard
+    assert "reverse_proxy api:8000" in caddyfile and "reverse_proxy dashboard:8501" in caddyfile
+    assert "trusted_proxies" not in caddyfile  # the edge believes no client's X-Forwarded-For
+    assert "CAREWATCH_PUBLIC_HOST" in (REPO_ROOT / ".env.example").read_text()
+
+
+def _db_user(url: str) -> str:
+    return re.match(r"postgresql://([^:@]+)", url).group(1)  # type: ignore[union-attr]
+
+
+def test_services_use_the_application_role_and_only_migrate_uses_the_owner() -> None:
+    services = COMPOSE["services"]
+    assert services["db"]["environment"]["POSTGRES_USER"] == "carewatch_owner"
+    migrate = services["migrate"]
+    assert _db_user(migrate["environment"]["CAREWATCH_DATABASE_URL"]) == "carewatch_owner"
+    assert migrate["command"][migrate["command"].index("--app-login") + 1] == "carewatch_api"
+    assert migrate["command"][migrate["command"].index("--report-login") + 1] == "carewatch_reader"
+    users = {name: _db_user(s["environment"]["CAREWATCH_DATABASE_URL"]) for name, s in services.items()
+             if "CAREWATCH_DATABASE_URL" in s.get("environment", {})}
+    assert users.pop("migrate") == "carewatch_owner"
+    assert set(users.values()) == {"carewatch_api"} and {"ingest", "scorer", "api"} <= set(users)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from carewatch.embedded import BrokerSecurity, EmbeddedBroker, free_port, gateway_acl
+from carewatch.embedded import (
+    BrokerSecurity,
+    EmbeddedBroker,
+    free_port,
+    gateway_acl,
+    mosquitto_password_line,
+    port_open,
+)
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
 from carewatch.gateway.publisher import Publisher
@@ -325,3 +333,80 @@ def test_gateway_acl_refuses_ids_that_would_widen_the_grant() -> None:
     acl = gateway_acl([("home-a", "gw-1")], ["ingest"])
     assert "user gw-1\ntopic write carewatch/v1/home-a/gw-1/#\ntopic read carewatch/v1/home-a/gw-1/resend\n" in acl
     assert "user ingest\ntopic read carewatch/v1/#\ntopic write carewatch/v1/+/+/resend\n" in acl
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The deployed configuration itself (deploy/mosquitto/mosquitto.conf), on a real Mosquitto
+# ------------------------------------------------------------------------------------------------------------
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+
+
+def connack(port: int, username: str, password: str, ca_file: Path | None = None) -> int:
+    """The broker's CONNACK reason for these credentials (0 = accepted)."""
+    result: list[int] = []
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"probe-{username}-{port}",
+                         protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    if ca_file is not None:
+        client.tls_set(ca_certs=str(ca_file))
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason.value)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_until(lambda: bool(result), 10, f"CONNACK for {username}")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return result[0]
+
+
+def test_deployed_config_keeps_service_accounts_off_the_public_tls_listener(
+    tmp_path: Path, uid: str, pki: dict[str, Path]
+) -> None:
+    """Finding 12: the healthcheck account (whose password was in the README) and ingest exist only on the internal
+    listener; the TLS listener that is published accepts gateway accounts only."""
+    import pwd
+    import shutil
+    import subprocess
+
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():  # pragma: no cover - a documented test dependency
+        pytest.skip("needs the mosquitto binary")
+    internal, public = free_port(), free_port()
+    config, certs, data = tmp_path / "config", tmp_path / "certs", tmp_path / "data"
+    for d in (config, certs, data):
+        d.mkdir()
+    for name, source in (("ca.crt", pki["ca"]), ("server.crt", pki["cert"]), ("server.key", pki["key"])):
+        shutil.copy(source, certs / name)
+    users = {"ingest": "ingest pw", "healthcheck": "healthcheck", "gw-sim-1": "gateway pw"}
+    (config / "passwd").write_text("".join(mosquitto_password_line(u, p) + "\n" for u, p in users.items()))
+    (config / "passwd.gateways").write_text(mosquitto_password_line("gw-sim-1", "gateway pw") + "\n")
+    shutil.copy(DEPLOY / "acl", config / "acl")
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = conf.replace("listener 1883", f"listener {internal} 127.0.0.1")
+    conf = conf.replace("listener 8883", f"listener {public} 127.0.0.1")
+    conf = conf.replace("/mosquitto/config/", f"{config}/").replace("/mosquitto/certs/", f"{certs}/")
+    conf = conf.replace("/mosquitto/data/", f"{data}/")
+    conf += f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    with open(tmp_path / "out.log", "wb") as log:
+        proc = subprocess.Popen([mosquitto, "-c", str(tmp_path / "mosquitto.conf")], stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", public) or proc.poll() is not None, 15, "mosquitto")
+        assert proc.poll() is None, (tmp_path / "out.log").read_text()
+        assert connack(internal, "healthcheck", "healthcheck") == 0  # the healthcheck works where it must
+        assert connack(internal, "ingest", "ingest pw") == 0
+        assert connack(public, "gw-sim-1", "gateway pw", pki["ca"]) == 0  # gateways work over TLS
+        assert connack(public, "healthcheck", "healthcheck", pki["ca"]) != 0  # the published password: refused
+        assert connack(public, "ingest", "ingest pw", pki["ca"]) != 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_no_known_mqtt_password_is_published() -> None:
+    readme = (DEPLOY.parents[1] / "README.md").read_text()
+    assert "healthcheck healthcheck" not in readme
+    compose = (DEPLOY.parents[1] / "docker-compose.yml").read_text()
+    assert "-P healthcheck" not in compose and "MQTT_HEALTHCHECK_PASSWORD" in compose
