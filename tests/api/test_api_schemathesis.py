@@ -12,6 +12,11 @@ Checks, on every response: no 5xx (``not_a_server_error``), the status code is o
 (``status_code_conformance``), the body matches the schema declared for that status
 (``response_schema_conformance``) and the content type is the declared one (``content_type_conformance``).
 Positive and negative (schema-violating) inputs are both generated; ``derandomize`` makes a run reproducible.
+
+Edge cases found by the security review (issue 13) are mixed in: every date and date-time parameter or body field
+is, a third of the time, one at the edge of what Python and PostgreSQL can hold (year 1, year 9999, with offsets
+that push it past either end), and ``test_deep_json_is_a_422_on_every_operation_with_a_body`` sends JSON nested
+far deeper than any parser recursion limit to every operation that takes a body.
 """
 
 from __future__ import annotations
@@ -108,13 +113,62 @@ def id_pools(world: World, role: str) -> dict[str, tuple[list[Any], list[Any]]]:
     return pools
 
 
+#: Dates at the edges of Python's datetime and PostgreSQL's timestamptz: year 1 and 9999, and offsets that move
+#: them past either end once converted to UTC (the review's OverflowError came from year 1).
+EXTREME = {
+    "date-time": ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999Z",
+                  "9999-12-31T23:59:59-14:00", "1000-01-01T00:00:00Z"],
+    "date": ["0001-01-01", "9999-12-31", "1000-02-29"],
+}
+
+
+def date_fields(document: dict[str, Any]) -> dict[str, str]:
+    """Every parameter and body property of the schema holding a date or date-time: name -> format."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any, name: str | None = None) -> None:
+        if isinstance(node, dict):
+            fmt = node.get("format")
+            if name and fmt in EXTREME:
+                found[name] = fmt
+            for key, value in node.items():
+                if key == "properties" and isinstance(value, dict):
+                    for prop, sub in value.items():
+                        walk(sub, prop)
+                elif key == "parameters" and isinstance(value, list):
+                    for param in value:
+                        walk(param.get("schema", {}), param.get("name"))
+                elif key in ("anyOf", "oneOf", "allOf") and isinstance(value, list):
+                    for sub in value:
+                        walk(sub, name)
+                elif key != "properties":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+    return found
+
+
+DATE_FIELDS = date_fields(OPENAPI)
+
+
 def with_real_ids(values: Any, pools: dict[str, tuple[list[Any], list[Any]]]) -> st.SearchStrategy[Any]:
     """The generated values, each id-like entry kept, or swapped for one the caller may see, or for any real id
-    (a third of the time each), so requests reach real rows, and other tenants' rows."""
-    if not isinstance(values, dict) or not pools:
+    (a third of the time each), so requests reach real rows, and other tenants' rows; each date kept or swapped
+    for an extreme one (half the time each)."""
+    if not isinstance(values, dict):
         return st.just(values)
-    choices = {name: st.one_of(st.just(value), st.sampled_from(pools[name][0]), st.sampled_from(pools[name][1]))
-               if name in pools else st.just(value) for name, value in values.items()}
+    choices: dict[str, st.SearchStrategy[Any]] = {}
+    for name, value in values.items():
+        if name in pools:
+            choices[name] = st.one_of(st.just(value), st.sampled_from(pools[name][0]),
+                                      st.sampled_from(pools[name][1]))
+        elif name in DATE_FIELDS and isinstance(value, str):
+            choices[name] = st.one_of(st.just(value), st.sampled_from(EXTREME[DATE_FIELDS[name]]))
+        else:
+            choices[name] = st.just(value)
     return st.fixed_dictionaries(choices)
 
 
@@ -206,6 +260,33 @@ test_every_operation_as_care_staff = _operation_test("care_staff")
 test_every_operation_as_manager = _operation_test("manager")
 test_every_operation_as_gp = _operation_test("gp")
 test_every_operation_as_council = _operation_test("council")
+
+
+def test_extreme_dates_are_mixed_into_the_generated_requests() -> None:
+    """The date fields the hooks above vary: the review's finding came from the query and body ones."""
+    assert {"since", "until", "taken_at", "date_of_birth"} <= set(DATE_FIELDS), DATE_FIELDS
+
+
+def test_deep_json_is_a_422_on_every_operation_with_a_body(live_api: LiveApi, callers: Callers) -> None:
+    """JSON nested 20 000 deep (past any parser's recursion limit, inside the body size limit) to every operation
+    that takes a JSON body, signed in and not: a 422 in the declared shape, never a 500."""
+    deep = b"[" * 20_000 + b"]" * 20_000
+    admin = callers["admin"]
+    sent = 0
+    for path, item in OPENAPI["paths"].items():
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            url = live_api.base_url + path.replace("{", "").replace("}", "")
+            for headers in ({}, admin.headers):
+                response = admin.session.request(method.upper(), url, data=deep, timeout=30,
+                                                 headers={**headers, "Content-Type": "application/json"})
+                assert response.status_code == 422, (method, path, response.status_code, response.text[:200])
+                body = response.json()
+                assert body["detail"][0]["msg"].startswith("JSON nested") and body["message"]
+                sent += 1
+    assert sent >= 2 * 10
 
 
 def test_live_app_serves_this_schema(live_api: LiveApi) -> None:
