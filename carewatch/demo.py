@@ -88,6 +88,7 @@ class Demo:
         self.pg: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
         self.dsn = settings.database_url or ""
+        self.service_dsn = self.dsn  # what ingest, the scorer and the API sign in as (see start_servers)
         self.mqtt_url = settings.mqtt_url or ""
         self.shared = True
         self.supervisor: Supervisor | None = None
@@ -109,6 +110,14 @@ class Demo:
             self.mqtt_url = self.broker.start()
             self.shared = self.broker.supports_shared
         migrate(self.dsn)
+        if self.pg is not None:  # our own cluster: the services run as the application role, as deployed
+            from psycopg.conninfo import make_conninfo
+
+            from carewatch.db.roles import ensure_login
+
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                ensure_login(conn, "carewatch_api", "app", None)  # trust auth on 127.0.0.1: no password
+            self.service_dsn = make_conninfo(self.dsn, user="carewatch_api")
 
     # -- world and seed -----------------------------------------------------------------------------------
     def build(self, now: datetime) -> None:
@@ -180,7 +189,7 @@ class Demo:
     # -- processes ----------------------------------------------------------------------------------------
     def start_services(self) -> None:
         env = self.settings.child_env(
-            database_url=self.dsn, mqtt_url=self.mqtt_url, state_dir=str(self.settings.state_dir),
+            database_url=self.service_dsn, mqtt_url=self.mqtt_url, state_dir=str(self.settings.state_dir),
             clock="data", ingest_shared="true" if self.shared else "false",
             api_url=self.api_url, log_level="WARNING",
         )

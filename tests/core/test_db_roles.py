@@ -100,13 +100,18 @@ def test_application_role_has_what_the_services_need(app_dsn: str, uid: str) -> 
             conn.execute("DELETE FROM schema_migrations")
 
 
-def test_reporting_role_only_reads(report_dsn: str) -> None:
+def test_reporting_role_only_reads_and_sees_no_secret(report_dsn: str) -> None:
     with psycopg.connect(report_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] >= 0
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] >= 0
         conn.rollback()
+        assert conn.execute("SELECT count(username), count(role) FROM users").fetchone() is not None
+        assert conn.execute("SELECT count(device_id), count(battery_pct) FROM devices").fetchone() is not None
+        conn.rollback()
         for statement in ("INSERT INTO audit_log (action) VALUES ('x')", "UPDATE sites SET name = name",
-                          "DELETE FROM alerts", "SELECT carewatch_apply_retention(interval '1 day')"):
+                          "DELETE FROM alerts", "SELECT carewatch_apply_retention(interval '1 day')",
+                          "SELECT password_hash FROM users", "SELECT bind_key FROM devices",
+                          "SELECT * FROM auth_sessions", "SELECT * FROM login_failures"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
             conn.rollback()

@@ -65,6 +65,14 @@ BEGIN
   REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM carewatch_app;
   GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO carewatch_app;
   GRANT SELECT ON ALL TABLES IN SCHEMA public TO carewatch_report;
+  -- ...but no secret: password hashes, sessions, sign-in failures, BTHome bind keys.
+  REVOKE SELECT ON users, devices, auth_sessions, login_failures FROM carewatch_report;
+  EXECUTE (SELECT format('GRANT SELECT (%s) ON users TO carewatch_report', string_agg(quote_ident(attname), ', '))
+           FROM pg_attribute WHERE attrelid = 'users'::regclass AND attnum > 0 AND NOT attisdropped
+             AND attname <> 'password_hash');
+  EXECUTE (SELECT format('GRANT SELECT (%s) ON devices TO carewatch_report', string_agg(quote_ident(attname), ', '))
+           FROM pg_attribute WHERE attrelid = 'devices'::regclass AND attnum > 0 AND NOT attisdropped
+             AND attname <> 'bind_key');
   GRANT EXECUTE ON FUNCTION carewatch_apply_retention(interval) TO carewatch_app;
 END $$;
 REVOKE EXECUTE ON FUNCTION carewatch_apply_grants() FROM PUBLIC;
