@@ -36,6 +36,8 @@ OWNERS = {
     "reading_assignments": "ingest/store.py",
     "scorer_replicas": "scoring/replicas.py",
     "scorer_buckets": "scoring/replicas.py",
+    "auth_sessions": "api/sessions.py",
+    "login_failures": "api/sessions.py",
 }
 #: Modules allowed to write these tables anyway, and why.
 EXEMPT = {
