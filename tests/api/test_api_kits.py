@@ -68,8 +68,8 @@ def kit_home(world: World, db: psycopg.Connection) -> KitHome:
 def other_home_staff(client: TestClient, w: World) -> dict[str, str]:
     with client.app.state.pool.connection() as conn:
         user = get_user(conn, w.other_users["care_staff"])
-    assert user is not None
-    return {"Authorization": f"Bearer {issue_tokens(user, client.app.state.settings).access_token}"}
+        assert user is not None
+        return {"Authorization": f"Bearer {issue_tokens(conn, user, client.app.state.settings).access_token}"}
 
 
 def subject_of(db: psycopg.Connection, w: World, seq: int) -> str:

@@ -90,8 +90,8 @@ def test_a_day_of_kit_rounds_with_mistakes_attributes_nothing_wrongly(db: psycop
     db.commit()
     with data_clock_api.app.state.pool.connection() as conn:
         user = get_user(conn, staff)
-    assert user is not None
-    token = issue_tokens(user, data_clock_api.app.state.settings).access_token
+        assert user is not None
+        token = issue_tokens(conn, user, data_clock_api.app.state.settings).access_token
     carer = TabletCarer("", lambda _site: token, wait_s=0.0, http=data_clock_api)
     rounds = KitRounds(world, {site}, seed=3, options=KitRoundOptions(forgot=0.15, forgot_noticed=0.5, late=0.2,
                                                                       wrong=0.2))
