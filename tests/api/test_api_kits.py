@@ -262,7 +262,7 @@ def test_gateway_registry_lists_kit_devices_in_the_unchanged_format(client: Test
     k, w = kit_home, kit_home.w
     with client.app.state.pool.connection() as conn:
         conn.execute("UPDATE devices SET mac = %s WHERE device_id = %s", ("A4:C1:38:00:17:01", k.oximeter))
-    answer = client.get(f"/gateways/{w.gateway_a}/registry", headers=w.headers(client, "admin")  # bind keys: admins and the gateway's own account)
+    answer = client.get(f"/gateways/{w.gateway_a}/registry", headers=w.headers(client, "admin"))  # bind keys: admin
     assert answer.status_code == 200
     entry = next(d for d in answer.json()["devices"] if d["device_id"] == k.oximeter)
     assert "kit_id" not in entry and entry.get("resident_id") is None and entry.get("room") is None
