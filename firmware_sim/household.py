@@ -21,7 +21,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from carewatch.firmware_sim.scenarios import Effect, WallClock, total_effect
+from carewatch.firmware_sim.effects import Effect, WallClock, total_effect
 from carewatch.wire import DeviceKind, Metric
 
 # seed tags: keep every generator's key the same length so keys can never collide

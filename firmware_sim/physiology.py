@@ -18,15 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from carewatch.scoring.schedule import CARE_PLAN_ROUND_HOURS
+from carewatch.firmware_sim.care import CheckReason, HomeCare, plan_checks
+from carewatch.firmware_sim.effects import Effect, total_effect
+from carewatch.scoring.news2 import encode_consciousness, score_arrays
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag
-
-if TYPE_CHECKING:
-    from carewatch.firmware_sim.scenarios import Effect
 
 
 class Condition(StrEnum):
@@ -85,6 +83,7 @@ class ManualObservation:
     note: str | None
     site_id: str
     supplemental_oxygen: bool = False
+    reason: str = "round"  # care.CheckReason: a routine round, a concern check or the chart's follow-up
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -104,6 +103,7 @@ class Baseline:
     scale2: bool  # hypercapnic respiratory failure: NEWS2 SpO2 Scale 2 (target 88-92%)
     baseline_confused: bool  # dementia: confusion is their norm, recorded consciousness stays 'A'
     consciousness: str = "A"
+    on_oxygen: bool = False  # long-term oxygen: on it at (almost) every check, scored 2 for air or oxygen
 
 
 def draw_conditions(rng: np.random.Generator) -> frozenset[Condition]:
@@ -112,17 +112,37 @@ def draw_conditions(rng: np.random.Generator) -> frozenset[Condition]:
 
 
 def draw_baseline(rng: np.random.Generator, conditions: frozenset[Condition]) -> Baseline:
-    """Plausible older-adult baselines, shifted by the resident's conditions."""
+    """Plausible frail older-adult baselines, shifted by the resident's conditions.
+
+    Care-home residents do not live at a NEWS2 of 0: in 19,604 routine and concern readings from 46 UK homes the
+    median was 2 and only 28% scored zero (Age and Ageing 2019;49(1):141-145). The spreads below are wide enough for
+    that: many residents sit at SpO2 94-95% (1 point), run cool (36.0 °C, 1 point), have a low or high pulse or a
+    systolic of 110 or less. COPD: about 4 in 10 have a documented hypercapnic target (Scale 2, 88-92%); the rest
+    are scored on Scale 1 at 91-95% on air. A quarter of COPD residents and 2% of others are on long-term oxygen
+    (2 points on every set).
+    """
     z = rng.standard_normal(7)
+    u = rng.random(3)
     copd = Condition.COPD in conditions
     af = Condition.ATRIAL_FIBRILLATION in conditions
     htn = Condition.HYPERTENSION in conditions
-    rr = float(np.clip(16.0 + 1.3 * z[0] + (2.0 if copd else 0.0), 13.0, 20.0))
-    spo2 = float(np.clip(90.0 + 0.9 * z[1], 88.5, 91.5)) if copd else float(np.clip(96.3 + 0.9 * z[1], 95.0, 98.5))
-    sbp = float(np.clip(130.0 + 12.0 * z[2] + (12.0 if htn else 0.0), 112.0, 175.0))
-    dbp = float(np.clip(0.45 * sbp + 12.0 + 6.0 * z[3], 55.0, 95.0))
-    pulse = float(np.clip(73.0 + 7.0 * z[4] + (6.0 if af else 0.0) + (4.0 if copd else 0.0), 56.0, 88.0))
-    temp = float(np.clip(36.55 + 0.18 * z[5], 36.2, 37.1))
+    scale2 = copd and bool(u[0] < 0.4)
+    on_oxygen = bool(u[1] < (0.25 if copd else 0.03))
+    # frailty moves several parameters together (faster breathing and pulse, lower pressure and saturation):
+    # the residents who live at a NEWS2 of 3-5
+    frail = float(np.clip(rng.gamma(1.5, 0.6), 0.0, 3.5))
+    rr = float(np.clip(16.8 + 1.6 * z[0] + 1.5 * frail + (2.0 if copd else 0.0), 12.0, 24.0))
+    if scale2:
+        spo2 = float(np.clip(90.0 + 1.0 * z[1], 88.0, 92.0))
+    elif copd:
+        spo2 = float(np.clip(93.4 + 1.2 * z[1] - 0.4 * frail, 91.0, 96.0))
+    else:
+        spo2 = float(np.clip(96.6 + 1.1 * z[1] - 1.1 * frail, 92.0, 99.0))
+    sbp = float(np.clip(130.0 + 15.0 * z[2] - 8.0 * frail + (12.0 if htn else 0.0), 92.0, 180.0))
+    dbp = float(np.clip(0.45 * sbp + 12.0 + 6.0 * z[3], 50.0, 95.0))
+    pulse = float(np.clip(72.0 + 9.0 * z[4] + 5.0 * frail + (6.0 if af else 0.0) + (4.0 if copd else 0.0),
+                          50.0, 105.0))
+    temp = float(np.clip(36.4 + 0.28 * z[5] - 0.08 * frail, 35.7, 37.1))
     variability = float(np.clip((9.0 if af else 2.0) * np.exp(0.2 * z[6]), 1.0, 14.0))
     return Baseline(
         respiration_rate=rr,
@@ -132,8 +152,9 @@ def draw_baseline(rng: np.random.Generator, conditions: frozenset[Condition]) ->
         pulse_rate=pulse,
         temperature=temp,
         pulse_variability=variability,
-        scale2=copd,
+        scale2=scale2,
         baseline_confused=Condition.DEMENTIA in conditions,
+        on_oxygen=on_oxygen,
     )
 
 
@@ -174,8 +195,6 @@ def true_state(
     effects: Sequence[Effect],
 ) -> dict[str, np.ndarray]:
     """The resident's actual physiology at the given times (before any measurement error)."""
-    from carewatch.firmware_sim.scenarios import total_effect
-
     rhythm = circadian(wall_hours)
     sbp_delta = total_effect(effects, "systolic_bp", epochs)
     state = {
@@ -194,21 +213,46 @@ def true_state(
     return state
 
 
-def derangement_level(baseline: Baseline, state: dict[str, np.ndarray]) -> np.ndarray:
-    """How unwell a resident visibly is (0 none, 1 some, 2+ clearly): drives how often staff check.
+def visibility(effects: Sequence[Effect], epochs: np.ndarray) -> np.ndarray:
+    """How plainly unwell a resident looks to staff (0..1): the strongest of their scenarios' soft signs and new
+    confusion. This is what prompts a concern check; it is not a measurement and knows nothing of any score."""
+    epochs = np.asarray(epochs, dtype=float)
+    if not effects:
+        return np.zeros_like(epochs)
+    return np.clip(np.maximum(total_effect(effects, "soft_signs", epochs),
+                              total_effect(effects, "new_confusion", epochs)), 0.0, 1.0)
 
-    Deliberately not NEWS2: this is staff judgement of change from the person's own norm, which is what
-    makes a care home check someone more often before any score exists.
-    """
-    level = (
-        (state["temperature"] >= baseline.temperature + 1.0).astype(int)
-        + (state["pulse_rate"] >= baseline.pulse_rate + 20.0)
-        + (state["respiration_rate"] >= baseline.respiration_rate + 5.0)
-        + (state["systolic_bp"] <= baseline.systolic_bp - 25.0)
-        + (state["spo2"] <= baseline.spo2 - 3.0)
-        + (state["new_confusion"] >= 0.5)
+
+_CODES = {letter: int(code) for letter, code in zip("ACVPU", encode_consciousness("ACVPU"), strict=True)}
+
+
+def chart_scores(baseline: Baseline, state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """NEWS2 (total, any single 3) of sets taken at the state's times, as staff would chart them: the resident's
+    true values (devices add their own noise later), new confusion charted as 'C' when it is more likely than not,
+    on oxygen if prescribed. The chart itself (``carewatch.scoring.news2``) is the only platform code the simulated
+    staff use: it is on the wall of every home."""
+    n = len(state["spo2"])
+    limit = {m: _LIMITS[m] for m in (Metric.RESPIRATION_RATE, Metric.SPO2, Metric.SYSTOLIC_BP, Metric.PULSE_RATE,
+                                      Metric.TEMPERATURE)}
+    scored = score_arrays(
+        respiration_rate=np.clip(np.round(state["respiration_rate"]), *limit[Metric.RESPIRATION_RATE]),
+        spo2=np.clip(np.round(state["spo2"]), *limit[Metric.SPO2]),
+        scale2=np.full(n, baseline.scale2),
+        on_oxygen=np.full(n, baseline.on_oxygen),
+        systolic_bp=np.clip(np.round(state["systolic_bp"]), *limit[Metric.SYSTOLIC_BP]),
+        pulse=np.clip(np.round(state["pulse_rate"]), *limit[Metric.PULSE_RATE]),
+        consciousness=np.where(state["new_confusion"] >= 0.5, _CODES["C"], _CODES["A"]).astype(np.int8),
+        temperature=np.clip(np.round(state["temperature"], 1), *limit[Metric.TEMPERATURE]),
     )
-    return level
+    return scored.total.astype(int), (scored.by_parameter.max(axis=0) >= 3)
+
+
+def usual_score(baseline: Baseline) -> int:
+    """The NEWS2 a resident usually scores (their daytime baseline): what staff mean by 'their normal'."""
+    state = {"respiration_rate": np.array([baseline.respiration_rate]), "spo2": np.array([baseline.spo2]),
+             "systolic_bp": np.array([baseline.systolic_bp]), "pulse_rate": np.array([baseline.pulse_rate]),
+             "temperature": np.array([baseline.temperature]), "new_confusion": np.zeros(1)}
+    return int(chart_scores(baseline, state)[0][0])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -237,29 +281,28 @@ KIT_DEVICE_KINDS = (DeviceKind.PULSE_OXIMETER, DeviceKind.BP_CUFF, DeviceKind.TH
 # ------------------------------------------------------------------------------------------------------------
 # Observation routine
 # ------------------------------------------------------------------------------------------------------------
-#: Care-plan round times: the platform's own definition (what it expects staff to do), so the simulated staff
-#: and the observation schedule agree on when routine rounds happen.
-ROUND_HOURS: dict[int, tuple[float, ...]] = CARE_PLAN_ROUND_HOURS
-
-
 @dataclass(frozen=True, slots=True)
 class ObservationRoutine:
-    """When staff check a resident: care-plan rounds, plus extra checks while the resident is visibly unwell.
+    """A resident's care plan (``obs_per_day`` routine rounds) in their home (``care``: its round times, how
+    reliably rounds happen, how its staff respond to concern and to the chart). See ``care.py``."""
 
-    Level 1 derangement adds a check every ``escalated_every_h`` hours; level 2+ every ``urgent_every_h``.
-    Each check can be missed with ``missed_round_probability`` (busy shift); extra checks half as often.
-    """
+    obs_per_day: int
+    care: HomeCare
 
-    round_hours: tuple[float, ...]
-    missed_round_probability: float = 0.02
-    escalated_every_h: int = 4
-    urgent_every_h: int = 1
+    def __post_init__(self) -> None:
+        if self.obs_per_day not in self.care.round_hours:
+            raise ValueError(f"obs_per_day must be one of {sorted(self.care.round_hours)}, not {self.obs_per_day}")
+
+    @property
+    def round_hours(self) -> tuple[float, ...]:
+        return tuple(self.care.round_hours[self.obs_per_day])
 
     @classmethod
-    def for_frequency(cls, obs_per_day: int, missed_round_probability: float = 0.02) -> ObservationRoutine:
-        if obs_per_day not in ROUND_HOURS:
-            raise ValueError(f"obs_per_day must be one of {sorted(ROUND_HOURS)}, not {obs_per_day}")
-        return cls(ROUND_HOURS[obs_per_day], missed_round_probability)
+    def for_frequency(cls, obs_per_day: int, missed_round_probability: float = 0.0,
+                      care: HomeCare | None = None) -> ObservationRoutine:
+        """``obs_per_day`` rounds in ``care`` (default: a textbook home, rounds on the dot at 08/12/16/20, every
+        parameter counted, no concern checks; missing rounds with ``missed_round_probability``)."""
+        return cls(obs_per_day, care or HomeCare.textbook(missed_probability=missed_round_probability))
 
 
 _LIMITS = {m: (float(s.low), float(s.high)) for m, s in METRICS.items()}
@@ -282,25 +325,20 @@ def check_times(
     effects: Sequence[Effect],
     wall_to_epoch: Callable[[np.ndarray], np.ndarray],
     slot_s: float,
-) -> np.ndarray:
-    """Wall-clock seconds (from local midnight) of the day's checks that actually happen, sorted."""
-    rounds = np.asarray(routine.round_hours) * 3600.0 + slot_s + rng.uniform(-300.0, 600.0, len(routine.round_hours))
-    rounds = rounds[rng.random(len(rounds)) >= routine.missed_round_probability]
-    grid_s = np.arange(24) * 3600.0 + 1800.0
-    extra = np.empty(0)
-    if effects:
-        state = true_state(baseline, grid_s / 3600.0, wall_to_epoch(grid_s), wander, effects)
-        level = derangement_level(baseline, state)
-        hours = np.arange(24)
-        wanted = (level >= 2) | ((level == 1) & (hours % routine.escalated_every_h == 2))
-        if routine.urgent_every_h > 1:
-            wanted &= (level < 2) | (hours % routine.urgent_every_h == 0)
-        extra = grid_s[wanted] + rng.uniform(0.0, 900.0, int(wanted.sum()))
-        if len(rounds):
-            extra = extra[np.min(np.abs(extra[:, None] - rounds[None, :]), axis=1) > 3000.0]
-        extra = extra[rng.random(len(extra)) >= routine.missed_round_probability / 2]
-    times = np.sort(np.concatenate([rounds, extra]))
-    return times[(times >= 0.0) & (times < 86_400.0 - 900.0)]
+) -> list[tuple[float, CheckReason]]:
+    """Wall-clock seconds (from local midnight) of the day's checks that actually happen, with why, sorted.
+
+    The chart staff read after each set is evaluated on a 15-minute grid of the resident's true state."""
+    grid_s = np.arange(96) * 900.0 + 450.0
+    epochs = wall_to_epoch(grid_s)
+    scores, reds = chart_scores(baseline, true_state(baseline, grid_s / 3600.0, epochs, wander, effects))
+    hourly = visibility(effects, wall_to_epoch(np.arange(24) * 3600.0 + 1800.0))
+
+    def chart(wall_s: float) -> tuple[int, bool]:
+        k = min(int(wall_s // 900.0), 95)
+        return int(scores[k]), bool(reds[k])
+
+    return plan_checks(rng, routine.care, routine.obs_per_day, slot_s, hourly, chart, usual_score(baseline))
 
 
 def resident_day(
@@ -325,7 +363,9 @@ def resident_day(
     Random numbers are drawn as arrays for the whole day (this runs for every resident every day).
     """
     wander = DailyWander.draw(rng)
-    times = check_times(rng, routine, baseline, wander, effects, wall_to_epoch, slot_s)
+    checks = check_times(rng, routine, baseline, wander, effects, wall_to_epoch, slot_s)
+    times = np.array([t for t, _ in checks])
+    reasons = [r for _, r in checks]
     out: list[VitalSample | ManualObservation] = []
     n = len(times)
     if n == 0:
@@ -384,6 +424,8 @@ def resident_day(
                    [rng.permutation(len(e.soft_signs))[:2] for _ in range(n)])
                   for e in effects if e.soft_signs]
     stray = (U[18] < 0.004).tolist()
+    rr_missing = [u < routine.care.rr_missing_probability * (1.0 if r is CheckReason.ROUND else 0.5)
+                  for u, r in zip(U[20].tolist(), reasons, strict=True)]
     stray_pick = (U[19] * len(GENERIC_SOFT_SIGNS)).astype(int).tolist()
 
     def alive(kind: DeviceKind, epoch: float) -> bool:
@@ -444,8 +486,10 @@ def resident_day(
         if stray[k]:  # staff occasionally note a soft sign in a well resident
             signs.append(GENERIC_SOFT_SIGNS[stray_pick[k]])
         out.append(ManualObservation(
-            datetime.fromtimestamp(m_epoch[k], UTC), resident_id, _clip(Metric.RESPIRATION_RATE, rr[k]),
+            datetime.fromtimestamp(m_epoch[k], UTC), resident_id,
+            None if rr_missing[k] else _clip(Metric.RESPIRATION_RATE, rr[k]),
             consciousness, tuple(dict.fromkeys(signs)), note_dementia if consciousness == "A" else None, site_id,
+            supplemental_oxygen=baseline.on_oxygen, reason=reasons[k].value,
         ))
     out.sort(key=_at)
     return out

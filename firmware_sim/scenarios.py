@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -20,10 +20,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from carewatch.firmware_sim.effects import (  # noqa: F401  (re-exported: their home before effects.py)
+    Effect,
+    ScenarioKind,
+    Shape,
+    Trajectory,
+    WallClock,
+    shape_fraction,
+    total_effect,
+)
+from carewatch.firmware_sim.household import SENSORS
 from carewatch.firmware_sim.physiology import Condition
 from carewatch.scoring.kinds import AlertKind
 from carewatch.wire import DeviceKind, explain
@@ -179,107 +188,10 @@ def parse_onset(value: Any) -> Onset:
 OnsetField = Annotated[Onset, BeforeValidator(parse_onset)]
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Trajectories
-# ------------------------------------------------------------------------------------------------------------
-class Shape(StrEnum):
-    LINEAR = "linear"
-    LOGISTIC = "logistic"  # slow start, fast middle, plateau: how a fever or an infection usually builds
-    STEP = "step"  # immediate change at its start
-
-
-_LOGISTIC_K = 10.0
-_LOGISTIC_LO = 1.0 / (1.0 + math.exp(_LOGISTIC_K / 2))
-_LOGISTIC_HI = 1.0 / (1.0 + math.exp(-_LOGISTIC_K / 2))
-
-
-def shape_fraction(x: np.ndarray, shape: Shape) -> np.ndarray:
-    """Progress 0..1 for elapsed fraction ``x`` (clipped), normalised so every shape hits exactly 0 and 1."""
-    x = np.clip(x, 0.0, 1.0)
-    if shape is Shape.LINEAR:
-        return x
-    if shape is Shape.STEP:
-        return np.ones_like(x)
-    sig = 1.0 / (1.0 + np.exp(-_LOGISTIC_K * (x - 0.5)))
-    return (sig - _LOGISTIC_LO) / (_LOGISTIC_HI - _LOGISTIC_LO)
-
-
-@dataclass(frozen=True, slots=True)
-class Trajectory:
-    """One parameter's change over absolute time (epoch seconds).
-
-    ``from_`` before ``t0``; ramps to ``to`` over ``over`` seconds; holds until ``hold_end`` (for good if
-    None); then returns linearly to ``from_`` over ``recovery`` seconds.
-    """
-
-    t0: float
-    over: float
-    from_: float
-    to: float
-    shape: Shape
-    hold_end: float | None = None
-    recovery: float = 0.0
-
-    def at(self, t: np.ndarray | float) -> np.ndarray:
-        t = np.asarray(t, dtype=float)
-        if self.shape is Shape.STEP or self.over <= 0:
-            frac = (t >= self.t0).astype(float)
-        else:
-            frac = shape_fraction((t - self.t0) / self.over, self.shape) * (t >= self.t0)
-        if self.hold_end is not None:
-            if self.recovery > 0:
-                back = np.clip((t - self.hold_end) / self.recovery, 0.0, 1.0)
-            else:
-                back = (t >= self.hold_end).astype(float)
-            frac = frac * (1.0 - back)
-        return self.from_ + (self.to - self.from_) * frac
-
-
-@dataclass(frozen=True)
-class Effect:
-    """One scenario's effect on one resident or household: named parameter trajectories."""
-
-    scenario_id: str
-    kind: ScenarioKind
-    onset: float  # epoch seconds
-    end: float  # onset + progression duration
-    params: Mapping[str, Trajectory]
-    soft_signs: tuple[str, ...] = ()
-
-    def value(self, name: str, t: np.ndarray | float) -> np.ndarray:
-        trajectory = self.params.get(name)
-        if trajectory is None:
-            return np.zeros_like(np.asarray(t, dtype=float))
-        return trajectory.at(t)
-
-
-def total_effect(effects: Sequence[Effect], name: str, t: np.ndarray) -> np.ndarray:
-    """Sum of every effect's ``name`` parameter at times ``t`` (scenarios on one entity add up)."""
-    out = np.zeros(np.shape(t))
-    if not effects:
-        return out
-    for effect in effects:
-        if name in effect.params:
-            out = out + effect.params[name].at(t)
-    return out
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Scenario kinds and their defaults
 # ------------------------------------------------------------------------------------------------------------
-class ScenarioKind(StrEnum):
-    INFECTION = "infection"
-    COPD_EXACERBATION = "copd_exacerbation"
-    UTI = "uti"
-    NOT_EATING = "not_eating"
-    LONG_LIE = "long_lie"
-    COLD_HOME = "cold_home"
-    HOT_HOME = "hot_home"
-    IMPROVING_NIGHTS = "improving_nights"
-    DEVICE_FAULT = "device_fault"
-    GATEWAY_OUTAGE = "gateway_outage"
-
-
 TargetType = Literal["resident", "household", "device", "site"]
 
 
@@ -357,6 +269,43 @@ KINDS: dict[ScenarioKind, KindInfo] = {
         soft_signs=("breathless", "new_cough", "not_themselves"),
         why="a Scale 2 resident's SpO2 falls below their own 88-92% band while RR and pulse rise",
     ),
+    ScenarioKind.URINARY_INFECTION: KindInfo(
+        target="resident",
+        duration="48h",
+        hold="24h",
+        recovery="72h",
+        params={
+            "temperature": {"to": 0.0, "over": "36h"},
+            "pulse_rate": {"to": 14, "start": "12h", "over": "30h"},
+            "respiration_rate": {"to": 3, "start": "18h", "over": "24h"},
+            "systolic_bp": {"to": -14, "start": "18h", "over": "28h"},
+            "new_confusion": {"to": 0.8, "start": "6h", "over": "30h"},
+            "soft_signs": {"to": 0.85, "over": "24h"},
+        },
+        expect=((AlertKind.SOFT_SIGNS, "48h"),),
+        soft_signs=("reduced_mobility", "not_themselves", "not_eating_drinking", "behaviour_change", "reduced_urine"),
+        why="a resident's urinary infection without fever: new confusion, falls, off food, then a faster pulse",
+    ),
+    ScenarioKind.SLOW_DECLINE: KindInfo(
+        target="resident",
+        duration="5d",
+        hold="2d",
+        recovery="4d",
+        shape=Shape.LINEAR,
+        params={
+            "pulse_rate": {"to": 16, "start": "1d", "over": "4d"},
+            "systolic_bp": {"to": -26, "start": "1d", "over": "4d"},
+            "respiration_rate": {"to": 4, "start": "2d", "over": "3d"},
+            "temperature": {"to": -0.3, "start": "2d", "over": "3d"},
+            "spo2": {"to": -1.5, "start": "3d", "over": "2d"},
+            "new_confusion": {"to": 0.7, "start": "3d", "over": "2d"},
+            "soft_signs": {"to": 0.75, "over": "4d"},
+        },
+        expect=((AlertKind.SOFT_SIGNS, "5d"),),
+        soft_signs=("not_eating_drinking", "drowsy", "reduced_mobility", "reduced_urine", "not_themselves"),
+        why="decline over days (dehydration, acute kidney injury, frailty): off food and drink, drowsy, "
+            "pulse creeping up and blood pressure down",
+    ),
     ScenarioKind.UTI: KindInfo(
         target="household",
         duration="3d",
@@ -417,6 +366,23 @@ KINDS: dict[ScenarioKind, KindInfo] = {
     ScenarioKind.DEVICE_FAULT: KindInfo(target="device", duration="6h", params={}, expect=()),
     ScenarioKind.GATEWAY_OUTAGE: KindInfo(target="site", duration="4h", params={}, expect=()),
 }
+
+#: The longest a working device of each kind can be quiet in normal use (a fridge nobody opens overnight, a kit
+#: device between daily rounds, a mains plug's periodic report): the device classes' own reporting behaviour, which
+#: is what the ground truth's "device_silent by" allows. The simulator's own table, not the platform's rule, so a
+#: rule change cannot move the ground truth (tests/firmware_sim/test_imports.py keeps the detector out).
+QUIET_UP_TO: dict[DeviceKind, timedelta] = {
+    DeviceKind.PULSE_OXIMETER: timedelta(hours=36),
+    DeviceKind.THERMOMETER: timedelta(hours=36),
+    DeviceKind.BP_CUFF: timedelta(hours=36),
+    DeviceKind.MOTION_SENSOR: timedelta(hours=6),
+    DeviceKind.BATHROOM_SENSOR: timedelta(hours=6),
+    DeviceKind.DOOR_SENSOR: timedelta(hours=12),
+    DeviceKind.FRIDGE_SENSOR: timedelta(hours=12),
+    DeviceKind.PLUG: timedelta(hours=1),
+    DeviceKind.CLIMATE_SENSOR: timedelta(hours=1),
+}
+DEFAULT_QUIET_UP_TO = timedelta(hours=12)
 
 #: Below this an outage is a blip that must not raise gateway_offline; at or above LONG it must.
 SHORT_OUTAGE = timedelta(minutes=10)
@@ -633,9 +599,9 @@ class ScenarioSpec(_Model):
                 start, low = float(params["start_pct"]), float(params["low_pct"])
                 below_low = max(0.0, (start - low) / max(start, 1e-9)) * hours
                 low_spec = ExpectSpec(alert=AlertKind.BATTERY_LOW, within=timedelta(hours=below_low + 7))
-                # A device only counts as silent once it has been quiet longer than its kind normally is (a
-                # fridge sensor 12 h, a motion sensor 6 h: scoring.rules.EXPECTED_INTERVAL), plus an hour for
-                # the check to run; a battery changed before then never makes it silent.
+                # A device only counts as silent once it has been quiet longer than its kind can be in normal use
+                # (QUIET_UP_TO: a fridge sensor 12 h, a motion sensor 6 h), plus an hour for the check to run; a
+                # battery changed before then never makes it silent.
                 quiet = self._silent_after()
                 replaced = self.fault.replaced_after
                 if replaced is not None and replaced <= quiet:
@@ -652,14 +618,11 @@ class ScenarioSpec(_Model):
         return tuple(ExpectSpec(alert=a, within=parse_duration(w)) for a, w in self.info.expect)
 
     def _silent_after(self) -> timedelta:
-        """How long the target device may stay quiet before the platform calls it silent."""
-        from carewatch.firmware_sim.household import SENSORS  # household imports this module
-        from carewatch.scoring.rules import DEFAULT_EXPECTED_INTERVAL, EXPECTED_INTERVAL
-
+        """How long the target device may be quiet in normal use before anyone should call it silent."""
         t = self.target
         kind = t.device_kind if t.device_kind is not None else (
             SENSORS[t.device].device_kind if t.device in SENSORS else None)
-        return EXPECTED_INTERVAL.get(kind.value, DEFAULT_EXPECTED_INTERVAL) if kind else DEFAULT_EXPECTED_INTERVAL
+        return QUIET_UP_TO.get(kind, DEFAULT_QUIET_UP_TO) if kind else DEFAULT_QUIET_UP_TO
 
     def fault_params(self) -> dict[str, float | str]:
         assert self.fault is not None
@@ -758,64 +721,3 @@ class GroundTruthRow:
     must_not: list[str] = field(default_factory=list)
     description: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Wall clock: local time of day <-> epoch seconds
-# ------------------------------------------------------------------------------------------------------------
-class WallClock:
-    """Maps (sim day, wall-clock seconds since local midnight) to epoch seconds, DST included.
-
-    Day 0 is the local date of the sim start. Routines are planned in wall time (rounds at 08:00 local);
-    on a DST change day the shift is applied from 03:00 wall time, which is right for the UK and the EU
-    (both change between 01:00 and 03:00 local).
-    """
-
-    def __init__(self, start: datetime, tz: tzinfo) -> None:
-        if start.tzinfo is None:
-            raise ValueError("start must be timezone-aware")
-        self.start = start
-        self.tz = tz
-        self.first_date = start.astimezone(tz).date()
-        self._midnights: dict[int, float] = {}
-
-    def midnight(self, day: int) -> float:
-        value = self._midnights.get(day)
-        if value is None:
-            local = datetime.combine(self.first_date + timedelta(days=day), time(0), tzinfo=self.tz)
-            value = self._midnights[day] = local.timestamp()
-            if len(self._midnights) > 4096:
-                self._midnights.clear()
-        return value
-
-    def day_length(self, day: int) -> float:
-        return self.midnight(day + 1) - self.midnight(day)
-
-    def to_epoch(self, day: int, wall_s: np.ndarray | float) -> np.ndarray:
-        """Epoch seconds for wall-clock seconds after day ``day``'s local midnight (may exceed 86400)."""
-        wall = np.asarray(wall_s, dtype=float)
-        if wall.ndim == 1 and wall.size and wall.min() >= 0.0 and wall.max() < 86_400.0:  # the common case
-            correction = self.day_length(day) - 86_400.0
-            base = self.midnight(day)
-            return base + wall if correction == 0.0 else base + wall + np.where(wall >= 10_800.0, correction, 0.0)
-        out = np.empty_like(wall)
-        day_of = np.floor_divide(wall, 86_400.0).astype(int)
-        for offset in np.unique(day_of):
-            mask = day_of == offset
-            d = day + int(offset)
-            local = wall[mask] - 86_400.0 * int(offset)
-            correction = self.day_length(d) - 86_400.0
-            out[mask] = self.midnight(d) + local + np.where(local >= 3 * 3600.0, correction, 0.0)
-        return out
-
-    def day_of(self, when: datetime | float) -> int:
-        """The sim day (0 = start date) containing ``when``."""
-        if not isinstance(when, datetime):
-            when = datetime.fromtimestamp(when, self.tz)
-        return (when.astimezone(self.tz).date() - self.first_date).days
-
-    def weekday(self, day: int) -> int:
-        return (self.first_date + timedelta(days=day)).weekday()
-
-    def day_of_year(self, day: int) -> int:
-        return (self.first_date + timedelta(days=day)).timetuple().tm_yday

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from carewatch.firmware_sim.care import HomeCare
 from carewatch.firmware_sim.household import (
     SENSORS,
     TAG_PROFILE,
@@ -33,6 +34,7 @@ from carewatch.firmware_sim.household import (
     SensorEvent,
     Weather,
 )
+from carewatch.firmware_sim.illness import course_marks
 from carewatch.firmware_sim.physiology import (
     KIT_DEVICE_KINDS,
     Baseline,
@@ -61,7 +63,7 @@ from carewatch.wire import DeviceKind
 
 Event = VitalSample | ManualObservation | SensorEvent | DeviceFault | GatewayOutage
 
-TAG_RESIDENT, TAG_RESIDENT_DAY, TAG_KIT, TAG_SITE, TAG_HOUSEHOLD = 11, 12, 13, 14, 15
+TAG_RESIDENT, TAG_RESIDENT_DAY, TAG_KIT, TAG_SITE, TAG_HOUSEHOLD, TAG_CARE = 11, 12, 13, 14, 15, 16
 MAX_RESIDENTS_PER_SITE = 1000
 #: Care homes one world can hold: NHS test numbers are unique per (site position, resident index) below 900,000.
 MAX_SITES = 900
@@ -141,7 +143,7 @@ class SiteSpec:
     name: str | None = None
     obs_per_day: int | None = None  # None: per resident from the care plan (1, 2 or 4 a day)
     residents_per_kit: int = 12
-    missed_round_probability: float = 0.02
+    care: HomeCare | None = None  # None: the home's own ways (round times, reliability) drawn from the seed
 
 
 def site_specs(residents: int, per_home: int, *, obs_per_day: int | None = None,
@@ -198,6 +200,7 @@ class Resident:
             "gp_practice_code": self.gp_practice_code,
             "conditions": sorted(c.value for c in self.conditions),
             "scale2": self.scale2,
+            "on_oxygen": self.baseline.on_oxygen,
             "baseline_confused": self.baseline_confused,
             "obs_per_day": self.obs_per_day,
             "round_hours": list(self.routine.round_hours),
@@ -237,7 +240,13 @@ class Household:
         }
 
 
-def _draw_resident(seed: int, site: SiteSpec, site_pos: int, index: int, start: datetime) -> Resident:
+def home_care(seed: int, site: SiteSpec, site_pos: int) -> HomeCare:
+    """The home's way of working: the site's own if given, else drawn for it from the seed."""
+    return site.care or HomeCare.draw(np.random.default_rng([seed, TAG_CARE, site_pos, 0, 0]))
+
+
+def _draw_resident(seed: int, site: SiteSpec, site_pos: int, index: int, start: datetime,
+                   care: HomeCare | None = None) -> Resident:
     rng = np.random.default_rng([seed, TAG_RESIDENT, site_pos, index, 0])
     conditions = draw_conditions(rng)
     baseline = draw_baseline(rng, conditions)
@@ -271,7 +280,7 @@ def _draw_resident(seed: int, site: SiteSpec, site_pos: int, index: int, start: 
         obs_per_day=obs,
         kit=f"kit-{index // site.residents_per_kit + 1:02d}",
         baseline=baseline,
-        routine=ObservationRoutine.for_frequency(obs, site.missed_round_probability),
+        routine=ObservationRoutine(obs, care or home_care(seed, site, site_pos)),
     )
 
 
@@ -463,7 +472,9 @@ class World:
                 self._resident_effects.setdefault(r.id, []).append(effect)
                 self._resolved.append(_Resolved(spec, onset, "resident", r.id, r.site_id, spec.resolved_until(onset),
                                                 {"conditions": sorted(c.value for c in r.conditions),
-                                                 "scale2": r.scale2, "baseline": asdict(r.baseline)}))
+                                                 "scale2": r.scale2, "on_oxygen": r.baseline.on_oxygen,
+                                                 "baseline": asdict(r.baseline),
+                                                 **course_marks(r.baseline, effect)}))
             elif target_type == "household":
                 h = self._pick_household(spec, claimed_households)
                 claimed_households.add(h.id)
@@ -648,8 +659,10 @@ def build_world(
         if site.residents_per_kit < 1:
             raise ValueError(f"site {site.id}: residents_per_kit must be at least 1")
     zone = ZoneInfo(tz) if isinstance(tz, str) else tz
+    cares = [home_care(seed, site, pos) for pos, site in enumerate(sites)]
     residents = [
-        _draw_resident(seed, site, pos, i, start) for pos, site in enumerate(sites) for i in range(site.residents)
+        _draw_resident(seed, site, pos, i, start, cares[pos])
+        for pos, site in enumerate(sites) for i in range(site.residents)
     ]
     homes = [_draw_household(seed, i, household_prefix) for i in range(households)]
     return World(seed=seed, start=start, tz=zone, sites=sites, residents=residents, households=homes,
