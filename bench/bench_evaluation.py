@@ -2,7 +2,7 @@
 truth, on a tuning seed and held-out seeds, beside plain NEWS2 >= 5 on the same data.
 
     .venv/bin/python bench/bench_evaluation.py [--quick] [--seed N] [--report PATH]
-                                               [--residents 120 --per-home 24 --households 2 --days 14 ...]
+                                               [--residents 96 --per-home 24 --households 2 --days 12 ...]
 
 1. **Seeds.** Without ``--seed``: the tuning seed (``TUNING_SEED``, the one rules were changed on, January) and
    ``--held-out`` seeds never used while changing rules, derived by hashing the run date (``--date``, default
@@ -1477,11 +1477,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--held-out", type=int, default=3, help="held-out seeds besides the tuning seed")
     parser.add_argument("--date", default=datetime.now(UTC).date().isoformat(),
                         help="run date the held-out seeds are hashed from (default today, UTC)")
-    parser.add_argument("--residents", type=int, default=120)
+    parser.add_argument("--residents", type=int, default=96)
     parser.add_argument("--per-home", type=int, default=24)
     parser.add_argument("--households", type=int, default=2)
-    parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--history-days", type=int, default=7)
+    parser.add_argument("--days", type=int, default=12)
+    parser.add_argument("--history-days", type=int, default=5)
     parser.add_argument("--clinical-floor", type=int, default=CLINICAL_FLOOR,
                         help="at least this many cases of each clinical kind per seed")
     parser.add_argument("--start", help="first history day (UTC date) of the tuning seed or of --seed")
