@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as local_clock
 from typing import Any
@@ -122,11 +122,16 @@ class Demo:
     # -- world and seed -----------------------------------------------------------------------------------
     def build(self, now: datetime) -> None:
         from carewatch.firmware_sim.backfill import backfill_world
+        from carewatch.firmware_sim.care import HomeCare
         from carewatch.firmware_sim.devices import DeviceLayer, world_devices
         from carewatch.firmware_sim.kit_round import KitRounds, kit_event_source, write_history_sessions
         from carewatch.firmware_sim.scenarios import Onset, load_scenarios
         from carewatch.firmware_sim.seed import seed_world
         from carewatch.firmware_sim.world import SiteSpec, build_world
+
+        # a diligent home: a resident who looks unwell is checked within the hour and re-checked as the chart says,
+        # so the demo's infection shows in its first simulated hours whatever the drawn home would have done
+        demo_care = replace(HomeCare.textbook(), concern_per_h=1.5, follow_up_compliance=1.0)
 
         self.sim_start = sim_start_for(now)
         world_start = self.sim_start - HISTORY
@@ -136,7 +141,8 @@ class Demo:
         scenarios = [s.model_copy(update={"onset": Onset(offset=self._lead_in(s) + s.onset.offset)})
                      if s.onset.offset is not None else s for s in load_scenarios("demo")]
         self.world = build_world(
-            seed=self.seed, sites=[SiteSpec(id=i, name=n, residents=RESIDENTS_PER_HOME) for i, n in HOMES],
+            seed=self.seed, sites=[SiteSpec(id=i, name=n, residents=RESIDENTS_PER_HOME, care=demo_care)
+                                   for i, n in HOMES],
             households=HOUSEHOLDS, scenarios=scenarios, start=world_start,
         )
         self.devices = world_devices(self.world, SHARED_KIT_HOMES)

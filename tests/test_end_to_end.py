@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from carewatch.api.app import create_app
 from carewatch.api.users import create_user
+from carewatch.firmware_sim.care import HomeCare
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
 from carewatch.firmware_sim.scenarios import parse_scenario_file
@@ -69,7 +71,10 @@ def test_deteriorating_resident_reaches_the_api_with_the_right_score(
     site = f"e2e-{uid}"
     start = (datetime.now(UTC) - timedelta(hours=12)).replace(microsecond=0)
     scenarios = parse_scenario_file(INFECTION, source="e2e").scenarios
-    world = build_world(seed=3, sites=[SiteSpec(id=site, residents=3, obs_per_day=4)], households=0,
+    # a home that checks round the clock every 4 h and re-checks as the chart says: whatever time of day the
+    # 7 simulated hours fall in, a round sees the infection (the simulated staff follow their home, not the platform)
+    care = replace(HomeCare.textbook(), follow_up_compliance=1.0)
+    world = build_world(seed=3, sites=[SiteSpec(id=site, residents=3, obs_per_day=6, care=care)], households=0,
                         scenarios=list(scenarios), start=start)
     resident = world.residents[0].id
     settings = Settings(database_url=database, mqtt_url=mqtt_url, state_dir=scratch_dir / f"state-{uid}",
