@@ -36,6 +36,7 @@ from carewatch.api import (
     pooling,
     routes_alerts,
     routes_devices,
+    routes_escalation,
     routes_households,
     routes_incidents,
     routes_kits,
@@ -273,7 +274,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
     app.include_router(auth.router)
     for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_kits, routes_alerts,
                    routes_incidents,
-                   routes_households, routes_devices):
+                   routes_households, routes_devices, routes_escalation):
         app.include_router(module.router)
     app.include_router(routes_reports.router)
     return app

@@ -21,6 +21,7 @@ from carewatch.api.schemas import (
     AlertDetail,
     AlertEventOut,
     AlertOut,
+    AlertOutcomeIn,
     CommentIn,
     EscalateIn,
     Page,
@@ -31,10 +32,10 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.scoring import lifecycle
-from carewatch.scoring.kinds import AlertKind, Severity, snooze_limit
+from carewatch.scoring.kinds import UNRESOLVED_STATUSES, AlertKind, Severity, snooze_limit
 
 router = APIRouter(tags=["alerts"])
-UNRESOLVED = ["open", "acknowledged", "escalated"]
+UNRESOLVED = list(UNRESOLVED_STATUSES)
 _ALERT_FIELDS = set(AlertOut.model_fields)
 SEVERITY_ORDER = "CASE a.severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END"
 
@@ -61,8 +62,8 @@ def list_alerts(
     if bad:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             [{"loc": ["query", "status"], "field": "status", "type": "value_error",
-                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated or "
-                                     "resolved"}])
+                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated, "
+                                     "auto_escalated or resolved"}])
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""SELECT a.*, r.display_name AS resident_name, s.name AS site_name
@@ -140,6 +141,15 @@ def escalate(ctx: Context, alert_id: int, body: EscalateIn) -> AlertDetail:
     return _apply(ctx, alert_id, "escalate",
                   lambda m: m.escalate(ctx.conn, alert_id, ctx.principal.username, body.outcome.value,
                                        comment=body.comment), outcome=body.outcome.value)
+
+
+@router.post("/alerts/{alert_id}/outcome", response_model=AlertDetail,
+             summary="Record what was done after acknowledging (monitoring plan, GP, 111, 999, admitted): a medium "
+                     "or high NEWS2 alert without one escalates again", responses={409: {"description": "Resolved"}})
+def outcome(ctx: Context, alert_id: int, body: AlertOutcomeIn) -> AlertDetail:
+    return _apply(ctx, alert_id, "outcome",
+                  lambda m: m.record_outcome(ctx.conn, alert_id, ctx.principal.username, body.outcome.value,
+                                             comment=body.comment), outcome=body.outcome.value)
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail, summary="Resolve with what was done",

@@ -19,7 +19,7 @@ from pydantic import (
 
 from carewatch.api.users import USERNAME_PATTERN, Role
 from carewatch.nhs import normalise_nhs_number
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, SoftSign
+from carewatch.scoring.kinds import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, SoftSign
 from carewatch.wire import Ident, Metric, check_plausible
 
 T = TypeVar("T")
@@ -396,6 +396,12 @@ class AlertOut(BaseModel):
     resolved_by: str | None
     resolution: str | None
     incident_id: int | None = Field(default=None, description="The incident this alert is part of, if any.")
+    notify_level: int = Field(0, description="Escalation-policy level last told automatically (0: nobody yet)")
+    notify_reason: str | None = Field(None, description="Why: 'unacknowledged' or 'no_outcome'")
+    notify_due_at: datetime | None = Field(None, description="When the next level is told if nobody answers")
+    outcome: str | None = Field(None, description="What was done after acknowledging (monitoring plan, GP...)")
+    outcome_at: datetime | None = None
+    outcome_by: str | None = None
     data: dict[str, Any] = {}
 
 
@@ -504,6 +510,15 @@ class AcknowledgeIn(_In):
 
 class EscalateIn(_In):
     outcome: EscalationOutcome
+    comment: Note | None = None
+
+
+#: Outcomes after acknowledgement, from the one definition in carewatch.scoring.kinds.
+FollowUpOutcome = StrEnum("FollowUpOutcome", {v.upper(): v for v in sorted(FOLLOW_UP_OUTCOMES)})
+
+
+class AlertOutcomeIn(_In):
+    outcome: FollowUpOutcome = Field(description="monitoring_plan, gp_called, nhs_111, called_999 or admitted")
     comment: Note | None = None
 
 
@@ -665,3 +680,61 @@ class AuditOut(BaseModel):
     status: int | None
     client: str | None
     detail: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Escalation: policy, delivery log, the tablets' banner
+# ------------------------------------------------------------------------------------------------------------
+class EscalationPolicyOut(BaseModel):
+    site_id: str
+    policy: dict[str, Any] = Field(description="levels (1 staff on shift, 2 senior, 3 manager on call) with "
+                                               "contacts and windows, and outcome_minutes")
+    is_default: bool = Field(description="True: no policy was set for this site; this is the default")
+    updated_by: str | None
+    updated_at: datetime | None
+    gaps: list[str] = Field(description="Levels with nobody on them (their step reaches nobody and moves on)")
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: int
+    site_id: str
+    target_kind: str
+    target_id: int
+    level: int
+    reason: str
+    channel: str
+    recipient: str
+    created_at: datetime
+    attempted_at: datetime | None
+    result: str
+    detail: str | None
+    external_id: str | None
+
+
+class BannerItem(BaseModel):
+    alert_id: int
+    resident_id: str | None
+    who: str
+    kind: str
+    severity: str
+    status: str
+    score: int | None
+    reason: str
+    action: str
+    opened_at: datetime
+    acknowledged_by: str | None
+    notify_level: int
+    needs: Literal["acknowledgement", "outcome", "closing"] = Field(
+        description="What it waits for: acknowledgement, an outcome after acknowledgement, or a person to close it "
+                    "(a high alert whose resident has recovered)")
+    route: str | None = Field(None, description="For NEWS2 5+: the GP / NHS 111 / 999 route of its response")
+    outcome_due_at: datetime | None = Field(None, description="After acknowledgement: the outcome is needed by then")
+    recovery: str | None = Field(None, description="For a high alert the latest low set no longer supports")
+
+
+class Banner(BaseModel):
+    site_id: str
+    generated_at: datetime
+    sound: bool = Field(description="True while any medium or high alert waits for acknowledgement: every "
+                                    "tablet of the home sounds until someone acknowledges it")
+    items: list[BannerItem]

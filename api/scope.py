@@ -78,6 +78,8 @@ class Permission(StrEnum):
     SET_OXYGEN = "set_oxygen"  # a resident's oxygen prescription: a clinical decision
     USE_KIT = "use_kit"  # start and end measurement sessions on a home's shared kit, claim its readings
     MOVE_READING = "move_reading"  # put a shared kit's reading on the right resident (within an hour)
+    READ_ESCALATION = "read_escalation"  # a home's escalation policy and who was told what (delivery log)
+    SET_ESCALATION_POLICY = "set_escalation_policy"
 
 
 _ALL = frozenset(Role)
@@ -104,6 +106,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.READ_ADOPTION: frozenset({Role.MANAGER, Role.ADMIN}),
     Permission.USE_KIT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
     Permission.MOVE_READING: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    Permission.READ_ESCALATION: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    Permission.SET_ESCALATION_POLICY: frozenset({Role.MANAGER, Role.ADMIN}),
 }
 
 #: Alert kinds that carry clinical information (council users need the household's vitals consent).

@@ -7,10 +7,16 @@ own devices), then runs ingest, the
 scorer, the API and the dashboard as child processes, and the simulator plus one real gateway per site in this
 process. Simulated time starts at 05:00 on a morning at least 12 hours ago and runs ``accelerate`` times faster
 until it catches up with the wall clock, so every scripted scenario appears within 3 minutes at the default ×60.
+Notifications go to receivers of the demo's own: an SMTP server, a server speaking GOV.UK Notify's API (SMS) and
+a webhook receiver that checks signatures; each home gets an escalation policy (tablets and the nurse-call
+webhook, then the senior's phone, then the manager's email). What they receive is printed as it arrives, and a
+simulated member of staff acknowledges each NEWS2 alert without recording an outcome, so the follow-up
+escalation shows too; the other alerts nobody acknowledges, so they climb the levels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -40,6 +46,7 @@ SHARED_KIT_HOMES = ("oakview",)
 RESIDENTS_PER_HOME = 12
 HOUSEHOLDS = 3
 HISTORY = timedelta(days=14)
+WEBHOOK_SECRET_FILE = "webhook.secret"
 
 
 @dataclass
@@ -98,6 +105,10 @@ class Demo:
         self._tokens: dict[str, str] = {}
         self._token_lock = threading.Lock()
         self.started_at = datetime.now(UTC)
+        self.receivers: dict[str, Any] = {}
+        self._printed: dict[str, int] = {}
+        self._acknowledged: set[int] = set()
+        self.deliveries_before = 0
 
     # -- servers ------------------------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -118,6 +129,46 @@ class Demo:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 ensure_login(conn, "carewatch_api", "app", None)  # trust auth on 127.0.0.1: no password
             self.service_dsn = make_conninfo(self.dsn, user="carewatch_api")
+        self.start_receivers()
+
+    def start_receivers(self) -> None:
+        """The demo's own SMTP server, Notify-speaking server and webhook receiver (see carewatch.notify)."""
+        import secrets
+
+        from carewatch.notify.receivers import NotifyServer, SmtpServer, WebhookReceiver
+
+        secret_file = self.dir / WEBHOOK_SECRET_FILE
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+        self.webhook_secret = secret_file.read_text().strip()
+        self.receivers = {"email": SmtpServer().start(), "sms": NotifyServer().start(),
+                          "webhook": WebhookReceiver(self.webhook_secret).start()}
+
+    def notify_env(self) -> dict[str, str]:
+        sms = self.receivers["sms"]
+        return {"notify_smtp_host": "127.0.0.1", "notify_smtp_port": str(self.receivers["email"].port),
+                "notify_smtp_sender": "carewatch-demo@localhost", "notify_sms_api_key": sms.api_key,
+                "notify_sms_template_id": sms.template_id, "notify_sms_base_url": sms.url,
+                "notify_webhook_secret": self.webhook_secret}
+
+    def _seed_policies(self, conn: psycopg.Connection) -> None:
+        """Each home: tablets + the nurse-call webhook, then the senior's phone, then the manager's email."""
+        from carewatch.notify import store
+        from carewatch.notify.policy import ChannelName, Contact, EscalationPolicy, Level
+
+        hook = self.receivers["webhook"].url
+        for i, (site_id, _name) in enumerate(HOMES):
+            policy = EscalationPolicy(levels=[
+                Level(level=1, name="Staff on shift", contacts=[
+                    Contact(channel=ChannelName.DASHBOARD, recipient="tablets"),
+                    Contact(channel=ChannelName.WEBHOOK, recipient=f"{hook}/nurse-call/{site_id}",
+                            name="Nurse-call system")]),
+                Level(level=2, name="Senior on shift", contacts=[
+                    Contact(channel=ChannelName.SMS, recipient=f"07700 900{100 + i:03d}", name="Senior on shift")]),
+                Level(level=3, name="Manager on call", contacts=[
+                    Contact(channel=ChannelName.EMAIL, recipient=f"manager@{site_id}.example", name="Morgan Manager")]),
+            ])
+            store.save(conn, site_id, policy, "manager")
 
     # -- world and seed -----------------------------------------------------------------------------------
     def build(self, now: datetime) -> None:
@@ -150,6 +201,9 @@ class Demo:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             seed_world(conn, self.world, self.devices)
             self.users = self._seed_users(conn)
+            self._seed_policies(conn)
+            self.deliveries_before = conn.execute(
+                "SELECT coalesce(max(delivery_id), 0) FROM notification_deliveries").fetchone()[0]
             self.alerts_before = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()[0]
             self.incidents_before = conn.execute(
                 "SELECT coalesce(max(incident_id), 0) FROM incidents").fetchone()[0]
@@ -197,7 +251,7 @@ class Demo:
         env = self.settings.child_env(
             database_url=self.service_dsn, mqtt_url=self.mqtt_url, state_dir=str(self.settings.state_dir),
             clock="data", ingest_shared="true" if self.shared else "false",
-            api_url=self.api_url, log_level="WARNING",
+            api_url=self.api_url, log_level="WARNING", **self.notify_env(),
         )
         self.supervisor = Supervisor(env, self.dir / "logs")
         self.supervisor.start("ingest", "ingest", "--worker-id", "demo-1")
@@ -258,6 +312,43 @@ class Demo:
             with self._token_lock:
                 self._tokens.clear()
         reply.raise_for_status()
+
+    # -- notifications: what the receivers got, and a member of staff who never records an outcome ---------
+    def print_notifications(self) -> None:
+        """Print what each receiver got since last time (the demo's proof that a person would have been told)."""
+        for channel, receiver in self.receivers.items():
+            items = list(receiver.received)
+            for item in items[self._printed.get(channel, 0):]:
+                text = (item.text or "").replace("\n", " ")
+                check = "" if channel != "webhook" else (" (signature ok)" if item.verified else " (BAD signature)")
+                print(f"  [{channel} to {item.recipient}]{check} {text[:160]}", file=sys.stderr, flush=True)
+            self._printed[channel] = len(items)
+
+    def staff_round(self) -> None:
+        """A simulated carer acknowledges each NEWS2 alert once the tablets have been told, and records no
+        outcome: the follow-up escalation (no outcome within 15 or 60 minutes) then shows in the demo too. The
+        other alerts (soft signs) nobody acknowledges: they climb the levels."""
+        for site_id, _ in HOMES:
+            token = self._token(site_id)
+            if token is None:
+                continue
+            reply = httpx.get(f"{self.api_url}/alerts", params={"site": site_id, "kind": "news2"},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            if reply.status_code != 200:
+                continue
+            for alert in reply.json()["items"]:
+                if alert["notify_level"] >= 1 and alert["acknowledged_at"] is None \
+                        and alert["alert_id"] not in self._acknowledged:
+                    httpx.post(f"{self.api_url}/alerts/{alert['alert_id']}/acknowledge",
+                               json={"comment": "Seen (demo): no outcome will be recorded"},
+                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                    self._acknowledged.add(alert["alert_id"])
+
+    def notifications(self) -> list[dict[str, Any]]:
+        from carewatch.notify import deliveries
+
+        with psycopg.connect(self.dsn) as conn:
+            return deliveries.summary(conn, self.deliveries_before)
 
     # -- summary ------------------------------------------------------------------------------------------
     def drain(self, timeout: float = 120) -> None:
@@ -336,6 +427,10 @@ class Demo:
             "kit_claims": self.carer.counters.claimed,
             "tablet_actions_failed": self.carer.counters.failed,
             "radio": self.fleet.radio_summary(),
+            "notifications": self.notifications(),
+            "notifications_received": {
+                channel: {"received": len(r.received), "verified": sum(1 for i in r.received if i.verified)}
+                for channel, r in self.receivers.items()},
         }
 
     def _incidents(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -383,6 +478,8 @@ class Demo:
             f"  Database:   {self.dsn}",
             f"  MQTT:       {self.mqtt_url} ({self.broker.kind if self.broker else 'external'})",
             f"  Logs:       {self.dir / 'logs'}",
+            f"  Notifications: SMTP 127.0.0.1:{self.receivers['email'].port}, GOV.UK Notify API "
+            f"{self.receivers['sms'].url}, webhooks {self.receivers['webhook'].url} (printed below as they arrive)",
             f"  Simulated time starts {self.sim_start.astimezone(TZ):%a %d %b %H:%M} and runs ×{self.accelerate:g} "
             "until it reaches now.",
             f"  Logins (password '{DEMO_PASSWORD}'):",
@@ -399,6 +496,8 @@ class Demo:
             self.supervisor.stop_all()
         if self.broker is not None:
             self.broker.stop()
+        for receiver in self.receivers.values():
+            receiver.stop()
         if self.pg is not None:
             self.pg.stop()
 
@@ -421,6 +520,9 @@ def run_demo(settings: Settings, *, accelerate: float, headless: bool, duration:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             stop.wait(1.0)
             demo._check_children()
+            with contextlib.suppress(httpx.HTTPError):  # the API is busy: the next round tries again
+                demo.staff_round()
+            demo.print_notifications()
         if json_out:
             demo.drain()
             time.sleep(3)  # let the scorer act on the last readings

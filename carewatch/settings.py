@@ -125,6 +125,22 @@ class Settings(BaseSettings):
     )
     scorer_watchdog_s: float = Field(default=15.0, gt=0, description="Seconds between scoring watchdog passes.")
 
+    # --- notifications (escalation) ---------------------------------------------------------------------
+    notify_smtp_host: str | None = Field(default=None, description="SMTP server for email notifications (unset: off).")
+    notify_smtp_port: int = Field(default=25, description="SMTP port.")
+    notify_smtp_sender: str = Field(default="carewatch@localhost", description="From address of notifications.")
+    notify_smtp_username: str | None = Field(default=None, description="SMTP login (unset: none).")
+    notify_smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    notify_smtp_starttls: bool = Field(default=False, description="STARTTLS before sending.")
+    notify_sms_api_key: SecretStr | None = Field(default=None, description="GOV.UK Notify API key (unset: SMS off).")
+    notify_sms_template_id: str | None = Field(default=None, description="Notify SMS template with ((message)).")
+    notify_sms_base_url: str = Field(default="https://api.notifications.service.gov.uk",
+                                     description="GOV.UK Notify API (a local server in the demo).")
+    notify_webhook_secret: SecretStr | None = Field(default=None,
+                                                    description="HMAC key of signed webhooks (unset: off).")
+    notify_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Longest one notification attempt may take.")
+    notify_interval_s: float = Field(default=1.0, gt=0, description="Seconds between escalation passes.")
+
     # --- services ----------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000

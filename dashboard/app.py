@@ -28,14 +28,16 @@ PAGES = {
     "rightsizing": ("Care package review", ":material/home:"),
     "estate": ("Devices and gateways", ":material/router:"),
     "adoption": ("Adoption", ":material/trending_up:"),
+    "escalation": ("Escalation", ":material/campaign:"),
 }
 ROLE_PAGES = {
-    "care_staff": ("home", "health_check", "alerts", "sbard", "resident"),
-    "manager": ("home", "health_check", "alerts", "sbard", "resident", "estate", "adoption"),
+    "care_staff": ("home", "health_check", "alerts", "sbard", "resident", "escalation"),
+    "manager": ("home", "health_check", "alerts", "sbard", "resident", "estate", "adoption", "escalation"),
     "gp": ("inbox", "resident", "sbard"),
     "nurse": ("home", "health_check", "alerts", "sbard", "resident"),
     "council": ("rightsizing",),
-    "admin": ("home", "inbox", "resident", "sbard", "alerts", "health_check", "estate", "adoption", "rightsizing"),
+    "admin": ("home", "inbox", "resident", "sbard", "alerts", "health_check", "estate", "adoption", "rightsizing",
+              "escalation"),
 }
 
 
@@ -74,6 +76,8 @@ def main() -> None:
     with st.sidebar:
         st.write(f"Signed in as **{me['full_name']}** ({me['role'].replace('_', ' ')})")
         st.button("Sign out", key="sign-out", on_click=ui.sign_out)
+    if me["role"] in ("care_staff", "manager") and me.get("site_id"):
+        ui.live_banner(me["site_id"])  # on every page of the home's tablets
     st.navigation(pages).run()
 
 

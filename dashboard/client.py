@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from carewatch.scoring.kinds import SEVERITY_RANK
+from carewatch.scoring.kinds import SEVERITY_RANK, UNRESOLVED_STATUSES
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
-UNRESOLVED = ("open", "acknowledged", "escalated")
+UNRESOLVED = UNRESOLVED_STATUSES
 #: Items the API serves per page at most (``limit``); the client follows ``next_offset`` from page to page.
 PAGE_SIZE = 500
 #: Most items one list gathers: enough for any real home, practice or council, small enough that a page still
@@ -230,6 +230,24 @@ class ApiClient:
         if comment:
             body["comment"] = comment
         return self._request("POST", f"/alerts/{alert_id}/escalate", json=body)
+
+    def record_outcome(self, alert_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"outcome": outcome}
+        if comment:
+            body["comment"] = comment
+        return self._request("POST", f"/alerts/{alert_id}/outcome", json=body)
+
+    def deliveries(self, alert_id: int) -> list[dict[str, Any]]:
+        return self._request("GET", f"/alerts/{alert_id}/deliveries")
+
+    def banner(self, site_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/sites/{site_id}/banner")
+
+    def site_deliveries(self, site_id: str, most: int = 200) -> Items:
+        return self._items(f"/sites/{site_id}/deliveries", {}, most, key="delivery_id")
+
+    def escalation_policy(self, site_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/sites/{site_id}/escalation-policy")
 
     def resolve(self, alert_id: int, resolution: str) -> dict[str, Any]:
         return self._request("POST", f"/alerts/{alert_id}/resolve", json={"resolution": resolution})

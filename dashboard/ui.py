@@ -30,6 +30,10 @@ CSS = f"""
 .cw-card h4 {{ margin: 0 0 0.3rem 0; font-size: 1.1rem; color: {palette.INK}; }}
 .cw-card .cw-line {{ font-size: 0.95rem; }}
 .cw-big {{ font-size: 1.6rem; padding: 0.3rem 0.9rem; }}
+.cw-banner {{ border: 3px solid {palette.SEVERITY["high"].background}; border-radius: 0.6rem; padding: 0.5rem 0.8rem;
+             background: {palette.PAGE}; color: {palette.INK}; font-size: 1.05rem; line-height: 1.45; }}
+.cw-banner[data-sound="off"] {{ border-color: {palette.WARNING.background}; }}
+.cw-banner .cw-line {{ margin: 0.2rem 0; }}
 </style>
 """
 
@@ -252,3 +256,86 @@ def task_line(t: dict[str, Any]) -> str:
     flag = {"overdue": badge(palette.WARNING, "OVERDUE"), "due": badge(palette.OK, "Due now")}.get(t["status"], "")
     return (f'<li class="cw-task" data-status="{t["status"]}">{flag} <b>{html.escape(t["display_name"])}</b>: '
             f"by {local_time(t['due_at'])} ({html.escape(t['why_text'])})</li>")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The live banner: every signed-in tablet of a home, on every page, polled every 2 seconds
+# ------------------------------------------------------------------------------------------------------------
+BANNER_POLL_S = 2
+NEEDS_WORDS = {"acknowledgement": "Waiting for someone to acknowledge",
+               "outcome": "Acknowledged: record what was done (monitoring plan, GP, 111, 999, admitted)",
+               "closing": "Needs a person to close it"}
+
+#: A beep every 1.5 s while the banner sounds (Web Audio; headless browsers and muted tablets stay silent, the
+#: state is kept on the frame's body as data-sound / data-beeps so it can be checked).
+SOUND_FRAME = """<body data-sound="{state}" data-beeps="0" style="margin:0">
+<script>
+const on = document.body.dataset.sound === "on";
+if (on) {{
+  const beep = () => {{
+    document.body.dataset.beeps = String(Number(document.body.dataset.beeps) + 1);
+    try {{
+      const ctx = window.cwAudio || (window.cwAudio = new (window.AudioContext || window.webkitAudioContext)());
+      const osc = ctx.createOscillator(); const gain = ctx.createGain();
+      osc.frequency.value = 880; gain.gain.value = 0.2; osc.connect(gain); gain.connect(ctx.destination);
+      osc.start(); osc.stop(ctx.currentTime + 0.35);
+    }} catch (e) {{ document.body.dataset.audioError = String(e); }}
+  }};
+  beep(); window.cwTimer = setInterval(beep, 1500);
+}}
+</script></body>"""
+
+
+def banner_html(banner: dict[str, Any]) -> str:
+    """The banner (HTML): each alert that waits for a person, what it waits for, and the route to take."""
+    from carewatch.dashboard.client import local_time
+
+    items = banner.get("items") or []
+    sound = "on" if banner.get("sound") else "off"
+    ids = ",".join(str(i["alert_id"]) for i in items)
+    lines = []
+    for i in items:
+        text = f"{severity_badge(i['severity'])} <b>{esc(i['who'])}</b>: {esc(kind_words(i['kind']))}"
+        if i.get("score") is not None:
+            text += f" (NEWS2 {i['score']})"
+        text += f". {esc(NEEDS_WORDS.get(i['needs'], i['needs']))}"
+        if i.get("outcome_due_at"):
+            text += f" by {local_time(i['outcome_due_at'])}"
+        if i.get("notify_level", 0) > 1:
+            text += f"; level {i['notify_level']} of the escalation policy has been told"
+        text += "."
+        if i.get("route") and i["needs"] != "closing":
+            text += f" <b>{esc(i['route'])}</b>"
+        if i.get("recovery"):
+            text += f" Recovered: {esc(i['recovery'])}"
+        lines.append(f'<div class="cw-line">{text}</div>')
+    return f'<div class="cw-banner" role="alert" data-sound="{sound}" data-alerts="{ids}">{"".join(lines)}</div>'
+
+
+def live_banner(site_id: str) -> None:
+    """Every page of a home's tablet: re-asks the API every 2 s, shows what waits for a person, sounds until
+    someone acknowledges, and offers Acknowledge right there (which stops the sound on every tablet)."""
+    import streamlit.components.v1 as components
+
+    @st.fragment(run_every=BANNER_POLL_S)
+    def _banner() -> None:
+        try:
+            banner = client().banner(site_id)
+        except ApiError as exc:
+            st.caption(f"Live alerts unavailable: {exc}")
+            return
+        if not banner["items"]:
+            return
+        st.html(banner_html(banner))
+        components.html(SOUND_FRAME.format(state="on" if banner["sound"] else "off"), height=0)
+        waiting = [i for i in banner["items"] if i["needs"] == "acknowledgement"]
+        for item in waiting[:3]:
+            if st.button(f"Acknowledge: {item['who']}, {kind_words(item['kind'])}",
+                         key=f"banner-ack-{item['alert_id']}", type="primary", width="stretch"):
+                try:
+                    client().acknowledge(item["alert_id"], "acknowledged from the banner")
+                except ApiError as exc:
+                    st.error(f"Acknowledge failed: {exc}")
+                st.rerun()
+
+    _banner()

@@ -2,7 +2,8 @@
 
 ``evaluate_subjects`` is the one entry point after new data (the scorer service on NOTIFY, the API after a
 manual observation). ``rescore_all`` re-evaluates everything (service start-up). ``tick`` runs the rules that
-depend on time passing rather than on new data: unacknowledged escalation, overdue observations, silence,
+depend on time passing rather than on new data: the escalation policy's next steps (``carewatch.notify``),
+overdue observations, silence,
 long lies, gateways offline.
 
 The work itself lives beside this module, one responsibility each: ``loading`` (what the resident rules read),
@@ -20,18 +21,13 @@ from datetime import datetime
 
 import psycopg
 
+from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
 from carewatch.scoring.incident_store import escalate_unacknowledged_incidents, sync_incidents
 from carewatch.scoring.kinds import CLINICAL_KINDS
-from carewatch.scoring.lifecycle import (
-    ACTOR,
-    apply_findings,
-    escalate_unacknowledged,
-    resolve_alerts_resting_on,
-    resolve_open_alerts,
-)
+from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
@@ -176,7 +172,8 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
     kitchen, rooms, silence), devices and gateways. ``site_ids``: only these sites (a scorer replica's share,
     scoring/replicas.py); None = the whole estate."""
     summary = EvaluationSummary()
-    summary.escalated.extend(escalate_unacknowledged(conn, now, site_ids))
+    # the escalation policy's next steps (carewatch.notify): deliveries are left pending for the notify thread
+    summary.escalated.extend(p.target_id for p in escalation_pass(conn, now, site_ids=site_ids) if p.level > 1)
     summary.incidents_escalated.extend(escalate_unacknowledged_incidents(conn, now, site_ids))
     overdue_pass(conn, now, summary, site_ids)
     if slow:
@@ -196,7 +193,6 @@ __all__ = [
     "CLINICAL_KINDS",
     "EvaluationSummary",
     "apply_findings",
-    "escalate_unacknowledged",
     "evaluate_subjects",
     "lock_subjects",
     "rescore_all",

@@ -278,8 +278,8 @@ def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outco
                       owner = coalesce(owner, %s), ack_due_at = NULL, updated_at = %s
                WHERE incident_id = %s""",
             (outcome, comment, now, actor, now, actor, actor, now, incident_id))
-        for alert_id in _components(conn, incident_id, unacknowledged=True):
-            lifecycle.acknowledge(conn, alert_id, actor, f"with incident {incident_id}", at=now)
+        for alert_id in _components(conn, incident_id):  # the outcome ends their follow-up escalation (H-ESC-06)
+            lifecycle.record_outcome(conn, alert_id, actor, outcome, f"with incident {incident_id}", at=now)
         _event(conn, incident_id, now, actor, "outcome", outcome=outcome, comment=comment)
 
 

@@ -48,8 +48,14 @@ class AlertKind(StrEnum):
 class AlertStatus(StrEnum):
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
-    ESCALATED = "escalated"
+    ESCALATED = "escalated"  # a person escalated it outside the home (GP, NHS 111, 999...)
+    AUTO_ESCALATED = "auto_escalated"  # nobody answered in time: the escalation policy's next level was told
     RESOLVED = "resolved"
+
+
+#: Every status except resolved (the inbox, the banner, the escalation pass).
+UNRESOLVED_STATUSES = (AlertStatus.OPEN.value, AlertStatus.ACKNOWLEDGED.value, AlertStatus.ESCALATED.value,
+                       AlertStatus.AUTO_ESCALATED.value)
 
 
 #: How long an alert may stay unacknowledged before the engine escalates it (escalation_level + 1, status
@@ -68,6 +74,16 @@ MAX_AUTO_ESCALATION_LEVEL = 3
 ESCALATION_OUTCOMES = frozenset(
     {"gp_called", "nhs_111", "called_999", "visit_booked", "advice_given", "admitted", "other"}
 )
+
+#: What was done after acknowledging a medium or high NEWS2 alert (one of these must be recorded within
+#: ``OUTCOME_WINDOW`` or the alert escalates again). Escalating to the GP, 111 or 999 records one too.
+FOLLOW_UP_OUTCOMES = frozenset({"monitoring_plan", "gp_called", "nhs_111", "called_999", "admitted"})
+
+#: After acknowledgement, how long staff have to record an outcome (medium and high NEWS2 alerts).
+OUTCOME_WINDOW: dict[Severity, timedelta] = {
+    Severity.HIGH: timedelta(minutes=15),
+    Severity.MEDIUM: timedelta(minutes=60),
+}
 
 #: Alert kinds about a resident's health (the rest are about homes, devices and gateways).
 CLINICAL_KINDS = frozenset(

@@ -3,10 +3,13 @@
 
 Automatic transitions, made by the scorer (actor ``scorer``): ``apply_findings`` opens, updates and auto-resolves
 alerts so they match the rules' findings (one unresolved alert per subject and kind, the partial unique index
-``alerts_one_open``: updated, never repeated); ``escalate_unacknowledged`` escalates alerts nobody acknowledged in
-time; ``resolve_open_alerts`` closes a subject's alerts (monitoring paused, discharged).
+``alerts_one_open``: updated, never repeated; a high alert is never closed by its evidence clearing, a person closes
+it); ``resolve_open_alerts`` closes a subject's alerts (monitoring paused, discharged). Automatic escalation (actor
+``escalation``), as ``carewatch.notify`` applies the site's policy: ``auto_escalate`` (the next level was told),
+``hurry_escalation`` (nobody was reached: the next level is due now).
 
-What staff do with an alert: acknowledge, escalate (GP, 111, 999...), resolve, comment, snooze. Each of these runs
+What staff do with an alert: acknowledge, escalate (GP, 111, 999...), record the outcome after acknowledging
+(``record_outcome``), resolve, comment, snooze. Each of these runs
 in its own transaction (a savepoint inside a caller's transaction), locks the alert row, checks that the transition
 is allowed, changes the row and appends an ``alert_events`` row, so the full history stays in alert_events. An
 invalid transition raises ``AlertLifecycleError`` with a message for the user. ``at`` defaults to the database
@@ -27,7 +30,7 @@ from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.kinds import (
     ACK_WINDOW,
     ESCALATION_OUTCOMES,
-    MAX_AUTO_ESCALATION_LEVEL,
+    FOLLOW_UP_OUTCOMES,
     SEVERITY_RANK,
     AlertKind,
     Severity,
@@ -67,9 +70,14 @@ def _ack_due(severity: Severity, now: datetime) -> datetime | None:
     return now + window if window is not None else None
 
 
-OpenAlert = tuple[int, str, str, str, str, datetime | None, datetime | None]
+#: (alert_id, severity, status, reason, action, acknowledged_at, ack_due_at, closing): ``closing`` is None when
+#: its evidence clearing may close it, 'person' when a person must (it is or was high, H-ESC-10), 'recovered' when
+#: that recovery has been noted on it.
+OpenAlert = tuple[int, str, str, str, str, datetime | None, datetime | None, str | None]
 _OPEN_ALERT_SQL = """SELECT a.subject_id, a.kind, a.alert_id, a.severity, a.status, a.reason, a.action,
-       a.acknowledged_at, a.ack_due_at
+       a.acknowledged_at, a.ack_due_at,
+       CASE WHEN a.data ? 'recovery' THEN 'recovered'
+            WHEN a.severity = 'high' OR a.data ? 'was_high' THEN 'person' END
 FROM alerts a JOIN unnest(%s::text[], %s::text[]) AS p(subject_id, kind) USING (subject_id, kind)
 WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
 
@@ -94,8 +102,8 @@ def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) 
     for f in active:
         row = open_rows.get((f.subject_id, f.kind.value))
         if f.state == "clear":
-            if row is not None:
-                out.append(f)
+            if row is not None and row[7] != "recovered":
+                out.append(f)  # (a high alert's recovery is noted once; a person closes it)
         elif row is None or not (row[1] == f.severity.value and row[3] == f.reason and row[4] == f.action):
             out.append(f)
     return out
@@ -122,7 +130,13 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
         key = (f.subject_id, f.kind.value)
         row = open_rows.get(key)
         if f.state == "clear":
-            if row is not None:
+            if row is not None and row[7] is not None:
+                # An alert that is or was high is closed by a person, however reassuring the next set (H-ESC-10):
+                # its recovery is noted on it (shown on the banner and the alerts page) and it stays open.
+                if row[7] == "person" and _note_recovery(conn, row[0], f.reason, now):
+                    summary.updated.append(row[0])
+                    open_rows[key] = (*row[:7], "recovered")  # type: ignore[assignment]
+            elif row is not None:
                 _auto_resolve(conn, row[0], f.reason, now)
                 summary.resolved.append(row[0])
                 del open_rows[key]
@@ -134,6 +148,8 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
             summary.suppressed += 1
             continue
         data = json_safe(dict(f.data))
+        if f.severity is Severity.HIGH or (row is not None and row[7] is not None):
+            data["was_high"] = True  # kept through later, milder updates: a person closes it (H-ESC-10)
         if row is None:
             alert_id = conn.execute(
                 """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, status, reason, action, data,
@@ -142,14 +158,15 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
                 (f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value, f.reason, f.action,
                  Jsonb(data), f.score, now, now, _ack_due(f.severity, now)),
             ).fetchone()[0]
-            open_rows[key] = (alert_id, f.severity.value, "open", f.reason, f.action, None, _ack_due(f.severity, now))
+            open_rows[key] = (alert_id, f.severity.value, "open", f.reason, f.action, None,
+                              _ack_due(f.severity, now), "person" if f.severity is Severity.HIGH else None)
             _event(conn, alert_id, now, "opened", detail={"severity": f.severity.value, "reason": f.reason,
                                                           **({"suppression_overridden": True} if suppressed else {})})
             summary.opened.append(alert_id)
             if latency is not None and f.evidence_stored_at is not None:
                 latency.append((alert_id, f.evidence_stored_at))
             continue
-        alert_id, old_severity, status, old_reason, old_action, acked_at, ack_due_at = row
+        alert_id, old_severity, status, old_reason, old_action, acked_at, ack_due_at, closing = row
         old = Severity(old_severity)
         new = f.severity
         if not f.allow_downgrade and SEVERITY_RANK[new] < SEVERITY_RANK[old]:
@@ -163,22 +180,31 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
             new_acked_at = None
             due = _ack_due(new, now)
             new_due = min(d for d in (due, ack_due_at if acked_at is None else None) if d is not None)
-            if status == "acknowledged":
+            if status == "acknowledged" or (status == "auto_escalated" and acked_at is not None):
                 new_status = "open"
+        renotify = rose and new is not Severity.INFO
+        # A rise is told at once to the level last told (notify_reason 'risen', carewatch.notify.policy) and needs
+        # a fresh outcome; the earlier outcome stays in alert_events.
         conn.execute(
             """UPDATE alerts SET severity = %s, status = %s, reason = %s, action = %s, data = %s, score = %s,
                       updated_at = %s, acknowledged_at = %s,
                       acknowledged_by = CASE WHEN %s::timestamptz IS NULL THEN NULL ELSE acknowledged_by END,
-                      ack_due_at = %s
+                      ack_due_at = %s,
+                      notify_reason = CASE WHEN %s AND notify_level > 0 THEN 'risen' ELSE notify_reason END,
+                      notify_due_at = CASE WHEN %s THEN %s ELSE notify_due_at END,
+                      outcome = CASE WHEN %s THEN NULL ELSE outcome END,
+                      outcome_at = CASE WHEN %s THEN NULL ELSE outcome_at END,
+                      outcome_by = CASE WHEN %s THEN NULL ELSE outcome_by END
                WHERE alert_id = %s""",
             (new.value, new_status, f.reason, f.action, Jsonb(data), f.score, now, new_acked_at, new_acked_at,
-             new_due, alert_id),
+             new_due, renotify, renotify, now, renotify, renotify, renotify, alert_id),
         )
         _event(conn, alert_id, now, "updated", detail={
             "from_severity": old.value, "to_severity": new.value, "reason": f.reason,
             **({"needs_acknowledging_again": True} if rose and acked_at is not None else {}),
         })
-        open_rows[key] = (alert_id, new.value, new_status, f.reason, f.action, new_acked_at, new_due)
+        open_rows[key] = (alert_id, new.value, new_status, f.reason, f.action, new_acked_at, new_due,
+                          "person" if new is Severity.HIGH or closing is not None else None)
         summary.updated.append(alert_id)
         if latency is not None and f.evidence_stored_at is not None:
             latency.append((alert_id, f.evidence_stored_at))
@@ -245,32 +271,73 @@ def resolve_alerts_resting_on(conn: psycopg.Connection, resident_id: str, obs_id
     return [r[0] for r in rows]
 
 
-def escalate_unacknowledged(conn: psycopg.Connection, now: datetime,
-                            site_ids: Sequence[str] | None = None) -> list[int]:
-    """Alerts not acknowledged within their severity's window: escalation_level + 1, status 'escalated'.
-    ``site_ids``: only these sites' alerts (a scorer replica's share, see scoring/replicas.py)."""
+def _note_recovery(conn: psycopg.Connection, alert_id: int, why: str, now: datetime) -> bool:
+    """A high alert whose evidence has cleared: say so on the alert (``data.recovery``) and in its history."""
+    changed = conn.execute(
+        """UPDATE alerts SET data = jsonb_set(data, '{recovery}', jsonb_build_object('text', %s::text, 'at', %s::text)),
+                  updated_at = %s
+           WHERE alert_id = %s AND NOT (data ? 'recovery')""",
+        (why, now.isoformat(), now, alert_id),
+    ).rowcount
+    if changed:
+        _event(conn, alert_id, now, "recovered", comment=why,
+               detail={"needs": "a person to close it (high alerts never close themselves)"})
+    return bool(changed)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Automatic escalation (carewatch.notify applies the site's escalation policy and calls these)
+# ------------------------------------------------------------------------------------------------------------
+#: The actor of automatic escalation steps.
+ESCALATION_ACTOR = "escalation"
+
+
+def auto_escalate(conn: psycopg.Connection, alert_id: int, *, level: int, reason: str, next_due: datetime | None,
+                  level_name: str, recipients: Sequence[str], at: datetime) -> None:
+    """The policy's next level was told (level 1: event 'notified'; from level 2: status 'auto_escalated'),
+    never the status 'escalated', which means a person escalated it outside the home (H-ESC-05)."""
     with transaction(conn):
-        rows = conn.execute(
-            """UPDATE alerts SET escalation_level = escalation_level + 1, status = 'escalated', escalated_at = %(now)s,
-                      updated_at = %(now)s,
-                      ack_due_at = CASE WHEN escalation_level + 1 >= %(max)s THEN NULL
-                                        ELSE %(now)s + CASE severity WHEN 'high' THEN %(high)s
-                                                                     WHEN 'medium' THEN %(medium)s
-                                                                     ELSE %(low)s END END
-               WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
-                 AND ack_due_at <= %(now)s AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s::text[]))
-               RETURNING alert_id, escalation_level, severity""",
-            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL,
-             "high": ACK_WINDOW[Severity.HIGH],
-             "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
-        ).fetchall()
-        for alert_id, level, severity in rows:
-            window = ACK_WINDOW[Severity(severity)]
-            minutes = int(window.total_seconds() // 60) if window else 0
-            _event(conn, alert_id, now, "escalated",
-                   comment=f"Not acknowledged within {minutes} minutes ({severity}): escalated to level {level}.",
-                   detail={"level": level, "automatic": True})
-    return [r[0] for r in rows]
+        conn.execute(
+            """UPDATE alerts SET notify_level = %(level)s, notify_reason = %(reason)s, notify_due_at = %(due)s,
+                      status = CASE WHEN %(level)s >= 2 AND status IN ('open', 'acknowledged') THEN 'auto_escalated'
+                                    ELSE status END,
+                      updated_at = %(at)s
+               WHERE alert_id = %(id)s""",
+            {"level": level, "reason": reason, "due": next_due, "at": at, "id": alert_id},
+        )
+        why = ("not acknowledged" if reason == "unacknowledged" else
+               "acknowledged, but no outcome recorded in time")
+        _event(conn, alert_id, at, "notified" if level == 1 else "auto_escalated", actor=ESCALATION_ACTOR,
+               comment=f"Level {level} ({level_name}) told: {why}."
+                       + ("" if recipients else " Nobody is on the rota at this level."),
+               detail={"level": level, "reason": reason, "automatic": True, "recipients": list(recipients),
+                       "next_due": next_due.isoformat() if next_due else None})
+
+
+def await_outcome(conn: psycopg.Connection, alert_id: int, *, due: datetime | None, at: datetime) -> None:
+    """Acknowledged: the outcome is due by ``due`` (on the escalation clock), or the senior is told (H-ESC-06)."""
+    with transaction(conn):
+        conn.execute(
+            """UPDATE alerts SET notify_reason = 'awaiting_outcome', notify_due_at = %s
+               WHERE alert_id = %s AND status <> 'resolved' AND outcome_at IS NULL""", (due, alert_id))
+        _event(conn, alert_id, at, "outcome_due", actor=ESCALATION_ACTOR,
+               comment=f"Acknowledged: record what was done by {due:%H:%M} UTC" if due else None,
+               detail={"due": due.isoformat() if due else None, "automatic": True})
+
+
+def hurry_escalation(conn: psycopg.Connection, alert_id: int, *, level: int, reason: str, at: datetime) -> None:
+    """Nobody was reached at ``level`` (nobody on the rota, every channel failed): the next level is due now."""
+    with transaction(conn):
+        changed = conn.execute(
+            """UPDATE alerts SET notify_due_at = %s WHERE alert_id = %s AND status <> 'resolved'
+                 AND notify_level = %s AND notify_reason = %s AND notify_due_at IS NOT NULL AND notify_due_at > %s""",
+            (at, alert_id, level, reason, at),
+        ).rowcount
+        if changed:
+            _event(conn, alert_id, at, "notify_failed", actor=ESCALATION_ACTOR,
+                   comment=f"Nobody was reached at level {level}: the next level is told now.",
+                   detail={"level": level, "reason": reason, "automatic": True})
+
 
 # ------------------------------------------------------------------------------------------------------------
 # What staff do: acknowledge, escalate, resolve, comment, snooze
@@ -332,8 +399,9 @@ def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: st
             )
         now = _now(conn, at)
         conn.execute(
-            "UPDATE alerts SET status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END, "
-            "acknowledged_at = %s, acknowledged_by = %s, ack_due_at = NULL, updated_at = %s WHERE alert_id = %s",
+            "UPDATE alerts SET status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' "
+            "ELSE status END, acknowledged_at = %s, acknowledged_by = %s, ack_due_at = NULL, updated_at = %s "
+            "WHERE alert_id = %s",
             (now, actor, now, alert_id),
         )
         _event(conn, alert_id, now, "acknowledged", actor=actor, comment=comment)
@@ -343,7 +411,8 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
              at: datetime | None = None) -> None:
     """Staff escalated outside the home (GP, NHS 111, 999...): records the outcome as the SBARD decision.
 
-    Escalating also counts as acknowledging (someone is acting on it)."""
+    Escalating also counts as acknowledging (someone is acting on it); a GP, 111, 999 or admission outcome is
+    also the alert's follow-up outcome (stops the follow-up escalation, H-ESC-06)."""
     actor = _actor(actor)
     if outcome not in ESCALATION_OUTCOMES:
         raise AlertLifecycleError(
@@ -351,6 +420,7 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
         )
     if outcome == "other" and not (comment and comment.strip()):
         raise AlertLifecycleError("outcome 'other' needs a comment saying what was done")
+    follow = outcome in FOLLOW_UP_OUTCOMES
     with conn.transaction():
         alert = _lock(conn, alert_id)
         _not_resolved(alert, "escalate")
@@ -360,9 +430,14 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
                       acknowledged_at = coalesce(acknowledged_at, %s),
                       acknowledged_by = coalesce(acknowledged_by, %s), ack_due_at = NULL, updated_at = %s,
                       data = CASE WHEN data ? 'sbard'
-                                  THEN jsonb_set(data, '{sbard,decision}', to_jsonb(%s::text)) ELSE data END
+                                  THEN jsonb_set(data, '{sbard,decision}', to_jsonb(%s::text)) ELSE data END,
+                      outcome = CASE WHEN %s THEN %s ELSE outcome END,
+                      outcome_at = CASE WHEN %s THEN %s ELSE outcome_at END,
+                      outcome_by = CASE WHEN %s THEN %s ELSE outcome_by END,
+                      notify_due_at = CASE WHEN %s THEN NULL ELSE notify_due_at END
                WHERE alert_id = %s""",
-            (now, now, actor, now, outcome + (f": {comment}" if comment else ""), alert_id),
+            (now, now, actor, now, outcome + (f": {comment}" if comment else ""), follow, outcome, follow, now,
+             follow, actor, follow, alert_id),
         )
         _event(conn, alert_id, now, "escalated", actor=actor, outcome=outcome, comment=comment,
                detail={"automatic": False})
@@ -380,10 +455,34 @@ def resolve(conn: psycopg.Connection, alert_id: int, actor: str, resolution: str
         now = _now(conn, at)
         conn.execute(
             "UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
-            "ack_due_at = NULL, updated_at = %s WHERE alert_id = %s",
+            "ack_due_at = NULL, notify_due_at = NULL, updated_at = %s WHERE alert_id = %s",
             (now, actor, resolution.strip(), now, alert_id),
         )
         _event(conn, alert_id, now, "resolved", actor=actor, comment=resolution.strip())
+
+
+def record_outcome(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, comment: str | None = None,
+                   *, at: datetime | None = None) -> None:
+    """What was done after acknowledging: monitoring plan, GP called, 111, 999, admitted (H-ESC-06). Stops the
+    follow-up escalation; recording it also acknowledges an alert nobody had acknowledged yet."""
+    actor = _actor(actor)
+    if outcome not in FOLLOW_UP_OUTCOMES | ESCALATION_OUTCOMES:  # (an incident's outcome may be any of them)
+        raise AlertLifecycleError(f"unknown outcome {outcome!r}; use one of {', '.join(sorted(FOLLOW_UP_OUTCOMES))}")
+    with conn.transaction():
+        alert = _lock(conn, alert_id)
+        _not_resolved(alert, "record an outcome for")
+        now = _now(conn, at)
+        conn.execute(
+            """UPDATE alerts SET outcome = %s, outcome_at = %s, outcome_by = %s, notify_due_at = NULL,
+                      acknowledged_at = coalesce(acknowledged_at, %s), acknowledged_by = coalesce(acknowledged_by, %s),
+                      ack_due_at = NULL,
+                      status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' ELSE status END,
+                      updated_at = %s
+               WHERE alert_id = %s""",
+            (outcome, now, actor, now, actor, now, alert_id),
+        )
+        _event(conn, alert_id, now, "outcome_recorded", actor=actor, outcome=outcome, comment=comment,
+               detail={"automatic": False})
 
 
 def comment(conn: psycopg.Connection, alert_id: int, actor: str, text: str, *, at: datetime | None = None) -> int:

@@ -8,6 +8,7 @@ loop wakes on the first NOTIFY payload (``{"subjects": [...], "max_received_at":
 apart), takes every other payload already queued, and evaluates the notified subjects together. A second thread
 with its own connection runs the fast tick every ``tick_s`` (escalations, overdue observations) and every
 ``slow_tick_s`` the slow one (households, devices, gateways), so time-based rules never delay fresh readings.
+A third thread takes the escalation steps that are due and delivers their notifications (``carewatch.notify``).
 The stored-to-alert latency of each alert is logged. A lost database connection is re-opened with back-off; an
 error in one evaluation is logged and the loop carries on.
 """
@@ -101,6 +102,7 @@ def run_scorer(
     slow_tick_s: float = 30.0,
     dsn: str | None = None,
     replica_id: str | None = None,
+    notify: bool = True,
 ) -> None:
     """Run one replica until ``stop_event`` is set. ``clock`` defaults to wall time; the demo passes
     ``Clock.data()``. Any number of replicas may run against one database: they divide the sites between them
@@ -121,7 +123,7 @@ def run_scorer(
         while not stop.is_set():
             try:
                 _serve(target, stop, clock, keeper, progress, poll_s, tick_s, slow_tick_s,
-                       (settings.scorer_watchdog_s, stall_after))
+                       (settings.scorer_watchdog_s, stall_after), settings if notify else None)
                 return
             except psycopg.OperationalError as exc:
                 log.warning("database_unavailable", error=str(exc), retry_in_s=backoff)
@@ -139,7 +141,8 @@ def _wait_first_round(keeper: LeaseKeeper, stop: threading.Event, timeout: float
 
 
 def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, progress: Progress, poll_s: float,
-           tick_s: float, slow_tick_s: float, watchdog: tuple[float, timedelta]) -> None:
+           tick_s: float, slow_tick_s: float, watchdog: tuple[float, timedelta],
+           notify_settings: Settings | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-listen") as listen, \
             psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer") as work:
         listen.execute(f"LISTEN {CHANNEL}")
@@ -165,6 +168,14 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                                   args=(dsn, stop, done, clock, keeper, progress, tick_s, slow_tick_s, watchdog),
                                   name="carewatch-scorer-tick", daemon=True)
         ticker.start()
+        threads = [ticker]
+        if notify_settings is not None:
+            from carewatch.notify.service import notify_loop
+
+            notifier = threading.Thread(target=notify_loop, args=(dsn, notify_settings, clock, stop, done),
+                                        name="carewatch-notify", daemon=True)
+            notifier.start()
+            threads.append(notifier)
         try:
             while not stop.is_set():
                 progress.mark("evaluate")
@@ -214,7 +225,8 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                     catch_up_started = None
         finally:
             done.set()
-            ticker.join(timeout=60)
+            for thread in threads:
+                thread.join(timeout=60)
         log.info("scorer_stopped", replica=keeper.replica_id)
 
 

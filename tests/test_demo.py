@@ -63,6 +63,19 @@ def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Pat
     assert all({"subject", "status", "components"} <= set(i) for i in summary["incidents"])
     assert isinstance(summary["tasks_due"], list)
     assert all({"resident", "due_at", "why"} <= set(t) for t in summary["tasks_due"])
+    # The scripted deterioration reached people: every attempt recorded, delivered by the demo's own SMTP
+    # server, GOV.UK Notify-speaking server and webhook receiver; escalated when nobody acknowledged (levels 2
+    # and 3), and again when the simulated carer acknowledged but recorded no outcome.
+    notes = summary["notifications"]
+    assert notes and all({"channel", "recipient", "delivered"} <= set(n) for n in notes)
+    delivered = {(n["channel"], n["level"]) for n in notes if n["delivered"]}
+    assert {("dashboard", 1), ("webhook", 1), ("sms", 2), ("email", 3)} <= delivered, notes
+    assert any(n["reason"] == "no_outcome" and n["delivered"] for n in notes), notes
+    received = summary["notifications_received"]
+    for channel in ("email", "sms", "webhook"):
+        sent = sum(1 for n in notes if n["channel"] == channel and n["delivered"])
+        assert received[channel]["received"] == received[channel]["verified"] == sent, (channel, received, notes)
+    assert "[sms to 07700 900100]" in proc.stderr  # shown as it arrived
     # servers were stopped: nothing left listening on the demo's ports
     assert "Carewatch demo is running" in proc.stderr
 

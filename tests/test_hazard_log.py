@@ -44,7 +44,7 @@ def test_every_test_named_in_the_hazard_log_exists() -> None:
 def test_every_hazard_id_the_code_cites_is_in_the_log() -> None:
     logged = set(re.findall(r"^\| (H-[A-Z]+-\d+) \|", HAZARD_LOG.read_text(encoding="utf-8"), flags=re.MULTILINE))
     cited: dict[str, str] = {}
-    for folder in ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim"):
+    for folder in ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim", "notify"):
         for path in (REPO_ROOT / folder).rglob("*.py"):
             for hazard in re.findall(r"\bH-[A-Z]+-\d+\b", path.read_text(encoding="utf-8")):
                 cited.setdefault(hazard, str(path.relative_to(REPO_ROOT)))

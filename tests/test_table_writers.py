@@ -38,6 +38,8 @@ OWNERS = {
     "scorer_buckets": "scoring/replicas.py",
     "auth_sessions": "api/sessions.py",
     "login_failures": "api/sessions.py",
+    "escalation_policies": "notify/store.py",
+    "notification_deliveries": "notify/deliveries.py",
 }
 #: Modules allowed to write these tables anyway, and why.
 EXEMPT = {
@@ -47,7 +49,7 @@ EXEMPT = {
     "bench/bench_scale.py": "SQL copies of a simulated template up to 100,000 residents, and probe readings inserted "
                             "as ingest would, to measure the scorer at that size",
 }
-SCANNED = ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim", "bench")
+SCANNED = ("carewatch", "gateway", "ingest", "scoring", "api", "dashboard", "firmware_sim", "notify", "bench")
 WRITE = re.compile(r"(?<!FOR )(?<!DO )\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM|COPY|TRUNCATE(?:\s+TABLE)?)\s+(\w+)")
 
 

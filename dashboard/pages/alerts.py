@@ -11,7 +11,7 @@ import streamlit as st
 
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiClient, ApiError, ago, local_time
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES
+from carewatch.scoring.kinds import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES
 
 OUTCOME_WORDS = {"gp_called": "GP called", "nhs_111": "NHS 111 called", "called_999": "999 called",
             "visit_booked": "Visit booked", "advice_given": "Advice given", "admitted": "Admitted to hospital",
@@ -21,6 +21,13 @@ OUTCOMES = [o for o in OUTCOME_WORDS if o in ESCALATION_OUTCOMES] + sorted(ESCAL
 #: What may be recorded on an incident: a monitoring plan kept in the home, or any escalation outcome.
 INCIDENT_OUTCOMES = ["monitoring_plan", *OUTCOMES]
 INCIDENT_OUTCOME_WORDS = {"monitoring_plan": "Monitoring plan in the home (say what in the note)", **OUTCOME_WORDS}
+FOLLOW_UP_WORDS = {"monitoring_plan": "Monitoring plan agreed", "gp_called": "GP called", "nhs_111": "NHS 111 called",
+                   "called_999": "999 called", "admitted": "Admitted to hospital"}
+#: What was done after acknowledging (one definition in kinds); a medium or high NEWS2 alert needs one.
+FOLLOW_UPS = [o for o in FOLLOW_UP_WORDS if o in FOLLOW_UP_OUTCOMES] + sorted(
+    FOLLOW_UP_OUTCOMES - FOLLOW_UP_WORDS.keys())
+STATUS_WORDS = {"open": "open", "acknowledged": "acknowledged", "escalated": "escalated by staff",
+                "auto_escalated": "escalated automatically (nobody answered in time)"}
 
 
 def act(label: str, call: Any) -> None:
@@ -37,17 +44,37 @@ def alert_block(c: ApiClient, a: dict[str, Any], now: datetime) -> None:
     who = a.get("resident_name") or a["subject_id"]
     with st.container(border=True):
         st.html(f"<div>{ui.severity_badge(a['severity'])} <b>{ui.esc(who)}</b>: {ui.kind_words(a['kind'])} "
-                f"(status: {a['status']}, opened {local_time(a['opened_at'], '%d %b %H:%M')}, "
+                f"(status: {STATUS_WORDS.get(a['status'], a['status'])}, "
+                f"opened {local_time(a['opened_at'], '%d %b %H:%M')}, "
                 f"{ago(a['opened_at'], now)})</div>")
         st.markdown(f"{a['reason']}  \n**What to do:** {a['action']}")
         if a.get("acknowledged_by"):
             st.caption(f"Acknowledged by {a['acknowledged_by']} at {local_time(a['acknowledged_at'])}")
+        if a.get("notify_level"):
+            st.caption(f"Escalation policy: level {a['notify_level']} told"
+                       f"{' (no outcome recorded in time)' if a.get('notify_reason') == 'no_outcome' else ''}")
+        recovery = (a.get("data") or {}).get("recovery")
+        if recovery:
+            st.info(f"Recovered: {recovery.get('text')}. A high alert is closed by a person: check the resident, "
+                    "then close it below saying how it ended.")
+        if a.get("outcome"):
+            st.caption(f"Outcome: {FOLLOW_UP_WORDS.get(a['outcome'], a['outcome'])} ({a.get('outcome_by')}, "
+                       f"{local_time(a.get('outcome_at'))})")
         aid = a["alert_id"]
-        if a["status"] == "open":
+        if a.get("acknowledged_at") is None:
             with st.form(f"ack-{aid}"):
                 done = st.text_area("What have you done? (optional)", key=f"ack-note-{aid}", max_chars=2000)
                 if st.form_submit_button("Acknowledge", type="primary", width="stretch", key=f"ack-btn-{aid}"):
                     act("Acknowledge", lambda: c.acknowledge(aid, done.strip() or None))
+        elif a["kind"] == "news2" and a["severity"] in ("medium", "high") and not a.get("outcome"):
+            with st.form(f"outcome-{aid}"):
+                st.markdown("**What was done?** Record it, or the senior on shift is told.")
+                chosen = st.selectbox("Outcome", FOLLOW_UPS, format_func=lambda o: FOLLOW_UP_WORDS.get(o, o),
+                                      key=f"outcome-choice-{aid}")
+                note = st.text_input("Note (optional)", key=f"outcome-note-{aid}", max_chars=2000)
+                if st.form_submit_button("Record the outcome", type="primary", width="stretch",
+                                         key=f"outcome-btn-{aid}"):
+                    act("Outcome", lambda: c.record_outcome(aid, chosen, note.strip() or None))
         with st.expander("Record a call, or close this alert"):
             with st.form(f"escalate-{aid}"):
                 outcome = st.selectbox("Who did you call, and what happened?", OUTCOMES,

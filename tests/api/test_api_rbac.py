@@ -255,6 +255,12 @@ def body_for(method: str, path: str, w: World, target: Target) -> tuple[dict[str
         ("POST", "/kit-sessions/{session_id}/claim"): {},
         ("POST", "/readings/move"): {"gateway_id": target["reading_gateway"], "seq": int(target["reading_seq"] or 1),
                                     "to_resident_id": target["resident_id"] or w.resident_a},
+        ("POST", "/alerts/{alert_id}/outcome"): {"outcome": "monitoring_plan"},
+        ("PUT", "/sites/{site_id}/escalation-policy"): {"levels": [
+            {"level": 1, "name": "Staff on shift", "contacts": [{"channel": "dashboard", "recipient": "tablets"}]},
+            {"level": 2, "name": "Senior on shift", "contacts": [{"channel": "sms", "recipient": "07700900001"}]},
+            {"level": 3, "name": "Manager on call", "contacts": [{"channel": "email", "recipient": "m@home.test"}]},
+        ]},
     }
     params = {"metric": "spo2"} if path.endswith("/readings") else None
     return bodies.get((method, path)), params
@@ -373,6 +379,8 @@ def _tenant_b_unchanged(db: psycopg.Connection, t: Tenancy) -> None:
     assert devices == [(w.device_a, w.resident_a, None), (w.device_b, w.resident_b, None)]
     assert db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = ANY(%s)",
                       ([w.resident_b, w.resident_hb, t.resident_a_pb],)).fetchone()[0] == 1  # resident B's seed
+    assert db.execute("SELECT count(*) FROM escalation_policies WHERE site_id = ANY(%s)",
+                      ([w.home_b, w.household_b],)).fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM residents WHERE resident_id LIKE %s",
                       (f"new-{w.uid}%",)).fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM users WHERE username LIKE %s", (f"new-{w.uid}%",)).fetchone()[0] == 0
@@ -511,6 +519,12 @@ ROUTE_PERMISSION: dict[tuple[str, str], Permission] = {
     ("GET", "/kits/{kit_id}/unassigned"): Permission.USE_KIT,
     ("GET", "/kits/{kit_id}/readings"): Permission.USE_KIT,
     ("POST", "/readings/move"): Permission.MOVE_READING,
+    ("GET", "/sites/{site_id}/escalation-policy"): Permission.READ_ESCALATION,
+    ("PUT", "/sites/{site_id}/escalation-policy"): Permission.SET_ESCALATION_POLICY,
+    ("GET", "/sites/{site_id}/deliveries"): Permission.READ_ESCALATION,
+    ("GET", "/alerts/{alert_id}/deliveries"): Permission.READ_ESCALATION,
+    ("GET", "/sites/{site_id}/banner"): Permission.READ,
+    ("POST", "/alerts/{alert_id}/outcome"): Permission.ACT_ON_ALERT,
 }
 
 

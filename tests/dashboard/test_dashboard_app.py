@@ -59,6 +59,7 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == f"Oakview {estate.uid}"
     page = html_text(at)
+    assert 'class="cw-banner"' in page  # the live banner comes first (tests/dashboard/test_banner_browser.py)
     grid = page[page.index('cw-grid cw-residents'):]  # the resident grid (incidents and tasks come before it)
     name = estate.names[estate.deteriorating]
     assert grid.index(name) < min(grid.index(estate.names[r]) for r in estate.residents[1:])  # most worrying first

@@ -265,6 +265,84 @@ def test_unacknowledged_alert_escalates_on_time(db, home, resident) -> None:
     assert open_incidents(db, resident)[0]["escalation_level"] == 1
 
 
+def test_unacknowledged_alert_climbs_the_escalation_policy(db, home, resident) -> None:
+    """The tick takes the escalation policy's steps (here the default policy, tablets only at level 1): level 1 at
+    once, level 2 after the medium window, with the status of automatic escalation (never 'escalated'); after
+    acknowledgement a NEWS2 alert needs an outcome within 60 minutes or escalates again."""
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
+    evaluate_subjects(db, [resident], NOW)
+    [alert] = alerts(db, resident, "news2")
+    assert alert["severity"] == "medium" and alert["notify_level"] == 0
+    tick(db, NOW, slow=False)
+    told = alerts(db, resident, "news2")[0]
+    assert (told["status"], told["notify_level"], told["notify_due_at"]) == ("open", 1, NOW + timedelta(minutes=60))
+    assert events(db, alert["alert_id"])[-1] == "notified"
+    tick(db, NOW + timedelta(minutes=59), slow=False)
+    assert alerts(db, resident, "news2")[0]["notify_level"] == 1
+    summary = tick(db, NOW + timedelta(minutes=60), slow=False)
+    escalated = alerts(db, resident, "news2")[0]
+    assert alert["alert_id"] in summary.escalated
+    assert (escalated["status"], escalated["notify_level"], escalated["escalation_level"]) == ("auto_escalated", 2, 0)
+    assert events(db, alert["alert_id"])[-2:] == ["auto_escalated", "notify_failed"]  # nobody at level 2
+    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=61))
+    assert alerts(db, resident, "news2")[0]["status"] == "acknowledged"
+    tick(db, NOW + timedelta(minutes=61), slow=False)  # the outcome is due in 60 minutes
+    assert alerts(db, resident, "news2")[0]["notify_due_at"] == NOW + timedelta(minutes=121)
+    tick(db, NOW + timedelta(minutes=61 + 59), slow=False)
+    assert alerts(db, resident, "news2")[0]["notify_level"] == 2
+    tick(db, NOW + timedelta(minutes=61 + 60), slow=False)
+    again = alerts(db, resident, "news2")[0]
+    assert (again["status"], again["notify_level"], again["notify_reason"]) == ("auto_escalated", 3, "no_outcome")
+    lifecycle.record_outcome(db, alert["alert_id"], "senior1", "monitoring_plan", at=NOW + timedelta(minutes=125))
+    tick(db, NOW + timedelta(hours=9), slow=False)
+    done = alerts(db, resident, "news2")[0]
+    assert (done["status"], done["notify_level"], done["outcome"]) == ("acknowledged", 3, "monitoring_plan")
+
+
+def test_high_alert_is_not_closed_by_a_low_set_without_a_person(db, home, resident) -> None:
+    add_manual_set(db, home, resident, NOW - timedelta(hours=1), score=8, risk="high", respiration_rate=26,
+                   spo2=90, systolic_bp=120, pulse=120, temperature=37, consciousness="A")
+    evaluate_subjects(db, [resident], NOW - timedelta(hours=1))
+    [alert] = alerts(db, resident, "news2")
+    assert alert["severity"] == "high"
+    add_manual_set(db, home, resident, NOW - timedelta(minutes=30), score=5, risk="medium", respiration_rate=22,
+                   spo2=95, systolic_bp=125, pulse=95, temperature=38.5, consciousness="A")
+    evaluate_subjects(db, [resident], NOW - timedelta(minutes=29))
+    assert alerts(db, resident, "news2")[0]["severity"] == "medium"  # better, but it was high
+    add_manual_set(db, home, resident, NOW, respiration_rate=16, spo2=97, systolic_bp=125, pulse=70, temperature=36.8,
+                   consciousness="A")  # complete and low: would close an alert that was never high
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=1))
+    [still] = alerts(db, resident, "news2")
+    assert still["status"] != "resolved" and still["data"]["was_high"] is True
+    assert still["data"]["recovery"]["text"] == still["data"]["recovery"]["text"].strip() != ""
+    assert events(db, alert["alert_id"])[-1] == "recovered"
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=2))  # noted once, not at every evaluation
+    assert events(db, alert["alert_id"]).count("recovered") == 1
+    lifecycle.resolve(db, alert["alert_id"], "nurse1", "seen: recovered, back to usual observations")
+    closed = alerts(db, resident, "news2")[0]
+    assert (closed["status"], closed["resolved_by"]) == ("resolved", "nurse1")
+
+
+def test_a_rise_is_told_at_once_to_the_level_last_told(db, home, resident) -> None:
+    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
+    evaluate_subjects(db, [resident], NOW)
+    tick(db, NOW, slow=False)
+    [alert] = alerts(db, resident, "news2")
+    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=1))
+    lifecycle.record_outcome(db, alert["alert_id"], "carer1", "monitoring_plan", at=NOW + timedelta(minutes=2))
+    add_manual_set(db, home, resident, NOW + timedelta(minutes=40), score=9, risk="high", respiration_rate=26,
+                   spo2=88, systolic_bp=95, pulse=125, temperature=39.5, consciousness="V")
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=41))
+    worse = alerts(db, resident, "news2")[0]
+    assert (worse["severity"], worse["status"], worse["notify_reason"], worse["outcome"]) == (
+        "high", "open", "risen", None)  # a fresh acknowledgement and a fresh outcome are needed
+    tick(db, NOW + timedelta(minutes=41), slow=False)
+    told = alerts(db, resident, "news2")[0]
+    assert (told["notify_level"], told["notify_reason"], told["notify_due_at"]) == (
+        1, "unacknowledged", NOW + timedelta(minutes=41 + 15))
+    assert events(db, alert["alert_id"]).count("notified") == 2
+
+
 def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
     evaluate_subjects(db, [resident], NOW)
@@ -332,7 +410,9 @@ def test_long_bathroom_stay_raises_on_tick_and_clears_on_movement(db, flat, uid)
     assert incident["category"] == "household" and alert["incident_id"] == incident["incident_id"]
     add_reading(db, flat, flat, f"hall-{uid}", "motion", 1, t + timedelta(minutes=50))
     evaluate_subjects(db, [flat], t + timedelta(minutes=51))
-    assert alerts(db, flat, "long_bathroom_stay")[0]["status"] == "resolved"
+    moved = alerts(db, flat, "long_bathroom_stay")[0]  # a high alert: the movement is noted, a person closes it
+    assert moved["status"] != "resolved" and "recovery" in moved["data"]
+    assert events(db, alert["alert_id"])[-1] == "recovered"
 
 
 def test_cold_room_sustained_then_back_in_range(db, flat, uid) -> None:

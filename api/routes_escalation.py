@@ -1,0 +1,115 @@
+"""Escalation: each home's policy (managers and admins change it, audited), the delivery log (who was told
+what, when, and whether it arrived), and the banner every signed-in tablet of a home polls every 2 seconds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter
+from psycopg.rows import dict_row
+
+from carewatch.api import scope
+from carewatch.api.deps import Context, Paging
+from carewatch.api.schemas import Banner, BannerItem, DeliveryOut, EscalationPolicyOut, Page, page_of
+from carewatch.api.scope import Permission
+from carewatch.notify import store
+from carewatch.notify.policy import EscalationPolicy, NotifyState, outcome_due, route_prompt
+from carewatch.scoring.kinds import Severity
+
+router = APIRouter(tags=["escalation"])
+
+
+def _policy_out(site_id: str, policy: EscalationPolicy, by: str | None, at: datetime | None) -> EscalationPolicyOut:
+    return EscalationPolicyOut(site_id=site_id, policy=policy.model_dump(mode="json"), is_default=by is None,
+                               updated_by=by, updated_at=at, gaps=policy.gaps())
+
+
+@router.get("/sites/{site_id}/escalation-policy", response_model=EscalationPolicyOut,
+            summary="The home's escalation policy: who is told at each level, and each level's window")
+def get_policy(ctx: Context, site_id: str) -> EscalationPolicyOut:
+    ctx.require(Permission.READ_ESCALATION)
+    ctx.site(site_id, view="escalation_policy")
+    return _policy_out(site_id, *store.load(ctx.conn, site_id))
+
+
+@router.put("/sites/{site_id}/escalation-policy", response_model=EscalationPolicyOut,
+            summary="Set the home's escalation policy (managers and admins; audited)")
+def put_policy(ctx: Context, site_id: str, body: EscalationPolicy) -> EscalationPolicyOut:
+    ctx.require(Permission.SET_ESCALATION_POLICY)
+    ctx.site(site_id, action="update", change="escalation_policy", policy=body.model_dump(mode="json"))
+    with ctx.conn.transaction():
+        at = store.save(ctx.conn, site_id, body, ctx.principal.username)
+    return _policy_out(site_id, body, ctx.principal.username, at)
+
+
+@router.get("/sites/{site_id}/deliveries", response_model=Page[DeliveryOut],
+            summary="Delivery log of the home: every notification attempt, newest first")
+def site_deliveries(ctx: Context, site_id: str, paging: Paging) -> dict:
+    ctx.require(Permission.READ_ESCALATION)
+    ctx.site(site_id, view="deliveries")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT d.* FROM notification_deliveries d
+                WHERE d.site_id = %(site)s AND {scope.config_predicate(ctx.principal, 'd.site_id')}
+                ORDER BY d.delivery_id DESC LIMIT %(limit)s OFFSET %(offset)s""",
+            {**ctx.params, "site": site_id, "limit": paging.limit + 1, "offset": paging.offset}).fetchall()
+    return page_of([DeliveryOut(**r) for r in rows], paging.limit, paging.offset)
+
+
+@router.get("/alerts/{alert_id}/deliveries", response_model=list[DeliveryOut],
+            summary="Who was told about this alert, when, over which channel, and whether it arrived")
+def alert_deliveries(ctx: Context, alert_id: int) -> list[DeliveryOut]:
+    ctx.require(Permission.READ_ESCALATION)
+    alert = ctx.alert(alert_id, view="deliveries")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT d.* FROM notification_deliveries d
+                WHERE d.target_kind = 'alert' AND d.target_id = %(id)s
+                  AND {scope.config_predicate(ctx.principal, 'd.site_id')} AND d.site_id = %(site)s
+                ORDER BY d.delivery_id""", {**ctx.params, "id": alert_id, "site": alert["site_id"]}).fetchall()
+    return [DeliveryOut(**r) for r in rows]
+
+
+def _needs(row: dict[str, Any]) -> str:
+    if row["acknowledged_at"] is None:
+        return "acknowledgement"
+    return "outcome" if row["kind"] == "news2" and row["outcome_at"] is None else "closing"
+
+
+@router.get("/sites/{site_id}/banner", response_model=Banner,
+            summary="What every tablet of the home shows on top of every page (polled every 2 s): medium and high "
+                    "alerts waiting for acknowledgement (with sound), an outcome, or a person to close them")
+def banner(ctx: Context, site_id: str) -> Banner:
+    ctx.site(site_id, view="banner")
+    policy, _, _ = store.load(ctx.conn, site_id)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT a.alert_id, a.resident_id, coalesce(r.display_name, a.subject_id) AS who, a.kind, a.severity,
+                       a.status, a.score, a.reason, a.action, a.opened_at, a.acknowledged_at, a.acknowledged_by,
+                       a.notify_level, a.notify_reason, a.notify_due_at, a.outcome_at, a.data->>'risk' AS risk,
+                       a.data->'recovery'->>'text' AS recovery
+                FROM alerts a JOIN sites s ON s.site_id = a.site_id
+                LEFT JOIN residents r ON r.resident_id = a.resident_id
+                WHERE a.site_id = %(site)s AND a.status <> 'resolved' AND a.severity IN ('medium', 'high')
+                  AND {scope.alert_predicate(ctx.principal)}
+                  AND (a.acknowledged_at IS NULL OR (a.kind = 'news2' AND a.outcome_at IS NULL)
+                       OR a.data ? 'recovery')
+                ORDER BY a.acknowledged_at IS NULL DESC, CASE a.severity WHEN 'high' THEN 0 ELSE 1 END, a.opened_at
+                LIMIT 50""",
+            {**ctx.params, "site": site_id}).fetchall()
+    items = []
+    for row in rows:
+        severity = Severity(row["severity"])
+        state = NotifyState(row["kind"], severity, row["status"], row["acknowledged_at"], row["notify_level"],
+                            row["notify_reason"], row["notify_due_at"], row["outcome_at"] is not None)
+        items.append(BannerItem(
+            alert_id=row["alert_id"], resident_id=row["resident_id"], who=row["who"], kind=row["kind"],
+            severity=row["severity"], status=row["status"], score=row["score"], reason=row["reason"],
+            action=row["action"], opened_at=row["opened_at"], acknowledged_by=row["acknowledged_by"],
+            notify_level=row["notify_level"], needs=_needs(row),  # type: ignore[arg-type]
+            route=route_prompt(row["kind"], severity, row["score"], row["risk"]), recovery=row["recovery"],
+            outcome_due_at=outcome_due(policy, state)))
+    ctx.note("read", "alert", None, ids=[i.alert_id for i in items], view="banner")
+    return Banner(site_id=site_id, generated_at=datetime.now(UTC),
+                  sound=any(i.needs == "acknowledgement" for i in items), items=items)

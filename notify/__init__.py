@@ -1,0 +1,1 @@
+"""Escalation that reaches a person: policy, channels, delivery log, receivers for tests and the demo."""

@@ -1,0 +1,208 @@
+"""The escalation shell: find what is due, apply the policy's next step, deliver it, and record every attempt.
+
+``escalation_pass`` (in one transaction): the alerts whose next step is due (``policy.next_step``), locked with
+SKIP LOCKED so two scorers never notify twice; each step is an alert transition (status ``auto_escalated``
+from level 2, an ``auto_escalated``/``notified`` event) and one pending delivery per contact. ``deliver_pending``
+(outside any transaction holding alert locks): sends them through the channels at once, each within a timeout,
+records the results, and moves a step that reached nobody on to the next level at once.
+
+What is notified is one place, ``TARGET``: alerts today; incidents when the incidents work lands (issue 15).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from carewatch.notify import deliveries, store
+from carewatch.notify.channels import Attempt, Channel, Result, send_all
+from carewatch.notify.policy import (
+    EscalationPolicy,
+    Message,
+    NotifyState,
+    Reason,
+    Step,
+    compose,
+    next_step,
+    route_prompt,
+)
+from carewatch.scoring import lifecycle
+from carewatch.scoring.kinds import Severity
+
+log = logging.getLogger("carewatch.notify.escalation")
+
+#: Alert kinds in words for messages (the dashboard has the same words; both read this).
+KIND_WORDS = {"news2": "NEWS2 score", "news2_rising": "NEWS2 rising", "soft_signs": "soft signs of illness",
+              "obs_overdue": "observations overdue", "long_bathroom_stay": "long stay in the bathroom",
+              "gateway_offline": "home hub offline"}
+
+
+def _alert_rows(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["target_id"]: r for r in cur.execute(
+            """SELECT a.alert_id AS target_id, a.site_id, s.name AS site_name, a.kind, a.severity, a.status,
+                      a.acknowledged_at, a.opened_at, a.reason, a.action, a.score, a.data->>'risk' AS risk,
+                      coalesce(r.display_name, a.subject_id) AS who
+               FROM alerts a JOIN sites s ON s.site_id = a.site_id
+               LEFT JOIN residents r ON r.resident_id = a.resident_id
+               WHERE a.alert_id = ANY(%s)""", (list(ids),)).fetchall()}
+
+
+
+@dataclass(frozen=True)
+class Target:
+    """What gets notified: its kind (as the delivery log names it) and the query that finds candidates.
+
+    The query returns the columns of :class:`NotifyState` plus what a message needs, for rows that may be due
+    (the pure rule decides), locked FOR UPDATE SKIP LOCKED."""
+
+    kind: str
+    candidates_sql: str
+    message_rows: Callable[[psycopg.Connection, Sequence[int]], dict[int, dict[str, Any]]]
+    auto_escalate: Callable[..., None]
+    hurry: Callable[..., None]
+    await_outcome: Callable[..., None]
+
+
+ALERTS = Target("alert", """
+    SELECT a.alert_id AS target_id, a.site_id, s.name AS site_name, a.kind, a.severity, a.status,
+           a.acknowledged_at, a.notify_level, a.notify_reason, a.notify_due_at, a.outcome_at IS NOT NULL AS outcome,
+           a.opened_at, a.reason, a.action, a.score, a.data->>'risk' AS risk,
+           coalesce(r.display_name, a.subject_id) AS who
+    FROM alerts a JOIN sites s ON s.site_id = a.site_id LEFT JOIN residents r ON r.resident_id = a.resident_id
+    WHERE a.status <> 'resolved' AND a.severity IN ('medium', 'high') AND a.outcome_at IS NULL
+      AND (%(sites)s::text[] IS NULL OR a.site_id = ANY(%(sites)s))
+      -- one ladder per incident: its worst unresolved medium or high alert (alert fatigue, H-ESC-04)
+      AND NOT EXISTS (
+          SELECT 1 FROM alerts b WHERE a.incident_id IS NOT NULL AND b.incident_id = a.incident_id
+             AND b.alert_id <> a.alert_id AND b.status <> 'resolved' AND b.severity IN ('medium', 'high')
+             AND (b.severity = 'high' AND a.severity = 'medium'
+                  OR (b.severity = a.severity AND (b.kind = 'news2') > (a.kind = 'news2'))
+                  OR (b.severity = a.severity AND (b.kind = 'news2') = (a.kind = 'news2') AND b.alert_id < a.alert_id)))
+      AND ((a.acknowledged_at IS NULL
+            AND (a.notify_level = 0 OR a.notify_reason IS DISTINCT FROM 'unacknowledged' OR a.notify_due_at <= %(now)s))
+        OR (a.acknowledged_at IS NOT NULL AND a.kind = 'news2'
+            AND (coalesce(a.notify_reason, '') NOT IN ('awaiting_outcome', 'no_outcome')
+                 OR a.notify_due_at <= %(now)s)))
+    ORDER BY a.alert_id
+    FOR UPDATE OF a SKIP LOCKED""", _alert_rows, lifecycle.auto_escalate, lifecycle.hurry_escalation,
+                lifecycle.await_outcome)
+
+#: The one switch between notifying on alerts and on incidents.
+TARGET = ALERTS
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A step taken: for the caller's log and the tests."""
+
+    target_id: int
+    level: int
+    reason: str
+    delivery_ids: tuple[int, ...]
+
+
+def _state(row: Mapping[str, Any]) -> NotifyState:
+    return NotifyState(kind=row["kind"], severity=Severity(row["severity"]), status=row["status"],
+                       acknowledged_at=row["acknowledged_at"], notify_level=row["notify_level"],
+                       notify_reason=row["notify_reason"], notify_due_at=row["notify_due_at"],
+                       outcome_recorded=bool(row["outcome"]))
+
+
+def message_for(row: Mapping[str, Any], step: Step, policy: EscalationPolicy, now: datetime,
+                link: str | None = None) -> Message:
+    severity = Severity(row["severity"])
+    waited = policy.outcome_window(severity) if step.reason is Reason.NO_OUTCOME else now - row["opened_at"]
+    return compose(target_kind=TARGET.kind, target_id=row["target_id"], site_id=row["site_id"],
+                   site_name=row["site_name"], who=row["who"],
+                   what=KIND_WORDS.get(row["kind"], row["kind"].replace("_", " ")) + f" ({row['reason']})",
+                   severity=Severity(row["severity"]), step=step, policy=policy,
+                   route=route_prompt(row["kind"], Severity(row["severity"]), row["score"], row["risk"]),
+                   action=row["action"], waited=waited, link=link)
+
+
+def escalation_pass(conn: psycopg.Connection, now: datetime, *,
+                    site_ids: Sequence[str] | None = None) -> list[Planned]:
+    """Take every step that is due now (one transaction); deliveries are left pending for ``deliver_pending``.
+    ``site_ids`` narrows it to some sites (tests sharing a database)."""
+    planned: list[Planned] = []
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(TARGET.candidates_sql, {"now": now, "sites": list(site_ids) if site_ids else None}
+                           ).fetchall()
+        if not rows:
+            return planned
+        policies = store.load_many(conn, {r["site_id"] for r in rows})
+        for row in rows:
+            policy = policies[row["site_id"]]
+            step = next_step(policy, _state(row), now)
+            if step is None:
+                continue
+            if step.reason is Reason.AWAITING_OUTCOME:
+                TARGET.await_outcome(conn, row["target_id"], due=step.next_due, at=now)
+                continue
+            level = policy.level(step.level)
+            TARGET.auto_escalate(conn, row["target_id"], level=step.level, reason=step.reason.value,
+                                    next_due=step.next_due, level_name=level.name,
+                                    recipients=[f"{c.channel.value}:{c.recipient}" for c in step.contacts], at=now)
+            ids: list[int] = []
+            if not step.contacts:
+                deliveries.record_nobody(conn, site_id=row["site_id"], target_kind=TARGET.kind,
+                                         target_id=row["target_id"], level=step.level, reason=step.reason.value,
+                                         at=now, level_name=level.name)
+            for contact in step.contacts:
+                ids.append(deliveries.record_pending(
+                    conn, site_id=row["site_id"], target_kind=TARGET.kind, target_id=row["target_id"],
+                    level=step.level, reason=step.reason.value, channel=contact.channel.value,
+                    recipient=contact.recipient, at=now))
+            if not step.contacts:
+                TARGET.hurry(conn, row["target_id"], level=step.level, reason=step.reason.value, at=now)
+            planned.append(Planned(row["target_id"], step.level, step.reason.value, tuple(ids)))
+    return planned
+
+
+def deliver_pending(conn: psycopg.Connection, channels: Mapping[str, Channel], now: datetime, *,
+                    timeout: float = 5.0, link: str | None = None,
+                    site_ids: Sequence[str] | None = None) -> dict[int, str]:
+    """Send every pending attempt (all at once, each within ``timeout``) and record the results. A step whose
+    attempts all failed moves on to the next level at once (nobody was reached). Returns delivery id -> result."""
+    todo = deliveries.pending(conn, site_ids=site_ids)
+    if not todo:
+        return {}
+    rows = TARGET.message_rows(conn, sorted({p.target_id for p in todo}))
+    policies = store.load_many(conn, {p.site_id for p in todo})
+    attempts = []
+    for p in todo:
+        row = rows.get(p.target_id)
+        if row is None:
+            continue
+        policy = policies[p.site_id]
+        step = Step(p.level, Reason(p.reason), tuple(policy.level(p.level).contacts), None)
+        attempts.append(Attempt(p.delivery_id, p.channel, p.recipient, message_for(row, step, policy, p.created_at,
+                                                                                  link)))
+    results = send_all(channels, attempts, timeout=timeout)
+    for p in todo:
+        if p.target_id not in rows:
+            results[p.delivery_id] = Result("failed", f"{TARGET.kind} {p.target_id} no longer exists")
+    deliveries.record_results(conn, results)
+    with conn.transaction():
+        for kind, target_id, level, reason in deliveries.undelivered_levels(conn, results):
+            if kind == TARGET.kind:
+                TARGET.hurry(conn, target_id, level=level, reason=reason, at=now)
+    for key, r in results.items():
+        if not r.delivered:
+            log.warning("notification_not_delivered delivery_id=%s result=%s detail=%s", key, r.result, r.detail)
+    return {k: r.result for k, r in results.items()}
+
+
+def run_once(conn: psycopg.Connection, channels: Mapping[str, Channel], now: datetime, *, timeout: float = 5.0,
+             link: str | None = None, site_ids: Sequence[str] | None = None) -> list[Planned]:
+    """One round: take the due steps, then deliver (the scorer's notify loop and the tests call this)."""
+    planned = escalation_pass(conn, now, site_ids=site_ids)
+    deliver_pending(conn, channels, now, timeout=timeout, link=link, site_ids=site_ids)
+    return planned

@@ -1,0 +1,72 @@
+"""The notify loop: every ``notify_interval_s``, deliver the notifications the escalation steps left pending.
+
+The steps themselves are taken by the scorer's tick (``engine.tick`` -> ``escalation.escalation_pass``), so they
+follow the same clock as every other time-based rule.
+
+It runs in the scorer (a thread with its own connection, on the scorer's clock, so the simulated-time demo
+escalates in simulated minutes). The channels come from settings; an unconfigured channel is absent, and an
+attempt on it is recorded as failed with the reason (never silently skipped).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import structlog
+
+from carewatch.notify.channels import Channel, DashboardChannel, EmailChannel, SmsChannel, WebhookChannel
+from carewatch.notify.escalation import deliver_pending
+from carewatch.scoring.clock import Clock
+from carewatch.settings import Settings
+
+log = structlog.get_logger("carewatch.notify.service")
+
+
+def channels_from_settings(settings: Settings) -> dict[str, Channel]:
+    """The channels this server can use: the dashboard always, the others when configured."""
+    channels: dict[str, Channel] = {"dashboard": DashboardChannel()}
+    if settings.notify_smtp_host:
+        channels["email"] = EmailChannel(
+            settings.notify_smtp_host, settings.notify_smtp_port, settings.notify_smtp_sender,
+            settings.notify_smtp_username,
+            settings.notify_smtp_password.get_secret_value() if settings.notify_smtp_password else None,
+            settings.notify_smtp_starttls)
+    if settings.notify_sms_api_key and settings.notify_sms_template_id:
+        channels["sms"] = SmsChannel(settings.notify_sms_api_key.get_secret_value(), settings.notify_sms_template_id,
+                                     settings.notify_sms_base_url)
+    if settings.notify_webhook_secret:
+        channels["webhook"] = WebhookChannel(settings.notify_webhook_secret.get_secret_value())
+    return channels
+
+
+def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Event, done: threading.Event) -> None:
+    """Run escalation passes until stopped; a lost connection is re-opened with back-off."""
+    channels = channels_from_settings(settings)
+    log.info("notify_started", channels=sorted(channels))
+    backoff = 1.0
+    while not (stop.is_set() or done.is_set()):
+        try:
+            with psycopg.connect(dsn, autocommit=True, application_name="carewatch-notify") as conn:
+                backoff = 1.0
+                while not (stop.is_set() or done.is_set()):
+                    if done.wait(settings.notify_interval_s) or stop.is_set():
+                        return
+                    if not clock.ready:
+                        continue
+                    started = time.monotonic()
+                    try:
+                        sent = deliver_pending(conn, channels, clock.now(), timeout=settings.notify_timeout_s)
+                    except psycopg.OperationalError:
+                        raise
+                    except Exception:
+                        log.exception("notify_failed")
+                        continue
+                    if sent:
+                        log.info("notifications_sent", results=sorted(sent.values()),
+                                 ms=round((time.monotonic() - started) * 1000))
+        except psycopg.OperationalError as exc:
+            log.warning("notify_database_unavailable", error=str(exc), retry_in_s=backoff)
+            done.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
