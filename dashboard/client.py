@@ -18,7 +18,8 @@ import httpx
 from carewatch.scoring.kinds import SEVERITY_RANK, UNRESOLVED_STATUSES
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
-UNRESOLVED = UNRESOLVED_STATUSES
+UNRESOLVED = UNRESOLVED_STATUSES  # alerts (automatic escalation has its own status)
+UNRESOLVED_INCIDENTS = ("open", "acknowledged", "escalated")
 #: Items the API serves per page at most (``limit``); the client follows ``next_offset`` from page to page.
 PAGE_SIZE = 500
 #: Most items one list gathers: enough for any real home, practice or council, small enough that a page still
@@ -257,7 +258,7 @@ class ApiClient:
 
     # -- incidents and tasks ------------------------------------------------------------------------------
     def incidents(self, site: str | None = None, resident: str | None = None,
-                  statuses: tuple[str, ...] = UNRESOLVED, most: int | None = None) -> Items:
+                  statuses: tuple[str, ...] = UNRESOLVED_INCIDENTS, most: int | None = None) -> Items:
         """One per person, home, device or hub, worst first, each with its unresolved components."""
         params: dict[str, Any] = {"status": list(statuses)}
         if site:
