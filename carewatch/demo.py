@@ -10,8 +10,8 @@ until it catches up with the wall clock, so every scripted scenario appears with
 Notifications go to receivers of the demo's own: an SMTP server, a server speaking GOV.UK Notify's API (SMS) and
 a webhook receiver that checks signatures; each home gets an escalation policy (tablets and the nurse-call
 webhook, then the senior's phone, then the manager's email). What they receive is printed as it arrives, and a
-simulated member of staff acknowledges each NEWS2 alert without recording an outcome, so the follow-up
-escalation shows too; the other alerts nobody acknowledges, so they climb the levels.
+simulated member of staff acknowledges each NEWS2 alert once it has reached the senior (level 2), without
+recording an outcome, so the follow-up escalation to level 3 shows too.
 """
 
 from __future__ import annotations
@@ -325,9 +325,9 @@ class Demo:
             self._printed[channel] = len(items)
 
     def staff_round(self) -> None:
-        """A simulated carer acknowledges each NEWS2 alert once the tablets have been told, and records no
-        outcome: the follow-up escalation (no outcome within 15 or 60 minutes) then shows in the demo too. The
-        other alerts (soft signs) nobody acknowledges: they climb the levels."""
+        """A simulated carer acknowledges each NEWS2 alert once the senior has been told (level 2: nobody had
+        acknowledged it), and records no outcome: the follow-up escalation (no outcome within 15 or 60 minutes)
+        then tells level 3, so both show in the demo."""
         for site_id, _ in HOMES:
             token = self._token(site_id)
             if token is None:
@@ -337,7 +337,7 @@ class Demo:
             if reply.status_code != 200:
                 continue
             for alert in reply.json()["items"]:
-                if alert["notify_level"] >= 1 and alert["acknowledged_at"] is None \
+                if alert["notify_level"] >= 2 and alert["acknowledged_at"] is None \
                         and alert["alert_id"] not in self._acknowledged:
                     httpx.post(f"{self.api_url}/alerts/{alert['alert_id']}/acknowledge",
                                json={"comment": "Seen (demo): no outcome will be recorded"},

@@ -70,6 +70,7 @@ def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Pat
     assert notes and all({"channel", "recipient", "delivered"} <= set(n) for n in notes)
     delivered = {(n["channel"], n["level"]) for n in notes if n["delivered"]}
     assert {("dashboard", 1), ("webhook", 1), ("sms", 2), ("email", 3)} <= delivered, notes
+    assert any(n["reason"] == "unacknowledged" and n["level"] == 2 and n["delivered"] for n in notes), notes
     assert any(n["reason"] == "no_outcome" and n["delivered"] for n in notes), notes
     received = summary["notifications_received"]
     for channel in ("email", "sms", "webhook"):

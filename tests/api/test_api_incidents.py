@@ -57,7 +57,8 @@ def test_one_incident_per_resident_with_its_components_and_one_acknowledgement(
     assert [e["action"] for e in done["events"]] == ["opened", "components_added", "acknowledged", "outcome",
                                                      "resolved"]
     alert = client.get(f"/alerts/{soft}", headers=headers).json()
-    assert [e["action"] for e in alert["events"]] == ["acknowledged", "resolved"]
+    # the incident's outcome is its components' too (it ends their follow-up escalation, H-ESC-06)
+    assert [e["action"] for e in alert["events"]] == ["acknowledged", "outcome_recorded", "resolved"]
     assert client.get("/incidents", params={"site": world.home_a}, headers=headers).json()["items"] == []
     resolved = client.get("/incidents", params={"site": world.home_a, "status": "resolved"}, headers=headers)
     assert [i["incident_id"] for i in resolved.json()["items"]] == [world.incident_a]
