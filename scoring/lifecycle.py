@@ -77,7 +77,9 @@ OpenAlert = tuple[int, str, str, str, str, datetime | None, datetime | None, str
 _OPEN_ALERT_SQL = """SELECT a.subject_id, a.kind, a.alert_id, a.severity, a.status, a.reason, a.action,
        a.acknowledged_at, a.ack_due_at,
        CASE WHEN a.data ? 'recovery' THEN 'recovered'
-            WHEN a.severity = 'high' OR a.data ? 'was_high' THEN 'person' END
+            WHEN (a.severity = 'high' OR a.data ? 'was_high')
+                 AND a.kind NOT IN ('device_silent', 'household_silent', 'battery_low', 'device_fault',
+                                    'gateway_offline', 'scoring_stalled') THEN 'person' END
 FROM alerts a JOIN unnest(%s::text[], %s::text[]) AS p(subject_id, kind) USING (subject_id, kind)
 WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
 
