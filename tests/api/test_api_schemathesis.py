@@ -25,6 +25,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import hypothesis
@@ -43,6 +44,7 @@ from schemathesis.specs.openapi.checks import (
 from carewatch.api.app import PUBLIC_PATHS, create_app
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import get_user
+from carewatch.ingest import kit_sessions
 from carewatch.settings import Settings
 
 from .conftest import World, build_world, serve
@@ -83,7 +85,21 @@ def live_api(api_settings: Settings) -> Iterator[LiveApi]:
 OPENAPI = create_app(Settings(jwt_secret="schema-only-" + "x" * 32)).openapi()
 
 
-def id_pools(world: World, role: str) -> dict[str, tuple[list[Any], list[Any]]]:
+def kit_of(site_id: str) -> str:
+    return f"{site_id}-kit-01"
+
+
+def add_kits(conn: psycopg.Connection, w: World) -> list[int]:
+    """A shared kit in each care home, and an open measurement session on each (home A's first), so the kit and
+    session routes reach real rows too."""
+    kit_sessions.ensure_kits(conn, [(kit_of(w.home_a), w.home_a, "kit-01"), (kit_of(w.home_b), w.home_b, "kit-01")])
+    now = datetime.now(UTC)
+    return [kit_sessions.start_session(conn, kit_id=kit_of(site), site_id=site, resident_id=resident, by="seed",
+                                       at=now).session["session_id"]
+            for site, resident in ((w.home_a, w.resident_a), (w.home_b, w.resident_b))]
+
+
+def id_pools(world: World, role: str, sessions: list[int]) -> dict[str, tuple[list[Any], list[Any]]]:
     """Parameter name -> (ids the caller may see, everyone else's). ``username`` names only users no run signs in
     as, so a generated PATCH or DELETE cannot demote or disable the caller mid-run."""
     w = world
@@ -93,9 +109,12 @@ def id_pools(world: World, role: str) -> dict[str, tuple[list[Any], list[Any]]]:
         "alert": [w.alert_a, w.alert_b, w.alert_hb, w.alert_ha2_clinical],
         "device": [w.device_a, w.device_b], "gateway": [w.gateway_a, w.gateway_b],
         "practice": [w.practice_a, w.practice_b],
+        "incident": [w.incident_a, w.incident_b, w.incident_hb],
+        "kit": [kit_of(w.home_a), kit_of(w.home_b)], "session": list(sessions),
     }
     home_a = {"site": [w.home_a], "resident": [w.resident_a], "alert": [w.alert_a], "device": [w.device_a],
-              "gateway": [w.gateway_a], "practice": [w.practice_a]}
+              "gateway": [w.gateway_a], "practice": [w.practice_a], "incident": [w.incident_a],
+              "kit": [kit_of(w.home_a)], "session": sessions[:1]}
     visible = {
         "admin": everything, "care_staff": home_a, "manager": home_a,
         "gp": {**home_a, "site": [w.home_a, w.household_a, w.household_a2],
@@ -106,7 +125,8 @@ def id_pools(world: World, role: str) -> dict[str, tuple[list[Any], list[Any]]]:
     }[role]
     kinds = {"site_id": "site", "site": "site", "resident_id": "resident", "resident": "resident",
              "alert_id": "alert", "device_id": "device", "gateway_id": "gateway", "gateway": "gateway",
-             "practice": "practice", "practice_code": "practice", "gp_practice": "practice"}
+             "practice": "practice", "practice_code": "practice", "gp_practice": "practice",
+             "incident_id": "incident", "kit_id": "kit", "session_id": "session"}
     pools = {name: (visible[kind], everything[kind]) for name, kind in kinds.items()}
     victims = sorted(w.other_users.values())
     pools["username"] = (victims, victims)
@@ -229,10 +249,11 @@ class Callers:
         if role not in self.made:
             with psycopg.connect(self.database) as conn:
                 world = build_world(conn, f"st{role.replace('_', '')[:6]}")
+                sessions = add_kits(conn, world)
                 user = get_user(conn, world.users[role])
                 assert user is not None
                 token = issue_tokens(conn, user, self.live.settings).access_token
-            POOLS[role].update(id_pools(world, role))
+            POOLS[role].update(id_pools(world, role, sessions))
             self.made[role] = Caller(self.live.base_url, {"Authorization": f"Bearer {token}"}, self.session, role)
         return self.made[role]
 
