@@ -244,7 +244,7 @@ class Settings(BaseSettings):
 #: so they are refused whatever their length. tests/core/test_secrets.py checks every example is listed here.
 EXAMPLE_SECRETS = frozenset({
     "change-me", "change-me-to-a-long-random-string", "changeme", "secret", "carewatch", "healthcheck",
-    "carewatch-demo",
+    "carewatch-demo", "<shared HMAC key for signed webhooks>",
 })
 MIN_SECRET_BYTES = 32
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -30,6 +31,7 @@ from ha_cluster import Formation, pg_autoctl
 from carewatch.api.users import create_user
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, free_port
+from carewatch.firmware_sim.care import HomeCare
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
 from carewatch.firmware_sim.scenarios import parse_scenario_file
@@ -138,9 +140,16 @@ def test_primary_killed_mid_stream_loses_nothing_and_alerts_still_come(
         formation: Formation, scratch_dir: Path, uid: str) -> None:
     dsn = formation.dsn
     migrate(dsn)
-    with psycopg.connect(dsn) as conn:
-        sync_names, sync_commit = conn.execute(
-            "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')").fetchone()
+    # the monitor turns synchronous replication on once the standby reports itself caught up: wait for it
+    deadline = time.monotonic() + 90
+    while True:
+        with psycopg.connect(dsn) as conn:
+            sync_names, sync_commit = conn.execute(
+                "SELECT current_setting('synchronous_standby_names'), current_setting('synchronous_commit')"
+            ).fetchone()
+        if (sync_names and sync_commit in ("on", "remote_apply")) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert sync_names and sync_commit in ("on", "remote_apply"), "commits must wait for the standby"
 
     broker = EmbeddedBroker(scratch_dir / f"mqtt-failover-{uid}", free_port())
@@ -149,7 +158,9 @@ def test_primary_killed_mid_stream_loses_nothing_and_alerts_still_come(
     broker.start()
     site = f"fo-{uid}"
     start = sim_start(datetime.now(UTC))
-    world = build_world(seed=5, sites=[SiteSpec(id=site, residents=3, obs_per_day=6, missed_round_probability=0.0)],
+    # a home that never misses a round and re-checks as the chart says (as in the end-to-end test)
+    care = replace(HomeCare.textbook(), follow_up_compliance=1.0)
+    world = build_world(seed=5, sites=[SiteSpec(id=site, residents=3, obs_per_day=6, care=care)],
                         households=1, household_prefix=f"fohh-{uid}",
                         scenarios=list(parse_scenario_file(DETERIORATION, source="failover").scenarios), start=start)
     resident = world.residents[0].id

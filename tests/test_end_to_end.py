@@ -117,7 +117,8 @@ def test_deteriorating_resident_reaches_the_api_with_the_right_score(
 
             def news2_alert() -> dict | None:
                 reply = api.get("/alerts", params={"resident": resident, "kind": "news2",
-                                                   "status": ["open", "acknowledged", "escalated", "resolved"]},
+                                                   "status": ["open", "acknowledged", "escalated",
+                                                                  "auto_escalated", "resolved"]},
                                 headers=headers)
                 assert reply.status_code == 200, reply.text
                 items = reply.json()["items"]
