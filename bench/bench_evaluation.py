@@ -426,6 +426,9 @@ class Notice:
     severity: str
     at: datetime
     cls: str = "false"  # true | related | false
+    #: an incident notification's component alert kinds so far (a household, device or gateway row is found by
+    #: an incident holding its expected alert kind); empty for alert notifications
+    components: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -486,15 +489,21 @@ def load_incidents(conn: psycopg.Connection, since: datetime) -> tuple[list[Noti
     notices: list[Notice] = []
     spans: list[Span] = []
     current: dict[int, tuple[datetime, int]] = {}
+    parts: dict[int, set[str]] = defaultdict(set)
     for incident_id, at, action, detail in conn.execute(
             "SELECT incident_id, at, action, detail FROM incident_events ORDER BY at, event_id"):
         subject, site, category = incidents[incident_id]
         kind = f"{INCIDENT_PREFIX}{category}"
+        if action == "opened" and detail.get("kind"):
+            parts[incident_id].add(detail["kind"])
+        elif action == "components_added":
+            parts[incident_id].update(detail.get("kinds") or ())
         if action == "opened":
             sev = detail.get("severity", Severity.MEDIUM.value)
             current[incident_id] = (at, SEVERITY_RANK[Severity(sev)])
             if at > since:
-                notices.append(Notice(incident_id, subject, site, kind, sev, at))
+                notices.append(Notice(incident_id, subject, site, kind, sev, at,
+                                      components=frozenset(parts[incident_id])))
         elif action in ("band_rose", "severity_rose", "updated") and incident_id in current:
             sev = detail.get("to_severity")
             if sev is None:
@@ -503,7 +512,8 @@ def load_incidents(conn: psycopg.Connection, since: datetime) -> tuple[list[Noti
             spans.append(Span(subject, kind, start, at, rank))
             current[incident_id] = (at, SEVERITY_RANK[Severity(sev)])
             if action != "updated" and at > since:
-                notices.append(Notice(incident_id, subject, site, kind, sev, at))
+                notices.append(Notice(incident_id, subject, site, kind, sev, at,
+                                      components=frozenset(parts[incident_id])))
         elif action in ("auto_resolved", "resolved") and incident_id in current:
             start, rank = current.pop(incident_id)
             spans.append(Span(subject, kind, start, at, rank))
@@ -530,13 +540,14 @@ def match(truths: Sequence[Truth], notices: Sequence[Notice], detecting: frozens
         first: Notice | None = None
         for subject in t.subjects:
             for n in by_subject.get(subject, ()):
-                if n.kind in wanted and t.onset <= n.at <= t.window_end:
+                found_by = n.kind in wanted or (not t.clinical and bool(n.components & wanted))
+                if found_by and t.onset <= n.at <= t.window_end:
                     n.cls = "true"
                     if first is None or n.at < first.at:
                         first = n
                 elif t.onset - LEAD <= n.at <= t.over and rank[n.cls] < rank["related"]:
                     n.cls = "related"
-                if n.kind in t.row["must_not"] and t.onset <= n.at <= t.window_end:
+                if ({n.kind} | n.components) & set(t.row["must_not"]) and t.onset <= n.at <= t.window_end:
                     violations.append(f"{t.row['id']}: {n.kind} on {n.subject}")
         if t.expected or t.clinical:
             detected[t.row["id"]] = first

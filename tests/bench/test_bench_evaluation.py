@@ -44,6 +44,32 @@ def test_held_out_seeds_come_from_the_date_and_cover_winter_and_summer() -> None
     assert all(r.start.weekday() == 0 and r.role == "held-out" for r in runs)
 
 
+def test_a_household_row_is_found_by_an_incident_holding_its_alert_kind() -> None:
+    """In incident mode a notification carries its category; a household, device or gateway row is found by an
+    incident whose components include the expected alert kind, and a must-not kind inside an incident counts."""
+    from datetime import UTC, datetime, timedelta
+
+    onset = datetime(2025, 1, 6, 8, tzinfo=UTC)
+    cold = ev.Truth({"id": "cold-1", "kind": "cold_home", "expected_alert": "room_cold", "must_not": []},
+                    frozenset({"hh-01"}), onset, onset + timedelta(hours=12), onset + timedelta(hours=24))
+    reboot = ev.Truth({"id": "reboot-1", "kind": "gateway_outage", "expected_alert": None,
+                       "must_not": ["gateway_offline"]},
+                      frozenset({"gw-01"}), onset, onset + timedelta(hours=1), onset + timedelta(hours=2))
+    notices = [
+        ev.Notice(1, "hh-01", "hh-01", "incident:household", "medium", onset + timedelta(hours=2),
+                  components=frozenset({"room_cold"})),
+        ev.Notice(2, "gw-01", "site-1", "incident:device", "low", onset + timedelta(minutes=30),
+                  components=frozenset({"gateway_offline"})),
+    ]
+    found, violations = ev.match([cold, reboot], notices)
+    assert found["cold-1"] is notices[0] and notices[0].cls == "true"
+    assert violations == ["reboot-1: incident:device on gw-01"]
+    # an incident without the expected kind does not count
+    other = [ev.Notice(3, "hh-01", "hh-01", "incident:household", "medium", onset + timedelta(hours=2),
+                       components=frozenset({"kitchen_inactivity"}))]
+    assert ev.match([cold], other)[0]["cold-1"] is None
+
+
 def test_the_evaluation_runs_end_to_end_on_a_tiny_world(pg_server: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "evaluation.md"
