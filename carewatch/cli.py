@@ -12,7 +12,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from carewatch.settings import get_settings
+from carewatch.settings import WeakSecretError, check_secret, get_settings
 
 
 class _LazyGroup(TyperGroup):
@@ -310,16 +310,23 @@ def db_migrate(
     from carewatch.db.roles import ensure_login
 
     settings = get_settings()
+    logins: list[tuple[str, str, str]] = []
+    for name, group, password in ((app_login, "app", settings.app_db_password),
+                                  (report_login, "report", settings.report_db_password)):
+        if name:  # checked before anything changes: a published password never reaches a role
+            variable = f"CAREWATCH_{group.upper()}_DB_PASSWORD"
+            if password is None:
+                raise typer.BadParameter(f"set {variable} for login {name}")
+            try:
+                logins.append((name, group, check_secret(password.get_secret_value(), variable)))
+            except WeakSecretError as exc:
+                raise typer.BadParameter(str(exc)) from exc
     applied = migrate(settings.dsn)
     typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
-    logins = [(app_login, "app", settings.app_db_password), (report_login, "report", settings.report_db_password)]
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
-        for name, group, password in logins:
-            if name:
-                if password is None:
-                    raise typer.BadParameter(f"set CAREWATCH_{group.upper()}_DB_PASSWORD for login {name}")
-                ensure_login(conn, name, group, password.get_secret_value())  # type: ignore[arg-type]
-                typer.echo(f"login {name}: member of carewatch_{group}")
+        for name, group, secret in logins:
+            ensure_login(conn, name, group, secret)  # type: ignore[arg-type]
+            typer.echo(f"login {name}: member of carewatch_{group}")
 
 
 def main() -> None:  # pragma: no cover

@@ -19,7 +19,7 @@ import structlog
 from carewatch.notify.channels import Channel, DashboardChannel, EmailChannel, SmsChannel, WebhookChannel
 from carewatch.notify.escalation import deliver_pending
 from carewatch.scoring.clock import Clock
-from carewatch.settings import Settings
+from carewatch.settings import Settings, check_secret
 
 log = structlog.get_logger("carewatch.notify.service")
 
@@ -37,7 +37,9 @@ def channels_from_settings(settings: Settings) -> dict[str, Channel]:
         channels["sms"] = SmsChannel(settings.notify_sms_api_key.get_secret_value(), settings.notify_sms_template_id,
                                      settings.notify_sms_base_url)
     if settings.notify_webhook_secret:
-        channels["webhook"] = WebhookChannel(settings.notify_webhook_secret.get_secret_value())
+        # signs what the receiver trusts: refused when short or published, like the JWT key
+        channels["webhook"] = WebhookChannel(check_secret(settings.notify_webhook_secret.get_secret_value(),
+                                                          "CAREWATCH_NOTIFY_WEBHOOK_SECRET"))
     return channels
 
 

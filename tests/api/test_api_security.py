@@ -9,6 +9,7 @@ the deployment (7) in tests/test_compose.py, the seed (13) in tests/firmware_sim
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -87,6 +88,24 @@ def test_every_secret_in_the_repository_examples_is_refused() -> None:
     for value in examples:
         with pytest.raises(WeakSecretError):
             Settings(jwt_secret=value).signing_key()
+
+
+@pytest.mark.parametrize("secret", ["<shared HMAC key for signed webhooks>", "short-but-random-Zq9"])
+def test_notifications_refuse_a_weak_or_published_webhook_key(secret: str) -> None:
+    from carewatch.notify.service import channels_from_settings
+
+    with pytest.raises(WeakSecretError, match="CAREWATCH_NOTIFY_WEBHOOK_SECRET"):
+        channels_from_settings(Settings(notify_webhook_secret=secret))
+    assert "webhook" in channels_from_settings(Settings(notify_webhook_secret=secrets.token_urlsafe(32)))
+
+
+def test_database_logins_refuse_a_published_password(app_database: str) -> None:
+    """`carewatch db migrate --app-login` refuses the .env.example password before touching any role."""
+    env = {**os.environ, "CAREWATCH_DATABASE_URL": app_database, "CAREWATCH_APP_DB_PASSWORD": "change-me"}
+    done = subprocess.run([sys.executable, "-m", "carewatch", "db", "migrate", "--app-login", "carewatch_api_weak"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "CAREWATCH_APP_DB_PASSWORD" in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("secret", ["change-me-to-a-long-random-string", "short-but-random-Zq9", "x" * 31])
