@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from carewatch.alerts import SEVERITY_RANK, Severity
 from carewatch.api.schemas import DeviceWarning, News2Badge
 from carewatch.scoring.clinical_response import RESPONSES, Risk
-from carewatch.scoring.kinds import SEVERITY_RANK, Severity
 
 BATTERY_WARN_PCT = 20.0
 SILENT_AFTER = timedelta(hours=1)

@@ -14,6 +14,7 @@ import psycopg
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
+from carewatch.alerts import UNRESOLVED_STATUSES, AlertKind, Severity, snooze_limit
 from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
@@ -32,7 +33,6 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.scoring import lifecycle
-from carewatch.scoring.kinds import UNRESOLVED_STATUSES, AlertKind, Severity, snooze_limit
 
 router = APIRouter(tags=["alerts"])
 UNRESOLVED = list(UNRESOLVED_STATUSES)

@@ -13,7 +13,7 @@ from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
 from carewatch.api.scope import Permission
-from carewatch.gateway.registry import SOURCE_FORMATS, RegisteredDevice
+from carewatch.registry import SOURCE_FORMATS, RegisteredDevice
 
 router = APIRouter(tags=["configuration"])
 GATEWAY_ONLINE_WITHIN = timedelta(minutes=5)

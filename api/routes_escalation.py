@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import APIRouter
 from psycopg.rows import dict_row
 
+from carewatch.alerts import Severity
 from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import Banner, BannerItem, DeliveryOut, EscalationPolicyOut, Page, page_of
 from carewatch.api.scope import Permission
 from carewatch.notify import store
 from carewatch.notify.policy import EscalationPolicy, NotifyState, outcome_due, route_prompt
-from carewatch.scoring.kinds import Severity
 
 router = APIRouter(tags=["escalation"])
 

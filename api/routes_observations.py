@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
+from carewatch.alerts import SoftSign
 from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.routes_kits import identity_questions
@@ -29,7 +30,6 @@ from carewatch.api.schemas import (
 from carewatch.api.scope import Permission
 from carewatch.ingest import kit_sessions
 from carewatch.scoring.engine import evaluate_subjects
-from carewatch.scoring.kinds import SoftSign
 from carewatch.scoring.news2 import InvalidObservation, score_observation
 from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric

@@ -17,9 +17,9 @@ from pydantic import (
     model_validator,
 )
 
+from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, SoftSign
 from carewatch.api.users import USERNAME_PATTERN, Role
 from carewatch.nhs import normalise_nhs_number
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, SoftSign
 from carewatch.wire import Ident, Metric, check_plausible
 
 T = TypeVar("T")
@@ -500,7 +500,7 @@ class AlertDetail(AlertOut):
     events: list[AlertEventOut]
 
 
-#: Escalation outcomes, from the one definition in carewatch.scoring.kinds (an enum here for the OpenAPI schema).
+#: Escalation outcomes, from the one definition in carewatch.alerts (an enum here for the OpenAPI schema).
 EscalationOutcome = StrEnum("EscalationOutcome", {v.upper(): v for v in sorted(ESCALATION_OUTCOMES)})
 
 
@@ -513,7 +513,7 @@ class EscalateIn(_In):
     comment: Note | None = None
 
 
-#: Outcomes after acknowledgement, from the one definition in carewatch.scoring.kinds.
+#: Outcomes after acknowledgement, from the one definition in carewatch.alerts.
 FollowUpOutcome = StrEnum("FollowUpOutcome", {v.upper(): v for v in sorted(FOLLOW_UP_OUTCOMES)})
 
 

@@ -36,8 +36,8 @@ import psycopg
 from fastapi import HTTPException, status
 from psycopg.rows import dict_row
 
+from carewatch.alerts import CLINICAL_KINDS
 from carewatch.api.users import Role, User
-from carewatch.scoring.kinds import CLINICAL_KINDS
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,11 @@ import numpy as np
 import psycopg
 from scratch import scratch_database
 
+from carewatch.alerts import Severity
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import get_user, hash_password
 from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
-from carewatch.scoring.kinds import Severity
 from carewatch.scoring.news2 import PARAMETERS, score_arrays
 from carewatch.settings import Settings
 

@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.embedded import EmbeddedBroker, free_port, port_open
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
 from carewatch.gateway.publisher import Publisher, encode_rows
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget, make_client
+from carewatch.settings import Settings
 from carewatch.wire import Channel, DeviceKind, Metric, topic
 
 
@@ -62,15 +62,9 @@ def baseline(
             done.set()
 
     connected = threading.Event()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{gw}-raw",
-        clean_session=True,
-        protocol=mqtt.MQTTv311,
-    )
+    client = make_client(target, client_id=f"{gw}-raw", max_inflight=inflight + 1)
     client.on_publish = on_publish
     client.on_connect = lambda *a: connected.set()
-    client.max_inflight_messages_set(inflight + 1)
     name = topic(site, gw, Channel.READINGS)
     start = time.perf_counter()
     client.connect(target.host, target.port)

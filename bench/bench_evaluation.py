@@ -49,6 +49,7 @@ import numpy as np
 import psycopg
 from scratch import scratch_database
 
+from carewatch.alerts import CLINICAL_KINDS, SEVERITY_RANK, AlertKind, Severity
 from carewatch.firmware_sim.devices import ID_PREFIX, world_devices
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.household import SensorEvent
@@ -69,7 +70,6 @@ from carewatch.ingest.store import store_batch
 from carewatch.ingest.validate import ReadingsMessage, StatusUpdate
 from carewatch.scoring import households
 from carewatch.scoring.engine import evaluate_subjects, tick
-from carewatch.scoring.kinds import CLINICAL_KINDS, SEVERITY_RANK, AlertKind, Severity
 from carewatch.scoring.news2 import encode_consciousness, score_arrays, score_observation
 from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
 from carewatch.wire import UNTRUSTED_FLAGS, DecodedBatch, GatewayStatus, Metric, Reading

@@ -162,7 +162,8 @@ def main() -> None:
 
     from carewatch.embedded import port_open
     from carewatch.firmware_sim.radio import VirtualRadio
-    from carewatch.gateway.registry import DeviceRegistry, save_registry
+    from carewatch.gateway.registry import save_registry
+    from carewatch.registry import DeviceRegistry
     from carewatch.settings import Settings, process_env
 
     with ExitStack() as stack:

@@ -272,7 +272,8 @@ def main() -> None:
         return
 
     from carewatch.embedded import EmbeddedBroker, free_port, port_open
-    from carewatch.gateway.registry import DeviceRegistry, save_registry
+    from carewatch.gateway.registry import save_registry
+    from carewatch.registry import DeviceRegistry
     from carewatch.settings import Settings, process_env
 
     with ExitStack() as stack:

@@ -126,7 +126,8 @@ def gateway_fetch_registry(
     registry: Annotated[Path | None, typer.Option(help="Registry file (default CAREWATCH_DEVICE_REGISTRY).")] = None,
 ) -> None:
     """Fetch this gateway's registry from the API once and save it; on failure the file is kept as it was."""
-    from carewatch.gateway.registry import RegistryError, RegistrySource, refresh_registry_file
+    from carewatch.gateway.registry import RegistrySource, refresh_registry_file
+    from carewatch.registry import RegistryError
 
     settings = get_settings().model_copy(update={k: v for k, v in (("registry_url", registry_url),
                                                                  ("device_registry", registry)) if v})
@@ -163,7 +164,8 @@ def gateway_pair(
     registry: Annotated[Path | None, typer.Option(help="Registry file (default CAREWATCH_DEVICE_REGISTRY).")] = None,
 ) -> None:
     """Add (or replace) a device in this gateway's registry file; a running gateway picks it up within seconds."""
-    from carewatch.gateway.registry import RegistryError, pair
+    from carewatch.gateway.registry import pair
+    from carewatch.registry import RegistryError
 
     try:
         pair(_registry_path(registry), mac, kind, device_id, source=source, resident_id=resident, room=room,

@@ -27,7 +27,7 @@ NEWS2 = {
     "grey": Swatch("#5F6368", "#FFFFFF"),
 }
 
-#: Alert severities (``carewatch.scoring.kinds.Severity``).
+#: Alert severities (``carewatch.alerts.Severity``).
 SEVERITY = {
     "high": Swatch("#B3261E", "#FFFFFF"),
     "medium": Swatch("#F28C28", "#1A1A1A"),

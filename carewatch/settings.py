@@ -13,10 +13,11 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlparse
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from carewatch.mqtt import MqttTarget
 
 
 def default_state_dir() -> Path:
@@ -30,25 +31,6 @@ def default_state_dir() -> Path:
         return Path("/var/lib/carewatch")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "carewatch"
-
-
-class MqttTarget:
-    """A parsed ``mqtt://`` / ``mqtts://`` URL: host, port, credentials and TLS."""
-
-    def __init__(self, url: str) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
-        self.url = url
-        self.tls = parsed.scheme == "mqtts"
-        self.host = parsed.hostname or "localhost"
-        self.port = parsed.port or (8883 if self.tls else 1883)
-        self.username = unquote(parsed.username) if parsed.username else None
-        self.password = unquote(parsed.password) if parsed.password else None
-
-    def __repr__(self) -> str:
-        user = f"{self.username}@" if self.username else ""
-        return f"MqttTarget({'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port})"
 
 
 class Settings(BaseSettings):

@@ -1,5 +1,5 @@
 """Altair charts for the pages (pure: API data in, chart out). Colours come from ``carewatch.palette``; the NEWS2
-band shading comes from the one Chart 1 definition in ``carewatch.scoring.news2``, never from numbers typed here.
+band shading comes from the one Chart 1 definition in ``carewatch.news2_chart``, never from numbers typed here.
 Times are shown in UK local time."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 
 from carewatch import palette
 from carewatch.dashboard.client import LOCAL_TZ
-from carewatch.scoring.news2 import BANDS, STEPS_PER_UNIT, spo2_table
+from carewatch.news2_chart import BANDS, STEPS_PER_UNIT, spo2_table
 
 BAND_WORDS = {0: "0 points (normal)", 1: "1 point", 2: "2 points", 3: "3 points"}
 

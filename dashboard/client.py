@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from carewatch.scoring.kinds import SEVERITY_RANK, UNRESOLVED_STATUSES
+from carewatch.alerts import SEVERITY_RANK, UNRESOLVED_STATUSES
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
 UNRESOLVED = UNRESOLVED_STATUSES  # alerts (automatic escalation has its own status)

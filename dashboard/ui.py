@@ -11,8 +11,8 @@ from typing import Any
 import streamlit as st
 
 from carewatch import palette
+from carewatch.alerts import AlertKind
 from carewatch.dashboard.client import ApiClient, ApiError, Items
-from carewatch.scoring.kinds import AlertKind
 from carewatch.settings import get_settings
 
 SESSION_KEYS = ("token", "refresh_token", "me", "resident_id", "alert_id", "obs_result", "site_id")

@@ -29,8 +29,8 @@ from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.scenarios import FAULT_DEFAULTS, DeviceFault, FaultKind
 from carewatch.firmware_sim.transport import SimTransport  # noqa: F401  (re-exported: its home before)
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification, TransportEvent
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind, Metric, QualityFlag
 
 #: The GATT characteristic each bedside device kind notifies.

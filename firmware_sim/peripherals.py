@@ -46,8 +46,8 @@ from bumble.transport.common import AsyncPipeSink
 from carewatch.firmware_sim import frames
 from carewatch.gateway.link import LINK_COMMANDS, O2RING_WRITE_UUID, UART_CHARACTERISTICS
 from carewatch.gateway.oximeters import CONTEC_BLE_COMMANDS, contec_ble_command
-from carewatch.gateway.registry import BTHOME, GATT, RegisteredDevice
 from carewatch.gateway.transport import short_uuid, uuid128
+from carewatch.registry import BTHOME, GATT, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 NOTIFY = Characteristic.Properties.NOTIFY

@@ -28,8 +28,8 @@ from bumble.link import LocalLink
 from bumble.transport.common import StreamPacketSource
 
 from carewatch.firmware_sim.peripherals import Broadcaster, Node, Peripheral, node_for
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification, TransportEvent
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 
 T = TypeVar("T")
 FLAP_MIN_S = 1.0  # a disconnect storm drops a device's link at most once a second

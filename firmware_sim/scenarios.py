@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from carewatch.alerts import AlertKind
 from carewatch.firmware_sim.effects import (  # noqa: F401  (re-exported: their home before effects.py)
     Effect,
     ScenarioKind,
@@ -34,7 +35,6 @@ from carewatch.firmware_sim.effects import (  # noqa: F401  (re-exported: their 
 )
 from carewatch.firmware_sim.household import SENSORS
 from carewatch.firmware_sim.physiology import Condition
-from carewatch.scoring.kinds import AlertKind
 from carewatch.wire import DeviceKind, explain
 
 

@@ -11,8 +11,8 @@ import asyncio
 import threading
 from collections.abc import Iterable
 
-from carewatch.gateway.registry import DeviceRegistry
 from carewatch.gateway.transport import Deliver, Notification, OnEvent, TransportEvent
+from carewatch.registry import DeviceRegistry
 
 
 class SimTransport:

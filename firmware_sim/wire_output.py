@@ -26,6 +26,7 @@ from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.world import World
+from carewatch.mqtt import make_client
 from carewatch.settings import Settings
 from carewatch.wire import METRICS, Channel, DeviceKind, Reading, encode_batch, topic
 
@@ -132,12 +133,8 @@ def write_jsonl(world: World, path: Path, *, start: datetime, end: datetime) -> 
 
 def _client(settings: Settings) -> mqtt.Client:
     target = settings.mqtt
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-direct-{uuid.uuid4().hex[:10]}")
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set(ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
-    client.max_inflight_messages_set(64)
+    client = make_client(target, client_id=f"sim-direct-{uuid.uuid4().hex[:10]}", ca_file=settings.mqtt_ca_file,
+                         max_inflight=64)
     client.connect(target.host, target.port)
     return client
 

@@ -40,8 +40,8 @@ from carewatch.gateway.link import (  # noqa: F401  (re-exported: their home bef
     SubscribeRefused,
 )
 from carewatch.gateway.radio import BTHOME_UUIDS, DEVICE_QUEUE_MAX, SEEN_EVENT_EVERY_S, RadioTransport  # noqa: F401
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Clock, Deliver, OnEvent, RateLimiter, system_clock, uuid128
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 
 
 class GattClient(Protocol):

@@ -11,7 +11,6 @@ Legacy BTHome v1 (UUIDs 0x181C / 0x181E) is passed through to the library as wel
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -22,6 +21,7 @@ from bthome_ble.event import BUTTON_EVENTS
 from habluetooth import BluetoothServiceInfoBleak
 
 from carewatch.gateway.frames import DecodedFrame, FrameError
+from carewatch.registry import normalise_mac
 from carewatch.wire import Metric
 
 SERVICE_UUIDS = {
@@ -29,7 +29,6 @@ SERVICE_UUIDS = {
     "181c": "0000181c-0000-1000-8000-00805f9b34fb",  # BTHome v1, plain
     "181e": "0000181e-0000-1000-8000-00805f9b34fb",  # BTHome v1, encrypted
 }
-_MAC = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 
 # library key -> (our field, our metric); the first key present wins when several map to one field.
 SENSOR_FIELDS: dict[str, tuple[str, Metric | None]] = {
@@ -51,15 +50,6 @@ BINARY_FIELDS: dict[str, tuple[str, Metric]] = {
     "power": ("power_on", Metric.POWER_ON),
 }
 BUTTON_EVENT_CODES: dict[str, int] = {name: code for code, name in BUTTON_EVENTS.items() if name}
-
-
-def normalise_mac(mac: str) -> str:
-    text = mac.strip().upper().replace("-", ":")
-    if len(text) == 12 and ":" not in text:
-        text = ":".join(text[i : i + 2] for i in range(0, 12, 2))
-    if not _MAC.match(text):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    return text
 
 
 def _full_uuid(uuid: str) -> str:

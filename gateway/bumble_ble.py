@@ -42,8 +42,8 @@ from bumble.transport import open_transport
 from carewatch.gateway import link
 from carewatch.gateway.link import PairingError, SubscribeRefused
 from carewatch.gateway.radio import RadioTransport, Sleep
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Clock, Deliver, OnEvent, RateLimiter, system_clock, uuid128
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 
 log = structlog.get_logger("carewatch.gateway.bumble")
 

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from carewatch.gateway.oximeters import CONTEC_BLE_COMMANDS, O2RING_LEGACY_REALTIME_REQUEST, contec_ble_command
-from carewatch.gateway.registry import GATT, RegisteredDevice
 from carewatch.gateway.transport import Backoff, short_uuid
+from carewatch.registry import GATT, RegisteredDevice
 
 #: Notify characteristics of "transparent UART" oximeters, as documented by the open-source projects the
 #: parsers follow. A registry entry's ``characteristics`` overrides these (and is required for the others).

@@ -21,8 +21,8 @@ from carewatch.gateway.bthome import BTHomeDecoder
 from carewatch.gateway.frames import DecodedFrame, FrameError, resolve_measured_at
 from carewatch.gateway.gatt import decode_characteristic
 from carewatch.gateway.oximeters import OximeterStream
-from carewatch.gateway.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
+from carewatch.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.wire import (
     METRICS,
     UNTRUSTED_FLAGS,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import ssl
 import sys
 import threading
 import time
@@ -36,12 +35,11 @@ from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from carewatch.gateway.outbox import Outbox, OutboxRow
 from carewatch.gateway.transport import Clock, system_clock
-from carewatch.settings import MqttTarget
+from carewatch.mqtt import MqttTarget, describe_connect_error, make_client
 from carewatch.wire import (
     Channel,
     GatewayEvent,
@@ -167,28 +165,11 @@ class Publisher:
         self._refused_at_connack = False
         self.connected_at: datetime | None = None  # when the current (or last attempted) connection opened
 
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=gateway_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
-        if target.username:
-            self.client.username_pw_set(target.username, target.password)
-        if target.tls:
-            try:
-                self.client.tls_set(
-                    ca_certs=str(ca_file) if ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
-                )
-            except (OSError, ValueError) as exc:  # missing/unreadable file, not PEM certificates
-                raise ValueError(
-                    f"CAREWATCH_MQTT_CA_FILE {ca_file}: cannot load CA certificates for {target!r}: {exc}"
-                ) from None
-        elif ca_file is not None:
-            log.warning("mqtt_ca_file_unused", ca_file=str(ca_file), reason="the MQTT URL is mqtt://, not mqtts://")
-        self.client.max_inflight_messages_set(self.inflight + 16)  # our window, plus events and status
+        # the last will is set per attempt in _on_pre_connect (it carries the time the connection opened)
+        self.client = make_client(target, client_id=gateway_id, ca_file=ca_file, clean_session=False,
+                                  reconnect=(1, reconnect_max_s),
+                                  max_inflight=self.inflight + 16)  # our window, plus events and status
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=reconnect_max_s)
         self.client.on_pre_connect = self._on_pre_connect
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -333,16 +314,7 @@ class Publisher:
 
     def describe_connect_error(self, exc: BaseException) -> str:
         """Why a TCP/TLS connection attempt failed, saying what to check."""
-        where = f"{self.target.host}:{self.target.port}"
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            trust = f"the CA file {self.ca_file}" if self.ca_file else "the system CA store (no CAREWATCH_MQTT_CA_FILE)"
-            return (f"TLS: the certificate of {where} is not trusted by {trust}: {exc.verify_message} "
-                    "(wrong CA file, or a certificate not issued for this host name)")
-        if isinstance(exc, ssl.SSLError):
-            return f"TLS handshake with {where} failed: {exc.reason or exc} (is it a TLS listener? mqtts:// port?)"
-        if isinstance(exc, ConnectionRefusedError):
-            return f"nothing accepts connections at {where} (broker down, or wrong port)"
-        return f"cannot connect to {where}: {type(exc).__name__}: {exc}"
+        return describe_connect_error(self.target, exc, self.ca_file)
 
     def _connect_failed(self, message: str) -> None:
         self.counters.connect_failures += 1

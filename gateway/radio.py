@@ -28,7 +28,6 @@ import structlog
 
 from carewatch.gateway import link
 from carewatch.gateway.link import LinkCommands, Reconnect, RepeatGuard, SilenceWatch, SubscribeRefused
-from carewatch.gateway.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import (
     BTHOME_SOURCE,
     Backoff,
@@ -42,6 +41,7 @@ from carewatch.gateway.transport import (
     system_clock,
     uuid128,
 )
+from carewatch.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice
 
 log = structlog.get_logger("carewatch.gateway.radio")
 

@@ -31,14 +31,9 @@ import structlog
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import DeadLetter, Pipeline, PipelineResult
 from carewatch.gateway.publisher import Publisher
-from carewatch.gateway.registry import (
-    DeviceRegistry,
-    RegistryError,
-    RegistrySource,
-    load_registry,
-    refresh_registry_file,
-)
+from carewatch.gateway.registry import RegistrySource, load_registry, refresh_registry_file
 from carewatch.gateway.transport import Clock, Notification, Transport, TransportEvent, system_clock
+from carewatch.registry import DeviceRegistry, RegistryError
 from carewatch.settings import Settings
 from carewatch.wire import DeviceStatus, GatewayEvent, GatewayStatus, Metric
 

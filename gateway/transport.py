@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from carewatch.gateway.registry import DeviceRegistry
+    from carewatch.registry import DeviceRegistry
 
 #: ``Notification.source`` for GATT characteristics is the 16-bit UUID in lower-case hex ("2a5e"); for
 #: proprietary oximeters it is the format name from ``carewatch.gateway.oximeters.FORMATS``; for BTHome

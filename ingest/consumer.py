@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 import paho.mqtt.client as mqtt
 import psycopg
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from carewatch.ingest import metrics
@@ -57,6 +56,7 @@ from carewatch.ingest.validate import (
     classify_status,
     raw_text,
 )
+from carewatch.mqtt import make_client
 from carewatch.settings import Settings
 from carewatch.wire import Channel, parse_topic, run_length, topic, topic_filter
 
@@ -112,12 +112,7 @@ def broker_delivers_shared(settings: Settings, timeout: float = 3.0) -> bool | N
     probe = f"carewatch-probe/{uuid.uuid4().hex}"
     arrived = threading.Event()
     subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:12]}",
-                         clean_session=True, protocol=mqtt.MQTTv311)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
-    if target.tls:
-        client.tls_set(ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
+    client = make_client(target, client_id=f"probe-{uuid.uuid4().hex[:12]}", ca_file=settings.mqtt_ca_file)
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = lambda *_: arrived.set()
     try:
@@ -260,16 +255,9 @@ class IngestWorker:
 
     # -- MQTT ---------------------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
-            protocol=mqtt.MQTTv311, manual_ack=True,
-        )
-        target = self.settings.mqtt
-        if target.username:
-            client.username_pw_set(target.username, target.password)
-        if target.tls:
-            client.tls_set(ca_certs=str(self.settings.mqtt_ca_file) if self.settings.mqtt_ca_file else None)
-        client.reconnect_delay_set(min_delay=0.25, max_delay=5)  # re-subscribe soon after a broker restart
+        client = make_client(self.settings.mqtt, client_id=self.client_id, ca_file=self.settings.mqtt_ca_file,
+                             clean_session=False, manual_ack=True,
+                             reconnect=(0.25, 5))  # re-subscribe soon after a broker restart
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from carewatch.alerts import Severity
 from carewatch.notify import deliveries, store
 from carewatch.notify.channels import Attempt, Channel, Result, send_all
 from carewatch.notify.policy import (
@@ -33,7 +34,6 @@ from carewatch.notify.policy import (
     route_prompt,
 )
 from carewatch.scoring import lifecycle
-from carewatch.scoring.kinds import Severity
 
 log = logging.getLogger("carewatch.notify.escalation")
 

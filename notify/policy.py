@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from carewatch.alerts import ACK_WINDOW, OUTCOME_WINDOW, AlertKind, Severity
 from carewatch.scoring.clinical_response import RESPONSES, Risk
-from carewatch.scoring.kinds import ACK_WINDOW, OUTCOME_WINDOW, AlertKind, Severity
 
 MAX_LEVEL = 3
 #: Severities that notify anyone; the rest stay on the dashboard's lists (H-ESC-04, alert fatigue).

@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.rules import (
     LOCAL_TZ,
     Finding,

@@ -21,12 +21,12 @@ from datetime import datetime
 
 import psycopg
 
+from carewatch.alerts import CLINICAL_KINDS
 from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
 from carewatch.scoring.incident_store import escalate_unacknowledged_incidents, sync_incidents
-from carewatch.scoring.kinds import CLINICAL_KINDS
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import delete_device_sets_built_from

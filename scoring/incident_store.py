@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from carewatch.alerts import ACK_WINDOW, ESCALATION_OUTCOMES, MAX_AUTO_ESCALATION_LEVEL, Severity
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
-from carewatch.scoring.kinds import ACK_WINDOW, ESCALATION_OUTCOMES, MAX_AUTO_ESCALATION_LEVEL, Severity
 
 ACTOR = "scorer"
 #: What staff may record as an incident's outcome (issue 16 adds follow-up on it): a monitoring plan kept in

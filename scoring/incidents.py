@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from carewatch.scoring.kinds import (
+from carewatch.alerts import (
     ACK_WINDOW,
     BAND_ACK_WINDOW,
     BAND_RANK,

@@ -25,9 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from carewatch.scoring.batches import EvaluationSummary, json_safe, transaction
-from carewatch.scoring.incidents import snooze_hides
-from carewatch.scoring.kinds import (
+from carewatch.alerts import (
     ACK_WINDOW,
     ESCALATION_OUTCOMES,
     FOLLOW_UP_OUTCOMES,
@@ -36,6 +34,8 @@ from carewatch.scoring.kinds import (
     Severity,
     snooze_limit,
 )
+from carewatch.scoring.batches import EvaluationSummary, json_safe, transaction
+from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.rules import Finding
 
 #: The actor of every automatic transition.

@@ -40,8 +40,8 @@ from datetime import datetime, timedelta
 import psycopg
 import structlog
 
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects
-from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.rules import Finding, clear_alert, local_time, raise_alert
 

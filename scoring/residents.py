@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import psycopg
 
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
-from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
 from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals
 from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS

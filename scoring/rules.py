@@ -17,8 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from carewatch.alerts import SOFT_SIGN_NAMES, AlertKind, Severity
 from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk
-from carewatch.scoring.kinds import SOFT_SIGN_NAMES, AlertKind, Severity
 from carewatch.scoring.news2 import News2Result
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 

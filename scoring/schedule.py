@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
 from carewatch.scoring.incidents import overdue_joins_incident
-from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.rules import LOCAL_TZ, Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
 
 CONTINUOUS_RECHECK = timedelta(minutes=15)

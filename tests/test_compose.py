@@ -12,7 +12,7 @@ import yaml
 
 from carewatch.cli import app
 from carewatch.embedded import gateway_acl
-from carewatch.settings import MqttTarget
+from carewatch.mqtt import MqttTarget
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.radio import VirtualRadio
 from carewatch.gateway.bumble_ble import BumbleTransport
 from carewatch.gateway.pipeline import Pipeline, ReadingDraft
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Notification, TransportEvent
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 AT = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)

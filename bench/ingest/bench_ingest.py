@@ -37,7 +37,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for
@@ -47,6 +46,7 @@ from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import event_reading, event_source
 from carewatch.firmware_sim.world import SiteSpec, World, build_world
+from carewatch.mqtt import make_client
 from carewatch.wire import Channel, Reading, decode_batch, encode_batch, topic, topic_filter
 
 BATCH = 200  # readings per wire message, as the simulator and the gateway publisher send them
@@ -172,8 +172,7 @@ class Publisher:
     """A paho QoS 1 publisher with the simulator's in-flight window."""
 
     def __init__(self, port: int, client_id: str) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        self.client.max_inflight_messages_set(PUBLISH_INFLIGHT)
+        self.client = make_client(f"mqtt://127.0.0.1:{port}", client_id=client_id, max_inflight=PUBLISH_INFLIGHT)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -308,7 +307,7 @@ def bench_naive(world: World, readings: int, dsn: str, root: Path, timeout: floa
                 done.set()
 
         subscribed = threading.Event()
-        consumer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-naive", protocol=mqtt.MQTTv311)
+        consumer = make_client(f"mqtt://127.0.0.1:{server.port}", client_id="bench-naive")
         consumer.on_message = on_message
         consumer.on_subscribe = lambda *_: subscribed.set()
         consumer.connect("127.0.0.1", server.port)

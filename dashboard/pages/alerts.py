@@ -9,9 +9,9 @@ from typing import Any
 
 import streamlit as st
 
+from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiClient, ApiError, ago, local_time
-from carewatch.scoring.kinds import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES
 
 OUTCOME_WORDS = {"gp_called": "GP called", "nhs_111": "NHS 111 called", "called_999": "999 called",
             "visit_booked": "Visit booked", "advice_given": "Advice given", "admitted": "Admitted to hospital",

@@ -10,10 +10,10 @@ from typing import Any
 import streamlit as st
 
 from carewatch import palette
+from carewatch.alerts import SOFT_SIGN_NAMES, SoftSign
 from carewatch.dashboard import ui
 from carewatch.dashboard.client import ApiError, ago, local_time
-from carewatch.scoring.kinds import SOFT_SIGN_NAMES, SoftSign
-from carewatch.scoring.news2 import METRIC_OF
+from carewatch.news2_chart import METRIC_OF
 from carewatch.wire import METRICS
 
 PREFILL_MINUTES = 15

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from carewatch.alerts import SOFT_SIGN_NAMES
 from carewatch.dashboard import charts, ui
 from carewatch.dashboard.client import ApiClient, ApiError, local_time
-from carewatch.scoring.kinds import SOFT_SIGN_NAMES
-from carewatch.scoring.news2 import METRIC_OF
+from carewatch.news2_chart import METRIC_OF
 
 PERIODS = {"24 hours": timedelta(hours=24), "3 days": timedelta(days=3), "7 days": timedelta(days=7),
            "14 days": timedelta(days=14)}

@@ -257,7 +257,7 @@ def test_move_reading_to_the_right_resident_recomputes_alerts_for_both(client: T
 def test_gateway_registry_lists_kit_devices_in_the_unchanged_format(client: TestClient, kit_home: KitHome) -> None:
     """Older gateways keep working: the registry answer a kit device appears in is read by the gateway's own
     (unchanged, extra-forbidding) registry model, with neither a resident nor a room for the kit device."""
-    from carewatch.gateway.registry import DeviceRegistry
+    from carewatch.registry import DeviceRegistry
 
     k, w = kit_home, kit_home.w
     with client.app.state.pool.connection() as conn:

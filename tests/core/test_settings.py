@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget
+from carewatch.settings import Settings
 
 
 def test_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

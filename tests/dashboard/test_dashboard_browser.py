@@ -30,8 +30,8 @@ from carewatch.api.rightsizing import CSV_COLUMNS
 from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.devices import VITAL_SOURCE
 from carewatch.firmware_sim.transport import SimTransport
-from carewatch.gateway.registry import RegisteredDevice
 from carewatch.gateway.transport import Notification
+from carewatch.registry import RegisteredDevice
 from carewatch.settings import Settings
 from carewatch.wire import DeviceKind
 
@@ -337,9 +337,9 @@ def kit_world(database: str) -> KitWorld:
 def kit_gateway(kit_world: KitWorld, database: str, mqtt_url: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[SimTransport]:
     """The real gateway (outbox, MQTT publisher) fed by simulated kit devices, and a real ingest worker."""
-    from carewatch.gateway.registry import DeviceRegistry
     from carewatch.gateway.service import Gateway
     from carewatch.ingest.consumer import IngestWorker
+    from carewatch.registry import DeviceRegistry
 
     state = tmp_path_factory.mktemp("kit-gateway")
     settings = Settings(database_url=database, mqtt_url=mqtt_url, state_dir=state, site_id=kit_world.site,

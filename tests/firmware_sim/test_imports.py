@@ -8,12 +8,10 @@ from pathlib import Path
 from carewatch.firmware_sim.scenarios import DEFAULT_QUIET_UP_TO, QUIET_UP_TO
 
 SIM = Path(__file__).resolve().parents[2] / "firmware_sim"
-#: The NEWS2 chart: staff score sets on paper with it too. Nothing else from scoring/ is allowed...
+#: The NEWS2 chart: staff score sets on paper with it too. Nothing else from scoring/ is allowed (the alert and
+#: soft-sign vocabulary is a shared contract, carewatch/alerts.py)...
 CHART = "carewatch.scoring.news2"
-#: ...except the alert and soft-sign vocabulary (names the ground truth and staff entries use; no thresholds), until
-#: issue 14 moves it beside carewatch/wire.py.
-VOCABULARY = {"carewatch.scoring.kinds": {"AlertKind", "SoftSign"}}
-#: ...and the one writer of the observation_sets table, for `carewatch sim --mode backfill` only (it stores history
+#: ...but the one writer of the observation_sets table, for `carewatch sim --mode backfill` only (it stores history
 #: as the API would; no thresholds, no schedule).
 WRITERS = {"backfill.py": {"carewatch.scoring.observation_sets"}}
 
@@ -37,8 +35,6 @@ def forbidden(source: str, allowed: frozenset[str] = frozenset()) -> list[str]:
     for module, names in scoring_imports(source):
         if module == CHART or module in allowed:
             continue
-        if module in VOCABULARY and names <= VOCABULARY[module]:
-            continue
         bad.append(f"{module}: {', '.join(sorted(names))}")
     return bad
 
@@ -58,9 +54,8 @@ def test_the_check_catches_what_it_should() -> None:
     assert forbidden("def f():\n    from carewatch.scoring.rules import EXPECTED_INTERVAL\n")
     assert forbidden("import carewatch.scoring.engine")
     assert forbidden("from carewatch import scoring")
-    assert forbidden("from carewatch.scoring.kinds import ACK_WINDOW, AlertKind")
     assert not forbidden("from carewatch.scoring.news2 import score_arrays\n"
-                         "from carewatch.scoring.kinds import AlertKind")
+                         "from carewatch.alerts import AlertKind")
 
 
 def test_ground_truth_never_expects_silence_before_the_platform_may_call_a_device_silent() -> None:

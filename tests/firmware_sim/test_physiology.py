@@ -266,9 +266,9 @@ def test_staff_check_more_often_while_a_resident_is_unwell() -> None:
 
 def test_soft_signs_use_the_platform_vocabulary() -> None:
     """Staff entries the simulator makes must be accepted by the API and understood by the scorer."""
+    from carewatch.alerts import SoftSign
     from carewatch.firmware_sim.physiology import GENERIC_SOFT_SIGNS
     from carewatch.firmware_sim.scenarios import KINDS
-    from carewatch.scoring.kinds import SoftSign
 
     used = set(GENERIC_SOFT_SIGNS) | {s for info in KINDS.values() for s in info.soft_signs} | {"new_confusion"}
     assert used <= {s.value for s in SoftSign}

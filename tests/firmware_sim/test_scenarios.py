@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from carewatch.alerts import AlertKind
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import Condition, ManualObservation, VitalSample
 from carewatch.firmware_sim.scenarios import (
@@ -31,7 +32,6 @@ from carewatch.firmware_sim.scenarios import (
     shape_fraction,
 )
 from carewatch.firmware_sim.world import SiteSpec, build_world
-from carewatch.scoring.kinds import AlertKind
 from carewatch.wire import DeviceKind, Metric
 
 LONDON = ZoneInfo("Europe/London")

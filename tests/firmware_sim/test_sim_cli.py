@@ -26,7 +26,8 @@ from carewatch.firmware_sim.wire_output import (
     event_reading,
     publish_direct,
 )
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget
+from carewatch.settings import Settings
 from carewatch.wire import Channel, ReadingBatch, topic
 
 START = "2025-01-06T07:50:00+00:00"  # a Monday, just before the 08:00 round

@@ -15,7 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget
+from carewatch.settings import Settings
 
 OXIMETER_MAC = "A4:C1:38:00:00:01"
 THERMOMETER_MAC = "A4:C1:38:00:00:02"

@@ -25,8 +25,8 @@ from conformance import load_conformance
 
 from carewatch.gateway.ble import BleakTransport
 from carewatch.gateway.pipeline import Pipeline
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Backoff, Notification, RateLimiter, TransportEvent, short_uuid, uuid128
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind, Metric
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -36,7 +36,7 @@ from carewatch.embedded import (
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
 from carewatch.gateway.publisher import Publisher
-from carewatch.settings import MqttTarget
+from carewatch.mqtt import MqttTarget
 from carewatch.wire import DeviceKind, Metric
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ from typing import Any
 from virtual_radio import AT, CUFF, every_kind, frames_of_every_kind, transport_for
 
 from carewatch.firmware_sim.radio import VirtualRadio
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import ReplayTransport
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 FIELDS = ("device_id", "device_kind", "metric", "value", "unit", "measured_at", "received_at", "flags")

@@ -42,8 +42,8 @@ from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.radio import VirtualRadio
 from carewatch.gateway.link import LINK_COMMANDS
 from carewatch.gateway.pipeline import Pipeline
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind, Metric
 
 

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 
 from carewatch.firmware_sim.frames import encode_plx_spot_check, encode_temperature
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Notification, ReplayTransport
 from carewatch.ingest.consumer import IngestWorker
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.settings import Settings
 from carewatch.wire import DeviceKind

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from carewatch.firmware_sim import frames
 from carewatch.gateway import link
 from carewatch.gateway.frames import resolve_measured_at
-from carewatch.gateway.registry import RegisteredDevice
 from carewatch.gateway.transport import Backoff
+from carewatch.registry import RegisteredDevice
 from carewatch.wire import DeviceKind, QualityFlag
 
 OX = RegisteredDevice(address="C0:00:00:00:00:01", device_id="ox-1", kind=DeviceKind.PULSE_OXIMETER)

@@ -16,8 +16,8 @@ from carewatch.firmware_sim.frames import (
     encode_plx_spot_check,
 )
 from carewatch.gateway.pipeline import URGENT_BANDS, Pipeline, is_urgent
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.transport import Notification
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, Reading
 
 AT = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

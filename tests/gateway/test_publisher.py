@@ -14,7 +14,7 @@ import pytest
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
 from carewatch.gateway.publisher import Publisher, encode_rows
-from carewatch.settings import MqttTarget
+from carewatch.mqtt import MqttTarget
 from carewatch.wire import METRICS, DeviceKind, Metric, QualityFlag, decode_batch, encode_batch
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

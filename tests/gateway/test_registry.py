@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from carewatch.gateway.registry import (
-    BTHOME,
-    GATT,
-    DeviceRegistry,
-    RegisteredDevice,
-    RegistryError,
-    load_registry,
-    pair,
-    save_registry,
-    unpair,
-)
+from carewatch.gateway.registry import load_registry, pair, save_registry, unpair
+from carewatch.registry import BTHOME, GATT, DeviceRegistry, RegisteredDevice, RegistryError
 from carewatch.wire import DeviceKind
 
 KEY = "231d39c1d7cc1ab1aee224cd096db932"
@@ -134,3 +125,14 @@ def test_save_then_load_is_identity(tmp_path: Path) -> None:
     )
     save_registry(registry, tmp_path / "r.yaml")
     assert load_registry(tmp_path / "r.yaml").devices == registry.devices
+
+
+def test_the_shared_registry_model_names_exactly_the_formats_the_parsers_decode() -> None:
+    """carewatch/registry.py (the contract the API uses without the BLE stack) lists the formats by name; the
+    parsers are the truth."""
+    from carewatch.gateway.gatt import DECODERS
+    from carewatch.gateway.oximeters import FORMATS
+    from carewatch.registry import GATT_CHARACTERISTICS, OXIMETER_FORMATS
+
+    assert frozenset(DECODERS) == GATT_CHARACTERISTICS
+    assert frozenset(FORMATS) == OXIMETER_FORMATS

@@ -25,10 +25,6 @@ from carewatch.api.app import create_app
 from carewatch.api.users import create_user
 from carewatch.firmware_sim.transport import SimTransport
 from carewatch.gateway.registry import (
-    BTHOME,
-    GATT,
-    DeviceRegistry,
-    RegistryError,
     RegistrySource,
     describe_fetch_error,
     fetch_registry,
@@ -38,6 +34,7 @@ from carewatch.gateway.registry import (
 )
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Notification
+from carewatch.registry import BTHOME, GATT, DeviceRegistry, RegistryError
 from carewatch.settings import Settings, process_env
 
 PASSWORD = "gateway account pw 1"

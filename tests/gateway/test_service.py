@@ -23,9 +23,10 @@ import pytest
 
 from carewatch.gateway import service
 from carewatch.gateway.outbox import Outbox
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice, pair
+from carewatch.gateway.registry import pair
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Deliver, Notification, OnEvent, ReplayTransport, TransportEvent
+from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 OX = "A4:C1:38:00:00:01"

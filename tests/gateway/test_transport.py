@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from carewatch.gateway.registry import DeviceRegistry
 from carewatch.gateway.transport import (
     Backoff,
     Notification,
@@ -19,6 +18,7 @@ from carewatch.gateway.transport import (
     short_uuid,
     uuid128,
 )
+from carewatch.registry import DeviceRegistry
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget
+from carewatch.settings import Settings
 from carewatch.wire import Channel, DeviceKind, Metric, Reading, encode_batch, topic
 
 BASE_TIME = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)

@@ -36,11 +36,12 @@ from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.wire_output import event_reading
 from carewatch.firmware_sim.world import build_world
-from carewatch.gateway.registry import DeviceRegistry, RegisteredDevice
 from carewatch.gateway.service import Gateway
 from carewatch.gateway.transport import Deliver, Notification, OnEvent
 from carewatch.ingest.consumer import IngestWorker
-from carewatch.settings import MqttTarget, Settings
+from carewatch.mqtt import MqttTarget
+from carewatch.registry import DeviceRegistry, RegisteredDevice
+from carewatch.settings import Settings
 from carewatch.wire import Channel, DeviceKind, Reading, encode_batch, topic
 
 from .conftest import Estate, stored_seqs, worker_settings

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from carewatch.alerts import Severity
 from carewatch.notify.policy import (
     ChannelName,
     Contact,
@@ -19,7 +20,6 @@ from carewatch.notify.policy import (
     next_step,
     route_prompt,
 )
-from carewatch.scoring.kinds import Severity
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pytest
 
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring import behaviour as bh
 from carewatch.scoring.behaviour import BehaviourEvent, HouseholdData, RoomTemperature, SensorReading
-from carewatch.scoring.kinds import AlertKind, Severity
 from carewatch.scoring.rules import LOCAL_TZ
 
 # 2026-01-15 is in GMT, so local time == UTC: times below read naturally.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from carewatch.alerts import BAND_ACK_WINDOW, Severity
 from carewatch.scoring.incidents import (
     Component,
     OpenIncident,
@@ -12,7 +13,6 @@ from carewatch.scoring.incidents import (
     plan_incident,
     snooze_hides,
 )
-from carewatch.scoring.kinds import BAND_ACK_WINDOW, Severity
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

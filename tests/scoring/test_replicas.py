@@ -19,9 +19,9 @@ import pytest
 from databases import fresh_database
 from fastapi.testclient import TestClient
 
+from carewatch.alerts import AlertKind
 from carewatch.api.app import create_app
 from carewatch.embedded import free_port
-from carewatch.scoring.kinds import AlertKind
 from carewatch.scoring.replicas import BUCKETS, LOCK_CLASS, fair_share, plan_leases, stalled_findings
 from carewatch.settings import Settings, process_env
 

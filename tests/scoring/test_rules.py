@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from carewatch.scoring.kinds import AlertKind, Severity
+from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.news2 import score_observation
 from carewatch.scoring.rules import (
     BATTERY_LOW_PCT,

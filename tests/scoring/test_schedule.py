@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from carewatch.alerts import Severity
 from carewatch.scoring.clinical_response import clinical_response
-from carewatch.scoring.kinds import Severity
 from carewatch.scoring.rules import ResidentFacts
 from carewatch.scoring.schedule import (
     CONTINUOUS_RECHECK,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from carewatch.alerts import CLINICAL_SNOOZE_MAX, OTHER_SNOOZE_MAX, snooze_limit
 from carewatch.scoring.clinical_response import Risk, clinical_response
-from carewatch.scoring.kinds import CLINICAL_SNOOZE_MAX, OTHER_SNOOZE_MAX, snooze_limit
 from carewatch.scoring.tasks import TaskInput, build_tasks, due_reason, shift_bounds
 
 # 2026-01-15 is in GMT: local time == UTC

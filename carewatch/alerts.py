@@ -1,4 +1,5 @@
-"""Alert kinds and severities: the one definition, imported by the alert engine, API, dashboard and simulator."""
+"""Alert kinds, severities and statuses: the one definition, a shared contract beside carewatch/wire.py (imported by
+the alert engine, notify, the API, the dashboard and the simulator)."""
 
 from __future__ import annotations
 
