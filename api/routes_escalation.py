@@ -79,23 +79,33 @@ def _needs(row: dict[str, Any]) -> str:
 
 @router.get("/sites/{site_id}/banner", response_model=Banner,
             summary="What every tablet of the home shows on top of every page (polled every 2 s): medium and high "
-                    "alerts waiting for acknowledgement (with sound), an outcome, or a person to close them")
+                    "incidents waiting for acknowledgement (with sound), an outcome, or a person to close them")
 def banner(ctx: Context, site_id: str) -> Banner:
     ctx.site(site_id, view="banner")
     policy, _, _ = store.load(ctx.conn, site_id)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"""SELECT a.alert_id, a.resident_id, coalesce(r.display_name, a.subject_id) AS who, a.kind, a.severity,
-                       a.status, a.score, a.reason, a.action, a.opened_at, a.acknowledged_at, a.acknowledged_by,
-                       a.notify_level, a.notify_reason, a.notify_due_at, a.outcome_at, a.data->>'risk' AS risk,
-                       a.data->'recovery'->>'text' AS recovery
-                FROM alerts a JOIN sites s ON s.site_id = a.site_id
-                LEFT JOIN residents r ON r.resident_id = a.resident_id
-                WHERE a.site_id = %(site)s AND a.status <> 'resolved' AND a.severity IN ('medium', 'high')
-                  AND {scope.alert_predicate(ctx.principal)}
-                  AND (a.acknowledged_at IS NULL OR (a.kind = 'news2' AND a.outcome_at IS NULL)
-                       OR a.data ? 'recovery')
-                ORDER BY a.acknowledged_at IS NULL DESC, CASE a.severity WHEN 'high' THEN 0 ELSE 1 END, a.opened_at
+            f"""SELECT * FROM (
+                  SELECT i.incident_id, h.alert_id, i.resident_id, coalesce(r.display_name, i.subject_id) AS who,
+                         coalesce(h.kind, i.category) AS kind, i.severity, i.status, h.score, i.headline AS reason,
+                         i.action, i.opened_at, i.acknowledged_at, i.acknowledged_by, i.notify_level,
+                         i.notify_reason, i.notify_due_at, i.outcome_at, h.risk,
+                         (SELECT a.data->'recovery'->>'text' FROM alerts a WHERE a.incident_id = i.incident_id
+                            AND a.status <> 'resolved' AND a.data ? 'recovery' ORDER BY a.alert_id LIMIT 1) AS recovery
+                  FROM incidents i JOIN sites s ON s.site_id = i.site_id
+                  LEFT JOIN residents r ON r.resident_id = i.resident_id
+                  LEFT JOIN LATERAL (
+                      SELECT a.alert_id, a.kind, a.score, a.data->>'risk' AS risk FROM alerts a
+                      WHERE a.incident_id = i.incident_id AND a.status <> 'resolved'
+                      ORDER BY (a.kind = 'news2' AND a.severity IN ('medium', 'high')) DESC,
+                               CASE a.severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END
+                               DESC, a.alert_id
+                      LIMIT 1) h ON true
+                  WHERE i.site_id = %(site)s AND i.status <> 'resolved' AND i.severity IN ('medium', 'high')
+                    AND h.alert_id IS NOT NULL AND {scope.incident_predicate(ctx.principal)}) b
+                WHERE b.acknowledged_at IS NULL OR (b.kind = 'news2' AND b.outcome_at IS NULL)
+                   OR b.recovery IS NOT NULL
+                ORDER BY b.acknowledged_at IS NULL DESC, CASE b.severity WHEN 'high' THEN 0 ELSE 1 END, b.opened_at
                 LIMIT 50""",
             {**ctx.params, "site": site_id}).fetchall()
     items = []
@@ -104,12 +114,13 @@ def banner(ctx: Context, site_id: str) -> Banner:
         state = NotifyState(row["kind"], severity, row["status"], row["acknowledged_at"], row["notify_level"],
                             row["notify_reason"], row["notify_due_at"], row["outcome_at"] is not None)
         items.append(BannerItem(
-            alert_id=row["alert_id"], resident_id=row["resident_id"], who=row["who"], kind=row["kind"],
-            severity=row["severity"], status=row["status"], score=row["score"], reason=row["reason"],
-            action=row["action"], opened_at=row["opened_at"], acknowledged_by=row["acknowledged_by"],
-            notify_level=row["notify_level"], needs=_needs(row),  # type: ignore[arg-type]
+            incident_id=row["incident_id"], alert_id=row["alert_id"], resident_id=row["resident_id"], who=row["who"],
+            kind=row["kind"], severity=row["severity"], status=row["status"], score=row["score"],
+            reason=row["reason"], action=row["action"], opened_at=row["opened_at"],
+            acknowledged_by=row["acknowledged_by"], notify_level=row["notify_level"],
+            needs=_needs(row),  # type: ignore[arg-type]
             route=route_prompt(row["kind"], severity, row["score"], row["risk"]), recovery=row["recovery"],
             outcome_due_at=outcome_due(policy, state)))
-    ctx.note("read", "alert", None, ids=[i.alert_id for i in items], view="banner")
+    ctx.note("read", "incident", None, ids=[i.incident_id for i in items], view="banner")
     return Banner(site_id=site_id, generated_at=datetime.now(UTC),
                   sound=any(i.needs == "acknowledgement" for i in items), items=items)

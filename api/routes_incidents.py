@@ -19,6 +19,9 @@ from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
     AcknowledgeIn,
+    CommentIn,
+    DeliveryOut,
+    EscalateIn,
     IncidentComponent,
     IncidentDetail,
     IncidentEventOut,
@@ -36,7 +39,7 @@ from carewatch.scoring.schedule import first_obs_due
 from carewatch.scoring.tasks import TaskInput, build_tasks, shift_bounds
 
 router = APIRouter(tags=["incidents"])
-UNRESOLVED = ["open", "acknowledged", "escalated"]
+UNRESOLVED = ["open", "acknowledged", "escalated", "auto_escalated"]
 SEVERITY_ORDER = "CASE i.severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END"
 BAND_ORDER = "CASE i.band WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low-medium' THEN 1 ELSE 0 END"
 _FIELDS = set(IncidentOut.model_fields) - {"components"}
@@ -82,8 +85,8 @@ def list_incidents(
     if bad:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             [{"loc": ["query", "status"], "field": "status", "type": "value_error",
-                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated or "
-                                     "resolved"}])
+                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated, "
+                                     "auto_escalated or resolved"}])
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""SELECT i.*, r.display_name AS resident_name, s.name AS site_name
@@ -164,6 +167,37 @@ def outcome(ctx: Context, incident_id: int, body: OutcomeIn) -> IncidentDetail:
     return _apply(ctx, incident_id, "outcome",
                   lambda: incident_store.record_outcome(ctx.conn, incident_id, ctx.principal.username, body.outcome,
                                                         body.comment), outcome=body.outcome)
+
+
+@router.post("/incidents/{incident_id}/escalate", response_model=IncidentDetail,
+             summary="A person escalated it outside the home (GP, NHS 111, 999...): status 'escalated' (the ladder's "
+                     "own steps are 'auto_escalated')",
+             responses={409: {"description": "Resolved, or an unknown outcome"}})
+def escalate(ctx: Context, incident_id: int, body: EscalateIn) -> IncidentDetail:
+    return _apply(ctx, incident_id, "escalate",
+                  lambda: incident_store.escalate(ctx.conn, incident_id, ctx.principal.username, body.outcome.value,
+                                                  body.comment), outcome=body.outcome.value)
+
+
+@router.post("/incidents/{incident_id}/comment", response_model=IncidentDetail,
+             summary="Add a comment to the incident's history")
+def comment(ctx: Context, incident_id: int, body: CommentIn) -> IncidentDetail:
+    return _apply(ctx, incident_id, "comment",
+                  lambda: incident_store.comment(ctx.conn, incident_id, ctx.principal.username, body.text))
+
+
+@router.get("/incidents/{incident_id}/deliveries", response_model=list[DeliveryOut],
+            summary="Who was told about this incident, when, over which channel, and whether it arrived")
+def incident_deliveries(ctx: Context, incident_id: int) -> list[DeliveryOut]:
+    ctx.require(Permission.READ_ESCALATION)
+    incident = _load(ctx, incident_id, view="deliveries")
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"""SELECT d.* FROM notification_deliveries d
+                WHERE d.target_kind = 'incident' AND d.target_id = %(id)s
+                  AND {scope.config_predicate(ctx.principal, 'd.site_id')} AND d.site_id = %(site)s
+                ORDER BY d.delivery_id""", {**ctx.params, "id": incident_id, "site": incident["site_id"]}).fetchall()
+    return [DeliveryOut(**r) for r in rows]
 
 
 @router.post("/incidents/{incident_id}/resolve", response_model=IncidentDetail,

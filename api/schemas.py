@@ -428,8 +428,13 @@ class IncidentOut(BaseModel):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     ack_due_at: datetime | None
-    escalation_level: int
+    escalation_level: int = Field(description="How many times a person escalated it outside the home")
     escalated_at: datetime | None
+    escalated_by: str | None = Field(None, description="Who escalated it (GP, NHS 111, 999): a person; the "
+                                                       "ladder's own steps are status 'auto_escalated'")
+    notify_level: int = Field(0, description="The escalation policy level last told (0: nobody yet)")
+    notify_reason: str | None = Field(None, description="Why: unacknowledged, awaiting_outcome, no_outcome, risen")
+    notify_due_at: datetime | None = Field(None, description="When the next level is told if nobody answers")
     owner: str | None
     outcome: str | None
     outcome_comment: str | None
@@ -712,7 +717,8 @@ class DeliveryOut(BaseModel):
 
 
 class BannerItem(BaseModel):
-    alert_id: int
+    incident_id: int = Field(description="The incident that waits (acknowledge it: its components follow)")
+    alert_id: int = Field(description="Its headline component")
     resident_id: str | None
     who: str
     kind: str

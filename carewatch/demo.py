@@ -10,7 +10,7 @@ until it catches up with the wall clock, so every scripted scenario appears with
 Notifications go to receivers of the demo's own: an SMTP server, a server speaking GOV.UK Notify's API (SMS) and
 a webhook receiver that checks signatures; each home gets an escalation policy (tablets and the nurse-call
 webhook, then the senior's phone, then the manager's email). What they receive is printed as it arrives, and a
-simulated member of staff acknowledges each NEWS2 alert once it has reached the senior (level 2), without
+simulated member of staff acknowledges each NEWS2 incident once it has reached the senior (level 2), without
 recording an outcome, so the follow-up escalation to level 3 shows too.
 """
 
@@ -325,24 +325,25 @@ class Demo:
             self._printed[channel] = len(items)
 
     def staff_round(self) -> None:
-        """A simulated carer acknowledges each NEWS2 alert once the senior has been told (level 2: nobody had
+        """A simulated carer acknowledges each NEWS2 incident once the senior has been told (level 2: nobody had
         acknowledged it), and records no outcome: the follow-up escalation (no outcome within 15 or 60 minutes)
-        then tells level 3, so both show in the demo."""
+        then tells level 3, so both show in the demo. One incident, one ladder (H-INC-01)."""
         for site_id, _ in HOMES:
             token = self._token(site_id)
             if token is None:
                 continue
-            reply = httpx.get(f"{self.api_url}/alerts", params={"site": site_id, "kind": "news2"},
+            reply = httpx.get(f"{self.api_url}/incidents", params={"site": site_id, "category": "clinical"},
                               headers={"Authorization": f"Bearer {token}"}, timeout=10)
             if reply.status_code != 200:
                 continue
-            for alert in reply.json()["items"]:
-                if alert["notify_level"] >= 2 and alert["acknowledged_at"] is None \
-                        and alert["alert_id"] not in self._acknowledged:
-                    httpx.post(f"{self.api_url}/alerts/{alert['alert_id']}/acknowledge",
+            for incident in reply.json()["items"]:
+                news2 = any(c["kind"] == "news2" for c in incident.get("components") or [])
+                if news2 and incident["notify_level"] >= 2 and incident["acknowledged_at"] is None \
+                        and incident["incident_id"] not in self._acknowledged:
+                    httpx.post(f"{self.api_url}/incidents/{incident['incident_id']}/acknowledge",
                                json={"comment": "Seen (demo): no outcome will be recorded"},
                                headers={"Authorization": f"Bearer {token}"}, timeout=10)
-                    self._acknowledged.add(alert["alert_id"])
+                    self._acknowledged.add(incident["incident_id"])
 
     def notifications(self) -> list[dict[str, Any]]:
         from carewatch.notify import deliveries

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
                                                     description="HMAC key of signed webhooks (unset: off).")
     notify_timeout_s: float = Field(default=5.0, gt=0, le=60, description="Longest one notification attempt may take.")
     notify_interval_s: float = Field(default=1.0, gt=0, description="Seconds between escalation passes.")
+    notify_estate_contacts: str | None = Field(
+        default=None, description="The estate's admins, told when scoring stalls at a site: comma-separated "
+                                  "channel:recipient, e.g. 'email:oncall@estate.example,sms:07700900123'.")
 
     # --- services ----------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

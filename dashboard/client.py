@@ -19,7 +19,7 @@ from carewatch.alerts import SEVERITY_RANK, UNRESOLVED_STATUSES
 
 LOCAL_TZ = ZoneInfo("Europe/London")  # staff read clock times in UK local time
 UNRESOLVED = UNRESOLVED_STATUSES  # alerts (automatic escalation has its own status)
-UNRESOLVED_INCIDENTS = ("open", "acknowledged", "escalated")
+UNRESOLVED_INCIDENTS = ("open", "acknowledged", "escalated", "auto_escalated")
 #: Items the API serves per page at most (``limit``); the client follows ``next_offset`` from page to page.
 PAGE_SIZE = 500
 #: Most items one list gathers: enough for any real home, practice or council, small enough that a page still
@@ -250,6 +250,10 @@ class ApiClient:
     def escalation_policy(self, site_id: str) -> dict[str, Any]:
         return self._request("GET", f"/sites/{site_id}/escalation-policy")
 
+    def set_escalation_policy(self, site_id: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Managers and admins (audited)."""
+        return self._request("PUT", f"/sites/{site_id}/escalation-policy", json=policy)
+
     def resolve(self, alert_id: int, resolution: str) -> dict[str, Any]:
         return self._request("POST", f"/alerts/{alert_id}/resolve", json={"resolution": resolution})
 
@@ -279,6 +283,13 @@ class ApiClient:
         if comment:
             body["comment"] = comment
         return self._request("POST", f"/incidents/{incident_id}/outcome", json=body)
+
+    def escalate_incident(self, incident_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
+        """A person escalated it outside the home (GP, NHS 111, 999...)."""
+        body: dict[str, Any] = {"outcome": outcome}
+        if comment:
+            body["comment"] = comment
+        return self._request("POST", f"/incidents/{incident_id}/escalate", json=body)
 
     def resolve_incident(self, incident_id: int, resolution: str) -> dict[str, Any]:
         return self._request("POST", f"/incidents/{incident_id}/resolve", json={"resolution": resolution})

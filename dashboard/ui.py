@@ -222,6 +222,21 @@ def resident_card(r: dict[str, Any]) -> str:
 BAND_WORDS = {"low": "low", "low-medium": "low-medium (a red 3)", "medium": "medium", "high": "HIGH"}
 
 
+def incident_status_words(i: dict[str, Any]) -> str:
+    """The incident's status in words, keeping apart a person's escalation (GP, 111, 999) and the policy's own
+    steps when nobody answered (H-ESC-05)."""
+    level = i.get("notify_level") or 0
+    told = f"; level {level} of the escalation policy told" if level > 1 else ""
+    if i["status"] == "escalated":
+        outcome = (i.get("outcome") or "").replace("_", " ")
+        return f"ESCALATED by {i.get('escalated_by') or 'staff'}" + (f" ({outcome})" if outcome else "")
+    if i["status"] == "auto_escalated":
+        return f"AUTO-ESCALATED: nobody answered in time{told}"
+    if i["status"] == "acknowledged":
+        return f"acknowledged by {i.get('acknowledged_by')}{told}"
+    return {"open": "needs acknowledging"}.get(i["status"], i["status"]) + told
+
+
 def incident_card(i: dict[str, Any]) -> str:
     """One incident (HTML): who, severity, NEWS2 band, the headline and what to do, then its components with
     their evidence. One card per person however many rules fired (H-INC-01)."""
@@ -229,8 +244,7 @@ def incident_card(i: dict[str, Any]) -> str:
 
     who = i.get("resident_name") or i["subject_id"]
     band = f" NEWS2 band {BAND_WORDS.get(i['band'], i['band'])}" if i.get("band") else ""
-    status = {"open": "needs acknowledging", "acknowledged": f"acknowledged by {i.get('acknowledged_by')}",
-              "escalated": "ESCALATED"}.get(i["status"], i["status"])
+    status = incident_status_words(i)
     lines = [f"<h4>{html.escape(who)}</h4>",
              f"<div>{severity_badge(i['severity'])}{html.escape(band)} ({html.escape(status)})</div>",
              f'<div class="cw-line"><b>{html.escape(i["headline"])}</b></div>',
@@ -245,7 +259,8 @@ def incident_card(i: dict[str, Any]) -> str:
         lines.append(f'<div class="cw-line">Outcome: {html.escape(i["outcome"].replace("_", " "))}</div>')
     lines.append(f'<div class="cw-line">Opened {local_time(i["opened_at"], "%d %b %H:%M")}</div>')
     border = palette.SEVERITY[i["severity"]].background if i["severity"] in palette.SEVERITY else palette.BORDER
-    return (f'<div class="cw-card cw-incident" data-incident="{i["incident_id"]}" style="border-color:{border}">'
+    return (f'<div class="cw-card cw-incident" data-incident="{i["incident_id"]}" data-status="{i["status"]}" '
+            f'style="border-color:{border}">'
             f'{"".join(lines)}</div>')
 
 
@@ -287,12 +302,13 @@ if (on) {{
 
 
 def banner_html(banner: dict[str, Any]) -> str:
-    """The banner (HTML): each alert that waits for a person, what it waits for, and the route to take."""
+    """The banner (HTML): each incident that waits for a person, what it waits for, and the route to take."""
     from carewatch.dashboard.client import local_time
 
     items = banner.get("items") or []
     sound = "on" if banner.get("sound") else "off"
     ids = ",".join(str(i["alert_id"]) for i in items)
+    incidents = ",".join(str(i["incident_id"]) for i in items)
     lines = []
     for i in items:
         text = f"{severity_badge(i['severity'])} <b>{esc(i['who'])}</b>: {esc(kind_words(i['kind']))}"
@@ -309,7 +325,8 @@ def banner_html(banner: dict[str, Any]) -> str:
         if i.get("recovery"):
             text += f" Recovered: {esc(i['recovery'])}"
         lines.append(f'<div class="cw-line">{text}</div>')
-    return f'<div class="cw-banner" role="alert" data-sound="{sound}" data-alerts="{ids}">{"".join(lines)}</div>'
+    return (f'<div class="cw-banner" role="alert" data-sound="{sound}" data-alerts="{ids}" '
+            f'data-incidents="{incidents}">{"".join(lines)}</div>')
 
 
 def live_banner(site_id: str) -> None:
@@ -331,9 +348,9 @@ def live_banner(site_id: str) -> None:
         waiting = [i for i in banner["items"] if i["needs"] == "acknowledgement"]
         for item in waiting[:3]:
             if st.button(f"Acknowledge: {item['who']}, {kind_words(item['kind'])}",
-                         key=f"banner-ack-{item['alert_id']}", type="primary", width="stretch"):
-                try:
-                    client().acknowledge(item["alert_id"], "acknowledged from the banner")
+                         key=f"banner-ack-{item['incident_id']}", type="primary", width="stretch"):
+                try:  # the incident: its components follow, one acknowledgement for one problem (H-INC-01)
+                    client().acknowledge_incident(item["incident_id"], "acknowledged from the banner")
                 except ApiError as exc:
                     st.error(f"Acknowledge failed: {exc}")
                 st.rerun()

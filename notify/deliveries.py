@@ -1,15 +1,16 @@
 """The delivery log: every notification attempt with its channel, recipient, time and result.
 
 The one writer of ``notification_deliveries``. An attempt is recorded as 'pending' in the same transaction as the
-escalation step that asked for it (so a crash between the two cannot lose it), then completed with the channel's
-result after sending, outside any transaction that holds alert locks.
+escalation step that asked for it (so a crash between the two cannot lose it), claimed atomically by the one
+replica that sends it (:func:`claim`), then completed with the channel's result after sending, outside any
+transaction that holds incident locks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -54,25 +55,56 @@ def record_nobody(conn: psycopg.Connection, *, site_id: str, target_kind: str, t
     ).fetchone()[0]
 
 
+#: A claim older than this (the replica died while sending) may be taken by another replica.
+STALE_CLAIM = timedelta(minutes=2)
+#: ``reason`` of the estate's own notifications (scoring stalled): any replica sends them, whatever its sites.
+ESTATE = "estate"
+
+
+def claim(conn: psycopg.Connection, claimant: str, limit: int = 200, *, site_ids: Sequence[str] | None = None,
+          stale: timedelta = STALE_CLAIM) -> list[Pending]:
+    """Claim pending attempts for sending, atomically: one ``UPDATE ... RETURNING`` over rows picked ``FOR UPDATE
+    SKIP LOCKED``, so two replicas (or two passes) racing never both get one (no duplicate sends, H-ESC-11).
+    ``site_ids``: only these sites' attempts (the replica's share; None: every site); the estate's own attempts
+    go to whoever claims them first."""
+    sites = None if site_ids is None else list(site_ids)
+    with conn.transaction():
+        rows = conn.execute(
+        """UPDATE notification_deliveries d SET claimed_by = %(me)s, claimed_at = clock_timestamp()
+           WHERE d.delivery_id IN (
+               SELECT delivery_id FROM notification_deliveries
+               WHERE result = 'pending' AND (claimed_at IS NULL OR claimed_at < clock_timestamp() - %(stale)s)
+                 AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s) OR reason = %(estate)s)
+               ORDER BY delivery_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+             AND d.result = 'pending' AND (d.claimed_at IS NULL OR d.claimed_at < clock_timestamp() - %(stale)s)
+           RETURNING delivery_id, site_id, target_kind, target_id, level, reason, channel, recipient, created_at""",
+        {"me": claimant, "stale": stale, "sites": sites, "estate": ESTATE, "limit": limit},
+        ).fetchall()
+    return sorted((Pending(*row) for row in rows), key=lambda p: p.delivery_id)
+
+
 def pending(conn: psycopg.Connection, limit: int = 200, *, site_ids: Sequence[str] | None = None) -> list[Pending]:
+    """Pending attempts (read only: the delivery log; sending goes through :func:`claim`)."""
+    sites = None if site_ids is None else list(site_ids)
     rows = conn.execute(
         """SELECT delivery_id, site_id, target_kind, target_id, level, reason, channel, recipient, created_at
            FROM notification_deliveries WHERE result = 'pending' AND (%s::text[] IS NULL OR site_id = ANY(%s))
-           ORDER BY delivery_id LIMIT %s""", (list(site_ids) if site_ids else None,) * 2 + (limit,),
+           ORDER BY delivery_id LIMIT %s""", (sites, sites, limit),
     ).fetchall()
     return [Pending(*row) for row in rows]
 
 
-def record_results(conn: psycopg.Connection, results: Mapping[int, Result]) -> None:
-    """Complete attempts with what their channels said (wall-clock time of the attempt)."""
+def record_results(conn: psycopg.Connection, results: Mapping[int, Result], claimant: str | None = None) -> None:
+    """Complete attempts with what their channels said (wall-clock time of the attempt); with ``claimant``, only
+    the attempts it still holds the claim of."""
     if not results:
         return
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             """UPDATE notification_deliveries SET result = %s, detail = %s, external_id = %s,
                       attempted_at = clock_timestamp()
-               WHERE delivery_id = %s AND result = 'pending'""",
-            [(r.result, r.detail, r.external_id, key) for key, r in results.items()],
+               WHERE delivery_id = %s AND result = 'pending' AND (%s::text IS NULL OR claimed_by = %s)""",
+            [(r.result, r.detail, r.external_id, key, claimant, claimant) for key, r in results.items()],
         )
 
 
@@ -105,5 +137,5 @@ def summary(conn: psycopg.Connection, after_id: int = 0) -> list[dict[str, Any]]
                    FROM notification_deliveries WHERE delivery_id > %s ORDER BY delivery_id""", (after_id,))]
 
 
-__all__: Sequence[str] = ["Pending", "for_target", "pending", "record_nobody", "record_pending", "record_results",
-                          "summary", "undelivered_levels"]
+__all__: Sequence[str] = ["ESTATE", "Pending", "claim", "for_target", "pending", "record_nobody", "record_pending",
+                          "record_results", "summary", "undelivered_levels"]

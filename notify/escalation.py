@@ -1,12 +1,13 @@
 """The escalation shell: find what is due, apply the policy's next step, deliver it, and record every attempt.
 
-``escalation_pass`` (in one transaction): the alerts whose next step is due (``policy.next_step``), locked with
-SKIP LOCKED so two scorers never notify twice; each step is an alert transition (status ``auto_escalated``
+``escalation_pass`` (in one transaction): the incidents whose next step is due (``policy.next_step``), locked with
+SKIP LOCKED so two scorers never notify twice; each step is an incident transition (status ``auto_escalated``
 from level 2, an ``auto_escalated``/``notified`` event) and one pending delivery per contact. ``deliver_pending``
 (outside any transaction holding alert locks): sends them through the channels at once, each within a timeout,
 records the results, and moves a step that reached nobody on to the next level at once.
 
-What is notified is one place, ``TARGET``: alerts today; incidents when the incidents work lands (issue 15).
+What is notified is one place, ``TARGET``: incidents (one person's problem, one ladder); ``ALERTS`` is kept for
+the alert-level history and tests of the pure rules.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from carewatch.notify.policy import (
     next_step,
     route_prompt,
 )
-from carewatch.scoring import lifecycle
+from carewatch.scoring import incident_store, lifecycle
 
 log = logging.getLogger("carewatch.notify.escalation")
 
@@ -94,8 +95,48 @@ ALERTS = Target("alert", """
     FOR UPDATE OF a SKIP LOCKED""", _alert_rows, lifecycle.auto_escalate, lifecycle.hurry_escalation,
                 lifecycle.await_outcome)
 
-#: The one switch between notifying on alerts and on incidents.
-TARGET = ALERTS
+#: The incident's headline component for a message: a medium/high NEWS2 component first (its score, risk and route,
+#: and the outcome it needs), else its worst component. Incidents carry one ladder (H-INC-01, H-ESC-04).
+_HEAD_SQL = """LEFT JOIN LATERAL (
+        SELECT a.kind, a.score, a.data->>'risk' AS risk FROM alerts a
+        WHERE a.incident_id = i.incident_id AND a.status <> 'resolved'
+        ORDER BY (a.kind = 'news2' AND a.severity IN ('medium', 'high')) DESC,
+                 CASE a.severity WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END DESC,
+                 a.alert_id
+        LIMIT 1) h ON true"""
+_INCIDENT_COLUMNS = """i.incident_id AS target_id, i.site_id, s.name AS site_name,
+           coalesce(h.kind, i.category) AS kind, i.severity, i.status, i.acknowledged_at, i.notify_level,
+           i.notify_reason, i.notify_due_at, i.outcome_at IS NOT NULL AS outcome, i.opened_at, i.headline AS reason,
+           i.action, h.score, h.risk, coalesce(r.display_name, i.subject_id) AS who"""
+
+
+def _incident_rows(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["target_id"]: r for r in cur.execute(
+            f"""SELECT {_INCIDENT_COLUMNS}
+                FROM incidents i JOIN sites s ON s.site_id = i.site_id
+                LEFT JOIN residents r ON r.resident_id = i.resident_id {_HEAD_SQL}
+                WHERE i.incident_id = ANY(%s)""", (list(ids),)).fetchall()}
+
+
+INCIDENTS = Target("incident", f"""
+    SELECT {_INCIDENT_COLUMNS}
+    FROM incidents i JOIN sites s ON s.site_id = i.site_id LEFT JOIN residents r ON r.resident_id = i.resident_id
+    {_HEAD_SQL}
+    WHERE i.status <> 'resolved' AND i.severity IN ('medium', 'high') AND i.outcome_at IS NULL
+      AND (%(sites)s::text[] IS NULL OR i.site_id = ANY(%(sites)s))
+      AND ((i.acknowledged_at IS NULL
+            AND (i.notify_level = 0 OR i.notify_reason IS DISTINCT FROM 'unacknowledged' OR i.notify_due_at <= %(now)s))
+        OR (i.acknowledged_at IS NOT NULL AND h.kind = 'news2'
+            AND (coalesce(i.notify_reason, '') NOT IN ('awaiting_outcome', 'no_outcome')
+                 OR i.notify_due_at <= %(now)s)))
+    ORDER BY i.incident_id
+    FOR UPDATE OF i SKIP LOCKED""", _incident_rows, incident_store.auto_escalate, incident_store.hurry_escalation,
+                    incident_store.await_outcome)
+
+#: The one switch between notifying on alerts and on incidents: incidents (issue 15 landed). One incident, one
+#: ladder: a component alert joining it never starts a ladder of its own (H-INC-01).
+TARGET = INCIDENTS
 
 
 @dataclass(frozen=True)
@@ -116,10 +157,10 @@ def _state(row: Mapping[str, Any]) -> NotifyState:
 
 
 def message_for(row: Mapping[str, Any], step: Step, policy: EscalationPolicy, now: datetime,
-                link: str | None = None) -> Message:
+                link: str | None = None, target_kind: str | None = None) -> Message:
     severity = Severity(row["severity"])
     waited = policy.outcome_window(severity) if step.reason is Reason.NO_OUTCOME else now - row["opened_at"]
-    return compose(target_kind=TARGET.kind, target_id=row["target_id"], site_id=row["site_id"],
+    return compose(target_kind=target_kind or TARGET.kind, target_id=row["target_id"], site_id=row["site_id"],
                    site_name=row["site_name"], who=row["who"],
                    what=KIND_WORDS.get(row["kind"], row["kind"].replace("_", " ")) + f" ({row['reason']})",
                    severity=Severity(row["severity"]), step=step, policy=policy,
@@ -130,11 +171,12 @@ def message_for(row: Mapping[str, Any], step: Step, policy: EscalationPolicy, no
 def escalation_pass(conn: psycopg.Connection, now: datetime, *,
                     site_ids: Sequence[str] | None = None) -> list[Planned]:
     """Take every step that is due now (one transaction); deliveries are left pending for ``deliver_pending``.
-    ``site_ids`` narrows it to some sites (tests sharing a database)."""
+    ``site_ids``: only these sites (a scorer replica's share, scoring/replicas.py; an empty list is none, None is
+    every site)."""
     planned: list[Planned] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(TARGET.candidates_sql, {"now": now, "sites": list(site_ids) if site_ids else None}
-                           ).fetchall()
+        rows = cur.execute(TARGET.candidates_sql,
+                           {"now": now, "sites": None if site_ids is None else list(site_ids)}).fetchall()
         if not rows:
             return planned
         policies = store.load_many(conn, {r["site_id"] for r in rows})
@@ -166,33 +208,54 @@ def escalation_pass(conn: psycopg.Connection, now: datetime, *,
     return planned
 
 
+def _message_rows(conn: psycopg.Connection, todo: Sequence[deliveries.Pending]) -> dict[tuple[str, int],
+                                                                                  dict[str, Any]]:
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for target in (INCIDENTS, ALERTS):
+        ids = sorted({p.target_id for p in todo if p.target_kind == target.kind})
+        if ids:
+            out.update({(target.kind, k): v for k, v in target.message_rows(conn, ids).items()})
+    return out
+
+
+def estate_message(row: Mapping[str, Any], link: str | None = None) -> Message:
+    """The estate's own notification (scoring stalled at a site): for its admins, not the home's ladder."""
+    head = f"Carewatch ESTATE: {row['site_name']}: {KIND_WORDS.get(row['kind'], row['kind'].replace('_', ' '))}"
+    return Message("alert", row["target_id"], row["site_id"], row["site_name"], 1, "Estate admins",
+                   deliveries.ESTATE, row["severity"], head, f"{head}. {row['reason']} {row['action']}", link)
+
+
 def deliver_pending(conn: psycopg.Connection, channels: Mapping[str, Channel], now: datetime, *,
                     timeout: float = 5.0, link: str | None = None,
-                    site_ids: Sequence[str] | None = None) -> dict[int, str]:
-    """Send every pending attempt (all at once, each within ``timeout``) and record the results. A step whose
-    attempts all failed moves on to the next level at once (nobody was reached). Returns delivery id -> result."""
-    todo = deliveries.pending(conn, site_ids=site_ids)
+                    site_ids: Sequence[str] | None = None, claimant: str = "notify") -> dict[int, str]:
+    """Claim the pending attempts of these sites (atomically: two replicas never send one twice), send them all at
+    once, each within ``timeout``, and record the results. A step whose attempts all failed moves on to the next
+    level at once (nobody was reached). Returns delivery id -> result."""
+    todo = deliveries.claim(conn, claimant, site_ids=site_ids)
     if not todo:
         return {}
-    rows = TARGET.message_rows(conn, sorted({p.target_id for p in todo}))
+    rows = _message_rows(conn, todo)
     policies = store.load_many(conn, {p.site_id for p in todo})
     attempts = []
     for p in todo:
-        row = rows.get(p.target_id)
+        row = rows.get((p.target_kind, p.target_id))
         if row is None:
+            continue
+        if p.reason == deliveries.ESTATE:
+            attempts.append(Attempt(p.delivery_id, p.channel, p.recipient, estate_message(row, link)))
             continue
         policy = policies[p.site_id]
         step = Step(p.level, Reason(p.reason), tuple(policy.level(p.level).contacts), None)
         attempts.append(Attempt(p.delivery_id, p.channel, p.recipient, message_for(row, step, policy, p.created_at,
-                                                                                  link)))
+                                                                                  link, p.target_kind)))
     results = send_all(channels, attempts, timeout=timeout)
     for p in todo:
-        if p.target_id not in rows:
-            results[p.delivery_id] = Result("failed", f"{TARGET.kind} {p.target_id} no longer exists")
-    deliveries.record_results(conn, results)
+        if (p.target_kind, p.target_id) not in rows:
+            results[p.delivery_id] = Result("failed", f"{p.target_kind} {p.target_id} no longer exists")
+    deliveries.record_results(conn, results, claimant)
     with conn.transaction():
         for kind, target_id, level, reason in deliveries.undelivered_levels(conn, results):
-            if kind == TARGET.kind:
+            if kind == TARGET.kind and reason != deliveries.ESTATE:
                 TARGET.hurry(conn, target_id, level=level, reason=reason, at=now)
     for key, r in results.items():
         if not r.delivered:
@@ -200,9 +263,42 @@ def deliver_pending(conn: psycopg.Connection, channels: Mapping[str, Channel], n
     return {k: r.result for k, r in results.items()}
 
 
+#: Unresolved scoring_stalled alerts the estate's admins have not been told of (alerts.notify_level 0), locked so
+#: that of several replicas running this, one records the attempts (the alert's notify_level is set with them).
+_STALLED_SQL = """SELECT a.alert_id AS target_id, a.site_id FROM alerts a
+    WHERE a.kind = 'scoring_stalled' AND a.status <> 'resolved' AND a.notify_level = 0
+    ORDER BY a.alert_id FOR UPDATE SKIP LOCKED"""
+
+
+def estate_pass(conn: psycopg.Connection, contacts: Sequence[tuple[str, str]], now: datetime) -> list[int]:
+    """Tell the estate's admins (``contacts``: (channel, recipient), from settings ``notify_estate_contacts``)
+    about every site whose scoring has stalled (H-ESC-12): one pending attempt per contact, once per alert. Its
+    bucket may have no holder (that is why it stalled), so any replica runs this and delivers them. With no
+    contacts, the attempt is recorded as reaching nobody. Returns the alert ids told about."""
+    told: list[int] = []
+    with conn.transaction():
+        rows = conn.execute(_STALLED_SQL).fetchall()
+        for alert_id, site_id in rows:
+            if not contacts:
+                conn.execute(
+                    """INSERT INTO notification_deliveries (site_id, target_kind, target_id, level, reason, channel,
+                                                            recipient, created_at, attempted_at, result, detail)
+                       VALUES (%s, 'alert', %s, 1, %s, 'none', 'nobody', %s, now(), 'no_recipient', %s)""",
+                    (site_id, alert_id, deliveries.ESTATE, now,
+                     "no estate contacts are configured (CAREWATCH_NOTIFY_ESTATE_CONTACTS): nobody was told"))
+            for channel, recipient in contacts:
+                deliveries.record_pending(conn, site_id=site_id, target_kind="alert", target_id=alert_id, level=1,
+                                          reason=deliveries.ESTATE, channel=channel, recipient=recipient, at=now)
+            lifecycle.notify_estate(conn, alert_id, recipients=[f"{c}:{r}" for c, r in contacts], at=now)
+            told.append(alert_id)
+    return told
+
+
 def run_once(conn: psycopg.Connection, channels: Mapping[str, Channel], now: datetime, *, timeout: float = 5.0,
-             link: str | None = None, site_ids: Sequence[str] | None = None) -> list[Planned]:
-    """One round: take the due steps, then deliver (the scorer's notify loop and the tests call this)."""
+             link: str | None = None, site_ids: Sequence[str] | None = None,
+             claimant: str = "notify") -> list[Planned]:
+    """One round: take the due steps, then deliver (the tests call this; the scorer's tick takes the steps and
+    its notify loop delivers)."""
     planned = escalation_pass(conn, now, site_ids=site_ids)
-    deliver_pending(conn, channels, now, timeout=timeout, link=link, site_ids=site_ids)
+    deliver_pending(conn, channels, now, timeout=timeout, link=link, site_ids=site_ids, claimant=claimant)
     return planned

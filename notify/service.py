@@ -1,4 +1,5 @@
-"""The notify loop: every ``notify_interval_s``, deliver the notifications the escalation steps left pending.
+"""The notify loop: every ``notify_interval_s``, deliver the notifications the escalation steps left pending (a
+scorer replica: those of its own sites, each claimed atomically), and tell the estate's admins of stalled scoring.
 
 The steps themselves are taken by the scorer's tick (``engine.tick`` -> ``escalation.escalation_pass``), so they
 follow the same clock as every other time-based rule.
@@ -17,8 +18,10 @@ import psycopg
 import structlog
 
 from carewatch.notify.channels import Channel, DashboardChannel, EmailChannel, SmsChannel, WebhookChannel
-from carewatch.notify.escalation import deliver_pending
+from carewatch.notify.escalation import deliver_pending, estate_pass
+from carewatch.notify.policy import ChannelName, Contact
 from carewatch.scoring.clock import Clock
+from carewatch.scoring.replicas import LeaseKeeper, SubjectMap
 from carewatch.settings import Settings, check_secret
 
 log = structlog.get_logger("carewatch.notify.service")
@@ -43,10 +46,28 @@ def channels_from_settings(settings: Settings) -> dict[str, Channel]:
     return channels
 
 
-def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Event, done: threading.Event) -> None:
-    """Run escalation passes until stopped; a lost connection is re-opened with back-off."""
+def estate_contacts(settings: Settings) -> list[tuple[str, str]]:
+    """``notify_estate_contacts`` as (channel, recipient) pairs, each checked like a policy contact."""
+    out = []
+    for item in (settings.notify_estate_contacts or "").split(","):
+        if not item.strip():
+            continue
+        channel, _, recipient = item.strip().partition(":")
+        contact = Contact(channel=ChannelName(channel.strip()), recipient=recipient.strip())
+        out.append((contact.channel.value, contact.recipient))
+    return out
+
+
+def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Event, done: threading.Event,
+                keeper: LeaseKeeper | None = None) -> None:
+    """Deliver until stopped; a lost connection is re-opened with back-off. With ``keeper`` (a scorer replica),
+    only the attempts of the sites whose buckets it holds, each claimed atomically (no duplicate sends between
+    replicas, H-ESC-11); and the estate's own notices (scoring stalled, H-ESC-12) from any replica."""
     channels = channels_from_settings(settings)
-    log.info("notify_started", channels=sorted(channels))
+    contacts = estate_contacts(settings)
+    subjects = SubjectMap()
+    claimant = keeper.replica_id if keeper is not None else f"notify-{threading.get_ident()}"
+    log.info("notify_started", channels=sorted(channels), estate_contacts=len(contacts))
     backoff = 1.0
     while not (stop.is_set() or done.is_set()):
         try:
@@ -59,7 +80,10 @@ def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Even
                         continue
                     started = time.monotonic()
                     try:
-                        sent = deliver_pending(conn, channels, clock.now(), timeout=settings.notify_timeout_s)
+                        sites = None if keeper is None else subjects.sites(conn, keeper.buckets)
+                        estate_pass(conn, contacts, clock.now())
+                        sent = deliver_pending(conn, channels, clock.now(), timeout=settings.notify_timeout_s,
+                                               site_ids=sites, claimant=claimant)
                     except psycopg.OperationalError:
                         raise
                     except Exception:

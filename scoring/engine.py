@@ -26,7 +26,7 @@ from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
-from carewatch.scoring.incident_store import escalate_unacknowledged_incidents, sync_incidents
+from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import delete_device_sets_built_from
@@ -173,8 +173,9 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
     scoring/replicas.py); None = the whole estate."""
     summary = EvaluationSummary()
     # the escalation policy's next steps (carewatch.notify): deliveries are left pending for the notify thread
-    summary.escalated.extend(p.target_id for p in escalation_pass(conn, now, site_ids=site_ids) if p.level > 1)
-    summary.incidents_escalated.extend(escalate_unacknowledged_incidents(conn, now, site_ids))
+    # (one ladder per incident: the steps are incident steps; level 1 is a notification, not an escalation)
+    summary.incidents_escalated.extend(p.target_id for p in escalation_pass(conn, now, site_ids=site_ids)
+                                       if p.level > 1)
     overdue_pass(conn, now, summary, site_ids)
     if slow:
         scope = None if site_ids is None else list(site_ids)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from carewatch.alerts import ACK_WINDOW, ESCALATION_OUTCOMES, MAX_AUTO_ESCALATION_LEVEL, Severity
+from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, Severity
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
@@ -98,7 +98,7 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
             if plan.action == "resolve":
                 conn.execute(
                     "UPDATE incidents SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
-                    "ack_due_at = NULL, updated_at = %s WHERE incident_id = %s",
+                    "ack_due_at = NULL, notify_due_at = NULL, updated_at = %s WHERE incident_id = %s",
                     (now, ACTOR, "Every part of it has cleared.", now, incident_id))
             else:
                 _update(conn, existing, plan, peak, now)
@@ -130,10 +130,15 @@ def _update(conn: psycopg.Connection, existing: OpenIncident, plan: IncidentPlan
         conn.execute(
             """UPDATE incidents SET severity = %s, band = %s, peak_band = %s, headline = %s, action = %s,
                       category = %s, updated_at = %s, acknowledged_at = NULL, acknowledged_by = NULL,
-                      status = CASE WHEN status = 'acknowledged' THEN 'open' ELSE status END, ack_due_at = %s
+                      status = CASE WHEN status IN ('acknowledged', 'auto_escalated') THEN 'open' ELSE status END,
+                      ack_due_at = %s,
+                      -- worse again: the level last told hears it at once, and a fresh outcome is needed (H-INC-02)
+                      notify_reason = CASE WHEN notify_level > 0 THEN 'risen' ELSE notify_reason END,
+                      notify_due_at = CASE WHEN notify_level > 0 THEN %s::timestamptz ELSE notify_due_at END,
+                      outcome = NULL, outcome_at = NULL, outcome_by = NULL, outcome_comment = NULL
                WHERE incident_id = %s""",
             (plan.severity.value, plan.band, new_peak, plan.headline, plan.action_text, plan.category, now,
-             plan.ack_due_at, existing.incident_id))
+             plan.ack_due_at, now, existing.incident_id))
     else:
         conn.execute(
             """UPDATE incidents SET severity = %s, band = %s, peak_band = %s, headline = %s, action = %s,
@@ -153,31 +158,57 @@ def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str
         "AND category = 'clinical'", (list(resident_ids),)).fetchall()}
 
 
-def escalate_unacknowledged_incidents(conn: psycopg.Connection, now: datetime,
-                                      site_ids: Sequence[str] | None = None) -> list[int]:
-    """Incidents not acknowledged within their deadline: escalation_level + 1, status 'escalated', and a new
-    deadline one window on (by the incident's severity), up to MAX_AUTO_ESCALATION_LEVEL. ``site_ids``: only
-    these sites' incidents (a scorer replica's share, scoring/replicas.py)."""
+# ------------------------------------------------------------------------------------------------------------
+# Automatic escalation: the notification ladder (carewatch.notify applies the site's policy and calls these)
+# ------------------------------------------------------------------------------------------------------------
+#: The actor of automatic escalation steps (as on alerts).
+ESCALATION_ACTOR = lifecycle.ESCALATION_ACTOR
+
+
+def auto_escalate(conn: psycopg.Connection, incident_id: int, *, level: int, reason: str,
+                  next_due: datetime | None, level_name: str, recipients: Sequence[str], at: datetime) -> None:
+    """The policy's next level was told about the incident (level 1: event 'notified'; from level 2: status and
+    event 'auto_escalated'), never the status 'escalated', which means a person escalated it outside the home
+    (H-ESC-05). One incident, one ladder: its components are not notified themselves (H-INC-01)."""
     with conn.transaction():
-        rows = conn.execute(
-            """UPDATE incidents SET escalation_level = escalation_level + 1, status = 'escalated',
-                      escalated_at = %(now)s, updated_at = %(now)s,
-                      ack_due_at = CASE WHEN escalation_level + 1 >= %(max)s THEN NULL
-                                        ELSE %(now)s + CASE severity WHEN 'high' THEN %(high)s
-                                                                     WHEN 'medium' THEN %(medium)s
-                                                                     ELSE %(low)s END END
-               WHERE status <> 'resolved' AND acknowledged_at IS NULL AND ack_due_at IS NOT NULL
-                 AND ack_due_at <= %(now)s AND (%(sites)s::text[] IS NULL OR site_id = ANY(%(sites)s::text[]))
-               RETURNING incident_id, escalation_level, severity""",
-            {"now": now, "sites": None if site_ids is None else list(site_ids), "max": MAX_AUTO_ESCALATION_LEVEL,
-             "high": ACK_WINDOW[Severity.HIGH],
-             "medium": ACK_WINDOW[Severity.MEDIUM], "low": ACK_WINDOW[Severity.LOW]},
-        ).fetchall()
-        for incident_id, level, severity in rows:
-            _event(conn, incident_id, now, ACTOR, "escalated",
-                   comment=f"Not acknowledged in time ({severity}): escalated to level {level}.",
-                   detail={"level": level, "automatic": True})
-    return [r[0] for r in rows]
+        conn.execute(
+            """UPDATE incidents SET notify_level = %(level)s, notify_reason = %(reason)s, notify_due_at = %(due)s,
+                      status = CASE WHEN %(level)s >= 2 AND status IN ('open', 'acknowledged') THEN 'auto_escalated'
+                                    ELSE status END,
+                      updated_at = %(at)s
+               WHERE incident_id = %(id)s""",
+            {"level": level, "reason": reason, "due": next_due, "at": at, "id": incident_id})
+        why = ("not acknowledged" if reason == "unacknowledged" else
+               "acknowledged, but no outcome recorded in time")
+        _event(conn, incident_id, at, ESCALATION_ACTOR, "notified" if level == 1 else "auto_escalated",
+               comment=f"Level {level} ({level_name}) told: {why}."
+                       + ("" if recipients else " Nobody is on the rota at this level."),
+               detail={"level": level, "reason": reason, "automatic": True, "recipients": list(recipients),
+                       "next_due": next_due.isoformat() if next_due else None})
+
+
+def await_outcome(conn: psycopg.Connection, incident_id: int, *, due: datetime | None, at: datetime) -> None:
+    """Acknowledged: the outcome is due by ``due`` (on the escalation clock), or the senior is told (H-ESC-06)."""
+    with conn.transaction():
+        conn.execute(
+            """UPDATE incidents SET notify_reason = 'awaiting_outcome', notify_due_at = %s
+               WHERE incident_id = %s AND status <> 'resolved' AND outcome_at IS NULL""", (due, incident_id))
+        _event(conn, incident_id, at, ESCALATION_ACTOR, "outcome_due",
+               comment=f"Acknowledged: record what was done by {due:%H:%M} UTC" if due else None,
+               detail={"due": due.isoformat() if due else None, "automatic": True})
+
+
+def hurry_escalation(conn: psycopg.Connection, incident_id: int, *, level: int, reason: str, at: datetime) -> None:
+    """Nobody was reached at ``level`` (nobody on the rota, every channel failed): the next level is due now."""
+    with conn.transaction():
+        changed = conn.execute(
+            """UPDATE incidents SET notify_due_at = %s WHERE incident_id = %s AND status <> 'resolved'
+                 AND notify_level = %s AND notify_reason = %s AND notify_due_at IS NOT NULL AND notify_due_at > %s""",
+            (at, incident_id, level, reason, at)).rowcount
+        if changed:
+            _event(conn, incident_id, at, ESCALATION_ACTOR, "notify_failed",
+                   comment=f"Nobody was reached at level {level}: the next level is told now.",
+                   detail={"level": level, "reason": reason, "automatic": True})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -238,7 +269,8 @@ def acknowledge(conn: psycopg.Connection, incident_id: int, actor: str, comment:
                                 f"{incident['acknowledged_at']:%Y-%m-%d %H:%M} UTC")
         now = _now(conn, at)
         conn.execute(
-            "UPDATE incidents SET status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END, "
+            "UPDATE incidents SET status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' "
+            "ELSE status END, "
             "acknowledged_at = %s, acknowledged_by = %s, owner = coalesce(owner, %s), ack_due_at = NULL, "
             "updated_at = %s WHERE incident_id = %s", (now, actor, actor, now, incident_id))
         for alert_id in _components(conn, incident_id, unacknowledged=True):
@@ -274,13 +306,50 @@ def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outco
         conn.execute(
             """UPDATE incidents SET outcome = %s, outcome_comment = %s, outcome_at = %s, outcome_by = %s,
                       acknowledged_at = coalesce(acknowledged_at, %s), acknowledged_by = coalesce(acknowledged_by, %s),
-                      status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END,
-                      owner = coalesce(owner, %s), ack_due_at = NULL, updated_at = %s
+                      status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' ELSE status END,
+                      owner = coalesce(owner, %s), ack_due_at = NULL, notify_due_at = NULL, updated_at = %s
                WHERE incident_id = %s""",
             (outcome, comment, now, actor, now, actor, actor, now, incident_id))
         for alert_id in _components(conn, incident_id):  # the outcome ends their follow-up escalation (H-ESC-06)
             lifecycle.record_outcome(conn, alert_id, actor, outcome, f"with incident {incident_id}", at=now)
         _event(conn, incident_id, now, actor, "outcome", outcome=outcome, comment=comment)
+
+
+def escalate(conn: psycopg.Connection, incident_id: int, actor: str, outcome: str, comment: str | None = None, *,
+             at: datetime | None = None) -> None:
+    """A person escalated the incident outside the home (GP, NHS 111, 999...): status 'escalated', event
+    'escalated' with ``automatic: false`` (the ladder's own steps are 'auto_escalated', H-ESC-05). Counts as
+    acknowledging; a GP, 111, 999 or admission outcome is also its outcome (ends the follow-up, H-ESC-06). Its
+    components are escalated with it (their SBARD decision)."""
+    actor = _actor(actor)
+    if outcome not in ESCALATION_OUTCOMES:
+        raise IncidentError(f"unknown escalation outcome {outcome!r}; use one of "
+                            f"{', '.join(sorted(ESCALATION_OUTCOMES))}")
+    if outcome == "other" and not (comment and comment.strip()):
+        raise IncidentError("outcome 'other' needs a comment saying what was done")
+    follow = outcome in FOLLOW_UP_OUTCOMES
+    with conn.transaction():
+        incident = _lock(conn, incident_id)
+        _not_resolved(incident, "escalate")
+        now = _now(conn, at)
+        conn.execute(
+            """UPDATE incidents SET status = 'escalated', escalation_level = escalation_level + 1,
+                      escalated_at = %(now)s, escalated_by = %(actor)s,
+                      acknowledged_at = coalesce(acknowledged_at, %(now)s),
+                      acknowledged_by = coalesce(acknowledged_by, %(actor)s), owner = coalesce(owner, %(actor)s),
+                      ack_due_at = NULL, updated_at = %(now)s,
+                      outcome = CASE WHEN %(follow)s THEN %(outcome)s ELSE outcome END,
+                      outcome_comment = CASE WHEN %(follow)s THEN %(comment)s ELSE outcome_comment END,
+                      outcome_at = CASE WHEN %(follow)s THEN %(now)s ELSE outcome_at END,
+                      outcome_by = CASE WHEN %(follow)s THEN %(actor)s ELSE outcome_by END,
+                      notify_due_at = CASE WHEN %(follow)s THEN NULL ELSE notify_due_at END
+               WHERE incident_id = %(id)s""",
+            {"now": now, "actor": actor, "follow": follow, "outcome": outcome, "comment": comment,
+             "id": incident_id})
+        for alert_id in _components(conn, incident_id):
+            lifecycle.escalate(conn, alert_id, actor, outcome, comment or f"with incident {incident_id}", at=now)
+        _event(conn, incident_id, now, actor, "escalated", outcome=outcome, comment=comment,
+               detail={"automatic": False})
 
 
 def resolve(conn: psycopg.Connection, incident_id: int, actor: str, resolution: str, *,
@@ -294,7 +363,7 @@ def resolve(conn: psycopg.Connection, incident_id: int, actor: str, resolution: 
         now = _now(conn, at)
         conn.execute(
             "UPDATE incidents SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
-            "ack_due_at = NULL, updated_at = %s WHERE incident_id = %s",
+            "ack_due_at = NULL, notify_due_at = NULL, updated_at = %s WHERE incident_id = %s",
             (now, actor, resolution.strip(), now, incident_id))
         for alert_id in _components(conn, incident_id):
             lifecycle.resolve(conn, alert_id, actor, f"with incident {incident_id}: {resolution.strip()}", at=now)

@@ -316,6 +316,18 @@ def auto_escalate(conn: psycopg.Connection, alert_id: int, *, level: int, reason
                        "next_due": next_due.isoformat() if next_due else None})
 
 
+def notify_estate(conn: psycopg.Connection, alert_id: int, *, recipients: Sequence[str], at: datetime) -> None:
+    """The estate's admins were told of this alert (scoring stalled at its site, H-ESC-12): notify_level 1,
+    notify_reason 'estate' (so they are told once), and event 'notified'."""
+    with transaction(conn):
+        conn.execute("UPDATE alerts SET notify_level = 1, notify_reason = 'estate', updated_at = %s "
+                     "WHERE alert_id = %s", (at, alert_id))
+        _event(conn, alert_id, at, "notified", actor=ESCALATION_ACTOR,
+               comment="The estate's admins told." if recipients else
+                       "Nobody told: no estate contacts are configured.",
+               detail={"level": 1, "reason": "estate", "automatic": True, "recipients": list(recipients)})
+
+
 def await_outcome(conn: psycopg.Connection, alert_id: int, *, due: datetime | None, at: datetime) -> None:
     """Acknowledged: the outcome is due by ``due`` (on the escalation clock), or the senior is told (H-ESC-06)."""
     with transaction(conn):

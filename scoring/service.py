@@ -172,7 +172,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         if notify_settings is not None:
             from carewatch.notify.service import notify_loop
 
-            notifier = threading.Thread(target=notify_loop, args=(dsn, notify_settings, clock, stop, done),
+            notifier = threading.Thread(target=notify_loop, args=(dsn, notify_settings, clock, stop, done, keeper),
                                         name="carewatch-notify", daemon=True)
             notifier.start()
             threads.append(notifier)

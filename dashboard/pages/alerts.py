@@ -95,12 +95,20 @@ def incident_block(c: ApiClient, i: dict[str, Any]) -> None:
     iid = i["incident_id"]
     with st.container(border=True):
         st.html(ui.incident_card(i))
-        if i["status"] == "open":
+        if i.get("acknowledged_at") is None:
             with st.form(f"ack-inc-{iid}"):
                 done = st.text_area("What have you done? (optional)", key=f"ack-inc-note-{iid}", max_chars=2000)
                 if st.form_submit_button("Acknowledge", type="primary", width="stretch", key=f"ack-inc-btn-{iid}"):
                     act("Acknowledge", lambda: c.acknowledge_incident(iid, done.strip() or None))
-        with st.expander("Record what was decided, or close this incident"):
+        with st.expander("Record a call, what was decided, or close this incident"):
+            with st.form(f"escalate-inc-{iid}"):
+                called = st.selectbox("Who did you call, and what happened?", OUTCOMES,
+                                      format_func=lambda o: OUTCOME_WORDS.get(o, o.replace("_", " ")),
+                                      key=f"inc-esc-outcome-{iid}")
+                why = st.text_input("Note", key=f"inc-esc-note-{iid}", max_chars=2000)
+                if st.form_submit_button("Record the call (escalated by me)", width="stretch",
+                                         key=f"inc-esc-btn-{iid}"):
+                    act("Escalation", lambda: c.escalate_incident(iid, called, why.strip() or None))
             with st.form(f"outcome-inc-{iid}"):
                 outcome = st.selectbox("What was decided?", INCIDENT_OUTCOMES,
                                        format_func=lambda o: INCIDENT_OUTCOME_WORDS.get(o, o.replace("_", " ")),

@@ -11,6 +11,8 @@ from carewatch.dashboard.client import local_time
 
 RESULT_WORDS = {"delivered": "Delivered", "failed": "FAILED", "timeout": "NO ANSWER (timed out)",
                 "no_recipient": "NOBODY ON THE ROTA", "pending": "Sending"}
+WHY_WORDS = {"unacknowledged": "not acknowledged", "no_outcome": "no outcome recorded",
+             "estate": "scoring stalled (estate admins)"}
 
 st.title("Escalation")
 c = ui.client()
@@ -39,7 +41,7 @@ if not log:
     st.info("Nothing has been sent yet.")
 else:
     st.dataframe([{"Time": local_time(d["attempted_at"] or d["created_at"], "%d %b %H:%M:%S"),
-                   "Alert": d["target_id"], "Level": d["level"],
-                   "Why": "not acknowledged" if d["reason"] == "unacknowledged" else "no outcome recorded",
+                   "For": f"{d['target_kind']} {d['target_id']}", "Level": d["level"],
+                   "Why": WHY_WORDS.get(d["reason"], d["reason"]),
                    "Channel": d["channel"], "To": d["recipient"], "Result": RESULT_WORDS.get(d["result"], d["result"]),
                    "Detail": d["detail"] or ""} for d in log], hide_index=True, width="stretch")

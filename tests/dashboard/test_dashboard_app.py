@@ -322,3 +322,17 @@ def test_result_says_when_alerts_were_not_evaluated_and_keeps_incomplete_wording
     text = all_text(at)
     assert "INCOMPLETE SCORE: breathing rate, alertness (ACVPU) not measured" in text
     assert "Take the observations again within 60 minutes." in text
+
+
+def test_incident_card_says_who_escalated() -> None:
+    """H-ESC-05 on the card: the ladder's own steps and a person's call outside the home read differently."""
+    from carewatch.dashboard import ui
+
+    base = {"incident_id": 7, "subject_id": "r1", "resident_name": "Mrs A", "severity": "high", "band": "high",
+            "headline": "NEWS2 8", "action": "Call 999", "opened_at": "2026-03-01T03:00:00+00:00", "components": [],
+            "acknowledged_by": None, "escalated_by": None, "outcome": None, "notify_level": 2}
+    auto = ui.incident_card({**base, "status": "auto_escalated"})
+    assert "AUTO-ESCALATED: nobody answered in time; level 2 of the escalation policy told" in auto
+    assert 'data-status="auto_escalated"' in auto and "ESCALATED by" not in auto
+    person = ui.incident_card({**base, "status": "escalated", "escalated_by": "senior1", "outcome": "called_999"})
+    assert "ESCALATED by senior1 (called 999)" in person and "AUTO-ESCALATED" not in person

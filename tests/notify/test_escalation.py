@@ -1,6 +1,8 @@
-"""Escalation on real PostgreSQL with real receivers and a test clock: level 1, 2, 3 at the configured windows;
-no outcome after acknowledgement escalates again; nobody on the rota or every channel down moves on at once;
-every attempt is in the delivery log."""
+"""Escalation on real PostgreSQL with real receivers and a test clock, per INCIDENT (one person's problem, one
+ladder): level 1, 2, 3 at the configured windows; no outcome after acknowledgement escalates again; nobody on the
+rota or every channel down moves on at once; every attempt is in the delivery log; a second alert folding into the
+incident sends nothing more; a band rise tells the level last told again; a person's escalation is kept apart from
+the ladder's own."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from carewatch.notify.channels import Channel, DashboardChannel, EmailChannel, S
 from carewatch.notify.escalation import run_once
 from carewatch.notify.policy import ChannelName, Contact, EscalationPolicy, Level, default_policy
 from carewatch.notify.receivers import NotifyServer, SmtpServer, WebhookReceiver
-from carewatch.scoring import lifecycle
+from carewatch.scoring import incident_store
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 SECRET = "escalation-test-secret"
@@ -46,16 +48,30 @@ def make_site(db: psycopg.Connection, uid: str, policy: EscalationPolicy | None)
     return site
 
 
-def make_alert(db: psycopg.Connection, uid: str, site: str, severity: str = "high", kind: str = "news2",
-               score: int = 8) -> int:
+def add_alert(db: psycopg.Connection, uid: str, site: str, severity: str = "high", kind: str = "news2",
+              score: int | None = 8, at: datetime = T0) -> int:
+    """An alert of the resident, grouped into her incident as the engine does (``sync_incidents``)."""
+    risk = {"high": "high", "medium": "medium"}.get(severity, "low")
     alert_id = db.execute(
         """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, data, score,
                                opened_at, updated_at)
-           VALUES (%s, %s, %s, %s, %s, 'NEWS2 8 (high risk)', 'Call 999 now.', %s, %s, %s, %s) RETURNING alert_id""",
-        (site, f"r-{uid}", f"r-{uid}", kind, severity, '{"risk": "high"}' if score >= 7 else '{"risk": "medium"}',
-         score, T0, T0)).fetchone()[0]
+           VALUES (%s, %s, %s, %s, %s, %s, 'Call 999 now.', %s, %s, %s, %s) RETURNING alert_id""",
+        (site, f"r-{uid}", f"r-{uid}", kind, severity, f"{kind} ({severity})",
+         f'{{"risk": "{risk}"}}' if kind == "news2" else "{}", score if kind == "news2" else None, at, at),
+    ).fetchone()[0]
+    incident_store.sync_incidents(db, [f"r-{uid}"], at)
     db.commit()
     return alert_id
+
+
+def make_incident(db: psycopg.Connection, uid: str, site: str, severity: str = "high", kind: str = "news2",
+                  score: int = 8) -> int:
+    """A NEWS2 alert and the incident it opens: returns the incident's id."""
+    alert_id = add_alert(db, uid, site, severity, kind, score)
+    incident_id = db.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()[0]
+    db.commit()
+    assert incident_id is not None
+    return incident_id
 
 
 def full_policy(webhook_url: str) -> EscalationPolicy:
@@ -70,23 +86,23 @@ def full_policy(webhook_url: str) -> EscalationPolicy:
     ], outcome_minutes={"high": 15, "medium": 60})
 
 
-def alert_row(db: psycopg.Connection, alert_id: int) -> dict[str, Any]:
-    cur = db.execute("SELECT * FROM alerts WHERE alert_id = %s", (alert_id,))
+def incident_row(db: psycopg.Connection, incident_id: int) -> dict[str, Any]:
+    cur = db.execute("SELECT * FROM incidents WHERE incident_id = %s", (incident_id,))
     row = dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
     db.commit()
     return row
 
 
-def events(db: psycopg.Connection, alert_id: int) -> list[tuple[str, str]]:
-    rows = db.execute("SELECT action, actor FROM alert_events WHERE alert_id = %s ORDER BY event_id",
-                      (alert_id,)).fetchall()
+def events(db: psycopg.Connection, incident_id: int) -> list[tuple[str, str]]:
+    rows = db.execute("SELECT action, actor FROM incident_events WHERE incident_id = %s AND action <> 'opened' "
+                      "ORDER BY event_id", (incident_id,)).fetchall()
     db.commit()
     return rows
 
 
-def log_rows(db: psycopg.Connection, alert_id: int) -> list[tuple[int, str, str, str, str]]:
+def log_rows(db: psycopg.Connection, incident_id: int) -> list[tuple[int, str, str, str, str]]:
     rows = [(d["level"], d["reason"], d["channel"], d["recipient"], d["result"])
-            for d in deliveries.for_target(db, "alert", alert_id)]
+            for d in deliveries.for_target(db, "incident", incident_id)]
     db.commit()
     return rows
 
@@ -101,16 +117,16 @@ def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
 ) -> None:
     smtp, notify, hook = receivers
     site = make_site(db, uid, full_policy(hook.url + "/hook"))
-    alert_id = make_alert(db, uid, site)
+    incident_id = make_incident(db, uid, site)
     channels = channels_for(smtp.port, notify)
     minute = timedelta(minutes=1)
 
     assert step(database, channels, T0, site) == [(1, "unacknowledged")]
-    assert alert_row(db, alert_id)["status"] == "open"  # level 1 is not an escalation
+    assert incident_row(db, incident_id)["status"] == "open"  # level 1 is not an escalation
     assert len(hook.received) == 1 and hook.received[0].verified and hook.received[0].json["level"] == 1
     assert step(database, channels, T0 + 4 * minute, site) == []
     assert step(database, channels, T0 + 5 * minute, site) == [(2, "unacknowledged")]
-    row = alert_row(db, alert_id)
+    row = incident_row(db, incident_id)
     assert (row["status"], row["notify_level"], row["escalation_level"]) == ("auto_escalated", 2, 0)
     assert [m.recipient for m in smtp.received] == ["senior@home.test"]
     assert "Nobody has acknowledged it for 5 min: you are level 2 (Senior on shift)" in (smtp.received[0].text or "")
@@ -121,18 +137,18 @@ def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
     assert [r.json["phone_number"] for r in notify.received] == ["07700900123"]
     assert notify.received[0].verified
     assert step(database, channels, T0 + 90 * minute, site) == []  # level 3 is the last
-    assert log_rows(db, alert_id) == [
+    assert log_rows(db, incident_id) == [
         (1, "unacknowledged", "dashboard", "tablets", "delivered"),
         (1, "unacknowledged", "webhook", hook.url + "/hook", "delivered"),
         (2, "unacknowledged", "email", "senior@home.test", "delivered"),
         (3, "unacknowledged", "sms", "07700900123", "delivered"),
     ]
-    assert [a for a, _ in events(db, alert_id)] == ["notified", "auto_escalated", "auto_escalated"]
-    assert {actor for _, actor in events(db, alert_id)} == {"escalation"}
+    assert [a for a, _ in events(db, incident_id)] == ["notified", "auto_escalated", "auto_escalated"]
+    assert {actor for _, actor in events(db, incident_id)} == {"escalation"}
     # a person acknowledging ends it: the status is theirs again
-    lifecycle.acknowledge(db, alert_id, "carer1", at=T0 + 95 * minute)
+    incident_store.acknowledge(db, incident_id, "carer1", at=T0 + 95 * minute)
     db.commit()
-    assert alert_row(db, alert_id)["acknowledged_by"] == "carer1"
+    assert incident_row(db, incident_id)["acknowledged_by"] == "carer1"
 
 
 def test_after_acknowledgement_no_outcome_within_the_window_escalates_again(
@@ -140,24 +156,24 @@ def test_after_acknowledgement_no_outcome_within_the_window_escalates_again(
 ) -> None:
     smtp, notify, hook = receivers
     site = make_site(db, uid, full_policy(hook.url + "/hook"))
-    alert_id = make_alert(db, uid, site, severity="medium", score=5)
+    incident_id = make_incident(db, uid, site, severity="medium", score=5)
     channels = channels_for(smtp.port, notify)
     minute = timedelta(minutes=1)
     assert step(database, channels, T0, site) == [(1, "unacknowledged")]
-    lifecycle.acknowledge(db, alert_id, "carer1", "with her now", at=T0 + 2 * minute)
+    incident_store.acknowledge(db, incident_id, "carer1", "with her now", at=T0 + 2 * minute)
     db.commit()
     assert step(database, channels, T0 + 2 * minute, site) == []  # the outcome clock starts: nobody is told
-    assert alert_row(db, alert_id)["notify_due_at"] == T0 + 62 * minute
+    assert incident_row(db, incident_id)["notify_due_at"] == T0 + 62 * minute
     assert step(database, channels, T0 + 61 * minute, site) == []  # 60 min after the acknowledgement
     assert step(database, channels, T0 + 62 * minute, site) == [(2, "no_outcome")]
     assert [m.recipient for m in smtp.received] == ["senior@home.test"]
     assert "no outcome (monitoring plan, GP, 111, 999, admitted) was recorded within 60 min" in (
         smtp.received[0].text or "")
     assert "GP or NHS 111" in (smtp.received[0].text or "")  # NEWS2 5: the route its response gives
-    assert alert_row(db, alert_id)["status"] == "auto_escalated"
-    lifecycle.record_outcome(db, alert_id, "senior1", "gp_called", "GP visiting at 10", at=T0 + 70 * minute)
+    assert incident_row(db, incident_id)["status"] == "auto_escalated"
+    incident_store.record_outcome(db, incident_id, "senior1", "gp_called", "GP visiting at 10", at=T0 + 70 * minute)
     db.commit()
-    row = alert_row(db, alert_id)
+    row = incident_row(db, incident_id)
     assert (row["status"], row["outcome"], row["outcome_by"], row["notify_due_at"]) == (
         "acknowledged", "gp_called", "senior1", None)
     assert step(database, channels, T0 + 600 * minute, site) == []
@@ -168,25 +184,90 @@ def test_nobody_on_the_rota_and_a_channel_down_move_on_at_once(db: psycopg.Conne
                                                                 receivers: Any) -> None:
     smtp, notify, _ = receivers
     site = make_site(db, uid, None)  # the default policy: tablets only, levels 2 and 3 empty
-    alert_id = make_alert(db, uid, site)
+    incident_id = make_incident(db, uid, site)
     channels = channels_for(smtp.port, notify)
     assert step(database, channels, T0, site) == [(1, "unacknowledged")]
     assert step(database, channels, T0 + timedelta(minutes=15), site) == [(2, "unacknowledged")]
     assert step(database, channels, T0 + timedelta(minutes=15), site) == [(3, "unacknowledged")]  # at once
-    assert [(lv, ch, res) for lv, _, ch, _, res in log_rows(db, alert_id)] == [
+    assert [(lv, ch, res) for lv, _, ch, _, res in log_rows(db, incident_id)] == [
         (1, "dashboard", "delivered"), (2, "none", "no_recipient"), (3, "none", "no_recipient")]
-    assert "notify_failed" in [a for a, _ in events(db, alert_id)]
+    assert "notify_failed" in [a for a, _ in events(db, incident_id)]
 
     # level 2's only channel is down: level 3 is told at once, not after the window
     policy = default_policy()
     policy.levels[1].contacts = [Contact(channel=ChannelName.EMAIL, recipient="senior@home.test")]
     policy.levels[2].contacts = [Contact(channel=ChannelName.SMS, recipient="07700900123")]
     site2 = make_site(db, uid + "b", policy)
-    alert2 = make_alert(db, uid + "b", site2)
+    incident2 = make_incident(db, uid + "b", site2)
     down = channels_for(free_port(), notify)
     assert step(database, down, T0, site2) == [(1, "unacknowledged")]
     assert step(database, down, T0 + timedelta(minutes=15), site2) == [(2, "unacknowledged")]
     assert step(database, down, T0 + timedelta(minutes=15), site2) == [(3, "unacknowledged")]
-    assert [(lv, ch, res) for lv, _, ch, _, res in log_rows(db, alert2)] == [
+    assert [(lv, ch, res) for lv, _, ch, _, res in log_rows(db, incident2)] == [
         (1, "dashboard", "delivered"), (2, "email", "failed"), (3, "sms", "delivered")]
     assert [r.json["phone_number"] for r in notify.received] == ["07700900123"]
+
+
+def test_one_incident_one_ladder_a_second_alert_folding_in_sends_nothing_more(
+        db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
+) -> None:
+    smtp, notify, hook = receivers
+    site = make_site(db, uid, full_policy(hook.url + "/hook"))
+    incident_id = make_incident(db, uid, site, severity="medium", score=5)
+    channels = channels_for(smtp.port, notify)
+    minute = timedelta(minutes=1)
+    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
+    # soft signs and a rising trend of the same resident fold into her incident: nobody is told again
+    for kind in ("soft_signs", "news2_rising"):
+        second = add_alert(db, uid, site, severity="medium", kind=kind, at=T0 + minute)
+        assert db.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (second,)).fetchone()[0] == incident_id
+        db.commit()
+        assert step(database, channels, T0 + 2 * minute, site) == []
+    assert len(hook.received) == 1
+    assert [lv for lv, *_ in log_rows(db, incident_id)] == [1, 1]  # the tablets and the webhook, once
+    assert deliveries.for_target(db, "alert", incident_id) == []  # no alert-level ladder beside it
+    db.commit()
+    # its own ladder goes on at the medium window (30 min): level 2 once, for the incident
+    assert step(database, channels, T0 + 30 * minute, site) == [(2, "unacknowledged")]
+    assert [m.recipient for m in smtp.received] == ["senior@home.test"]
+    # a rise to high (a new, worse NEWS2 component) re-alerts: the level last told hears it at once
+    db.execute("UPDATE alerts SET severity = 'high', score = 8, data = '{\"risk\": \"high\"}' "
+               "WHERE incident_id = %s AND kind = 'news2'", (incident_id,))
+    incident_store.sync_incidents(db, [f"r-{uid}"], T0 + 31 * minute)
+    db.commit()
+    assert incident_row(db, incident_id)["notify_reason"] == "risen"
+    assert step(database, channels, T0 + 31 * minute, site) == [(2, "unacknowledged")]
+    assert [m.recipient for m in smtp.received] == ["senior@home.test", "senior@home.test"]
+    assert "Carewatch HIGH" in (smtp.received[1].text or "")
+
+
+def test_a_person_escalating_is_not_the_ladder_escalating(
+        db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
+) -> None:
+    smtp, notify, hook = receivers
+    site = make_site(db, uid, full_policy(hook.url + "/hook"))
+    incident_id = make_incident(db, uid, site)
+    channels = channels_for(smtp.port, notify)
+    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
+    assert step(database, channels, T0 + timedelta(minutes=5), site) == [(2, "unacknowledged")]
+    row = incident_row(db, incident_id)
+    assert (row["status"], row["notify_level"], row["escalation_level"], row["escalated_by"]) == (
+        "auto_escalated", 2, 0, None)
+    incident_store.escalate(db, incident_id, "senior1", "called_999", "ambulance on its way",
+                            at=T0 + timedelta(minutes=6))
+    db.commit()
+    row = incident_row(db, incident_id)
+    assert (row["status"], row["escalation_level"], row["escalated_by"], row["outcome"], row["acknowledged_by"]) == (
+        "escalated", 1, "senior1", "called_999", "senior1")
+    assert [(a, actor) for a, actor in events(db, incident_id)] == [
+        ("notified", "escalation"), ("auto_escalated", "escalation"), ("escalated", "senior1")]
+    detail = db.execute("SELECT detail FROM incident_events WHERE incident_id = %s AND action = 'escalated'",
+                        (incident_id,)).fetchone()[0]
+    db.commit()
+    assert detail == {"automatic": False}
+    # its components carry the person's decision; the ladder stops (acknowledged, outcome recorded)
+    assert {s for (s,) in db.execute("SELECT status FROM alerts WHERE incident_id = %s", (incident_id,))} == {
+        "escalated"}
+    db.commit()
+    assert step(database, channels, T0 + timedelta(hours=5), site) == []
+    assert notify.received == []

@@ -246,57 +246,45 @@ def test_snooze_suppresses_new_alerts_but_never_a_high_one(db, home, resident) -
     assert alert["severity"] == "high"
 
 
-def test_unacknowledged_alert_escalates_on_time(db, home, resident) -> None:
-    """H-ALERT-05 with incidents: the incident carries the deadline and escalates once; its components do not."""
+def test_unacknowledged_incident_climbs_the_escalation_policy(db, home, resident) -> None:
+    """H-ALERT-05, H-ESC-02/05/06 with incidents: the tick takes the escalation policy's steps for the INCIDENT (here
+    the default policy, tablets only at level 1): level 1 at once, level 2 after the medium window, with the status
+    of automatic escalation (never 'escalated', a person's); its components are not notified on their own; after
+    acknowledgement a NEWS2 incident needs an outcome within 60 minutes or escalates again."""
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
     evaluate_subjects(db, [resident], NOW)
     [alert] = alerts(db, resident, "news2")
     [incident] = open_incidents(db, resident)
-    assert incident["ack_due_at"] == NOW + timedelta(minutes=60) and alert["ack_due_at"] is None  # medium: 60 min
-    tick(db, NOW + timedelta(minutes=59), slow=False)
-    assert open_incidents(db, resident)[0]["escalation_level"] == 0
-    tick(db, NOW + timedelta(minutes=60), slow=False)
-    escalated = open_incidents(db, resident)[0]
-    assert escalated["status"] == "escalated" and escalated["escalation_level"] == 1
-    assert incident_events(db, incident["incident_id"])[-1] == "escalated"
-    assert alerts(db, resident, "news2")[0]["escalation_level"] == 0  # one problem escalates once
-    incident_store.acknowledge(db, incident["incident_id"], "carer1", at=NOW + timedelta(minutes=70))
-    tick(db, NOW + timedelta(hours=5), slow=False)
-    assert open_incidents(db, resident)[0]["escalation_level"] == 1
-
-
-def test_unacknowledged_alert_climbs_the_escalation_policy(db, home, resident) -> None:
-    """The tick takes the escalation policy's steps (here the default policy, tablets only at level 1): level 1 at
-    once, level 2 after the medium window, with the status of automatic escalation (never 'escalated'); after
-    acknowledgement a NEWS2 alert needs an outcome within 60 minutes or escalates again."""
-    oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
-    evaluate_subjects(db, [resident], NOW)
-    [alert] = alerts(db, resident, "news2")
-    assert alert["severity"] == "medium" and alert["notify_level"] == 0
+    iid = incident["incident_id"]
+    assert incident["severity"] == "medium" and incident["notify_level"] == 0 and alert["ack_due_at"] is None
     tick(db, NOW, slow=False)
-    told = alerts(db, resident, "news2")[0]
+    told = open_incidents(db, resident)[0]
     assert (told["status"], told["notify_level"], told["notify_due_at"]) == ("open", 1, NOW + timedelta(minutes=60))
-    assert events(db, alert["alert_id"])[-1] == "notified"
+    assert incident_events(db, iid)[-1] == "notified"
     tick(db, NOW + timedelta(minutes=59), slow=False)
-    assert alerts(db, resident, "news2")[0]["notify_level"] == 1
+    assert open_incidents(db, resident)[0]["notify_level"] == 1
     summary = tick(db, NOW + timedelta(minutes=60), slow=False)
-    escalated = alerts(db, resident, "news2")[0]
-    assert alert["alert_id"] in summary.escalated
+    escalated = open_incidents(db, resident)[0]
+    assert iid in summary.incidents_escalated
     assert (escalated["status"], escalated["notify_level"], escalated["escalation_level"]) == ("auto_escalated", 2, 0)
-    assert events(db, alert["alert_id"])[-2:] == ["auto_escalated", "notify_failed"]  # nobody at level 2
-    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=61))
-    assert alerts(db, resident, "news2")[0]["status"] == "acknowledged"
+    assert incident_events(db, iid)[-2:] == ["auto_escalated", "notify_failed"]  # nobody at level 2
+    component = alerts(db, resident, "news2")[0]
+    assert (component["notify_level"], component["status"]) == (0, "open")  # one problem, one ladder
+    assert "notified" not in events(db, alert["alert_id"])
+    incident_store.acknowledge(db, iid, "carer1", at=NOW + timedelta(minutes=61))
+    assert open_incidents(db, resident)[0]["status"] == "acknowledged"
     tick(db, NOW + timedelta(minutes=61), slow=False)  # the outcome is due in 60 minutes
-    assert alerts(db, resident, "news2")[0]["notify_due_at"] == NOW + timedelta(minutes=121)
+    assert open_incidents(db, resident)[0]["notify_due_at"] == NOW + timedelta(minutes=121)
     tick(db, NOW + timedelta(minutes=61 + 59), slow=False)
-    assert alerts(db, resident, "news2")[0]["notify_level"] == 2
+    assert open_incidents(db, resident)[0]["notify_level"] == 2
     tick(db, NOW + timedelta(minutes=61 + 60), slow=False)
-    again = alerts(db, resident, "news2")[0]
+    again = open_incidents(db, resident)[0]
     assert (again["status"], again["notify_level"], again["notify_reason"]) == ("auto_escalated", 3, "no_outcome")
-    lifecycle.record_outcome(db, alert["alert_id"], "senior1", "monitoring_plan", at=NOW + timedelta(minutes=125))
+    incident_store.record_outcome(db, iid, "senior1", "monitoring_plan", at=NOW + timedelta(minutes=125))
     tick(db, NOW + timedelta(hours=9), slow=False)
-    done = alerts(db, resident, "news2")[0]
+    done = open_incidents(db, resident)[0]
     assert (done["status"], done["notify_level"], done["outcome"]) == ("acknowledged", 3, "monitoring_plan")
+    assert alerts(db, resident, "news2")[0]["outcome"] == "monitoring_plan"  # its components' follow-up ends too
 
 
 def test_high_alert_is_not_closed_by_a_low_set_without_a_person(db, home, resident) -> None:
@@ -324,23 +312,27 @@ def test_high_alert_is_not_closed_by_a_low_set_without_a_person(db, home, reside
 
 
 def test_a_rise_is_told_at_once_to_the_level_last_told(db, home, resident) -> None:
+    """H-INC-02 with the ladder on incidents: a band rise needs a fresh acknowledgement and outcome, and the level
+    last told hears of it at once (one more notification for the incident, none for its components)."""
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=91)
     evaluate_subjects(db, [resident], NOW)
     tick(db, NOW, slow=False)
-    [alert] = alerts(db, resident, "news2")
-    lifecycle.acknowledge(db, alert["alert_id"], "carer1", at=NOW + timedelta(minutes=1))
-    lifecycle.record_outcome(db, alert["alert_id"], "carer1", "monitoring_plan", at=NOW + timedelta(minutes=2))
+    [incident] = open_incidents(db, resident)
+    iid = incident["incident_id"]
+    incident_store.acknowledge(db, iid, "carer1", at=NOW + timedelta(minutes=1))
+    incident_store.record_outcome(db, iid, "carer1", "monitoring_plan", at=NOW + timedelta(minutes=2))
     add_manual_set(db, home, resident, NOW + timedelta(minutes=40), score=9, risk="high", respiration_rate=26,
                    spo2=88, systolic_bp=95, pulse=125, temperature=39.5, consciousness="V")
     evaluate_subjects(db, [resident], NOW + timedelta(minutes=41))
-    worse = alerts(db, resident, "news2")[0]
+    worse = open_incidents(db, resident)[0]
     assert (worse["severity"], worse["status"], worse["notify_reason"], worse["outcome"]) == (
         "high", "open", "risen", None)  # a fresh acknowledgement and a fresh outcome are needed
     tick(db, NOW + timedelta(minutes=41), slow=False)
-    told = alerts(db, resident, "news2")[0]
+    told = open_incidents(db, resident)[0]
     assert (told["notify_level"], told["notify_reason"], told["notify_due_at"]) == (
         1, "unacknowledged", NOW + timedelta(minutes=41 + 15))
-    assert events(db, alert["alert_id"]).count("notified") == 2
+    assert incident_events(db, iid).count("notified") == 2
+    assert "notified" not in events(db, alerts(db, resident, "news2")[0]["alert_id"])
 
 
 def test_severity_rise_needs_acknowledging_again(db, home, resident) -> None:
