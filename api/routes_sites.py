@@ -73,6 +73,13 @@ def site_overview(ctx: Context, site_id: str) -> SiteOverview:
                 WHERE a.site_id = %(site)s AND a.status <> 'resolved' AND {scope.alert_predicate(p)}""",
             values,
         ).fetchall()
+        incidents = cur.execute(
+            f"""SELECT i.resident_id, i.severity FROM incidents i JOIN sites s ON s.site_id = i.site_id
+                LEFT JOIN residents r ON r.resident_id = i.resident_id
+                WHERE i.site_id = %(site)s AND i.status <> 'resolved' AND i.resident_id IS NOT NULL
+                  AND {scope.incident_predicate(p)}""",
+            values,
+        ).fetchall()
         latest = cur.execute(
             """SELECT subject_id, metric, value, measured_at, device_id, flags FROM latest_readings
                 WHERE site_id = %(site)s AND subject_id = ANY(%(ids)s) AND metric = ANY(%(vital_metrics)s)""",
@@ -99,6 +106,9 @@ def site_overview(ctx: Context, site_id: str) -> SiteOverview:
     severities: dict[str, list[str]] = defaultdict(list)
     for a in alerts:
         severities[a["resident_id"]].append(a["severity"])
+    problems: dict[str, list[str]] = defaultdict(list)  # one incident per person's problem (H-INC-01)
+    for i in incidents:
+        problems[i["resident_id"]].append(i["severity"])
     vitals: dict[str, dict[str, LatestValue]] = defaultdict(dict)
     for v in latest:
         vitals[v["subject_id"]][v["metric"]] = LatestValue(
@@ -117,6 +127,8 @@ def site_overview(ctx: Context, site_id: str) -> SiteOverview:
             obs_overdue=bool(allowed and due is not None and due < now and r["monitoring"] == "active"),
             open_alerts=len(severities[r["resident_id"]]),
             worst_severity=worst_severity(severities[r["resident_id"]]),
+            open_incidents=len(problems[r["resident_id"]]),
+            worst_incident_severity=worst_severity(problems[r["resident_id"]]),
             latest_vitals=dict(vitals[r["resident_id"]]) if allowed else None,
             device_warnings=warnings_by_resident[r["resident_id"]],
         ))

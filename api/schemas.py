@@ -98,8 +98,10 @@ class ResidentOverview(BaseModel):
     news2: News2Badge | None = Field(description="null when the caller may not see this resident's vitals.")
     next_obs_due: datetime | None
     obs_overdue: bool
-    open_alerts: int
+    open_alerts: int = Field(description="Unresolved alerts (the components of its incidents, and any outside one)")
     worst_severity: str | None
+    open_incidents: int = Field(0, description="Unresolved incidents: one per problem of this person (H-INC-01)")
+    worst_incident_severity: str | None = None
     latest_vitals: dict[str, LatestValue] | None
     device_warnings: list[DeviceWarning]
 

@@ -5,7 +5,7 @@ Run with ``carewatch dashboard`` (or ``streamlit run dashboard/app.py``); the AP
 
 * care staff (tablet): residents grid, record a health check, alerts, SBARD summary, resident charts;
 * managers: the same plus devices and gateways, and adoption;
-* GPs: the alert inbox, resident charts and history (with the response form), SBARD;
+* GPs: the incident inbox (one row per patient problem), resident charts and history (with the response form), SBARD;
 * council care teams: the care-package review (rightsizing);
 * admins: everything.
 """
@@ -22,7 +22,7 @@ PAGES = {
     "home": ("Residents", ":material/grid_view:"),
     "health_check": ("Record a health check", ":material/monitor_heart:"),
     "alerts": ("Incidents", ":material/notifications:"),
-    "inbox": ("Alert inbox", ":material/inbox:"),
+    "inbox": ("Incident inbox", ":material/inbox:"),
     "resident": ("Resident charts and history", ":material/show_chart:"),
     "sbard": ("SBARD summary", ":material/record_voice_over:"),
     "rightsizing": ("Care package review", ":material/home:"),

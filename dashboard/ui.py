@@ -184,15 +184,15 @@ def resident_label(r: dict[str, Any]) -> str:
     score = news2.get("score")
     text = f"{r['display_name']}: NEWS2 {score} {news2.get('label', '')}" if score is not None else \
         f"{r['display_name']}: {news2.get('label', 'no score yet')}"
-    if r.get("open_alerts"):
-        text += f", {r['open_alerts']} open alert{'s' if r['open_alerts'] != 1 else ''}"
+    if r.get("open_incidents"):
+        text += f", {r['open_incidents']} open incident{'s' if r['open_incidents'] != 1 else ''}"
     if r.get("obs_overdue"):
         text += ", observations overdue"
     return text
 
 
 def resident_card(r: dict[str, Any]) -> str:
-    """One resident on the home grid (HTML): NEWS2 number + word + colour, observations due, alerts, devices."""
+    """One resident on the home grid (HTML): NEWS2 number + word + colour, observations due, incidents, devices."""
     from carewatch.dashboard.client import local_time
 
     lines = [f"<h4>{html.escape(r['display_name'])}</h4>", f"<div>{news2_badge(r.get('news2'))}</div>"]
@@ -201,12 +201,12 @@ def resident_card(r: dict[str, Any]) -> str:
                      f"(were due {local_time(r.get('next_obs_due'))})</div>")
     elif r.get("next_obs_due"):
         lines.append(f'<div class="cw-line">Observations due at {local_time(r["next_obs_due"])}</div>')
-    if r.get("open_alerts"):
-        count = r["open_alerts"]
-        lines.append(f'<div class="cw-line">{count} open alert{"s" if count != 1 else ""}: '
-                     f"{severity_badge(r.get('worst_severity') or 'info')}</div>")
+    if r.get("open_incidents"):  # one per problem, however many rules fired (H-INC-01)
+        count = r["open_incidents"]
+        lines.append(f'<div class="cw-line">{count} open incident{"s" if count != 1 else ""}: '
+                     f"{severity_badge(r.get('worst_incident_severity') or 'info')}</div>")
     else:
-        lines.append('<div class="cw-line">No open alerts</div>')
+        lines.append('<div class="cw-line">No open incidents</div>')
     for w in r.get("device_warnings") or []:
         lines.append(f'<div class="cw-line">{badge(palette.WARNING, "Device")} {html.escape(w["kind"])}: '
                      f"{html.escape(w['problem'])}</div>")

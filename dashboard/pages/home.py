@@ -64,7 +64,7 @@ if residents:
         st.switch_page("pages/resident.py")
 
 show = st.segmented_control("Show", ["Everyone", "Needs attention"], default="Everyone", key="home-filter")
-shown = [r for r in residents if show != "Needs attention" or r["open_alerts"] or r["obs_overdue"]
+shown = [r for r in residents if show != "Needs attention" or r.get("open_incidents") or r["obs_overdue"]
          or r["device_warnings"] or ((r.get("news2") or {}).get("score") or 0) >= 1]
 if not shown:
     st.info("No resident needs attention right now.")

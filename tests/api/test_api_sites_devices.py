@@ -14,6 +14,8 @@ from psycopg_pool import ConnectionPool
 from carewatch.api.app import MAX_BODY_BYTES, create_app
 from carewatch.settings import Settings
 
+from .conftest import incident_of
+
 if TYPE_CHECKING:
     from conftest import World
 
@@ -28,6 +30,7 @@ def test_overview(client: TestClient, world: World, db: psycopg.Connection) -> N
     db.execute("""INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action)
                   VALUES (%s, %s, %s, 'soft_signs', 'low', 'r', 'a')""",
                (world.home_a, world.resident_a, world.resident_a))
+    incident_of(db, world.alert_a)  # grouped as the engine does: two alerts, one problem
     db.commit()
     response = client.get(f"/sites/{world.home_a}/overview", headers=world.headers(client, "care_staff"))
     assert response.status_code == 200
@@ -38,6 +41,7 @@ def test_overview(client: TestClient, world: World, db: psycopg.Connection) -> N
                                  "complete": True, "at": resident["news2"]["at"]}
     assert resident["obs_overdue"] is True
     assert (resident["open_alerts"], resident["worst_severity"]) == (2, "medium")
+    assert (resident["open_incidents"], resident["worst_incident_severity"]) == (1, "medium")  # H-INC-01
     assert resident["latest_vitals"]["spo2"]["value"] == 94 and resident["latest_vitals"]["spo2"]["unit"] == "%"
     assert [w["device_id"] for w in resident["device_warnings"]] == [world.device_a]
     assert "battery 12%" in resident["device_warnings"][0]["problem"]

@@ -66,6 +66,7 @@ def test_care_home_grid_shows_number_word_colour_and_warnings(sign_in: SignIn, e
     card = grid[grid.index(name): grid.index("</div></div>", grid.index(name))]
     assert "NEWS2 7 High" in card and "background:#B3261E" in card  # number + word + colour together
     assert "HIGH: act now" in card
+    assert "1 open incident:" in card and "open alert" not in card  # one problem, however many rules (H-INC-01)
     assert "battery 12%: change or charge it today" in grid
     assert "no data for 5 h" in grid  # the silent device
     assert "Observations OVERDUE" in grid
@@ -196,10 +197,17 @@ def test_sbard_ready_to_read_out(sign_in: SignIn, estate: DashWorld) -> None:
 def test_gp_inbox_one_click_to_resident_and_response(sign_in: SignIn, estate: DashWorld, database: str) -> None:
     at = sign_in(estate.users["gp"])
     assert not at.exception, [e.value for e in at.exception]
-    assert at.title[0].value == "Alert inbox"
+    assert at.title[0].value == "Incident inbox"
     inbox = html_text(at)
     assert estate.names[estate.deteriorating] in inbox and f"Oakview {estate.uid}" in inbox
-    button(at, "Open").click().run()  # the most severe alert is first
+    # one row per patient's problem (H-INC-01): the deteriorating resident's alerts are one incident with its parts
+    with psycopg.connect(database) as conn:
+        iid, parts = conn.execute("SELECT incident_id, (SELECT count(*) FROM alerts a WHERE a.incident_id = "
+                                  "i.incident_id AND a.status <> 'resolved') FROM incidents i WHERE subject_id = %s "
+                                  "AND status <> 'resolved'", (estate.deteriorating,)).fetchone()
+    assert inbox.count(f'data-incident="{iid}"') == 1 and f"{parts} parts:" in inbox and parts >= 2
+    assert inbox.count(estate.names[estate.deteriorating]) == 1
+    button(at, "Open").click().run()  # the most severe incident is first
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Resident charts and history"
     assert at.session_state["resident_id"] == estate.deteriorating
