@@ -40,10 +40,14 @@ class EvaluationSummary:
     errors: dict[str, str] = field(default_factory=dict)
     #: alert id -> seconds from the newest contributing reading's stored_at to the alert being committed
     latency_s: dict[int, float] = field(default_factory=dict)
+    #: where the residents' evaluation spent its time (seconds): reading the batch, the rules, writing
+    load_s: float = 0.0
+    rules_s: float = 0.0
+    write_s: float = 0.0
 
     def merge(self, other: EvaluationSummary) -> EvaluationSummary:
         for name in ("residents", "households", "devices", "observation_sets_written", "behaviour_events_written",
-                     "suppressed"):
+                     "suppressed", "load_s", "rules_s", "write_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("unknown_subjects", "opened", "updated", "resolved", "escalated", "incidents_escalated"):
             getattr(self, name).extend(getattr(other, name))
@@ -58,6 +62,9 @@ class EvaluationSummary:
             "resolved": len(self.resolved), "escalated": len(self.escalated), "suppressed": self.suppressed,
             "errors": len(self.errors),
         }
+        if self.load_s or self.rules_s or self.write_s:
+            out.update(load_ms=round(self.load_s * 1000, 1), rules_ms=round(self.rules_s * 1000, 1),
+                       write_ms=round(self.write_s * 1000, 1))
         if self.latency_s:
             values = list(self.latency_s.values())
             out["latency_max_ms"] = round(max(values) * 1000)

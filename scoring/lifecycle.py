@@ -42,15 +42,24 @@ from carewatch.scoring.rules import Finding
 ACTOR = "scorer"
 
 
+_EVENT_SQL = ("INSERT INTO alert_events (alert_id, at, actor, action, outcome, comment, detail) "
+              "VALUES (%s, %s, %s, %s, %s, %s, %s)")
+
+
 def _event(conn: psycopg.Connection, alert_id: int, at: datetime, action: str, *, actor: str = ACTOR,
            outcome: str | None = None, comment: str | None = None,
            detail: Mapping[str, Any] | None = None) -> int:
     """Append one row to the alert's history (every transition does). Returns the event id."""
     return conn.execute(
-        "INSERT INTO alert_events (alert_id, at, actor, action, outcome, comment, detail) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING event_id",
-        (alert_id, at, actor, action, outcome, comment, Jsonb(dict(detail or {}))),
+        _EVENT_SQL + " RETURNING event_id", (alert_id, at, actor, action, outcome, comment, Jsonb(dict(detail or {}))),
     ).fetchone()[0]
+
+
+def _queue_event(conn: psycopg.Connection, alert_id: int, at: datetime, action: str, *,
+                 comment: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+    """An automatic transition's history row, without waiting for it: inside ``apply_findings``' pipeline it goes
+    with the batch's other writes (no round trip per row)."""
+    conn.execute(_EVENT_SQL, (alert_id, at, ACTOR, action, None, comment, Jsonb(dict(detail or {}))))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -128,6 +137,34 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
     open_data = dict(((s, k), d) for s, k, d in conn.execute(
         "SELECT subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",
         ([row[0] for (s, _), row in open_rows.items() if s in snoozed],)).fetchall()) if snoozed else {}
+    # New alerts' ids are drawn from the sequence up front (one query), so every write below is sent in one
+    # pipeline and nothing waits for a row to come back (issue 19: a round trip per row was most of a batch).
+    fresh = _NewAlertIds(conn, sum(1 for f in active if f.state == "raise" and (f.subject_id, f.kind.value)
+                                   not in open_rows))
+    with conn.pipeline():
+        _write_findings(conn, active, open_rows, suppressions, open_data, fresh, now, summary, latency)
+        _group(conn, {f.subject_id for f in active}, now)
+
+
+class _NewAlertIds:
+    """Ids for the alerts a batch may open, drawn in one query (unused ones are a gap in the sequence, as after
+    any rollback); one more is drawn if a batch opens more than counted (a kind resolved and raised again)."""
+
+    _SQL = "SELECT nextval(pg_get_serial_sequence('alerts', 'alert_id')) FROM generate_series(1, %s)"
+
+    def __init__(self, conn: psycopg.Connection, n: int) -> None:
+        self.conn = conn
+        self.ids = [row[0] for row in conn.execute(self._SQL, (n,))] if n > 0 else []
+        self.ids.reverse()
+
+    def take(self) -> int:
+        return self.ids.pop() if self.ids else self.conn.execute(self._SQL, (1,)).fetchone()[0]
+
+
+def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_rows: dict[tuple[str, str], OpenAlert],
+                    suppressions: set[tuple[str, str | None]], open_data: Mapping[tuple[str, str], Any],
+                    fresh: _NewAlertIds, now: datetime, summary: EvaluationSummary,
+                    latency: list[tuple[int, datetime]] | None) -> None:
     for f in active:
         key = (f.subject_id, f.kind.value)
         row = open_rows.get(key)
@@ -153,16 +190,16 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
         if f.severity is Severity.HIGH or (row is not None and row[7] is not None):
             data["was_high"] = True  # kept through later, milder updates: a person closes it (H-ESC-10)
         if row is None:
-            alert_id = conn.execute(
-                """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, status, reason, action, data,
-                                       score, opened_at, updated_at, ack_due_at)
-                   VALUES (%s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s) RETURNING alert_id""",
-                (f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value, f.reason, f.action,
-                 Jsonb(data), f.score, now, now, _ack_due(f.severity, now)),
-            ).fetchone()[0]
+            alert_id = fresh.take()
+            conn.execute(
+                """INSERT INTO alerts (alert_id, site_id, resident_id, subject_id, kind, severity, status, reason,
+                                       action, data, score, opened_at, updated_at, ack_due_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)""",
+                (alert_id, f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value, f.reason,
+                 f.action, Jsonb(data), f.score, now, now, _ack_due(f.severity, now)))
             open_rows[key] = (alert_id, f.severity.value, "open", f.reason, f.action, None,
                               _ack_due(f.severity, now), "person" if f.severity is Severity.HIGH else None)
-            _event(conn, alert_id, now, "opened", detail={"severity": f.severity.value, "reason": f.reason,
+            _queue_event(conn, alert_id, now, "opened", detail={"severity": f.severity.value, "reason": f.reason,
                                                           **({"suppression_overridden": True} if suppressed else {})})
             summary.opened.append(alert_id)
             if latency is not None and f.evidence_stored_at is not None:
@@ -201,7 +238,7 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
             (new.value, new_status, f.reason, f.action, Jsonb(data), f.score, now, new_acked_at, new_acked_at,
              new_due, renotify, renotify, now, renotify, renotify, renotify, alert_id),
         )
-        _event(conn, alert_id, now, "updated", detail={
+        _queue_event(conn, alert_id, now, "updated", detail={
             "from_severity": old.value, "to_severity": new.value, "reason": f.reason,
             **({"needs_acknowledging_again": True} if rose and acked_at is not None else {}),
         })
@@ -210,7 +247,6 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
         summary.updated.append(alert_id)
         if latency is not None and f.evidence_stored_at is not None:
             latency.append((alert_id, f.evidence_stored_at))
-    _group(conn, {f.subject_id for f in active}, now)
 
 
 def _group(conn: psycopg.Connection, subjects: set[str], now: datetime) -> None:
@@ -236,7 +272,7 @@ def _auto_resolve(conn: psycopg.Connection, alert_id: int, why: str, now: dateti
         "updated_at = %s, ack_due_at = NULL WHERE alert_id = %s",
         (now, ACTOR, why, now, alert_id),
     )
-    _event(conn, alert_id, now, "auto_resolved", comment=why)
+    _queue_event(conn, alert_id, now, "auto_resolved", comment=why)
 
 
 def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, resident_id: str | None = None,
@@ -275,14 +311,14 @@ def resolve_alerts_resting_on(conn: psycopg.Connection, resident_id: str, obs_id
 
 def _note_recovery(conn: psycopg.Connection, alert_id: int, why: str, now: datetime) -> bool:
     """A high alert whose evidence has cleared: say so on the alert (``data.recovery``) and in its history."""
-    changed = conn.execute(
+    changed = conn.execute(  # (RETURNING, not rowcount: inside apply_findings' pipeline only a fetch waits)
         """UPDATE alerts SET data = jsonb_set(data, '{recovery}', jsonb_build_object('text', %s::text, 'at', %s::text)),
                   updated_at = %s
-           WHERE alert_id = %s AND NOT (data ? 'recovery')""",
+           WHERE alert_id = %s AND NOT (data ? 'recovery') RETURNING alert_id""",
         (why, now.isoformat(), now, alert_id),
-    ).rowcount
+    ).fetchone() is not None
     if changed:
-        _event(conn, alert_id, now, "recovered", comment=why,
+        _queue_event(conn, alert_id, now, "recovered", comment=why,
                detail={"needs": "a person to close it (high alerts never close themselves)"})
     return bool(changed)
 

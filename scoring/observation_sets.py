@@ -70,6 +70,68 @@ def record_observation_set(conn: psycopg.Connection, row: ObservationSetRow) -> 
     return conn.execute(_INSERT + " RETURNING obs_id", row.params()).fetchone()[0]
 
 
+#: The columns a re-planned set changes (``update_observation_set``), and their array types for ``unnest``.
+_PLANNED = (("taken_at", "timestamptz"), ("source", "text"), ("round_key", "text"), ("rr", "float8"),
+            ("spo2", "float8"), ("scale", "int"), ("sbp", "float8"), ("pulse", "float8"), ("temp", "float8"),
+            ("inputs", "jsonb"), ("score", "int"), ("risk", "text"), ("subscores", "jsonb"), ("complete", "bool"),
+            ("missing", "jsonb"))
+_INSERTED = (("resident_id", "text"), ("site_id", "text"), ("recorded_by", "text"), ("on_oxygen", "bool"),
+             ("consciousness", "text"), ("soft_signs", "jsonb"), ("note", "text"))
+
+
+def _columns(rows: Sequence[dict[str, Any]], names: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
+    out = {name: [r[name] for r in rows] for name, _ in names}
+    for name in ("missing", "soft_signs"):  # text[] per row: as jsonb (unnest would flatten a 2-D array)
+        if name in out:
+            out[name] = [Jsonb(v) for v in out[name]]
+    return out
+
+
+def _unnest(names: Sequence[tuple[str, str]]) -> str:
+    return (f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in names)}) AS v({', '.join(n for n, _ in names)})")
+
+
+def _text_array(column: str) -> str:
+    return f"ARRAY(SELECT jsonb_array_elements_text(v.{column}))"
+
+
+def write_planned_sets(conn: psycopg.Connection, superseded: Sequence[int],
+                       updates: Sequence[tuple[int, ObservationSetRow]], inserts: Sequence[ObservationSetRow]) -> None:
+    """A scorer batch's device rounds in three statements, whatever the batch size: the device-only sets folded
+    into a staff set deleted (``delete_device_set``), the re-planned sets updated (``update_observation_set``),
+    then the new ones stored (``record_observation_set``). Per resident that is the order the plans need (a
+    superseded set's round_key moves to the staff set, then new rounds take keys of their own)."""
+    if superseded:
+        conn.execute("DELETE FROM observation_sets WHERE obs_id = ANY(%s) AND recorded_by = 'scorer'",
+                     (list(superseded),))
+    if updates:
+        rows = [{**row.params(), "obs_id": obs_id} for obs_id, row in updates]
+        conn.execute(
+            f"""UPDATE observation_sets o SET taken_at = v.taken_at, source = v.source, round_key = v.round_key,
+                   respiration_rate = v.rr, spo2 = v.spo2, spo2_scale = v.scale, systolic_bp = v.sbp,
+                   pulse = v.pulse, temperature = v.temp, inputs = v.inputs, score = v.score, risk = v.risk,
+                   subscores = v.subscores, complete = v.complete, missing = {_text_array("missing")}
+               FROM {_unnest((("obs_id", "int8"), *_PLANNED))} WHERE o.obs_id = v.obs_id""",
+            _columns(rows, (("obs_id", "int8"), *_PLANNED)))
+    if inserts:
+        names = (*_INSERTED, *_PLANNED)
+        conn.execute(
+            f"""INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
+                    respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature,
+                    soft_signs, note, inputs, score, risk, subscores, complete, missing)
+                SELECT v.resident_id, v.site_id, v.taken_at, v.recorded_by, v.source, v.round_key, v.rr, v.spo2,
+                    v.scale, v.on_oxygen, v.sbp, v.pulse, v.consciousness, v.temp, {_text_array("soft_signs")}, v.note,
+                    v.inputs, v.score, v.risk, v.subscores, v.complete, {_text_array("missing")}
+                FROM {_unnest(names)}
+                ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
+                    source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
+                    spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
+                    pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
+                    score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
+                    complete = EXCLUDED.complete, missing = EXCLUDED.missing""",
+            _columns([row.params() for row in inserts], names))
+
+
 def record_observation_sets(conn: psycopg.Connection, rows: Iterable[ObservationSetRow]) -> int:
     """Store many sets in one round trip (history backfills). Returns how many were given."""
     params = [row.params() for row in rows]

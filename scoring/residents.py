@@ -8,6 +8,7 @@ sets go through ``scoring/observation_sets.py`` and alerts through ``scoring/lif
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,9 +26,7 @@ from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
     ObservationSetRow,
-    delete_device_set,
-    record_observation_set,
-    update_observation_set,
+    write_planned_sets,
 )
 from carewatch.scoring.rules import (
     NUMERIC_SET_FIELDS,
@@ -55,20 +54,24 @@ from carewatch.wire import ImplausibleValue
 log = logging.getLogger("carewatch.scoring.residents")
 
 
-def _write_sets(conn: psycopg.Connection, resident: ResidentFacts, plans: Sequence[SetPlan],
-                results: Sequence[News2Result]) -> None:
-    for plan, result in zip(plans, results, strict=True):
+def _write_sets(conn: psycopg.Connection, writes: Sequence[tuple[ResidentFacts, SetPlan, News2Result]]) -> None:
+    """The batch's planned sets, in three statements (``write_planned_sets``)."""
+    superseded: list[int] = []
+    updates: list[tuple[int, ObservationSetRow]] = []
+    inserts: list[ObservationSetRow] = []
+    for resident, plan, result in writes:
         if plan.supersedes is not None:
-            delete_device_set(conn, plan.supersedes)
+            superseded.append(plan.supersedes)
         # only the round's values: a staff set keeps its own consciousness, oxygen, soft signs and note
         row = ObservationSetRow(
             resident_id=resident.resident_id, site_id=resident.site_id, taken_at=plan.taken_at,
             recorded_by=plan.recorded_by, source=plan.source, values=plan.values, result=result,
             spo2_scale=plan.spo2_scale, inputs=plan.inputs, round_key=plan.round_key, on_oxygen=plan.on_oxygen)
         if plan.obs_id is None:
-            record_observation_set(conn, row)
+            inserts.append(row)
         else:
-            update_observation_set(conn, plan.obs_id, row)
+            updates.append((plan.obs_id, row))
+    write_planned_sets(conn, superseded, updates, inserts)
 
 
 def _score_sets(sets: Sequence[StoredSet | SetPlan]) -> list[News2Result] | None:
@@ -210,35 +213,40 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     if not active:
         return
     ids = [r.resident_id for r in active]
+    clock = time.perf_counter()
     vitals = load_vitals(conn, ids, now)
     history = load_sets(conn, ids, now)
+    clock = _lap(summary, "load_s", clock)
     newest_stored: dict[str, datetime | None] = {}
+    planned: list[tuple[ResidentFacts, list[SetPlan]]] = []
     for r in active:
         rounds = build_rounds(vitals[r.resident_id])
         newest_stored[r.resident_id] = max((x.newest_stored_at for x in rounds if x.newest_stored_at),
                                            default=None)
         recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
         plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed)
-        if not plans:
-            continue
-        results = _score_sets(plans)
-        if results is None:
-            summary.errors[r.resident_id] = "device readings could not be scored (see log)"
-            continue
-        _write_sets(conn, r, plans, results)
-        summary.observation_sets_written += len(plans)
-    if summary.observation_sets_written:
+        if plans:
+            planned.append((r, plans))
+    writes = _score_plans(planned, summary)
+    clock = _lap(summary, "rules_s", clock)
+    if writes:
+        _write_sets(conn, writes)
+        summary.observation_sets_written += len(writes)
+        clock = _lap(summary, "write_s", clock)
         history = load_sets(conn, ids, now)
+        clock = _lap(summary, "load_s", clock)
 
     findings: list[Finding] = []
     # Isolation (H-DATA-01): a newest set that cannot be scored is named in a data-fault finding and set aside, so
     # this resident is judged on their last good set and everyone else in the batch is scored as usual.
+    open_clinical = open_clinical_incidents(conn, ids)
+    clock = _lap(summary, "load_s", clock)
     latest_results, faults = _score_latest(history)
     usual = _usual_news2(active, history, now)
     latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
     index = {r.resident_id: i for i, r in enumerate(active)}
-    open_clinical = open_clinical_incidents(conn, ids)
     by_id = {r.resident_id: r for r in active}
+    states: list[tuple[object, ...]] = []
     for rid, (bad, problems) in faults.items():
         findings.append(data_fault_finding(by_id[rid], bad, problems, now))
         summary.errors[rid] = f"observation set {bad.obs_id} cannot be scored: " + "; ".join(problems.values())
@@ -257,15 +265,46 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             last = LastObservation(obs.taken_at, result.score, result.risk.value, result.complete, result.missing)
             why = due_reason(result.response, result.score, result.complete, r.obs_per_day, obs.taken_at,
                              at_usual=stable)
-            _upsert_state(conn, r, now, obs, result, due, why)
+            states.append(_state_row(r, now, obs, result, due, why))
         else:
             due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
-            _upsert_state(conn, r, now, None, None, due, "first_set")
+            states.append(_state_row(r, now, None, None, due, "first_set"))
         findings.append(soft_signs_finding(r, history.get(rid, []), now))
         findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical))
     findings.extend(_baseline_findings(active, history, now))
-    stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id)) for f in findings]
+    # the newest contributing reading's stored_at, for the stored-to-alert latency (only raised findings use it)
+    stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id))
+               if f.state == "raise" and newest_stored.get(f.subject_id) is not None else f for f in findings]
+    clock = _lap(summary, "rules_s", clock)
+    _upsert_states(conn, states)
     apply_findings(conn, stamped, now, summary, latency=latency)
+    _lap(summary, "write_s", clock)
+
+
+def _lap(summary: EvaluationSummary, part: str, since: float) -> float:
+    """Add the time since ``since`` to the summary's ``part`` (load_s, rules_s, write_s); returns now."""
+    now = time.perf_counter()
+    setattr(summary, part, getattr(summary, part) + now - since)
+    return now
+
+
+def _score_plans(planned: Sequence[tuple[ResidentFacts, list[SetPlan]]],
+                 summary: EvaluationSummary) -> list[tuple[ResidentFacts, SetPlan, News2Result]]:
+    """Every planned set of the batch scored in one vectorised call; if that fails, resident by resident, so a
+    resident whose device readings cannot be scored is named and the others' sets are still written."""
+    flat = [plan for _, plans in planned for plan in plans]
+    results = _score_sets(flat) if flat else []
+    if results is not None:
+        it = iter(results)
+        return [(r, plan, next(it)) for r, plans in planned for plan in plans]
+    out = []
+    for r, plans in planned:
+        one = _score_sets(plans)
+        if one is None:
+            summary.errors[r.resident_id] = "device readings could not be scored (see log)"
+            continue
+        out.extend((r, plan, result) for plan, result in zip(plans, one, strict=True))
+    return out
 
 
 def _score_latest(history: dict[str, list[StoredSet]],
@@ -293,20 +332,29 @@ def _observation(s: StoredSet) -> dict[str, object]:
     return {**s.values, "consciousness": s.consciousness, "on_oxygen": s.on_oxygen, "spo2_scale": s.spo2_scale}
 
 
-def _upsert_state(conn: psycopg.Connection, r: ResidentFacts, now: datetime, obs: StoredSet | None,
-                  result: News2Result | None, due: datetime | None, why: str | None = None) -> None:
+def _state_row(r: ResidentFacts, now: datetime, obs: StoredSet | None, result: News2Result | None,
+               due: datetime | None, why: str | None = None) -> tuple[object, ...]:
+    return (r.resident_id, r.site_id, result.score if result else None, result.risk.value if result else None,
+            result.complete if result else None, obs.taken_at if obs else None, obs.obs_id if obs else None, due,
+            why, now)
+
+
+def _upsert_states(conn: psycopg.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Every evaluated resident's state row, in one statement."""
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
     conn.execute(
         """INSERT INTO resident_state (resident_id, site_id, news2_score, news2_risk, news2_complete, news2_at,
                                        last_obs_id, next_obs_due, next_obs_why, updated_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+           SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::bool[], %s::timestamptz[],
+                                %s::bigint[], %s::timestamptz[], %s::text[], %s::timestamptz[])
            ON CONFLICT (resident_id) DO UPDATE SET site_id = EXCLUDED.site_id,
                news2_score = EXCLUDED.news2_score, news2_risk = EXCLUDED.news2_risk,
                news2_complete = EXCLUDED.news2_complete, news2_at = EXCLUDED.news2_at,
                last_obs_id = EXCLUDED.last_obs_id, next_obs_due = EXCLUDED.next_obs_due,
                next_obs_why = EXCLUDED.next_obs_why, updated_at = EXCLUDED.updated_at""",
-        (r.resident_id, r.site_id, result.score if result else None, result.risk.value if result else None,
-         result.complete if result else None, obs.taken_at if obs else None, obs.obs_id if obs else None, due, why,
-         now),
+        [list(c) for c in columns],
     )
 
 
