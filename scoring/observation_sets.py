@@ -79,16 +79,26 @@ _INSERTED = (("resident_id", "text"), ("site_id", "text"), ("recorded_by", "text
              ("consciousness", "text"), ("soft_signs", "jsonb"), ("note", "text"))
 
 
+_CASTS: dict[str, Any] = {"float8": float, "int": int, "int8": int}
+
+
 def _columns(rows: Sequence[dict[str, Any]], names: Sequence[tuple[str, str]]) -> dict[str, list[Any]]:
-    out = {name: [r[name] for r in rows] for name, _ in names}
-    for name in ("missing", "soft_signs"):  # text[] per row: as jsonb (unnest would flatten a 2-D array)
-        if name in out:
-            out[name] = [Jsonb(v) for v in out[name]]
+    """One list per column, each of one Python type (a binary array dump wants that: ints and floats mixed in a
+    respiration rate column would not be)."""
+    out = {}
+    for name, kind in names:
+        values = [r[name] for r in rows]
+        if name in ("missing", "soft_signs"):  # text[] per row: as jsonb (unnest would flatten a 2-D array)
+            values = [Jsonb(list(v)) for v in values]
+        elif kind in _CASTS:
+            values = [None if v is None else _CASTS[kind](v) for v in values]
+        out[name] = values
     return out
 
 
 def _unnest(names: Sequence[tuple[str, str]]) -> str:
-    return (f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in names)}) AS v({', '.join(n for n, _ in names)})")
+    """``unnest`` of one array per column, sent in binary (no per-element text escaping)."""
+    return (f"unnest({', '.join(f'%({n})b::{t}[]' for n, t in names)}) AS v({', '.join(n for n, _ in names)})")
 
 
 def _text_array(column: str) -> str:

@@ -347,8 +347,8 @@ def _upsert_states(conn: psycopg.Connection, rows: Sequence[tuple[object, ...]])
     conn.execute(
         """INSERT INTO resident_state (resident_id, site_id, news2_score, news2_risk, news2_complete, news2_at,
                                        last_obs_id, next_obs_due, next_obs_why, updated_at)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::bool[], %s::timestamptz[],
-                                %s::bigint[], %s::timestamptz[], %s::text[], %s::timestamptz[])
+           SELECT * FROM unnest(%b::text[], %b::text[], %b::int[], %b::text[], %b::bool[], %b::timestamptz[],
+                                %b::bigint[], %b::timestamptz[], %b::text[], %b::timestamptz[])
            ON CONFLICT (resident_id) DO UPDATE SET site_id = EXCLUDED.site_id,
                news2_score = EXCLUDED.news2_score, news2_risk = EXCLUDED.news2_risk,
                news2_complete = EXCLUDED.news2_complete, news2_at = EXCLUDED.news2_at,
