@@ -21,8 +21,13 @@ times of the two rows - no client clock, no polling:
   ``alert_events`` row that opened it minus commit time of the probe reading's row. A probe without an alert is
   reported as missed.
 
-Also printed: the scorer's own ``alert_latency`` log (an upper bound, see the note it prints). Target: probes' p99
-<= 1 s for the full population. Exits 0 whatever the figures; the private cluster is removed at the end.
+Also printed: the scorer's own ``alert_latency`` log (an upper bound, see the note it prints), and from its
+``evaluation_batch`` log lines the time split of every batch (load: the set-based reads; rules: planning,
+NEWS2 and every rule over the batch; write: the batched writes, alert lifecycle and incidents) and the resident
+evaluations per second of busy time, with the load average before and after each phase (on a shared machine
+the figures are pessimistic: compare with the baseline of the same run). Targets (issue 19): probes' p99 <= 1 s
+and >= 10,000 resident evaluations/s for the full population. Exits 0 whatever the figures; the private cluster
+is removed at the end.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from carewatch.wire import DecodedBatch, DeviceKind, GatewayStatus, Metric, Read
 
 SEED = 11
 TARGET_P99_S = 1.0
+TARGET_EVALUATIONS_S = 10_000  # resident evaluations per second of the scorer's busy time, one process (issue 19)
 BATCH_S = 0.2  # ingest commits every 200 ms (CAREWATCH_INGEST_BATCH_MS)
 PROBE_SPO2 = 80.0  # 3 NEWS2 points on Scale 1 and on Scale 2 (<= 83)
 ROUND_GAP = timedelta(minutes=31)  # readings further apart than a round window (30 min) form separate rounds
@@ -238,6 +244,16 @@ class Scorer:
             self.proc.wait(10)
         self.handle.close()
 
+    def batches(self) -> list[dict[str, float]]:
+        """The scorer's ``evaluation_batch`` lines: each batch's size and its load / rules / write time."""
+        out = []
+        for line in self.log.read_text().splitlines():
+            if '"evaluation_batch"' in line:
+                doc = json.loads(line)
+                out.append({k: float(doc.get(k) or 0) for k in ("subjects", "residents", "load_ms", "rules_ms",
+                                                                  "write_ms", "elapsed_ms")})
+        return out
+
     def logged_latencies(self) -> list[float]:
         out = []
         for line in self.log.read_text().splitlines():
@@ -274,6 +290,14 @@ def pct(values: Sequence[float]) -> str:
             f"max {max(values) * 1000:6.0f} ms")
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs on a shared machine make every figure pessimistic)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 @dataclass
 class Phase:
     name: str
@@ -283,6 +307,42 @@ class Phase:
     missed: int
     logged: list[float]
     stream: dict[str, float]
+    batches: list[dict[str, float]] = field(default_factory=list)
+    load_before: str = ""
+    load_after: str = ""
+
+    def evaluations_per_s(self) -> float:
+        """Resident evaluations per second of evaluating (the scorer's busy time, not the idle time between
+        notifications)."""
+        busy = sum(b["elapsed_ms"] for b in self.batches) / 1000
+        return sum(b["residents"] for b in self.batches) / busy if busy else 0.0
+
+
+def print_batches(ph: Phase, top: int) -> None:
+    """Where the scorer's time went, per batch: percentiles over the batches, then the ``top`` largest."""
+    bs = ph.batches
+    if not bs:
+        print("  scorer batches: none logged")
+        return
+    busy = sum(b["elapsed_ms"] for b in bs) / 1000
+    total = {k: sum(b[k] for b in bs) for k in ("residents", "load_ms", "rules_ms", "write_ms", "elapsed_ms")}
+    print(f"  scorer: {len(bs)} batches, {total['residents']:,.0f} resident evaluations in {busy:.1f} s busy -> "
+          f"{ph.evaluations_per_s():,.0f} resident evaluations/s; time split load {total['load_ms'] / 1000:.1f} s, "
+          f"rules {total['rules_ms'] / 1000:.1f} s, write {total['write_ms'] / 1000:.1f} s, other "
+          f"{(total['elapsed_ms'] - total['load_ms'] - total['rules_ms'] - total['write_ms']) / 1000:.1f} s")
+    sizes = np.array([b["residents"] for b in bs])
+    print(f"  batch size (residents) p50 {np.percentile(sizes, 50):.0f}, p95 {np.percentile(sizes, 95):.0f}, "
+          f"max {sizes.max():.0f}; per batch (ms):")
+    print(f"    {'':>8} {'residents':>9} {'load':>8} {'rules':>8} {'write':>8} {'total':>8} {'us/resident':>11}")
+    for q in (50, 95, 100):
+        row = {k: float(np.percentile([b[k] for b in bs], q)) for k in bs[0]}
+        print(f"    {'p' + str(q) if q < 100 else 'max':>8} {row['residents']:>9.0f} {row['load_ms']:>8.1f} "
+              f"{row['rules_ms']:>8.1f} {row['write_ms']:>8.1f} {row['elapsed_ms']:>8.1f} {'':>11}")
+    print(f"    the {min(top, len(bs))} largest batches:")
+    for b in sorted(bs, key=lambda b: -b["residents"])[:top]:
+        per = b["elapsed_ms"] * 1000 / b["residents"] if b["residents"] else 0.0
+        print(f"    {'':>8} {b['residents']:>9.0f} {b['load_ms']:>8.1f} {b['rules_ms']:>8.1f} {b['write_ms']:>8.1f} "
+              f"{b['elapsed_ms']:>8.1f} {per:>11.0f}")
 
 
 def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namespace, start: datetime) -> Phase:
@@ -300,6 +360,7 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
         conn.execute("UPDATE residents SET created_at = %s", (start,))  # nobody is overdue at the start
         conn.execute("UPDATE devices SET bound_at = %s", (start,))
         conn.execute("VACUUM ANALYZE")
+    load_before = loadavg()
     scorer = Scorer(dsn, cluster.tmp / f"scorer-{name}.log")
     try:
         streamed = stream(dsn, load, start, args.accelerate, [s.id for s in world.sites],
@@ -310,9 +371,10 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(scorer.log, args.log_dir / scorer.log.name)
+    load_after = loadavg()
     probes, missed = probe_latencies(dsn, load)
     return Phase(name, residents, sum(1 for d in load if d.reading is not None), probes, missed,
-                 scorer.logged_latencies(), streamed)
+                 scorer.logged_latencies(), streamed, scorer.batches(), load_before, load_after)
 
 
 def main() -> int:
@@ -325,6 +387,7 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--settle-s", type=float, default=5.0)
     parser.add_argument("--log-dir", type=Path, help="keep the scorers' JSON logs here")
+    parser.add_argument("--top-batches", type=int, default=5, help="print this many of the largest batches")
     args = parser.parse_args()
     start = window_start(datetime.now(UTC))
     phases = []
@@ -339,14 +402,23 @@ def main() -> int:
               f"({ph.readings / ph.stream['wall_s']:,.0f}/s; writer at most {ph.stream['lag_max_s']:.2f} s behind)")
         print(f"  probes ({len(ph.probes)} alerts, {ph.missed} missed):   {pct(ph.probes)}")
         print(f"  scorer's own log ({len(ph.logged)}):       {pct(ph.logged)}  (*)")
+        print(f"  load average (1/5/15 min) before {ph.load_before}, after {ph.load_after} "
+              f"({os.cpu_count()} CPUs)")
+        print_batches(ph, args.top_batches)
     print("\n(*) the scorer logs, for every alert it opens or updates, the time from the newest contributing reading's "
           "stored_at (its ingest transaction's start) to its own commit; for a set completed by a staff entry that "
           "includes the minutes (seconds at x60) until staff typed it, so it is an upper bound, not the latency.")
-    full = phases[-1]
+    base, full = phases[0], phases[-1]
     p99 = float(np.percentile(full.probes, 99)) if full.probes else float("inf")
+    base_p99 = float(np.percentile(base.probes, 99)) if base.probes else float("nan")
     verdict = "MET" if p99 <= TARGET_P99_S and not full.missed else "NOT MET"
+    rate, base_rate = full.evaluations_per_s(), base.evaluations_per_s()
     print(f"\ntarget: p99 <= {TARGET_P99_S:g} s with {full.residents:,} residents streaming (probes): "
-          f"{p99 * 1000:.0f} ms -> {verdict}")
+          f"{p99 * 1000:.0f} ms (baseline {base.residents:,}: {base_p99 * 1000:.0f} ms, x{p99 / base_p99:.1f}) "
+          f"-> {verdict}")
+    print(f"target: >= {TARGET_EVALUATIONS_S:,} resident evaluations/s in one process: {rate:,.0f}/s "
+          f"(baseline {base.residents:,}: {base_rate:,.0f}/s, x{rate / base_rate if base_rate else float('nan'):.1f}) "
+          f"-> {'MET' if rate >= TARGET_EVALUATIONS_S else 'NOT MET'}")
     return 0
 
 

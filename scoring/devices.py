@@ -13,7 +13,7 @@ import psycopg
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.loading import FUTURE_SLACK
-from carewatch.scoring.rules import DeviceState, GatewayState, device_findings, gateway_finding
+from carewatch.scoring.rules import DeviceState, Finding, GatewayState, device_findings, gateway_finding
 
 
 def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[str] | None = None,
@@ -73,11 +73,12 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
 
 
 def apply_device_findings(conn: psycopg.Connection, devices: Sequence[DeviceState], now: datetime,
-                           summary: EvaluationSummary) -> None:
+                           summary: EvaluationSummary, *, findings: Sequence[Finding] | None = None) -> None:
+    """``findings``: ``device_findings(devices, now)`` when the caller has them already."""
     if not devices:
         return
     # most devices' alerts do not change from one pass to the next: lock and write only those that do
-    changing = findings_that_change(conn, device_findings(devices, now))
+    changing = findings_that_change(conn, device_findings(devices, now) if findings is None else findings)
     for start in range(0, len(changing), 500):
         chunk = changing[start:start + 500]
         with transaction(conn):

@@ -16,6 +16,7 @@ order, so two callers never race on a subject and never deadlock).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
@@ -31,7 +32,7 @@ from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_re
 from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
-from carewatch.scoring.rules import ResidentFacts
+from carewatch.scoring.rules import ResidentFacts, device_findings
 
 log = logging.getLogger("carewatch.scoring.engine")
 
@@ -66,16 +67,25 @@ def evaluate_subjects(conn: psycopg.Connection, subject_ids: Iterable[str], now:
     summary = EvaluationSummary()
     if not ids:
         return summary
+    started = time.perf_counter()
     residents, households, unknown = _classify(conn, ids)
     summary.unknown_subjects.extend(unknown)
+    summary.load_s += time.perf_counter() - started
     # Residents of every site together, in batches: one transaction and a dozen queries per batch however many
     # homes a burst of readings touches (vectorised baselines across the batch); a failing batch is retried site by
     # site, then resident by resident, so one bad subject cannot block the others.
     for start in range(0, len(residents), RESIDENT_BATCH):
         _run_resident_batch(conn, residents[start:start + RESIDENT_BATCH], now, summary)
     _run_household_batches(conn, households, now, summary, latency=True)
+    started = time.perf_counter()
     devices = load_devices(conn, now, subject_ids=ids)
-    apply_device_findings(conn, devices, now, summary)
+    loaded = time.perf_counter()
+    findings = device_findings(devices, now)
+    ruled = time.perf_counter()
+    apply_device_findings(conn, devices, now, summary, findings=findings)
+    summary.load_s += loaded - started
+    summary.rules_s += ruled - loaded
+    summary.write_s += time.perf_counter() - ruled
     return summary
 
 

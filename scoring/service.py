@@ -209,6 +209,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                 catch_up = catch_up[CATCH_UP_SLICE:]
                 finishing = catch_up_started is not None and not catch_up
                 if batch and clock.ready:
+                    started = time.perf_counter()
                     try:
                         summary = evaluate_subjects(work, batch, clock.now())
                     except psycopg.OperationalError:
@@ -217,6 +218,11 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                         log.exception("evaluate_failed", subjects=len(batch))
                     else:
                         _log_summary("evaluated", summary, subjects=len(batch))
+                        # one line per batch: its size and where the time went (bench/bench_alert_latency.py)
+                        log.info("evaluation_batch", subjects=len(batch), residents=summary.residents,
+                                 households=summary.households, load_ms=round(summary.load_s * 1000, 1),
+                                 rules_ms=round(summary.rules_s * 1000, 1), write_ms=round(summary.write_s * 1000, 1),
+                                 elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
                 if finishing and catch_up_started is not None:
                     # how long a start or a takeover took to rescore its buckets (bench/bench_scale.py reads it)
                     seconds = time.monotonic() - catch_up_started
