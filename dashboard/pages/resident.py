@@ -52,10 +52,17 @@ def response_form(c: ApiClient, open_alerts: list[dict[str, Any]]) -> None:
         note = st.text_area("Advice or plan (read by the care home)", max_chars=2000)
         close = st.checkbox("This deals with the alert: close it")
         if st.form_submit_button("Save the response", type="primary", width="stretch"):
-            try:
-                c.escalate(alert_id, outcome, note.strip() or None)
-                if close:
-                    c.resolve(alert_id, f"{RESPONSES[outcome]}" + (f": {note.strip()}" if note.strip() else ""))
+            incident_id = by_id[alert_id].get("incident_id")
+            why = f"{RESPONSES[outcome]}" + (f": {note.strip()}" if note.strip() else "")
+            try:  # on its incident when it has one: the incident's ladder stops, its parts follow (H-INC-01)
+                if incident_id is not None:
+                    c.escalate_incident(incident_id, outcome, note.strip() or None)
+                    if close:
+                        c.resolve_incident(incident_id, why)
+                else:
+                    c.escalate(alert_id, outcome, note.strip() or None)
+                    if close:
+                        c.resolve(alert_id, why)
             except ApiError as exc:
                 st.error(f"Not saved: {exc}")
                 return
