@@ -106,8 +106,9 @@ class Started:
 def start_session(conn: psycopg.Connection, *, kit_id: str, site_id: str, resident_id: str, by: str,
                   at: datetime, replace: bool = False) -> Started:
     """Open a session. With an open one on the kit: SessionConflict, unless ``replace`` (then it is ended at
-    ``at``: 'switched' when the same person moves on to another resident, 'replaced' otherwise). The caller's
-    transaction holds the kit's lock until it commits."""
+    ``at``: 'switched' when the same person moves on to another resident, 'replaced' otherwise). The session
+    starts at the whole second of ``at`` (device clocks' resolution), never before the kit's previous session
+    ended. The caller's transaction holds the kit's lock until it commits."""
     lock_kits(conn, [kit_id])
     close_idle(conn, at, kit_ids=[kit_id])
     current = open_session(conn, kit_id)
@@ -119,6 +120,11 @@ def start_session(conn: psycopg.Connection, *, kit_id: str, site_id: str, reside
             raise SessionRefused("a session cannot start before the kit's open session did")
         ended = end_session(conn, current["session_id"], by=by, at=at,
                             reason="switched" if current["started_by"] == by else "replaced")
+    # Device clocks count whole seconds (a GATT Date Time has no fraction): a reading measured in the second the
+    # resident was chosen is stamped at its start, before a session row stamped to the microsecond. The session
+    # covers that whole second, unless the kit's previous session ended inside it (then it starts where that one
+    # ended, below: a reading of that second is the previous resident's, as the device clock cannot tell).
+    at = at.replace(microsecond=0)
     latest_end = conn.execute("SELECT max(ended_at) FROM kit_sessions WHERE kit_id = %s", (kit_id,)).fetchone()[0]
     if latest_end is not None and at < latest_end:
         # The previous session kept a reading stamped a little after "now" (a device clock a few seconds

@@ -99,6 +99,31 @@ def _born(value: str) -> str:
     return datetime.fromisoformat(value).strftime("%-d %B %Y")
 
 
+def _chosen(c: Any, resident: dict[str, Any], kit_id: str) -> bool:
+    """Has the carer chosen to measure this resident with this kit? Opening the page lists someone first: that is
+    not a choice, and a session started for them would take the kit's readings. Picking someone else ends this
+    tablet's session on the kit at once (the kit no longer measures the previous resident); the next one starts
+    when the carer taps "Start measuring"."""
+    wanted = {"kit_id": kit_id, "resident_id": resident["resident_id"]}
+    held = st.session_state.get("kit_session")
+    if held and {k: held[k] for k in wanted} == wanted:
+        return True
+    if held and held["kit_id"] == kit_id:
+        with ui.api_errors():
+            c.end_session(held["session_id"], reason="switched")
+        st.session_state.pop("kit_session", None)
+    if st.session_state.get("kit_start") == wanted:
+        return True
+    st.session_state.pop("kit_start", None)
+    name = resident["display_name"]
+    st.html(f"<div class='cw-kit-choose'>Measure <b>{ui.esc(name)}</b>, born "
+            f"{_born(resident['date_of_birth'])}? Check the wristband first.</div>")
+    if st.button(f"Start measuring {name}", type="primary", width="stretch", key=f"kit-start-{kit_id}"):
+        st.session_state["kit_start"] = wanted
+        st.rerun()
+    return False
+
+
 def kit_session_page(c: Any, resident: dict[str, Any], kit_id: str) -> None:
     """Measure with the home's shared kit: a session for this kit, resident and carer; values arrive live."""
     result = st.session_state.get("obs_result")
@@ -107,6 +132,8 @@ def kit_session_page(c: Any, resident: dict[str, Any], kit_id: str) -> None:
         if st.button("Measure this resident again", key="kit-again"):
             st.session_state.pop("obs_result", None)
             st.rerun()
+        return
+    if not _chosen(c, resident, kit_id):
         return
     with ui.api_errors():
         held = _session_for(c, resident, kit_id)
@@ -147,6 +174,7 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
     if not live["open"]:
         st.warning(f"This session ended ({live['end_reason']}). Choose the resident again to measure them.")
         st.session_state.pop("kit_session", None)
+        st.session_state.pop("kit_start", None)
         return
     for r in live["claimable"]:
         cols = st.columns([3, 1])

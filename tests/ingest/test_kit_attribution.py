@@ -162,6 +162,27 @@ def test_one_open_session_per_kit_and_no_overlap(db: psycopg.Connection, home: H
     assert all(a[1] is not None and a[1] <= b[0] for a, b in itertools.pairwise(windows))
 
 
+def test_a_reading_stamped_in_the_second_the_resident_was_chosen_is_theirs(db: psycopg.Connection,
+                                                                          home: Home) -> None:
+    """Device clocks count whole seconds (GATT Date Time): a measurement in the second the carer chose the resident
+    is stamped at that second's start, before the session row's microseconds. It is still that session's (the
+    Chromium kit test lost its first value this way whenever it measured within the same second). When the kit's
+    previous session ended inside that second, the new one starts where it ended: that second's earlier part
+    stays the previous resident's, so no instant belongs to two sessions."""
+    h = home
+    chosen = T0 + timedelta(milliseconds=700)
+    mary = start(db, h, h.mary, chosen)
+    assert mary["started_at"] == T0
+    send(db, h, [spo2(h, 40, T0)])  # measured 0.3 s after choosing Mary, stamped T0 by the device
+    assert subjects(db, h) == {40: (h.mary, mary["session_id"])}
+    switch = T0 + timedelta(minutes=2, milliseconds=400)
+    john = start(db, h, h.john, switch, replace=True)
+    assert john["started_at"] == switch  # Mary's session ended there: the two windows touch, never overlap
+    send(db, h, [spo2(h, 41, T0 + timedelta(minutes=2)), spo2(h, 42, T0 + timedelta(minutes=2, seconds=1))])
+    assert subjects(db, h)[41] == (h.mary, mary["session_id"])
+    assert subjects(db, h)[42] == (h.john, john["session_id"])
+
+
 def test_session_start_sweeps_only_readings_inside_its_window(db: psycopg.Connection, home: Home) -> None:
     """Readings stored a moment before the session row (measured after its start) are the session's by its
     window; one measured before the start stays unassigned for a claim (never guessed)."""
