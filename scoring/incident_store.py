@@ -64,12 +64,16 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
     if not subjects:
         return []
     alerts: dict[str, list[tuple[Component, str, str | None]]] = {}
-    for alert_id, subject, kind, severity, reason, action, data, site_id, resident_id in conn.execute(
-        "SELECT alert_id, subject_id, kind, severity, reason, action, data, site_id, resident_id FROM alerts "
-        "WHERE subject_id = ANY(%s) AND status <> 'resolved' ORDER BY alert_id", (subjects,),
+    linked: dict[int, int | None] = {}  # alert id -> its incident, None while it still has a deadline of its own
+    for alert_id, subject, kind, severity, reason, action, data, site_id, resident_id, incident_id, own_due in \
+            conn.execute(
+        "SELECT alert_id, subject_id, kind, severity, reason, action, data, site_id, resident_id, incident_id, "
+        "ack_due_at IS NOT NULL FROM alerts WHERE subject_id = ANY(%s) AND status <> 'resolved' ORDER BY alert_id",
+        (subjects,),
     ).fetchall():
         alerts.setdefault(subject, []).append(
             (Component(alert_id, kind, Severity(severity), reason, action, data or {}), site_id, resident_id))
+        linked[alert_id] = None if own_due else incident_id
     current: dict[str, tuple[OpenIncident, str | None]] = {}
     for (incident_id, subject, severity, band, status, acked_at, due, headline, action, peak,
          members) in conn.execute(
@@ -80,18 +84,31 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
     ).fetchall():
         current[subject] = (OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline,
                                          action, frozenset(members)), peak)
+    plans = {subject: plan_incident(current.get(subject, (None, None))[0], [c for c, _, _ in alerts.get(subject, [])],
+                                    now) for subject in subjects}
+    # new incidents' ids drawn in one query, so the writes below go without waiting (inside the caller's pipeline)
+    opening = sum(1 for p in plans.values() if p.action == "open")
+    fresh = [row[0] for row in conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('incidents', 'incident_id')) FROM generate_series(1, %s)",
+        (opening,))] if opening else []
+    fresh.reverse()
+
+    def link(incident_id: int, alert_ids: Sequence[int]) -> None:  # only what is not linked yet (most are)
+        if any(linked.get(a) != incident_id for a in alert_ids):
+            _link(conn, incident_id, alert_ids)
+
     changed = []
     for subject in subjects:
         rows = alerts.get(subject, [])
         existing, peak = current.get(subject, (None, None))
-        plan = plan_incident(existing, [c for c, _, _ in rows], now)
+        plan = plans[subject]
         if plan.action == "none":
             if existing is not None:
-                _link(conn, existing.incident_id, [c.alert_id for c in plan.components])
+                link(existing.incident_id, [c.alert_id for c in plan.components])
             continue
         if plan.action == "open":
             site_id, resident_id = rows[0][1], rows[0][2]
-            incident_id = _open(conn, subject, site_id, resident_id, plan, now)
+            incident_id = _open(conn, fresh.pop(), subject, site_id, resident_id, plan, now)
         else:
             assert existing is not None
             incident_id = existing.incident_id
@@ -105,21 +122,21 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
         for action, detail in plan.events:
             _event(conn, incident_id, now, ACTOR, action, detail=detail)
         if plan.action != "resolve":
-            _link(conn, incident_id, [c.alert_id for c in plan.components])
+            link(incident_id, [c.alert_id for c in plan.components])
         changed.append(incident_id)
     return changed
 
 
-def _open(conn: psycopg.Connection, subject: str, site_id: str, resident_id: str | None, plan: IncidentPlan,
-          now: datetime) -> int:
+def _open(conn: psycopg.Connection, incident_id: int, subject: str, site_id: str, resident_id: str | None,
+          plan: IncidentPlan, now: datetime) -> int:
     assert plan.severity is not None
-    return conn.execute(
-        """INSERT INTO incidents (site_id, resident_id, subject_id, category, severity, band, peak_band, status,
-                                  headline, action, opened_at, updated_at, ack_due_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s) RETURNING incident_id""",
-        (site_id, resident_id, subject, plan.category, plan.severity.value, plan.band, plan.band, plan.headline,
-         plan.action_text, now, now, plan.ack_due_at),
-    ).fetchone()[0]
+    conn.execute(
+        """INSERT INTO incidents (incident_id, site_id, resident_id, subject_id, category, severity, band, peak_band,
+                                  status, headline, action, opened_at, updated_at, ack_due_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s)""",
+        (incident_id, site_id, resident_id, subject, plan.category, plan.severity.value, plan.band, plan.band,
+         plan.headline, plan.action_text, now, now, plan.ack_due_at))
+    return incident_id
 
 
 def _update(conn: psycopg.Connection, existing: OpenIncident, plan: IncidentPlan, peak: str | None,

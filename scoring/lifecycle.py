@@ -161,13 +161,65 @@ class _NewAlertIds:
         return self.ids.pop() if self.ids else self.conn.execute(self._SQL, (1,)).fetchone()[0]
 
 
+class _Buffer:
+    """New alerts and their history rows of one ``apply_findings`` call, written as one multi-row INSERT each
+    (``flush``); flushed early before anything else touches an alert still in it, so every alert's own history
+    keeps its order."""
+
+    def __init__(self, conn: psycopg.Connection, now: datetime) -> None:
+        self.conn, self.now = conn, now
+        self.alerts: list[tuple[Any, ...]] = []
+        self.events: list[tuple[int, str, Any]] = []
+        self.touched: set[int] = set()
+
+    def alert(self, alert_id: int, f: Finding, data: Mapping[str, Any]) -> None:
+        assert f.severity is not None
+        self.alerts.append((alert_id, f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value,
+                            f.reason, f.action, Jsonb(data), None if f.score is None else int(f.score),
+                            _ack_due(f.severity, self.now)))
+        self.touched.add(alert_id)
+
+    def event(self, alert_id: int, action: str, detail: Mapping[str, Any]) -> None:
+        self.events.append((alert_id, action, Jsonb(dict(detail))))
+        self.touched.add(alert_id)
+
+    def before(self, alert_id: int) -> None:
+        """About to write ``alert_id`` directly: its buffered rows go first."""
+        if alert_id in self.touched:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.alerts:
+            cols = [list(c) for c in zip(*self.alerts, strict=True)]
+            self.conn.execute(
+                """INSERT INTO alerts (alert_id, site_id, resident_id, subject_id, kind, severity, status, reason,
+                                       action, data, score, opened_at, updated_at, ack_due_at)
+                   SELECT v.alert_id, v.site_id, v.resident_id, v.subject_id, v.kind, v.severity, 'open', v.reason,
+                          v.action, v.data, v.score, %b, %b, v.ack_due_at
+                   FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                               %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[])
+                        AS v(alert_id, site_id, resident_id, subject_id, kind, severity, reason, action, data, score,
+                             ack_due_at)""",
+                [self.now, self.now, *cols])
+        if self.events:
+            cols = [list(c) for c in zip(*self.events, strict=True)]
+            self.conn.execute(
+                "INSERT INTO alert_events (alert_id, at, actor, action, detail) "
+                "SELECT v.alert_id, %b, %b, v.action, v.detail FROM unnest(%b::int8[], %b::text[], %b::jsonb[]) "
+                "AS v(alert_id, action, detail)", [self.now, ACTOR, *cols])
+        self.alerts, self.events, self.touched = [], [], set()
+
+
 def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_rows: dict[tuple[str, str], OpenAlert],
                     suppressions: set[tuple[str, str | None]], open_data: Mapping[tuple[str, str], Any],
                     fresh: _NewAlertIds, now: datetime, summary: EvaluationSummary,
                     latency: list[tuple[int, datetime]] | None) -> None:
+    buffer = _Buffer(conn, now)
     for f in active:
         key = (f.subject_id, f.kind.value)
         row = open_rows.get(key)
+        if row is not None:
+            buffer.before(row[0])
         if f.state == "clear":
             if row is not None and row[7] is not None:
                 # An alert that is or was high is closed by a person, however reassuring the next set (H-ESC-10):
@@ -191,16 +243,11 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
             data["was_high"] = True  # kept through later, milder updates: a person closes it (H-ESC-10)
         if row is None:
             alert_id = fresh.take()
-            conn.execute(
-                """INSERT INTO alerts (alert_id, site_id, resident_id, subject_id, kind, severity, status, reason,
-                                       action, data, score, opened_at, updated_at, ack_due_at)
-                   VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s, %s, %s)""",
-                (alert_id, f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value, f.reason,
-                 f.action, Jsonb(data), f.score, now, now, _ack_due(f.severity, now)))
+            buffer.alert(alert_id, f, data)
             open_rows[key] = (alert_id, f.severity.value, "open", f.reason, f.action, None,
                               _ack_due(f.severity, now), "person" if f.severity is Severity.HIGH else None)
-            _queue_event(conn, alert_id, now, "opened", detail={"severity": f.severity.value, "reason": f.reason,
-                                                          **({"suppression_overridden": True} if suppressed else {})})
+            buffer.event(alert_id, "opened", {"severity": f.severity.value, "reason": f.reason,
+                                              **({"suppression_overridden": True} if suppressed else {})})
             summary.opened.append(alert_id)
             if latency is not None and f.evidence_stored_at is not None:
                 latency.append((alert_id, f.evidence_stored_at))
@@ -238,7 +285,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
             (new.value, new_status, f.reason, f.action, Jsonb(data), f.score, now, new_acked_at, new_acked_at,
              new_due, renotify, renotify, now, renotify, renotify, renotify, alert_id),
         )
-        _queue_event(conn, alert_id, now, "updated", detail={
+        buffer.event(alert_id, "updated", {
             "from_severity": old.value, "to_severity": new.value, "reason": f.reason,
             **({"needs_acknowledging_again": True} if rose and acked_at is not None else {}),
         })
@@ -247,6 +294,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
         summary.updated.append(alert_id)
         if latency is not None and f.evidence_stored_at is not None:
             latency.append((alert_id, f.evidence_stored_at))
+    buffer.flush()
 
 
 def _group(conn: psycopg.Connection, subjects: set[str], now: datetime) -> None:
