@@ -13,7 +13,6 @@ least ``delta`` from the median in the worrying direction (one odd value is not 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -225,11 +224,30 @@ def usual_news2(values: dict[str, ArrayLike], subscores: dict[str, ArrayLike], t
     high: dict[str, NDArray[np.float64]] = {}
     for name, raw in values.items():
         windowed = np.where(used_window, _as_2d(name, raw), np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN: never usual
-            low[name], high[name] = np.nanpercentile(windowed, USUAL_PERCENTILES, axis=1)
+        low[name], high[name] = nanpercentile_rows(windowed, USUAL_PERCENTILES)
     medians = {name: rolling_baselines(raw, t, now).median for name, raw in subscores.items()}
     return UsualNews2(low, high, medians, count, count >= BASELINE_MIN_COUNT)
+
+
+def nanpercentile_rows(a: NDArray[np.float64], qs: tuple[float, ...] | list[float]) -> list[NDArray[np.float64]]:
+    """``np.nanpercentile(a, qs, axis=1)`` (method 'linear', NaN for an all-NaN row), as a few whole-array
+    operations: NumPy's own goes row by row (``apply_along_axis``) once a row holds a NaN, which padded rows
+    always do. Same interpolation, same rounding (NumPy's ``_lerp``)."""
+    a = np.asarray(a, dtype=np.float64)
+    ordered = np.sort(a, axis=1)  # NaN last
+    n = (~np.isnan(a)).sum(axis=1)
+    rows = np.arange(a.shape[0])
+    out = []
+    for q in qs:
+        pos = (np.maximum(n, 1) - 1) * (q / 100.0)
+        below = np.floor(pos).astype(np.int64)
+        above = np.minimum(below + 1, np.maximum(n - 1, 0))
+        t = pos - below
+        lo, hi = ordered[rows, below], ordered[rows, above]
+        diff = hi - lo
+        value = np.where(t >= 0.5, hi - diff * (1 - t), lo + diff * t)
+        out.append(np.where(n > 0, value, np.nan))
+    return out
 
 
 def at_usual(subscores: dict[str, int | None], values: dict[str, float | None], usual: UsualNews2, row: int) -> bool:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 
 from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
@@ -61,12 +62,18 @@ def care_plan_gap(obs_per_day: int, taken_at: datetime | None = None) -> timedel
     if taken_at is None or hours is None:
         return average
     local = taken_at.astimezone(LOCAL_TZ)
-    starts = [datetime.combine(local.date() + timedelta(days=d), time(0), tzinfo=LOCAL_TZ) + timedelta(hours=h)
-              for d in (-1, 0, 1) for h in hours]
+    starts = _round_starts(local.date(), hours)
     current = max(r for r in starts if r <= local + ROUND_SPREAD)
     following = min(r for r in starts if r > current)
     due = min(local + (following - current), following + ROUND_SPREAD)
     return max(due - local, timedelta(minutes=30))
+
+
+@lru_cache(maxsize=1024)
+def _round_starts(day: date, hours: tuple[float, ...]) -> tuple[datetime, ...]:
+    """The round start times of the day before, the day and the day after (cached: every evaluation asks)."""
+    return tuple(datetime.combine(day + timedelta(days=d), time(0), tzinfo=LOCAL_TZ) + timedelta(hours=h)
+                 for d in (-1, 0, 1) for h in hours)
 
 
 def observation_interval(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int, *,

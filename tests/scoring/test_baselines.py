@@ -189,3 +189,19 @@ def test_vectorised_mad_equals_scipy_with_missing_values() -> None:
     used = np.where((times >= NOW - 13 * D) & (times < NOW - D), values, np.nan)  # the last 24 h excluded
     expected = median_abs_deviation(used, axis=1, nan_policy="omit", scale="normal")
     assert np.allclose(base.mad, expected, equal_nan=True)
+
+
+def test_nanpercentile_rows_is_numpys_nanpercentile() -> None:
+    """The whole-array percentile used for the usual NEWS2 ranges gives exactly NumPy's figures (issue 19)."""
+    import warnings
+
+    rng = np.random.default_rng(19)
+    for _ in range(200):
+        rows, width = int(rng.integers(1, 30)), int(rng.integers(1, 50))
+        a = np.round(rng.normal(37, 2, (rows, width)), int(rng.integers(0, 3)))
+        a[rng.random((rows, width)) < rng.random()] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanpercentile(a, bl.USUAL_PERCENTILES, axis=1)
+        for want, got in zip(expected, bl.nanpercentile_rows(a, bl.USUAL_PERCENTILES), strict=True):
+            assert np.array_equal(want, got, equal_nan=True)
