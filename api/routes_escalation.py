@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 
 from carewatch.alerts import Severity
 from carewatch.api import scope
-from carewatch.api.deps import Context, Paging
+from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import Banner, BannerItem, DeliveryOut, EscalationPolicyOut, Page, page_of
 from carewatch.api.scope import Permission
 from carewatch.notify import store
@@ -62,12 +62,18 @@ def site_deliveries(ctx: Context, site_id: str, paging: Paging) -> dict:
 def alert_deliveries(ctx: Context, alert_id: int) -> list[DeliveryOut]:
     ctx.require(Permission.READ_ESCALATION)
     alert = ctx.alert(alert_id, view="deliveries")
+    return deliveries_of(ctx, "alert", alert_id, alert["site_id"])
+
+
+def deliveries_of(ctx: Ctx, target_kind: str, target_id: int, site_id: str) -> list[DeliveryOut]:
+    """Every attempt about one alert or incident (already loaded through the caller's scope), oldest first."""
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""SELECT d.* FROM notification_deliveries d
-                WHERE d.target_kind = 'alert' AND d.target_id = %(id)s
+                WHERE d.target_kind = %(kind)s AND d.target_id = %(id)s
                   AND {scope.config_predicate(ctx.principal, 'd.site_id')} AND d.site_id = %(site)s
-                ORDER BY d.delivery_id""", {**ctx.params, "id": alert_id, "site": alert["site_id"]}).fetchall()
+                ORDER BY d.delivery_id""",
+            {**ctx.params, "kind": target_kind, "id": target_id, "site": site_id}).fetchall()
     return [DeliveryOut(**r) for r in rows]
 
 

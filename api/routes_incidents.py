@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 
 from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.routes_escalation import deliveries_of
 from carewatch.api.schemas import (
     AcknowledgeIn,
     CommentIn,
@@ -191,13 +192,7 @@ def comment(ctx: Context, incident_id: int, body: CommentIn) -> IncidentDetail:
 def incident_deliveries(ctx: Context, incident_id: int) -> list[DeliveryOut]:
     ctx.require(Permission.READ_ESCALATION)
     incident = _load(ctx, incident_id, view="deliveries")
-    with ctx.conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"""SELECT d.* FROM notification_deliveries d
-                WHERE d.target_kind = 'incident' AND d.target_id = %(id)s
-                  AND {scope.config_predicate(ctx.principal, 'd.site_id')} AND d.site_id = %(site)s
-                ORDER BY d.delivery_id""", {**ctx.params, "id": incident_id, "site": incident["site_id"]}).fetchall()
-    return [DeliveryOut(**r) for r in rows]
+    return deliveries_of(ctx, "incident", incident_id, incident["site_id"])
 
 
 @router.post("/incidents/{incident_id}/resolve", response_model=IncidentDetail,

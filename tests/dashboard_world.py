@@ -362,3 +362,40 @@ def check_council_pdf(data: bytes, priced: dict[str, Any]) -> list[PdfPage]:
     out = page_with("Time out of the home per day")
     assert out.fills.get(palette.TIME_OUT, 0) == sum(d["minutes_out"] is not None for d in daily)
     return pages
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Headless Chromium (the browser tests): one launcher and one tablet sign-in
+# ------------------------------------------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+TABLET = {"width": 1024, "height": 1366}  # a 12.9" tablet held upright
+BROWSER_TIMEOUT_MS = 30_000
+
+
+@contextmanager
+def chromium(*extra_args: str) -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--headless=new", "--disable-gpu",
+                                          "--disable-dev-shm-usage", *extra_args])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sign_in_tablet(browser: Any, stack: Stack, username: str, **context: Any) -> Any:
+    """A fresh browser context (its own Streamlit session) on a tablet-sized screen, signed in as ``username``
+    (``context``: more Playwright context options, e.g. ``accept_downloads=True``)."""
+    context = browser.new_context(viewport=TABLET, **context)
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(stack.dashboard_url)
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").wait_for()
+    return page

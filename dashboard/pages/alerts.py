@@ -40,6 +40,17 @@ def act(label: str, call: Any) -> None:
     st.rerun()
 
 
+def call_form(form: str, key: str, target: int, label: str, escalate: Any) -> None:
+    """A person's call outside the home (GP, NHS 111, 999...) on an alert or an incident: status 'escalated'."""
+    with st.form(form):
+        outcome = st.selectbox("Who did you call, and what happened?", OUTCOMES,
+                               format_func=lambda o: OUTCOME_WORDS.get(o, o.replace("_", " ")),
+                               key=f"{key}-outcome-{target}")
+        note = st.text_input("Note", key=f"{key}-note-{target}", max_chars=2000)
+        if st.form_submit_button(label, width="stretch", key=f"{key}-btn-{target}"):
+            act("Escalation", lambda: escalate(target, outcome, note.strip() or None))
+
+
 def alert_block(c: ApiClient, a: dict[str, Any], now: datetime) -> None:
     who = a.get("resident_name") or a["subject_id"]
     with st.container(border=True):
@@ -76,13 +87,7 @@ def alert_block(c: ApiClient, a: dict[str, Any], now: datetime) -> None:
                                          key=f"outcome-btn-{aid}"):
                     act("Outcome", lambda: c.record_outcome(aid, chosen, note.strip() or None))
         with st.expander("Record a call, or close this alert"):
-            with st.form(f"escalate-{aid}"):
-                outcome = st.selectbox("Who did you call, and what happened?", OUTCOMES,
-                                       format_func=lambda o: OUTCOME_WORDS.get(o, o.replace("_", " ")),
-                                       key=f"esc-outcome-{aid}")
-                note = st.text_input("Note", key=f"esc-note-{aid}", max_chars=2000)
-                if st.form_submit_button("Record the call", width="stretch", key=f"esc-btn-{aid}"):
-                    act("Escalation", lambda: c.escalate(aid, outcome, note.strip() or None))
+            call_form(f"escalate-{aid}", "esc", aid, "Record the call", c.escalate)
             with st.form(f"resolve-{aid}"):
                 resolution = st.text_input("How did it end? (e.g. 'GP visited, antibiotics started')",
                                            key=f"res-text-{aid}", max_chars=1000)
@@ -101,14 +106,7 @@ def incident_block(c: ApiClient, i: dict[str, Any]) -> None:
                 if st.form_submit_button("Acknowledge", type="primary", width="stretch", key=f"ack-inc-btn-{iid}"):
                     act("Acknowledge", lambda: c.acknowledge_incident(iid, done.strip() or None))
         with st.expander("Record a call, what was decided, or close this incident"):
-            with st.form(f"escalate-inc-{iid}"):
-                called = st.selectbox("Who did you call, and what happened?", OUTCOMES,
-                                      format_func=lambda o: OUTCOME_WORDS.get(o, o.replace("_", " ")),
-                                      key=f"inc-esc-outcome-{iid}")
-                why = st.text_input("Note", key=f"inc-esc-note-{iid}", max_chars=2000)
-                if st.form_submit_button("Record the call (escalated by me)", width="stretch",
-                                         key=f"inc-esc-btn-{iid}"):
-                    act("Escalation", lambda: c.escalate_incident(iid, called, why.strip() or None))
+            call_form(f"escalate-inc-{iid}", "inc-esc", iid, "Record the call (escalated by me)", c.escalate_incident)
             with st.form(f"outcome-inc-{iid}"):
                 outcome = st.selectbox("What was decided?", INCIDENT_OUTCOMES,
                                        format_func=lambda o: INCIDENT_OUTCOME_WORDS.get(o, o.replace("_", " ")),

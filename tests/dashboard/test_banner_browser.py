@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from dashboard_world import PASSWORD, DashWorld, Stack, deteriorate, seed, serve_stack
+from dashboard_world import CHROMIUM, PASSWORD, DashWorld, Stack, chromium, deteriorate, seed, serve_stack
+from dashboard_world import sign_in_tablet as _sign_in
 
 from carewatch.api.users import create_user
 
@@ -23,9 +23,6 @@ try:
 except ImportError:  # pragma: no cover - the module is skipped without Chromium anyway
     PlaywrightTimeout = TimeoutError  # type: ignore[misc,assignment]
 
-CHROMIUM = Path("/usr/bin/chromium")
-TABLET = {"width": 1024, "height": 1366}
-TIMEOUT_MS = 30_000
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
@@ -52,26 +49,8 @@ def world(database: str, stack: Stack) -> DashWorld:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                                           "--autoplay-policy=no-user-gesture-required"])
-        yield chromium
-        chromium.close()
-
-
-def _sign_in(browser: Any, stack: Stack, username: str) -> Any:
-    context = browser.new_context(viewport=TABLET)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(stack.dashboard_url)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in as").wait_for()
-    return page
+    with chromium("--autoplay-policy=no-user-gesture-required") as running:
+        yield running
 
 
 def _sound(page: Any) -> str | None:

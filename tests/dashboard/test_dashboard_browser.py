@@ -24,7 +24,16 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from dashboard_world import PASSWORD, DashWorld, Stack, check_council_pdf, deteriorate, seed, serve_stack
+from dashboard_world import (
+    PASSWORD,
+    DashWorld,
+    Stack,
+    check_council_pdf,
+    deteriorate,
+    seed,
+    serve_stack,
+    sign_in_tablet,
+)
 
 from carewatch.api.rightsizing import CSV_COLUMNS
 from carewatch.firmware_sim import frames
@@ -84,15 +93,7 @@ def shots(request: pytest.FixtureRequest) -> Path:
 
 def _sign_in(browser: Any, stack: Stack, username: str) -> Any:
     """A fresh browser context (its own Streamlit session) signed in as ``username``."""
-    context = browser.new_context(viewport=TABLET, accept_downloads=True)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.goto(stack.dashboard_url)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in as").wait_for()
-    return page
+    return sign_in_tablet(browser, stack, username, accept_downloads=True)
 
 
 #: Streamlit has finished the script run and every chart on the page has been drawn.
@@ -231,15 +232,19 @@ def test_care_staff_record_observations_and_acknowledge(browser: Any, stack: Sta
     page.context.close()
 
 
-def test_gp_opens_the_alert(browser: Any, stack: Stack, world: DashWorld, shots: Path) -> None:
+def test_gp_opens_the_alert(browser: Any, stack: Stack, world: DashWorld, database: str, shots: Path) -> None:
+    """The GP's inbox lists incidents (one row per patient's problem, H-INC-01): the NEWS2 one first."""
+    with psycopg.connect(database) as conn:
+        incident = conn.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (world.alert_id,)).fetchone()[0]
     page = _sign_in(browser, stack, world.users["gp"])
-    page.get_by_role("heading", name="Alert inbox").wait_for()
+    page.get_by_role("heading", name="Incident inbox").wait_for()
     _settle(page)
     name = world.names[world.deteriorating]
     page.get_by_text(name).first.wait_for()
     _shot(page, shots / "05-gp-inbox.png")
     top = page.locator('[class*="st-key-open-"]').first
-    assert f"st-key-open-{world.alert_id}" in (top.get_attribute("class") or "")  # the NEWS2 alert is first
+    assert f"st-key-open-{incident}" in (top.get_attribute("class") or "")  # the NEWS2 incident is first
+    assert page.locator(f'.cw-inbox-incident[data-incident="{incident}"]').count() == 1
     first = page.locator('[class*="st-key-open-"] button').first  # the inbox is most severe first
     first.click()
     page.get_by_role("heading", name="Resident charts and history").wait_for()

@@ -112,6 +112,18 @@ def step(database: str, channels: dict[str, Channel], at: datetime, site: str) -
         return [(p.level, p.reason) for p in run_once(conn, channels, at, timeout=3, site_ids=[site])]
 
 
+def told_level_1(db: psycopg.Connection, database: str, uid: str,
+                 receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver], severity: str = "high",
+                 score: int = 8) -> tuple[str, int, dict[str, Channel]]:
+    """A home with the full policy and a NEWS2 incident, told to level 1 at T0: (site, incident id, channels)."""
+    smtp, notify, hook = receivers
+    site = make_site(db, uid, full_policy(hook.url + "/hook"))
+    incident_id = make_incident(db, uid, site, severity=severity, score=score)
+    channels = channels_for(smtp.port, notify)
+    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
+    return site, incident_id, channels
+
+
 def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
         db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
 ) -> None:
@@ -154,12 +166,9 @@ def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
 def test_after_acknowledgement_no_outcome_within_the_window_escalates_again(
         db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
 ) -> None:
-    smtp, notify, hook = receivers
-    site = make_site(db, uid, full_policy(hook.url + "/hook"))
-    incident_id = make_incident(db, uid, site, severity="medium", score=5)
-    channels = channels_for(smtp.port, notify)
+    smtp, notify, _ = receivers
+    site, incident_id, channels = told_level_1(db, database, uid, receivers, severity="medium", score=5)
     minute = timedelta(minutes=1)
-    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
     incident_store.acknowledge(db, incident_id, "carer1", "with her now", at=T0 + 2 * minute)
     db.commit()
     assert step(database, channels, T0 + 2 * minute, site) == []  # the outcome clock starts: nobody is told
@@ -211,12 +220,9 @@ def test_nobody_on_the_rota_and_a_channel_down_move_on_at_once(db: psycopg.Conne
 def test_one_incident_one_ladder_a_second_alert_folding_in_sends_nothing_more(
         db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
 ) -> None:
-    smtp, notify, hook = receivers
-    site = make_site(db, uid, full_policy(hook.url + "/hook"))
-    incident_id = make_incident(db, uid, site, severity="medium", score=5)
-    channels = channels_for(smtp.port, notify)
+    smtp, _, hook = receivers
+    site, incident_id, channels = told_level_1(db, database, uid, receivers, severity="medium", score=5)
     minute = timedelta(minutes=1)
-    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
     # soft signs and a rising trend of the same resident fold into her incident: nobody is told again
     for kind in ("soft_signs", "news2_rising"):
         second = add_alert(db, uid, site, severity="medium", kind=kind, at=T0 + minute)
@@ -244,11 +250,8 @@ def test_one_incident_one_ladder_a_second_alert_folding_in_sends_nothing_more(
 def test_a_person_escalating_is_not_the_ladder_escalating(
         db: psycopg.Connection, database: str, uid: str, receivers: tuple[SmtpServer, NotifyServer, WebhookReceiver],
 ) -> None:
-    smtp, notify, hook = receivers
-    site = make_site(db, uid, full_policy(hook.url + "/hook"))
-    incident_id = make_incident(db, uid, site)
-    channels = channels_for(smtp.port, notify)
-    assert step(database, channels, T0, site) == [(1, "unacknowledged")]
+    _, notify, _ = receivers
+    site, incident_id, channels = told_level_1(db, database, uid, receivers)
     assert step(database, channels, T0 + timedelta(minutes=5), site) == [(2, "unacknowledged")]
     row = incident_row(db, incident_id)
     assert (row["status"], row["notify_level"], row["escalation_level"], row["escalated_by"]) == (
