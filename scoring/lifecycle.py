@@ -34,7 +34,7 @@ from carewatch.alerts import (
     Severity,
     snooze_limit,
 )
-from carewatch.scoring.batches import EvaluationSummary, json_safe, transaction
+from carewatch.scoring.batches import EvaluationSummary, jsonb_safe, transaction
 from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.rules import Finding
 
@@ -175,7 +175,7 @@ class _Buffer:
     def alert(self, alert_id: int, f: Finding, data: Mapping[str, Any]) -> None:
         assert f.severity is not None
         self.alerts.append((alert_id, f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value,
-                            f.reason, f.action, Jsonb(data), None if f.score is None else int(f.score),
+                            f.reason, f.action, jsonb_safe(data), None if f.score is None else int(f.score),
                             _ack_due(f.severity, self.now)))
         self.touched.add(alert_id)
 
@@ -238,7 +238,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
                                        Severity(row[1]) if row is not None else None):
             summary.suppressed += 1
             continue
-        data = json_safe(dict(f.data))
+        data = dict(f.data)  # sent as json_safe(data) would be (jsonb_safe: one encoding)
         if f.severity is Severity.HIGH or (row is not None and row[7] is not None):
             data["was_high"] = True  # kept through later, milder updates: a person closes it (H-ESC-10)
         if row is None:
@@ -282,7 +282,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
                       outcome_at = CASE WHEN %s THEN NULL ELSE outcome_at END,
                       outcome_by = CASE WHEN %s THEN NULL ELSE outcome_by END
                WHERE alert_id = %s""",
-            (new.value, new_status, f.reason, f.action, Jsonb(data), f.score, now, new_acked_at, new_acked_at,
+            (new.value, new_status, f.reason, f.action, jsonb_safe(data), f.score, now, new_acked_at, new_acked_at,
              new_due, renotify, renotify, now, renotify, renotify, renotify, alert_id),
         )
         buffer.event(alert_id, "updated", {

@@ -76,14 +76,39 @@ def load_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now: dateti
     for row in rows:
         rid, stored = _stored_set(row)
         out[rid].append(stored)
-    # a resident's newest set is loaded whole even when it is old (its alert text names what was set aside)
+    _newest_whole(conn, out, recent)
+    return out
+
+
+def _newest_whole(conn: psycopg.Connection, out: dict[str, list[StoredSet]], recent: datetime) -> None:
+    """A resident's newest set is loaded whole even when it is old (its alert text names what was set aside)."""
     stale = {sets[-1].obs_id: rid for rid, sets in out.items() if sets and sets[-1].taken_at <= recent}
     if stale:
         for row in conn.execute(f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE obs_id = ANY(%s)",
                                 (list(stale),)).fetchall():
             rid, stored = _stored_set(row)
             out[rid][-1] = stored
-    return out
+
+
+def reload_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredSet]], resident_ids: Sequence[str],
+                       now: datetime) -> None:
+    """``history`` as ``load_sets`` would load it now, after the scorer wrote these residents' device rounds: only
+    their recent sets (loaded whole) are read again. The scorer changes no set older than its round look-back
+    (``ROUND_LOOKBACK`` + 1 h < ``FULL_SETS``), so the older, light part is still what is stored."""
+    if not resident_ids:
+        return
+    recent = now - FULL_SETS
+    fresh: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
+    for row in conn.execute(
+        f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s) AND taken_at > %s "
+        "AND taken_at <= %s ORDER BY taken_at, obs_id",
+        (list(resident_ids), recent, now + FUTURE_SLACK),
+    ).fetchall():
+        rid, stored = _stored_set(row)
+        fresh[rid].append(stored)
+    for rid, sets in fresh.items():
+        history[rid] = [s for s in history.get(rid, []) if s.taken_at <= recent] + sets
+    _newest_whole(conn, {rid: history[rid] for rid, sets in fresh.items() if not sets}, recent)
 
 
 def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime) -> dict[str, list[VitalReading]]:

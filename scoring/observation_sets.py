@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from carewatch.scoring.batches import json_safe
+from carewatch.scoring.batches import jsonb_safe
 from carewatch.scoring.news2 import News2Result
 
 _INSERT = """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
@@ -59,7 +59,7 @@ class ObservationSetRow:
             "rr": v.get("respiration_rate"), "spo2": v.get("spo2"), "scale": self.spo2_scale,
             "on_oxygen": self.on_oxygen, "sbp": v.get("systolic_bp"), "pulse": v.get("pulse"),
             "consciousness": self.consciousness, "temp": v.get("temperature"), "soft_signs": list(self.soft_signs),
-            "note": self.note, "inputs": Jsonb(json_safe(dict(self.inputs))), "score": r.score,
+            "note": self.note, "inputs": jsonb_safe(dict(self.inputs)), "score": r.score,
             "risk": r.risk.value, "subscores": Jsonb(dict(r.subscores)), "complete": r.complete,
             "missing": list(r.missing),
         }

@@ -21,7 +21,7 @@ from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
-from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals
+from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals, reload_recent_sets
 from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
@@ -233,7 +233,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         _write_sets(conn, writes)
         summary.observation_sets_written += len(writes)
         clock = _lap(summary, "write_s", clock)
-        history = load_sets(conn, ids, now)
+        reload_recent_sets(conn, history, sorted({r.resident_id for r, _, _ in writes}), now)
         clock = _lap(summary, "load_s", clock)
 
     findings: list[Finding] = []
