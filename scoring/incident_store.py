@@ -3,13 +3,17 @@
 ``sync_incidents`` runs after the engine has written a subject's alerts (inside its transaction, holding the
 subjects' advisory locks): it groups each subject's unresolved alerts into its one open incident with the pure
 ``incidents.plan_incident``. Component alerts keep their rows and their ``alert_events`` history; once in an
-incident their own escalation deadline is cleared (the incident's deadline is the one that counts, so one
-problem escalates once).
+incident their own escalation deadline is cleared: the incident carries the one notification ladder (one problem
+escalates once, H-INC-01).
 
-Staff transitions (acknowledge, owner, outcome, resolve, comment) lock the incident row, check the transition,
-change it and append an ``incident_events`` row; acknowledging or resolving an incident does the same to its
-component alerts through ``carewatch.scoring.lifecycle`` (the alerts' own writer). An invalid transition raises
-``IncidentError`` with a message for the user.
+The ladder's steps (``auto_escalate``, ``await_outcome``, ``hurry_escalation``; actor ``escalation``) are taken by
+``carewatch.notify.escalation`` on the site's policy: status ``auto_escalated``, never ``escalated``, which is a
+person's call outside the home (``escalate``, H-ESC-05). A band or severity rise tells the level last told again.
+
+Staff transitions (acknowledge, owner, outcome, escalate, resolve, comment) lock the incident row, check the
+transition, change it and append an ``incident_events`` row; acknowledging, escalating, recording an outcome or
+resolving an incident does the same to its component alerts through ``carewatch.scoring.lifecycle`` (the alerts'
+own writer). An invalid transition raises ``IncidentError`` with a message for the user.
 """
 
 from __future__ import annotations
