@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 
 import psycopg
 import structlog
@@ -58,6 +59,16 @@ def estate_contacts(settings: Settings) -> list[tuple[str, str]]:
     return out
 
 
+def notify_round(conn: psycopg.Connection, channels: dict[str, Channel], now: datetime, *,
+                 keeper: LeaseKeeper | None, subjects: SubjectMap, contacts: list[tuple[str, str]], claimant: str,
+                 timeout: float) -> dict[int, str]:
+    """One round of the loop: tell the estate's admins of stalled scoring, then send this replica's attempts: those
+    of the sites of the buckets ``keeper`` holds (every site without a keeper), each claimed atomically."""
+    sites = None if keeper is None else subjects.sites(conn, keeper.buckets)
+    estate_pass(conn, contacts, now)
+    return deliver_pending(conn, channels, now, timeout=timeout, site_ids=sites, claimant=claimant)
+
+
 def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Event, done: threading.Event,
                 keeper: LeaseKeeper | None = None) -> None:
     """Deliver until stopped; a lost connection is re-opened with back-off. With ``keeper`` (a scorer replica),
@@ -80,10 +91,8 @@ def notify_loop(dsn: str, settings: Settings, clock: Clock, stop: threading.Even
                         continue
                     started = time.monotonic()
                     try:
-                        sites = None if keeper is None else subjects.sites(conn, keeper.buckets)
-                        estate_pass(conn, contacts, clock.now())
-                        sent = deliver_pending(conn, channels, clock.now(), timeout=settings.notify_timeout_s,
-                                               site_ids=sites, claimant=claimant)
+                        sent = notify_round(conn, channels, clock.now(), keeper=keeper, subjects=subjects,
+                                            contacts=contacts, claimant=claimant, timeout=settings.notify_timeout_s)
                     except psycopg.OperationalError:
                         raise
                     except Exception:

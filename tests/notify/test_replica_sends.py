@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from databases import fresh_database
 
 from carewatch.notify import deliveries, store
 from carewatch.notify.channels import Result
 from carewatch.notify.escalation import deliver_pending, escalation_pass, estate_pass
 from carewatch.notify.policy import ChannelName, Contact, Message, default_policy
-from carewatch.notify.service import estate_contacts
+from carewatch.notify.service import estate_contacts, notify_round
 from carewatch.scoring import incident_store
+from carewatch.scoring.replicas import BUCKETS, LeaseKeeper, SubjectMap
 from carewatch.settings import Settings
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
@@ -39,14 +41,14 @@ class SlowChannel:
         return Result("delivered", "ok")
 
 
-def _estate(db: psycopg.Connection, uid: str, homes: int) -> list[str]:
+def _estate(db: psycopg.Connection, uid: str, homes: int, names: list[str] | None = None) -> list[str]:
     """``homes`` care homes, each with a resident whose high NEWS2 opened an incident, and a policy telling the
     tablets and a webhook at level 1."""
     sites = []
     policy = default_policy()
     policy.levels[0].contacts.append(Contact(channel=ChannelName.WEBHOOK, recipient="https://hooks.test/nurse-call"))
     for n in range(homes):
-        site, resident = f"race-{uid}-{n}", f"race-r-{uid}-{n}"
+        site, resident = (names[n] if names else f"race-{uid}-{n}"), f"race-r-{uid}-{n}"
         db.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', %s)", (site, f"Home {n}"))
         db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
                    "VALUES (%s, %s, 'Mrs Race', '1935-01-01')", (resident, site))
@@ -161,3 +163,34 @@ def test_scoring_stalled_reaches_the_estate_admins_once_whichever_replica(databa
                     ("webhook", "https://ops.test/h", "estate", "delivered")]
     with psycopg.connect(database, autocommit=True) as conn:
         assert alert_id not in estate_pass(conn, contacts, T0 + timedelta(minutes=5))  # once per stall
+
+
+def test_each_replica_sends_for_the_sites_of_the_buckets_it_holds(pg_server: str, uid: str) -> None:
+    """Two real lease keepers share the 64 buckets; each one's notify round sends only its own sites' attempts, so
+    every attempt is sent once, by the replica holding its site."""
+    with fresh_database(pg_server, prefix="carewatch_notify_replicas") as dsn, psycopg.connect(dsn) as db:
+        a, b = LeaseKeeper(dsn, replica_id=f"a-{uid}"), LeaseKeeper(dsn, replica_id=f"b-{uid}")
+        try:
+            for keeper in (a, b, a, b):  # a takes all, b asks, a releases half, b takes them
+                keeper.round()
+            assert a.buckets and b.buckets and not a.buckets & b.buckets and len(a.buckets | b.buckets) == BUCKETS
+            names = [f"split-{uid}-{n}" for n in range(40)]
+            buckets = dict(db.execute("SELECT s, carewatch_site_bucket(s, %s) FROM unnest(%s::text[]) AS s",
+                                      (BUCKETS, names)).fetchall())
+            mine = next(s for s in names if buckets[s] in a.buckets)
+            theirs = next(s for s in names if buckets[s] in b.buckets)
+            _estate(db, uid, 2, [mine, theirs])
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                escalation_pass(conn, T0)
+                sent = {}
+                for keeper in (a, b):
+                    tablets, hook = SlowChannel(ChannelName.DASHBOARD), SlowChannel(ChannelName.WEBHOOK)
+                    notify_round(conn, {"dashboard": tablets, "webhook": hook}, T0, keeper=keeper,
+                                 subjects=SubjectMap(), contacts=[], claimant=keeper.replica_id, timeout=3)
+                    sent[keeper.replica_id] = {site for site, in conn.execute(
+                        "SELECT site_id FROM notification_deliveries WHERE claimed_by = %s", (keeper.replica_id,))}
+                    assert len(tablets.sent) == len(hook.sent) == 1
+            assert sent == {a.replica_id: {mine}, b.replica_id: {theirs}}
+        finally:
+            a.release_all()
+            b.release_all()
