@@ -6,6 +6,7 @@ scope (``carewatch.api.scope``) and note the access for the audit trail in one s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ from carewatch.api.users import get_user
 from carewatch.settings import Settings
 
 MAX_LIMIT = 500
+#: A tablet in practice mode (training a new carer) sends this: it sees practice residents only (api/scope.py).
+PRACTICE_HEADER = "X-Carewatch-Practice"
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
 
@@ -38,6 +41,8 @@ def current_principal(request: Request, conn: Conn,
     if not sessions.is_active(conn, str(claims["sid"]), user.username):
         raise unauthorised("session ended (signed out, password or role changed): sign in again")
     principal = Principal.from_user(user)
+    if request.headers.get(PRACTICE_HEADER, "").strip().lower() in ("1", "true", "yes"):
+        principal = dataclasses.replace(principal, practice=True)  # a tablet in practice mode: practice data only
     audit.set_identity(request, principal.username, principal.role.value)
     request.state.principal = principal
     return principal

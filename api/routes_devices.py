@@ -42,7 +42,7 @@ def list_devices(
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             f"""SELECT d.* FROM devices d
-                WHERE {scope.config_predicate(ctx.principal, 'd.site_id')}
+                WHERE {scope.config_predicate(ctx.principal, 'd.site_id')} AND {scope.device_practice_match()}
                   AND (%(site)s::text IS NULL OR d.site_id = %(site)s)
                   AND (%(resident)s::text IS NULL OR d.resident_id = %(resident)s)
                   AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)

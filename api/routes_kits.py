@@ -258,7 +258,8 @@ def _session_out(ctx: Ctx, row: dict[str, Any], ended: dict[str, Any] | None = N
     return SessionOut(
         session_id=row["session_id"], kit_id=row["kit_id"], kit_name=row["kit_name"], site_id=row["site_id"],
         resident_id=row["resident_id"], resident_name=row["resident_name"], date_of_birth=row["date_of_birth"],
-        started_by=row["started_by"], started_at=row["started_at"], ended_at=row["ended_at"],
+        photo_url=row.get("photo_url"), started_by=row["started_by"], started_at=row["started_at"],
+        ended_at=row["ended_at"],
         end_reason=row["end_reason"], open=is_open, values=values,
         identity_check=identity_questions(ctx, row, row["session_id"], trusted, now),
         claimable=claimable, ended_session=_brief(ended))
@@ -286,7 +287,7 @@ def list_kits(ctx: Context, site: str | None = None) -> list[KitOut]:
     ctx.require(Permission.USE_KIT)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         kits = cur.execute(
-            f"""SELECT k.* FROM kits k WHERE {scope.config_predicate(ctx.principal, 'k.site_id')}
+            f"""SELECT k.* FROM kits k WHERE {scope.kit_predicate(ctx.principal)}
                   AND (%(site)s::text IS NULL OR k.site_id = %(site)s) ORDER BY k.site_id, k.name LIMIT 500""",
             {**ctx.params, "site": site}).fetchall()
         ids = [k["kit_id"] for k in kits]
@@ -452,8 +453,10 @@ def move_reading(ctx: Context, body: MoveIn) -> MoveOut:
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         reading = cur.execute(
             f"""SELECT r.*, d.kit_id FROM readings r JOIN devices d ON d.device_id = r.device_id
+                LEFT JOIN kits k ON k.kit_id = d.kit_id
                 WHERE r.gateway_id = %(g)s AND r.seq = %(s)s
-                  AND {scope.config_predicate(ctx.principal, 'r.site_id')}""",
+                  AND {scope.kit_site_predicate(ctx.principal, 'r.site_id')}
+                  AND coalesce(k.practice, false) = %(scope_practice_mode)s""",
             {**ctx.params, "g": body.gateway_id, "s": body.seq}).fetchone()
     if reading is None:
         raise scope.not_found("reading")
@@ -492,3 +495,56 @@ def move_reading(ctx: Context, body: MoveIn) -> MoveOut:
     return MoveOut(moved=len(done.readings), from_resident_id=from_resident, to_resident_id=body.to_resident_id,
                    readings=[ReadingRef(gateway_id=r["gateway_id"], seq=r["seq"]) for r in done.readings],
                    alerts_evaluated=evaluated)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Practice mode (training new staff): docs/kits.md "Practice mode", H-KIT-07
+# ------------------------------------------------------------------------------------------------------------
+class PracticeOut(BaseModel):
+    resident_id: str
+    site_id: str
+    display_name: str
+    date_of_birth: date
+    condition: Literal["well", "deteriorating"]
+    kit_id: str
+    practice: bool = True
+
+
+class PracticeConditionIn(_In):
+    condition: Literal["well", "deteriorating"] = Field(
+        description="'deteriorating': the simulator makes the practice resident's vitals worrying (NEWS2 high).")
+
+
+def _practice_home(ctx: Ctx, site_id: str) -> dict[str, Any]:
+    """The caller's care home (404 outside their tenancy), its practice resident and kit made the first time."""
+    ctx.require(Permission.USE_KIT)
+    with ctx.conn.cursor(row_factory=dict_row) as cur:
+        site = cur.execute(f"""SELECT s.* FROM sites s
+                                WHERE s.site_id = %(id)s AND {scope.kit_site_predicate(ctx.principal, 's.site_id')}""",
+                           {**ctx.params, "id": site_id}).fetchone()
+    if site is None:
+        raise scope.not_found("site")
+    if site["kind"] != "care_home":
+        raise HTTPException(status.HTTP_409_CONFLICT, "practice mode is for care homes")
+    return kit_sessions.ensure_practice(ctx.conn, site_id)
+
+
+@router.post("/sites/{site_id}/practice", response_model=PracticeOut,
+             summary="Practice mode: the home's practice resident and practice kit (made the first time)")
+def practice(ctx: Context, site_id: str) -> PracticeOut:
+    """A new carer trains on the practice resident, measured with the practice kit whose devices the simulator
+    drives. Everything about it is shown only to a tablet in practice mode (``X-Carewatch-Practice: 1``): no real
+    list, export, report, adoption figure or notification includes it."""
+    row = _practice_home(ctx, site_id)
+    ctx.note("read", "resident", row["resident_id"], view="practice")
+    return PracticeOut(**row)
+
+
+@router.put("/sites/{site_id}/practice", response_model=PracticeOut,
+            summary="Practice mode: ask the practice resident to deteriorate (or to be well again)")
+def practice_condition(ctx: Context, site_id: str, body: PracticeConditionIn) -> PracticeOut:
+    """The simulator makes the practice resident's next kit readings worrying (NEWS2 high) or normal again."""
+    row = _practice_home(ctx, site_id)
+    ctx.note("update", "resident", row["resident_id"], change="practice_condition", condition=body.condition)
+    kit_sessions.set_practice_condition(ctx.conn, row["resident_id"], body.condition)
+    return PracticeOut(**{**row, "condition": body.condition})

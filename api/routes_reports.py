@@ -208,23 +208,25 @@ def adoption(ctx: Context,
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         homes = cur.execute(
             f"""SELECT s.site_id, s.name,
-                       (SELECT count(*) FROM residents r WHERE r.site_id = s.site_id AND r.monitoring = 'active')
+                       (SELECT count(*) FROM residents r WHERE r.site_id = s.site_id AND r.monitoring = 'active'
+                          AND NOT r.practice)
                          AS residents
                 FROM sites s WHERE {scope.config_predicate(ctx.principal, 's.site_id')} AND s.kind = 'care_home'
                   AND (%(site)s::text IS NULL OR s.site_id = %(site)s)""", values).fetchall()
         values["ids"] = [h["site_id"] for h in homes]
         counts = cur.execute(
-            """SELECT site_id, (taken_at AT TIME ZONE %(tz)s)::date AS day,
+            f"""SELECT site_id, (taken_at AT TIME ZONE %(tz)s)::date AS day,
                       count(*) FILTER (WHERE source <> 'device') AS staff,
                       count(*) FILTER (WHERE source = 'device') AS device
-               FROM observation_sets WHERE site_id = ANY(%(ids)s) AND taken_at >= %(since)s AND taken_at <= %(now)s
+               FROM observation_sets o WHERE site_id = ANY(%(ids)s) AND taken_at >= %(since)s AND taken_at <= %(now)s
+                 AND {scope.real_resident('o.resident_id')}
                GROUP BY 1, 2""", values).fetchall()
         alerts = cur.execute(
-            """SELECT a.site_id, a.opened_at, a.acknowledged_at, a.status = 'resolved' AS resolved,
+            f"""SELECT a.site_id, a.opened_at, a.acknowledged_at, a.status = 'resolved' AS resolved,
                       (SELECT min(e.at) FROM alert_events e WHERE e.alert_id = a.alert_id
                          AND e.action IN ('escalated', 'resolved') AND e.actor <> %(scorer)s) AS responded_at
                FROM alerts a WHERE a.site_id = ANY(%(ids)s) AND a.opened_at >= %(since)s
-                 AND a.severity <> 'info'""", values).fetchall()
+                 AND a.severity <> 'info' AND {scope.real_resident('a.resident_id')}""", values).fetchall()
     ctx.note("read", "site", None, view="adoption", ids=values["ids"])
     return adoption_report(
         {h["site_id"]: (h["name"], int(h["residents"])) for h in homes},

@@ -27,6 +27,8 @@ from carewatch.api.scope import Permission
 from carewatch.wire import METRICS
 
 router = APIRouter(tags=["residents"])
+#: Heads the practice resident's SBARD script (the call a new carer rehearses must never be made).
+PRACTICE_WORDS = "PRACTICE ONLY: a training resident, not a real person. Do not phone anyone."
 _RESIDENT_FIELDS = set(ResidentOut.model_fields)
 
 
@@ -219,6 +221,8 @@ def get_sbard(ctx: Context, resident_id: str,
     resident = ctx.resident(resident_id, action="export", clinical=True, export="sbard")
     picture = clinical_picture(ctx, resident)
     report = sbard.build_sbard(resident, now=datetime.now(UTC), **picture)
+    if resident["practice"]:
+        report.situation = f"{PRACTICE_WORDS} {report.situation}"
     if format == "text":
         return PlainTextResponse(sbard.render_text(report))
     return report
@@ -228,6 +232,8 @@ def get_sbard(ctx: Context, resident_id: str,
             responses={200: {"content": {"application/fhir+json": {}}}})
 def get_fhir(ctx: Context, resident_id: str) -> Any:
     resident = ctx.resident(resident_id, action="export", clinical=True, export="fhir")
+    if resident["practice"]:  # a training resident never leaves Carewatch (H-KIT-07)
+        raise HTTPException(status.HTTP_409_CONFLICT, "the practice resident is not a real person: nothing to export")
     picture = clinical_picture(ctx, resident, obs_limit=1)
     bundle = fhir.build_bundle(resident, picture["observations"][:1], picture["latest"], picture["alerts"],
                                generated_at=datetime.now(UTC), incidents=picture["incidents"])

@@ -86,8 +86,8 @@ def site_overview(ctx: Context, site_id: str) -> SiteOverview:
             {**values, "ids": ids},
         ).fetchall()
         devices = cur.execute(
-            """SELECT device_id, kind, resident_id, room, battery_pct, last_seen FROM devices
-               WHERE site_id = %(site)s AND active""",
+            f"""SELECT device_id, kind, resident_id, room, battery_pct, last_seen FROM devices d
+               WHERE site_id = %(site)s AND active AND {scope.device_practice_match()}""",
             values,
         ).fetchall()
     site_config_visible = p.role in scope.GRANTS[Permission.READ_DEVICES] or p.role is Role.COUNCIL

@@ -140,6 +140,8 @@ class ResidentOut(BaseModel):
     oxygen_set_by: str | None = None
     oxygen_set_at: datetime | None = None
     created_at: datetime
+    practice: bool = Field(default=False, description="Practice mode's training resident (not a real person).")
+    photo_url: str | None = Field(default=None, description="The home's photo of the resident (https), if kept.")
 
 
 MonitoringState = Literal["active", "paused", "discharged", "deceased"]
@@ -176,6 +178,8 @@ class ResidentUpdate(_In):
     obs_per_day: int | None = Field(default=None, ge=1, le=24)
     baseline_confused: bool | None = None
     monitoring: MonitoringState | None = None
+    photo_url: str | None = Field(default=None, max_length=500, pattern=r"^https://[^\s\"'<>]+$",
+                                  description="Where the home keeps the resident's photo (https); null removes it.")
 
     @field_validator("nhs_number")
     @classmethod

@@ -14,6 +14,11 @@ Rules
   has consent recorded (``sites.consent_vitals``). Read-only.
 * **admin**: everything.
 
+Practice mode (a tablet training a new carer, ``X-Carewatch-Practice: 1``): the same rules, applied to the practice
+residents of those sites and their alerts and incidents *only*; outside practice mode, practice residents and
+everything about them are not there. So no real list, export, report or figure can show practice data, and a
+practice view never shows a real person (docs/kits.md "Practice mode", H-KIT-07).
+
 Two answers, used consistently:
 
 * **404 Not Found** when the resource belongs to another tenant (or does not exist): the API never reveals
@@ -51,6 +56,7 @@ class Principal:
     practice_code: str | None = None
     council: str | None = None
     gateway_id: str | None = None  # a gateway's own account
+    practice: bool = False  # the request comes from a tablet in practice mode (training): practice data only
 
     @classmethod
     def from_user(cls, user: User) -> Principal:
@@ -104,8 +110,9 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.MANAGE_USERS: frozenset({Role.ADMIN}),
     Permission.READ_AUDIT: frozenset({Role.ADMIN}),
     Permission.READ_ADOPTION: frozenset({Role.MANAGER, Role.ADMIN}),
-    Permission.USE_KIT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
-    Permission.MOVE_READING: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
+    # A nursing home's nurse measures residents with the home's kit like its carers (kit_site_predicate).
+    Permission.USE_KIT: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.NURSE, Role.ADMIN}),
+    Permission.MOVE_READING: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.NURSE, Role.ADMIN}),
     Permission.READ_ESCALATION: frozenset({Role.CARE_STAFF, Role.MANAGER, Role.ADMIN}),
     Permission.SET_ESCALATION_POLICY: frozenset({Role.MANAGER, Role.ADMIN}),
 }
@@ -146,7 +153,22 @@ def params(principal: Principal) -> dict[str, Any]:
         "scope_practice": principal.practice_code,
         "scope_council": principal.council,
         "scope_clinical_kinds": list(CLINICAL_ALERT_KINDS),
+        "scope_practice_mode": principal.practice,
     }
+
+
+def practice_match(resident_id: str) -> str:
+    """The row's resident (``resident_id``: an SQL expression, may be NULL) is a practice resident exactly when the
+    caller is in practice mode; rows about no resident (a hub, a room) are real. ANDed into every predicate below
+    that shows residents' data, so practice data reaches no real view (and real data no practice view)."""
+    return (f"(coalesce((SELECT scope_p.practice FROM residents scope_p WHERE scope_p.resident_id = {resident_id}), "
+            "false) = %(scope_practice_mode)s)")
+
+
+def real_resident(resident_id: str) -> str:
+    """For aggregates that take no caller (adoption figures, notifications): the row is about no practice resident."""
+    return (f"NOT coalesce((SELECT scope_p.practice FROM residents scope_p WHERE scope_p.resident_id = {resident_id}), "
+            "false)")
 
 
 def site_predicate(principal: Principal, s: str = "s") -> str:
@@ -168,7 +190,11 @@ def site_predicate(principal: Principal, s: str = "s") -> str:
 
 
 def resident_predicate(principal: Principal, r: str = "r", s: str = "s") -> str:
-    """Residents the caller may see (``r`` residents, ``s`` their site)."""
+    """Residents the caller may see (``r`` residents, ``s`` their site): practice ones only in practice mode."""
+    return f"({_resident_tenancy(principal, r, s)}) AND {r}.practice = %(scope_practice_mode)s"
+
+
+def _resident_tenancy(principal: Principal, r: str, s: str) -> str:
     match principal.role:
         case Role.ADMIN:
             return "TRUE"
@@ -190,6 +216,10 @@ def vitals_predicate(principal: Principal, s: str = "s") -> str:
 
 def alert_predicate(principal: Principal, a: str = "a", r: str = "r", s: str = "s") -> str:
     """Alerts the caller may see (``a`` alerts, ``r`` LEFT JOINed resident, ``s`` the alert's site)."""
+    return f"({_alert_tenancy(principal, a, r, s)}) AND {practice_match(f'{a}.resident_id')}"
+
+
+def _alert_tenancy(principal: Principal, a: str, r: str, s: str) -> str:
     match principal.role:
         case Role.ADMIN:
             return "TRUE"
@@ -209,11 +239,11 @@ def alert_predicate(principal: Principal, a: str = "a", r: str = "r", s: str = "
 def incident_predicate(principal: Principal, i: str = "i", r: str = "r", s: str = "s") -> str:
     """Incidents the caller may see (``i`` incidents, ``r`` LEFT JOINed resident, ``s`` the incident's site): the
     alert rule, with a council user needing vitals consent for a clinical or data incident."""
-    rule = alert_predicate(principal, i, r, s)
+    rule = _alert_tenancy(principal, i, r, s)
     if principal.role is Role.COUNCIL:
         rule = (f"({s}.kind = 'household' AND {s}.council = %(scope_council)s AND "
                 f"({i}.category NOT IN ('clinical', 'data') OR {s}.consent_vitals))")
-    return rule
+    return f"({rule}) AND {practice_match(f'{i}.resident_id')}"
 
 
 def config_predicate(principal: Principal, site_column: str) -> str:
@@ -224,6 +254,28 @@ def config_predicate(principal: Principal, site_column: str) -> str:
         case Role.CARE_STAFF | Role.MANAGER:
             return f"{site_column} = %(scope_site)s"
     return "FALSE"
+
+
+def device_practice_match(d: str = "d") -> str:
+    """A device of the practice kit is shown exactly when the caller is in practice mode (``d`` devices)."""
+    return (f"(coalesce((SELECT scope_k.practice FROM kits scope_k WHERE scope_k.kit_id = {d}.kit_id), false) "
+            "= %(scope_practice_mode)s)")
+
+
+def kit_site_predicate(principal: Principal, site_column: str) -> str:
+    """Homes whose shared kits (sessions, kit readings, practice resident) the caller may use: their own home's
+    care staff, managers and nurses (a community nurse has no home: none), admins everywhere."""
+    match principal.role:
+        case Role.ADMIN:
+            return "TRUE"
+        case Role.CARE_STAFF | Role.MANAGER | Role.NURSE:
+            return f"{site_column} = %(scope_site)s"
+    return "FALSE"
+
+
+def kit_predicate(principal: Principal, k: str = "k") -> str:
+    """Shared kits the caller may use (``k`` kits): their home's, the practice kit only in practice mode."""
+    return f"{kit_site_predicate(principal, f'{k}.site_id')} AND {k}.practice = %(scope_practice_mode)s"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -297,8 +349,8 @@ def load_incident(conn: psycopg.Connection, principal: Principal, incident_id: i
 
 
 def load_device(conn: psycopg.Connection, principal: Principal, device_id: str) -> dict[str, Any]:
-    row = _one(conn,
-               f"SELECT d.* FROM devices d WHERE d.device_id = %(id)s AND {config_predicate(principal, 'd.site_id')}",
+    row = _one(conn, f"""SELECT d.* FROM devices d WHERE d.device_id = %(id)s
+                         AND {config_predicate(principal, 'd.site_id')} AND {device_practice_match()}""",
                {**params(principal), "id": device_id})
     if row is None:
         raise not_found("device")
@@ -316,7 +368,7 @@ def load_gateway(conn: psycopg.Connection, principal: Principal, gateway_id: str
 
 def load_kit(conn: psycopg.Connection, principal: Principal, kit_id: str) -> dict[str, Any]:
     """A home's shared kit: its own staff, managers and admins only (404 otherwise)."""
-    row = _one(conn, f"SELECT k.* FROM kits k WHERE k.kit_id = %(id)s AND {config_predicate(principal, 'k.site_id')}",
+    row = _one(conn, f"SELECT k.* FROM kits k WHERE k.kit_id = %(id)s AND {kit_predicate(principal)}",
                {**params(principal), "id": kit_id})
     if row is None:
         raise not_found("kit")
@@ -327,10 +379,11 @@ def load_kit_session(conn: psycopg.Connection, principal: Principal, session_id:
     """A measurement session with its kit's name and its resident's banner details (404 outside tenancy)."""
     row = _one(
         conn,
-        f"""SELECT k.*, kit.name AS kit_name, r.display_name AS resident_name, r.date_of_birth, r.nhs_number
+        f"""SELECT k.*, kit.name AS kit_name, r.display_name AS resident_name, r.date_of_birth, r.nhs_number,
+                   r.photo_url
             FROM kit_sessions k JOIN kits kit ON kit.kit_id = k.kit_id
             JOIN residents r ON r.resident_id = k.resident_id
-            WHERE k.session_id = %(id)s AND {config_predicate(principal, 'k.site_id')}""",
+            WHERE k.session_id = %(id)s AND {kit_predicate(principal, 'kit')}""",
         {**params(principal), "id": session_id})
     if row is None:
         raise not_found("session")

@@ -62,6 +62,10 @@ def sign_in() -> None:
         st.rerun()
 
 
+#: Roles that may use a home's kits, and so train on its practice resident (api/scope.py USE_KIT).
+PRACTICE_ROLES = ("care_staff", "manager", "nurse")
+
+
 def main() -> None:
     st.set_page_config(page_title="Carewatch", page_icon=":material/favorite:", layout="wide",
                        initial_sidebar_state="expanded")
@@ -76,6 +80,13 @@ def main() -> None:
     with st.sidebar:
         st.write(f"Signed in as **{me['full_name']}** ({me['role'].replace('_', ' ')})")
         st.button("Sign out", key="sign-out", on_click=ui.sign_out)
+        if me["role"] in PRACTICE_ROLES and me.get("site_id"):
+            st.toggle("Practice mode (training)", key="practice_mode",
+                      help="The home's practice resident, measured with the practice kit: nothing is real.")
+    if st.session_state.get("practice_mode"):
+        with ui.api_errors():
+            ui.client().practice_home(me["site_id"])  # made the first time
+        ui.practice_badge()
     if me["role"] in ("care_staff", "manager") and me.get("site_id"):
         ui.live_banner(me["site_id"])  # on every page of the home's tablets
     st.navigation(pages).run()

@@ -69,6 +69,10 @@ def _detail(response: httpx.Response) -> str:
     return str(body)
 
 
+#: Sent in practice mode (the API's carewatch.api.deps.PRACTICE_HEADER; the dashboard imports no API code).
+PRACTICE_HEADER = "X-Carewatch-Practice"
+
+
 @dataclass
 class ApiClient:
     base_url: str
@@ -76,10 +80,13 @@ class ApiClient:
     refresh_token: str | None = None
     timeout: float = 15.0
     on_tokens: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    practice: bool = False  # practice mode (training): the API shows the practice resident only
 
     # -- transport ---------------------------------------------------------------------------------------
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if self.practice:
+            headers[PRACTICE_HEADER] = "1"
         return _http(self.base_url, self.timeout).request(method, path, headers=headers, **kwargs)
 
     def _raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -185,6 +192,12 @@ class ApiClient:
     def start_session(self, kit_id: str, resident_id: str, *, replace: bool = False) -> dict[str, Any]:
         return self._request("POST", f"/kits/{kit_id}/sessions", json={"resident_id": resident_id,
                                                                          "replace": replace})
+
+    def practice_home(self, site_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/sites/{site_id}/practice")
+
+    def practice_condition(self, site_id: str, condition: str) -> dict[str, Any]:
+        return self._request("PUT", f"/sites/{site_id}/practice", json={"condition": condition})
 
     def kit_session(self, session_id: int) -> dict[str, Any]:
         return self._request("GET", f"/kit-sessions/{session_id}")

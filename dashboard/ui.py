@@ -69,7 +69,17 @@ def client() -> ApiClient:
         st.session_state["refresh_token"] = tokens.get("refresh_token")
 
     return ApiClient(base, token=st.session_state.get("token"), refresh_token=st.session_state.get("refresh_token"),
-                     on_tokens=keep)
+                     on_tokens=keep, practice=bool(st.session_state.get("practice_mode")))
+
+
+PRACTICE_WORDS = ("Practice mode: a training resident, not a real person. Nothing you do here reaches a real "
+                  "record, report or notification.")
+
+
+def practice_badge() -> None:
+    """At the top of every page while the tablet is in practice mode."""
+    st.html(f"<div class='cw-practice'>{badge(palette.WARNING, 'Practice', big=True)} {html.escape(PRACTICE_WORDS)}"
+            "</div>")
 
 
 def me() -> dict[str, Any]:

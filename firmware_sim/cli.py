@@ -117,8 +117,11 @@ def _run_fleet(settings: Settings, world: World, *, accelerate: float, days: flo
         with psycopg.connect(settings.dsn) as conn:
             seed_world(conn, world, world_devices(world))
     clock = SimClock(world.start, accelerate)
+    # In real time, each care home's practice kit is played for trainees (practice mode, firmware_sim/practice.py).
+    practice = settings.dsn if settings.database_url and accelerate == 1.0 else None
     fleet = SimFleet(world, settings, mqtt_url=settings.mqtt.url, clock=clock, site_ids=site_ids,
-                     gateway_ids=gateway_ids, outbox_dir=settings.state_dir / "sim" / "gateways")
+                     gateway_ids=gateway_ids, outbox_dir=settings.state_dir / "sim" / "gateways",
+                     practice_dsn=practice)
     stop = _stop_on_signals()
     fleet.start(end=world.start + timedelta(days=days))
     try:

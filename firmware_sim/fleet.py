@@ -8,6 +8,8 @@ Used by ``carewatch demo`` (``--radio virtual``), ``carewatch sim --output ble``
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timedelta
@@ -18,6 +20,8 @@ from carewatch.firmware_sim.devices import DeviceLayer, SimTransport, world_devi
 from carewatch.firmware_sim.driver import SimClock, SimDriver
 from carewatch.firmware_sim.physiology import ManualObservation
 from carewatch.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def gateway_id_for(site_id: str) -> str:
@@ -30,7 +34,7 @@ class SimFleet:
     def __init__(self, world: Any, settings: Settings, *, mqtt_url: str, outbox_dir: Path, clock: SimClock,
                  site_ids: list[str] | None = None, gateway_ids: dict[str, str] | None = None,
                  status_interval_s: float = 10.0, shared_sites: Collection[str] = (),
-                 radio: str = "bytes") -> None:
+                 radio: str = "bytes", practice_dsn: str | None = None) -> None:
         self.world = world
         self.radio = radio
         self.settings = settings
@@ -47,6 +51,11 @@ class SimFleet:
         self.radio_transports: dict[str, Any] = {}  # the gateways' BumbleTransports (virtual radio)
         self.first_seq: dict[str, int] = {}
         self.driver: SimDriver | None = None
+        # Practice mode: each care home's practice kit, played in real time for trainees (firmware_sim/practice.py).
+        self.practice_dsn = practice_dsn if radio == "bytes" else None
+        self.practice_homes = [s.id for s in world.sites if s.residents and s.id in self.site_ids]
+        self._practice_stop = threading.Event()
+        self._practice_thread: threading.Thread | None = None
 
     def start(self, *, end: datetime | None = None,
               on_manual: Callable[[ManualObservation], None] | None = None,
@@ -63,6 +72,11 @@ class SimFleet:
                 "outbox_path": self.outbox_dir / f"{gw_id}.sqlite", "device_registry": None,
             })
             registry = self.layer.registry(site_id)
+            if self.practice_dsn and site_id in self.practice_homes:
+                from carewatch.firmware_sim.practice import practice_devices
+                from carewatch.registry import DeviceRegistry
+
+                registry = DeviceRegistry([*registry.devices(), *(d.registered() for d in practice_devices(site_id))])
             if self.radio == "virtual":
                 gateway, feed = self._virtual_site(site_id, gw_id, gw_settings, registry)
             else:
@@ -74,11 +88,40 @@ class SimFleet:
             self.first_seq[gw_id] = gateway.counters.last_seq + 1
             self.gateways[site_id] = gateway
             self.transports[site_id] = feed
+        if self.practice_dsn and self.practice_homes:
+            self._start_practice()
         stop_at = end or self.clock.start + timedelta(days=3650)
         events = self.world.events(self.clock.start, stop_at)
         self.driver = SimDriver(wrap_events(events) if wrap_events else events, self.layer, self.transports,
                                 self.clock, on_manual=on_manual, on_outage=self._outage, on_action=on_action).start()
         return self
+
+    def _start_practice(self) -> None:
+        """Register each home's practice kit behind its gateway and measure the practice resident whenever a trainee
+        opens a practice session (looked at every 2 s)."""
+        from functools import partial
+
+        import psycopg
+
+        from carewatch.firmware_sim.practice import PracticeKit, register_practice_kit
+
+        assert self.practice_dsn is not None
+        with psycopg.connect(self.practice_dsn) as conn:
+            for site_id in self.practice_homes:
+                register_practice_kit(conn, site_id, self.gateway_ids[site_id])
+        kits = [PracticeKit(site_id, partial(psycopg.connect, self.practice_dsn), self.transports[site_id].push,
+                            seed=self.world.seed) for site_id in self.practice_homes]
+
+        def run() -> None:
+            while not self._practice_stop.wait(2.0):
+                for kit in kits:
+                    try:
+                        kit.poll(self.clock())
+                    except Exception:  # the database away a moment: look again next time
+                        log.warning("practice kit of %s could not look for a session", kit.site_id, exc_info=True)
+
+        self._practice_thread = threading.Thread(target=run, name="practice-kits", daemon=True)
+        self._practice_thread.start()
 
     def _virtual_site(self, site_id: str, gw_id: str, gw_settings: Settings, registry: Any) -> tuple[Any, Any]:
         """The site's devices as Bumble peripherals on their own virtual link; the gateway reads them through its
@@ -140,6 +183,9 @@ class SimFleet:
         return all(g.counters.outbox_depth == 0 for g in self.gateways.values())
 
     def stop(self) -> None:
+        self._practice_stop.set()
+        if self._practice_thread is not None:
+            self._practice_thread.join(timeout=5)
         if self.driver is not None:
             self.driver.stop()
         for gateway in self.gateways.values():

@@ -156,3 +156,46 @@ def end_session(conn: psycopg.Connection, session_id: int, *, by: str, at: datet
             if row is None:
                 raise SessionRefused("no such session")
     return row
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Practice mode (training new staff): one practice resident and one practice kit per care home
+# ------------------------------------------------------------------------------------------------------------
+PRACTICE_NAME = "Practice: Pat Example"
+PRACTICE_BORN = "1940-01-01"
+PRACTICE_CONDITIONS = ("well", "deteriorating")
+
+
+def practice_ids(site_id: str) -> tuple[str, str]:
+    """(resident_id, kit_id) of a home's practice resident and practice kit."""
+    return f"practice-{site_id}", f"practice-{site_id}-kit"
+
+
+def ensure_practice(conn: psycopg.Connection, site_id: str) -> dict[str, Any]:
+    """The home's practice resident and practice kit, created the first time (idempotent). Their data is shown only
+    to a tablet in practice mode (api/scope.py); the simulator drives the practice kit's devices."""
+    resident_id, kit_id = practice_ids(site_id)
+    conn.execute(
+        """INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, practice, obs_per_day)
+           VALUES (%s, %s, %s, %s, true, 4) ON CONFLICT DO NOTHING""",
+        (resident_id, site_id, PRACTICE_NAME, PRACTICE_BORN))
+    conn.execute("INSERT INTO kits (kit_id, site_id, name, practice) VALUES (%s, %s, 'practice kit', true) "
+                 "ON CONFLICT DO NOTHING", (kit_id, site_id))
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            """SELECT r.resident_id, r.site_id, r.display_name, r.date_of_birth, r.practice_condition AS condition,
+                      k.kit_id FROM residents r JOIN kits k ON k.site_id = r.site_id AND k.practice
+               WHERE r.site_id = %s AND r.practice""", (site_id,)).fetchone()
+    if row is None:  # pragma: no cover - the two inserts above just made them
+        raise SessionRefused("the home has no practice resident")
+    return row
+
+
+def set_practice_condition(conn: psycopg.Connection, resident_id: str, condition: str) -> None:
+    """What the simulator makes the practice resident's vitals do next ('well' or 'deteriorating')."""
+    if condition not in PRACTICE_CONDITIONS:
+        raise SessionRefused(f"condition must be one of {', '.join(PRACTICE_CONDITIONS)}")
+    cur = conn.execute("UPDATE residents SET practice_condition = %s WHERE resident_id = %s AND practice",
+                       (condition, resident_id))
+    if cur.rowcount != 1:
+        raise SessionRefused("only a practice resident can be asked to deteriorate")

@@ -79,6 +79,7 @@ ALERTS = Target("alert", """
     FROM alerts a JOIN sites s ON s.site_id = a.site_id LEFT JOIN residents r ON r.resident_id = a.resident_id
     WHERE a.status <> 'resolved' AND a.severity IN ('medium', 'high') AND a.outcome_at IS NULL
       AND (%(sites)s::text[] IS NULL OR a.site_id = ANY(%(sites)s))
+      AND NOT coalesce(r.practice, false)  -- practice mode's training resident: nobody is told (H-KIT-07)
       -- one ladder per incident: its worst unresolved medium or high alert (alert fatigue, H-ESC-04)
       AND NOT EXISTS (
           SELECT 1 FROM alerts b WHERE a.incident_id IS NOT NULL AND b.incident_id = a.incident_id
@@ -125,6 +126,7 @@ INCIDENTS = Target("incident", f"""
     {_HEAD_SQL}
     WHERE i.status <> 'resolved' AND i.severity IN ('medium', 'high') AND i.outcome_at IS NULL
       AND (%(sites)s::text[] IS NULL OR i.site_id = ANY(%(sites)s))
+      AND NOT coalesce(r.practice, false)  -- practice mode's training resident: nobody is told (H-KIT-07)
       AND ((i.acknowledged_at IS NULL
             AND (i.notify_level = 0 OR i.notify_reason IS DISTINCT FROM 'unacknowledged' OR i.notify_due_at <= %(now)s))
         OR (i.acknowledged_at IS NOT NULL AND h.kind = 'news2'

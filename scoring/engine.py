@@ -30,7 +30,7 @@ from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
-from carewatch.scoring.observation_sets import delete_device_sets_built_from
+from carewatch.scoring.observation_sets import correct_staff_sets_built_from, delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
 from carewatch.scoring.rules import ResidentFacts, device_findings
 
@@ -52,13 +52,15 @@ def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[lis
 def withdraw_device_values(conn: psycopg.Connection, resident_id: str, readings: Sequence[tuple[str, datetime]],
                            now: datetime) -> int:
     """Forget the device-round sets of ``resident_id`` built from these (device_id, measured_at) readings: they
-    were moved to another resident (issue 17). Open alerts that rest on those sets are resolved saying why; the
-    next :func:`evaluate_subjects` rebuilds rounds, scores and alerts from the readings still this resident's.
-    Staff-recorded sets are never deleted. Returns how many sets went."""
+    were moved to another resident (issue 17). A staff-saved set that took one of them is corrected: the value is
+    taken out and the set scored again (staff sets are never deleted). Open alerts that rest on those sets are
+    resolved saying why; the next :func:`evaluate_subjects` rebuilds rounds, scores and alerts from the readings
+    still this resident's. Returns how many sets went or were corrected."""
     gone = delete_device_sets_built_from(conn, resident_id, readings)
-    resolve_alerts_resting_on(conn, resident_id, gone, "The device readings behind this alert were moved to another "
-                              "resident (measured with the shared kit on the wrong person).", now)
-    return len(gone)
+    corrected = correct_staff_sets_built_from(conn, resident_id, readings, by="carewatch")
+    resolve_alerts_resting_on(conn, resident_id, [*gone, *corrected], "The device readings behind this alert were "
+                              "moved to another resident (measured with the shared kit on the wrong person).", now)
+    return len(gone) + len(corrected)
 
 
 def evaluate_subjects(conn: psycopg.Connection, subject_ids: Iterable[str], now: datetime) -> EvaluationSummary:

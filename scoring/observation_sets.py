@@ -185,3 +185,56 @@ def delete_device_sets_built_from(conn: psycopg.Connection, resident_id: str,
                  AND (e.value->>'at')::timestamptz = m.at)
            RETURNING o.obs_id""",
         (resident_id, [d for d, _ in readings], [t for _, t in readings])).fetchall()]
+
+
+#: Set columns a kit reading can fill (the parameter names of a set's ``inputs``).
+_DEVICE_COLUMNS = ("respiration_rate", "spo2", "systolic_bp", "pulse", "temperature")
+
+
+def correct_staff_sets_built_from(conn: psycopg.Connection, resident_id: str,
+                                  readings: Sequence[tuple[str, datetime]], *, by: str) -> list[int]:
+    """Staff-saved sets of ``resident_id`` that took a device value from one of these (device_id, measured_at)
+    readings, which were moved to another resident: each such value is taken out of the set (its input keeps
+    what it was, marked ``moved``), and the set is scored again on what the carer still recorded. The set stays
+    (it is the carer's record); the readings and their scores now count for the right resident. Returns the
+    obs_ids corrected."""
+    from carewatch.scoring.news2 import ObservationSet, score_observation
+
+    if not readings:
+        return []
+    moved = {(d, t) for d, t in readings}
+    rows = conn.execute(
+        """SELECT obs_id, inputs, respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness,
+                  temperature FROM observation_sets o
+           WHERE o.resident_id = %s AND o.recorded_by <> 'scorer' AND EXISTS (
+               SELECT 1 FROM jsonb_each(o.inputs) e, unnest(%s::text[], %s::timestamptz[]) AS m(device_id, at)
+               WHERE jsonb_typeof(e.value) = 'object' AND e.value->>'source' = 'device'
+                 AND e.value->>'device_id' = m.device_id
+                 AND coalesce(e.value->>'measured_at', e.value->>'at')::timestamptz = m.at)
+           ORDER BY obs_id FOR UPDATE""",
+        (resident_id, [d for d, _ in readings], [t for _, t in readings])).fetchall()
+    corrected = []
+    for obs_id, inputs, rr, spo2, scale, on_oxygen, sbp, pulse, consciousness, temp in rows:
+        values = {"respiration_rate": rr, "spo2": spo2, "systolic_bp": sbp, "pulse": pulse, "temperature": temp}
+        inputs = dict(inputs)
+        for param in _DEVICE_COLUMNS:
+            given = inputs.get(param)
+            if not isinstance(given, dict) or given.get("source") != "device":
+                continue
+            at = datetime.fromisoformat(given.get("measured_at") or given["at"])
+            if (given.get("device_id"), at) in moved:
+                inputs[param] = {**given, "source": "moved", "value": values[param], "moved_by": by}
+                values[param] = None
+        result = score_observation(ObservationSet(**values, spo2_scale=scale, on_oxygen=on_oxygen,
+                                                  consciousness=consciousness))
+        conn.execute(
+            """UPDATE observation_sets SET respiration_rate = %(respiration_rate)s, spo2 = %(spo2)s,
+                   systolic_bp = %(systolic_bp)s, pulse = %(pulse)s, temperature = %(temperature)s,
+                   inputs = %(inputs)s, score = %(score)s, risk = %(risk)s, subscores = %(subscores)s,
+                   complete = %(complete)s, missing = %(missing)s
+               WHERE obs_id = %(obs_id)s""",
+            {**values, "inputs": jsonb_safe(inputs), "score": result.score, "risk": result.risk.value,
+             "subscores": Jsonb(dict(result.subscores)), "complete": result.complete,
+             "missing": list(result.missing), "obs_id": obs_id})
+        corrected.append(obs_id)
+    return corrected

@@ -99,6 +99,13 @@ def _born(value: str) -> str:
     return datetime.fromisoformat(value).strftime("%-d %B %Y")
 
 
+def _photo(url: str | None, name: str) -> str:
+    """The home's photo of the resident beside their name, where it keeps one (the API allows https only)."""
+    if not url or not url.startswith("https://"):
+        return ""
+    return f"<img class='cw-kit-photo' src='{ui.esc(url)}' alt='Photo of {ui.esc(name)}' width='96' height='96'> "
+
+
 def _chosen(c: Any, resident: dict[str, Any], kit_id: str) -> bool:
     """Has the carer chosen to measure this resident with this kit? Opening the page lists someone first: that is
     not a choice, and a session started for them would take the kit's readings. Picking someone else ends this
@@ -116,7 +123,7 @@ def _chosen(c: Any, resident: dict[str, Any], kit_id: str) -> bool:
         return True
     st.session_state.pop("kit_start", None)
     name = resident["display_name"]
-    st.html(f"<div class='cw-kit-choose'>Measure <b>{ui.esc(name)}</b>, born "
+    st.html(f"<div class='cw-kit-choose'>{_photo(resident.get('photo_url'), name)}Measure <b>{ui.esc(name)}</b>, born "
             f"{_born(resident['date_of_birth'])}? Check the wristband first.</div>")
     if st.button(f"Start measuring {name}", type="primary", width="stretch", key=f"kit-start-{kit_id}"):
         st.session_state["kit_start"] = wanted
@@ -168,7 +175,8 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
     with ui.api_errors():
         live = c.kit_session(session_id)
     name = resident["display_name"]
-    st.html(f"<div class='cw-kit-banner'>{ui.badge(palette.OK, 'Measuring', big=True)} <b>{ui.esc(name)}</b>, "
+    st.html(f"<div class='cw-kit-banner'>{_photo(live.get('photo_url'), name)}"
+            f"{ui.badge(palette.OK, 'Measuring', big=True)} <b>{ui.esc(name)}</b>, "
             f"born {_born(live['date_of_birth'])}<div>{ui.esc(live['kit_name'])}, session started "
             f"{local_time(live['started_at'])}. Check the wristband or photo before you measure.</div></div>")
     if not live["open"]:
@@ -260,6 +268,20 @@ with ui.api_errors():
         st.stop()
     resident = c.resident(rid)
     kits = c.kits(site=resident["site_id"])
+
+if st.session_state.get("practice_mode"):
+    with ui.api_errors():
+        condition = c.practice_home(resident["site_id"])["condition"]
+    cols = st.columns(2)
+    if condition == "well" and cols[0].button("Practice: make Pat unwell", key="practice-unwell", width="stretch"):
+        with ui.api_errors():
+            c.practice_condition(resident["site_id"], "deteriorating")
+        st.rerun()
+    if condition != "well" and cols[0].button("Practice: make Pat well again", key="practice-well", width="stretch"):
+        with ui.api_errors():
+            c.practice_condition(resident["site_id"], "well")
+        st.rerun()
+    cols[1].caption(f"The simulator's practice kit measures Pat as {condition}.")
 
 kit_id = None
 if kits:

@@ -269,3 +269,42 @@ def test_gateway_registry_lists_kit_devices_in_the_unchanged_format(client: Test
     registry = DeviceRegistry.from_document(answer.json())
     device = registry.get("A4:C1:38:00:17:01")
     assert device is not None and device.resident_id is None and device.kind.value == "pulse_oximeter"
+
+
+def test_moving_a_reading_corrects_the_staff_saved_set_that_took_it(client: TestClient, kit_home: KitHome,
+                                                                    db: psycopg.Connection) -> None:
+    """The carer chose Mary, measured John (unwell) and saved the set on Mary with the kit's values. Moving the
+    measurement to John takes those values out of Mary's staff set (kept, marked moved, scored again on what the
+    carer typed), resolves the alert that rested on it, and John's own round scores them (H-KIT-05)."""
+    k, w = kit_home, kit_home.w
+    staff = w.headers(client, "care_staff")
+    started = client.post(f"/kits/{k.kit}/sessions", json={"resident_id": k.mary}, headers=staff)
+    assert started.status_code == 201, started.text
+    at = datetime.now(UTC).replace(microsecond=0)
+    seqs = k.send(db, (Metric.SPO2, 85), (Metric.PULSE_RATE, 131), at=at)
+    db.commit()
+    saved = client.post(f"/residents/{k.mary}/observations", headers=staff, json={
+        "respiration_rate": 18, "consciousness": "A", "from_device": ["spo2", "pulse"],
+        "session_id": started.json()["session_id"], "identity_confirmed": True, "prefill_minutes": 120})
+    assert saved.status_code in (200, 201), saved.text
+    assert saved.json()["score"] >= 5
+    db.commit()
+    obs_id, = db.execute("SELECT obs_id FROM observation_sets WHERE resident_id = %s AND recorded_by = %s",
+                         (k.mary, w.users["care_staff"])).fetchone()
+    alert = db.execute("SELECT alert_id FROM alerts WHERE resident_id = %s AND kind = 'news2' "
+                       "AND status <> 'resolved'", (k.mary,)).fetchone()
+    assert alert is not None
+    moved = client.post("/readings/move", headers=staff, json={
+        "gateway_id": w.gateway_a, "seq": seqs[0], "to_resident_id": k.john, "reason": "it was John"})
+    assert moved.status_code == 200 and moved.json()["moved"] == 2, moved.text
+    db.commit()
+    spo2, pulse, rr, score, inputs = db.execute(
+        "SELECT spo2, pulse, respiration_rate, score, inputs FROM observation_sets WHERE obs_id = %s",
+        (obs_id,)).fetchone()
+    assert (spo2, pulse, rr) == (None, None, 18)  # the carer's own count stays; John's values left
+    assert score == 0 and inputs["spo2"]["source"] == "moved" and inputs["spo2"]["value"] == 85
+    assert db.execute("SELECT status FROM alerts WHERE alert_id = %s", alert).fetchone()[0] == "resolved"
+    john = db.execute("SELECT max(score) FROM observation_sets WHERE resident_id = %s", (k.john,)).fetchone()[0]
+    assert john is not None and john >= 5
+    assert db.execute("SELECT count(*) FROM alerts WHERE resident_id = %s AND kind = 'news2' "
+                      "AND status <> 'resolved'", (k.john,)).fetchone()[0] == 1

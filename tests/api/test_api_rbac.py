@@ -258,6 +258,7 @@ def body_for(method: str, path: str, w: World, target: Target) -> tuple[dict[str
         ("POST", "/readings/move"): {"gateway_id": target["reading_gateway"], "seq": int(target["reading_seq"] or 1),
                                     "to_resident_id": target["resident_id"] or w.resident_a},
         ("POST", "/alerts/{alert_id}/outcome"): {"outcome": "monitoring_plan"},
+        ("PUT", "/sites/{site_id}/practice"): {"condition": "deteriorating"},
         ("PUT", "/sites/{site_id}/escalation-policy"): {"levels": [
             {"level": 1, "name": "Staff on shift", "contacts": [{"channel": "dashboard", "recipient": "tablets"}]},
             {"level": 2, "name": "Senior on shift", "contacts": [{"channel": "sms", "recipient": "07700900001"}]},
@@ -530,6 +531,8 @@ ROUTE_PERMISSION: dict[tuple[str, str], Permission] = {
     ("GET", "/alerts/{alert_id}/deliveries"): Permission.READ_ESCALATION,
     ("GET", "/sites/{site_id}/banner"): Permission.READ,
     ("POST", "/alerts/{alert_id}/outcome"): Permission.ACT_ON_ALERT,
+    ("POST", "/sites/{site_id}/practice"): Permission.USE_KIT,
+    ("PUT", "/sites/{site_id}/practice"): Permission.USE_KIT,
 }
 
 
