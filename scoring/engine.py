@@ -37,7 +37,7 @@ from carewatch.scoring.rules import ResidentFacts, device_findings
 log = logging.getLogger("carewatch.scoring.engine")
 
 #: Residents evaluated together in one transaction (see evaluate_subjects).
-RESIDENT_BATCH = 250
+RESIDENT_BATCH = 500
 
 def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[list[ResidentFacts], list[str], list[str]]:
     residents = load_residents(conn, "r.resident_id = ANY(%s)", (list(subject_ids),))
