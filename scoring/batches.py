@@ -88,7 +88,7 @@ def lock_subjects(conn: psycopg.Connection, subject_ids: Iterable[str]) -> None:
     keys = [f"carewatch:subject:{subject}" for subject in sorted(set(subject_ids))]
     if keys:
         conn.execute("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
-                     "FROM unnest(%s::text[]) AS t(k)", (keys,))
+                     "FROM unnest(%b::text[]) AS t(k)", (keys,))
 
 
 def finish_latency(summary: EvaluationSummary, pending: list[tuple[int, datetime]]) -> None:

@@ -22,10 +22,10 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
     pass over the subjects' rows (not one scan of a subject's readings per device: a household has a dozen)."""
     where, params = "", []
     if site_ids is not None:
-        where += " AND d.site_id = ANY(%s)"
+        where += " AND d.site_id = ANY(%b)"
         params.append(list(site_ids))
     if subject_ids is not None:
-        where += " AND coalesce(d.resident_id, d.site_id) = ANY(%s)"
+        where += " AND coalesce(d.resident_id, d.site_id) = ANY(%b)"
         params.append(list(subject_ids))
     rows = conn.execute(
         f"""WITH dev AS (

@@ -40,11 +40,11 @@ log = logging.getLogger("carewatch.scoring.engine")
 RESIDENT_BATCH = 500
 
 def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[list[ResidentFacts], list[str], list[str]]:
-    residents = load_residents(conn, "r.resident_id = ANY(%s)", (list(subject_ids),))
+    residents = load_residents(conn, "r.resident_id = ANY(%b)", (list(subject_ids),))
     known = {r.resident_id for r in residents}
     rest = [s for s in subject_ids if s not in known]
     households = [row[0] for row in conn.execute(
-        "SELECT site_id FROM sites WHERE site_id = ANY(%s) AND kind = 'household' ORDER BY site_id", (rest,))]
+        "SELECT site_id FROM sites WHERE site_id = ANY(%b) AND kind = 'household' ORDER BY site_id", (rest,))]
     unknown = sorted(set(rest) - set(households))
     return residents, households, unknown
 

@@ -72,7 +72,7 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
     for alert_id, subject, kind, severity, reason, action, data, site_id, resident_id, incident_id, own_due in \
             conn.execute(
         "SELECT alert_id, subject_id, kind, severity, reason, action, data, site_id, resident_id, incident_id, "
-        "ack_due_at IS NOT NULL FROM alerts WHERE subject_id = ANY(%s) AND status <> 'resolved' ORDER BY alert_id",
+        "ack_due_at IS NOT NULL FROM alerts WHERE subject_id = ANY(%b) AND status <> 'resolved' ORDER BY alert_id",
         (subjects,),
     ).fetchall():
         alerts.setdefault(subject, []).append(
@@ -84,7 +84,7 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
         """SELECT i.incident_id, i.subject_id, i.severity, i.band, i.status, i.acknowledged_at, i.ack_due_at,
                   i.headline, i.action, i.peak_band,
                   ARRAY(SELECT alert_id FROM alerts a WHERE a.incident_id = i.incident_id AND a.status <> 'resolved')
-           FROM incidents i WHERE i.subject_id = ANY(%s) AND i.status <> 'resolved' FOR UPDATE""", (subjects,),
+           FROM incidents i WHERE i.subject_id = ANY(%b) AND i.status <> 'resolved' FOR UPDATE""", (subjects,),
     ).fetchall():
         current[subject] = (OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline,
                                          action, frozenset(members)), peak)
@@ -175,7 +175,7 @@ def _link(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) 
 def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str]) -> set[str]:
     """Residents with an open clinical incident (overdue observations then join it, H-TASK-02)."""
     return {row[0] for row in conn.execute(
-        "SELECT subject_id FROM incidents WHERE subject_id = ANY(%s) AND status <> 'resolved' "
+        "SELECT subject_id FROM incidents WHERE subject_id = ANY(%b) AND status <> 'resolved' "
         "AND category = 'clinical'", (list(resident_ids),)).fetchall()}
 
 

@@ -68,7 +68,7 @@ def _queue_event(conn: psycopg.Connection, alert_id: int, at: datetime, action: 
 def _active_suppressions(conn: psycopg.Connection, subjects: Sequence[str],
                          now: datetime) -> set[tuple[str, str | None]]:
     rows = conn.execute(
-        "SELECT subject_id, kind FROM alert_suppressions WHERE subject_id = ANY(%s) AND until > %s",
+        "SELECT subject_id, kind FROM alert_suppressions WHERE subject_id = ANY(%b) AND until > %s",
         (list(subjects), now),
     ).fetchall()
     return {(r[0], r[1]) for r in rows}
@@ -89,7 +89,7 @@ _OPEN_ALERT_SQL = """SELECT a.subject_id, a.kind, a.alert_id, a.severity, a.stat
             WHEN (a.severity = 'high' OR a.data ? 'was_high')
                  AND a.kind NOT IN ('device_silent', 'household_silent', 'battery_low', 'device_fault',
                                     'gateway_offline', 'scoring_stalled') THEN 'person' END
-FROM alerts a JOIN unnest(%s::text[], %s::text[]) AS p(subject_id, kind) USING (subject_id, kind)
+FROM alerts a JOIN unnest(%b::text[], %b::text[]) AS p(subject_id, kind) USING (subject_id, kind)
 WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
 
 

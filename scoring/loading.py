@@ -64,12 +64,12 @@ def load_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now: dateti
     out: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
     recent = now - FULL_SETS
     rows = conn.execute(
-        f"SELECT {_LIGHT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s) AND taken_at > %s "
+        f"SELECT {_LIGHT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%b) AND taken_at > %s "
         "AND taken_at <= %s ORDER BY taken_at, obs_id",
         (list(resident_ids), now - HISTORY, recent),
     ).fetchall()
     rows += conn.execute(
-        f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s) AND taken_at > %s "
+        f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%b) AND taken_at > %s "
         "AND taken_at <= %s ORDER BY taken_at, obs_id",
         (list(resident_ids), recent, now + FUTURE_SLACK),
     ).fetchall()
@@ -100,7 +100,7 @@ def reload_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredS
     recent = now - FULL_SETS
     fresh: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
     for row in conn.execute(
-        f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s) AND taken_at > %s "
+        f"SELECT {_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%b) AND taken_at > %s "
         "AND taken_at <= %s ORDER BY taken_at, obs_id",
         (list(resident_ids), recent, now + FUTURE_SLACK),
     ).fetchall():
@@ -115,7 +115,7 @@ def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: date
     out: dict[str, list[VitalReading]] = {rid: [] for rid in resident_ids}
     rows = conn.execute(
         "SELECT subject_id, metric, value, measured_at, device_id, flags, stored_at FROM readings "
-        "WHERE subject_id = ANY(%s) AND metric = ANY(%s) AND measured_at > %s AND measured_at <= %s "
+        "WHERE subject_id = ANY(%b) AND metric = ANY(%b) AND measured_at > %s AND measured_at <= %s "
         "ORDER BY measured_at",
         (list(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK),
     ).fetchall()

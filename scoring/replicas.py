@@ -310,7 +310,7 @@ class SubjectMap:
                 out.append(s)
         if unknown:
             out += [row[0] for row in conn.execute(
-                "SELECT s FROM unnest(%s::text[]) AS s WHERE carewatch_site_bucket(s, %s) = ANY(%s)",
+                "SELECT s FROM unnest(%b::text[]) AS s WHERE carewatch_site_bucket(s, %s) = ANY(%s)",
                 (unknown, self.n, sorted(held)))]
         return out
 

@@ -381,15 +381,15 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime, resident_ids: Seq
                   " AND a.status <> 'resolved'))")
         params += [now - OVERDUE_GRACE, AlertKind.OBS_OVERDUE.value]
     if site_ids is not None:
-        where += " AND r.site_id = ANY(%s)"
+        where += " AND r.site_id = ANY(%b)"
         params.append(list(site_ids))
     if resident_ids is not None:
-        where += " AND r.resident_id = ANY(%s)"
+        where += " AND r.resident_id = ANY(%b)"
         params.append(list(resident_ids))
     residents = load_residents(conn, where, params)
     state = {row[0]: row[1:] for row in conn.execute(
         "SELECT resident_id, next_obs_due, news2_at, news2_score, news2_risk, news2_complete FROM resident_state "
-        "WHERE resident_id = ANY(%s)", ([r.resident_id for r in residents],))}
+        "WHERE resident_id = ANY(%b)", ([r.resident_id for r in residents],))}
     findings = []
     open_clinical = open_clinical_incidents(conn, [r.resident_id for r in residents])
     for r in residents:
