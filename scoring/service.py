@@ -8,7 +8,8 @@ loop wakes on the first NOTIFY payload (``{"subjects": [...], "max_received_at":
 apart), takes every other payload already queued, and evaluates the notified subjects together. A second thread
 with its own connection runs the fast tick every ``tick_s`` (escalations, overdue observations) and every
 ``slow_tick_s`` the slow one (households, devices, gateways), so time-based rules never delay fresh readings.
-A third thread takes the escalation steps that are due and delivers their notifications (``carewatch.notify``).
+A third thread delivers the notifications the tick's escalation steps left pending, for this replica's sites
+only, each attempt claimed atomically, and tells the estate's admins of stalled scoring (``carewatch.notify``).
 The stored-to-alert latency of each alert is logged. A lost database connection is re-opened with back-off; an
 error in one evaluation is logged and the loop carries on.
 """
