@@ -32,7 +32,7 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
-from carewatch.scoring import lifecycle
+from carewatch.scoring import incident_store, lifecycle
 
 router = APIRouter(tags=["alerts"])
 UNRESOLVED = list(UNRESOLVED_STATUSES)
@@ -127,29 +127,63 @@ def _apply(ctx: Ctx, alert_id: int, action: str, call: Callable[[Any], Any], **d
     return _detail(ctx, scope.load_alert(ctx.conn, ctx.principal, alert_id))
 
 
+def _open_incident(ctx: Ctx, alert_id: int) -> tuple[int, bool] | None:
+    """The unresolved incident this alert is part of, and whether it is acknowledged. Notifications follow the
+    incident (H-ESC-13): acknowledging, escalating or recording an outcome on one of its alerts acts on the
+    incident, so its ladder stops exactly as it does from the incident's own card."""
+    row = ctx.conn.execute(
+        "SELECT i.incident_id, i.acknowledged_at IS NOT NULL FROM alerts a JOIN incidents i "
+        "ON i.incident_id = a.incident_id WHERE a.alert_id = %s AND i.resolved_at IS NULL", (alert_id,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 @router.post("/alerts/{alert_id}/acknowledge", response_model=AlertDetail,
-             summary="Acknowledge: someone is looking at it", responses={409: {"description": "Not open"}})
+             summary="Acknowledge: someone is looking at it (its incident too, when it is part of one)",
+             responses={409: {"description": "Not open"}})
 def acknowledge(ctx: Context, alert_id: int, body: AcknowledgeIn) -> AlertDetail:
-    return _apply(ctx, alert_id, "acknowledge",
-                  lambda m: m.acknowledge(ctx.conn, alert_id, ctx.principal.username, comment=body.comment))
+    user = ctx.principal.username
+
+    def act(m: Any) -> None:
+        incident = _open_incident(ctx, alert_id)
+        if incident is not None and not incident[1]:
+            incident_store.acknowledge(ctx.conn, incident[0], user, body.comment)  # acknowledges this alert too
+        else:
+            m.acknowledge(ctx.conn, alert_id, user, comment=body.comment)
+
+    return _apply(ctx, alert_id, "acknowledge", act)
 
 
 @router.post("/alerts/{alert_id}/escalate", response_model=AlertDetail,
-             summary="Record an escalation and its outcome (GP called, NHS 111, 999, ...)",
+             summary="Record an escalation and its outcome (GP called, NHS 111, 999, ...); on its incident too",
              responses={409: {"description": "Already resolved"}})
 def escalate(ctx: Context, alert_id: int, body: EscalateIn) -> AlertDetail:
-    return _apply(ctx, alert_id, "escalate",
-                  lambda m: m.escalate(ctx.conn, alert_id, ctx.principal.username, body.outcome.value,
-                                       comment=body.comment), outcome=body.outcome.value)
+    user, value = ctx.principal.username, body.outcome.value
+
+    def act(m: Any) -> None:
+        incident = _open_incident(ctx, alert_id)
+        if incident is not None:
+            incident_store.escalate(ctx.conn, incident[0], user, value, body.comment)  # escalates this alert too
+        else:
+            m.escalate(ctx.conn, alert_id, user, value, comment=body.comment)
+
+    return _apply(ctx, alert_id, "escalate", act, outcome=value)
 
 
 @router.post("/alerts/{alert_id}/outcome", response_model=AlertDetail,
              summary="Record what was done after acknowledging (monitoring plan, GP, 111, 999, admitted): a medium "
-                     "or high NEWS2 alert without one escalates again", responses={409: {"description": "Resolved"}})
+                     "or high NEWS2 alert without one escalates again; recorded on its incident too",
+             responses={409: {"description": "Resolved"}})
 def outcome(ctx: Context, alert_id: int, body: AlertOutcomeIn) -> AlertDetail:
-    return _apply(ctx, alert_id, "outcome",
-                  lambda m: m.record_outcome(ctx.conn, alert_id, ctx.principal.username, body.outcome.value,
-                                             comment=body.comment), outcome=body.outcome.value)
+    user, value = ctx.principal.username, body.outcome.value
+
+    def act(m: Any) -> None:
+        incident = _open_incident(ctx, alert_id)
+        if incident is not None:
+            incident_store.record_outcome(ctx.conn, incident[0], user, value, body.comment)  # this alert's too
+        else:
+            m.record_outcome(ctx.conn, alert_id, user, value, comment=body.comment)
+
+    return _apply(ctx, alert_id, "outcome", act, outcome=value)
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail, summary="Resolve with what was done",

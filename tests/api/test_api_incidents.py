@@ -64,6 +64,32 @@ def test_one_incident_per_resident_with_its_components_and_one_acknowledgement(
     assert [i["incident_id"] for i in resolved.json()["items"]] == [world.incident_a]
 
 
+def test_acting_on_a_component_alert_acts_on_its_incident(client: TestClient, world: World,
+                                                          db: psycopg.Connection) -> None:
+    """An API caller acknowledging one alert must stop the incident's ladder, as the incident's card does:
+    otherwise the home keeps being notified about a problem someone is already dealing with (H-ESC-13)."""
+    soft = _add_alert(db, world, "soft_signs", "medium", {"soft_signs": ["drowsy"]})
+    headers = world.headers(client, "care_staff")
+    acked = client.post(f"/alerts/{soft}/acknowledge", json={"comment": "with her now"}, headers=headers)
+    assert acked.status_code == 200, acked.text
+    incident = client.get(f"/incidents/{world.incident_a}", headers=headers).json()
+    assert incident["status"] == "acknowledged" and incident["acknowledged_by"] == world.users["care_staff"]
+    assert incident["ack_due_at"] is None
+    assert all(c["acknowledged_by"] == world.users["care_staff"] for c in incident["components"])
+    # every component is acknowledged with the incident: acknowledging another one again is refused
+    assert client.post(f"/alerts/{world.alert_a}/acknowledge", json={}, headers=headers).status_code == 409
+    gp = world.headers(client, "gp")
+    out = client.post(f"/alerts/{soft}/outcome", json={"outcome": "gp_called"}, headers=gp)
+    assert out.status_code == 200, out.text
+    incident = client.get(f"/incidents/{world.incident_a}", headers=headers).json()
+    assert (incident["outcome"], incident["outcome_by"]) == ("gp_called", world.users["gp"])
+    assert incident["notify_due_at"] is None  # the outcome ends the incident's follow-up ladder
+    esc = client.post(f"/alerts/{world.alert_a}/escalate", json={"outcome": "nhs_111"}, headers=gp)
+    assert esc.status_code == 200, esc.text
+    incident = client.get(f"/incidents/{world.incident_a}", headers=headers).json()
+    assert incident["status"] == "escalated" and incident["escalated_by"] == world.users["gp"]
+
+
 def test_band_rise_re_opens_an_acknowledged_incident(client: TestClient, world: World,
                                                     db: psycopg.Connection) -> None:
     headers = world.headers(client, "care_staff")
