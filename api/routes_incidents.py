@@ -15,6 +15,7 @@ import psycopg
 from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
+from carewatch.alerts import Severity
 from carewatch.api import scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.routes_escalation import deliveries_of
@@ -80,6 +81,9 @@ def list_incidents(
                                                                                   "unresolved.")] = None,
     category: Annotated[list[str] | None, Query(description="clinical, household, device, data; repeatable.")]
     = None,
+    severity: Annotated[list[Severity] | None, Query(description="high, medium, low, info; repeatable (default: "
+                                                                "all). Filtered here, not in the page: a client "
+                                                                "filtering one page would miss the rest.")] = None,
 ) -> dict:
     statuses = incident_status or UNRESOLVED
     bad = set(statuses) - {*UNRESOLVED, "resolved"}
@@ -98,9 +102,11 @@ def list_incidents(
                   AND (%(site)s::text IS NULL OR i.site_id = %(site)s)
                   AND (%(resident)s::text IS NULL OR i.resident_id = %(resident)s)
                   AND (%(category)s::text[] IS NULL OR i.category = ANY(%(category)s))
+                  AND (%(severity)s::text[] IS NULL OR i.severity = ANY(%(severity)s))
                 ORDER BY {SEVERITY_ORDER} DESC, {BAND_ORDER} DESC, i.opened_at DESC, i.incident_id DESC
                 LIMIT %(limit)s OFFSET %(offset)s""",
             {**ctx.params, "statuses": statuses, "site": site, "resident": resident, "category": category,
+             "severity": [str(v.value) for v in severity] if severity else None,
              "limit": paging.limit + 1, "offset": paging.offset},
         ).fetchall()
     page = rows[: paging.limit]

@@ -275,9 +275,13 @@ class ApiClient:
 
     # -- incidents and tasks ------------------------------------------------------------------------------
     def incidents(self, site: str | None = None, resident: str | None = None,
-                  statuses: tuple[str, ...] = UNRESOLVED_INCIDENTS, most: int | None = None) -> Items:
-        """One per person, home, device or hub, worst first, each with its unresolved components."""
+                  statuses: tuple[str, ...] = UNRESOLVED_INCIDENTS, most: int | None = None,
+                  severities: tuple[str, ...] = ()) -> Items:
+        """One per person, home, device or hub, worst first, each with its unresolved components. Severities are
+        filtered by the API (a page filtered here would miss the rest)."""
         params: dict[str, Any] = {"status": list(statuses)}
+        if severities:
+            params["severity"] = list(severities)
         if site:
             params["site"] = site
         if resident:

@@ -24,8 +24,8 @@ if not severities:
     st.info("Choose at least one severity to see incidents.")
     st.stop()
 with ui.api_errors():
-    found = c.incidents(statuses=tuple(statuses) or UNRESOLVED_INCIDENTS)
-incidents = sorted((i for i in found if i["severity"] in severities),
+    found = c.incidents(statuses=tuple(statuses) or UNRESOLVED_INCIDENTS, severities=tuple(severities))
+incidents = sorted(found,
                    key=lambda i: (-SEVERITY_RANK.get(i["severity"], 0), -datetime.fromisoformat(
                        str(i["opened_at"])).timestamp(), i["incident_id"]))
 cols[2].metric("Shown", f"{len(incidents):,}+" if found.truncated else len(incidents))

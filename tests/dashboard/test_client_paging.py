@@ -4,6 +4,7 @@ says so when it stops there; filters (the inbox's severities) go to the API so t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from carewatch.dashboard import client as client_module
 from carewatch.dashboard.client import PAGE_SIZE, ApiClient
+from carewatch.scoring.incident_store import sync_incidents
 
 SignIn = Callable[..., AppTest]
 
@@ -117,7 +119,7 @@ def test_estate_page_says_when_the_list_was_cut(sign_in: SignIn, estate: DashWor
 
 
 def test_inbox_severity_filter_is_done_by_the_api(sign_in: SignIn, estate: DashWorld, database: str) -> None:
-    """510 medium alerts sort ahead of one low alert: filtering the first 500 in the page would lose it."""
+    """510 medium incidents sort ahead of one low incident: filtering the first 500 in the page would lose it."""
     rid = estate.residents_b[0]
     rows: list[tuple[Any, ...]] = [(estate.home_b, rid, f"{rid}-probe{i}", "soft_signs", "medium", f"medium {i}")
                                    for i in range(510)]
@@ -126,9 +128,11 @@ def test_inbox_severity_filter_is_done_by_the_api(sign_in: SignIn, estate: DashW
         conn.cursor().executemany(
             """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action)
                VALUES (%s, %s, %s, %s, %s, %s, 'look')""", rows)
+        sync_incidents(conn, [row[2] for row in rows], datetime.now(UTC))  # one incident per subject
         unresolved = dict(conn.execute(
-            """SELECT severity, count(*) FROM alerts WHERE status <> 'resolved' AND site_id IN (%s, %s)
+            """SELECT severity, count(*) FROM incidents WHERE status <> 'resolved' AND site_id IN (%s, %s)
                GROUP BY severity""", (estate.home_a, estate.home_b)).fetchall())
+    assert unresolved["medium"] > PAGE_SIZE
     at = sign_in(estate.users["gp"])
     at.multiselect(key="inbox-severity").set_value(["low"]).run()
     assert not at.exception, [e.value for e in at.exception]
