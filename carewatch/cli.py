@@ -261,6 +261,10 @@ def sim(
         help="ble (bytes through the gateway code) | mqtt (wire messages) | jsonl (wire messages to --out)")] = "ble",
     out: Annotated[Path | None, typer.Option(help="File for --output jsonl: one readings message per line.")] = None,
     ground_truth: Annotated[Path | None, typer.Option(help="Write ground truth JSON lines here.")] = None,
+    kits: Annotated[bool, typer.Option(
+        "--kits/--bound-devices",
+        help="--output ble: care homes measure with a shared kit driven through the API (default), or each "
+             "resident has their own devices.")] = True,
 ) -> None:
     """Simulate residents, households and their devices, with scripted scenarios and ground truth."""
     from carewatch.firmware_sim.cli import run_sim
@@ -268,7 +272,7 @@ def sim(
     _configure_logging()
     raise typer.Exit(run_sim(get_settings(), residents=residents, per_home=per_home, households=households,
                              scenarios=list(scenario or []), mode=mode, accelerate=accelerate, days=days, seed=seed,
-                             start=start, output=output, out=out, ground_truth=ground_truth))
+                             start=start, output=output, out=out, ground_truth=ground_truth, kits=kits))
 
 
 @app.command()

@@ -242,8 +242,12 @@ class TabletCarer:
     """Performs :class:`TabletAction` s against the API as a care-staff member of the action's home."""
 
     def __init__(self, api_url: str, token_for: Callable[[str], str | None], *, wait_s: float = 5.0,
-                 http: httpx.Client | None = None, forget_tokens: Callable[[], None] | None = None) -> None:
+                 http: httpx.Client | None = None, forget_tokens: Callable[[], None] | None = None,
+                 send_time: bool = True) -> None:
         self.token_for = token_for
+        # The simulated time goes with each start and end on a simulated-time platform (data clock); a platform on
+        # the wall clock (a simulation in real time) refuses it and uses its own "now", as for a real tablet.
+        self.send_time = send_time
         self.forget_tokens = forget_tokens  # an access token expired: sign in again
         self.wait_s = wait_s
         self.sessions: dict[str, int] = {}  # kit -> this carer's open session
@@ -266,6 +270,9 @@ class TabletCarer:
         reply.raise_for_status()
         return reply.json()
 
+    def _at(self, a: TabletAction) -> dict[str, str]:
+        return {"at": a.at.isoformat()} if self.send_time else {}
+
     def __call__(self, action: TabletAction) -> None:
         with self._lock:
             try:
@@ -276,7 +283,7 @@ class TabletCarer:
 
     def _start(self, a: TabletAction, resident_id: str | None = None) -> int:
         s = self._call("POST", f"/kits/{a.kit_id}/sessions", a.site_id, json={
-            "resident_id": resident_id or a.resident_id, "replace": True, "at": a.at.isoformat()})
+            "resident_id": resident_id or a.resident_id, "replace": True, **self._at(a)})
         self.sessions[a.kit_id] = s["session_id"]
         self.counters.sessions += 1
         return int(s["session_id"])
@@ -284,8 +291,7 @@ class TabletCarer:
     def _save(self, a: TabletAction) -> None:
         session = self.sessions.pop(a.kit_id, None)
         if session is not None:
-            self._call("POST", f"/kit-sessions/{session}/end", a.site_id, json={"reason": "saved",
-                                                                               "at": a.at.isoformat()})
+            self._call("POST", f"/kit-sessions/{session}/end", a.site_id, json={"reason": "saved", **self._at(a)})
             self.counters.saved += 1
 
     def _claim(self, a: TabletAction) -> None:

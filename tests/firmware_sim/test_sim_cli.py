@@ -197,3 +197,59 @@ def test_direct_mqtt_output_is_paced_and_continues_its_sequence_across_runs(
     assert paced["readings_published"] == first["readings_published"]
     # the second run went on from where the first stopped (kept in the state dir): no seq is reused
     assert paced["sequence"] == {gw: 2 * n for gw, n in first["sequence"].items()}
+
+
+def test_sim_care_homes_use_shared_kits_by_default_driven_through_the_api(
+        database: str, mqtt_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside the demo too, a simulated care home measures with a shared kit: its simulated carer signs in, and
+    the rounds (mistakes included) start, claim, correct and save sessions through the API on a data clock while
+    the kit's readings go through the real gateway, MQTT and ingest. Nothing lands on the wrong resident."""
+    import socket
+    import uuid
+
+    import uvicorn
+
+    from carewatch.api.app import create_app
+    from carewatch.firmware_sim.cli import _run_fleet, plan_kit_homes
+    from carewatch.ingest.consumer import IngestWorker
+
+    uid = uuid.uuid4().hex[:6]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(database_url=database, mqtt_url=mqtt_url, state_dir=tmp_path, clock="data",
+                        jwt_secret="sim-kits-" + "k" * 40, api_url=f"http://127.0.0.1:{port}", publish_batch_ms=50,
+                        ingest_batch_ms=50, ingest_shared=False)
+    start = (datetime.now(UTC) - timedelta(days=1)).replace(hour=7, minute=40, second=0, microsecond=0)
+    # a seed of its own: the world's NHS numbers follow the seed, and a resident whose number another test's world
+    # already stored would not be seeded (the run's database is shared)
+    world = make_world(seed=90217, residents=5, per_home=5, households=0, scenarios=[], start=start,
+                       site_ids=[f"simkit-{uid}"])
+    assert plan_kit_homes(settings, world, None, kits=True) == []  # no API answering: own devices, said so
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    worker = IngestWorker(settings, worker_id=f"simkit-{uid}", shared=False)
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.start()
+        assert plan_kit_homes(settings, world, None, kits=True) == [f"simkit-{uid}"]
+        assert plan_kit_homes(settings, world, None, kits=False) == []
+        capsys.readouterr()
+        assert _run_fleet(settings, world, accelerate=1800, days=6 / 24) == 0
+        summary = next(json.loads(line) for line in reversed(capsys.readouterr().out.splitlines())
+                       if line.startswith('{"events"'))
+    finally:
+        worker.stop(timeout=15)
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert summary["kit_homes"] == [f"simkit-{uid}"]
+    assert summary["kit_sessions"] >= 2 and summary["kit_actions_failed"] == 0, summary
+    assert summary["kit_readings"] > 0 and summary["readings_attributed_wrong"] == 0, summary
+    with psycopg.connect(database) as conn:
+        bound = conn.execute("SELECT count(*) FROM devices WHERE site_id = %s AND resident_id IS NOT NULL",
+                             (f"simkit-{uid}",)).fetchone()[0]
+        seeded = conn.execute("SELECT count(*) FROM residents WHERE site_id = %s", (f"simkit-{uid}",)).fetchone()[0]
+    assert bound == 0 and seeded == 5  # the home's residents share its kit
