@@ -461,3 +461,37 @@ def test_shared_kit_round_values_arrive_live_then_next_resident_starts_clean(
     assert nxt == (k.john, None)
     _shot(page, shots / "10-kit-next-resident.png")
     page.context.close()
+
+
+def test_practice_mode_is_marked_on_every_page_and_shows_only_the_practice_resident(
+        browser: Any, stack: Stack, kit_world: KitWorld, database: str, shots: Path) -> None:
+    """The sidebar's practice switch: the Practice badge on every page, the home grid and the health check offer
+    the practice resident only (never Mary or John), Pat can be made unwell; switched off, the real home is back."""
+    k = kit_world
+    page = _sign_in(browser, stack, k.staff)
+    page.locator(".cw-residents .cw-card", has_text="Mary Smith").wait_for()
+    page.get_by_text("Practice mode (training)").click()
+    page.locator(".cw-practice").first.wait_for()
+    _settle(page)
+    assert "Practice" in page.locator(".cw-practice").first.inner_text()
+    page.locator(".cw-residents .cw-card", has_text="Practice: Pat Example").wait_for()
+    cards = page.locator(".cw-residents .cw-card").all_inner_texts()
+    assert not any("Mary Smith" in c or "John Jones" in c for c in cards), cards
+    _shot(page, shots / "11-practice-home.png")
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Record a health check", exact=True).click()
+    page.get_by_role("heading", name="Record a physical health check").wait_for()
+    _settle(page)
+    page.locator(".cw-practice").first.wait_for()  # marked here too
+    page.get_by_role("button", name="Practice: make Pat unwell").click()
+    page.get_by_role("button", name="Practice: make Pat well again").wait_for()
+    with psycopg.connect(database) as conn:
+        condition, practice = conn.execute("SELECT practice_condition, practice FROM residents WHERE site_id = %s "
+                                           "AND practice", (k.site,)).fetchone()
+    assert (condition, practice) == ("deteriorating", True)
+    page.get_by_role("button", name="Start measuring Practice: Pat Example").wait_for()
+    _shot(page, shots / "12-practice-health-check.png")
+    page.get_by_text("Practice mode (training)").click()
+    _settle(page)
+    assert page.locator(".cw-practice").count() == 0
+    page.get_by_role("button", name="Start measuring Practice: Pat Example").wait_for(state="detached")
+    page.context.close()
