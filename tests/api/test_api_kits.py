@@ -308,3 +308,20 @@ def test_moving_a_reading_corrects_the_staff_saved_set_that_took_it(client: Test
     assert john is not None and john >= 5
     assert db.execute("SELECT count(*) FROM alerts WHERE resident_id = %s AND kind = 'news2' "
                       "AND status <> 'resolved'", (k.john,)).fetchone()[0] == 1
+
+
+def test_the_session_banner_carries_the_photo_the_home_keeps(client: TestClient, kit_home: KitHome) -> None:
+    """Name, date of birth and, where the home keeps one, the photo (an https address a manager sets): the carer
+    checks the face before measuring (H-KIT-04). Anything but https is refused."""
+    k, w = kit_home, kit_home.w
+    manager, staff = w.headers(client, "manager"), w.headers(client, "care_staff")
+    for bad in ("http://photos.home.test/mary.jpg", "javascript:alert(1)", "https://x.test/a b.jpg"):
+        assert client.patch(f"/residents/{k.mary}", headers=manager, json={"photo_url": bad}).status_code == 422
+    url = "https://photos.home.test/residents/mary.jpg"
+    set_photo = client.patch(f"/residents/{k.mary}", headers=manager, json={"photo_url": url})
+    assert set_photo.status_code == 200 and set_photo.json()["photo_url"] == url
+    session = client.post(f"/kits/{k.kit}/sessions", json={"resident_id": k.mary}, headers=staff)
+    assert session.status_code == 201 and session.json()["photo_url"] == url
+    assert client.get(f"/kit-sessions/{session.json()['session_id']}", headers=staff).json()["photo_url"] == url
+    john = client.post(f"/kits/{k.kit}/sessions", json={"resident_id": k.john, "replace": True}, headers=staff)
+    assert john.status_code == 201 and john.json()["photo_url"] is None  # no photo kept: none shown

@@ -310,6 +310,10 @@ class KitWorld:
     thermometer: RegisteredDevice
 
 
+#: Where Mary's home keeps her photo (never fetched here: the banner's img names it, H-KIT-04).
+MARY_PHOTO = "https://photos.kithome.invalid/mary.jpg"
+
+
 @pytest.fixture(scope="module")
 def kit_world(database: str) -> KitWorld:
     from carewatch.api.users import create_user
@@ -325,9 +329,10 @@ def kit_world(database: str) -> KitWorld:
     with psycopg.connect(database) as conn:
         conn.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', %s)",
                      (k.site, f"Kit home {uid}"))
-        for rid, name, born in ((k.mary, "Mary Smith", "1937-04-12"), (k.john, "John Jones", "1931-11-02")):
-            conn.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
-                         "VALUES (%s, %s, %s, %s)", (rid, k.site, name, born))
+        for rid, name, born, photo in ((k.mary, "Mary Smith", "1937-04-12", MARY_PHOTO),
+                                       (k.john, "John Jones", "1931-11-02", None)):
+            conn.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, photo_url) "
+                         "VALUES (%s, %s, %s, %s, %s)", (rid, k.site, name, born, photo))
         conn.execute("INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s)", (k.gateway, k.site))
         kit_sessions.ensure_kits(conn, [(k.kit, k.site, "kit-01")])
         for d in (k.oximeter, k.thermometer):
@@ -398,6 +403,7 @@ def test_shared_kit_round_values_arrive_live_then_next_resident_starts_clean(
     banner = page.locator(".cw-kit-banner")
     banner.wait_for()
     assert "Mary Smith" in banner.inner_text() and "born 12 April 1937" in banner.inner_text()
+    assert banner.locator("img.cw-kit-photo").get_attribute("src") == MARY_PHOTO  # the photo the home keeps
     with psycopg.connect(database) as conn:
         session, resident, by = conn.execute(
             "SELECT session_id, resident_id, started_by FROM kit_sessions WHERE kit_id = %s AND ended_at IS NULL",
@@ -453,6 +459,7 @@ def test_shared_kit_round_values_arrive_live_then_next_resident_starts_clean(
     _choose(page, "check-resident", "John Jones")
     page.get_by_role("button", name="Start measuring John Jones").click()
     page.locator(".cw-kit-banner", has_text="John Jones").wait_for()
+    assert page.locator(".cw-kit-banner img").count() == 0  # none kept for John: none shown
     assert page.get_by_role("spinbutton", name="Oxygen level, SpO2 (%)", exact=True).input_value() == ""
     assert page.get_by_role("spinbutton", name="Temperature (°C)", exact=True).input_value() == ""
     with psycopg.connect(database) as conn:
