@@ -526,7 +526,10 @@ def _practice_home(ctx: Ctx, site_id: str) -> dict[str, Any]:
         raise scope.not_found("site")
     if site["kind"] != "care_home":
         raise HTTPException(status.HTTP_409_CONFLICT, "practice mode is for care homes")
-    return kit_sessions.ensure_practice(ctx.conn, site_id)
+    try:
+        return kit_sessions.ensure_practice(ctx.conn, site_id)
+    except kit_sessions.SessionRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
 @router.post("/sites/{site_id}/practice", response_model=PracticeOut,

@@ -186,8 +186,8 @@ def ensure_practice(conn: psycopg.Connection, site_id: str) -> dict[str, Any]:
             """SELECT r.resident_id, r.site_id, r.display_name, r.date_of_birth, r.practice_condition AS condition,
                       k.kit_id FROM residents r JOIN kits k ON k.site_id = r.site_id AND k.practice
                WHERE r.site_id = %s AND r.practice""", (site_id,)).fetchone()
-    if row is None:  # pragma: no cover - the two inserts above just made them
-        raise SessionRefused("the home has no practice resident")
+    if row is None:  # a real resident (or kit) already has the practice id: never turn them into practice data
+        raise SessionRefused(f"{resident_id} or {kit_id} is already in use by a real resident or kit of this home")
     return row
 
 

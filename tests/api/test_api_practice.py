@@ -158,3 +158,17 @@ def test_practice_data_stays_out_of_every_real_view_and_export(client: TestClien
     assert [r["resident_id"] for r in residents] == [p["resident"]] and residents[0]["practice"] is True
     assert client.get(f"/residents/{w.resident_a}", headers=staff_practice).status_code == 404
     assert w.alert_a not in {a["alert_id"] for a in client.get("/alerts", headers=staff_practice).json()["items"]}
+
+
+def test_a_real_resident_is_never_turned_into_the_practice_one(client: TestClient, world: World,
+                                                               db: psycopg.Connection) -> None:
+    """A real resident already holding the practice id stays real: practice mode answers 409, nothing changes."""
+    w = world
+    db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
+               "VALUES (%s, %s, 'Real Person', '1930-01-01')", (f"practice-{w.home_b}", w.home_b))
+    db.commit()
+    other = {"Authorization": w.headers(client, "admin")["Authorization"], **PRACTICE}
+    refused = client.post(f"/sites/{w.home_b}/practice", headers=other)
+    assert refused.status_code == 409, refused.text
+    assert db.execute("SELECT practice FROM residents WHERE resident_id = %s",
+                      (f"practice-{w.home_b}",)).fetchone()[0] is False
