@@ -33,6 +33,7 @@ from carewatch.api.schemas import (
 )
 from carewatch.api.scope import Permission
 from carewatch.scoring import incident_store, lifecycle
+from carewatch.subjects import Subject, SubjectKind
 
 router = APIRouter(tags=["alerts"])
 UNRESOLVED = list(UNRESOLVED_STATUSES)
@@ -204,7 +205,8 @@ def comment(ctx: Context, alert_id: int, body: CommentIn) -> AlertDetail:
              tags=["alerts"], summary="Snooze one alert kind (or all) for a resident, with a reason and an end")
 def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
     ctx.require(Permission.SNOOZE)
-    ctx.resident(resident_id, action="update", clinical=True, change="snooze", kind=body.kind, reason=body.reason)
+    resident = ctx.resident(resident_id, action="update", clinical=True, change="snooze", kind=body.kind,
+                            reason=body.reason)
     if body.kind is not None and body.kind not in AlertKind._value2member_map_:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             [{"loc": ["body", "kind"], "field": "kind", "type": "value_error",
@@ -219,7 +221,10 @@ def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
                               "msg": f"must be in the future and at most {hours} hours ahead for this kind"}])
     try:
         with ctx.conn.transaction():
-            lifecycle.snooze(ctx.conn, resident_id, body.kind, ctx.principal.username, body.reason, until)
+            # the resident as a (kind, id) subject of their own home: never a household, device or gateway whose
+            # id happens to be the same (issue 13, finding 1)
+            lifecycle.snooze(ctx.conn, Subject(SubjectKind.RESIDENT, resident_id), resident["site_id"], body.kind,
+                             ctx.principal.username, body.reason, until)
     except psycopg.Error:
         raise
     except TRANSITION_ERRORS as exc:

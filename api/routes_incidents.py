@@ -223,7 +223,8 @@ def site_tasks(ctx: Context, site_id: str) -> TaskList:
         rows = cur.execute(
             f"""SELECT r.resident_id, r.display_name, r.site_id, r.obs_per_day, r.created_at, st.next_obs_due,
                        st.next_obs_why, st.news2_at, st.news2_score, st.news2_risk, st.news2_complete,
-                       EXISTS (SELECT 1 FROM incidents i WHERE i.subject_id = r.resident_id
+                       EXISTS (SELECT 1 FROM incidents i
+                               WHERE i.subject_kind = 'resident' AND i.subject_id = r.resident_id
                                AND i.status <> 'resolved' AND i.category = 'clinical') AS open_clinical
                 FROM residents r JOIN sites s ON s.site_id = r.site_id
                 LEFT JOIN resident_state st ON st.resident_id = r.resident_id

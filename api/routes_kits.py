@@ -25,6 +25,7 @@ from carewatch.ingest import kit_sessions, store
 from carewatch.ingest.attribution import CLAIM_WINDOW, MOVE_WINDOW, identity_doubts
 from carewatch.scoring.engine import evaluate_subjects, withdraw_device_values
 from carewatch.scoring.rules import LOCAL_TZ
+from carewatch.subjects import SubjectKind
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Ident
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,9 @@ def _kit_readings(ctx: Ctx, kit: dict[str, Any], low: datetime, high: datetime) 
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT gateway_id, seq, device_id, metric, value, measured_at FROM readings
-               WHERE subject_id = %s AND measured_at >= %s AND measured_at < %s AND metric <> 'battery'
-               ORDER BY measured_at DESC, seq DESC LIMIT 200""", (kit["kit_id"], low, high)).fetchall()
+               WHERE subject_kind = 'kit' AND subject_id = %s AND measured_at >= %s AND measured_at < %s
+                 AND metric <> 'battery' AND site_id = %s
+               ORDER BY measured_at DESC, seq DESC LIMIT 200""", (kit["kit_id"], low, high, kit["site_id"])).fetchall()
     return [KitReading(**r, unit=METRICS[r["metric"]].unit, words=_words(kit["name"], r["measured_at"]))
             for r in rows]
 
@@ -213,8 +215,8 @@ def _usual(ctx: Ctx, resident_id: str, session_id: int, now: datetime) -> dict[s
 
     rows = ctx.conn.execute(
         """SELECT metric, percentile_cont(0.5) WITHIN GROUP (ORDER BY value), count(*) FROM readings
-           WHERE subject_id = %s AND metric = ANY(%s) AND measured_at >= %s AND measured_at <= %s
-             AND session_id IS DISTINCT FROM %s AND NOT (flags && %s::text[])
+           WHERE subject_kind = 'resident' AND subject_id = %s AND metric = ANY(%s) AND measured_at >= %s
+             AND measured_at <= %s AND session_id IS DISTINCT FROM %s AND NOT (flags && %s::text[])
            GROUP BY metric""",
         (resident_id, list(IDENTITY_DISTANCE), now - USUAL_WINDOW, now + MAX_FUTURE, session_id, _UNTRUSTED)
     ).fetchall()
@@ -253,7 +255,7 @@ def _session_out(ctx: Ctx, row: dict[str, Any], ended: dict[str, Any] | None = N
     is_open = row["ended_at"] is None
     claimable: list[KitReading] = []
     if is_open:
-        kit = {"kit_id": row["kit_id"], "name": row["kit_name"]}
+        kit = {"kit_id": row["kit_id"], "name": row["kit_name"], "site_id": row["site_id"]}
         claimable = _kit_readings(ctx, kit, row["started_at"] - CLAIM_WINDOW, row["started_at"])
     return SessionOut(
         session_id=row["session_id"], kit_id=row["kit_id"], kit_name=row["kit_name"], site_id=row["site_id"],
@@ -371,7 +373,8 @@ def claim_readings(ctx: Context, session_id: int, body: ClaimIn) -> SessionOut:
         raise HTTPException(status.HTTP_409_CONFLICT, "this session has ended: start a new one to claim readings")
     kit_sessions.lock_kits(ctx.conn, [row["kit_id"]])
     allowed = {(r.gateway_id, r.seq) for r in _kit_readings(
-        ctx, {"kit_id": row["kit_id"], "name": row["kit_name"]}, row["started_at"] - CLAIM_WINDOW, row["started_at"])}
+        ctx, {"kit_id": row["kit_id"], "name": row["kit_name"], "site_id": row["site_id"]},
+        row["started_at"] - CLAIM_WINDOW, row["started_at"])}
     wanted = {(r.gateway_id, r.seq) for r in body.readings} or allowed
     refused = wanted - allowed
     if refused:
@@ -425,7 +428,7 @@ def recent_kit_readings(ctx: Context, kit_id: str,
             """SELECT r.gateway_id, r.seq, r.device_id, r.metric, r.value, r.measured_at, r.stored_at,
                       res.resident_id, res.display_name AS resident_name
                FROM readings r JOIN devices d ON d.device_id = r.device_id
-               LEFT JOIN residents res ON res.resident_id = r.subject_id
+               LEFT JOIN residents res ON r.subject_kind = 'resident' AND res.resident_id = r.subject_id
                WHERE d.kit_id = %s AND r.stored_at >= %s AND r.metric <> 'battery'
                ORDER BY r.measured_at DESC, r.seq DESC LIMIT 200""",
             (kit_id, now - timedelta(minutes=minutes))).fetchall()
@@ -473,12 +476,13 @@ def move_reading(ctx: Context, body: MoveIn) -> MoveOut:
                           reading=f"{body.gateway_id}:{body.seq}")
     if target["site_id"] != reading["site_id"]:
         raise HTTPException(status.HTTP_409_CONFLICT, "the resident does not live in the home this reading came from")
-    old = reading["subject_id"]
-    from_resident = old if old != reading["kit_id"] else None
+    old, old_kind = reading["subject_id"], reading["subject_kind"]
+    # a resident's reading, or the kit's own (not yet assigned): never by what the id looks like (issue 13)
+    from_resident = old if old_kind == SubjectKind.RESIDENT else None
     kit_sessions.lock_kits(ctx.conn, [reading["kit_id"]])
     siblings = ctx.conn.execute(
-        "SELECT gateway_id, seq FROM readings WHERE device_id = %s AND measured_at = %s AND subject_id = %s",
-        (reading["device_id"], reading["measured_at"], old)).fetchall()
+        "SELECT gateway_id, seq FROM readings WHERE device_id = %s AND measured_at = %s AND subject_kind = %s "
+        "AND subject_id = %s", (reading["device_id"], reading["measured_at"], old_kind, old)).fetchall()
     target_session = ctx.conn.execute(
         "SELECT session_id FROM kit_sessions WHERE kit_id = %s AND resident_id = %s AND ended_at IS NULL",
         (reading["kit_id"], body.to_resident_id)).fetchone()

@@ -49,7 +49,8 @@ def recent_device_values(ctx: Ctx, resident_id: str, minutes: int, now: datetime
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT metric, value, device_id, measured_at, flags FROM latest_readings
-               WHERE subject_id = %s AND metric = ANY(%s) AND measured_at >= %s AND measured_at <= %s""",
+               WHERE subject_kind = 'resident' AND subject_id = %s AND metric = ANY(%s) AND measured_at >= %s
+                 AND measured_at <= %s""",
             (resident_id, list(metric_to_param), now - timedelta(minutes=minutes), now + MAX_FUTURE),
         ).fetchall()
     values: dict[str, PrefillValue] = {}
@@ -284,7 +285,8 @@ def readings_timeline(
         if chosen == "raw":
             rows = cur.execute(
                 """SELECT measured_at AS t, value, NULL::float8 AS min, NULL::float8 AS max, 1 AS n FROM readings
-                   WHERE subject_id = %(rid)s AND metric = %(metric)s AND measured_at >= %(start)s
+                   WHERE subject_kind = 'resident' AND subject_id = %(rid)s AND metric = %(metric)s
+                     AND measured_at >= %(start)s
                      AND measured_at < %(end)s AND NOT (flags && %(untrusted)s::text[])
                    ORDER BY measured_at LIMIT %(limit)s""", values).fetchall()
         else:
@@ -292,7 +294,8 @@ def readings_timeline(
                 """SELECT date_bin(%(width)s, measured_at, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS t,
                           avg(value) AS value, min(value) AS min, max(value) AS max, count(*) AS n
                    FROM readings
-                   WHERE subject_id = %(rid)s AND metric = %(metric)s AND measured_at >= %(start)s
+                   WHERE subject_kind = 'resident' AND subject_id = %(rid)s AND metric = %(metric)s
+                     AND measured_at >= %(start)s
                      AND measured_at < %(end)s AND NOT (flags && %(untrusted)s::text[])
                    GROUP BY 1 ORDER BY 1 LIMIT %(limit)s""", {**values, "width": BUCKETS[chosen]}).fetchall()
     return Timeline(subject_id=resident_id, metric=metric.value, unit=METRICS[metric].unit, start=start, end=end,

@@ -196,12 +196,13 @@ def clinical_picture(ctx: Ctx, resident: dict[str, Any], *, obs_limit: int = 12)
             """SELECT e.* FROM alert_events e WHERE e.alert_id = ANY(%s) ORDER BY e.at""",
             ([a["alert_id"] for a in alerts],)).fetchall()
         latest = cur.execute(
-            "SELECT * FROM latest_readings WHERE subject_id = %s AND metric = ANY(%s)",
+            "SELECT * FROM latest_readings WHERE subject_kind = 'resident' AND subject_id = %s AND metric = ANY(%s)",
             (rid, [m.value for m, spec in METRICS.items() if spec.vital])).fetchall()
         practice = cur.execute("SELECT name FROM gp_practices WHERE practice_code = %s",
                                (resident["gp_practice"],)).fetchone()
         incidents = cur.execute(
-            """SELECT * FROM incidents WHERE subject_id = %s AND status <> 'resolved' ORDER BY opened_at""",
+            """SELECT * FROM incidents WHERE subject_kind = 'resident' AND subject_id = %s AND status <> 'resolved'
+               ORDER BY opened_at""",
             (rid,)).fetchall()
         incident_events = cur.execute(
             "SELECT * FROM incident_events WHERE incident_id = ANY(%s) ORDER BY at",

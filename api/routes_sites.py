@@ -82,7 +82,8 @@ def site_overview(ctx: Context, site_id: str) -> SiteOverview:
         ).fetchall()
         latest = cur.execute(
             """SELECT subject_id, metric, value, measured_at, device_id, flags FROM latest_readings
-                WHERE site_id = %(site)s AND subject_id = ANY(%(ids)s) AND metric = ANY(%(vital_metrics)s)""",
+                WHERE site_id = %(site)s AND subject_kind = 'resident' AND subject_id = ANY(%(ids)s)
+                  AND metric = ANY(%(vital_metrics)s)""",
             {**values, "ids": ids},
         ).fetchall()
         devices = cur.execute(

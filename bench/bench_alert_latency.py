@@ -273,7 +273,8 @@ def probe_latencies(dsn: str, load: Sequence[Due]) -> tuple[list[float], int]:
                     r AS (SELECT p.resident_id, pg_xact_commit_timestamp(x.xmin) AS stored FROM p
                           JOIN readings x ON x.gateway_id = p.gateway_id AND x.seq = p.seq)
                SELECT r.resident_id, extract(epoch FROM min(pg_xact_commit_timestamp(e.xmin)) - r.stored)
-               FROM r LEFT JOIN alerts a ON a.subject_id = r.resident_id AND a.kind = 'news2'
+               FROM r LEFT JOIN alerts a ON a.subject_kind = 'resident' AND a.subject_id = r.resident_id
+                                        AND a.kind = 'news2'
                LEFT JOIN alert_events e ON e.alert_id = a.alert_id AND e.action IN ('opened', 'updated')
                                        AND pg_xact_commit_timestamp(e.xmin) >= r.stored
                GROUP BY r.resident_id, r.stored""",

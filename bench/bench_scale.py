@@ -266,7 +266,8 @@ def stream_probes(dsn: str, residents: Sequence[tuple[str, str]], probes: int, r
                         params.append((now, seq, site, rid, metric, value, now))
                     cur.executemany(
                         "INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, "
-                        "value, received_at) VALUES (%s, 'bench-scale', %s, %s, %s, 'bench-ox', %s, %s, %s)", params)
+                        "value, received_at, subject_kind) "
+                        "VALUES (%s, 'bench-scale', %s, %s, %s, 'bench-ox', %s, %s, %s, 'resident')", params)
                     conn.execute("SELECT pg_notify('carewatch_readings', %s)",
                                  (json.dumps({"subjects": sorted(subjects), "max_received_at": now.isoformat()}),))
             time.sleep(max(0.0, interval - (time.monotonic() - tick)))

@@ -456,7 +456,8 @@ class Demo:
         rows = conn.execute(
             """SELECT r.resident_id, r.display_name, r.site_id, st.next_obs_due, st.next_obs_why, st.news2_at,
                       st.news2_score, st.news2_risk, st.news2_complete,
-                      EXISTS (SELECT 1 FROM incidents i WHERE i.subject_id = r.resident_id
+                      EXISTS (SELECT 1 FROM incidents i
+                              WHERE i.subject_kind = 'resident' AND i.subject_id = r.resident_id
                               AND i.status <> 'resolved' AND i.category = 'clinical')
                FROM residents r JOIN resident_state st USING (resident_id)
                WHERE r.monitoring = 'active' AND st.next_obs_due IS NOT NULL ORDER BY r.resident_id""").fetchall()

@@ -44,6 +44,7 @@ from carewatch.ingest.validate import (
     device_problem,
     status_devices,
 )
+from carewatch.subjects import SubjectKind
 from carewatch.wire import (
     DecodedBatch,
     ImplausibleValue,
@@ -104,6 +105,8 @@ def load_directory(conn: psycopg.Connection) -> Directory:
         row[0]: DeviceInfo(*row)
         for row in conn.execute(
             """SELECT device_id, site_id, coalesce(resident_id, kit_id, site_id),
+                      CASE WHEN resident_id IS NOT NULL THEN 'resident' WHEN kit_id IS NOT NULL THEN 'kit'
+                           ELSE carewatch_site_subject_kind(site_id) END,
                       active AND (unbound_at IS NULL OR unbound_at < bound_at), kit_id
                FROM devices"""
         )
@@ -162,13 +165,13 @@ class BatchResult:
         self.dead_letters_by_class.update(other.dead_letters_by_class)
 
 
-_STAGE_COLUMNS = ("measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags, "
-                  "session_id")
-_STAGE_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]",
-                "int8"]
+_STAGE_COLUMNS = ("measured_at, gateway_id, seq, site_id, subject_id, subject_kind, device_id, metric, value, "
+                  "received_at, flags, session_id")
+_STAGE_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "text", "float8", "timestamptz",
+                "text[]", "int8"]
 _STAGE_DDL = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
-    measured_at timestamptz, gateway_id text, seq bigint, site_id text, subject_id text, device_id text,
-    metric text, value double precision, received_at timestamptz, flags text[], session_id bigint
+    measured_at timestamptz, gateway_id text, seq bigint, site_id text, subject_id text, subject_kind text,
+    device_id text, metric text, value double precision, received_at timestamptz, flags text[], session_id bigint
 ) ON COMMIT DELETE ROWS"""
 
 # One statement: move staged rows into readings, then maintain latest_readings and devices from what was inserted.
@@ -179,12 +182,14 @@ WITH ins AS (
     ON CONFLICT DO NOTHING
     RETURNING {_STAGE_COLUMNS}
 ), newest AS (
-    SELECT DISTINCT ON (subject_id, metric) subject_id, metric, site_id, device_id, value, measured_at, flags
-    FROM ins ORDER BY subject_id, metric, measured_at DESC, seq DESC
+    SELECT DISTINCT ON (subject_kind, subject_id, metric) subject_kind, subject_id, metric, site_id, device_id, value,
+           measured_at, flags
+    FROM ins ORDER BY subject_kind, subject_id, metric, measured_at DESC, seq DESC
 ), latest AS (
-    INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
-    SELECT subject_id, metric, site_id, device_id, value, measured_at, flags FROM newest ORDER BY subject_id, metric
-    ON CONFLICT (subject_id, metric) DO UPDATE
+    INSERT INTO latest_readings AS l (subject_kind, subject_id, metric, site_id, device_id, value, measured_at, flags)
+    SELECT subject_kind, subject_id, metric, site_id, device_id, value, measured_at, flags FROM newest
+    ORDER BY subject_kind, subject_id, metric
+    ON CONFLICT (subject_kind, subject_id, metric) DO UPDATE
        SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
            measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
      WHERE l.measured_at <= EXCLUDED.measured_at
@@ -198,7 +203,8 @@ WITH ins AS (
      WHERE d.device_id = x.device_id
     RETURNING 1
 )
-SELECT subject_id, count(*), max(received_at) FROM ins GROUP BY subject_id ORDER BY subject_id
+SELECT subject_kind, subject_id, count(*), max(received_at) FROM ins GROUP BY subject_kind, subject_id
+ORDER BY subject_kind, subject_id
 """
 
 
@@ -287,10 +293,10 @@ def _write_fresh(conn: psycopg.Connection, fresh: list[StagedReading], result: B
                 f"COPY readings ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_STAGE_TYPES)
             for r in fresh:
-                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
-                                r.metric, r.value, r.received_at, list(r.flags), r.session_id))
-                newest.add(r.subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value,
-                           r.flags, r.received_at)
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.subject_kind,
+                                r.device_id, r.metric, r.value, r.received_at, list(r.flags), r.session_id))
+                newest.add(r.subject_kind, r.subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id,
+                           r.value, r.flags, r.received_at)
     except psycopg.errors.UniqueViolation:
         _stage_and_move(conn, fresh, result)
         return
@@ -307,13 +313,13 @@ def _stage_and_move(conn: psycopg.Connection, fresh: list[StagedReading], result
         with cur.copy(f"COPY ingest_stage ({_STAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_STAGE_TYPES)
             for r in fresh:
-                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.device_id,
-                                r.metric, r.value, r.received_at, list(r.flags), r.session_id))
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, r.subject_id, r.subject_kind,
+                                r.device_id, r.metric, r.value, r.received_at, list(r.flags), r.session_id))
         per_subject = cur.execute(_MOVE_SQL).fetchall()
-    result.stored = sum(n for _, n, _ in per_subject)
+    result.stored = sum(n for _, _, n, _ in per_subject)
     result.duplicates += len(fresh) - result.stored
-    result.subjects = [s for s, _, _ in per_subject]
-    result.max_received_at = max((t for _, _, t in per_subject), default=None)
+    result.subjects = sorted({s for _, s, _, _ in per_subject})  # ids: the scorer evaluates every kind of an id
+    result.max_received_at = max((t for *_, t in per_subject), default=None)
 
 
 def _attribute_kit_rows(conn: psycopg.Connection, rows: list[StagedReading], directory: Directory
@@ -336,7 +342,8 @@ def _attribute_kit_rows(conn: psycopg.Connection, rows: list[StagedReading], dir
     newest: dict[int, Any] = {}
     for i, session in zip(kit_rows, chosen, strict=True):
         if session is not None:
-            out[i] = rows[i]._replace(subject_id=session.resident_id, session_id=session.session_id)
+            out[i] = rows[i]._replace(subject_id=session.resident_id, subject_kind=SubjectKind.RESIDENT.value,
+                                      session_id=session.session_id)
             newest[session.session_id] = max(newest.get(session.session_id, rows[i].measured_at), rows[i].measured_at)
     kit_sessions.note_readings(conn, newest)
     return out
@@ -570,14 +577,14 @@ class _Newest:
     ``latest_readings`` and ``devices`` need after a COPY straight into ``readings``."""
 
     def __init__(self) -> None:
-        self.latest: dict[tuple[str, str], tuple[datetime, int, str, str, float, tuple[str, ...]]] = {}
+        self.latest: dict[tuple[str, str, str], tuple[datetime, int, str, str, float, tuple[str, ...]]] = {}
         self.devices: dict[str, list[Any]] = {}
         self.per_subject: Counter[str] = Counter()
         self.max_received_at: datetime | None = None
 
-    def add(self, subject_id: str, metric: str, measured_at: datetime, seq: int, site_id: str, device_id: str,
-            value: float, flags: tuple[str, ...], received_at: datetime) -> None:
-        key = (subject_id, metric)
+    def add(self, subject_kind: str, subject_id: str, metric: str, measured_at: datetime, seq: int, site_id: str,
+            device_id: str, value: float, flags: tuple[str, ...], received_at: datetime) -> None:
+        key = (subject_kind, subject_id, metric)
         held = self.latest.get(key)
         if held is None or (measured_at, seq) > held[:2]:
             self.latest[key] = (measured_at, seq, site_id, device_id, value, flags)
@@ -597,14 +604,15 @@ def _apply_newest(conn: psycopg.Connection, newest: _Newest) -> None:
     """Maintain ``latest_readings`` (newest per subject and metric) and devices (last seen, battery)."""
     with conn.cursor() as cur:
         cur.executemany(
-            """INSERT INTO latest_readings AS l (subject_id, metric, site_id, device_id, value, measured_at, flags)
-               VALUES (%s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (subject_id, metric) DO UPDATE
+            """INSERT INTO latest_readings AS l (subject_kind, subject_id, metric, site_id, device_id, value,
+                                                 measured_at, flags)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (subject_kind, subject_id, metric) DO UPDATE
                   SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
                       measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
                 WHERE l.measured_at <= EXCLUDED.measured_at""",
-            [(subject, metric, site, device, value, at, list(flags))
-             for (subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
+            [(kind, subject, metric, site, device, value, at, list(flags))
+             for (kind, subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
         cur.executemany(
             """UPDATE devices SET last_seen = greatest(last_seen, %s), battery_pct = coalesce(%s, battery_pct)
                WHERE device_id = %s""",
@@ -669,23 +677,24 @@ def load_history(
                     refuse(r, *problem)
                     continue
                 info = snapshot.devices[r.device_id]
-                subject_id, session_id = info.subject_id, None
+                subject_id, subject_kind, session_id = info.subject_id, info.subject_kind, None
                 if info.kit_id:
                     session = _history_session(windows.get(info.kit_id, ()), r.measured_at)
                     if session is not None:
                         subject_id, session_id = session.resident_id, session.session_id
+                        subject_kind = SubjectKind.RESIDENT.value
                         held = session_newest.get(session_id)
                         session_newest[session_id] = r.measured_at if held is None else max(held, r.measured_at)
-                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, subject_id, r.device_id, r.metric,
-                                r.value, r.received_at, list(r.flags), session_id))
+                copy.write_row((r.measured_at, r.gateway_id, r.seq, r.site_id, subject_id, subject_kind, r.device_id,
+                                r.metric, r.value, r.received_at, list(r.flags), session_id))
                 last_seq[r.gateway_id] = r.seq
                 gw_runs = runs.setdefault(r.gateway_id, [])
                 if gw_runs and gw_runs[-1][1] + 1 == r.seq:
                     gw_runs[-1] = (gw_runs[-1][0], r.seq)
                 else:
                     gw_runs.append((r.seq, r.seq))
-                newest.add(subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value, r.flags,
-                           r.received_at)
+                newest.add(subject_kind, subject_id, r.metric, r.measured_at, r.seq, r.site_id, r.device_id, r.value,
+                           r.flags, r.received_at)
         result.stored = sum(newest.per_subject.values())
         kit_sessions.note_readings(conn, session_newest)
         _history_bookkeeping(conn, locked, runs, newest, result)
@@ -745,34 +754,39 @@ class Reassigned:
 
 def reassign_readings(conn: psycopg.Connection, keys: Iterable[ReadingKey], *, to_subject: str,
                       session_id: int | None, kind: str, by: str, reason: str | None = None) -> Reassigned:
-    """Give stored readings a new subject (and session), one history row each in ``reading_assignments``, and
-    bring ``latest_readings`` of the old and new subjects up to date. Rows already on ``to_subject`` are left.
-    The caller checks who may do this and which readings qualify; the caller's transaction commits it."""
+    """Give stored readings a new subject, the resident ``to_subject`` (and session), one history row each in
+    ``reading_assignments``, and bring ``latest_readings`` of the old and new subjects up to date. The new subject
+    is always of kind 'resident' (a claim or a session start takes a kit's reading, a move another resident's);
+    rows already on that resident are left. The caller checks who may do this and which readings qualify; the
+    caller's transaction commits it."""
     pairs = sorted(set(keys))
     out = Reassigned()
     if not pairs:
         return out
     rows = conn.execute(
-        """SELECT r.gateway_id, r.seq, r.measured_at, r.metric, r.subject_id FROM readings r
+        """SELECT r.gateway_id, r.seq, r.measured_at, r.metric, r.subject_id, r.subject_kind FROM readings r
            JOIN unnest(%s::text[], %s::int8[]) AS k(gateway_id, seq) ON r.gateway_id = k.gateway_id AND r.seq = k.seq
-           WHERE r.subject_id <> %s ORDER BY r.gateway_id, r.seq FOR UPDATE OF r""",
+           WHERE r.subject_kind IN ('resident', 'kit') AND NOT (r.subject_kind = 'resident' AND r.subject_id = %s)
+           ORDER BY r.gateway_id, r.seq FOR UPDATE OF r""",
         ([g for g, _ in pairs], [q for _, q in pairs], to_subject)).fetchall()
     if not rows:
         return out
     with conn.cursor() as cur:
         cur.executemany(
-            """UPDATE readings SET subject_id = %s, session_id = %s
+            """UPDATE readings SET subject_kind = 'resident', subject_id = %s, session_id = %s
                WHERE gateway_id = %s AND seq = %s AND measured_at = %s""",
-            [(to_subject, session_id, g, q, at) for g, q, at, _, _ in rows])
+            [(to_subject, session_id, g, q, at) for g, q, at, *_ in rows])
         cur.executemany(
-            """INSERT INTO reading_assignments (kind, gateway_id, seq, measured_at, from_subject, to_subject,
-                                                session_id, by_user, reason)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-            [(kind, g, q, at, old, to_subject, session_id, by, reason) for g, q, at, _, old in rows])
-    refresh_latest(conn, {(old, metric) for _, _, _, metric, old in rows} | {(to_subject, m) for *_, m, _ in rows})
-    out.readings = [{"gateway_id": g, "seq": q, "measured_at": at, "metric": m, "from": old}
-                    for g, q, at, m, old in rows]
-    out.subjects = sorted({old for *_, old in rows} | {to_subject})
+            """INSERT INTO reading_assignments (kind, gateway_id, seq, measured_at, from_kind, from_subject, to_kind,
+                                                to_subject, session_id, by_user, reason)
+               VALUES (%s, %s, %s, %s, %s, %s, 'resident', %s, %s, %s, %s)""",
+            [(kind, g, q, at, old_kind, old, to_subject, session_id, by, reason)
+             for g, q, at, _, old, old_kind in rows])
+    refresh_latest(conn, {(old_kind, old, metric) for _, _, _, metric, old, old_kind in rows}
+                   | {(SubjectKind.RESIDENT.value, to_subject, m) for _, _, _, m, _, _ in rows})
+    out.readings = [{"gateway_id": g, "seq": q, "measured_at": at, "metric": m, "from": old, "from_kind": old_kind}
+                    for g, q, at, m, old, old_kind in rows]
+    out.subjects = sorted({old for _, _, _, _, old, _ in rows} | {to_subject})
     return out
 
 
@@ -780,28 +794,32 @@ def sweep_into_session(conn: psycopg.Connection, session: dict[str, Any], upto: 
     """A session just started covers kit readings measured since its start that were stored a moment before the
     session row (unassigned, subject = the kit): they are the session's by its window, not by a guess."""
     keys = conn.execute(
-        """SELECT gateway_id, seq FROM readings WHERE subject_id = %s AND measured_at >= %s AND measured_at <= %s""",
+        """SELECT gateway_id, seq FROM readings WHERE subject_kind = 'kit' AND subject_id = %s AND measured_at >= %s
+             AND measured_at <= %s""",
         (session["kit_id"], session["started_at"], upto)).fetchall()
     return reassign_readings(conn, [(g, q) for g, q in keys], to_subject=session["resident_id"],
                              session_id=session["session_id"], kind="session_start", by=by,
                              reason="measured inside the session's window, stored just before it started")
 
 
-def refresh_latest(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> None:
-    """Recompute ``latest_readings`` for (subject, metric) pairs from ``readings`` (after re-attribution)."""
-    items = sorted(set(pairs))
+def refresh_latest(conn: psycopg.Connection, triples: Iterable[tuple[str, str, str]]) -> None:
+    """Recompute ``latest_readings`` for (subject kind, subject, metric) from ``readings`` (after re-attribution)."""
+    items = sorted(set(triples))
     if not items:
         return
-    subjects, metrics = [s for s, _ in items], [m for _, m in items]
-    conn.execute("""DELETE FROM latest_readings l USING unnest(%s::text[], %s::text[]) AS p(subject_id, metric)
-                    WHERE l.subject_id = p.subject_id AND l.metric = p.metric""", (subjects, metrics))
+    params = ([k for k, _, _ in items], [s for _, s, _ in items], [m for _, _, m in items])
+    conn.execute("""DELETE FROM latest_readings l
+                    USING unnest(%s::text[], %s::text[], %s::text[]) AS p(subject_kind, subject_id, metric)
+                    WHERE l.subject_kind = p.subject_kind AND l.subject_id = p.subject_id AND l.metric = p.metric""",
+                 params)
     conn.execute(
-        """INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at, flags)
-           SELECT p.subject_id, p.metric, r.site_id, r.device_id, r.value, r.measured_at, r.flags
-           FROM unnest(%s::text[], %s::text[]) AS p(subject_id, metric)
+        """INSERT INTO latest_readings (subject_kind, subject_id, metric, site_id, device_id, value, measured_at, flags)
+           SELECT p.subject_kind, p.subject_id, p.metric, r.site_id, r.device_id, r.value, r.measured_at, r.flags
+           FROM unnest(%s::text[], %s::text[], %s::text[]) AS p(subject_kind, subject_id, metric)
            JOIN LATERAL (SELECT site_id, device_id, value, measured_at, flags FROM readings x
-                         WHERE x.subject_id = p.subject_id AND x.metric = p.metric
-                         ORDER BY x.measured_at DESC, x.seq DESC LIMIT 1) r ON true""", (subjects, metrics))
+                         WHERE x.subject_kind = p.subject_kind AND x.subject_id = p.subject_id
+                           AND x.metric = p.metric
+                         ORDER BY x.measured_at DESC, x.seq DESC LIMIT 1) r ON true""", params)
 
 
 # ------------------------------------------------------------------------------------------------------------

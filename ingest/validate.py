@@ -84,6 +84,7 @@ class DeviceInfo:
     device_id: str
     site_id: str
     subject_id: str  # resident_id, the kit_id for a shared kit's devices, or the site_id for home sensors
+    subject_kind: str  # 'resident', 'kit', or the site's: 'household' or 'site' (carewatch.subjects.SubjectKind)
     active: bool = True
     kit_id: str | None = None  # a shared kit's device: attributed through measurement sessions
 
@@ -107,6 +108,7 @@ class StagedReading(NamedTuple):
     seq: int
     site_id: str
     subject_id: str
+    subject_kind: str  # carewatch.subjects.SubjectKind: ids are unique per kind only (issue 13, finding 1)
     device_id: str
     metric: str
     value: float
@@ -272,7 +274,8 @@ def classify(messages: Iterable[ReadingsMessage], directory: Directory) -> Class
                 )
                 continue
             rows.append(StagedReading(
-                reading.measured_at, gateway_id, reading.seq, site_id, device.subject_id, reading.device_id,
+                reading.measured_at, gateway_id, reading.seq, site_id, device.subject_id, device.subject_kind,
+                reading.device_id,
                 reading.metric.value, reading.value, reading.received_at,
                 tuple(f.value for f in reading.flags) if reading.flags else (),
             ))

@@ -29,21 +29,24 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
         params.append(list(subject_ids))
     rows = conn.execute(
         f"""WITH dev AS (
-                SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject FROM devices d
+                SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,
+                       CASE WHEN d.resident_id IS NOT NULL THEN 'resident'
+                            ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind
+                FROM devices d
                 WHERE d.active AND (d.unbound_at IS NULL OR d.unbound_at < d.bound_at) {where}
             ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
-                SELECT x.subject_id, x.device_id, max(x.measured_at) AS last_reading
+                SELECT x.subject_kind, x.subject_id, x.device_id, max(x.measured_at) AS last_reading
                 FROM readings x
                 WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev WHERE last_seen IS NULL))
                   AND x.measured_at > %s AND x.measured_at <= %s
-                GROUP BY x.subject_id, x.device_id
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
             ), ck AS (
-                SELECT x.subject_id, x.device_id, count(*) AS clock_flagged
+                SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
                 FROM readings x
                 WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev))
                   AND x.measured_at > %s AND x.measured_at <= %s
                   AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
-                GROUP BY x.subject_id, x.device_id
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
             )
             SELECT d.device_id, d.site_id, d.kind, d.resident_id, d.room, d.role, d.gateway_id,
                    greatest(d.last_seen, rd.last_reading), d.bound_at, d.battery_pct,
@@ -51,8 +54,10 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
                    coalesce(dl.n, 0), coalesce(ck.clock_flagged, 0), dl.latest,
                    coalesce(r.monitoring, 'active')
             FROM dev d
-            LEFT JOIN rd ON rd.subject_id = d.subject AND rd.device_id = d.device_id
-            LEFT JOIN ck ON ck.subject_id = d.subject AND ck.device_id = d.device_id
+            LEFT JOIN rd ON rd.subject_kind = d.subject_kind AND rd.subject_id = d.subject
+                        AND rd.device_id = d.device_id
+            LEFT JOIN ck ON ck.subject_kind = d.subject_kind AND ck.subject_id = d.subject
+                        AND ck.device_id = d.device_id
             LEFT JOIN gateways g ON g.gateway_id = d.gateway_id
             LEFT JOIN residents r ON r.resident_id = d.resident_id
             LEFT JOIN LATERAL (

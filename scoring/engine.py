@@ -33,6 +33,7 @@ from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import correct_staff_sets_built_from, delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
 from carewatch.scoring.rules import ResidentFacts, device_findings
+from carewatch.subjects import Subject
 
 log = logging.getLogger("carewatch.scoring.engine")
 
@@ -40,12 +41,13 @@ log = logging.getLogger("carewatch.scoring.engine")
 RESIDENT_BATCH = 500
 
 def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[list[ResidentFacts], list[str], list[str]]:
+    """The residents and the households among notified ids. Ids are unique per kind only (issue 13, finding 1): an
+    id that is both a resident's and a household's is both, and each is evaluated on its own kind's readings."""
     residents = load_residents(conn, "r.resident_id = ANY(%b)", (list(subject_ids),))
-    known = {r.resident_id for r in residents}
-    rest = [s for s in subject_ids if s not in known]
     households = [row[0] for row in conn.execute(
-        "SELECT site_id FROM sites WHERE site_id = ANY(%b) AND kind = 'household' ORDER BY site_id", (rest,))]
-    unknown = sorted(set(rest) - set(households))
+        "SELECT site_id FROM sites WHERE site_id = ANY(%b) AND kind = 'household' ORDER BY site_id",
+        (list(subject_ids),))]
+    unknown = sorted(set(subject_ids) - {r.resident_id for r in residents} - set(households))
     return residents, households, unknown
 
 
@@ -166,13 +168,13 @@ def rescore_all(conn: psycopg.Connection, now: datetime) -> EvaluationSummary:
 def group_loose_alerts(conn: psycopg.Connection, now: datetime) -> int:
     """Unresolved actionable alerts in no incident (opened before incidents existed, or whose subject no rule
     re-evaluated since) join their subject's incident. Returns how many subjects were grouped."""
-    subjects = [row[0] for row in conn.execute(
-        "SELECT DISTINCT subject_id FROM alerts WHERE status <> 'resolved' AND incident_id IS NULL "
-        "AND severity <> 'info' ORDER BY 1").fetchall()]
+    subjects = [Subject(*row) for row in conn.execute(
+        "SELECT DISTINCT subject_kind, subject_id FROM alerts WHERE status <> 'resolved' AND incident_id IS NULL "
+        "AND severity <> 'info' ORDER BY 1, 2").fetchall()]
     for start in range(0, len(subjects), 200):
         chunk = subjects[start:start + 200]
         with transaction(conn):
-            lock_subjects(conn, chunk)
+            lock_subjects(conn, [s.id for s in chunk])
             sync_incidents(conn, chunk, now)
     return len(subjects)
 

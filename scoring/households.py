@@ -34,6 +34,7 @@ from carewatch.scoring.behaviour import (
 from carewatch.scoring.lifecycle import apply_findings, resolve_open_alerts
 from carewatch.scoring.loading import FUTURE_SLACK
 from carewatch.scoring.rules import LOCAL_TZ, GatewayState, gateway_offline
+from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import Metric
 
 #: Home-sensor readings re-derived into behaviour events on each evaluation.
@@ -127,7 +128,7 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     ).fetchall():
         if statuses and "active" not in statuses:
             resolve_open_alerts(conn, now, "No one in this household is being monitored: alerts closed.",
-                                subject_id=site_id, summary=summary)
+                                subject=Subject(SubjectKind.HOUSEHOLD, site_id), summary=summary)
             continue
         gateways = [GatewayState(*row) for row in zip(gw_ids, [site_id] * len(gw_ids), gw_states, gw_seen,
                                                       strict=True)]
@@ -147,7 +148,8 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     newest: dict[str, datetime] = {}
     if latency is not None:
         newest = dict(conn.execute(
-            "SELECT subject_id, max(stored_at) FROM readings WHERE subject_id = ANY(%s) AND measured_at > %s "
+            "SELECT subject_id, max(stored_at) FROM readings WHERE subject_kind = 'household' AND subject_id = ANY(%s) "
+            "AND measured_at > %s "
             "AND measured_at <= %s GROUP BY subject_id", (ids, now - timedelta(hours=2), now + FUTURE_SLACK),
         ).fetchall())
     findings = [replace(f, evidence_stored_at=newest.get(site_id)) for site_id in ids
@@ -200,7 +202,8 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
     readings = _by_site(conn.execute(
         "SELECT h.site, x.device_id, x.metric, x.value, x.measured_at FROM unnest(%s::text[], %s::timestamptz[]) "
         "AS h(site, lo) CROSS JOIN LATERAL (SELECT device_id, metric, value, measured_at FROM readings "
-        "  WHERE subject_id = h.site AND metric = ANY(%s) AND measured_at > h.lo AND measured_at > %s "
+        "  WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site AND metric = ANY(%s) AND measured_at > h.lo AND measured_at > %s "
         "  AND measured_at <= %s) x ORDER BY h.site, x.measured_at",
         (ids, starts, _BEHAVIOUR_METRICS, min(starts), now + FUTURE_SLACK),
     ).fetchall())
@@ -269,7 +272,8 @@ def _incremental_starts(conn: psycopg.Connection, homes: Mapping[str, _Household
     ids = sorted(candidates)
     late = dict(conn.execute(
         "SELECT h.site, x.first FROM unnest(%s::text[], %s::timestamptz[]) AS h(site, stored_since) "
-        "CROSS JOIN LATERAL (SELECT min(measured_at) AS first FROM readings WHERE subject_id = h.site "
+        "CROSS JOIN LATERAL (SELECT min(measured_at) AS first FROM readings WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site "
         "  AND metric = ANY(%s) AND measured_at > %s AND measured_at <= %s AND stored_at >= h.stored_since) x",
         (ids, [candidates[s][1] - STORED_AT_SLACK for s in ids], _BEHAVIOUR_METRICS, full_start,
          now + FUTURE_SLACK),
@@ -294,7 +298,8 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
     for site_id, at, device_id in conn.execute(
         "SELECT h.site, x.measured_at, x.device_id FROM unnest(%s::text[]) AS h(site) "
         "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
-        "  SELECT measured_at, device_id FROM readings WHERE subject_id = h.site AND metric = m.metric"
+        "  SELECT measured_at, device_id FROM readings WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site AND metric = m.metric"
         "  AND value >= 0.5 AND measured_at > %s AND measured_at <= %s ORDER BY measured_at DESC LIMIT 1) x",
         (ids, motion, since, now + FUTURE_SLACK),
     ).fetchall():
@@ -310,7 +315,8 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
         "SELECT h.site, d.day, min(x.measured_at) FROM unnest(%s::text[]) AS h(site) "
         "CROSS JOIN unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, lo, hi) "
         "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
-        "  SELECT measured_at FROM readings WHERE subject_id = h.site AND metric = m.metric AND value >= 0.5"
+        "  SELECT measured_at FROM readings WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site AND metric = m.metric AND value >= 0.5"
         "  AND measured_at >= d.lo AND measured_at < d.hi AND measured_at > %s AND measured_at <= %s"
         "  AND device_id = ANY(%s) ORDER BY measured_at LIMIT 1) x GROUP BY h.site, d.day",
         (ids, days, lows, highs, motion, since, now, indoor),
@@ -325,7 +331,8 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
         "SELECT h.site, d.day FROM unnest(%s::text[]) AS h(site) "
         "CROSS JOIN unnest(%s::date[], %s::timestamptz[], %s::timestamptz[]) AS d(day, lo, hi) "
         "WHERE d.lo < d.hi AND EXISTS (SELECT 1 FROM unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
-        "  SELECT 1 FROM readings WHERE subject_id = h.site AND metric = m.metric AND measured_at >= d.lo"
+        "  SELECT 1 FROM readings WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site AND metric = m.metric AND measured_at >= d.lo"
         "  AND measured_at < d.hi AND measured_at > %s AND measured_at <= %s LIMIT 1) x)",
         (ids, days, night_lo, night_hi, _METRICS_FREQUENT_FIRST, since, now),
     ).fetchall():
@@ -333,7 +340,8 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
     last_heard = dict(conn.execute(
         "SELECT h.site, max(x.measured_at) FROM unnest(%s::text[]) AS h(site) "
         "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
-        "  SELECT measured_at FROM readings WHERE subject_id = h.site AND metric = m.metric AND measured_at > %s"
+        "  SELECT measured_at FROM readings WHERE subject_kind = 'household' "
+        "  AND subject_id = h.site AND metric = m.metric AND measured_at > %s"
         "  AND measured_at <= %s ORDER BY measured_at DESC LIMIT 1) x GROUP BY h.site",
         (ids, _METRICS_FREQUENT_FIRST, now - timedelta(days=2), now + FUTURE_SLACK),
     ).fetchall())
@@ -346,7 +354,8 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
     bounds = {f"{name}{i}": at for i, (lo, hi) in enumerate(ranges) for name, at in (("lo", lo), ("hi", hi))}
     for site_id, d, room, t, v in conn.execute(  # one index range per hour (a bitmap OR), not 7 days of readings
         "SELECT r.subject_id, r.device_id, coalesce(d.room, d.role), r.measured_at, r.value FROM readings r "
-        "LEFT JOIN devices d USING (device_id) WHERE r.subject_id = ANY(%(sites)s) AND r.metric = %(metric)s "
+        "LEFT JOIN devices d USING (device_id) WHERE r.subject_kind = 'household' AND r.subject_id = ANY(%(sites)s) "
+        "AND r.metric = %(metric)s "
         f"AND r.measured_at > %(since)s AND r.measured_at <= %(until)s AND ({within}) "
         "ORDER BY r.subject_id, r.measured_at",
         {"sites": ids, "metric": Metric.ROOM_TEMPERATURE.value, "since": ranges[-1][0],

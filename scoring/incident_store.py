@@ -30,6 +30,7 @@ from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, Severity
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
+from carewatch.subjects import Subject, SubjectKind, unnest
 
 ACTOR = "scorer"
 #: What staff may record as an incident's outcome (issue 16 adds follow-up on it): a monitoring plan kept in
@@ -61,33 +62,39 @@ def _event(conn: psycopg.Connection, incident_id: int, at: datetime, actor: str,
 # ------------------------------------------------------------------------------------------------------------
 # Grouping (the engine's side)
 # ------------------------------------------------------------------------------------------------------------
-def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: datetime) -> list[int]:
-    """Bring each subject's open incident in line with its unresolved alerts. Call inside the transaction that
-    wrote the alerts, holding the subjects' locks. Returns the ids of incidents opened or changed."""
-    subjects = sorted(set(subject_ids))
+def sync_incidents(conn: psycopg.Connection, subjects_in: Iterable[tuple[str, str]], now: datetime) -> list[int]:
+    """Bring each (kind, id) subject's open incident in line with its unresolved alerts. Call inside the transaction
+    that wrote the alerts, holding the subjects' locks. Returns the ids of incidents opened or changed."""
+    kinds, ids = unnest(subjects_in)
+    subjects = [Subject(k, i) for k, i in zip(kinds, ids, strict=True)]
     if not subjects:
         return []
-    alerts: dict[str, list[tuple[Component, str, str | None]]] = {}
+    alerts: dict[Subject, list[tuple[Component, str, str | None]]] = {}
     linked: dict[int, int | None] = {}  # alert id -> its incident, None while it still has a deadline of its own
-    for alert_id, subject, kind, severity, reason, action, data, site_id, resident_id, incident_id, own_due in \
-            conn.execute(
-        "SELECT alert_id, subject_id, kind, severity, reason, action, data, site_id, resident_id, incident_id, "
-        "ack_due_at IS NOT NULL FROM alerts WHERE subject_id = ANY(%b) AND status <> 'resolved' ORDER BY alert_id",
-        (subjects,),
+    for (alert_id, subject_kind, subject_id, kind, severity, reason, action, data, site_id, resident_id, incident_id,
+         own_due) in conn.execute(
+        "SELECT a.alert_id, a.subject_kind, a.subject_id, a.kind, a.severity, a.reason, a.action, a.data, a.site_id, "
+        "a.resident_id, a.incident_id, a.ack_due_at IS NOT NULL "
+        "FROM alerts a JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id) "
+        "ON a.subject_kind = p.subject_kind AND a.subject_id = p.subject_id "
+        "WHERE a.status <> 'resolved' ORDER BY a.alert_id", (kinds, ids),
     ).fetchall():
-        alerts.setdefault(subject, []).append(
+        alerts.setdefault(Subject(subject_kind, subject_id), []).append(
             (Component(alert_id, kind, Severity(severity), reason, action, data or {}), site_id, resident_id))
         linked[alert_id] = None if own_due else incident_id
-    current: dict[str, tuple[OpenIncident, str | None]] = {}
-    for (incident_id, subject, severity, band, status, acked_at, due, headline, action, peak,
+    current: dict[Subject, tuple[OpenIncident, str | None]] = {}
+    for (incident_id, subject_kind, subject_id, severity, band, status, acked_at, due, headline, action, peak,
          members) in conn.execute(
-        """SELECT i.incident_id, i.subject_id, i.severity, i.band, i.status, i.acknowledged_at, i.ack_due_at,
-                  i.headline, i.action, i.peak_band,
+        """SELECT i.incident_id, i.subject_kind, i.subject_id, i.severity, i.band, i.status, i.acknowledged_at,
+                  i.ack_due_at, i.headline, i.action, i.peak_band,
                   ARRAY(SELECT alert_id FROM alerts a WHERE a.incident_id = i.incident_id AND a.status <> 'resolved')
-           FROM incidents i WHERE i.subject_id = ANY(%b) AND i.status <> 'resolved' FOR UPDATE""", (subjects,),
+           FROM incidents i JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id)
+             ON i.subject_kind = p.subject_kind AND i.subject_id = p.subject_id
+          WHERE i.status <> 'resolved' FOR UPDATE OF i""", (kinds, ids),
     ).fetchall():
-        current[subject] = (OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline,
-                                         action, frozenset(members)), peak)
+        current[Subject(subject_kind, subject_id)] = (
+            OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline, action,
+                         frozenset(members)), peak)
     plans = {subject: plan_incident(current.get(subject, (None, None))[0], [c for c, _, _ in alerts.get(subject, [])],
                                     now) for subject in subjects}
     # new incidents' ids drawn in one query, so the writes below go without waiting (inside the caller's pipeline)
@@ -131,14 +138,15 @@ def sync_incidents(conn: psycopg.Connection, subject_ids: Iterable[str], now: da
     return changed
 
 
-def _open(conn: psycopg.Connection, incident_id: int, subject: str, site_id: str, resident_id: str | None,
+def _open(conn: psycopg.Connection, incident_id: int, subject: Subject, site_id: str, resident_id: str | None,
           plan: IncidentPlan, now: datetime) -> int:
     assert plan.severity is not None
     conn.execute(
-        """INSERT INTO incidents (incident_id, site_id, resident_id, subject_id, category, severity, band, peak_band,
-                                  status, headline, action, opened_at, updated_at, ack_due_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s)""",
-        (incident_id, site_id, resident_id, subject, plan.category, plan.severity.value, plan.band, plan.band,
+        """INSERT INTO incidents (incident_id, site_id, resident_id, subject_kind, subject_id, category, severity,
+                                  band, peak_band, status, headline, action, opened_at, updated_at, ack_due_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, %s, %s, %s, %s)""",
+        (incident_id, site_id, subject.id if subject.kind == SubjectKind.RESIDENT else resident_id, subject.kind,
+         subject.id, plan.category, plan.severity.value, plan.band, plan.band,
          plan.headline, plan.action_text, now, now, plan.ack_due_at))
     return incident_id
 
@@ -175,8 +183,8 @@ def _link(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) 
 def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str]) -> set[str]:
     """Residents with an open clinical incident (overdue observations then join it, H-TASK-02)."""
     return {row[0] for row in conn.execute(
-        "SELECT subject_id FROM incidents WHERE subject_id = ANY(%b) AND status <> 'resolved' "
-        "AND category = 'clinical'", (list(resident_ids),)).fetchall()}
+        "SELECT subject_id FROM incidents WHERE subject_kind = 'resident' AND subject_id = ANY(%b) "
+        "AND status <> 'resolved' AND category = 'clinical'", (list(resident_ids),)).fetchall()}
 
 
 # ------------------------------------------------------------------------------------------------------------

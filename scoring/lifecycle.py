@@ -18,7 +18,7 @@ clock; the demo passes its simulated time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from carewatch.alerts import (
 from carewatch.scoring.batches import EvaluationSummary, jsonb_safe, transaction
 from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.rules import Finding
+from carewatch.subjects import Subject, SubjectKind, unnest
 
 #: The actor of every automatic transition.
 ACTOR = "scorer"
@@ -65,13 +66,16 @@ def _queue_event(conn: psycopg.Connection, alert_id: int, at: datetime, action: 
 # ------------------------------------------------------------------------------------------------------------
 # Automatic transitions: findings -> alert rows, unacknowledged escalation
 # ------------------------------------------------------------------------------------------------------------
-def _active_suppressions(conn: psycopg.Connection, subjects: Sequence[str],
-                         now: datetime) -> set[tuple[str, str | None]]:
+def _active_suppressions(conn: psycopg.Connection, subjects: Iterable[Subject],
+                         now: datetime) -> set[tuple[Subject, str | None]]:
+    """Active suppressions of these (kind, id) subjects: {((kind, id), alert kind or None)}."""
     rows = conn.execute(
-        "SELECT subject_id, kind FROM alert_suppressions WHERE subject_id = ANY(%b) AND until > %s",
-        (list(subjects), now),
+        "SELECT s.subject_kind, s.subject_id, s.kind FROM alert_suppressions s "
+        "JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id) "
+        "ON s.subject_kind = p.subject_kind AND s.subject_id = p.subject_id WHERE s.until > %s",
+        (*unnest(subjects), now),
     ).fetchall()
-    return {(r[0], r[1]) for r in rows}
+    return {(Subject(r[0], r[1]), r[2]) for r in rows}
 
 
 def _ack_due(severity: Severity, now: datetime) -> datetime | None:
@@ -83,25 +87,27 @@ def _ack_due(severity: Severity, now: datetime) -> datetime | None:
 #: its evidence clearing may close it, 'person' when a person must (it is or was high, H-ESC-10), 'recovered' when
 #: that recovery has been noted on it.
 OpenAlert = tuple[int, str, str, str, str, datetime | None, datetime | None, str | None]
-_OPEN_ALERT_SQL = """SELECT a.subject_id, a.kind, a.alert_id, a.severity, a.status, a.reason, a.action,
+_OPEN_ALERT_SQL = """SELECT a.subject_kind, a.subject_id, a.kind, a.alert_id, a.severity, a.status, a.reason, a.action,
        a.acknowledged_at, a.ack_due_at,
        CASE WHEN a.data ? 'recovery' THEN 'recovered'
             WHEN (a.severity = 'high' OR a.data ? 'was_high')
                  AND a.kind NOT IN ('device_silent', 'household_silent', 'battery_low', 'device_fault',
                                     'gateway_offline', 'scoring_stalled') THEN 'person' END
-FROM alerts a JOIN unnest(%b::text[], %b::text[]) AS p(subject_id, kind) USING (subject_id, kind)
+FROM alerts a JOIN unnest(%b::text[], %b::text[], %b::text[]) AS p(subject_kind, subject_id, kind)
+  ON a.subject_kind = p.subject_kind AND a.subject_id = p.subject_id AND a.kind = p.kind
 WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
 
 
 def _open_alerts(conn: psycopg.Connection, findings: Sequence[Finding], *,
-                 lock: bool) -> dict[tuple[str, str], OpenAlert]:
-    """The unresolved alert (if any) of each finding's subject and kind, in one query (``lock``: FOR UPDATE)."""
-    pairs = sorted({(f.subject_id, f.kind.value) for f in findings})
-    if not pairs:
+                 lock: bool) -> dict[tuple[Subject, str], OpenAlert]:
+    """The unresolved alert (if any) of each finding's (kind, id) subject and alert kind, in one query (``lock``:
+    FOR UPDATE)."""
+    keys = sorted({(*f.subject, f.kind.value) for f in findings})
+    if not keys:
         return {}
     rows = conn.execute(_OPEN_ALERT_SQL + (" FOR UPDATE OF a" if lock else ""),
-                        ([s for s, _ in pairs], [k for _, k in pairs])).fetchall()
-    return {(row[0], row[1]): tuple(row[2:]) for row in rows}  # type: ignore[misc]
+                        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
+    return {(Subject(row[0], row[1]), row[2]): tuple(row[3:]) for row in rows}  # type: ignore[misc]
 
 
 def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) -> list[Finding]:
@@ -111,7 +117,7 @@ def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) 
     open_rows = _open_alerts(conn, active, lock=False)
     out = []
     for f in active:
-        row = open_rows.get((f.subject_id, f.kind.value))
+        row = open_rows.get((f.subject, f.kind.value))
         if f.state == "clear":
             if row is not None and row[7] != "recovered":
                 out.append(f)  # (a high alert's recovery is noted once; a person closes it)
@@ -130,20 +136,20 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
     if not active:
         return
     open_rows = _open_alerts(conn, active, lock=True)
-    if not any(f.state == "raise" or (f.subject_id, f.kind.value) in open_rows for f in active):
+    if not any(f.state == "raise" or (f.subject, f.kind.value) in open_rows for f in active):
         return  # only 'clear' findings with nothing open: nothing to write
-    suppressions = _active_suppressions(conn, sorted({f.subject_id for f in active}), now)
+    suppressions = _active_suppressions(conn, {f.subject for f in active}, now)
     snoozed = {s for s, _ in suppressions}
-    open_data = dict(((s, k), d) for s, k, d in conn.execute(
-        "SELECT subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",
+    open_data = dict(((Subject(sk, s), k), d) for sk, s, k, d in conn.execute(
+        "SELECT subject_kind, subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",
         ([row[0] for (s, _), row in open_rows.items() if s in snoozed],)).fetchall()) if snoozed else {}
     # New alerts' ids are drawn from the sequence up front (one query), so every write below is sent in one
     # pipeline and nothing waits for a row to come back (issue 19: a round trip per row was most of a batch).
-    fresh = _NewAlertIds(conn, sum(1 for f in active if f.state == "raise" and (f.subject_id, f.kind.value)
+    fresh = _NewAlertIds(conn, sum(1 for f in active if f.state == "raise" and (f.subject, f.kind.value)
                                    not in open_rows))
     with conn.pipeline():
         _write_findings(conn, active, open_rows, suppressions, open_data, fresh, now, summary, latency)
-        _group(conn, {f.subject_id for f in active}, now)
+        _group(conn, {f.subject for f in active}, now)
 
 
 class _NewAlertIds:
@@ -174,7 +180,9 @@ class _Buffer:
 
     def alert(self, alert_id: int, f: Finding, data: Mapping[str, Any]) -> None:
         assert f.severity is not None
-        self.alerts.append((alert_id, f.site_id, f.resident_id, f.subject_id, f.kind.value, f.severity.value,
+        self.alerts.append((alert_id, f.site_id,
+                            f.subject_id if f.subject.kind == SubjectKind.RESIDENT else f.resident_id,
+                            f.subject.kind, f.subject_id, f.kind.value, f.severity.value,
                             f.reason, f.action, jsonb_safe(data), None if f.score is None else int(f.score),
                             _ack_due(f.severity, self.now)))
         self.touched.add(alert_id)
@@ -192,14 +200,14 @@ class _Buffer:
         if self.alerts:
             cols = [list(c) for c in zip(*self.alerts, strict=True)]
             self.conn.execute(
-                """INSERT INTO alerts (alert_id, site_id, resident_id, subject_id, kind, severity, status, reason,
-                                       action, data, score, opened_at, updated_at, ack_due_at)
-                   SELECT v.alert_id, v.site_id, v.resident_id, v.subject_id, v.kind, v.severity, 'open', v.reason,
-                          v.action, v.data, v.score, %b, %b, v.ack_due_at
+                """INSERT INTO alerts (alert_id, site_id, resident_id, subject_kind, subject_id, kind, severity, status,
+                                       reason, action, data, score, opened_at, updated_at, ack_due_at)
+                   SELECT v.alert_id, v.site_id, v.resident_id, v.subject_kind, v.subject_id, v.kind, v.severity,
+                          'open', v.reason, v.action, v.data, v.score, %b, %b, v.ack_due_at
                    FROM unnest(%b::int8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                               %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[])
-                        AS v(alert_id, site_id, resident_id, subject_id, kind, severity, reason, action, data, score,
-                             ack_due_at)""",
+                               %b::text[], %b::text[], %b::jsonb[], %b::int[], %b::timestamptz[])
+                        AS v(alert_id, site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action,
+                             data, score, ack_due_at)""",
                 [self.now, self.now, *cols])
         if self.events:
             cols = [list(c) for c in zip(*self.events, strict=True)]
@@ -210,13 +218,14 @@ class _Buffer:
         self.alerts, self.events, self.touched = [], [], set()
 
 
-def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_rows: dict[tuple[str, str], OpenAlert],
-                    suppressions: set[tuple[str, str | None]], open_data: Mapping[tuple[str, str], Any],
+def _write_findings(conn: psycopg.Connection, active: Sequence[Finding],
+                    open_rows: dict[tuple[Subject, str], OpenAlert], suppressions: set[tuple[Subject, str | None]],
+                    open_data: Mapping[tuple[Subject, str], Any],
                     fresh: _NewAlertIds, now: datetime, summary: EvaluationSummary,
                     latency: list[tuple[int, datetime]] | None) -> None:
     buffer = _Buffer(conn, now)
     for f in active:
-        key = (f.subject_id, f.kind.value)
+        key = (f.subject, f.kind.value)
         row = open_rows.get(key)
         if row is not None:
             buffer.before(row[0])
@@ -233,7 +242,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
                 del open_rows[key]
             continue
         assert f.severity is not None
-        suppressed = (f.subject_id, f.kind.value) in suppressions or (f.subject_id, None) in suppressions
+        suppressed = (f.subject, f.kind.value) in suppressions or (f.subject, None) in suppressions
         if suppressed and snooze_hides(f.kind.value, f.severity, f.data, open_data.get(key),
                                        Severity(row[1]) if row is not None else None):
             summary.suppressed += 1
@@ -297,7 +306,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding], open_ro
     buffer.flush()
 
 
-def _group(conn: psycopg.Connection, subjects: set[str], now: datetime) -> None:
+def _group(conn: psycopg.Connection, subjects: set[Subject], now: datetime) -> None:
     """Group the subjects' alerts into their incidents (imported here: incident_store calls this module)."""
     from carewatch.scoring import incident_store
 
@@ -324,19 +333,21 @@ def _auto_resolve(conn: psycopg.Connection, alert_id: int, why: str, now: dateti
 
 
 def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, resident_id: str | None = None,
-                        subject_id: str | None = None, summary: EvaluationSummary | None = None) -> list[int]:
-    """Resolve every open alert of a resident (or subject): e.g. monitoring paused, discharged."""
-    if resident_id is None and subject_id is None:
+                        subject: Subject | None = None, summary: EvaluationSummary | None = None) -> list[int]:
+    """Resolve every open alert of a resident (their own and their devices') or of a (kind, id) subject: e.g.
+    monitoring paused, discharged."""
+    if resident_id is None and subject is None:
         raise ValueError("name a resident or a subject")
+    kind, sid = subject if subject is not None else (None, None)
     rows = conn.execute(
-        "SELECT alert_id, subject_id FROM alerts WHERE status <> 'resolved' "
-        "AND (resident_id = %s OR subject_id = %s) FOR UPDATE", (resident_id, subject_id),
+        "SELECT alert_id, subject_kind, subject_id FROM alerts WHERE status <> 'resolved' "
+        "AND (resident_id = %s OR (subject_kind = %s AND subject_id = %s)) FOR UPDATE", (resident_id, kind, sid),
     ).fetchall()
-    for alert_id, _ in rows:
+    for alert_id, *_ in rows:
         _auto_resolve(conn, alert_id, why, now)
     ids = [r[0] for r in rows]
     if rows:
-        _group(conn, {r[1] for r in rows}, now)
+        _group(conn, {Subject(r[1], r[2]) for r in rows}, now)
     if summary is not None:
         summary.resolved.extend(ids)
     return ids
@@ -594,9 +605,11 @@ def comment(conn: psycopg.Connection, alert_id: int, actor: str, text: str, *, a
         return _event(conn, alert["alert_id"], now, "commented", actor=actor, comment=text.strip())
 
 
-def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: str, reason: str,
+def snooze(conn: psycopg.Connection, subject: Subject, site_id: str, kind: str | None, actor: str, reason: str,
            until: datetime, *, at: datetime | None = None) -> int:
-    """Suppress new alerts of ``kind`` (None = every kind) for ``subject_id`` until ``until``, with a reason.
+    """Suppress new alerts of ``kind`` (None = every kind) for the (kind, id) ``subject`` of ``site_id`` until
+    ``until``, with a reason. Only that subject's alerts of that site: a resident whose id is a household's (or a
+    device's, a gateway's) snoozes nothing of the other kind (issue 13, finding 1).
 
     A snooze never defers escalation, never hides a high finding, a NEWS2 band rise or new soft signs, and
     lasts at most 24 h for clinical kinds (H-ALERT-07). A HIGH alert cannot be snoozed: acknowledge or escalate
@@ -621,9 +634,9 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
             raise AlertLifecycleError(f"a snooze of {kind or 'every kind'} lasts at most "
                                       f"{int(limit.total_seconds() // 3600)} hours")
         open_rows = conn.execute(
-            "SELECT alert_id, severity FROM alerts WHERE subject_id = %s AND status <> 'resolved' "
-            "AND (%s::text IS NULL OR kind = %s) FOR UPDATE",
-            (subject_id, kind, kind),
+            "SELECT alert_id, severity FROM alerts WHERE subject_kind = %s AND subject_id = %s AND site_id = %s "
+            "AND status <> 'resolved' AND (%s::text IS NULL OR kind = %s) FOR UPDATE",
+            (subject.kind, subject.id, site_id, kind, kind),
         ).fetchall()
         high = [a for a, sev in open_rows if sev == Severity.HIGH.value]
         if high:
@@ -631,9 +644,9 @@ def snooze(conn: psycopg.Connection, subject_id: str, kind: str | None, actor: s
                 f"alert {high[0]} is high severity and cannot be snoozed: acknowledge or escalate it"
             )
         suppression_id = conn.execute(
-            "INSERT INTO alert_suppressions (subject_id, kind, reason, until, created_by, created_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING suppression_id",
-            (subject_id, kind, reason.strip(), until, actor, now),
+            "INSERT INTO alert_suppressions (subject_kind, subject_id, site_id, kind, reason, until, created_by, "
+            "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING suppression_id",
+            (subject.kind, subject.id, site_id, kind, reason.strip(), until, actor, now),
         ).fetchone()[0]
         for alert_id, _ in open_rows:  # recorded on each alert; escalation goes on (H-ALERT-07)
             _event(conn, alert_id, now, "snoozed", actor=actor, comment=reason.strip(),

@@ -115,7 +115,8 @@ def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: date
     out: dict[str, list[VitalReading]] = {rid: [] for rid in resident_ids}
     rows = conn.execute(
         "SELECT subject_id, metric, value, measured_at, device_id, flags, stored_at FROM readings "
-        "WHERE subject_id = ANY(%b) AND metric = ANY(%b) AND measured_at > %s AND measured_at <= %s "
+        "WHERE subject_kind = 'resident' AND subject_id = ANY(%b) AND metric = ANY(%b) AND measured_at > %s "
+        "AND measured_at <= %s "
         "ORDER BY measured_at",
         (list(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK),
     ).fetchall()

@@ -377,8 +377,8 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime, resident_ids: Seq
     if changing_only:
         where += (" AND (coalesce((SELECT rs.next_obs_due FROM resident_state rs WHERE rs.resident_id = r.resident_id),"
                   " r.created_at + interval '24 hours' / r.obs_per_day) < %s"
-                  " OR EXISTS (SELECT 1 FROM alerts a WHERE a.subject_id = r.resident_id AND a.kind = %s"
-                  " AND a.status <> 'resolved'))")
+                  " OR EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = 'resident'"
+                  " AND a.subject_id = r.resident_id AND a.kind = %s AND a.status <> 'resolved'))")
         params += [now - OVERDUE_GRACE, AlertKind.OBS_OVERDUE.value]
     if site_ids is not None:
         where += " AND r.site_id = ANY(%b)"

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from carewatch.alerts import SOFT_SIGN_NAMES, AlertKind, Severity
 from carewatch.scoring.clinical_response import PLAIN_NAMES, Risk
 from carewatch.scoring.news2 import News2Result
+from carewatch.subjects import Subject, alert_subject_kind
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
 #: Care homes and households are in England: times in alert text are local (Europe/London).
@@ -50,6 +51,12 @@ class Finding:
     allow_downgrade: bool = True
     #: stored_at of the newest reading behind this finding, for the stored-to-alert latency measurement.
     evidence_stored_at: datetime | None = None
+
+    @property
+    def subject(self) -> Subject:
+        """(kind, id) of the subject: the kind follows from the alert kind (carewatch/subjects.py), never from
+        what the id looks like, so a resident whose id is a household's can never reach the household's alerts."""
+        return Subject(alert_subject_kind(self.kind), self.subject_id)
 
 
 def raise_alert(

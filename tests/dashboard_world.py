@@ -160,10 +160,12 @@ def seed(conn: psycopg.Connection, uid: str, residents: int = 6, households: int
         seq += 1
         readings.append((recent, w.gateway, seq, w.home_a, rid, f"ox-{rid}", metric, value, recent))
     cur.executemany("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric,
-                                             value, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                             value, received_at, subject_kind)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'resident')""",
                     readings)
-    cur.executemany("""INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at)
-                       VALUES (%s, %s, %s, %s, %s, %s)""",
+    cur.executemany("""INSERT INTO latest_readings (subject_kind, subject_id, metric, site_id, device_id, value,
+                                                    measured_at)
+                       VALUES ('resident', %s, %s, %s, %s, %s, %s)""",
                     [(rid, m, w.home_a, f"ox-{rid}", v, recent) for m, v in (("spo2", 92.0), ("pulse_rate", 118.0))])
 
     # Households: 28 nights, mostly settled (one bathroom visit), some busy; kitchen use; time out; rooms.
@@ -196,7 +198,8 @@ def seed(conn: psycopg.Connection, uid: str, residents: int = 6, households: int
     cur.executemany("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)
                        VALUES (%s, %s, %s, %s, %s)""", events)
     cur.executemany("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric,
-                                             value, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                                             value, received_at, subject_kind)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'household')""",
                     hh_readings)
 
     # One user per role (the same password; hashed once).

@@ -61,9 +61,11 @@ TARGET_READINGS_PER_S = 50_000
 TARGET_SHARE_OF_COPY = 0.40
 TARGET_TIMES_NAIVE = 20.0
 
-COLUMNS = "measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags"
-COLUMN_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]"]
-Row = tuple[datetime, str, int, str, str, str, str, float, datetime, list[str]]
+COLUMNS = ("measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags, "
+           "subject_kind")
+COLUMN_TYPES = ["timestamptz", "text", "int8", "text", "text", "text", "text", "float8", "timestamptz", "text[]",
+                "text"]
+Row = tuple[datetime, str, int, str, str, str, str, float, datetime, list[str], str]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -128,9 +130,11 @@ def make_workload(world: World, scenario: str, readings: int) -> Workload:
         gw = gateway_id(site, scenario)
         seqs[gw] = seqs.get(gw, 0) + 1
         _, reading = event_reading(event, seqs[gw])
-        subject = event.resident_id if isinstance(event, VitalSample) else event.household_id
+        vital = isinstance(event, VitalSample)
+        subject = event.resident_id if vital else event.household_id
         rows.append((reading.measured_at, gw, reading.seq, site, subject, reading.device_id, reading.metric.value,
-                     reading.value, reading.received_at, [f.value for f in reading.flags]))
+                     reading.value, reading.received_at, [f.value for f in reading.flags],
+                     "resident" if vital else "household"))
         pending.setdefault(site, []).append(reading)
         if len(pending[site]) >= BATCH:
             flush(site)
@@ -288,7 +292,9 @@ def bench_naive(world: World, readings: int, dsn: str, root: Path, timeout: floa
     """Subscribe, decode each message, INSERT each reading in autocommit. Returns readings/s."""
     work = make_workload(world, "naive", readings)
     with psycopg.connect(dsn) as conn:
-        subject_of = dict(conn.execute("SELECT device_id, coalesce(resident_id, site_id) FROM devices"))
+        subject_of = {d: (s, k) for d, s, k in conn.execute(
+            "SELECT device_id, coalesce(resident_id, site_id), CASE WHEN resident_id IS NOT NULL THEN 'resident' "
+            "ELSE carewatch_site_subject_kind(site_id) END FROM devices")}
     checkpoint(dsn)
     inserted = [0]
     done = threading.Event()
@@ -298,9 +304,9 @@ def bench_naive(world: World, readings: int, dsn: str, root: Path, timeout: floa
             batch = decode_batch(msg.payload)
             for r in batch.good:
                 conn.execute(
-                    f"INSERT INTO readings ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (r.measured_at, batch.gateway_id, r.seq, batch.site_id, subject_of[r.device_id], r.device_id,
-                     r.metric.value, r.value, r.received_at, [f.value for f in r.flags]),
+                    f"INSERT INTO readings ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (r.measured_at, batch.gateway_id, r.seq, batch.site_id, subject_of[r.device_id][0], r.device_id,
+                     r.metric.value, r.value, r.received_at, [f.value for f in r.flags], subject_of[r.device_id][1]),
                 )
                 inserted[0] += 1
             if inserted[0] >= work.readings:

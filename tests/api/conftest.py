@@ -31,6 +31,7 @@ from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.settings import Settings
+from carewatch.subjects import alert_subject_kind
 
 PASSWORD = "correct horse 42"
 ROLES = ("care_staff", "manager", "gp", "nurse", "council", "admin")
@@ -105,16 +106,17 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> str:
 def _alert(conn: psycopg.Connection, site: str, resident: str | None, subject: str, kind: str,
            severity: str = "medium", opened_at: datetime | None = None) -> int:
     return conn.execute(
-        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, score, opened_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING alert_id""",
-        (site, resident, subject, kind, severity, f"test reason for {subject} {kind}",
+        """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action, score,
+                               opened_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING alert_id""",
+        (site, resident, alert_subject_kind(kind), subject, kind, severity, f"test reason for {subject} {kind}",
          "test action: phone the GP", 5 if kind == "news2" else None, opened_at or datetime.now(UTC)),
     ).fetchone()[0]
 
 
 def incident_of(conn: psycopg.Connection, alert_id: int) -> int:
     """Group the alert's subject into its incident (as the engine does after writing alerts); its id."""
-    subject = conn.execute("SELECT subject_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()[0]
+    subject = conn.execute("SELECT subject_kind, subject_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()
     sync_incidents(conn, [subject], datetime.now(UTC))
     return conn.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (alert_id,)).fetchone()[0]
 

@@ -8,16 +8,19 @@ from typing import TYPE_CHECKING
 import psycopg
 from fastapi.testclient import TestClient
 
+from carewatch.subjects import alert_subject_kind
+
 if TYPE_CHECKING:
     from conftest import World
 
 
 def _alert(db: psycopg.Connection, world: World, kind: str, severity: str, opened_at: datetime) -> int:
     alert_id = db.execute(
-        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, opened_at,
-                               updated_at)
-           VALUES (%s, %s, %s, %s, %s, 'r', 'a', %s, %s) RETURNING alert_id""",
-        (world.home_a, world.resident_a, world.resident_a, kind, severity, opened_at, opened_at)).fetchone()[0]
+        """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action,
+                               opened_at, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, 'r', 'a', %s, %s) RETURNING alert_id""",
+        (world.home_a, world.resident_a, alert_subject_kind(kind), world.resident_a, kind, severity, opened_at,
+         opened_at)).fetchone()[0]
     db.commit()
     return alert_id
 

@@ -31,8 +31,9 @@ def _codes(resource: dict[str, Any]) -> set[tuple[str, str]]:
 
 def test_fhir_bundle_validates_and_carries_the_codes(client: TestClient, world: World,
                                                      db: psycopg.Connection) -> None:
-    db.execute("""INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at)
-                  VALUES (%s, 'diastolic_bp', %s, %s, 71, now()), (%s, 'weight', %s, %s, 61.4, now())""",
+    db.execute("""INSERT INTO latest_readings (subject_kind, subject_id, metric, site_id, device_id, value, measured_at)
+                  VALUES ('resident', %s, 'diastolic_bp', %s, %s, 71, now()),
+                         ('resident', %s, 'weight', %s, %s, 61.4, now())""",
                (world.resident_a, world.home_a, world.device_a) * 2)
     db.commit()
     result = _record_set(client, world, respiration_rate=22, spo2=95, systolic_bp=104, pulse=96,

@@ -88,9 +88,9 @@ def test_behaviour_endpoint(client: TestClient, world: World, db: psycopg.Connec
             cur.execute("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)
                            VALUES (%s, 'bathroom_visit', %s, %s, %s)""",
                         (world.household_a, at, at + timedelta(minutes=6), Jsonb({"role": "bathroom"})))
-            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric,
-                                                 value, received_at)
-                           VALUES (%s, %s, %s, %s, %s, 'motion-1', 'motion', 1, %s)""",
+            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id,
+                                                 device_id, metric, value, received_at)
+                           VALUES (%s, %s, %s, %s, 'household', %s, 'motion-1', 'motion', 1, %s)""",
                         (at, world.gateway_a, 50_000 + i, world.household_a, world.household_a, at))
         for hour in (1, 3, 4):
             at = local(nights[0], hour)

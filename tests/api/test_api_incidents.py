@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
 def _add_alert(db: psycopg.Connection, w: World, kind: str, severity: str, data: dict) -> int:
     alert_id = db.execute(
-        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, data, opened_at)
-           VALUES (%s, %s, %s, %s, %s, %s, 'act', %s, now()) RETURNING alert_id""",
+        """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action, data,
+                               opened_at)
+           VALUES (%s, %s, 'resident', %s, %s, %s, %s, 'act', %s, now()) RETURNING alert_id""",
         (w.home_a, w.resident_a, w.resident_a, kind, severity, f"{kind} for resident A", Jsonb(data))).fetchone()[0]
-    sync_incidents(db, [w.resident_a], datetime.now(UTC))
+    sync_incidents(db, [("resident", w.resident_a)], datetime.now(UTC))
     db.commit()
     return alert_id
 
@@ -94,11 +95,11 @@ def test_band_rise_re_opens_an_acknowledged_incident(client: TestClient, world: 
                                                     db: psycopg.Connection) -> None:
     headers = world.headers(client, "care_staff")
     db.execute("UPDATE alerts SET data = %s WHERE alert_id = %s", (Jsonb({"risk": "low-medium"}), world.alert_a))
-    sync_incidents(db, [world.resident_a], datetime.now(UTC))
+    sync_incidents(db, [("resident", world.resident_a)], datetime.now(UTC))
     db.commit()
     assert client.post(f"/incidents/{world.incident_a}/acknowledge", json={}, headers=headers).status_code == 200
     db.execute("UPDATE alerts SET data = %s WHERE alert_id = %s", (Jsonb({"risk": "medium"}), world.alert_a))
-    sync_incidents(db, [world.resident_a], datetime.now(UTC))
+    sync_incidents(db, [("resident", world.resident_a)], datetime.now(UTC))
     db.commit()
     detail = client.get(f"/incidents/{world.incident_a}", headers=headers).json()
     assert detail["status"] == "open" and detail["acknowledged_at"] is None and detail["band"] == "medium"

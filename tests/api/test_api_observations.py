@@ -21,8 +21,8 @@ def _latest(db: psycopg.Connection, world: World, metric: str, value: float, age
             flags: list[str] | None = None) -> datetime:
     at = datetime.now(UTC) - age
     db.execute(
-        """INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at, flags)
-           VALUES (%s, %s, %s, %s, %s, %s, %s)""",
+        """INSERT INTO latest_readings (subject_kind, subject_id, metric, site_id, device_id, value, measured_at, flags)
+           VALUES ('resident', %s, %s, %s, %s, %s, %s, %s)""",
         (world.resident_a, metric, world.home_a, world.device_a, value, at, flags or []))
     db.commit()
     return at
@@ -139,9 +139,9 @@ def _readings(db: psycopg.Connection, world: World, metric: str, points: list[tu
               flags: list[str] | None = None) -> None:
     with db.cursor() as cur:
         cur.executemany(
-            """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value,
-                                     received_at, flags)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id, device_id, metric,
+                                     value, received_at, flags)
+               VALUES (%s, %s, %s, %s, 'resident', %s, %s, %s, %s, %s, %s)""",
             [(at, world.gateway_a, 10_000 + i + (5000 if flags else 0), world.home_a, world.resident_a,
               world.device_a, metric, value, at, flags or []) for i, (at, value) in enumerate(points)])
     db.commit()

@@ -12,6 +12,10 @@ Everything here is driven by the app's own route list, so a new route is in the 
   expected answer derived from ``ROUTE_PERMISSION`` and ``scope.GRANTS``: 2xx when the role holds the
   permission, 403 when it does not, 404 when the role has no resource of that kind. ``ROUTE_PERMISSION`` must
   list every route, and every route must answer 2xx to someone, so a route that 404s for everyone fails.
+* **Subject ids that collide across kinds** (``test_rbac_matrix_subject_id_collisions``, issue 13 finding 1):
+  residents created with a household's, a care home's, a gateway's, a device's and a shared kit's id; on every
+  resident route and every list the collided resident's users get that resident's own data only, never the
+  other kinds' readings, alerts, incidents or snoozes, and the household's users see none of the residents.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from carewatch.api.app import PUBLIC_PATHS, create_app
+from carewatch.api.auth import issue_tokens
 from carewatch.api.deps import current_principal
 from carewatch.api.scope import GRANTS, Permission
+from carewatch.api.users import get_user
 from carewatch.ingest import kit_sessions
 from carewatch.ingest.store import store_batch
 from carewatch.ingest.validate import ReadingsMessage
 from carewatch.settings import Settings
-from carewatch.wire import DeviceKind, Metric, Reading, encode_batch
+from carewatch.subjects import alert_subject_kind
+from carewatch.wire import METRICS, DeviceKind, Metric, Reading, encode_batch
 
 from .conftest import incident_of
 
@@ -180,9 +187,10 @@ def tenancy(world: World, db: psycopg.Connection) -> Tenancy:
 
     def alert(site: str, subject: str, resident_id: str | None, kind: str) -> int:
         return db.execute(
-            """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, opened_at)
-               VALUES (%s, %s, %s, %s, 'medium', %s, 'test action', %s) RETURNING alert_id""",
-            (site, resident_id, subject, kind, f"rbac {subject} {kind}", now)).fetchone()[0]
+            """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action,
+                                   opened_at)
+               VALUES (%s, %s, %s, %s, %s, 'medium', %s, 'test action', %s) RETURNING alert_id""",
+            (site, resident_id, alert_subject_kind(kind), subject, kind, f"rbac {subject} {kind}", now)).fetchone()[0]
 
     t = Tenancy(w, resident, alert(w.home_a, resident, resident, "news2"),
                 alert(w.household_a, w.resident_ha, w.resident_ha, "news2"),
@@ -619,3 +627,164 @@ def test_council_sees_households_and_vitals_only_with_consent(client: TestClient
     alerts = {a["alert_id"] for a in client.get("/alerts", headers=headers).json()["items"]}
     assert world.alert_ha2_clinical not in alerts
     assert client.get(f"/alerts/{world.alert_ha2_clinical}", headers=headers).status_code == 404
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Subject ids that collide across kinds (issue 13, finding 1)
+# ------------------------------------------------------------------------------------------------------------
+#: In the reason of every alert (so the headline of every incident) of the subjects collided with, and nowhere else.
+COLLISION_MARK = "collision-marker"
+
+
+@dataclass
+class Collisions:
+    residents: dict[str, str]  # what the id was taken from -> the resident of home A created with it
+    alerts: list[int]  # the other kinds' alerts (council B's household, tenant B's home, device and gateway)
+    marks: list[str]  # strings only the other kinds' data contain: alert reasons and reading values
+
+
+@pytest.fixture
+def collisions(client: TestClient, tenancy: Tenancy, db: psycopg.Connection) -> Collisions:
+    """Home A's manager creates residents of home A whose ids are council B's household's, tenant B's care home's,
+    gateway's and device's, a gateway of council B's household, and home A's own shared kit. Those subjects have
+    data of their own: readings stored through ingest (a hall oximeter in the household, a room oximeter in home
+    B, an unassigned reading of the kit), and alerts and incidents (the household's, home B's, its device's and its
+    gateway's)."""
+    w, now = tenancy.w, datetime.now(UTC) - timedelta(minutes=2)
+    hb_gateway = f"gwHB-{w.uid}"
+    db.execute("INSERT INTO gateways (gateway_id, site_id, state) VALUES (%s, %s, 'online')",
+               (hb_gateway, w.household_b))
+    for device, site, gateway, room in ((f"hallox-{w.uid}", w.household_b, hb_gateway, "hall"),
+                                        (f"roomox-{w.uid}", w.home_b, w.gateway_b, "lounge")):
+        db.execute("INSERT INTO devices (device_id, site_id, gateway_id, kind, room) "
+                   "VALUES (%s, %s, %s, 'pulse_oximeter', %s)", (device, site, gateway, room))
+    db.commit()
+    for site, gateway, device, values, seq in (
+            (w.household_b, hb_gateway, f"hallox-{w.uid}", {Metric.SPO2: 81.5, Metric.PULSE_RATE: 141.5}, 1),
+            (w.home_b, w.gateway_b, f"roomox-{w.uid}", {Metric.SPO2: 82.5}, 9101),
+            (w.home_a, w.gateway_a, f"kox-{w.home_a}", {Metric.SPO2: 84.5}, 9102)):
+        store_batch(db, [ReadingsMessage.from_payload(None, encode_batch(site, gateway, [Reading(
+            seq=seq + i, device_id=device, device_kind=DeviceKind.PULSE_OXIMETER, metric=metric, value=value,
+            unit=METRICS[metric].unit, measured_at=now, received_at=now)
+            for i, (metric, value) in enumerate(values.items())]))])
+    alerts = []
+    for site, resident, subject, kind in ((w.household_b, None, w.household_b, "long_lie"),
+                                          (w.home_b, None, w.home_b, "scoring_stalled"),
+                                          (w.home_b, w.resident_b, w.device_b, "battery_low"),
+                                          (w.home_b, None, w.gateway_b, "gateway_offline")):
+        alerts.append(db.execute(
+            """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action)
+               VALUES (%s, %s, %s, %s, %s, 'medium', %s, 'look') RETURNING alert_id""",
+            (site, resident, alert_subject_kind(kind), subject, kind, f"{COLLISION_MARK} {kind}")).fetchone()[0])
+        incident_of(db, alerts[-1])
+    db.commit()
+    residents = {"council B's household": w.household_b, "tenant B's care home": w.home_b,
+                 "tenant B's gateway": w.gateway_b, "tenant B's device": w.device_b,
+                 "council B's household's gateway": hb_gateway, "home A's shared kit": tenancy.kit_a}
+    manager = w.headers(client, "manager")
+    for what, rid in residents.items():
+        response = client.post("/residents", headers=manager, json={
+            "resident_id": rid, "site_id": w.home_a, "display_name": f"Collided {what}",
+            "date_of_birth": "1940-01-01", "gp_practice": w.practice_a})
+        assert response.status_code == 201, f"{what}: {response.status_code} {response.text[:200]}"
+    return Collisions(residents, alerts, [COLLISION_MARK, "81.5", "141.5", "82.5", "84.5"])
+
+
+def _tenant_headers(client: TestClient, username: str) -> dict[str, str]:
+    with client.app.state.pool.connection() as conn:
+        user = get_user(conn, username)
+        assert user is not None
+        return {"Authorization": f"Bearer {issue_tokens(conn, user, client.app.state.settings).access_token}"}
+
+
+def test_rbac_matrix_subject_id_collisions(client: TestClient, tenancy: Tenancy, collisions: Collisions,
+                                           db: psycopg.Connection, routes: list[Route]) -> None:
+    """Every role that sees the collided residents (home A's staff, practice A's GP, admins), on every route with a
+    resident in its path (readings, prefill, SBARD, FHIR, observations, monitoring, baselines, snooze...; writes by
+    the manager): the answer ``expected_own`` derives, the resident's own data only, none of the other kinds'
+    readings, alerts or incidents. Then the home's lists, alerts, incidents, banner and deliveries; the shared
+    kit's routes (the kit's unassigned reading is nobody's until claimed, then the claiming resident's, then
+    moved); and the household's own users, who see none of the residents. Nothing of the other kinds changed."""
+    w = tenancy.w
+    resident_routes = [(m, p) for m, p, _ in routes if "{resident_id}" in p]
+    assert len(resident_routes) >= 12
+    wrong: list[str] = []
+
+    def check(role: str, method: str, path: str, url: str, expected: str, body: Any, params: Any,
+              headers: dict[str, str]) -> Any:
+        response = _call(client, method, url, headers, body, params)
+        got = "2xx" if 200 <= response.status_code < 300 else str(response.status_code)
+        if got != expected:
+            wrong.append(f"{role} {method} {url}: expected {expected}, got {response.status_code} "
+                         f"{response.text[:200]}")
+        # (the kit's unassigned reading is the kit's own data on the kit's routes)
+        leaked = [m for m in collisions.marks if m in response.text and not (m == "84.5" and "/kits/" in url)]
+        if leaked:
+            wrong.append(f"{role} {method} {url} leaked {leaked}")
+        return response
+
+    for role in ("manager", "care_staff", "nurse", "gp", "admin"):  # the manager writes first
+        headers = w.headers(client, role)
+        for what, rid in collisions.residents.items():
+            target = tenancy.own(role) | {"resident_id": rid}
+            for method, path in resident_routes:
+                if method in WRITE_METHODS and role != "manager":
+                    continue
+                url = fill(path, target)
+                assert url is not None
+                check(role, method, f"{path} ({what})", url, expected_own(role, method, path, target),
+                      *body_for(method, path, w, target), headers)
+        for method, path, _ in routes:  # the home's lists and pages (admins see every tenant's: not theirs)
+            if role != "admin" and method == "GET" and ("{resident_id}" not in path and "{alert_id}" not in path
+                                    and "{incident_id}" not in path and "{username}" not in path):
+                url = fill(path, tenancy.own(role))
+                if url is not None:
+                    check(role, method, path, url, expected_own(role, method, path, tenancy.own(role)),
+                          *body_for(method, path, w, tenancy.own(role)), headers)
+    assert wrong == [], "\n".join(wrong)
+
+    # the snoozes (every kind, by the manager) are the residents': no event on the other kinds' alerts
+    assert db.execute("SELECT count(*) FROM alert_events WHERE alert_id = ANY(%s) AND action <> 'opened'",
+                      (collisions.alerts,)).fetchone()[0] == 0
+    assert sorted(db.execute("SELECT subject_kind, subject_id, site_id FROM alert_suppressions "
+                             "WHERE subject_id = ANY(%s)", (list(collisions.residents.values()),)).fetchall()) == \
+        sorted(("resident", rid, w.home_a) for rid in collisions.residents.values())
+    assert db.execute("SELECT count(*) FROM alerts WHERE alert_id = ANY(%s) AND status = 'open'",
+                      (collisions.alerts,)).fetchone()[0] == len(collisions.alerts)
+    assert db.execute("SELECT count(*) FROM incidents WHERE subject_kind = 'resident' AND subject_id = ANY(%s)",
+                      (list(collisions.residents.values()),)).fetchone()[0] == 0
+    assert sorted(db.execute("SELECT subject_kind, subject_id, value FROM readings WHERE value IN (81.5, 141.5, 82.5)"
+                             " AND site_id = ANY(%s)", ([w.household_b, w.home_b],)).fetchall()) == sorted([
+        ("household", w.household_b, 81.5), ("household", w.household_b, 141.5), ("site", w.home_b, 82.5)])
+
+    # the shared kit: its unassigned reading is nobody's (not the resident named like the kit) until claimed
+    kit_resident, staff = tenancy.kit_a, w.headers(client, "care_staff")
+    recent = client.get(f"/kits/{tenancy.kit_a}/readings", headers=staff).json()
+    [mine] = [r for r in recent if r["value"] == 84.5]
+    assert mine["resident_id"] is None and mine["resident_name"] is None
+    assert 84.5 in [r["value"] for r in client.get(f"/kits/{tenancy.kit_a}/unassigned", headers=staff).json()]
+    session = client.post(f"/kits/{tenancy.kit_a}/sessions", headers=staff,
+                          json={"resident_id": kit_resident, "replace": True})
+    assert session.status_code in (200, 201), session.text
+    claimed = client.post(f"/kit-sessions/{session.json()['session_id']}/claim", headers=staff, json={})
+    assert claimed.status_code == 200, claimed.text
+    spo2 = client.get(f"/residents/{kit_resident}/readings", headers=staff,
+                      params={"metric": "spo2", "bucket": "raw"}).json()
+    assert 84.5 in [p["value"] for p in spo2["points"]]  # now the resident's own
+    moved = client.post("/readings/move", headers=w.headers(client, "manager"), json={
+        "gateway_id": w.gateway_a, "seq": 9102, "to_resident_id": w.resident_a})
+    assert moved.status_code == 200 and moved.json()["from_resident_id"] == kit_resident, moved.text
+    assert db.execute("SELECT subject_kind, subject_id FROM readings WHERE gateway_id = %s AND seq = 9102",
+                      (w.gateway_a,)).fetchone() == ("resident", w.resident_a)
+    assert db.execute("SELECT array_agg(from_kind || '>' || to_kind ORDER BY assignment_id) FROM reading_assignments "
+                      "WHERE gateway_id = %s AND seq = 9102", (w.gateway_a,)).fetchone()[0] == [
+        "kit>resident", "resident>resident"]
+
+    # the household's own users (council B) see none of the collided residents, their sets or snoozes
+    council_b = _tenant_headers(client, w.other_users["council"])
+    for path in ("/residents", "/alerts", "/incidents", f"/sites/{w.household_b}/overview",
+                 f"/households/{w.household_b}/behaviour", f"/households/{w.household_b}/rightsizing",
+                 f"/households/{w.household_b}/report.csv", f"/households/{w.household_b}/report.pdf"):
+        response = client.get(path, headers=council_b)
+        assert response.status_code == 200, f"{path}: {response.text[:200]}"
+        assert "Collided" not in response.text and "end of life care plan" not in response.text, path

@@ -141,9 +141,9 @@ def _seed_nights(db: psycopg.Connection, world: World) -> None:
             cur.execute("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)
                            VALUES (%s, 'bathroom_visit', %s, %s, %s)""",
                         (world.household_a, at, at + timedelta(minutes=6), Jsonb({"role": "bathroom"})))
-            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric,
-                                                 value, received_at)
-                           VALUES (%s, %s, %s, %s, %s, 'motion-1', 'motion', 1, %s)""",
+            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id,
+                                                 device_id, metric, value, received_at)
+                           VALUES (%s, %s, %s, %s, 'household', %s, 'motion-1', 'motion', 1, %s)""",
                         (at, world.gateway_a, 70_000 + i, world.household_a, world.household_a, at))
     db.commit()
 

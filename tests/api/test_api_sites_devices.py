@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 
 def test_overview(client: TestClient, world: World, db: psycopg.Connection) -> None:
-    db.execute("""INSERT INTO latest_readings (subject_id, metric, site_id, device_id, value, measured_at)
-                  VALUES (%s, 'spo2', %s, %s, 94, now() - interval '10 minutes')""",
+    db.execute("""INSERT INTO latest_readings (subject_kind, subject_id, metric, site_id, device_id, value, measured_at)
+                  VALUES ('resident', %s, 'spo2', %s, %s, 94, now() - interval '10 minutes')""",
                (world.resident_a, world.home_a, world.device_a))
     db.execute("""INSERT INTO devices (device_id, site_id, kind, room, battery_pct, last_seen)
                   VALUES (%s, %s, 'motion_sensor', 'lounge', 80, now() - interval '5 hours')""",
                (f"pir-{world.uid}", world.home_a))
-    db.execute("""INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action)
-                  VALUES (%s, %s, %s, 'soft_signs', 'low', 'r', 'a')""",
+    db.execute("""INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action)
+                  VALUES (%s, %s, 'resident', %s, 'soft_signs', 'low', 'r', 'a')""",
                (world.home_a, world.resident_a, world.resident_a))
     incident_of(db, world.alert_a)  # grouped as the engine does: two alerts, one problem
     db.commit()

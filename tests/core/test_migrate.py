@@ -27,7 +27,7 @@ def test_readings_are_partitioned_and_reject_duplicates(db: psycopg.Connection, 
     assert parts >= 12
     row = ("2026-11-22T08:00:00Z", f"gw-{uid}", 1, "s", "r", "d", "spo2", 95.0, "2026-11-22T08:00:00Z")
     sql = ("INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, "
-           "received_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING")
+           "received_at, subject_kind) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,'resident') ON CONFLICT DO NOTHING")
     assert db.execute(sql, row).rowcount == 1
     assert db.execute(sql, row).rowcount == 0
     db.rollback()

@@ -121,14 +121,16 @@ def test_estate_page_says_when_the_list_was_cut(sign_in: SignIn, estate: DashWor
 def test_inbox_severity_filter_is_done_by_the_api(sign_in: SignIn, estate: DashWorld, database: str) -> None:
     """510 medium incidents sort ahead of one low incident: filtering the first 500 in the page would lose it."""
     rid = estate.residents_b[0]
+    # at most one open alert per subject and kind: 511 made-up subjects (of kind 'device', which has no registry
+    # constraint; a resident subject must be the alert's resident)
     rows: list[tuple[Any, ...]] = [(estate.home_b, rid, f"{rid}-probe{i}", "soft_signs", "medium", f"medium {i}")
                                    for i in range(510)]
     rows.append((estate.home_b, rid, f"{rid}-probe-low", "soft_signs", "low", "the one low alert"))
     with psycopg.connect(database) as conn:
         conn.cursor().executemany(
-            """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action)
-               VALUES (%s, %s, %s, %s, %s, %s, 'look')""", rows)
-        sync_incidents(conn, [row[2] for row in rows], datetime.now(UTC))  # one incident per subject
+            """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action)
+               VALUES (%s, %s, 'device', %s, %s, %s, %s, 'look')""", rows)
+        sync_incidents(conn, [("device", row[2]) for row in rows], datetime.now(UTC))  # one incident per subject
         unresolved = dict(conn.execute(
             """SELECT severity, count(*) FROM incidents WHERE status <> 'resolved' AND site_id IN (%s, %s)
                GROUP BY severity""", (estate.home_a, estate.home_b)).fetchall())

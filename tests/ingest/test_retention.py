@@ -19,8 +19,9 @@ def own_db(pg_server: str) -> Iterator[psycopg.Connection]:
 
 
 def _store(conn: psycopg.Connection, seq: int, at: datetime) -> None:
-    conn.execute("INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, "
-                 "received_at, flags) VALUES (%s, 'gw-r', %s, 'site-r', 'res-r', 'ox-r', 'spo2', 96, %s, '{}')",
+    conn.execute("INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id, device_id, "
+                 "metric, value, received_at, flags) "
+                 "VALUES (%s, 'gw-r', %s, 'site-r', 'resident', 'res-r', 'ox-r', 'spo2', 96, %s, '{}')",
                  (at, seq, at))
     conn.commit()
 

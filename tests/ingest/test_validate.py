@@ -22,10 +22,10 @@ T0 = datetime(2025, 1, 1, 12, tzinfo=UTC)
 DIRECTORY = Directory(
     gateways={"gw-a": "site-a", "gw-b": "site-b"},
     devices={
-        "oxi-1": DeviceInfo("oxi-1", "site-a", "res-1"),
-        "pir-1": DeviceInfo("pir-1", "site-a", "site-a"),
-        "oxi-old": DeviceInfo("oxi-old", "site-a", "site-a", active=False),
-        "oxi-b": DeviceInfo("oxi-b", "site-b", "res-b"),
+        "oxi-1": DeviceInfo("oxi-1", "site-a", "res-1", "resident"),
+        "pir-1": DeviceInfo("pir-1", "site-a", "site-a", "household"),
+        "oxi-old": DeviceInfo("oxi-old", "site-a", "site-a", "household", active=False),
+        "oxi-b": DeviceInfo("oxi-b", "site-b", "res-b", "resident"),
     },
 )
 

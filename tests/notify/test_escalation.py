@@ -20,6 +20,7 @@ from carewatch.notify.escalation import run_once
 from carewatch.notify.policy import ChannelName, Contact, EscalationPolicy, Level, default_policy
 from carewatch.notify.receivers import NotifyServer, SmtpServer, WebhookReceiver
 from carewatch.scoring import incident_store
+from carewatch.subjects import alert_subject_kind
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 SECRET = "escalation-test-secret"
@@ -53,13 +54,13 @@ def add_alert(db: psycopg.Connection, uid: str, site: str, severity: str = "high
     """An alert of the resident, grouped into her incident as the engine does (``sync_incidents``)."""
     risk = {"high": "high", "medium": "medium"}.get(severity, "low")
     alert_id = db.execute(
-        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, data, score,
-                               opened_at, updated_at)
-           VALUES (%s, %s, %s, %s, %s, %s, 'Call 999 now.', %s, %s, %s, %s) RETURNING alert_id""",
-        (site, f"r-{uid}", f"r-{uid}", kind, severity, f"{kind} ({severity})",
+        """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action, data,
+                               score, opened_at, updated_at)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, 'Call 999 now.', %s, %s, %s, %s) RETURNING alert_id""",
+        (site, f"r-{uid}", alert_subject_kind(kind), f"r-{uid}", kind, severity, f"{kind} ({severity})",
          f'{{"risk": "{risk}"}}' if kind == "news2" else "{}", score if kind == "news2" else None, at, at),
     ).fetchone()[0]
-    incident_store.sync_incidents(db, [f"r-{uid}"], at)
+    incident_store.sync_incidents(db, [(alert_subject_kind(kind), f"r-{uid}")], at)
     db.commit()
     return alert_id
 
@@ -239,7 +240,7 @@ def test_one_incident_one_ladder_a_second_alert_folding_in_sends_nothing_more(
     # a rise to high (a new, worse NEWS2 component) re-alerts: the level last told hears it at once
     db.execute("UPDATE alerts SET severity = 'high', score = 8, data = '{\"risk\": \"high\"}' "
                "WHERE incident_id = %s AND kind = 'news2'", (incident_id,))
-    incident_store.sync_incidents(db, [f"r-{uid}"], T0 + 31 * minute)
+    incident_store.sync_incidents(db, [("resident", f"r-{uid}")], T0 + 31 * minute)
     db.commit()
     assert incident_row(db, incident_id)["notify_reason"] == "risen"
     assert step(database, channels, T0 + 31 * minute, site) == [(2, "unacknowledged")]

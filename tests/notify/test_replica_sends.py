@@ -54,11 +54,12 @@ def _estate(db: psycopg.Connection, uid: str, homes: int, names: list[str] | Non
                    "VALUES (%s, %s, 'Mrs Race', '1935-01-01')", (resident, site))
         store.save(db, site, policy, "manager-test")
         db.execute(
-            """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, data, score,
-                                   opened_at, updated_at)
-               VALUES (%s, %s, %s, 'news2', 'high', 'NEWS2 8', 'Call 999.', '{"risk": "high"}', 8, %s, %s)""",
+            """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action,
+                                   data, score, opened_at, updated_at)
+               VALUES (%s, %s, 'resident', %s, 'news2', 'high', 'NEWS2 8', 'Call 999.', '{"risk": "high"}', 8,
+                       %s, %s)""",
             (site, resident, resident, T0, T0))
-        incident_store.sync_incidents(db, [resident], T0)
+        incident_store.sync_incidents(db, [("resident", resident)], T0)
         sites.append(site)
     db.commit()
     return sites
@@ -142,8 +143,9 @@ def test_scoring_stalled_reaches_the_estate_admins_once_whichever_replica(databa
                                                                           uid: str) -> None:
     [site] = _estate(db, uid, 1)
     alert_id = db.execute(
-        """INSERT INTO alerts (site_id, subject_id, kind, severity, reason, action, data, opened_at, updated_at)
-           VALUES (%s, %s, 'scoring_stalled', 'high', 'No Carewatch scorer has evaluated it since 03:00.',
+        """INSERT INTO alerts (site_id, subject_kind, subject_id, kind, severity, reason, action, data, opened_at,
+                               updated_at)
+           VALUES (%s, 'site', %s, 'scoring_stalled', 'high', 'No Carewatch scorer has evaluated it since 03:00.',
                    'Take observations by hand.', '{}', %s, %s) RETURNING alert_id""",
         (site, site, T0, T0)).fetchone()[0]
     db.commit()

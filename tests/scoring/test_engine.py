@@ -14,6 +14,7 @@ from carewatch.scoring import incident_store, lifecycle
 from carewatch.scoring.engine import evaluate_subjects, group_loose_alerts, tick
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.scoring.schedule import care_plan_gap
+from carewatch.subjects import Subject
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 _seq = itertools.count(1)
@@ -60,8 +61,10 @@ def add_reading(db: psycopg.Connection, site: str, subject: str, device: str, me
                 at: datetime, flags: tuple[str, ...] = ()) -> None:
     db.execute(
         """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value,
-               received_at, flags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-        (at, f"gw-{site}", next(_seq), site, subject, device, metric, value, at, list(flags)),
+               received_at, flags, subject_kind)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                   CASE WHEN %s THEN carewatch_site_subject_kind(%s) ELSE 'resident' END)""",
+        (at, f"gw-{site}", next(_seq), site, subject, device, metric, value, at, list(flags), subject == site, site),
     )
 
 
@@ -233,8 +236,8 @@ def test_snooze_suppresses_new_alerts_but_never_a_high_one(db, home, resident) -
     oximeter_round(db, home, resident, NOW - timedelta(minutes=30), spo2=91)  # red 3: low-medium
     evaluate_subjects(db, [resident], NOW - timedelta(minutes=29))
     [alert] = alerts(db, resident, "news2")
-    lifecycle.snooze(db, resident, "news2", "nurse1", "GP aware, reviewing tomorrow", NOW + timedelta(hours=4),
-                     at=NOW)
+    lifecycle.snooze(db, Subject("resident", resident), home, "news2", "nurse1", "GP aware, reviewing tomorrow",
+                     NOW + timedelta(hours=4), at=NOW)
     oximeter_round(db, home, resident, NOW + timedelta(minutes=1), spo2=91, pulse=85)  # same band, new values
     summary = evaluate_subjects(db, [resident], NOW + timedelta(minutes=2))
     assert summary.suppressed >= 1
@@ -691,8 +694,8 @@ def test_snooze_never_hides_a_band_rise_and_never_defers_escalation(db, home, re
     evaluate_subjects(db, [resident], NOW - timedelta(minutes=35))
     [incident] = open_incidents(db, resident)
     due = incident["ack_due_at"]
-    lifecycle.snooze(db, resident, None, "nurse1", "known COPD, reviewed today", NOW + timedelta(hours=6),
-                     at=NOW - timedelta(minutes=34))
+    lifecycle.snooze(db, Subject("resident", resident), home, None, "nurse1", "known COPD, reviewed today",
+                     NOW + timedelta(hours=6), at=NOW - timedelta(minutes=34))
     assert open_incidents(db, resident)[0]["ack_due_at"] == due  # escalation is not deferred
     [alert] = alerts(db, resident, "news2")
     assert alert["ack_due_at"] is None or alert["ack_due_at"] <= due
@@ -702,7 +705,8 @@ def test_snooze_never_hides_a_band_rise_and_never_defers_escalation(db, home, re
     assert alert["data"]["risk"] == "medium" and summary.suppressed == 0
     assert open_incidents(db, resident)[0]["band"] == "medium"
     with pytest.raises(lifecycle.AlertLifecycleError, match="24"):
-        lifecycle.snooze(db, resident, "news2", "nurse1", "too long", NOW + timedelta(hours=30), at=NOW)
+        lifecycle.snooze(db, Subject("resident", resident), home, "news2", "nurse1", "too long",
+                         NOW + timedelta(hours=30), at=NOW)
 
 
 def test_device_round_uses_the_oxygen_prescription_until_staff_confirm(db, home, uid) -> None:
@@ -741,8 +745,9 @@ def test_long_lie_anywhere_uses_the_household_setting(db, flat, uid) -> None:
 def test_alerts_from_before_incidents_are_grouped_at_rescore(db, home, resident) -> None:
     """An open alert with no incident (opened before migration 0007) joins its subject's incident on start-up."""
     alert_id = db.execute(
-        """INSERT INTO alerts (site_id, resident_id, subject_id, kind, severity, reason, action, opened_at)
-           VALUES (%s, %s, %s, 'spo2_below_baseline', 'low', 'old alert', 'act', %s) RETURNING alert_id""",
+        """INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action,
+                               opened_at)
+           VALUES (%s, %s, 'resident', %s, 'spo2_below_baseline', 'low', 'old alert', 'act', %s) RETURNING alert_id""",
         (home, resident, resident, NOW - timedelta(days=1))).fetchone()[0]
     assert group_loose_alerts(db, NOW) >= 1
     [incident] = open_incidents(db, resident)

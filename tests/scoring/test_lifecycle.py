@@ -9,6 +9,7 @@ import pytest
 
 from carewatch.scoring import lifecycle
 from carewatch.scoring.lifecycle import AlertLifecycleError, AlertNotFound
+from carewatch.subjects import Subject
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -22,10 +23,14 @@ def _alert(db: psycopg.Connection, uid: str, severity: str, kind: str = "news2")
     site = f"lc-{uid}-{severity}"
     db.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', 'LC') ON CONFLICT DO NOTHING",
                (site,))
+    db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
+               "VALUES (%s, %s, 'LC resident', '1940-01-01') ON CONFLICT DO NOTHING", (f"subj-{uid}", site))
     alert_id = db.execute(
-        "INSERT INTO alerts (site_id, subject_id, kind, severity, reason, action, data, opened_at, ack_due_at) "
-        "VALUES (%s, %s, %s, %s, 'r', 'a', '{\"sbard\": {\"decision\": null}}', %s, %s) RETURNING alert_id",
-        (site, f"subj-{uid}", kind, severity, NOW, NOW + timedelta(minutes=60)),
+        "INSERT INTO alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, reason, action, data, "
+        "opened_at, ack_due_at) "
+        "VALUES (%s, %s, 'resident', %s, %s, %s, 'r', 'a', '{\"sbard\": {\"decision\": null}}', %s, %s) "
+        "RETURNING alert_id",
+        (site, f"subj-{uid}", f"subj-{uid}", kind, severity, NOW, NOW + timedelta(minutes=60)),
     ).fetchone()[0]
     return alert_id
 
@@ -93,23 +98,24 @@ def test_snooze_never_defers_escalation_and_records_event(db, alert, uid) -> Non
     """H-ALERT-07: a snooze is recorded on the alert but its escalation deadline stays; clinical kinds 24 h at most."""
     due = _row(db, alert)["ack_due_at"]
     until = NOW + timedelta(hours=3)
-    sid = lifecycle.snooze(db, f"subj-{uid}", "news2", "nurse1", "GP aware", until, at=NOW)
+    subject, site = Subject("resident", f"subj-{uid}"), _row(db, alert)["site_id"]
+    sid = lifecycle.snooze(db, subject, site, "news2", "nurse1", "GP aware", until, at=NOW)
     assert db.execute("SELECT reason, until FROM alert_suppressions WHERE suppression_id = %s",
                       (sid,)).fetchone() == ("GP aware", until)
     assert _row(db, alert)["ack_due_at"] == due
     assert _events(db, alert)[-1][0] == "snoozed"
     with pytest.raises(AlertLifecycleError, match="at most 24 hours"):
-        lifecycle.snooze(db, f"subj-{uid}", "news2", "nurse1", "GP aware", NOW + timedelta(hours=25), at=NOW)
+        lifecycle.snooze(db, subject, site, "news2", "nurse1", "GP aware", NOW + timedelta(hours=25), at=NOW)
 
 
 def test_snooze_refuses_high_unknown_kind_past_time_and_no_reason(db, uid) -> None:
-    _alert(db, uid, "high", "long_bathroom_stay")
-    subject = f"subj-{uid}"
+    site = _row(db, _alert(db, uid, "high", "news2_rising"))["site_id"]
+    subject = Subject("resident", f"subj-{uid}")
     with pytest.raises(AlertLifecycleError, match="high severity"):
-        lifecycle.snooze(db, subject, "long_bathroom_stay", "x", "busy", NOW + timedelta(hours=1), at=NOW)
+        lifecycle.snooze(db, subject, site, "news2_rising", "x", "busy", NOW + timedelta(hours=1), at=NOW)
     with pytest.raises(AlertLifecycleError, match="unknown alert kind"):
-        lifecycle.snooze(db, subject, "bananas", "x", "r", NOW + timedelta(hours=1))
+        lifecycle.snooze(db, subject, site, "bananas", "x", "r", NOW + timedelta(hours=1))
     with pytest.raises(AlertLifecycleError, match="future"):
-        lifecycle.snooze(db, subject, "battery_low", "x", "r", NOW - timedelta(hours=1), at=NOW)
+        lifecycle.snooze(db, subject, site, "battery_low", "x", "r", NOW - timedelta(hours=1), at=NOW)
     with pytest.raises(AlertLifecycleError, match="reason"):
-        lifecycle.snooze(db, subject, "battery_low", "x", "", NOW + timedelta(hours=1))
+        lifecycle.snooze(db, subject, site, "battery_low", "x", "", NOW + timedelta(hours=1))

@@ -153,7 +153,8 @@ def deteriorate(dsn: str, residents: dict[str, str], spo2: float) -> None:
             for metric, value in (("spo2", spo2), ("pulse_rate", 135.0)):
                 conn.execute(
                     "INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, "
-                    "value, received_at) VALUES (%s, 'gw-test', %s, %s, %s, 'ox', %s, %s, %s)",
+                    "value, received_at, subject_kind) "
+                    "VALUES (%s, 'gw-test', %s, %s, %s, 'ox', %s, %s, %s, 'resident')",
                     (now, next(_seq), site, rid, metric, value, now))
         conn.execute("SELECT pg_notify('carewatch_readings', %s)",
                      (json.dumps({"subjects": sorted(residents), "max_received_at": now.isoformat()}),))

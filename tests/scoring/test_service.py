@@ -65,7 +65,7 @@ def test_alert_appears_within_seconds_of_notify(database: str, uid: str, mode: s
             for seq, (metric, value) in enumerate((("spo2", 90.0), ("pulse_rate", 135.0)), start=1):
                 conn.execute(
                     "INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, "
-                    "value, received_at) VALUES (%s, %s, %s, %s, %s, 'ox', %s, %s, %s)",
+                    "value, received_at, subject_kind) VALUES (%s, %s, %s, %s, %s, 'ox', %s, %s, %s, 'resident')",
                     (now, f"gw-{uid}", seq, site, rid, metric, value, now))
             payload = json.dumps({"subjects": [rid], "max_received_at": now.isoformat()})
             conn.execute("SELECT pg_notify('carewatch_readings', %s)", (payload,))
