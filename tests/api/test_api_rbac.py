@@ -565,6 +565,12 @@ def test_every_route_has_a_permission_and_someone_may_use_it(routes: list[Route]
         assert usable, f"{method} {path}: no role has both the permission and a resource to use it on"
 
 
+#: Acting on an alert of an open incident acts on the incident (H-ESC-13). The alert routes run first, so the own
+#: incident (alert A's) is already acknowledged, by this very user, when its own acknowledge route comes: a 409
+#: saying so is the right answer there (test_api_incidents has the incident route's own 2xx).
+ACKNOWLEDGED_THROUGH_ITS_ALERT = ("POST", "/incidents/{incident_id}/acknowledge")
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_own_tenant_access(client: TestClient, tenancy: Tenancy, routes: list[Route], role: str) -> None:
     """Every route, the role's own resources: the answer ``expected_own`` derives, and in a 2xx none of the
@@ -580,6 +586,9 @@ def test_own_tenant_access(client: TestClient, tenancy: Tenancy, routes: list[Ro
         assert url is not None
         response = _call(client, method, url, headers, *body_for(method, path, w, target))
         got = "2xx" if 200 <= response.status_code < 300 else str(response.status_code)
+        if (expected, got, (method, path)) == ("2xx", "409", ACKNOWLEDGED_THROUGH_ITS_ALERT) and (
+                f"already acknowledged by {w.users[role]}" in response.text):
+            continue
         if got != expected:
             wrong.append(f"{method} {path}: expected {expected}, got {response.status_code} {response.text[:200]}")
         elif got == "2xx":
