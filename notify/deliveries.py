@@ -44,14 +44,15 @@ def record_pending(conn: psycopg.Connection, *, site_id: str, target_kind: str, 
 
 
 def record_nobody(conn: psycopg.Connection, *, site_id: str, target_kind: str, target_id: int, level: int,
-                  reason: str, at: datetime, level_name: str) -> int:
-    """A level with nobody on it: recorded as an attempt that reached no one (H-ESC-01)."""
+                  reason: str, at: datetime, level_name: str = "", detail: str | None = None) -> int:
+    """A level with nobody on it: recorded as an attempt that reached no one (H-ESC-01). ``detail`` says why
+    (default: the level's rota is empty)."""
     return conn.execute(
         """INSERT INTO notification_deliveries (site_id, target_kind, target_id, level, reason, channel, recipient,
                                                 created_at, attempted_at, result, detail)
            VALUES (%s, %s, %s, %s, %s, 'none', 'nobody', %s, now(), 'no_recipient', %s) RETURNING delivery_id""",
         (site_id, target_kind, target_id, level, reason, at,
-         f"level {level} ({level_name}) has nobody on the rota: moving on to the next level"),
+         detail or f"level {level} ({level_name}) has nobody on the rota: moving on to the next level"),
     ).fetchone()[0]
 
 

@@ -282,12 +282,10 @@ def estate_pass(conn: psycopg.Connection, contacts: Sequence[tuple[str, str]], n
         rows = conn.execute(_STALLED_SQL).fetchall()
         for alert_id, site_id in rows:
             if not contacts:
-                conn.execute(
-                    """INSERT INTO notification_deliveries (site_id, target_kind, target_id, level, reason, channel,
-                                                            recipient, created_at, attempted_at, result, detail)
-                       VALUES (%s, 'alert', %s, 1, %s, 'none', 'nobody', %s, now(), 'no_recipient', %s)""",
-                    (site_id, alert_id, deliveries.ESTATE, now,
-                     "no estate contacts are configured (CAREWATCH_NOTIFY_ESTATE_CONTACTS): nobody was told"))
+                deliveries.record_nobody(
+                    conn, site_id=site_id, target_kind="alert", target_id=alert_id, level=1, reason=deliveries.ESTATE,
+                    at=now, detail="no estate contacts are configured (CAREWATCH_NOTIFY_ESTATE_CONTACTS): nobody was "
+                                   "told")
             for channel, recipient in contacts:
                 deliveries.record_pending(conn, site_id=site_id, target_kind="alert", target_id=alert_id, level=1,
                                           reason=deliveries.ESTATE, channel=channel, recipient=recipient, at=now)
