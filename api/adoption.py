@@ -123,8 +123,8 @@ def adoption_report(homes: Mapping[str, tuple[str, int]], counts: Sequence[DayCo
         rows = by_site[site_id]
         for i in range(days):
             day = start + timedelta(days=i)
-            c = rows.get(day)
-            staff, device = (c.staff, c.device) if c else (0, 0)
+            counted = rows.get(day)
+            staff, device = (counted.staff, counted.device) if counted else (0, 0)
             daily.append(AdoptionDay(site_id=site_id, day=day, staff_observations=staff, device_observations=device,
                                      per_resident=_rate(staff, residents, 1)))
         staff_total = sum(c.staff for c in rows.values())
@@ -144,15 +144,15 @@ def adoption_report(homes: Mapping[str, tuple[str, int]], counts: Sequence[DayCo
             p90_minutes_to_acknowledge=_minutes(ack, 90), responded=len(response),
             median_minutes_to_response=_minutes(response, 50),
             open_not_acknowledged=sum(a.acknowledged_at is None and not a.resolved for a in site_alerts)))
-    dropping = [h for h in out if h.dropping]
+    dropping_homes = [h for h in out if h.dropping]
     if not out:
         summary = "No care homes to report on."
-    elif dropping:
+    elif dropping_homes:
         names = "; ".join(f"{h.name} ({h.earlier_per_resident_per_day:g} -> {h.recent_per_resident_per_day:g} "
-                          "observations a day per resident)" for h in dropping)
-        summary = (f"{len(dropping)} of {len(out)} homes recorded fewer observations in the last {RECENT_DAYS} days "
-                   f"than before: {names}.")
+                          "observations a day per resident)" for h in dropping_homes)
+        summary = (f"{len(dropping_homes)} of {len(out)} homes recorded fewer observations in the last "
+                   f"{RECENT_DAYS} days than before: {names}.")
     else:
         summary = f"No home's use is dropping: {len(out)} homes compared over {days} days."
     return AdoptionReport(start=start, end=end, days=days, recent_days=RECENT_DAYS, homes=out, daily=daily,
-                          dropping=[h.site_id for h in dropping], summary=summary)
+                          dropping=[h.site_id for h in dropping_homes], summary=summary)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
 from carewatch.alerts import UNRESOLVED_STATUSES, AlertKind, Severity, snooze_limit
-from carewatch.api import scope
+from carewatch.api import alerting, scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import (
     AcknowledgeIn,
@@ -58,35 +58,21 @@ def list_alerts(
     kind: Annotated[list[AlertKind] | None, Query(description="Repeatable.")] = None,
     since: Annotated[datetime | None, Query(description="Opened or updated at or after this time.")] = None,
 ) -> dict:
-    statuses = alert_status or UNRESOLVED
-    bad = set(statuses) - {*UNRESOLVED, "resolved"}
-    if bad:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            [{"loc": ["query", "status"], "field": "status", "type": "value_error",
-                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated, "
-                                     "auto_escalated or resolved"}])
+    statuses = alerting.statuses(alert_status, UNRESOLVED)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"""SELECT a.*, r.display_name AS resident_name, s.name AS site_name
-                FROM alerts a JOIN sites s ON s.site_id = a.site_id
-                LEFT JOIN residents r ON r.resident_id = a.resident_id
-                WHERE {scope.alert_predicate(ctx.principal)}
-                  AND a.status = ANY(%(statuses)s)
-                  AND (%(site)s::text IS NULL OR a.site_id = %(site)s)
-                  AND (%(resident)s::text IS NULL OR a.resident_id = %(resident)s)
-                  AND (%(severity)s::text[] IS NULL OR a.severity = ANY(%(severity)s))
+            alerting.named_rows_sql(
+                "alerts", "a", scope.alert_predicate(ctx.principal),
+                """AND (%(severity)s::text[] IS NULL OR a.severity = ANY(%(severity)s))
                   AND (%(kind)s::text[] IS NULL OR a.kind = ANY(%(kind)s))
-                  AND (%(since)s::timestamptz IS NULL OR a.updated_at >= %(since)s)
-                ORDER BY {SEVERITY_ORDER} DESC, a.opened_at DESC, a.alert_id DESC
-                LIMIT %(limit)s OFFSET %(offset)s""",
+                  AND (%(since)s::timestamptz IS NULL OR a.updated_at >= %(since)s)""",
+                f"{SEVERITY_ORDER} DESC, a.opened_at DESC, a.alert_id DESC"),
             {**ctx.params, "statuses": statuses, "site": site, "resident": resident,
              "severity": [s.value for s in severity] if severity else None,
              "kind": [k.value for k in kind] if kind else None, "since": since, "limit": paging.limit + 1,
              "offset": paging.offset},
         ).fetchall()
-    page = rows[: paging.limit]
-    ctx.note("read", "alert", None, ids=[r["alert_id"] for r in page],
-             residents=sorted({r["resident_id"] for r in page if r["resident_id"]}))
+    alerting.noted_page(ctx, rows, paging, "alert", "alert_id")
     return page_of([_alert_out(r) for r in rows], paging.limit, paging.offset)
 
 
@@ -118,13 +104,7 @@ TRANSITION_ERRORS = _transition_errors(lifecycle)
 def _apply(ctx: Ctx, alert_id: int, action: str, call: Callable[[Any], Any], **detail: Any) -> AlertDetail:
     ctx.require(Permission.ACT_ON_ALERT)
     ctx.alert(alert_id, action="update", change=action, **detail)
-    try:
-        with ctx.conn.transaction():
-            call(lifecycle)
-    except psycopg.Error:
-        raise
-    except TRANSITION_ERRORS as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc) or f"cannot {action} this alert now") from None
+    alerting.transition(ctx, lambda: call(lifecycle), TRANSITION_ERRORS, f"cannot {action} this alert now")
     return _detail(ctx, scope.load_alert(ctx.conn, ctx.principal, alert_id))
 
 

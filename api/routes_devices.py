@@ -13,6 +13,7 @@ from carewatch.api import scope
 from carewatch.api.deps import Context, Paging
 from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
 from carewatch.api.scope import Permission
+from carewatch.db import one
 from carewatch.registry import SOURCE_FORMATS, RegisteredDevice
 
 router = APIRouter(tags=["configuration"])
@@ -81,12 +82,12 @@ def bind_device(ctx: Context, device_id: str, body: BindIn) -> DeviceOut:
         if kit["site_id"] != device["site_id"]:
             raise HTTPException(status.HTTP_409_CONFLICT, "the device and the kit are at different sites")
     with ctx.conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
+        row = one(cur.execute(
             """UPDATE devices SET resident_id = %(resident)s, room = %(room)s, kit_id = %(kit)s,
                       role = coalesce(%(role)s, role), bound_at = now(), unbound_at = NULL, active = true
                WHERE device_id = %(id)s RETURNING *""",
             {"resident": body.resident_id, "room": body.room, "kit": body.kit_id, "role": body.role,
-             "id": device_id}).fetchone()
+             "id": device_id}))
     return _device_out(row, datetime.now(UTC), timedelta(hours=1))
 
 
@@ -98,9 +99,9 @@ def unbind_device(ctx: Context, device_id: str) -> DeviceOut:
     if device["resident_id"]:
         ctx.note("update", "resident", device["resident_id"], change="device_unbound", device_id=device_id)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
+        row = one(cur.execute(
             """UPDATE devices SET resident_id = NULL, room = NULL, kit_id = NULL, unbound_at = now()
-               WHERE device_id = %s RETURNING *""", (device_id,)).fetchone()
+               WHERE device_id = %s RETURNING *""", (device_id,)))
     return _device_out(row, datetime.now(UTC), timedelta(hours=1))
 
 

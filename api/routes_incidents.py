@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
 
 from carewatch.alerts import Severity
-from carewatch.api import scope
+from carewatch.api import alerting, scope
 from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.routes_escalation import deliveries_of
 from carewatch.api.schemas import (
@@ -85,34 +85,20 @@ def list_incidents(
                                                                 "all). Filtered here, not in the page: a client "
                                                                 "filtering one page would miss the rest.")] = None,
 ) -> dict:
-    statuses = incident_status or UNRESOLVED
-    bad = set(statuses) - {*UNRESOLVED, "resolved"}
-    if bad:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            [{"loc": ["query", "status"], "field": "status", "type": "value_error",
-                              "msg": f"unknown status {sorted(bad)[0]!r}: use open, acknowledged, escalated, "
-                                     "auto_escalated or resolved"}])
+    statuses = alerting.statuses(incident_status, UNRESOLVED)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"""SELECT i.*, r.display_name AS resident_name, s.name AS site_name
-                FROM incidents i JOIN sites s ON s.site_id = i.site_id
-                LEFT JOIN residents r ON r.resident_id = i.resident_id
-                WHERE {scope.incident_predicate(ctx.principal)}
-                  AND i.status = ANY(%(statuses)s)
-                  AND (%(site)s::text IS NULL OR i.site_id = %(site)s)
-                  AND (%(resident)s::text IS NULL OR i.resident_id = %(resident)s)
-                  AND (%(category)s::text[] IS NULL OR i.category = ANY(%(category)s))
-                  AND (%(severity)s::text[] IS NULL OR i.severity = ANY(%(severity)s))
-                ORDER BY {SEVERITY_ORDER} DESC, {BAND_ORDER} DESC, i.opened_at DESC, i.incident_id DESC
-                LIMIT %(limit)s OFFSET %(offset)s""",
+            alerting.named_rows_sql(
+                "incidents", "i", scope.incident_predicate(ctx.principal),
+                """AND (%(category)s::text[] IS NULL OR i.category = ANY(%(category)s))
+                  AND (%(severity)s::text[] IS NULL OR i.severity = ANY(%(severity)s))""",
+                f"{SEVERITY_ORDER} DESC, {BAND_ORDER} DESC, i.opened_at DESC, i.incident_id DESC"),
             {**ctx.params, "statuses": statuses, "site": site, "resident": resident, "category": category,
              "severity": [str(v.value) for v in severity] if severity else None,
              "limit": paging.limit + 1, "offset": paging.offset},
         ).fetchall()
-    page = rows[: paging.limit]
+    page = alerting.noted_page(ctx, rows, paging, "incident", "incident_id")
     components = _components(ctx.conn, [r["incident_id"] for r in page])
-    ctx.note("read", "incident", None, ids=[r["incident_id"] for r in page],
-             residents=sorted({r["resident_id"] for r in page if r["resident_id"]}))
     return page_of([_out(r, components.get(r["incident_id"], [])) for r in rows], paging.limit, paging.offset)
 
 
@@ -145,13 +131,7 @@ TRANSITION_ERRORS = (ValueError, LookupError)
 def _apply(ctx: Ctx, incident_id: int, action: str, call: Callable[[], Any], **detail: Any) -> IncidentDetail:
     ctx.require(Permission.ACT_ON_ALERT)
     _load(ctx, incident_id, action="update", change=action, **detail)
-    try:
-        with ctx.conn.transaction():
-            call()
-    except psycopg.Error:
-        raise
-    except TRANSITION_ERRORS as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc) or f"cannot {action} this incident now") from None
+    alerting.transition(ctx, call, TRANSITION_ERRORS, f"cannot {action} this incident now")
     return _detail(ctx, scope.load_incident(ctx.conn, ctx.principal, incident_id))
 
 

@@ -26,7 +26,7 @@ from carewatch.ingest.attribution import CLAIM_WINDOW, MOVE_WINDOW, identity_dou
 from carewatch.scoring.engine import evaluate_subjects, withdraw_device_values
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.subjects import SubjectKind
-from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Ident
+from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Ident, Metric
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["kits"])
@@ -245,7 +245,7 @@ def identity_questions(ctx: Ctx, resident: dict[str, Any], session_id: int, valu
     """'Is this <name>?' for each value implausibly far from the resident's usual one."""
     doubts = identity_doubts(values, _usual(ctx, resident["resident_id"], session_id, now))
     return [d.words(resident["display_name"] if "display_name" in resident else resident["resident_name"],
-                    METRICS[d.metric].unit) for d in doubts]
+                    METRICS[Metric(d.metric)].unit) for d in doubts]
 
 
 def _session_out(ctx: Ctx, row: dict[str, Any], ended: dict[str, Any] | None = None) -> SessionOut:

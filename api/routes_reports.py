@@ -24,6 +24,7 @@ from carewatch.api.routes_households import household_behaviour
 from carewatch.api.sbard import UNITS as SPOKEN_UNITS
 from carewatch.api.schemas import PARAMETER_METRIC, News2Parameter
 from carewatch.api.scope import Permission
+from carewatch.db import one
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.engine import ACTOR as SCORER
 from carewatch.scoring.rules import LOCAL_TZ
@@ -136,10 +137,10 @@ def _caseload(ctx: Ctx, package: str | None) -> tuple[int, str]:
     if not package:
         return 1, "no package recorded: this household only"
     with ctx.conn.cursor() as cur:
-        (count,) = cur.execute(
+        (count,) = one(cur.execute(
             f"""SELECT count(*) FROM sites s WHERE {scope.site_predicate(ctx.principal)}
                   AND s.kind = 'household' AND s.care_package = %(package)s""",
-            {**ctx.params, "package": package}).fetchone()
+            {**ctx.params, "package": package}))
     return max(int(count), 1), f"households you review with {package}"
 
 

@@ -24,6 +24,7 @@ from carewatch.api.schemas import (
     page_of,
 )
 from carewatch.api.scope import Permission
+from carewatch.db import one
 from carewatch.wire import METRICS
 
 router = APIRouter(tags=["residents"])
@@ -92,11 +93,11 @@ def _taken(ctx: Ctx, resident_id: str, nhs_number: str | None) -> HTTPException:
     """409 when the resident holding this id or NHS number is one the caller can see; 404 (as for anything of
     another tenant) when it is not, so the answer does not say "someone else has this person"."""
     with ctx.conn.cursor() as cur:
-        (all_visible,) = cur.execute(
+        (all_visible,) = one(cur.execute(
             f"""SELECT coalesce(bool_and({scope.resident_predicate(ctx.principal)}), false)
                 FROM residents r JOIN sites s ON s.site_id = r.site_id
                 WHERE r.resident_id = %(id)s OR r.nhs_number = %(nhs)s""",
-            {**ctx.params, "id": resident_id, "nhs": nhs_number}).fetchone()
+            {**ctx.params, "id": resident_id, "nhs": nhs_number}))
     if all_visible:
         return HTTPException(status.HTTP_409_CONFLICT, "a resident with this id or NHS number already exists")
     return scope.not_found("resident")
@@ -116,8 +117,8 @@ def update_resident(ctx: Context, resident_id: str, body: ResidentUpdate) -> Res
         return get_resident(ctx, resident_id)
     assignments = ", ".join(f"{name} = %({name})s" for name in changes)  # names come from the model, not input
     with ctx.conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"UPDATE residents SET {assignments} WHERE resident_id = %(rid)s RETURNING *",
-                          {**changes, "rid": resident_id}).fetchone()
+        row = one(cur.execute(f"UPDATE residents SET {assignments} WHERE resident_id = %(rid)s RETURNING *",
+                              {**changes, "rid": resident_id}))
     return _out(row)
 
 
@@ -128,12 +129,12 @@ def set_scale2(ctx: Context, resident_id: str, body: Scale2Update) -> ResidentOu
     ctx.require(Permission.SET_SCALE2)
     ctx.resident(resident_id, action="update", clinical=True, scale2=body.scale2, reason=body.reason)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
+        row = one(cur.execute(
             """UPDATE residents SET scale2 = %(scale2)s, scale2_set_by = %(by)s, scale2_set_at = now(),
                       scale2_reason = %(reason)s
                WHERE resident_id = %(rid)s RETURNING *""",
             {"scale2": body.scale2, "by": ctx.principal.username, "reason": body.reason, "rid": resident_id},
-        ).fetchone()
+        ))
     return _out(row)
 
 
@@ -145,12 +146,12 @@ def set_oxygen(ctx: Context, resident_id: str, body: OxygenUpdate) -> ResidentOu
     ctx.require(Permission.SET_OXYGEN)
     ctx.resident(resident_id, action="update", clinical=True, oxygen=body.on_oxygen, flow_lpm=body.flow_lpm)
     with ctx.conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
+        row = one(cur.execute(
             """UPDATE residents SET oxygen_prescribed = %(on)s, oxygen_flow_lpm = %(flow)s, oxygen_set_by = %(by)s,
                       oxygen_set_at = now()
                WHERE resident_id = %(rid)s RETURNING *""",
             {"on": body.on_oxygen, "flow": body.flow_lpm, "by": ctx.principal.username, "rid": resident_id},
-        ).fetchone()
+        ))
     return _out(row)
 
 

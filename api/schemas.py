@@ -512,7 +512,8 @@ class AlertDetail(AlertOut):
 
 
 #: Escalation outcomes, from the one definition in carewatch.alerts (an enum here for the OpenAPI schema).
-EscalationOutcome = StrEnum("EscalationOutcome", {v.upper(): v for v in sorted(ESCALATION_OUTCOMES)})
+# (mypy cannot list the members of an enum built from a set; the OpenAPI schema and pydantic can)
+EscalationOutcome = StrEnum("EscalationOutcome", {v.upper(): v for v in sorted(ESCALATION_OUTCOMES)})  # type: ignore[misc]
 
 
 class AcknowledgeIn(_In):
@@ -525,7 +526,7 @@ class EscalateIn(_In):
 
 
 #: Outcomes after acknowledgement, from the one definition in carewatch.alerts.
-FollowUpOutcome = StrEnum("FollowUpOutcome", {v.upper(): v for v in sorted(FOLLOW_UP_OUTCOMES)})
+FollowUpOutcome = StrEnum("FollowUpOutcome", {v.upper(): v for v in sorted(FOLLOW_UP_OUTCOMES)})  # type: ignore[misc]
 
 
 class AlertOutcomeIn(_In):

@@ -286,12 +286,30 @@ def _one(conn: psycopg.Connection, query: str, values: dict[str, Any]) -> dict[s
         return cur.execute(query, values).fetchone()
 
 
-def load_site(conn: psycopg.Connection, principal: Principal, site_id: str) -> dict[str, Any]:
-    row = _one(conn, f"SELECT s.* FROM sites s WHERE s.site_id = %(id)s AND {site_predicate(principal)}",
-               {**params(principal), "id": site_id})
+def _load(conn: psycopg.Connection, principal: Principal, what: str, query: str, key: object) -> dict[str, Any]:
+    """The row ``query`` finds for ``%(id)s`` = ``key`` with the caller's scope parameters; 404 ``what`` if none."""
+    row = _one(conn, query, {**params(principal), "id": key})
     if row is None:
-        raise not_found("site")
+        raise not_found(what)
     return row
+
+
+def _named(table: str, a: str, key: str, visible: str) -> str:
+    """One alert or incident with its resident's and home's names, if the caller may see it."""
+    return f"""SELECT {a}.*, r.display_name AS resident_name, s.name AS site_name
+            FROM {table} {a} JOIN sites s ON s.site_id = {a}.site_id
+            LEFT JOIN residents r ON r.resident_id = {a}.resident_id
+            WHERE {a}.{key} = %(id)s AND {visible}"""
+
+
+def _configured(principal: Principal, table: str, a: str, key: str) -> str:
+    """One row of a site's configuration (a gateway), if the caller may see that site's configuration."""
+    return f"SELECT {a}.* FROM {table} {a} WHERE {a}.{key} = %(id)s AND {config_predicate(principal, f'{a}.site_id')}"
+
+
+def load_site(conn: psycopg.Connection, principal: Principal, site_id: str) -> dict[str, Any]:
+    return _load(conn, principal, "site",
+                 f"SELECT s.* FROM sites s WHERE s.site_id = %(id)s AND {site_predicate(principal)}", site_id)
 
 
 def load_household(conn: psycopg.Connection, principal: Principal, site_id: str) -> dict[str, Any]:
@@ -305,86 +323,47 @@ def load_resident(
     conn: psycopg.Connection, principal: Principal, resident_id: str, *, clinical: bool = False
 ) -> dict[str, Any]:
     """The resident row (with site kind, name and consent); 404 outside tenancy, 403 for vitals without consent."""
-    row = _one(
-        conn,
+    row = _load(
+        conn, principal, "resident",
         f"""SELECT r.*, s.kind AS site_kind, s.name AS site_name, s.consent_vitals, s.council,
                    ({vitals_predicate(principal)}) AS vitals_allowed
             FROM residents r JOIN sites s ON s.site_id = r.site_id
-            WHERE r.resident_id = %(id)s AND {resident_predicate(principal)}""",
-        {**params(principal), "id": resident_id},
-    )
-    if row is None:
-        raise not_found("resident")
+            WHERE r.resident_id = %(id)s AND {resident_predicate(principal)}""", resident_id)
     if clinical and not row["vitals_allowed"]:
         raise forbidden("no consent is recorded for sharing this household's clinical vitals with the council")
     return row
 
 
 def load_alert(conn: psycopg.Connection, principal: Principal, alert_id: int) -> dict[str, Any]:
-    row = _one(
-        conn,
-        f"""SELECT a.*, r.display_name AS resident_name, s.name AS site_name
-            FROM alerts a JOIN sites s ON s.site_id = a.site_id
-            LEFT JOIN residents r ON r.resident_id = a.resident_id
-            WHERE a.alert_id = %(id)s AND {alert_predicate(principal)}""",
-        {**params(principal), "id": alert_id},
-    )
-    if row is None:
-        raise not_found("alert")
-    return row
+    return _load(conn, principal, "alert", _named("alerts", "a", "alert_id", alert_predicate(principal)), alert_id)
 
 
 def load_incident(conn: psycopg.Connection, principal: Principal, incident_id: int) -> dict[str, Any]:
-    row = _one(
-        conn,
-        f"""SELECT i.*, r.display_name AS resident_name, s.name AS site_name
-            FROM incidents i JOIN sites s ON s.site_id = i.site_id
-            LEFT JOIN residents r ON r.resident_id = i.resident_id
-            WHERE i.incident_id = %(id)s AND {incident_predicate(principal)}""",
-        {**params(principal), "id": incident_id},
-    )
-    if row is None:
-        raise not_found("incident")
-    return row
+    return _load(conn, principal, "incident",
+                 _named("incidents", "i", "incident_id", incident_predicate(principal)), incident_id)
 
 
 def load_device(conn: psycopg.Connection, principal: Principal, device_id: str) -> dict[str, Any]:
-    row = _one(conn, f"""SELECT d.* FROM devices d WHERE d.device_id = %(id)s
-                         AND {config_predicate(principal, 'd.site_id')} AND {device_practice_match()}""",
-               {**params(principal), "id": device_id})
-    if row is None:
-        raise not_found("device")
-    return row
+    return _load(conn, principal, "device", f"""SELECT d.* FROM devices d WHERE d.device_id = %(id)s
+                         AND {config_predicate(principal, 'd.site_id')} AND {device_practice_match()}""", device_id)
 
 
 def load_gateway(conn: psycopg.Connection, principal: Principal, gateway_id: str) -> dict[str, Any]:
-    row = _one(conn,
-               f"SELECT g.* FROM gateways g WHERE g.gateway_id = %(id)s AND {config_predicate(principal, 'g.site_id')}",
-               {**params(principal), "id": gateway_id})
-    if row is None:
-        raise not_found("gateway")
-    return row
+    return _load(conn, principal, "gateway", _configured(principal, "gateways", "g", "gateway_id"), gateway_id)
 
 
 def load_kit(conn: psycopg.Connection, principal: Principal, kit_id: str) -> dict[str, Any]:
     """A home's shared kit: its own staff, managers and admins only (404 otherwise)."""
-    row = _one(conn, f"SELECT k.* FROM kits k WHERE k.kit_id = %(id)s AND {kit_predicate(principal)}",
-               {**params(principal), "id": kit_id})
-    if row is None:
-        raise not_found("kit")
-    return row
+    return _load(conn, principal, "kit",
+                 f"SELECT k.* FROM kits k WHERE k.kit_id = %(id)s AND {kit_predicate(principal)}", kit_id)
 
 
 def load_kit_session(conn: psycopg.Connection, principal: Principal, session_id: int) -> dict[str, Any]:
     """A measurement session with its kit's name and its resident's banner details (404 outside tenancy)."""
-    row = _one(
-        conn,
+    return _load(
+        conn, principal, "session",
         f"""SELECT k.*, kit.name AS kit_name, r.display_name AS resident_name, r.date_of_birth, r.nhs_number,
                    r.photo_url
             FROM kit_sessions k JOIN kits kit ON kit.kit_id = k.kit_id
             JOIN residents r ON r.resident_id = k.resident_id
-            WHERE k.session_id = %(id)s AND {kit_predicate(principal, 'kit')}""",
-        {**params(principal), "id": session_id})
-    if row is None:
-        raise not_found("session")
-    return row
+            WHERE k.session_id = %(id)s AND {kit_predicate(principal, 'kit')}""", session_id)

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from carewatch.api import sessions
 from carewatch.api.errors import constraint_columns
+from carewatch.db import one
 
 
 class Role(StrEnum):
@@ -245,7 +246,7 @@ def update_user(
     current = get_user(conn, username)
     if current is None:
         raise UserError(f"no user {username!r}")
-    merged = {
+    merged: dict[str, Any] = {
         "full_name": current.full_name if full_name is _UNSET else full_name,
         "role": current.role if role is _UNSET else Role(role),
         "site_id": current.site_id if site_id is _UNSET else site_id,
@@ -308,6 +309,6 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> User
     if _HASHER.check_needs_rehash(stored):
         with conn.transaction():
             conn.execute("UPDATE users SET password_hash = %s WHERE username = %s", (_HASHER.hash(password), name))
-        row["password_hash"] = conn.execute("SELECT password_hash FROM users WHERE username = %s",
-                                            (name,)).fetchone()[0]
+        row["password_hash"] = one(conn.execute("SELECT password_hash FROM users WHERE username = %s",
+                                            (name,)))[0]
     return User.from_row(row)

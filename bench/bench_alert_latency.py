@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
-from bench_evaluation import record_staff_entry
+from feeding import record_staff_entry
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port

@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
+from feeding import record_staff_entry
 from scratch import scratch_database
 
 from carewatch.alerts import CLINICAL_KINDS, SEVERITY_RANK, AlertKind, Severity
@@ -70,8 +71,7 @@ from carewatch.ingest.store import store_batch
 from carewatch.ingest.validate import ReadingsMessage, StatusUpdate
 from carewatch.scoring import households
 from carewatch.scoring.engine import evaluate_subjects, tick
-from carewatch.scoring.news2 import encode_consciousness, score_arrays, score_observation
-from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
+from carewatch.scoring.news2 import encode_consciousness, score_arrays
 from carewatch.wire import UNTRUSTED_FLAGS, DecodedBatch, GatewayStatus, Metric, Reading
 
 #: The seed the rules were tuned on (docs/evaluation.md before issue 20): its figures are reported, never pooled.
@@ -746,21 +746,6 @@ class Feed:
     def _status(site: str, state: str, at: datetime, received: datetime) -> StatusUpdate:
         status = GatewayStatus(site_id=site, gateway_id=gateway_id_for(site), state=state, at=at)  # type: ignore[arg-type]
         return StatusUpdate(status, status.model_dump_json(), received_at=received)
-
-
-def record_staff_entry(conn: psycopg.Connection, obs: ManualObservation, *, scale2: bool) -> None:
-    """What staff type on the tablet, stored as the API's observation entry stores it (source 'manual'; the
-    engine then completes the set with the round's device readings)."""
-    values = {"respiration_rate": obs.respiration_rate, "consciousness": obs.consciousness,
-              "on_oxygen": obs.supplemental_oxygen, "spo2_scale": 2 if scale2 else 1}
-    result = score_observation(values)
-    typed = {"source": "manual", "by": "evaluation", "at": obs.at.isoformat()}
-    inputs = {"respiration_rate": typed, "consciousness": typed, "on_oxygen": typed}
-    record_observation_set(conn, ObservationSetRow(
-        resident_id=obs.resident_id, site_id=obs.site_id, taken_at=obs.at, recorded_by="evaluation",
-        source="manual", values={"respiration_rate": obs.respiration_rate}, result=result,
-        spo2_scale=values["spo2_scale"], on_oxygen=obs.supplemental_oxygen, consciousness=obs.consciousness,
-        soft_signs=obs.soft_signs, note=obs.note, inputs=inputs))
 
 
 # ------------------------------------------------------------------------------------------------------------

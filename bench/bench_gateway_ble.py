@@ -6,7 +6,7 @@ the same run.
 
 Both gateways are child processes started the way ``bench_gateway_rss.py`` starts them (the real ``Gateway``, its
 registry from a file, SQLite outbox, publisher to the local Mosquitto), and get the same devices and the same
-value-level schedule (``bench_gateway_rss.Feed``: firmware_sim's DeviceLayer encodes the bytes):
+value-level schedule (``bench_gateway_Feed``: firmware_sim's DeviceLayer encodes the bytes):
 
   * bytes  - ``SimTransport``: each notification piped to the child (BTHome adverts twice, as advertisers repeat);
   * bumble - ``CAREWATCH_BLE_BACKEND=bumble``: the child's ``BumbleTransport`` drives its own emulated controller
@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_gateway_rss as rss
+from feeding import Feed, Sampler, build_devices, end_child, steady
+
+#: The gateway child of the byte-level path is bench_gateway_rss.py's (run as a script, not imported).
+RSS_SCRIPT = Path(__file__).resolve().parent / "bench_gateway_rss.py"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,13 +79,13 @@ def child_bumble() -> None:
     sys.stdin.readline()
 
 
-def run(mode: str, env: dict[str, str], log: Path, feed: rss.Feed, seconds: float, accelerate: float,
+def run(mode: str, env: dict[str, str], log: Path, feed: Feed, seconds: float, accelerate: float,
         radio: Any = None) -> dict[str, Any]:
     """One child for ``seconds`` of traffic; ``radio``: the VirtualRadio the bumble child reads."""
     import subprocess
 
     argv = [sys.executable, __file__, "--child-bumble"] if mode == "bumble" else [
-        sys.executable, rss.__file__, "--child", "gateway"]
+        sys.executable, str(RSS_SCRIPT), "--child", "gateway"]
     with open(log, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
                                 bufsize=1)
@@ -91,7 +94,7 @@ def run(mode: str, env: dict[str, str], log: Path, feed: rss.Feed, seconds: floa
         ready = json.loads(proc.stdout.readline() or "{}")
         if not ready.get("ready"):
             raise RuntimeError(f"{mode} child did not start (exit {proc.wait(10)}): {log.read_text()[-3000:]}")
-        sampler = rss.Sampler(proc.pid)
+        sampler = Sampler(proc.pid)
         cpu0 = cpu_seconds(proc.pid)
         radio_cpu0 = radio.call(_thread_cpu()) if radio is not None else 0.0
         sent = 0
@@ -131,13 +134,7 @@ def run(mode: str, env: dict[str, str], log: Path, feed: rss.Feed, seconds: floa
         report.update(ready)
         return report
     finally:
-        if proc.stdin and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc)
 
 
 async def _thread_cpu() -> float:
@@ -173,7 +170,7 @@ def main() -> None:
             raise SystemExit("needs an MQTT broker (CAREWATCH_TEST_MQTT, or Mosquitto on 127.0.0.1:1883)")
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run_id = uuid.uuid4().hex[:8]
-        devices = rss.build_devices(args.devices, args.seed)
+        devices = build_devices(args.devices, args.seed)
         registry = DeviceRegistry(d.registered() for d in devices)
         save_registry(registry, tmp / "registry.json")
 
@@ -189,16 +186,16 @@ def main() -> None:
               f"{sum(1 for d in devices if d.bind_key)} encrypted); {args.seconds:.0f} s of traffic per gateway at "
               f"{args.accelerate:.0f}x")
         log = Path(args.log) if args.log else tmp / "children.log"
-        by_bytes = run("bytes", env_for("bytes"), log, rss.Feed(devices, datetime.now(UTC), args.seed),
+        by_bytes = run("bytes", env_for("bytes"), log, Feed(devices, datetime.now(UTC), args.seed),
                        0.5 if args.only_bumble else args.seconds, args.accelerate)
         radio = stack.enter_context(VirtualRadio(registry))
         by_radio = run("bumble", env_for("bumble", CAREWATCH_BLE_BACKEND="bumble",
                                          CAREWATCH_BUMBLE_TRANSPORT=radio.hci_transport,
                                          CAREWATCH_BUMBLE_KEYSTORE=str(tmp / "bonds.json")),
-                       log, rss.Feed(devices, datetime.now(UTC), args.seed), args.seconds, args.accelerate, radio)
+                       log, Feed(devices, datetime.now(UTC), args.seed), args.seconds, args.accelerate, radio)
         for name, r in (("bytes", by_bytes), ("bumble", by_radio)):
             c = r["counters"]
-            quarter, end = rss._steady(r["samples"])
+            quarter, end = steady(r["samples"])
             print(f"{name:7s} peak {r['peak_mb']:5.1f} MB (steady {quarter:.1f} -> {end:.1f}), CPU {r['cpu_s']:5.1f} s "
                   f"({r['cpu_s'] / args.seconds * 100:4.1f} % of one core, "
                   f"{r['cpu_s'] / max(1, c['frames_in']) * 1e6:.0f} us per notification), "

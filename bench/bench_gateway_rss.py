@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -100,113 +98,13 @@ def _run_gateway() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the parent: devices, the byte feed, and /proc sampling
+# the parent: devices, the byte feed and /proc sampling are in feeding.py (shared with bench_gateway_ble.py)
 # ------------------------------------------------------------------------------------------------------------
-class Sampler:
-    """VmRSS of ``pid`` every ``interval`` seconds, in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, float]] = []  # (seconds since start, MB)
-        self._stop = threading.Event()
-        self._start = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def status(self, field: str) -> float:
-        with open(f"/proc/{self.pid}/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-        raise KeyError(field)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append((time.monotonic() - self._start, self.status("VmRSS")))
-            except (OSError, KeyError):
-                return
-            self._stop.wait(self.interval)
-
-    def stop(self) -> float:
-        """Stop sampling; returns the peak (VmHWM) in MB. Call while the process still exists."""
-        peak = self.status("VmHWM")
-        self._stop.set()
-        self._thread.join()
-        return peak
-
-
-def build_devices(count: int, seed: int) -> list[Any]:
-    """``count`` devices: a third bedside (oximeter, thermometer, BP cuff per resident), the rest home sensors."""
-    from carewatch.firmware_sim.devices import household_devices, resident_devices
-    from carewatch.firmware_sim.household import SENSORS
-
-    roles = {role: spec.device_kind for role, spec in SENSORS.items()}
-    bedside = [d for r in range(count // 3 // 3 + 1) for d in resident_devices(f"rss-r{r:02d}", "rss-home")]
-    bedside = bedside[: (count // 3) // 3 * 3]
-    sensors = [d for h in range(count // len(roles) + 1) for d in household_devices(f"rss-h{h}", roles, seed)]
-    return (bedside + sensors)[:count]
-
-
-class Feed:
-    """Value-level events for each device on a schedule, turned into bytes by firmware_sim's DeviceLayer."""
-
-    GATT_EVERY = timedelta(minutes=5)
-    BTHOME_EVERY = timedelta(minutes=1)
-
-    def __init__(self, devices: list[Any], start: datetime, seed: int) -> None:
-        from carewatch.firmware_sim.devices import DeviceLayer
-
-        self.layer = DeviceLayer(devices, seed=seed)
-        self.rng = random.Random(seed)
-        self.devices = devices
-        every = {d.device_id: self.BTHOME_EVERY if d.source == "bthome" else self.GATT_EVERY for d in devices}
-        self.every = every
-        self.due = {d.device_id: start + every[d.device_id] * self.rng.random() for d in devices}
-
-    def until(self, now: datetime) -> list[Any]:
-        """Notifications for every measurement due up to ``now``."""
-        out = []
-        for device in self.devices:
-            while self.due[device.device_id] <= now:
-                at = self.due[device.device_id]
-                for event in self._events(device, at):
-                    out.extend(note for _, note in self.layer.feed(event))
-                self.due[device.device_id] = at + self.every[device.device_id]
-        out.extend(note for _, note in self.layer.flush())
-        return out
-
-    def _events(self, device: Any, at: datetime) -> list[Any]:
-        from carewatch.firmware_sim.household import SENSORS, SensorEvent
-        from carewatch.firmware_sim.physiology import VitalSample
-        from carewatch.wire import DeviceKind, Metric
-
-        rng = self.rng
-        if device.source != "bthome":
-            values = {
-                DeviceKind.PULSE_OXIMETER: {Metric.SPO2: rng.randint(90, 99),
-                                            Metric.PULSE_RATE: rng.randint(55, 100)},
-                DeviceKind.THERMOMETER: {Metric.TEMPERATURE: round(rng.uniform(36.0, 38.0), 1)},
-                DeviceKind.BP_CUFF: {Metric.SYSTOLIC_BP: rng.randint(100, 160),
-                                     Metric.DIASTOLIC_BP: rng.randint(60, 95), Metric.PULSE_RATE: rng.randint(55, 100)},
-            }[device.kind]
-            return [VitalSample(at, device.resident_id, device.kind, metric, float(value), frozenset(), device.site_id,
-                                "kit") for metric, value in values.items()]
-        spec = SENSORS[device.role]
-        events = []
-        for metric in spec.metrics:
-            value = {Metric.ROOM_TEMPERATURE: rng.uniform(17, 24), Metric.HUMIDITY: rng.uniform(35, 65),
-                     Metric.POWER: rng.choice((0.0, 2800.0))}.get(metric, float(rng.random() < 0.5))
-            events.append(SensorEvent(at, device.site_id, device.role, device.kind, metric, value))
-        if spec.battery and rng.random() < 0.1:
-            events.append(SensorEvent(at, device.site_id, device.role, device.kind, Metric.BATTERY,
-                                      float(rng.randint(20, 100))))
-        return events
-
-
-def run_child(mode: str, env: dict[str, str], log: Path, *, feed: Feed | None = None, seconds: float = 0.0,
+def run_child(mode: str, env: dict[str, str], log: Path, *, feed: Any = None, seconds: float = 0.0,
               accelerate: float = 1.0) -> dict[str, Any]:
     """Start a child, feed it for ``seconds`` (gateway modes), and return its report with RSS figures."""
+    from feeding import Sampler, end_child  # (the parent only: a child imports nothing it does not measure)
+
     with open(log, "ab") as err:
         proc = subprocess.Popen([sys.executable, __file__, "--child", mode], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env, bufsize=1)
@@ -240,24 +138,12 @@ def run_child(mode: str, env: dict[str, str], log: Path, *, feed: Feed | None = 
         report.update(ready)
         return report
     finally:
-        if proc.stdin and not proc.stdin.closed:
-            proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _steady(samples: list[tuple[float, float]]) -> tuple[float, float]:
-    """(RSS at the end of the first quarter, RSS at the end) in MB: growth between them would be a leak."""
-    if not samples:
-        return 0.0, 0.0
-    quarter = samples[len(samples) // 4][1]
-    return quarter, samples[-1][1]
+        end_child(proc)
 
 
 def main() -> None:
+    from feeding import Feed, build_devices, steady  # (the parent only, as in run_child)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0, help="Real seconds of traffic for the loaded run.")
@@ -312,7 +198,7 @@ def main() -> None:
                            accelerate=args.accelerate)
 
         counters = loaded["counters"]
-        quarter, end = _steady(loaded["samples"])
+        quarter, end = steady(loaded["samples"])
         print(f"bare:      {bare['peak_mb']:6.1f} MB peak  Python interpreter (this harness, standard library only)")
         print(f"imports:   {imports['peak_mb']:6.1f} MB peak  what `carewatch gateway` imports, nothing running "
               f"({imports['modules']} modules)")

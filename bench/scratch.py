@@ -19,18 +19,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from carewatch.db.migrate import migrate
-from carewatch.embedded import EmbeddedPostgres, free_port, port_open
+from carewatch.embedded import EmbeddedPostgres, free_port, port_open, postgres_answers
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _answers(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
 
 
 @contextmanager
@@ -40,7 +31,7 @@ def _server(dsn: str | None) -> Iterator[tuple[str, str]]:
     if dsn:
         yield dsn, "given server"
         return
-    if port_open("127.0.0.1", 5432) and _answers(LOCAL):
+    if port_open("127.0.0.1", 5432) and postgres_answers(LOCAL):
         yield LOCAL, "local server 127.0.0.1:5432"
         return
     tmp = Path(tempfile.mkdtemp(prefix="carewatch-bench-"))

@@ -14,7 +14,7 @@ class Severity(StrEnum):
     HIGH = "high"  # act now
 
 
-SEVERITY_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3}
+SEVERITY_RANK: dict[str, int] = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3}
 
 
 class AlertKind(StrEnum):

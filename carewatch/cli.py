@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-import click
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:  # typer vendors its own click (typer._click): TyperGroup's methods take its classes, not click's
+    from typer._click import Command, Context
 
 from carewatch.settings import WeakSecretError, check_secret, get_settings
 
@@ -24,11 +26,11 @@ class _LazyGroup(TyperGroup):
     LAZY: ClassVar[dict[str, tuple[str, str, str]]] = {"users": ("carewatch.api.users_cli", "users_app",
                       "Manage users and roles (admin): add, list, passwd, disable.")}
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         names = super().list_commands(ctx)
         return names + [name for name in self.LAZY if name not in names]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         if cmd_name in self.LAZY and cmd_name not in self.commands:
             module, attr, help_text = self.LAZY[cmd_name]
             try:
@@ -331,7 +333,7 @@ def db_migrate(
     typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         for name, group, secret in logins:
-            ensure_login(conn, name, group, secret)  # type: ignore[arg-type]
+            ensure_login(conn, name, group, secret)  # type: ignore[arg-type]  # group: "app" or "report" (above)
             typer.echo(f"login {name}: member of carewatch_{group}")
 
 

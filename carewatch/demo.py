@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 
+from carewatch.db import one
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, port_open, wait_for
 from carewatch.procs import Supervisor
@@ -202,13 +203,13 @@ class Demo:
             seed_world(conn, self.world, self.devices)
             self.users = self._seed_users(conn)
             self._seed_policies(conn)
-            self.deliveries_before = conn.execute(
-                "SELECT coalesce(max(delivery_id), 0) FROM notification_deliveries").fetchone()[0]
-            self.alerts_before = conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts").fetchone()[0]
-            self.incidents_before = conn.execute(
-                "SELECT coalesce(max(incident_id), 0) FROM incidents").fetchone()[0]
-            history_stored = conn.execute(
-                "SELECT coalesce(sum(last_seq), 0) FROM gateways WHERE gateway_id LIKE '%-backfill'").fetchone()[0]
+            self.deliveries_before = one(conn.execute(
+                "SELECT coalesce(max(delivery_id), 0) FROM notification_deliveries"))[0]
+            self.alerts_before = one(conn.execute("SELECT coalesce(max(alert_id), 0) FROM alerts"))[0]
+            self.incidents_before = one(conn.execute(
+                "SELECT coalesce(max(incident_id), 0) FROM incidents"))[0]
+            history_stored = one(conn.execute(
+                "SELECT coalesce(sum(last_seq), 0) FROM gateways WHERE gateway_id LIKE '%-backfill'"))[0]
             if not history_stored:
                 print(f"Writing {HISTORY.days} days of simulated history…", file=sys.stderr, flush=True)
                 # the shared kit's history: its sessions first (ingest attributes by them), then its readings,
@@ -253,13 +254,13 @@ class Demo:
             clock="data", ingest_shared="true" if self.shared else "false",
             api_url=self.api_url, log_level="WARNING", **self.notify_env(),
         )
-        self.supervisor = Supervisor(env, self.dir / "logs")
+        self.supervisor = supervisor = Supervisor(env, self.dir / "logs")
         self.supervisor.start("ingest", "ingest", "--worker-id", "demo-1")
         self.supervisor.start("scorer", "score")
         self.supervisor.start("api", "api")
         if not self.headless:
             self.supervisor.start("dashboard", "dashboard")
-        wait_for(lambda: port_open("127.0.0.1", self.settings.api_port) or bool(self.supervisor.check()), 60,
+        wait_for(lambda: port_open("127.0.0.1", self.settings.api_port) or bool(supervisor.check()), 60,
                  "the API to listen")
         self._check_children()
 
@@ -268,7 +269,8 @@ class Demo:
         dead = self.supervisor.check()
         if dead:
             child = dead[0]
-            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")  # type: ignore[union-attr]
+            code = child.proc.returncode if child.proc is not None else None
+            raise RuntimeError(f"{child.name} exited ({code}):\n{child.log_tail()}")
 
     def start_gateways_and_sim(self) -> None:
         from carewatch.firmware_sim.driver import SimClock
@@ -364,8 +366,8 @@ class Demo:
     def _stored_total(self, ranges: dict[str, tuple[int, int]]) -> int:
         with psycopg.connect(self.dsn) as conn:
             return sum(
-                conn.execute("SELECT count(DISTINCT seq) FROM readings WHERE gateway_id = %s AND seq BETWEEN %s AND %s",
-                             (gw, lo, hi)).fetchone()[0]
+                one(conn.execute("SELECT count(DISTINCT seq) FROM readings WHERE gateway_id = %s "
+                                 "AND seq BETWEEN %s AND %s", (gw, lo, hi)))[0]
                 for gw, (lo, hi) in ranges.items()
             )
 
@@ -375,10 +377,10 @@ class Demo:
         stored = duplicates = 0
         with psycopg.connect(self.dsn) as conn:
             for gw, (lo, hi) in ranges.items():
-                total, distinct = conn.execute(
+                total, distinct = one(conn.execute(
                     "SELECT count(*), count(DISTINCT seq) FROM readings "
                     "WHERE gateway_id = %s AND seq BETWEEN %s AND %s",
-                    (gw, lo, hi)).fetchone()
+                    (gw, lo, hi)))
                 stored += distinct
                 duplicates += total - distinct
             alerts = [
@@ -397,9 +399,9 @@ class Demo:
                    JOIN devices d ON d.device_id = r.device_id
                    WHERE r.gateway_id = %s AND r.seq BETWEEN %s AND %s AND d.kit_id IS NOT NULL
                      AND r.metric <> 'battery'""", (gw, lo, hi)).fetchall()]
-            corrections = conn.execute(
+            corrections = one(conn.execute(
                 "SELECT count(*) FROM reading_assignments WHERE kind = 'move' AND at >= %s",
-                (self.started_at,)).fetchone()[0]
+                (self.started_at,)))[0]
         from carewatch.firmware_sim.kit_round import check_attribution
 
         kit_check = check_attribution(kit_readings, self.kit_rounds.truth, set(kit_ids))

@@ -54,6 +54,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def postgres_answers(dsn: str) -> bool:
+    """Whether a PostgreSQL server at ``dsn`` accepts us and answers a query (within a few seconds)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,7 +89,7 @@ def find_postgres_bin() -> Path:
             if out and (Path(out) / "initdb").exists():
                 return Path(out)
     try:
-        import pgserver  # type: ignore[import-not-found]
+        import pgserver
 
         bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
         if (bundled / "initdb").exists():
@@ -327,9 +337,9 @@ class EmbeddedBroker:
             cmd = [str(self.mosquitto), "-c", str(conf)]
         else:
             cmd = [sys.executable, "-m", "carewatch.amqtt_broker", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for(lambda: port_open("127.0.0.1", self.port) or self.proc.poll() is not None, timeout,
+            wait_for(lambda: port_open("127.0.0.1", self.port) or proc.poll() is not None, timeout,
                      f"{self.kind} on port {self.port}")
         finally:
             log.close()

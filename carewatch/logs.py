@@ -23,7 +23,7 @@ class _CurrentStderr:
 
 def configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    logging.basicConfig(level=level, stream=_CurrentStderr(), format="%(message)s")  # type: ignore[arg-type]
+    logging.basicConfig(level=level, stream=_CurrentStderr(), format="%(message)s")
     renderer = structlog.processors.JSONRenderer() if settings.log_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -33,6 +33,7 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
+        # a proxy to whatever sys.stderr is now (tests swap it); it writes like a TextIO without being one
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

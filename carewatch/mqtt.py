@@ -96,6 +96,7 @@ def make_client(
         log.warning("mqtt_ca_file_unused", ca_file=str(ca_file), reason="the MQTT URL is mqtt://, not mqtts://")
     if will is not None:
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    # paho annotates the delays as int but computes with floats (ingest retries after 0.25 s)
     client.reconnect_delay_set(min_delay=reconnect[0], max_delay=reconnect[1])  # type: ignore[arg-type]
     if max_inflight is not None:
         client.max_inflight_messages_set(max_inflight)

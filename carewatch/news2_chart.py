@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from carewatch.wire import Metric
 
@@ -127,7 +127,7 @@ def _parse_band(text: str, points: int) -> Band:
         Decimal(low) if low else None,
         Decimal(high) if high else None,
         points,
-        match["when"],  # type: ignore[arg-type]
+        cast(Literal["air", "oxygen"] | None, match["when"]),  # the pattern allows only these
     )
 
 

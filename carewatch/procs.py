@@ -70,9 +70,9 @@ class Supervisor:
 
     def stop_all(self, timeout: float = 15) -> None:
         for child in reversed(self.children):
-            if child.alive():
+            if child.alive() and child.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+                    os.killpg(child.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in reversed(self.children):
             self.stop(child, timeout=max(0.1, deadline - time.monotonic()))

@@ -222,7 +222,9 @@ class Settings(BaseSettings):
 
     def child_env(self, **overrides: str) -> dict[str, str]:
         """Environment for a child process: ours plus these settings, so the child sees the same config."""
-        return process_env(**{f"CAREWATCH_{name.upper()}": value for name, value in overrides.items()})
+        env = process_env()
+        env.update({f"CAREWATCH_{name.upper()}": value for name, value in overrides.items()})
+        return env
 
 
 #: Secrets that appear in this repository's examples (.env.example, README, docs, compose): anyone can read them,

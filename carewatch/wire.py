@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-WIRE_VERSION = 1
+WIRE_VERSION: Final = 1
 TOPIC_ROOT = f"carewatch/v{WIRE_VERSION}"
 #: Largest sequence number the platform stores (PostgreSQL bigint).
 MAX_SEQ = 2**63 - 1

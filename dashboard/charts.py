@@ -167,7 +167,7 @@ def bar_chart(rows: Sequence[Mapping[str, Any]], x: str, y: str, x_title: str, y
     ).properties(height=220, title=title)
 
 
-def temperature_chart(rooms: Sequence[Mapping[str, Any]]) -> alt.LayerChart:
+def temperature_chart(rooms: Sequence[Mapping[str, Any]]) -> alt.LayerChart | alt.FacetChart:
     """Lowest to highest temperature per room (bar) with the average (tick), against 18 °C and 26 °C lines."""
     df = pd.DataFrame(list(rooms))
     base = alt.Chart(df).encode(y=alt.Y("room:N", title="Room"))

@@ -58,7 +58,7 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
         conn.cursor().executemany(
             "INSERT INTO gateways (gateway_id, site_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
             list(zip(gateway_ids, site_ids, strict=True)))
-    seqs = dict(conn.execute("SELECT site_id, last_seq FROM gateways WHERE gateway_id = ANY(%s)",
+    seqs: dict[str, Any] = dict(conn.execute("SELECT site_id, last_seq FROM gateways WHERE gateway_id = ANY(%s)",
                              (gateway_ids,)).fetchall())
     directory = load_directory(conn)
     totals = {"readings": 0, "stored": 0, "duplicates": 0, "dead_letters": 0}
@@ -114,7 +114,7 @@ class _Rounds:
         self.conn = conn
         self.open: dict[str, list[ManualObservation | VitalSample]] = {}
         self.pending: list[tuple[dict[str, Any], tuple[Any, ...]]] = []  # (NEWS2 inputs, the row's other columns)
-        self.scale2 = dict(conn.execute("SELECT resident_id, scale2 FROM residents").fetchall())
+        self.scale2: dict[str, bool] = dict(conn.execute("SELECT resident_id, scale2 FROM residents").fetchall())
         self.written = 0
 
     def add(self, event: ManualObservation | VitalSample) -> None:
@@ -176,6 +176,5 @@ def backfill(settings: Settings, world: Any, *, start: datetime, end: datetime) 
             seed_world(conn, world, world_devices(world))
         t0 = time.monotonic()
         totals = backfill_world(conn, world, start=start, end=end)
-    totals["seconds"] = round(time.monotonic() - t0, 2)
-    print(json.dumps(totals), flush=True)
+    print(json.dumps({**totals, "seconds": round(time.monotonic() - t0, 2)}), flush=True)
     return 0 if totals["dead_letters"] == 0 else 1

@@ -81,7 +81,8 @@ def encode_sfloat_auto(value: Value) -> bytes:
         mantissa = _mantissa(float(value), exponent)
         if abs(mantissa) <= SFLOAT_MANTISSA_LIMIT:
             return pack_sfloat(mantissa, exponent)
-    return _SFLOAT_SPECIAL_RAW["+INF" if value > 0 else "-INF"].to_bytes(2, "little")
+    positive = not isinstance(value, Special) and value > 0  # (specials returned above)
+    return _SFLOAT_SPECIAL_RAW["+INF" if positive else "-INF"].to_bytes(2, "little")
 
 
 def encode_float(value: Value, exponent: int = -2) -> bytes:

@@ -167,8 +167,8 @@ class KitRounds:
 
         for event in events:
             now = event.at
-            for rid, rnd in sorted(rounds.items(), key=lambda kv: kv[1].first):
-                if now - rnd.first > ROUND_WINDOW:
+            for rid, running in sorted(rounds.items(), key=lambda kv: kv[1].first):
+                if now - running.first > ROUND_WINDOW:
                     self._lay_out(rounds.pop(rid), emit)
             if isinstance(event, VitalSample) and event.site_id in self.shared:
                 rnd = rounds.get(event.resident_id)

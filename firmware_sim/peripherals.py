@@ -400,6 +400,7 @@ class Broadcaster:
             for i in range(self.repeats):
                 if i:
                     await asyncio.sleep(self.spacing_s)
+                # bumble's LocalLink accepts no sender controller for a broadcast; its annotation says Controller
                 self.link.send_advertising_pdu(None, ll.AdvInd(advertiser_address=self.address, data=advert))  # type: ignore[arg-type]
                 self.sent += 1
             self._packets.popleft()

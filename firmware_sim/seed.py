@@ -26,7 +26,8 @@ def seed_world(conn: psycopg.Connection, world: World, devices: list[SimDevice])
     counts: dict[str, int] = {}
     with conn.transaction():
         cur = conn.cursor()
-        sites = [(s["id"], "care_home", s["name"], None, None, None, None, False) for s in records["sites"]]
+        sites: list[tuple[Any, ...]] = [(s["id"], "care_home", s["name"], None, None, None, None, False)
+                                        for s in records["sites"]]
         sites += [(h["id"], "household", h["name"], h["council"], HOUSEHOLD_PACKAGE["care_package"],
                    HOUSEHOLD_PACKAGE["package_hours_per_week"], HOUSEHOLD_PACKAGE["hourly_rate_gbp"],
                    bool(h["consent_vitals"])) for h in records["households"]]  # the record's own consent

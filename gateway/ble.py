@@ -141,7 +141,7 @@ class BleakTransport(RadioTransport):
         kwargs: dict[str, Any] = {"bluez": {"adapter": self.adapter}} if self.adapter else {}
         scanner = BleakScanner(
             detection_callback=lambda d, a: self.on_advert(registry, d, a, on_event),
-            scanning_mode=self.scanning_mode,  # type: ignore[arg-type]
+            scanning_mode=self.scanning_mode,  # type: ignore[arg-type]  # a setting: "active" or "passive"
             **kwargs,
         )
         try:

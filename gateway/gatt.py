@@ -321,7 +321,8 @@ def decode_temperature(data: bytes) -> DecodedFrame:
     """Temperature Measurement 0x2A1C; Fahrenheit readings are converted to °C (one more decimal kept)."""
     uuid = "2a1c"
     flags_byte = _flags_and_check(uuid, data, lambda f: 5 + 7 * bool(f & 0x02) + bool(f & 0x04))
-    out, details = _Fields(), {"flags": flags_byte, "unit": "F" if flags_byte & 0x01 else "C"}
+    out = _Fields()
+    details: dict[str, Any] = {"flags": flags_byte, "unit": "F" if flags_byte & 0x01 else "C"}
     raw_value = decode_float(data, 1)
     details["temperature_as_sent"] = raw_value if not isinstance(raw_value, Special) else raw_value.value
     if flags_byte & 0x01:
@@ -536,7 +537,8 @@ def decode_weight(data: bytes) -> DecodedFrame:
     uuid = "2a9d"
     flags_byte = _flags_and_check(uuid, data, lambda f: 3 + 7 * bool(f & 0x02) + bool(f & 0x04) + 4 * bool(f & 0x08))
     imperial = bool(flags_byte & 0x01)
-    out, details = _Fields(), {"flags": flags_byte, "unit": "lb" if imperial else "kg"}
+    out = _Fields()
+    details: dict[str, Any] = {"flags": flags_byte, "unit": "lb" if imperial else "kg"}
     raw = int.from_bytes(data[1:3], "little")
     weight: float | None
     if raw == 0xFFFF:

@@ -460,7 +460,7 @@ class Outbox:
             site_id=self.site_id,
             gateway_id=self.gateway_id,
             at=at,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             message=message,
             detail=detail,
         )

@@ -164,7 +164,7 @@ class RadioTransport:
             await deliver(note)
 
     def _event(self, on_event: OnEvent, event: TransportEvent) -> None:
-        task = asyncio.get_running_loop().create_task(on_event(event))
+        task = asyncio.ensure_future(on_event(event))  # (on the running loop)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _heard(self, address: str, on_event: OnEvent) -> None:
@@ -313,7 +313,10 @@ class RadioTransport:
                 assert properties is not None
                 handler = self.notification_handler(device, uuid, on_event)
                 try:
-                    await gatt.subscribe(uuid, lambda data, on=handler: on(None, bytearray(data)))
+                    def forward(data: bytes, on: Callable[[Any, bytearray], None] = handler) -> None:
+                        on(None, bytearray(data))
+
+                    await gatt.subscribe(uuid, forward)
                     subscribed += 1
                     continue
                 except SubscribeRefused as exc:

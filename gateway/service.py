@@ -296,7 +296,7 @@ class Gateway:
         device = self.registry.get(event.address)
         gateway_event = GatewayEvent(
             site_id=self.settings.site_id, gateway_id=self.settings.gateway_id, at=event.at,
-            kind=LINK_EVENTS[event.kind], device_id=device.device_id if device else None,  # type: ignore[arg-type]
+            kind=LINK_EVENTS[event.kind], device_id=device.device_id if device else None,
             message=event.detail or event.kind, detail={"address": event.address},
         )
         try:

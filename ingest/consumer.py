@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -244,11 +245,11 @@ class IngestWorker:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def wait_until(self, predicate: object, timeout: float = 30.0) -> bool:
+    def wait_until(self, predicate: Callable[[WorkerCounters], object], timeout: float = 30.0) -> bool:
         """Poll ``predicate(counters)`` until true or timeout (tests, demo)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate(self.counters):  # type: ignore[operator]
+            if predicate(self.counters):
                 return True
             time.sleep(0.05)
         return False
@@ -437,6 +438,7 @@ class IngestWorker:
                     continue
                 if directory is None:
                     directory = self.directory.get(conn)
+                outcome: StatusUpdate | EventRecord | DeadLetter | None
                 if channel is Channel.STATUS:
                     outcome = classify_status(item.topic, item.payload, directory, retained=item.retain,
                                               received_at=item.received_at)

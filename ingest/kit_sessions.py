@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from carewatch.db import one
 from carewatch.ingest.attribution import IDLE, SessionWindow
 
 #: How far a kit device's clock may run ahead of the platform's before the gateway replaces its time (wire.py).
@@ -125,7 +126,7 @@ def start_session(conn: psycopg.Connection, *, kit_id: str, site_id: str, reside
     # covers that whole second, unless the kit's previous session ended inside it (then it starts where that one
     # ended, below: a reading of that second is the previous resident's, as the device clock cannot tell).
     at = at.replace(microsecond=0)
-    latest_end = conn.execute("SELECT max(ended_at) FROM kit_sessions WHERE kit_id = %s", (kit_id,)).fetchone()[0]
+    latest_end = one(conn.execute("SELECT max(ended_at) FROM kit_sessions WHERE kit_id = %s", (kit_id,)))[0]
     if latest_end is not None and at < latest_end:
         # The previous session kept a reading stamped a little after "now" (a device clock a few seconds
         # ahead): this one starts where that one ended. Further apart than a clock can be: refuse.
@@ -134,9 +135,9 @@ def start_session(conn: psycopg.Connection, *, kit_id: str, site_id: str, reside
                                  "kit never overlap")
         at = latest_end
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
+        row = one(cur.execute(
             """INSERT INTO kit_sessions (kit_id, site_id, resident_id, started_by, started_at)
-               VALUES (%s, %s, %s, %s, %s) RETURNING *""", (kit_id, site_id, resident_id, by, at)).fetchone()
+               VALUES (%s, %s, %s, %s, %s) RETURNING *""", (kit_id, site_id, resident_id, by, at)))
     return Started(row, ended)
 
 

@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from carewatch.db import one
 from carewatch.ingest.store import record_gateway_events
 from carewatch.wire import (
     MAX_RESEND_RANGES,
@@ -199,12 +200,12 @@ def plan_resends(conn: psycopg.Connection, ages: HoleAges, policy: ResendPolicy)
     """
     plan = ResendPlan()
     with conn.transaction():
-        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RESEND_LOCK_KEY,)).fetchone()[0]:
+        if not one(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RESEND_LOCK_KEY,)))[0]:
             plan.planned = False
             return plan
-        now_at: datetime = conn.execute("SELECT now()").fetchone()[0]
+        now_at: datetime = one(conn.execute("SELECT now()"))[0]
         now = now_at.timestamp()
-        gateways = dict(conn.execute(
+        gateways: dict[str, str] = dict(conn.execute(
             """SELECT gateway_id, site_id FROM gateways
                WHERE missing_seqs > 0 ORDER BY gateway_id""").fetchall())
         ages.keep_only(gateways)

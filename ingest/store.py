@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 
+from carewatch.db import one
 from carewatch.ingest import kit_sessions
 from carewatch.ingest.attribution import SessionWindow, attribute, covering
 from carewatch.ingest.validate import (
@@ -100,7 +101,7 @@ def notify_payloads(subjects: Sequence[str], max_received_at: datetime, limit: i
 # Directory (who is registered where), cached and refreshed
 # ------------------------------------------------------------------------------------------------------------
 def load_directory(conn: psycopg.Connection) -> Directory:
-    gateways = dict(conn.execute("SELECT gateway_id, site_id FROM gateways").fetchall())
+    gateways: dict[str, Any] = dict(conn.execute("SELECT gateway_id, site_id FROM gateways").fetchall())
     devices = {
         row[0]: DeviceInfo(*row)
         for row in conn.execute(
@@ -333,7 +334,7 @@ def _attribute_kit_rows(conn: psycopg.Connection, rows: list[StagedReading], dir
     kit_rows = [i for i, r in enumerate(rows) if (d := devices.get(r.device_id)) is not None and d.kit_id]
     if not kit_rows:
         return rows
-    kits = sorted({devices[rows[i].device_id].kit_id for i in kit_rows})  # type: ignore[misc]
+    kits = sorted({kit for i in kit_rows if (kit := devices[rows[i].device_id].kit_id)})
     kit_sessions.lock_kits(conn, kits, share=True)
     times = [rows[i].measured_at for i in kit_rows]
     windows = kit_sessions.load_windows(conn, kits, min(times), max(times))
@@ -472,7 +473,7 @@ def _update_gateways(
 
 
 def _ensure_stage(conn: psycopg.Connection) -> None:
-    if conn.execute("SELECT to_regclass('pg_temp.ingest_stage')").fetchone()[0] is None:
+    if one(conn.execute("SELECT to_regclass('pg_temp.ingest_stage')"))[0] is None:
         conn.execute(_STAGE_DDL)
 
 

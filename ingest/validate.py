@@ -245,7 +245,7 @@ def classify(messages: Iterable[ReadingsMessage], directory: Directory) -> Class
                            topic=msg.topic, **_topic_ids(msg.topic))
             )
             continue
-        ids = {"site_id": decoded.site_id, "gateway_id": decoded.gateway_id, "topic": msg.topic}
+        ids: dict[str, Any] = {"site_id": decoded.site_id, "gateway_id": decoded.gateway_id, "topic": msg.topic}
         mismatch = topic_mismatch(msg.topic, decoded.site_id, decoded.gateway_id, Channel.READINGS)
         problem = (ReasonClass.TOPIC_MISMATCH, mismatch) if mismatch else gateway_problem(
             directory, decoded.site_id, decoded.gateway_id)
@@ -282,7 +282,7 @@ def classify(messages: Iterable[ReadingsMessage], directory: Directory) -> Class
     return out
 
 
-def _topic_ids(topic: str | None) -> dict[str, str | None]:
+def _topic_ids(topic: str | None) -> dict[str, Any]:
     """Site and gateway named by a topic, for dead letters of messages we could not decode."""
     try:
         site_id, gateway_id, _ = parse_topic(topic or "")

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from carewatch.db import one
 from carewatch.notify.channels import Result
 
 
@@ -35,25 +36,25 @@ class Pending:
 def record_pending(conn: psycopg.Connection, *, site_id: str, target_kind: str, target_id: int, level: int,
                    reason: str, channel: str, recipient: str, at: datetime) -> int:
     """An attempt about to be made (call inside the escalation step's transaction)."""
-    return conn.execute(
+    return one(conn.execute(
         """INSERT INTO notification_deliveries (site_id, target_kind, target_id, level, reason, channel, recipient,
                                                 created_at)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING delivery_id""",
         (site_id, target_kind, target_id, level, reason, channel, recipient, at),
-    ).fetchone()[0]
+    ))[0]
 
 
 def record_nobody(conn: psycopg.Connection, *, site_id: str, target_kind: str, target_id: int, level: int,
                   reason: str, at: datetime, level_name: str = "", detail: str | None = None) -> int:
     """A level with nobody on it: recorded as an attempt that reached no one (H-ESC-01). ``detail`` says why
     (default: the level's rota is empty)."""
-    return conn.execute(
+    return one(conn.execute(
         """INSERT INTO notification_deliveries (site_id, target_kind, target_id, level, reason, channel, recipient,
                                                 created_at, attempted_at, result, detail)
            VALUES (%s, %s, %s, %s, %s, 'none', 'nobody', %s, now(), 'no_recipient', %s) RETURNING delivery_id""",
         (site_id, target_kind, target_id, level, reason, at,
          detail or f"level {level} ({level_name}) has nobody on the rota: moving on to the next level"),
-    ).fetchone()[0]
+    ))[0]
 
 
 #: A claim older than this (the replica died while sending) may be taken by another replica.
@@ -111,7 +112,7 @@ def record_results(conn: psycopg.Connection, results: Mapping[int, Result], clai
 
 def undelivered_levels(conn: psycopg.Connection, delivery_ids: Iterable[int]) -> list[tuple[str, int, int, str]]:
     """(target_kind, target_id, level, reason) of the steps among these deliveries that reached nobody."""
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(
         """SELECT target_kind, target_id, level, reason FROM notification_deliveries
            WHERE (target_kind, target_id, level, reason) IN (
                SELECT target_kind, target_id, level, reason FROM notification_deliveries

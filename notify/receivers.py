@@ -43,7 +43,7 @@ class _Server:
         self.lock = threading.Lock()
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
-        server.owner = self  # type: ignore[attr-defined]
+        server.owner = self  # type: ignore[attr-defined]  # the handler class reaches its receiver through the server
         self.httpd = server
         self.port = server.server_address[1]
         self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -95,7 +95,7 @@ def notify_api_key(service_id: str, secret: str, name: str = "carewatch") -> str
 
 class _NotifyHandler(_Handler):
     def do_POST(self) -> None:
-        server: NotifyServer = self.server.owner  # type: ignore[attr-defined]
+        server: NotifyServer = self.server.owner  # type: ignore[attr-defined]  # set by NotifyServer (above)
         body = self._body()
         headers = dict(self.headers.items())
         try:
@@ -150,7 +150,7 @@ class NotifyServer(_Server):
 # ------------------------------------------------------------------------------------------------------------
 class _WebhookHandler(_Handler):
     def do_POST(self) -> None:
-        server: WebhookReceiver = self.server.owner  # type: ignore[attr-defined]
+        server: WebhookReceiver = self.server.owner  # type: ignore[attr-defined]  # set by the receiver
         body = self._body()
         headers = dict(self.headers.items())
         ok = verify(server.secret, headers, body)

@@ -8,6 +8,7 @@ from datetime import datetime
 import psycopg
 from psycopg.types.json import Jsonb
 
+from carewatch.db import one
 from carewatch.notify.policy import EscalationPolicy, default_policy
 
 
@@ -30,11 +31,11 @@ def load_many(conn: psycopg.Connection, site_ids: Iterable[str]) -> dict[str, Es
 
 def save(conn: psycopg.Connection, site_id: str, policy: EscalationPolicy, actor: str) -> datetime:
     """Set the site's policy (the API audits who did it); returns when."""
-    return conn.execute(
+    return one(conn.execute(
         """INSERT INTO escalation_policies (site_id, levels, outcome_minutes, updated_by, updated_at)
            VALUES (%s, %s, %s, %s, now())
            ON CONFLICT (site_id) DO UPDATE SET levels = EXCLUDED.levels, outcome_minutes = EXCLUDED.outcome_minutes,
                                                updated_by = EXCLUDED.updated_by, updated_at = EXCLUDED.updated_at
            RETURNING updated_at""",
         (site_id, Jsonb(policy.model_dump(mode="json")["levels"]), Jsonb(policy.outcome_minutes), actor),
-    ).fetchone()[0]
+    ))[0]

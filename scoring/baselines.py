@@ -13,6 +13,7 @@ least ``delta`` from the median in the worrying direction (one odd value is not 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -66,7 +67,8 @@ def _as_2d(name: str, values: ArrayLike) -> NDArray[np.float64]:
     return array
 
 
-def _time_sorted(values: NDArray[np.float64], times: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+def _time_sorted(values: NDArray[np.float64],
+                 times: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Rows sorted by time with missing (NaN time or value) entries last."""
     if values.shape != times.shape:
         raise ValueError(f"values {values.shape} and times {times.shape} must have the same shape")
@@ -212,7 +214,7 @@ class UsualNews2:
     trusted: NDArray[np.bool_]
 
 
-def usual_news2(values: dict[str, ArrayLike], subscores: dict[str, ArrayLike], times: ArrayLike,
+def usual_news2(values: Mapping[str, ArrayLike], subscores: Mapping[str, ArrayLike], times: ArrayLike,
                 now: float) -> UsualNews2:
     """``values[parameter]`` (numeric parameters), ``subscores[parameter]`` (the rest) and ``times`` are 2-D, one
     row per resident, one column per complete set (NaN-padded). Same window and trust rule as every baseline

@@ -11,7 +11,7 @@ docs/clinical-safety.md (H-HOME-*) gives the hazard, cause, mitigation and test 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
@@ -249,14 +249,14 @@ def derive_events(readings: Sequence[SensorReading], now: datetime) -> list[Beha
         if ev.kind != "front_door":
             out.append(ev)
             continue
-        s, e = ev.started_at.timestamp(), ev.ended_at.timestamp()
-        before = bool(indoor.size and ((indoor >= s - margin) & (indoor < s)).any())
-        after = bool(indoor.size and ((indoor > e) & (indoor <= e + margin)).any())
+        opened, closed = ev.started_at.timestamp(), ev.ended_at.timestamp()
+        before = bool(indoor.size and ((indoor >= opened - margin) & (indoor < opened)).any())
+        after = bool(indoor.size and ((indoor > closed) & (indoor <= closed + margin)).any())
         if after and not before:
             direction = "return"
-        elif before and not after and now.timestamp() >= e + margin:
+        elif before and not after and now.timestamp() >= closed + margin:
             direction = "exit"
-        elif not after and now.timestamp() < e + margin:
+        elif not after and now.timestamp() < closed + margin:
             direction = "pending"
         else:
             direction = "unknown"
@@ -581,12 +581,13 @@ def room_temperature_findings(h: HouseholdData, now: datetime) -> list[Finding]:
     rooms = _rooms_in_window(h, now)
     enough = {room: rows for room, rows in rooms.items() if len(rows) >= ROOM_MIN_READINGS}
     out = []
-    for kind, test, very, limit, very_limit, word in (
+    checks: tuple[tuple[AlertKind, Callable[[float], bool], Callable[[float], bool], float, float, str], ...] = (
         (AlertKind.ROOM_COLD, lambda v: v < ROOM_COLD_BELOW, lambda v: v < ROOM_VERY_COLD_BELOW,
          ROOM_COLD_BELOW, ROOM_VERY_COLD_BELOW, "below"),
         (AlertKind.ROOM_HOT, lambda v: v > ROOM_HOT_ABOVE, lambda v: v > ROOM_VERY_HOT_ABOVE,
          ROOM_HOT_ABOVE, ROOM_VERY_HOT_ABOVE, "above"),
-    ):
+    )
+    for kind, test, very, limit, very_limit, word in checks:
         bad = {room: rows for room, rows in enough.items() if all(test(r.value) for r in rows)}
         if not enough:
             out.append(hold(kind, subject, site))
@@ -669,7 +670,8 @@ def settled_nights(h: HouseholdData, nights: Sequence[date]) -> NDArray[np.bool_
     heard = np.array([d in h.nights_heard for d in nights], dtype=bool)
     visits = night_counts(h.events, nights, "bathroom_visit")
     other = night_counts([e for e in h.events if _awake_at_night(e)], nights, "night_activity")
-    return heard & (visits <= SETTLED_MAX_BATHROOM_VISITS) & (other == 0)
+    settled: NDArray[np.bool_] = heard & (visits <= SETTLED_MAX_BATHROOM_VISITS) & (other == 0)
+    return settled
 
 
 def care_review_finding(h: HouseholdData, now: datetime) -> Finding:

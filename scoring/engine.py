@@ -132,7 +132,10 @@ def _run_resident_batch(conn: psycopg.Connection, group: Sequence[ResidentFacts]
             _run_resident_batch(conn, site_group, now, summary)
         return
     for r in group:
-        _run_guarded(conn, [r.resident_id], now, summary, lambda s, lat, one=r: work(s, lat, [one]))
+        def single(s: EvaluationSummary, lat: list[tuple[int, datetime]], resident: ResidentFacts = r) -> None:
+            work(s, lat, [resident])
+
+        _run_guarded(conn, [r.resident_id], now, summary, single)
 
 
 def _run_household_batches(conn: psycopg.Connection, site_ids: Sequence[str], now: datetime,
@@ -147,9 +150,10 @@ def _run_household_batches(conn: psycopg.Connection, site_ids: Sequence[str], no
         if not _run_guarded(conn, batch, now, summary, work) and len(batch) > 1:
             for site_id in batch:
                 summary.errors.pop(site_id, None)
-                _run_guarded(conn, [site_id], now, summary,
-                             lambda s, lat, one=site_id: evaluate_households(conn, [one], now, s,
-                                                                              lat if latency else None))
+                def alone(s: EvaluationSummary, lat: list[tuple[int, datetime]], site: str = site_id) -> None:
+                    evaluate_households(conn, [site], now, s, lat if latency else None)
+
+                _run_guarded(conn, [site_id], now, summary, alone)
 
 
 def rescore_all(conn: psycopg.Connection, now: datetime) -> EvaluationSummary:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -142,7 +142,7 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
         "SELECT site_id, device_id, kind, role, room, bound_at FROM devices WHERE site_id = ANY(%s) "
         "AND resident_id IS NULL AND active AND (unbound_at IS NULL OR unbound_at < bound_at)", (ids,),
     ).fetchall():
-        homes[site_id].devices.append(tuple(device))  # type: ignore[arg-type]
+        homes[site_id].devices.append(tuple(device))
     events = _sync_events(conn, homes, now, summary)
     data = _load_households(conn, homes, events, now)
     newest: dict[str, datetime] = {}
@@ -198,7 +198,7 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
         home.start = recent_from if home.stored else now - BEHAVIOUR_BASELINE_WINDOW
     _incremental_starts(conn, homes, now, recent_from)
     queried_at = datetime.now(UTC)
-    starts = [homes[s].start for s in ids]
+    starts = cast(list[datetime], [homes[s].start for s in ids])  # every home's start was set above
     readings = _by_site(conn.execute(
         "SELECT h.site, x.device_id, x.metric, x.value, x.measured_at FROM unnest(%s::text[], %s::timestamptz[]) "
         "AS h(site, lo) CROSS JOIN LATERAL (SELECT device_id, metric, value, measured_at FROM readings "
@@ -270,7 +270,7 @@ def _incremental_starts(conn: psycopg.Connection, homes: Mapping[str, _Household
     if not candidates:
         return
     ids = sorted(candidates)
-    late = dict(conn.execute(
+    late: dict[str, Any] = dict(conn.execute(
         "SELECT h.site, x.first FROM unnest(%s::text[], %s::timestamptz[]) AS h(site, stored_since) "
         "CROSS JOIN LATERAL (SELECT min(measured_at) AS first FROM readings WHERE subject_kind = 'household' "
         "  AND subject_id = h.site "
@@ -337,7 +337,7 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
         (ids, days, night_lo, night_hi, _METRICS_FREQUENT_FIRST, since, now),
     ).fetchall():
         nights.setdefault(site_id, set()).add(day)
-    last_heard = dict(conn.execute(
+    last_heard: dict[str, Any] = dict(conn.execute(
         "SELECT h.site, max(x.measured_at) FROM unnest(%s::text[]) AS h(site) "
         "CROSS JOIN unnest(%s::text[]) AS m(metric) CROSS JOIN LATERAL ("
         "  SELECT measured_at FROM readings WHERE subject_kind = 'household' "

@@ -27,6 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, Severity
+from carewatch.db import one
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
@@ -248,7 +249,7 @@ def _now(conn: psycopg.Connection, at: datetime | None) -> datetime:
         if at.tzinfo is None:
             raise IncidentError("times must be timezone-aware")
         return at
-    return conn.execute("SELECT now()").fetchone()[0]
+    return one(conn.execute("SELECT now()"))[0]
 
 
 def _actor(actor: str) -> str:

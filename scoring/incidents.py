@@ -176,7 +176,7 @@ def plan_incident(current: OpenIncident | None, components: Sequence[Component],
     head = worst(live)
     severity, band = head.severity, incident_band(live)
     ordered = tuple(sorted(live, key=lambda c: (-SEVERITY_RANK[c.severity], _PRIORITY.get(c.kind, 99), c.alert_id)))
-    common = {"severity": severity, "band": band, "headline": head.reason, "action_text": head.action,
+    common: dict[str, Any] = {"severity": severity, "band": band, "headline": head.reason, "action_text": head.action,
               "category": category_of(live), "components": ordered}
     if current is None:
         return IncidentPlan("open", realert=True, ack_due_at=_ack_window_due(severity, band, now),

@@ -34,6 +34,7 @@ from carewatch.alerts import (
     Severity,
     snooze_limit,
 )
+from carewatch.db import one
 from carewatch.scoring.batches import EvaluationSummary, jsonb_safe, transaction
 from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.rules import Finding
@@ -51,9 +52,9 @@ def _event(conn: psycopg.Connection, alert_id: int, at: datetime, action: str, *
            outcome: str | None = None, comment: str | None = None,
            detail: Mapping[str, Any] | None = None) -> int:
     """Append one row to the alert's history (every transition does). Returns the event id."""
-    return conn.execute(
+    return one(conn.execute(
         _EVENT_SQL + " RETURNING event_id", (alert_id, at, actor, action, outcome, comment, Jsonb(dict(detail or {}))),
-    ).fetchone()[0]
+    ))[0]
 
 
 def _queue_event(conn: psycopg.Connection, alert_id: int, at: datetime, action: str, *,
@@ -107,7 +108,7 @@ def _open_alerts(conn: psycopg.Connection, findings: Sequence[Finding], *,
         return {}
     rows = conn.execute(_OPEN_ALERT_SQL + (" FOR UPDATE OF a" if lock else ""),
                         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
-    return {(Subject(row[0], row[1]), row[2]): tuple(row[3:]) for row in rows}  # type: ignore[misc]
+    return {(Subject(row[0], row[1]), row[2]): tuple(row[3:]) for row in rows}
 
 
 def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) -> list[Finding]:
@@ -121,7 +122,8 @@ def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) 
         if f.state == "clear":
             if row is not None and row[7] != "recovered":
                 out.append(f)  # (a high alert's recovery is noted once; a person closes it)
-        elif row is None or not (row[1] == f.severity.value and row[3] == f.reason and row[4] == f.action):
+        elif row is None or not (f.severity is not None and row[1] == f.severity.value and row[3] == f.reason
+                                 and row[4] == f.action):
             out.append(f)
     return out
 
@@ -235,7 +237,7 @@ def _write_findings(conn: psycopg.Connection, active: Sequence[Finding],
                 # its recovery is noted on it (shown on the banner and the alerts page) and it stays open.
                 if row[7] == "person" and _note_recovery(conn, row[0], f.reason, now):
                     summary.updated.append(row[0])
-                    open_rows[key] = (*row[:7], "recovered")  # type: ignore[assignment]
+                    open_rows[key] = (*row[:7], "recovered")
             elif row is not None:
                 _auto_resolve(conn, row[0], f.reason, now)
                 summary.resolved.append(row[0])
@@ -464,7 +466,7 @@ def _now(conn: psycopg.Connection, at: datetime | None) -> datetime:
         if at.tzinfo is None:
             raise AlertLifecycleError("times must be timezone-aware")
         return at
-    return conn.execute("SELECT now()").fetchone()[0]
+    return one(conn.execute("SELECT now()"))[0]
 
 
 def _actor(actor: str) -> str:
@@ -643,11 +645,11 @@ def snooze(conn: psycopg.Connection, subject: Subject, site_id: str, kind: str |
             raise AlertLifecycleError(
                 f"alert {high[0]} is high severity and cannot be snoozed: acknowledge or escalate it"
             )
-        suppression_id = conn.execute(
+        suppression_id = one(conn.execute(
             "INSERT INTO alert_suppressions (subject_kind, subject_id, site_id, kind, reason, until, created_by, "
             "created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING suppression_id",
             (subject.kind, subject.id, site_id, kind, reason.strip(), until, actor, now),
-        ).fetchone()[0]
+        ))[0]
         for alert_id, _ in open_rows:  # recorded on each alert; escalation goes on (H-ALERT-07)
             _event(conn, alert_id, now, "snoozed", actor=actor, comment=reason.strip(),
                    detail={"until": until.isoformat(), "suppression_id": suppression_id})

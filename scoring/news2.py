@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -387,14 +387,16 @@ class ObservationSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # _vital() builds each Annotated type from carewatch.wire.METRICS (the one place the ranges live): pydantic
+    # reads it at runtime, mypy cannot evaluate a call in an annotation, hence the ignores below.
     respiration_rate: _vital(Metric.RESPIRATION_RATE) | None = None  # type: ignore[valid-type]
     spo2: _vital(Metric.SPO2) | None = None  # type: ignore[valid-type]
     spo2_scale: Annotated[StrictInt, Field(ge=1, le=2)] | None = 1
     on_oxygen: StrictBool | None = False
-    systolic_bp: _vital(Metric.SYSTOLIC_BP) | None = None  # type: ignore[valid-type]
-    pulse: _vital(Metric.PULSE_RATE) | None = None  # type: ignore[valid-type]
+    systolic_bp: _vital(Metric.SYSTOLIC_BP) | None = None  # type: ignore[valid-type]  # _vital(): see above
+    pulse: _vital(Metric.PULSE_RATE) | None = None  # type: ignore[valid-type]  # _vital(): see above
     consciousness: Literal["A", "C", "V", "P", "U"] | None = None
-    temperature: _vital(Metric.TEMPERATURE) | None = None  # type: ignore[valid-type]
+    temperature: _vital(Metric.TEMPERATURE) | None = None  # type: ignore[valid-type]  # _vital(): see above
 
     @field_validator("spo2_scale")
     @classmethod
@@ -431,7 +433,7 @@ def _describe(item: Mapping[str, Any]) -> str:
     if field in METRIC_OF:
         if kind in _RANGE_ERRORS:
             try:
-                check_plausible(METRIC_OF[field], value)
+                check_plausible(METRIC_OF[field], cast(float, value))  # a range error's input is a number
             except ImplausibleValue as exc:
                 return f"{field}: {exc}"
         if isinstance(value, bool):

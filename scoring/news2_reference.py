@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from carewatch.news2_chart import METRIC_OF
 from carewatch.scoring.clinical_response import Risk
 from carewatch.scoring.news2 import (
     AIR_OR_OXYGEN_POINTS,
@@ -19,7 +20,6 @@ from carewatch.scoring.news2 import (
     CONSCIOUSNESS_POINTS,
     HIGH_TOTAL,
     MEDIUM_TOTAL,
-    METRIC_OF,
     NUMERIC_PARAMETERS,
     PARAMETERS,
     RED_SUBSCORE,
@@ -68,15 +68,16 @@ def score_reference(obs: Mapping[str, object]) -> ReferenceResult:
             subscores[parameter] = AIR_OR_OXYGEN_POINTS["oxygen" if on_oxygen else "air"]
             continue
         value = obs.get(parameter)
+        # (the reference takes an untyped mapping on purpose: it must see exactly what a caller passed)
         if _missing(value):  # type: ignore[arg-type]
             subscores[parameter] = None
         elif parameter == "consciousness":
             subscores[parameter] = CONSCIOUSNESS_POINTS[str(value)]
         else:
             assert parameter in NUMERIC_PARAMETERS
-            number = check_plausible(METRIC_OF[parameter], value)  # type: ignore[arg-type]
+            number = check_plausible(METRIC_OF[parameter], value)  # type: ignore[arg-type]  # untyped mapping
             rounded = round_for_chart(number, STEPS_PER_UNIT[parameter])
-            table = spo2_table(int(scale)) if parameter == "spo2" else parameter  # type: ignore[call-overload]
+            table = spo2_table(int(scale)) if parameter == "spo2" else parameter  # type: ignore[call-overload]  # idem
             subscores[parameter] = band_points(table, rounded, on_oxygen)
     present = [points for points in subscores.values() if points is not None]
     total = sum(present)

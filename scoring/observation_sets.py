@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from carewatch.db import one
 from carewatch.scoring.batches import jsonb_safe
 from carewatch.scoring.news2 import News2Result
 
@@ -67,7 +68,7 @@ class ObservationSetRow:
 
 def record_observation_set(conn: psycopg.Connection, row: ObservationSetRow) -> int:
     """Store one set (a device round again: its row updated). Returns its obs_id."""
-    return conn.execute(_INSERT + " RETURNING obs_id", row.params()).fetchone()[0]
+    return one(conn.execute(_INSERT + " RETURNING obs_id", row.params()))[0]
 
 
 #: The columns a re-planned set changes (``update_observation_set``), and their array types for ``unnest``.

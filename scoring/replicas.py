@@ -41,6 +41,7 @@ import psycopg
 import structlog
 
 from carewatch.alerts import AlertKind, Severity
+from carewatch.db import one
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.rules import Finding, clear_alert, local_time, raise_alert
@@ -209,7 +210,7 @@ class LeaseKeeper:
         free = {row[0] for row in conn.execute(_FREE_SQL, {"n": self.n, "cls": LOCK_CLASS})}
         others = [row[1] for row in conn.execute(_LIVE_SQL, (REPLICA_TTL, self.replica_id))]
         if stuck:
-            take, release = [], sorted(held)
+            take, release = list[int](), sorted(held)
         else:
             take, release = plan_leases(held, free, self._free_before, others, buckets=self.n, offset=self.offset)
         self._free_before = free
@@ -352,7 +353,7 @@ def run_watchdog(conn: psycopg.Connection, now: datetime, summary: EvaluationSum
     the engine's :func:`apply_findings` (so notification channels see it like any alert). Any replica may run it:
     the subject locks and the one-open index keep one alert per site however many do."""
     summary = summary or EvaluationSummary()
-    db_now = conn.execute("SELECT now()").fetchone()[0]
+    db_now = one(conn.execute("SELECT now()"))[0]
     sites = conn.execute(_SITE_SCORED_SQL, (BUCKETS,)).fetchall()
     changing = findings_that_change(conn, stalled_findings(sites, db_now, stall_after))
     for start in range(0, len(changing), 200):
@@ -387,14 +388,14 @@ class ScoringHealth:
 
 def scoring_health(conn: psycopg.Connection, stall_after: timedelta = STALL_AFTER) -> ScoringHealth:
     """Live replicas, buckets held, and sites whose bucket has not been scored within ``stall_after``."""
-    live, held = conn.execute(
+    live, held = one(conn.execute(
         """SELECT count(*), coalesce(sum(cardinality(buckets)), 0) FROM scorer_replicas r
            WHERE heartbeat_at > now() - %s AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.lease_pid)""",
-        (REPLICA_TTL,)).fetchone()
-    stalled, oldest = conn.execute(
+        (REPLICA_TTL,)))
+    stalled, oldest = one(conn.execute(
         """SELECT count(*) FILTER (WHERE coalesce(greatest(b.scored_at, b.created_at), now()) < now() - %s),
                   extract(epoch FROM now() - min(coalesce(greatest(b.scored_at, b.created_at), now())))
            FROM sites s LEFT JOIN scorer_buckets b ON b.bucket = carewatch_site_bucket(s.site_id, %s)""",
-        (stall_after, BUCKETS)).fetchone()
+        (stall_after, BUCKETS)))
     return ScoringHealth(int(live), int(held), BUCKETS, int(stalled),
                          round(float(oldest), 1) if oldest is not None else None)

@@ -105,12 +105,11 @@ def _baseline_findings(residents: Sequence[ResidentFacts], history: Mapping[str,
     spo2_rows, temp_rows, score_rows, complete_rows = [], [], [], []
     for r in residents:
         sets = history.get(r.resident_id, [])
-        spo2_rows.append([(s.values["spo2"], s.taken_at.timestamp()) for s in sets
-                          if s.values.get("spo2") is not None and not s.on_oxygen])
-        temp_rows.append([(s.values["temperature"], s.taken_at.timestamp()) for s in sets
-                          if s.values.get("temperature") is not None])
+        spo2_rows.append([(v, s.taken_at.timestamp()) for s in sets
+                          if (v := s.values.get("spo2")) is not None and not s.on_oxygen])
+        temp_rows.append([(v, s.taken_at.timestamp()) for s in sets if (v := s.values.get("temperature")) is not None])
         scored = [s for s in sets if s.score is not None]
-        score_rows.append([(float(s.score), s.taken_at.timestamp()) for s in scored])
+        score_rows.append([(float(score), s.taken_at.timestamp()) for s in scored if (score := s.score) is not None])
         complete_rows.append([bool(s.complete) for s in scored])
     out: list[Finding] = []
     for kind, rows, direction, delta, label, unit in (
@@ -119,6 +118,7 @@ def _baseline_findings(residents: Sequence[ResidentFacts], history: Mapping[str,
     ):
         values, times = _epoch_rows(rows)
         base = bl.rolling_baselines(values, times, t_now)
+        # direction is "below" or "above" (the tuple above); mypy widens the loop's strings to str
         dev = bl.sustained_deviation(values, times, base, t_now, direction=direction, delta=delta)  # type: ignore[arg-type]
         for i, r in enumerate(residents):
             out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now))
@@ -138,12 +138,12 @@ def _usual_news2(residents: Sequence[ResidentFacts], history: Mapping[str, list[
     complete = [[s for s in history.get(r.resident_id, []) if s.complete] for r in residents]
     times = bl.pad_rows([[s.taken_at.timestamp() for s in sets] for sets in complete])
     values = {
-        name: bl.pad_rows([[np.nan if s.values.get(name) is None else float(s.values[name]) for s in sets]
+        name: bl.pad_rows([[np.nan if (v := s.values.get(name)) is None else float(v) for s in sets]
                            for sets in complete])
         for name in NUMERIC_SET_FIELDS
     }
     subscores = {
-        name: bl.pad_rows([[np.nan if s.subscores.get(name) is None else float(s.subscores[name]) for s in sets]
+        name: bl.pad_rows([[np.nan if (v := s.subscores.get(name)) is None else float(v) for s in sets]
                            for sets in complete])
         for name in NEWS2_PARAMETERS if name not in NUMERIC_SET_FIELDS
     }
@@ -262,6 +262,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             findings.append(data_fault_cleared(r))
         obs = latest_sets.get(rid)
         result = latest_results.get(rid)
+        due: datetime | None
         if obs is not None and result is not None:
             findings.append(news2_finding(r, obs, result, now))
             stable = result.complete and result.score > 0 and bl.at_usual(dict(result.subscores),

@@ -143,7 +143,7 @@ class ResidentFacts:
         return facts
 
 
-def sbard(situation: str, background: Sequence[str], assessment: Sequence[str], recommendation: str) -> dict:
+def sbard(situation: str, background: Sequence[str], assessment: Sequence[str], recommendation: str) -> dict[str, Any]:
     """SBARD handover material (Decision is filled in by staff when they escalate)."""
     return {
         "situation": situation,
@@ -757,7 +757,7 @@ def fault_finding(dev: DeviceState) -> Finding:
 
 
 def device_findings(devices: Iterable[DeviceState], now: datetime) -> list[Finding]:
-    out = []
+    out: list[Finding] = []
     for dev in devices:
         out.extend((battery_finding(dev), silence_finding(dev, now), fault_finding(dev)))
     return out

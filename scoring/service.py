@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import psycopg
 import structlog
 
+from carewatch.db import one
 from carewatch.scoring import metrics
 from carewatch.scoring.clock import Clock, parse_timestamp
 from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, group_loose_alerts, tick
@@ -63,7 +64,7 @@ def _seed_data_clock(conn: psycopg.Connection, clock: Clock) -> None:
     """A data clock starts at the newest data already stored (latest_readings is small; readings is not)."""
     if clock.mode != "data" or clock.has_data:
         return
-    newest = conn.execute("SELECT max(measured_at) FROM latest_readings").fetchone()[0]
+    newest = one(conn.execute("SELECT max(measured_at) FROM latest_readings"))[0]
     clock.observe(newest)
 
 

@@ -15,7 +15,7 @@ import pytest
 from conformance import CONFORMANCE_DIR, REPO_ROOT, load_conformance  # noqa: F401  (re-exported)
 from databases import fresh_database, role_login
 
-from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open
+from carewatch.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, port_open, postgres_answers
 from carewatch.settings import Settings
 
 # Every test's requests come from 127.0.0.1 (or TestClient's "testclient") into one database per run, so the
@@ -30,15 +30,6 @@ os.environ.setdefault("CAREWATCH_LOGIN_MAX_FAILURES_PER_CLIENT", "100000")
 # ------------------------------------------------------------------------------------------------------------
 
 
-
-
-def _can_connect(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +53,7 @@ def pg_server(test_settings: Settings, scratch_dir: Path) -> Iterator[str]:
         yield test_settings.test_dsn
         return
     local = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if port_open("127.0.0.1", 5432) and _can_connect(local):
+    if port_open("127.0.0.1", 5432) and postgres_answers(local):
         yield local
         return
     private = EmbeddedPostgres(scratch_dir / "pg", free_port())

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from waiting import wait_until
 
 from carewatch.embedded import find_postgres_bin, free_port
 from carewatch.settings import process_env
@@ -231,9 +232,4 @@ class Formation:
 
     @staticmethod
     def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(1.0)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        wait_until(predicate, timeout, what, interval=1.0, error=TimeoutError)

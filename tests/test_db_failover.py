@@ -12,12 +12,11 @@ the promoted standby did not have would stay missing: only synchronous replicati
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,54 +25,28 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 import pytest
+import waiting
+from children import Service
+from deterioration import infection, seed_with_nurse
 from ha_cluster import Formation, pg_autoctl
 
-from carewatch.api.users import create_user
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedBroker, free_port
 from carewatch.firmware_sim.care import HomeCare
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
-from carewatch.firmware_sim.scenarios import parse_scenario_file
-from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.world import SiteSpec, build_world
 from carewatch.settings import Settings, process_env
 
+#: polls the API and the database: twice a second is enough
+wait_until = functools.partial(waiting.wait_until, interval=0.5)
+
 # Rounds every 4 h (02, 06, 10, 14, 18, 22 local). The simulation starts at 09:00, so the 10:00 round is normal and
 # the 14:00 round (NEWS2 >= 5) falls while the database fails over.
-DETERIORATION = """
-name: failover
-scenarios:
-  - id: failover-infection
-    kind: infection
-    target: {resident: 0}
-    onset: 1h
-    progression:
-      duration: 3h
-      hold: 6h
-      params:
-        temperature: {to: 2.4, over: 2h}
-        pulse_rate: {to: 35, start: 20m, over: 2h}
-        systolic_bp: {to: -40, start: 40m, over: 2h}
-        spo2: {to: -4, start: 40m, over: 2h}
-    expect:
-      - alert: news2
-        within: 6h
-"""
 PASSWORD = "failover-password-1"
 ACCELERATE = 1200.0  # 20 simulated minutes per second: the 6 simulated hours stream for 18 s
 KILL_AT = timedelta(hours=1, minutes=10)  # after the normal 10:00 round; the 14:00 round comes ~12 s later
 SIM_HOURS = 6
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.5) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _skip_reason() -> str | None:
@@ -104,29 +77,6 @@ def formation(scratch_dir: Path, uid: str) -> Iterator[Formation]:
         raise
     finally:
         f.stop()
-
-
-class Service:
-    """A ``carewatch`` subcommand in a process of its own."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "carewatch", *args], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self) -> str:
-        return f"--- {self.name}\n" + self.log.read_text(errors="replace")[-3000:]
 
 
 def sim_start(now: datetime) -> datetime:
@@ -162,16 +112,14 @@ def test_primary_killed_mid_stream_loses_nothing_and_alerts_still_come(
     care = replace(HomeCare.textbook(), follow_up_compliance=1.0)
     world = build_world(seed=5, sites=[SiteSpec(id=site, residents=3, obs_per_day=6, care=care)],
                         households=1, household_prefix=f"fohh-{uid}",
-                        scenarios=list(parse_scenario_file(DETERIORATION, source="failover").scenarios), start=start)
+                        scenarios=infection("failover", onset="1h", within="6h"), start=start)
     resident = world.residents[0].id
     # small batches, often: many MQTT messages (and ingest commits) in flight when the primary dies
     settings = Settings(database_url=dsn, mqtt_url=broker.url, state_dir=scratch_dir / f"state-fo-{uid}",
                         publish_batch_size=10, publish_batch_ms=50)
     fleet = SimFleet(world, settings, mqtt_url=broker.url, outbox_dir=scratch_dir / f"outbox-fo-{uid}",
                      clock=SimClock(start, accelerate=ACCELERATE))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        seed_world(conn, world, fleet.devices)
-        create_user(conn, f"nurse-{uid}", "care_staff", password=PASSWORD, site_id=site)
+    seed_with_nurse(dsn, world, fleet.devices, site=site, nurse=f"nurse-{uid}", password=PASSWORD)
 
     api_port = free_port()
     env = process_env(

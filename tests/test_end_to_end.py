@@ -7,23 +7,22 @@ resident's stored observation set earns on the RCP chart.
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+import waiting
+from deterioration import infection, seed_with_nurse
 from fastapi.testclient import TestClient
 
 from carewatch.api.app import create_app
-from carewatch.api.users import create_user
 from carewatch.firmware_sim.care import HomeCare
 from carewatch.firmware_sim.driver import SimClock
 from carewatch.firmware_sim.fleet import SimFleet
-from carewatch.firmware_sim.scenarios import parse_scenario_file
-from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.world import SiteSpec, build_world
 from carewatch.ingest.consumer import IngestWorker
 from carewatch.scoring.clock import Clock
@@ -31,37 +30,11 @@ from carewatch.scoring.news2 import score_observation
 from carewatch.scoring.service import run_scorer
 from carewatch.settings import Settings
 
-INFECTION = """
-name: e2e
-scenarios:
-  - id: e2e-infection
-    kind: infection
-    target: {resident: 0}
-    onset: 10m
-    progression:
-      duration: 3h
-      hold: 6h
-      params:
-        temperature: {to: 2.4, over: 2h}
-        pulse_rate: {to: 35, start: 20m, over: 2h}
-        systolic_bp: {to: -40, start: 40m, over: 2h}
-        spo2: {to: -4, start: 40m, over: 2h}
-    expect:
-      - alert: news2
-        within: 4h
-"""
+#: polls the API and the database: twice a second is enough
+wait_until = functools.partial(waiting.wait_until, interval=0.5)
+
 
 PASSWORD = "e2e-password-1"
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.mark.slow
@@ -70,7 +43,7 @@ def test_deteriorating_resident_reaches_the_api_with_the_right_score(
 ) -> None:
     site = f"e2e-{uid}"
     start = (datetime.now(UTC) - timedelta(hours=12)).replace(microsecond=0)
-    scenarios = parse_scenario_file(INFECTION, source="e2e").scenarios
+    scenarios = infection("e2e", onset="10m", within="4h")
     # a home that checks round the clock every 4 h and re-checks as the chart says: whatever time of day the
     # 7 simulated hours fall in, a round sees the infection (the simulated staff follow their home, not the platform)
     care = replace(HomeCare.textbook(), follow_up_compliance=1.0)
@@ -82,9 +55,7 @@ def test_deteriorating_resident_reaches_the_api_with_the_right_score(
 
     fleet = SimFleet(world, settings, mqtt_url=mqtt_url, outbox_dir=scratch_dir / f"outbox-{uid}",
                      clock=SimClock(start, accelerate=3600))
-    with psycopg.connect(database, autocommit=True) as conn:
-        seed_world(conn, world, fleet.devices)
-        create_user(conn, f"nurse-{uid}", "care_staff", password=PASSWORD, site_id=site)
+    seed_with_nurse(database, world, fleet.devices, site=site, nurse=f"nurse-{uid}", password=PASSWORD)
 
     stop_scorer = threading.Event()
     scorer = threading.Thread(target=run_scorer, args=(settings,),

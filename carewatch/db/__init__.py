@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from psycopg import Cursor
 from psycopg_pool import ConnectionPool
+
+Row = TypeVar("Row")
+
+
+def one(cursor: Cursor[Row]) -> Row:
+    """The row of a query that always returns one (an aggregate, ``now()``, ``RETURNING``, a row just locked):
+    ``one(conn.execute(...))[0]`` instead of ``fetchone()[0]``, so a missing row is a clear error, not a TypeError."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("the query returned no row")
+    return row
 
 
 def make_pool(dsn: str, *, min_size: int = 1, max_size: int = 4, name: str = "carewatch") -> ConnectionPool:

@@ -15,6 +15,8 @@ from importlib import resources
 
 import psycopg
 
+from carewatch.db import one
+
 MIGRATIONS_PACKAGE = "carewatch.db"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(plain|timescale))?\.sql$")
 _LOCK_KEY = 0x43415245  # pg_advisory_lock key: 'CARE'
@@ -97,7 +99,7 @@ def migrate(dsn: str) -> list[str]:
                         conn.execute(statement)
                     _record(conn, mig)
                 applied_now.append(label)
-            if conn.execute("SELECT to_regproc('carewatch_apply_grants')").fetchone()[0] is not None:
+            if one(conn.execute("SELECT to_regproc('carewatch_apply_grants')"))[0] is not None:
                 conn.execute("SELECT carewatch_apply_grants()")  # every run: later migrations' tables too
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

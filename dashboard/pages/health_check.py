@@ -194,7 +194,7 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
             st.rerun(scope="fragment")
     offered: dict[str, dict[str, Any]] = live["values"]
     seen = st.session_state.setdefault(f"kit-seen-{session_id}", {})
-    cols = st.columns(2)
+    form_cols = st.columns(2)
     values: dict[str, float | None] = {}
     confirmed: dict[str, bool] = {}
     for i, (param, label, step, fmt) in enumerate(FIELDS):
@@ -205,8 +205,9 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
             seen[param] = pre["seq"]
             st.session_state[key] = float(pre["value"])
             st.session_state[f"{key}-ok"] = False
-        col = cols[i % 2]
-        start = {} if key in st.session_state else {"value": None}  # set through session state once it is there
+        col = form_cols[i % 2]
+        # set through session state once it is there
+        start: dict[str, Any] = {} if key in st.session_state else {"value": None}
         values[param] = col.number_input(label, min_value=float(spec.low), max_value=float(spec.high), step=step,
                                          format=fmt, key=key, **start)
         if pre is not None:
@@ -227,8 +228,8 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
     problem_key = f"kit-problem-{session_id}"  # kept across the form's twice-a-second refreshes until fixed
     if st.button("Work out the NEWS2 score and save", type="primary", width="stretch", key=f"kit-save-{session_id}"):
         st.session_state[problem_key] = None
-        from_device = [p for p, v in offered.items() if p in confirmed and values.get(p) is not None
-                       and abs(float(values[p]) - float(v["value"])) < 1e-9]
+        from_device = [p for p, v in offered.items() if p in confirmed and (kept := values.get(p)) is not None
+                       and abs(kept - float(v["value"])) < 1e-9]
         unchecked = [p for p in from_device if not confirmed.get(p)]
         body: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k not in from_device}
         body.update(on_oxygen=oxygen == "Oxygen", from_device=from_device, session_id=session_id,
@@ -342,8 +343,8 @@ if submitted:
     if note.strip():
         body["note"] = note.strip()
     # A device value kept as offered is recorded with its device and time; a changed number is the carer's own.
-    body["from_device"] = [p for p, v in offered.items() if values.get(p) is not None
-                           and abs(float(values[p]) - float(v["value"])) < 1e-9]
+    body["from_device"] = [p for p, v in offered.items() if (kept := values.get(p)) is not None
+                           and abs(kept - float(v["value"])) < 1e-9]
     body["prefill_minutes"] = PREFILL_MINUTES
     if not any(v is not None for v in values.values()) and not consciousness and not signs:
         st.error("Nothing to save: enter at least one observation.")

@@ -23,6 +23,8 @@ names = {h["site_id"]: h["name"] for h in households}
 top = st.columns([3, 2])
 with top[0]:
     site = ui.choose("Household", list(names), names.__getitem__, "site_id", "review-household")
+    assert site is not None  # there are households (stopped above), so one is chosen
+chosen: str = site  # (for the download callbacks below)
 with top[1]:
     days = st.select_slider("Evidence period (nights)", PERIODS, value=28, key="review-days")
 with ui.api_errors():
@@ -51,12 +53,12 @@ m = st.columns(4)
 for col, key in zip(m, ("none", "low", "high", "no_data"), strict=True):
     col.html(f"<div>{ui.badge(palette.NIGHT[key], palette.NIGHT_WORDS[key])}</div>")
     col.metric(f"{palette.NIGHT_WORDS[key]} nights", counts[key])
-m = st.columns(3)
-m[0].metric("Bathroom visits per night", "-" if report["bathroom_visits_per_night"] is None
+m3 = st.columns(3)
+m3[0].metric("Bathroom visits per night", "-" if report["bathroom_visits_per_night"] is None
             else f"{report['bathroom_visits_per_night']:g} (most {report['max_bathroom_visits']})")
-m[1].metric("Kitchen sessions a day", "-" if report["mean_kitchen_sessions_per_day"] is None
+m3[1].metric("Kitchen sessions a day", "-" if report["mean_kitchen_sessions_per_day"] is None
             else f"{report['mean_kitchen_sessions_per_day']:g}")
-m[2].metric("Minutes out a day", "-" if report["mean_minutes_out_per_day"] is None
+m3[2].metric("Minutes out a day", "-" if report["mean_minutes_out_per_day"] is None
             else f"{report['mean_minutes_out_per_day']:g}")
 
 st.altair_chart(charts.nights_chart(report["nights"]), width="stretch")
@@ -111,8 +113,8 @@ elif priced.get("note"):
 st.subheader("Export")
 e = st.columns(2)
 stem = f"carewatch-review-{site}-{report['start']}-{report['end']}"
-e[0].download_button("Download the evidence (CSV)", data=lambda: c.report_csv(site, days), file_name=f"{stem}.csv",
+e[0].download_button("Download the evidence (CSV)", data=lambda: c.report_csv(chosen, days), file_name=f"{stem}.csv",
                      mime="text/csv", width="stretch", key="download-csv", on_click="ignore")
 e[1].download_button("Download the report (PDF)", type="primary", file_name=f"{stem}.pdf", mime="application/pdf",
-                     data=lambda: c.report_pdf(site, days, hours, rate, chosen_caseload), width="stretch",
+                     data=lambda: c.report_pdf(chosen, days, hours, rate, chosen_caseload), width="stretch",
                      key="download-pdf", on_click="ignore")

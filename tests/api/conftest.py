@@ -7,27 +7,21 @@ of tenant B is listed in ``World.foreign_ids`` so tests can prove it never appea
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from carewatch.api.app import create_app, server_config
+from carewatch.api.app import create_app
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import create_user, get_user, hash_password
-from carewatch.embedded import free_port
 from carewatch.nhs import nhs_check_digit
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.settings import Settings
@@ -221,26 +215,6 @@ def build_world(conn: psycopg.Connection, uid: str) -> World:
     return w
 
 
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """The app under a real uvicorn on a free port, in a thread of this process, configured as ``carewatch api``
-    serves it (``server_config``: no proxy headers); yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")

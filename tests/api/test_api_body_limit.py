@@ -12,11 +12,10 @@ import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from serving import serve
 
 from carewatch.api.app import MAX_BODY_BYTES, BodyLimit, create_app
 from carewatch.settings import Settings
-
-from .conftest import serve
 
 if TYPE_CHECKING:
     from conftest import World

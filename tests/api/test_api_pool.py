@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from psycopg_pool import ConnectionPool
+from serving import serve
 
 from carewatch.api.app import create_app
 from carewatch.api.auth import issue_tokens
 from carewatch.api.users import get_user
 from carewatch.settings import Settings
-
-from .conftest import serve
 
 if TYPE_CHECKING:
     import psycopg

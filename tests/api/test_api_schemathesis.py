@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from serving import serve
 
 from carewatch.api.app import PUBLIC_PATHS, create_app
 from carewatch.api.auth import issue_tokens
@@ -47,7 +48,7 @@ from carewatch.api.users import get_user
 from carewatch.ingest import kit_sessions
 from carewatch.settings import Settings
 
-from .conftest import World, build_world, serve
+from .conftest import World, build_world
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
 ROLES = ("admin", "care_staff", "manager", "gp", "council")

@@ -21,13 +21,14 @@ import httpx
 import jwt
 import psycopg
 import pytest
+from serving import serve
 
 from carewatch.api.app import create_app
 from carewatch.api.auth import ALGORITHM, ISSUER
 from carewatch.api.users import UserError, check_password_policy, create_user
 from carewatch.settings import EXAMPLE_SECRETS, Settings, WeakSecretError
 
-from .conftest import PASSWORD, serve
+from .conftest import PASSWORD
 
 if TYPE_CHECKING:
     from conftest import World

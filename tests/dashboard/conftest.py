@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-import uvicorn
-from dashboard_world import PASSWORD, DashWorld, deteriorate, seed
+from dashboard_world import PASSWORD, DashWorld, Stack, deteriorate, seed, serve_stack
+from serving import serve
 from streamlit.testing.v1 import AppTest
 
 from carewatch.api.app import create_app
@@ -21,25 +18,20 @@ from carewatch.settings import Settings
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 
+@pytest.fixture(scope="module")
+def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``carewatch api`` and ``carewatch dashboard`` as child processes (the browser tests), one per module."""
+    with serve_stack(database, tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def live_api(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API on a free port (uvicorn in a thread: real HTTP, same process so AppTest runs stay quick)."""
     settings = Settings(database_url=database, jwt_secret="dash-" + "k" * 40,
                         state_dir=tmp_path_factory.mktemp("dash-api"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("API did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

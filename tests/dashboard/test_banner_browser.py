@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_world import CHROMIUM, PASSWORD, DashWorld, Stack, chromium, deteriorate, seed, serve_stack
+from dashboard_world import CHROMIUM, PASSWORD, DashWorld, Stack, chromium, deteriorate, seed
 from dashboard_world import sign_in_tablet as _sign_in
 
 from carewatch.api.users import create_user
@@ -28,12 +28,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
 SOUND_FRAME = 'iframe[srcdoc*="data-beeps"]'
-
-
-@pytest.fixture(scope="module")
-def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with serve_stack(database, tmp_path_factory.mktemp("banner-stack")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from dashboard_world import (
     check_council_pdf,
     deteriorate,
     seed,
-    serve_stack,
     sign_in_tablet,
 )
 
@@ -56,12 +55,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
                                                       "(apt-get install chromium; scripts/ensure-test-services.sh)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with serve_stack(database, tmp_path_factory.mktemp("browser-stack")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_world import CHROMIUM, DashWorld, Stack, chromium, seed, serve_stack
+from dashboard_world import CHROMIUM, DashWorld, Stack, chromium, seed
 from dashboard_world import sign_in_tablet as _sign_in
 
 pytestmark = [
@@ -19,12 +19,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
 ]
 DONE = "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'"
-
-
-@pytest.fixture(scope="module")
-def stack(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with serve_stack(database, tmp_path_factory.mktemp("policy-stack")) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

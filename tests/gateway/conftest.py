@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from carewatch.mqtt import MqttTarget
 from carewatch.settings import Settings
@@ -145,12 +145,7 @@ class Collector:
         return len(set(self.seqs()))
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (have {self.unique()} readings)")
+        wait_until(predicate, timeout, what, describe=lambda: f"have {self.unique()} readings")
 
     def assert_exactly_once_in_order(self, total: int) -> None:
         """Every seq 1..total arrived; after de-duplication, first arrivals are in sequence order."""

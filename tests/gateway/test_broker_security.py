@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from carewatch.embedded import (
     BrokerSecurity,
@@ -129,15 +130,6 @@ def publisher_for(outbox: Outbox, url: str, **kw: Any) -> Publisher:
     kw.setdefault("batch_ms", 20)
     return Publisher(outbox, MqttTarget(url), site_id=outbox.site_id, gateway_id=outbox.gateway_id,
                      reconnect_max_s=1, **kw)
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------------------------------

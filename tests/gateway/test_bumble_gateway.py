@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from virtual_radio import AT, CUFF, every_kind, frames_of_every_kind, transport_for
+from waiting import wait_until
 
 from carewatch.firmware_sim.radio import VirtualRadio
 from carewatch.gateway.service import Gateway
@@ -17,13 +18,6 @@ from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 FIELDS = ("device_id", "device_kind", "metric", "value", "unit", "measured_at", "received_at", "flags")
-
-
-def wait_until(done: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def published(collector: Any) -> list[tuple]:

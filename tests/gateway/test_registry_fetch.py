@@ -4,11 +4,8 @@ whenever the API is unreachable or refuses."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +16,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
+from serving import serve
+from waiting import wait_until
 
 from carewatch.api.app import create_app
 from carewatch.api.users import create_user
@@ -51,30 +49,12 @@ class Estate:
     oximeter_mac: str = "A4:C1:38:10:00:01"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve_api(database: str, state_dir: Path) -> Iterator[str]:
     """The real API app on a free port (uvicorn in a thread); stops when the block ends."""
     settings = Settings(database_url=database, jwt_secret="registry-" + "k" * 40, state_dir=state_dir)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("API did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -120,15 +100,6 @@ def estate(db: psycopg.Connection, uid: str) -> Estate:
 
 def source(api: str, e: Estate, *, username: str | None = None, password: str = PASSWORD) -> RegistrySource:
     return RegistrySource(api, e.gateway, username or e.account, password)
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from carewatch.gateway import service
 from carewatch.gateway.outbox import Outbox
@@ -38,19 +39,9 @@ REGISTRY = DeviceRegistry(
     ]
 )
 
-
 def spot_checks(gw: Any, n: int) -> list[Notification]:
     now = datetime.now(UTC)
     return [Notification(OX, "2a5e", gw.plx_spot_check(90 + i % 10, 60 + i % 30), now) for i in range(n)]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class QueueTransport:

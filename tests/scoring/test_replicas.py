@@ -3,19 +3,18 @@ sites, racing without duplicating alerts, and the watchdog raising scoring_stall
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+import waiting
+from children import Service
 from databases import fresh_database
 from fastapi.testclient import TestClient
 
@@ -24,6 +23,9 @@ from carewatch.api.app import create_app
 from carewatch.embedded import free_port
 from carewatch.scoring.replicas import BUCKETS, LOCK_CLASS, fair_share, plan_leases, stalled_findings
 from carewatch.settings import Settings, process_env
+
+#: polls the database
+wait_until = functools.partial(waiting.wait_until, interval=0.25)
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -83,30 +85,13 @@ def test_stalled_findings_raise_after_the_limit_and_clear_once_scored() -> None:
 # ------------------------------------------------------------------------------------------------------------
 # Real replicas
 # ------------------------------------------------------------------------------------------------------------
-class Replica:
+class Replica(Service):
     """One ``carewatch score`` process with its own log file."""
 
     def __init__(self, dsn: str, name: str, log_dir: Path, **settings: str) -> None:
         env = process_env(drop_prefixes=("CAREWATCH_",), CAREWATCH_DATABASE_URL=dsn, CAREWATCH_LOG_JSON="true",
                           **{f"CAREWATCH_{k.upper()}": v for k, v in settings.items()})
-        self.name = name
-        self.log = log_dir / f"scorer-{name}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "carewatch", "score", "--replica-id", name],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__(name, ["score", "--replica-id", name], env, log_dir, log_name=f"scorer-{name}")
 
 
 @pytest.fixture
@@ -114,16 +99,6 @@ def own_db(pg_server: str) -> Iterator[str]:
     """A database of its own: bucket locks and tables are per database, and no other test's sites to score."""
     with fresh_database(pg_server, prefix="carewatch_replicas") as dsn:
         yield dsn
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def seed(dsn: str, sites: int, residents_per_site: int) -> dict[str, list[str]]:
