@@ -124,7 +124,7 @@ def banner(ctx: Context, site_id: str) -> Banner:
             kind=row["kind"], severity=row["severity"], status=row["status"], score=row["score"],
             reason=row["reason"], action=row["action"], opened_at=row["opened_at"],
             acknowledged_by=row["acknowledged_by"], notify_level=row["notify_level"],
-            needs=_needs(row),  # type: ignore[arg-type]
+            needs=_needs(row),
             route=route_prompt(row["kind"], severity, row["score"], row["risk"]), recovery=row["recovery"],
             outcome_due_at=outcome_due(policy, state)))
     ctx.note("read", "incident", None, ids=[i.incident_id for i in items], view="banner")

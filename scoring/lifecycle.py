@@ -166,7 +166,7 @@ class _NewAlertIds:
         self.ids.reverse()
 
     def take(self) -> int:
-        return self.ids.pop() if self.ids else self.conn.execute(self._SQL, (1,)).fetchone()[0]
+        return self.ids.pop() if self.ids else one(self.conn.execute(self._SQL, (1,)))[0]
 
 
 class _Buffer:

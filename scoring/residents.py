@@ -304,7 +304,7 @@ def _score_plans(planned: Sequence[tuple[ResidentFacts, list[SetPlan]]],
     if results is not None:
         it = iter(results)
         return [(r, plan, next(it)) for r, plans in planned for plan in plans]
-    out = []
+    out: list[tuple[ResidentFacts, SetPlan, News2Result]] = []
     for r, plans in planned:
         one = _score_sets(plans)
         if one is None:
