@@ -76,7 +76,7 @@ class SimFleet:
                 from carewatch.firmware_sim.practice import practice_devices
                 from carewatch.registry import DeviceRegistry
 
-                registry = DeviceRegistry([*registry.devices(), *(d.registered() for d in practice_devices(site_id))])
+                registry = DeviceRegistry([*registry.devices, *(d.registered() for d in practice_devices(site_id))])
             if self.radio == "virtual":
                 gateway, feed = self._virtual_site(site_id, gw_id, gw_settings, registry)
             else:
