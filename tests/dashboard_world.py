@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 from carewatch.api.users import create_user, hash_password
@@ -373,6 +374,11 @@ def check_council_pdf(data: bytes, priced: dict[str, Any]) -> list[PdfPage]:
 CHROMIUM = Path("/usr/bin/chromium")
 TABLET = {"width": 1024, "height": 1366}  # a 12.9" tablet held upright
 BROWSER_TIMEOUT_MS = 30_000
+#: ``pytestmark`` of every browser test module.
+BROWSER_MARKS = [pytest.mark.browser,
+                 pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
+                                                                  "(apt-get install chromium; "
+                                                                  "scripts/ensure-test-services.sh)")]
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_world import CHROMIUM, PASSWORD, DashWorld, Stack, chromium, deteriorate, seed
+from dashboard_world import BROWSER_MARKS, PASSWORD, DashWorld, Stack, chromium, deteriorate, seed
 from dashboard_world import sign_in_tablet as _sign_in
 
 from carewatch.api.users import create_user
@@ -23,10 +23,7 @@ try:
 except ImportError:  # pragma: no cover - the module is skipped without Chromium anyway
     PlaywrightTimeout = TimeoutError  # type: ignore[misc,assignment]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
-]
+pytestmark = BROWSER_MARKS
 SOUND_FRAME = 'iframe[srcdoc*="data-beeps"]'
 
 

@@ -25,10 +25,14 @@ import httpx
 import psycopg
 import pytest
 from dashboard_world import (
+    BROWSER_MARKS,
+    BROWSER_TIMEOUT_MS,
     PASSWORD,
+    TABLET,
     DashWorld,
     Stack,
     check_council_pdf,
+    chromium,
     deteriorate,
     seed,
     sign_in_tablet,
@@ -43,18 +47,12 @@ from carewatch.registry import RegisteredDevice
 from carewatch.settings import Settings
 from carewatch.wire import DeviceKind
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CAREWATCH_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")
-TABLET = {"width": 1024, "height": 1366}  # a 12.9" tablet held upright
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 #: Smallest touch target, CSS px (WCAG 2.5.5; Apple's and Android's guidance are 44 and 48).
 TOUCH_PX = 44
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
-                                                      "(apt-get install chromium; scripts/ensure-test-services.sh)"),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +65,8 @@ def world(database: str, stack: Stack) -> DashWorld:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--headless=new", "--disable-gpu",
-                                           "--disable-dev-shm-usage"])
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_world import CHROMIUM, DashWorld, Stack, chromium, seed
+from dashboard_world import BROWSER_MARKS, DashWorld, Stack, chromium, seed
 from dashboard_world import sign_in_tablet as _sign_in
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium"),
-]
+pytestmark = BROWSER_MARKS
 DONE = "() => document.querySelector('[data-testid=stApp]')?.dataset.testScriptState === 'notRunning'"
 
 
