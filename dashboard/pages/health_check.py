@@ -216,7 +216,7 @@ def _live_form(c: Any, resident: dict[str, Any], session_id: int) -> None:
                 source += f": the device flagged it ({', '.join(pre['flags'])}), measure again"
             col.caption(source)
             confirmed[param] = col.checkbox("Value checked", key=f"{key}-ok")
-    oxygen = cols[1].radio("Breathing", ["Air", "Oxygen"], horizontal=True, key=f"kit-oxygen-{session_id}")
+    oxygen = form_cols[1].radio("Breathing", ["Air", "Oxygen"], horizontal=True, key=f"kit-oxygen-{session_id}")
     hint = " This resident's usual confusion (e.g. dementia) counts as A." if resident.get("baseline_confused") else ""
     consciousness = st.radio(f"Alertness (ACVPU).{hint}", list(ACVPU), format_func=ACVPU.__getitem__, index=None,
                              horizontal=True, key=f"kit-acvpu-{session_id}")
