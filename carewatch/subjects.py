@@ -54,11 +54,11 @@ def alert_subject_kind(alert_kind: str) -> SubjectKind:
 
 def unnest(subjects: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
     """Sorted, de-duplicated (kinds, ids) for ``unnest(%s::text[], %s::text[]) AS p(subject_kind, subject_id)``."""
-    pairs = set()
+    pairs: set[tuple[str, str]] = set()
     for subject in subjects:
         if isinstance(subject, str):
             raise TypeError(f"a subject is a (kind, id) pair, not the bare id {subject!r}")
         kind, sid = subject
         pairs.add((str(kind), str(sid)))
-    pairs = sorted(pairs)
-    return [k for k, _ in pairs], [i for _, i in pairs]
+    ordered = sorted(pairs)
+    return [k for k, _ in ordered], [i for _, i in ordered]
