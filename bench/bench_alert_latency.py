@@ -14,7 +14,8 @@ times of the two rows - no client clock, no polling:
   API's own evaluation of the resident (so that work lands on the scorer); a status from every gateway every 5
   simulated minutes;
 * **scorer**: ``carewatch score`` as its own process with a data clock, LISTENing as deployed
-  (``scoring/service.py``);
+  (``scoring/service.py``); the stream starts once its start-up rescore of every subject is done (``caught_up``),
+  as in a morning when it has been running all night;
 * **probes**: ``--probes`` readings of SpO2 80 % (3 NEWS2 points on either scale: a low-medium alert) injected into
   the stream at random times for random residents, each at least 31 min (one round window) away from that
   resident's other readings, so each must open exactly one ``news2`` alert. Latency = commit time of the
@@ -43,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -170,23 +171,32 @@ def plan_load(world: World, start: datetime, end: datetime, probes: int) -> list
 
 
 def stream(dsn: str, load: Sequence[Due], start: datetime, accelerate: float, sites: Sequence[str],
-           scale2: dict[str, bool]) -> dict[str, float]:
+           scale2: dict[str, bool], after_first: Callable[[], None] | None = None) -> dict[str, float]:
     """Deliver ``load`` on schedule: every BATCH_S one ``store_batch`` (as one ingest worker commits), then the
     staff entries due (stored as the API stores them; the API would then evaluate the resident itself - here a
     NOTIFY asks the scorer to, so that work lands on the scorer too), and a status from every gateway each
-    STATUS_EVERY of simulated time. Returns how far behind schedule the writer fell."""
+    STATUS_EVERY of simulated time. ``after_first``: called once the first readings are stored (the scorer's
+    data clock starts on them), the schedule resuming where it was. Returns how far behind schedule the writer fell."""
     lag_max = 0.0
     next_status = start
     with psycopg.connect(dsn, autocommit=True) as conn:
         t0 = time.monotonic()
         i = 0
+        first = True
         while i < len(load):
+            if not first and after_first is not None:
+                paused = time.monotonic()
+                after_first()
+                t0 += time.monotonic() - paused
+                after_first = None
             tick_end = time.monotonic() + BATCH_S
             sim_now = start + timedelta(seconds=(time.monotonic() - t0) * accelerate)
             batch: dict[str, list[Reading]] = defaultdict(list)
             staff: list[ManualObservation] = []
             while i < len(load) and load[i].at <= sim_now:
                 due = load[i]
+                if first and after_first is not None and due.probe and batch:
+                    break  # no probe in the batch stored before the pause (it would wait out the rescore)
                 if due.reading is not None:
                     batch[due.site].append(due.reading)
                 elif due.staff is not None:
@@ -197,6 +207,7 @@ def stream(dsn: str, load: Sequence[Due], start: datetime, accelerate: float, si
             if sim_now >= next_status:
                 statuses = [status(site, sim_now) for site in sites]
                 next_status = sim_now + STATUS_EVERY
+            first = first and not batch  # the first readings stored: the scorer's data clock starts
             if batch or statuses:
                 messages = [ReadingsMessage(DecodedBatch(site, gateway_id_for(site), rs[-1].received_at, rs, []),
                                             received_at=rs[-1].received_at) for site, rs in batch.items()]
@@ -226,14 +237,20 @@ class Scorer:
         env = {**os.environ, "CAREWATCH_DATABASE_URL": dsn, "CAREWATCH_CLOCK": "data", "CAREWATCH_LOG_JSON": "true",
                "CAREWATCH_LOG_LEVEL": "INFO"}
         self.log = log
+        self.rescore_batches = 0  # evaluation_batch lines of the start-up rescore (not the round)
         self.handle = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "carewatch", "score"], env=env, stdout=self.handle,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "scorer_started" not in log.read_text():
+        self.wait_for("scorer_started", 60)
+
+    def wait_for(self, event: str, timeout: float) -> float:
+        """Seconds until the scorer logs ``event`` (or ``timeout``)."""
+        started = time.monotonic()
+        while time.monotonic() < started + timeout and f'"{event}"' not in self.log.read_text():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"scorer exited: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+                raise RuntimeError(f"scorer exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -361,11 +378,22 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
         conn.execute("UPDATE residents SET created_at = %s", (start,))  # nobody is overdue at the start
         conn.execute("UPDATE devices SET bound_at = %s", (start,))
         conn.execute("VACUUM ANALYZE")
-    load_before = loadavg()
     scorer = Scorer(dsn, cluster.tmp / f"scorer-{name}.log")
+    loads: list[str] = []
+
+    def caught_up() -> None:
+        # A scorer that starts rescores every subject of its buckets once its data clock has a time (the first
+        # batch stored: no probe is that early); the morning round meets a scorer that has been running all
+        # night, so the stream goes on once that start-up rescore is done.
+        rescore_s = scorer.wait_for("caught_up", args.catch_up_timeout_s)
+        scorer.rescore_batches = len(scorer.batches())
+        print(f"[{name}] scorer's start-up rescore of {residents:,} residents took {rescore_s:.0f} s",
+              file=sys.stderr, flush=True)
+        loads.append(loadavg())
+
     try:
         streamed = stream(dsn, load, start, args.accelerate, [s.id for s in world.sites],
-                          {r.id: r.scale2 for r in world.residents})
+                          {r.id: r.scale2 for r in world.residents}, caught_up)
         time.sleep(args.settle_s)  # let the scorer finish what was notified last
     finally:
         scorer.stop()
@@ -375,7 +403,8 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
     load_after = loadavg()
     probes, missed = probe_latencies(dsn, load)
     return Phase(name, residents, sum(1 for d in load if d.reading is not None), probes, missed,
-                 scorer.logged_latencies(), streamed, scorer.batches(), load_before, load_after)
+                 scorer.logged_latencies(), streamed, scorer.batches()[scorer.rescore_batches:],
+                 loads[0] if loads else "n/a", load_after)
 
 
 def main() -> int:
@@ -388,6 +417,8 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=300)
     parser.add_argument("--settle-s", type=float, default=5.0)
     parser.add_argument("--log-dir", type=Path, help="keep the scorers' JSON logs here")
+    parser.add_argument("--catch-up-timeout-s", type=float, default=900.0,
+                        help="how long to wait for the scorer's start-up rescore before streaming")
     parser.add_argument("--top-batches", type=int, default=5, help="print this many of the largest batches")
     args = parser.parse_args()
     start = window_start(datetime.now(UTC))
