@@ -72,6 +72,14 @@ def client() -> ApiClient:
                      on_tokens=keep, practice=bool(st.session_state.get("practice_mode")))
 
 
+def real_client() -> ApiClient:
+    """The client without practice mode: the live banner always shows the home's real alerts, even on a tablet a
+    trainee has switched to practice mode (a real emergency is never hidden by training, H-KIT-07)."""
+    c = client()
+    c.practice = False
+    return c
+
+
 PRACTICE_WORDS = ("Practice mode: a training resident, not a real person. Nothing you do here reaches a real "
                   "record, report or notification.")
 
@@ -347,7 +355,7 @@ def live_banner(site_id: str) -> None:
     @st.fragment(run_every=BANNER_POLL_S)
     def _banner() -> None:
         try:
-            banner = client().banner(site_id)
+            banner = real_client().banner(site_id)
         except ApiError as exc:
             st.caption(f"Live alerts unavailable: {exc}")
             return
@@ -360,7 +368,7 @@ def live_banner(site_id: str) -> None:
             if st.button(f"Acknowledge: {item['who']}, {kind_words(item['kind'])}",
                          key=f"banner-ack-{item['incident_id']}", type="primary", width="stretch"):
                 try:  # the incident: its components follow, one acknowledgement for one problem (H-INC-01)
-                    client().acknowledge_incident(item["incident_id"], "acknowledged from the banner")
+                    real_client().acknowledge_incident(item["incident_id"], "acknowledged from the banner")
                 except ApiError as exc:
                     st.error(f"Acknowledge failed: {exc}")
                 st.rerun()

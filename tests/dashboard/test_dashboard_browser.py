@@ -460,11 +460,19 @@ def test_practice_mode_is_marked_on_every_page_and_shows_only_the_practice_resid
     """The sidebar's practice switch: the Practice badge on every page, the home grid and the health check offer
     the practice resident only (never Mary or John), Pat can be made unwell; switched off, the real home is back."""
     k = kit_world
+    with httpx.Client(base_url=stack.api_url, timeout=30) as http:  # a real emergency in the home meanwhile
+        token = http.post("/auth/token", data={"username": k.staff, "password": PASSWORD}).json()["access_token"]
+        high = http.post(f"/residents/{k.mary}/observations", headers={"Authorization": f"Bearer {token}"}, json={
+            "respiration_rate": 27, "spo2": 88, "systolic_bp": 92, "pulse": 128, "temperature": 39.4,
+            "consciousness": "A"})
+    assert high.status_code in (200, 201) and high.json()["score"] >= 7, high.text
     page = _sign_in(browser, stack, k.staff)
     page.locator(".cw-residents .cw-card", has_text="Mary Smith").wait_for()
     page.get_by_text("Practice mode (training)").click()
     page.locator(".cw-practice").first.wait_for()
     _settle(page)
+    # training never hides a real emergency: the live banner still shows Mary's high score in practice mode
+    page.locator(".cw-banner", has_text="Mary Smith").first.wait_for()
     assert "Practice" in page.locator(".cw-practice").first.inner_text()
     page.locator(".cw-residents .cw-card", has_text="Practice: Pat Example").wait_for()
     cards = page.locator(".cw-residents .cw-card").all_inner_texts()
