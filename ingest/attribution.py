@@ -52,13 +52,22 @@ class SessionWindow:
         return self.started_at <= at < self.end
 
 
+#: Device clocks count whole seconds: a reading stamped at a whole second was measured somewhere in that second.
+CLOCK_RESOLUTION = timedelta(seconds=1)
+
+
 def covering(sessions: Sequence[SessionWindow], at: datetime) -> SessionWindow | None:
-    """The session of one kit (sorted by start, never overlapping) that covers ``at``; None when none does."""
+    """The session of one kit (sorted by start, never overlapping) that covers ``at``; None when none does, and
+    None when ``at`` is a whole-second stamp and the kit switched to another session inside that second: it was
+    measured before or after the switch, and the device clock cannot tell which (never guess: it stays
+    unassigned, and the new session may claim it with one tap)."""
     starts = [s.started_at for s in sessions]
     i = bisect.bisect_right(starts, at) - 1
-    if i >= 0 and sessions[i].covers(at):
-        return sessions[i]
-    return None
+    if i < 0 or not sessions[i].covers(at):
+        return None
+    if at.microsecond == 0 and i + 1 < len(sessions) and at < sessions[i + 1].started_at < at + CLOCK_RESOLUTION:
+        return None
+    return sessions[i]
 
 
 def attribute(readings: Iterable[tuple[str, datetime]], sessions: Mapping[str, Sequence[SessionWindow]]

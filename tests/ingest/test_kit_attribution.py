@@ -168,7 +168,9 @@ def test_a_reading_stamped_in_the_second_the_resident_was_chosen_is_theirs(db: p
     is stamped at that second's start, before the session row's microseconds. It is still that session's (the
     Chromium kit test lost its first value this way whenever it measured within the same second). When the kit's
     previous session ended inside that second, the new one starts where it ended: that second's earlier part
-    stays the previous resident's, so no instant belongs to two sessions."""
+    stays the previous resident's, so no instant belongs to two sessions. A reading stamped with the whole second
+    of that switch may be either resident's: it is not guessed (stays unassigned) and the new session may claim
+    it (H-KIT-02)."""
     h = home
     chosen = T0 + timedelta(milliseconds=700)
     mary = start(db, h, h.mary, chosen)
@@ -178,9 +180,15 @@ def test_a_reading_stamped_in_the_second_the_resident_was_chosen_is_theirs(db: p
     switch = T0 + timedelta(minutes=2, milliseconds=400)
     john = start(db, h, h.john, switch, replace=True)
     assert john["started_at"] == switch  # Mary's session ended there: the two windows touch, never overlap
-    send(db, h, [spo2(h, 41, T0 + timedelta(minutes=2)), spo2(h, 42, T0 + timedelta(minutes=2, seconds=1))])
-    assert subjects(db, h)[41] == (h.mary, mary["session_id"])
+    send(db, h, [spo2(h, 39, T0 + timedelta(minutes=1, seconds=59)), spo2(h, 41, T0 + timedelta(minutes=2)),
+                 spo2(h, 42, T0 + timedelta(minutes=2, seconds=1))])
+    assert subjects(db, h)[39] == (h.mary, mary["session_id"])  # the second before the switch: Mary's
+    assert subjects(db, h)[41] == (h.kit_id, None)  # stamped in the switch's second: Mary's or John's? not guessed
+    assert claimable(john["started_at"], T0 + timedelta(minutes=2))
     assert subjects(db, h)[42] == (h.john, john["session_id"])
+    # a reading with the gateway's sub-second receive time is placed exactly, switch second or not
+    send(db, h, [spo2(h, 43, T0 + timedelta(minutes=2, milliseconds=300))])
+    assert subjects(db, h)[43] == (h.mary, mary["session_id"])
 
 
 def test_session_start_sweeps_only_readings_inside_its_window(db: psycopg.Connection, home: Home) -> None:
