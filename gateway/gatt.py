@@ -9,7 +9,7 @@ Bluetooth SIG GATT Specification Supplement; byte order is little-endian through
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -169,6 +169,21 @@ class _Fields:
         if clock_not_set:
             self.null_reasons[key] = NULL_CLOCK_NOT_SET
 
+    def frame(self, source: str, details: dict[str, Any], values: list[tuple[Metric, float | None]] | None = None, *,
+              flags: Iterable[QualityFlag] = (), device_time: datetime | None = None,
+              clock_not_set: bool = False) -> DecodedFrame:
+        """The decoded frame: these fields, ``details``, and a measurement for each of ``values`` present."""
+        return DecodedFrame(
+            source=source,
+            fields=self.fields,
+            null_reasons=self.null_reasons,
+            flags=frozenset(flags),
+            device_time=device_time,
+            clock_not_set=clock_not_set,
+            measurements=present_values(values) if values is not None else (),
+            details=details,
+        )
+
 
 def _number(value: float | Special, convert: Callable[[float], float] | None = None) -> float | Special:
     if isinstance(value, Special) or convert is None:
@@ -232,16 +247,8 @@ def decode_plx_spot_check(data: bytes) -> DecodedFrame:
     _trailing(details, data, offset)
     if clock_not_set:
         flags.add(QualityFlag.CLOCK_NOT_SET)
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=frozenset(flags),
-        device_time=device_time,
-        clock_not_set=clock_not_set,
-        measurements=present_values([(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
-        details=details,
-    )
+    return out.frame(uuid, details, [(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)], flags=flags,
+                     device_time=device_time, clock_not_set=clock_not_set)
 
 
 def decode_plx_continuous(data: bytes) -> DecodedFrame:
@@ -272,14 +279,7 @@ def decode_plx_continuous(data: bytes) -> DecodedFrame:
     else:
         out.fields["pulse_amplitude_index"] = None
     _trailing(details, data, offset)
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=frozenset(flags),
-        measurements=present_values([(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)]),
-        details=details,
-    )
+    return out.frame(uuid, details, [(Metric.SPO2, spo2), (Metric.PULSE_RATE, pulse)], flags=flags)
 
 
 def decode_plx_features(data: bytes) -> DecodedFrame:
@@ -344,16 +344,8 @@ def decode_temperature(data: bytes) -> DecodedFrame:
         offset += 1
     _trailing(details, data, offset)
     flags = frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=flags,
-        device_time=device_time,
-        clock_not_set=clock_not_set,
-        measurements=present_values([(Metric.TEMPERATURE, celsius)]),
-        details=details,
-    )
+    return out.frame(uuid, details, [(Metric.TEMPERATURE, celsius)], flags=flags,
+                     device_time=device_time, clock_not_set=clock_not_set)
 
 
 def decode_temperature_type(data: bytes) -> DecodedFrame:
@@ -436,23 +428,9 @@ def decode_blood_pressure(data: bytes) -> DecodedFrame:
     diastolic = out.put("diastolic_mmhg", _pressure(data, 3, kpa))
     mean = out.put("mean_arterial_pressure_mmhg", _pressure(data, 5, kpa))
     pulse, device_time, clock_not_set, _ = _bp_tail(data, flags_byte, out, details, flags)
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=frozenset(flags),
-        device_time=device_time,
-        clock_not_set=clock_not_set,
-        measurements=present_values(
-            [
-                (Metric.SYSTOLIC_BP, systolic),
-                (Metric.DIASTOLIC_BP, diastolic),
-                (Metric.MEAN_ARTERIAL_PRESSURE, mean),
-                (Metric.PULSE_RATE, pulse),
-            ],
-        ),
-        details=details,
-    )
+    values = [(Metric.SYSTOLIC_BP, systolic), (Metric.DIASTOLIC_BP, diastolic),
+              (Metric.MEAN_ARTERIAL_PRESSURE, mean), (Metric.PULSE_RATE, pulse)]
+    return out.frame(uuid, details, values, flags=flags, device_time=device_time, clock_not_set=clock_not_set)
 
 
 def decode_intermediate_cuff_pressure(data: bytes) -> DecodedFrame:
@@ -475,15 +453,7 @@ def decode_intermediate_cuff_pressure(data: bytes) -> DecodedFrame:
     if "systolic_mmhg" in out.null_reasons:
         out.null_reasons["cuff_pressure_mmhg"] = out.null_reasons["systolic_mmhg"]
     _, device_time, clock_not_set, _ = _bp_tail(data, flags_byte, out, details, flags)
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=frozenset(flags),
-        device_time=device_time,
-        clock_not_set=clock_not_set,
-        details=details,
-    )
+    return out.frame(uuid, details, flags=flags, device_time=device_time, clock_not_set=clock_not_set)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -564,16 +534,8 @@ def decode_weight(data: bytes) -> DecodedFrame:
         offset += 4
     _trailing(details, data, offset)
     flags = frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
-    return DecodedFrame(
-        source=uuid,
-        fields=out.fields,
-        null_reasons=out.null_reasons,
-        flags=flags,
-        device_time=device_time,
-        clock_not_set=clock_not_set,
-        measurements=present_values([(Metric.WEIGHT, weight)]),
-        details=details,
-    )
+    return out.frame(uuid, details, [(Metric.WEIGHT, weight)], flags=flags,
+                     device_time=device_time, clock_not_set=clock_not_set)
 
 
 # ------------------------------------------------------------------------------------------------------------
