@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from carewatch.firmware_sim import frames
-from carewatch.firmware_sim.household import SensorEvent
+from carewatch.firmware_sim.household import SENSORS, SensorEvent
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.scenarios import FAULT_DEFAULTS, DeviceFault, FaultKind
-from carewatch.firmware_sim.transport import SimTransport  # noqa: F401  (re-exported: its home before)
 from carewatch.gateway.transport import Notification, TransportEvent
 from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind, Metric, QualityFlag
@@ -140,8 +139,6 @@ Routed = tuple[str, Notification | TransportEvent]
 def world_devices(world: Any, shared_sites: Collection[str] = ()) -> list[SimDevice]:
     """Every device of a simulated world: each kit's three devices in the homes of ``shared_sites``, three bedside
     devices per resident elsewhere, and the sensors of each household."""
-    from carewatch.firmware_sim.household import SENSORS
-
     roles = {role: spec.device_kind for role, spec in SENSORS.items()}
     shared = set(shared_sites)
     out = [d for r in world.residents if r.site_id not in shared for d in resident_devices(r.id, r.site_id)]

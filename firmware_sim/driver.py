@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from carewatch.firmware_sim.devices import DeviceLayer, SimTransport
+from carewatch.firmware_sim.devices import DeviceLayer
 from carewatch.firmware_sim.household import SensorEvent
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
 from carewatch.firmware_sim.scenarios import DeviceFault, GatewayOutage
+from carewatch.firmware_sim.transport import SimTransport
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from carewatch.firmware_sim.devices import DeviceLayer, SimTransport, world_devices
+from carewatch.firmware_sim.devices import DeviceLayer, world_devices
 from carewatch.firmware_sim.driver import SimClock, SimDriver
 from carewatch.firmware_sim.physiology import ManualObservation
+from carewatch.firmware_sim.transport import SimTransport
 from carewatch.settings import Settings
 
 log = logging.getLogger(__name__)
