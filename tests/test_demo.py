@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,23 +19,28 @@ from carewatch.embedded import free_port
 from carewatch.settings import process_env
 
 
-@pytest.mark.slow
-def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Path, uid: str) -> None:
-    state = scratch_dir / f"demo-{uid}"
+def _run_headless_demo(scratch_dir: Path, state_name: str,
+                       *options: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run `carewatch demo --headless --json` with its own state dir and free ports; return it and its summary."""
     env = process_env(drop_prefixes=("CAREWATCH_",), **{
-        "CAREWATCH_STATE_DIR": str(state),
+        "CAREWATCH_STATE_DIR": str(scratch_dir / state_name),
         "CAREWATCH_DEMO_PG_PORT": str(free_port()),
         "CAREWATCH_DEMO_MQTT_PORT": str(free_port()),
         "CAREWATCH_API_PORT": str(free_port()),
         "CAREWATCH_DASHBOARD_PORT": str(free_port()),
     })
     proc = subprocess.run(
-        # default options (×60): every scripted scenario must appear within 3 minutes of "demo is running"
-        [sys.executable, "-m", "carewatch", "demo", "--headless", "--duration", "180", "--json"],
+        [sys.executable, "-m", "carewatch", "demo", "--headless", *options, "--json"],
         capture_output=True, text=True, env=env, timeout=400, cwd=scratch_dir,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Path, uid: str) -> None:
+    # default options (×60): every scripted scenario must appear within 3 minutes of "demo is running"
+    proc, summary = _run_headless_demo(scratch_dir, f"demo-{uid}", "--duration", "180")
     assert summary["readings_published"] > 200, summary  # 3 simulated hours from 05:00
     assert summary["readings_lost"] == 0
     assert summary["readings_stored"] == summary["readings_published"]
@@ -85,21 +91,8 @@ def test_headless_demo_loses_nothing_and_detects_every_scenario(scratch_dir: Pat
 def test_headless_demo_through_the_virtual_radio_loses_nothing(scratch_dir: Path, uid: str) -> None:
     """`--radio virtual`: every device is a Bumble peripheral on a virtual link and each gateway reads them through
     its own emulated controller (the Bumble backend): the same zero-loss summary, and nothing left in a device."""
-    state = scratch_dir / f"demo-virtual-{uid}"
-    env = process_env(drop_prefixes=("CAREWATCH_",), **{
-        "CAREWATCH_STATE_DIR": str(state),
-        "CAREWATCH_DEMO_PG_PORT": str(free_port()),
-        "CAREWATCH_DEMO_MQTT_PORT": str(free_port()),
-        "CAREWATCH_API_PORT": str(free_port()),
-        "CAREWATCH_DASHBOARD_PORT": str(free_port()),
-    })
-    proc = subprocess.run(
-        [sys.executable, "-m", "carewatch", "demo", "--headless", "--duration", "40", "--accelerate", "600",
-         "--radio", "virtual", "--json"],
-        capture_output=True, text=True, env=env, timeout=400, cwd=scratch_dir,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc, summary = _run_headless_demo(scratch_dir, f"demo-virtual-{uid}",
+                                       "--duration", "40", "--accelerate", "600", "--radio", "virtual")
     assert summary["radio"]["mode"] == "virtual"
     assert summary["radio"]["frames_pushed"] > 150
     assert summary["radio"]["frames_waiting_in_devices"] == 0  # every device sent everything it measured

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
+from behaviour_seed import local, seed_quiet_nights
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
@@ -17,15 +18,9 @@ from carewatch.api.household_report import (
     kitchen_sessions,
     minutes_out_by_day,
 )
-from carewatch.scoring.behaviour import last_complete_night
-from carewatch.scoring.rules import LOCAL_TZ
 
 if TYPE_CHECKING:
     from conftest import World
-
-
-def local(day: date, hour: int, minute: int = 0) -> datetime:
-    return datetime.combine(day, time(hour, minute), tzinfo=LOCAL_TZ)
 
 
 def test_classify_night() -> None:
@@ -79,19 +74,8 @@ def test_report_counts_and_sentence() -> None:
 
 
 def test_behaviour_endpoint(client: TestClient, world: World, db: psycopg.Connection) -> None:
-    now = datetime.now(UTC)
-    last = last_complete_night(now)
-    nights = [last - timedelta(days=i) for i in range(28)]
+    nights = seed_quiet_nights(db, world, first_seq=50_000)
     with db.cursor() as cur:
-        for i, night in enumerate(nights):
-            at = local(night, 2, 30)
-            cur.execute("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)
-                           VALUES (%s, 'bathroom_visit', %s, %s, %s)""",
-                        (world.household_a, at, at + timedelta(minutes=6), Jsonb({"role": "bathroom"})))
-            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id,
-                                                 device_id, metric, value, received_at)
-                           VALUES (%s, %s, %s, %s, 'household', %s, 'motion-1', 'motion', 1, %s)""",
-                        (at, world.gateway_a, 50_000 + i, world.household_a, world.household_a, at))
         for hour in (1, 3, 4):
             at = local(nights[0], hour)
             cur.execute("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)

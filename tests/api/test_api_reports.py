@@ -5,27 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from behaviour_seed import local, seed_quiet_nights
 from fastapi.testclient import TestClient
-from psycopg.types.json import Jsonb
 
 from carewatch.api.adoption import DROP_RATIO, RECENT_DAYS, AlertTiming, DayCount, adoption_report
 from carewatch.api.household_report import Event, behaviour_report
 from carewatch.api.report_pdf import render_pdf
 from carewatch.api.rightsizing import CSV_COLUMNS, RightsizingReport, benefit, evidence_csv
-from carewatch.scoring.behaviour import last_complete_night
-from carewatch.scoring.rules import LOCAL_TZ
 
 if TYPE_CHECKING:
     from conftest import World
-
-
-def local(day: date, hour: int, minute: int = 0) -> datetime:
-    return datetime.combine(day, time(hour, minute), tzinfo=LOCAL_TZ)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -133,23 +127,8 @@ def test_baselines_use_the_residents_own_history(client: TestClient, world: Worl
                       headers=world.headers(client, "council")).status_code == 403  # no vitals consent
 
 
-def _seed_nights(db: psycopg.Connection, world: World) -> None:
-    last = last_complete_night(datetime.now(UTC))
-    with db.cursor() as cur:
-        for i in range(28):
-            at = local(last - timedelta(days=i), 2, 30)
-            cur.execute("""INSERT INTO behaviour_events (site_id, kind, started_at, ended_at, detail)
-                           VALUES (%s, 'bathroom_visit', %s, %s, %s)""",
-                        (world.household_a, at, at + timedelta(minutes=6), Jsonb({"role": "bathroom"})))
-            cur.execute("""INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_kind, subject_id,
-                                                 device_id, metric, value, received_at)
-                           VALUES (%s, %s, %s, %s, 'household', %s, 'motion-1', 'motion', 1, %s)""",
-                        (at, world.gateway_a, 70_000 + i, world.household_a, world.household_a, at))
-    db.commit()
-
-
 def test_rightsizing_benefit_csv_and_pdf(client: TestClient, world: World, db: psycopg.Connection) -> None:
-    _seed_nights(db, world)
+    seed_quiet_nights(db, world, first_seq=70_000)
     headers = world.headers(client, "council")
     base = f"/households/{world.household_a}"
     response = client.get(f"{base}/rightsizing", params={"days": 28, "hours_released": 35}, headers=headers)

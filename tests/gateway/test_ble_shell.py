@@ -11,6 +11,7 @@ at bleak's boundary, holding bleak's own service and characteristic objects, on 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,34 +92,46 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _feed_and_settle(transport: BleakTransport, reg: DeviceRegistry, sink: Sink, feed: Callable[[], None]) -> None:
+    """Start the transport's consumers, feed it, let the queues drain, then stop the consumers."""
+    async def scenario() -> None:
+        tasks = transport.start_consumers(reg, sink.deliver)
+        try:
+            feed()
+            await _settle()
+        finally:
+            await _cancel(tasks)
+
+    asyncio.run(scenario())
+
+
 def test_adverts_and_notifications_reach_the_pipeline_as_readings(vectors: dict[str, dict[str, Any]]) -> None:
     reg = registry(vectors)
     sink = Sink(Pipeline(reg))
     transport = BleakTransport(clock=lambda: AT)
 
-    async def scenario() -> None:
-        tasks = transport.start_consumers(reg, sink.deliver)
-        try:
-            for address, case in ((SEALED, vectors["sealed"]), (OPEN, vectors["open"]), (STRANGER, vectors["open"])):
-                transport.on_advert(reg, BLEDevice(address, None, None), advert(case["service_uuid16"],
-                                                                                  case["service_data_hex"]),
-                                    sink.on_event)
-            plx = reg.get(OXIMETER)
-            assert plx is not None
-            transport.notification_handler(plx, "00002a5e-0000-1000-8000-00805f9b34fb", sink.on_event)(
-                None, bytearray.fromhex(vectors["plx"]["bytes_hex"]))
-            cheap = reg.get(CHEAP)
-            assert cheap is not None
-            on_uart = transport.notification_handler(cheap, "49535343-1e4d-4bd9-ba61-23c647249616", sink.on_event)
-            for chunk in vectors["berrymed"]["bytes_hex"].split("|"):
-                on_uart(None, bytearray.fromhex(chunk))
-            await _settle()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def feed() -> None:
+        for address, case in ((SEALED, vectors["sealed"]), (OPEN, vectors["open"]), (STRANGER, vectors["open"])):
+            transport.on_advert(reg, BLEDevice(address, None, None), advert(case["service_uuid16"],
+                                                                              case["service_data_hex"]),
+                                sink.on_event)
+        plx = reg.get(OXIMETER)
+        assert plx is not None
+        transport.notification_handler(plx, "00002a5e-0000-1000-8000-00805f9b34fb", sink.on_event)(
+            None, bytearray.fromhex(vectors["plx"]["bytes_hex"]))
+        cheap = reg.get(CHEAP)
+        assert cheap is not None
+        on_uart = transport.notification_handler(cheap, "49535343-1e4d-4bd9-ba61-23c647249616", sink.on_event)
+        for chunk in vectors["berrymed"]["bytes_hex"].split("|"):
+            on_uart(None, bytearray.fromhex(chunk))
 
-    asyncio.run(scenario())
+    _feed_and_settle(transport, reg, sink, feed)
     assert {(n.address, n.source) for n in sink.notes} == {
         (SEALED, "bthome"), (OPEN, "bthome"), (OXIMETER, "2a5e"), (CHEAP, "berrymed")}  # the stranger is ignored
     assert sink.readings["climate-1"] == {Metric.ROOM_TEMPERATURE: 25.06, Metric.HUMIDITY: 50.55}  # decrypted
@@ -137,23 +150,16 @@ def test_a_flooding_device_loses_its_own_excess_and_nobody_elses(vectors: dict[s
                                                                                  monotonic=lambda: 0.0))
     frame = bytearray.fromhex(vectors["plx"]["bytes_hex"])
 
-    async def scenario() -> None:
-        tasks = transport.start_consumers(reg, sink.deliver)
-        try:
-            ox, other = reg.get(OXIMETER), reg.get(OPEN)
-            assert ox is not None and other is not None
-            flood = transport.notification_handler(ox, "2a5e", sink.on_event)
-            for _ in range(500):
-                flood(None, frame)
-            transport.on_advert(reg, BLEDevice(OPEN, None, None),
-                                advert("fcd2", vectors["open"]["service_data_hex"]), sink.on_event)
-            await _settle()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def feed() -> None:
+        ox, other = reg.get(OXIMETER), reg.get(OPEN)
+        assert ox is not None and other is not None
+        flood = transport.notification_handler(ox, "2a5e", sink.on_event)
+        for _ in range(500):
+            flood(None, frame)
+        transport.on_advert(reg, BLEDevice(OPEN, None, None),
+                            advert("fcd2", vectors["open"]["service_data_hex"]), sink.on_event)
 
-    asyncio.run(scenario())
+    _feed_and_settle(transport, reg, sink, feed)
     from_flood = [n for n in sink.notes if n.address == OXIMETER]
     assert len(from_flood) == 20  # the burst; time stands still, so nothing more
     assert [n.address for n in sink.notes if n.address == OPEN] == [OPEN]
@@ -298,9 +304,7 @@ class Rig:
             try:
                 await script(self)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel(tasks)
 
         asyncio.run(main())
 
