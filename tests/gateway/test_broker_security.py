@@ -132,6 +132,17 @@ def publisher_for(outbox: Outbox, url: str, **kw: Any) -> Publisher:
                      reconnect_max_s=1, **kw)
 
 
+@contextlib.contextmanager
+def running_publisher(outbox: Outbox, url: str, flush_timeout: float, **kw: Any) -> Iterator[Publisher]:
+    """A started publisher for `outbox` on `url`, stopped (flushing for up to `flush_timeout` s) on the way out."""
+    publisher = publisher_for(outbox, url, **kw)
+    publisher.start()
+    try:
+        yield publisher
+    finally:
+        publisher.stop(flush_timeout=flush_timeout)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # TLS
 # ------------------------------------------------------------------------------------------------------------
@@ -146,17 +157,13 @@ def test_mqtts_with_the_right_ca_delivers_and_a_wrong_ca_is_refused_without_loss
             outbox.append(drafts(500))
 
             # (b) a CA that did not sign the broker's certificate: refused, said plainly, nothing deleted
-            wrong = publisher_for(outbox, broker.url, ca_file=pki["other_ca"])
-            wrong.start()
-            try:
+            with running_publisher(outbox, broker.url, ca_file=pki["other_ca"], flush_timeout=0.5) as wrong:
                 wait_until(lambda: wrong.counters.connect_failures >= 2, 15, "the TLS refusal, retried")
                 error = wrong.last_connect_error or ""
                 assert "not trusted by the CA file" in error and str(pki["other_ca"]) in error, error
                 assert "certificate" in error.split(": ", 2)[-1], error  # OpenSSL's reason is passed on
                 assert not wrong.connected
                 assert wrong.counters.readings_sent == 0
-            finally:
-                wrong.stop(flush_timeout=0.5)
             assert outbox.depth() == 500 and collector.unique() == 0
 
             # a CA file that is not there is a clear error at start, not a silent plain-text fallback
@@ -164,14 +171,10 @@ def test_mqtts_with_the_right_ca_delivers_and_a_wrong_ca_is_refused_without_loss
                 publisher_for(outbox, broker.url, ca_file=pki["ca"].with_name("missing.crt"))
 
             # (a) the right CA: everything arrives, exactly once, in order, and only then leaves the outbox
-            right = publisher_for(outbox, broker.url, ca_file=pki["ca"], batch_size=50)
-            right.start()
-            try:
+            with running_publisher(outbox, broker.url, ca_file=pki["ca"], batch_size=50, flush_timeout=2) as right:
                 collector.wait_for(lambda: collector.unique() == 500, 20, "all readings over TLS")
                 assert right.wait_drained(10)
                 assert right.last_connect_error is None
-            finally:
-                right.stop(flush_timeout=2)
             collector.assert_exactly_once_in_order(500)
             assert outbox.depth() == 0
 
@@ -183,16 +186,12 @@ def test_plain_mqtt_to_a_tls_listener_is_not_a_silent_success(
     with (broker_with(scratch_dir, uid, security) as broker,
           Outbox(scratch_dir / f"plain-{uid}.sqlite", site_id=f"site-{uid}", gateway_id=f"gw-{uid}") as outbox):
         outbox.append(drafts(5))
-        plain = publisher_for(outbox, broker.url.replace("mqtts://", "mqtt://"))
-        plain.start()
-        try:
+        with running_publisher(outbox, broker.url.replace("mqtts://", "mqtt://"), flush_timeout=0.5) as plain:
             # the first attempts may race the broker's start (nothing listening yet): wait for the explanation
             wait_until(lambda: "use mqtts://" in (plain.last_connect_error or ""), 15,
                        "the plain-text connection to be refused with an explanation")
             assert plain.counters.connect_failures >= 1
             assert not plain.connected and outbox.depth() == 5
-        finally:
-            plain.stop(flush_timeout=0.5)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -213,13 +212,9 @@ def test_each_gateway_publishes_only_under_its_own_site_and_gateway(
         # gateway A, configured correctly: delivered
         with Outbox(scratch_dir / f"acl-a-{uid}.sqlite", site_id=site_a, gateway_id=gw_a) as outbox:
             outbox.append(drafts(20))
-            good = publisher_for(outbox, with_credentials(broker.url, gw_a, "secret-a"))
-            good.start()
-            try:
+            with running_publisher(outbox, with_credentials(broker.url, gw_a, "secret-a"), flush_timeout=2):
                 everything.wait_for(lambda: everything.unique() == 20, 10, "gateway A's readings")
                 shared.wait_for(lambda: shared.unique() == 20, 10, "gateway A's readings through $share")
-            finally:
-                good.stop(flush_timeout=2)
 
         # gateway A's credentials, publishing under site B (gateway B's topic and its own id under site B)
         foreign = [f"carewatch/v1/{site_b}/{gw_b}/readings", f"carewatch/v1/{site_b}/{gw_a}/readings",
@@ -255,14 +250,10 @@ def test_each_gateway_publishes_only_under_its_own_site_and_gateway(
         with Outbox(scratch_dir / f"acl-bad-{uid}.sqlite", site_id=site_a, gateway_id=gw_a) as outbox:
             outbox.append(drafts(3))
             for url in (with_credentials(broker.url, gw_a, "wrong"), broker.url):
-                refused = publisher_for(outbox, url)
-                refused.start()
-                try:
+                with running_publisher(outbox, url, flush_timeout=0.5) as refused:
                     wait_until(lambda p=refused: p.last_connect_error is not None, 10, "the refusal")
                     assert "refused the connection" in (refused.last_connect_error or "")
                     assert not refused.connected and refused.counters.readings_sent == 0
-                finally:
-                    refused.stop(flush_timeout=0.5)
                 assert outbox.depth() == 3
 
 
@@ -300,9 +291,7 @@ def test_resend_requests_come_only_from_ingest_and_reach_only_their_gateway(
                                   topic_filter=a_resend)  # gateway B may not read gateway A's requests
         with Outbox(scratch_dir / f"resend-{uid}.sqlite", site_id=site_a, gateway_id=gw_a) as outbox:
             outbox.append(drafts(20))
-            gateway = publisher_for(outbox, with_credentials(broker.url, gw_a, "secret-a"))
-            gateway.start()
-            try:
+            with running_publisher(outbox, with_credentials(broker.url, gw_a, "secret-a"), flush_timeout=2) as gateway:
                 everything.wait_for(lambda: everything.unique() == 20, 10, "gateway A's readings")
                 assert gateway.wait_drained(10)
                 publish_as(broker, gw_b, "secret-b", a_resend, request([[1, 20]]), uid)  # B may not ask A
@@ -310,8 +299,6 @@ def test_resend_requests_come_only_from_ingest_and_reach_only_their_gateway(
                 wait_until(lambda: gateway.counters.readings_replayed == 3, 10, "the replay ingest asked for")
                 assert gateway.wait_drained(10)
                 time.sleep(0.5)
-            finally:
-                gateway.stop(flush_timeout=2)
         assert gateway.counters.resend_requests == 1, "only ingest's request reached the gateway"
         assert everything.seqs() == [*range(1, 21), 3, 4, 5]
         assert len(everything.resends) == 1, "gateway B's request never reached the broker's subscribers"

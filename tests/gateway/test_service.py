@@ -83,12 +83,18 @@ class TrickleTransport:
             await asyncio.sleep(self.tick)
 
 
+def _settings_and_collector(gw: Any, collector_factory: Any, scratch_dir: Path, uid: str, broker_url: str,
+                            **overrides: Any) -> tuple[Any, Any]:
+    """A gateway's settings on this broker, and a collector subscribed to that gateway's readings."""
+    settings = gw.make_settings(scratch_dir, uid, broker_url, **overrides)
+    return settings, collector_factory(broker_url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+
+
 # ------------------------------------------------------------------------------------------------------------
 def test_gateway_end_to_end(
     scratch_dir: Path, uid: str, mqtt_url: str, gw: Any, collector_factory: Any
 ) -> None:
-    settings = gw.make_settings(scratch_dir, uid, mqtt_url)
-    collector = collector_factory(mqtt_url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+    settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, mqtt_url)
     transport = QueueTransport()
     with Gateway(settings, transport, registry=REGISTRY) as gateway:
         transport.events.append(TransportEvent(OX, "connected", datetime.now(UTC), rssi=-61))
@@ -144,8 +150,7 @@ def test_registry_file_changes_are_picked_up(
 def test_broker_outage_then_restart(
     scratch_dir: Path, uid: str, private_broker: Any, gw: Any, collector_factory: Any
 ) -> None:
-    settings = gw.make_settings(scratch_dir, uid, private_broker.url)
-    collector = collector_factory(private_broker.url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+    settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, private_broker.url)
     frames = 1500
     transport = TrickleTransport(spot_checks(gw, frames), per_tick=50, tick=0.1)  # ~3 s of traffic
     gateway = Gateway(settings, transport, registry=REGISTRY, reconnect_max_s=2).start()
@@ -169,8 +174,7 @@ def test_broker_outage_then_restart(
 def test_ten_thousand_readings_offline_then_reconnect(
     scratch_dir: Path, uid: str, private_broker: Any, gw: Any, collector_factory: Any
 ) -> None:
-    settings = gw.make_settings(scratch_dir, uid, private_broker.url)
-    collector = collector_factory(private_broker.url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+    settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, private_broker.url)
     private_broker.stop()
     transport = ReplayTransport(spot_checks(gw, 5000), concurrency=100)
     gateway = Gateway(settings, transport, registry=REGISTRY, reconnect_max_s=2).start()
@@ -228,8 +232,8 @@ def test_kill_9_mid_drain_then_restart(
     # loaded machine is the test's collector during the restart's burst, not the gateway losing anything.
     mqtt_url = private_broker.url
     # small batches, one in flight: 4,000 round trips, so a loaded machine still kills it mid-drain
-    settings = gw.make_settings(scratch_dir, uid, mqtt_url, publish_batch_size=5, publish_inflight=1)
-    collector = collector_factory(mqtt_url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+    settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, mqtt_url,
+                                                  publish_batch_size=5, publish_inflight=1)
     cfg: dict[str, Any] = {
         "mac": OX,
         "frame_hex": gw.plx_spot_check(96, 70).hex(),
@@ -285,8 +289,7 @@ def test_kill_9_mid_drain_then_restart(
 def test_simulated_uplink_outage(
     scratch_dir: Path, uid: str, mqtt_url: str, gw: Any, collector_factory: Any
 ) -> None:
-    settings = gw.make_settings(scratch_dir, uid, mqtt_url)
-    collector = collector_factory(mqtt_url, settings.site_id, settings.gateway_id, f"sub-{uid}")
+    settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, mqtt_url)
     transport = QueueTransport()
     with Gateway(settings, transport, registry=REGISTRY, reconnect_max_s=2) as gateway:
         transport.push(*spot_checks(gw, 50))
