@@ -37,6 +37,12 @@ def button(at: AppTest, label: str) -> Any:
     return matches[0]
 
 
+def save_health_check(at: AppTest) -> None:
+    """Press the health check's one save button (it scores the observations and saves them)."""
+    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
+    submit.click().run()
+
+
 def go(at: AppTest, page: str) -> AppTest:
     at.switch_page(f"pages/{page}.py")
     at.run()
@@ -99,8 +105,7 @@ def test_record_health_check_with_prefill_then_advice(sign_in: SignIn, estate: D
     at.number_input(key=f"obs-systolic_bp-{rid}").set_value(95.0)
     at.radio(key=f"obs-acvpu-{rid}").set_value("A")
     at.checkbox(key=f"obs-sign-breathless-{rid}").check()
-    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
-    submit.click().run()
+    save_health_check(at)
     assert not at.exception, [e.value for e in at.exception]
     result = at.session_state["obs_result"]
     assert result["resident_id"] == rid and result["score"] >= 7 and result["label"] == "High"
@@ -128,16 +133,14 @@ def test_new_confusion_with_acvpu_a_asks_which_is_true_before_saving(sign_in: Si
     at.number_input(key=f"obs-pulse-{rid}").set_value(80.0)
     at.radio(key=f"obs-acvpu-{rid}").set_value("A")
     at.checkbox(key=f"obs-sign-new_confusion-{rid}").check()
-    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
-    submit.click().run()
+    save_health_check(at)
     assert not at.exception, [e.value for e in at.exception]
     assert any("Which is true?" in w.value for w in at.warning)
     with psycopg.connect(database) as conn:
         after = conn.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s", (rid,)).fetchone()[0]
     assert after == before
     at.radio(key=f"obs-acvpu-{rid}").set_value("C")
-    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
-    submit.click().run()
+    save_health_check(at)
     assert at.session_state["obs_result"]["resident_id"] == rid
 
 
@@ -145,8 +148,7 @@ def test_empty_health_check_is_refused_in_plain_words(sign_in: SignIn, estate: D
     at = go(sign_in(estate.users["care_staff"]), "health_check")
     at.selectbox(key="check-resident").set_value(estate.residents[3]).run()
     rid = estate.residents[3]
-    [submit] = [b for b in at.button if b.label == "Work out the NEWS2 score and save"]
-    submit.click().run()
+    save_health_check(at)
     assert any("Nothing to save" in e.value for e in at.error)
     assert "obs_result" not in at.session_state or at.session_state["obs_result"]["resident_id"] != rid
 

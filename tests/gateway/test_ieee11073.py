@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -84,25 +85,30 @@ def test_decimal_scaling_has_no_float_noise() -> None:
     assert str(decode_sfloat(pack_sfloat(101, -1))) == "10.1"
 
 
+def _value_is_nearest_float_to_exact_decimal(raw: int, from_raw: Callable[[int], Any], specials: Mapping[int, Any],
+                                              parts: Callable[[int], tuple[int, int]]) -> tuple[int, int] | None:
+    """A special raw value decodes to its special; any other to the float nearest mantissa × 10^exponent, whose
+    (mantissa, exponent) it returns."""
+    result = from_raw(raw)
+    if raw in specials:
+        assert result is specials[raw]
+        return None
+    mantissa, exponent = parts(raw)
+    assert result == float(Fraction(mantissa) * Fraction(10) ** exponent)
+    return mantissa, exponent
+
+
 @given(st.integers(0, 0xFFFF))
 def test_sfloat_value_is_nearest_float_to_exact_decimal(raw: int) -> None:
-    result = sfloat_from_raw(raw)
-    if raw in SFLOAT_SPECIALS:
-        assert result is SFLOAT_SPECIALS[raw]
-        return
-    mantissa, exponent = sfloat_parts(raw)
-    assert -2048 <= mantissa <= 2047 and -8 <= exponent <= 7
-    assert result == float(Fraction(mantissa) * Fraction(10) ** exponent)
+    decoded = _value_is_nearest_float_to_exact_decimal(raw, sfloat_from_raw, SFLOAT_SPECIALS, sfloat_parts)
+    if decoded is not None:
+        mantissa, exponent = decoded
+        assert -2048 <= mantissa <= 2047 and -8 <= exponent <= 7
 
 
 @given(st.integers(0, 0xFFFFFFFF))
 def test_float_value_is_nearest_float_to_exact_decimal(raw: int) -> None:
-    result = float_from_raw(raw)
-    if raw in FLOAT_SPECIALS:
-        assert result is FLOAT_SPECIALS[raw]
-        return
-    mantissa, exponent = float_parts(raw)
-    assert result == float(Fraction(mantissa) * Fraction(10) ** exponent)
+    _value_is_nearest_float_to_exact_decimal(raw, float_from_raw, FLOAT_SPECIALS, float_parts)
 
 
 @given(st.binary(max_size=6), st.integers(0, 8))

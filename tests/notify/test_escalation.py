@@ -23,6 +23,7 @@ from carewatch.scoring import incident_store
 from carewatch.subjects import alert_subject_kind
 
 T0 = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
 SECRET = "escalation-test-secret"
 
 
@@ -132,24 +133,23 @@ def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
     site = make_site(db, uid, full_policy(hook.url + "/hook"))
     incident_id = make_incident(db, uid, site)
     channels = channels_for(smtp.port, notify)
-    minute = timedelta(minutes=1)
 
     assert step(database, channels, T0, site) == [(1, "unacknowledged")]
     assert incident_row(db, incident_id)["status"] == "open"  # level 1 is not an escalation
     assert len(hook.received) == 1 and hook.received[0].verified and hook.received[0].json["level"] == 1
-    assert step(database, channels, T0 + 4 * minute, site) == []
-    assert step(database, channels, T0 + 5 * minute, site) == [(2, "unacknowledged")]
+    assert step(database, channels, T0 + 4 * MINUTE, site) == []
+    assert step(database, channels, T0 + 5 * MINUTE, site) == [(2, "unacknowledged")]
     row = incident_row(db, incident_id)
     assert (row["status"], row["notify_level"], row["escalation_level"]) == ("auto_escalated", 2, 0)
     assert [m.recipient for m in smtp.received] == ["senior@home.test"]
     assert "Nobody has acknowledged it for 5 min: you are level 2 (Senior on shift)" in (smtp.received[0].text or "")
     assert "Call 999 now" in (smtp.received[0].text or "")
-    assert step(database, channels, T0 + 11 * minute, site) == []
+    assert step(database, channels, T0 + 11 * MINUTE, site) == []
     assert notify.received == []
-    assert step(database, channels, T0 + 12 * minute, site) == [(3, "unacknowledged")]
+    assert step(database, channels, T0 + 12 * MINUTE, site) == [(3, "unacknowledged")]
     assert [r.json["phone_number"] for r in notify.received] == ["07700900123"]
     assert notify.received[0].verified
-    assert step(database, channels, T0 + 90 * minute, site) == []  # level 3 is the last
+    assert step(database, channels, T0 + 90 * MINUTE, site) == []  # level 3 is the last
     assert log_rows(db, incident_id) == [
         (1, "unacknowledged", "dashboard", "tablets", "delivered"),
         (1, "unacknowledged", "webhook", hook.url + "/hook", "delivered"),
@@ -159,7 +159,7 @@ def test_unacknowledged_reaches_level_2_then_3_at_the_configured_windows(
     assert [a for a, _ in events(db, incident_id)] == ["notified", "auto_escalated", "auto_escalated"]
     assert {actor for _, actor in events(db, incident_id)} == {"escalation"}
     # a person acknowledging ends it: the status is theirs again
-    incident_store.acknowledge(db, incident_id, "carer1", at=T0 + 95 * minute)
+    incident_store.acknowledge(db, incident_id, "carer1", at=T0 + 95 * MINUTE)
     db.commit()
     assert incident_row(db, incident_id)["acknowledged_by"] == "carer1"
 
@@ -169,24 +169,23 @@ def test_after_acknowledgement_no_outcome_within_the_window_escalates_again(
 ) -> None:
     smtp, notify, _ = receivers
     site, incident_id, channels = told_level_1(db, database, uid, receivers, severity="medium", score=5)
-    minute = timedelta(minutes=1)
-    incident_store.acknowledge(db, incident_id, "carer1", "with her now", at=T0 + 2 * minute)
+    incident_store.acknowledge(db, incident_id, "carer1", "with her now", at=T0 + 2 * MINUTE)
     db.commit()
-    assert step(database, channels, T0 + 2 * minute, site) == []  # the outcome clock starts: nobody is told
-    assert incident_row(db, incident_id)["notify_due_at"] == T0 + 62 * minute
-    assert step(database, channels, T0 + 61 * minute, site) == []  # 60 min after the acknowledgement
-    assert step(database, channels, T0 + 62 * minute, site) == [(2, "no_outcome")]
+    assert step(database, channels, T0 + 2 * MINUTE, site) == []  # the outcome clock starts: nobody is told
+    assert incident_row(db, incident_id)["notify_due_at"] == T0 + 62 * MINUTE
+    assert step(database, channels, T0 + 61 * MINUTE, site) == []  # 60 min after the acknowledgement
+    assert step(database, channels, T0 + 62 * MINUTE, site) == [(2, "no_outcome")]
     assert [m.recipient for m in smtp.received] == ["senior@home.test"]
     assert "no outcome (monitoring plan, GP, 111, 999, admitted) was recorded within 60 min" in (
         smtp.received[0].text or "")
     assert "GP or NHS 111" in (smtp.received[0].text or "")  # NEWS2 5: the route its response gives
     assert incident_row(db, incident_id)["status"] == "auto_escalated"
-    incident_store.record_outcome(db, incident_id, "senior1", "gp_called", "GP visiting at 10", at=T0 + 70 * minute)
+    incident_store.record_outcome(db, incident_id, "senior1", "gp_called", "GP visiting at 10", at=T0 + 70 * MINUTE)
     db.commit()
     row = incident_row(db, incident_id)
     assert (row["status"], row["outcome"], row["outcome_by"], row["notify_due_at"]) == (
         "acknowledged", "gp_called", "senior1", None)
-    assert step(database, channels, T0 + 600 * minute, site) == []
+    assert step(database, channels, T0 + 600 * MINUTE, site) == []
     assert notify.received == []  # level 3 never needed
 
 
@@ -223,27 +222,26 @@ def test_one_incident_one_ladder_a_second_alert_folding_in_sends_nothing_more(
 ) -> None:
     smtp, _, hook = receivers
     site, incident_id, channels = told_level_1(db, database, uid, receivers, severity="medium", score=5)
-    minute = timedelta(minutes=1)
     # soft signs and a rising trend of the same resident fold into her incident: nobody is told again
     for kind in ("soft_signs", "news2_rising"):
-        second = add_alert(db, uid, site, severity="medium", kind=kind, at=T0 + minute)
+        second = add_alert(db, uid, site, severity="medium", kind=kind, at=T0 + MINUTE)
         assert db.execute("SELECT incident_id FROM alerts WHERE alert_id = %s", (second,)).fetchone()[0] == incident_id
         db.commit()
-        assert step(database, channels, T0 + 2 * minute, site) == []
+        assert step(database, channels, T0 + 2 * MINUTE, site) == []
     assert len(hook.received) == 1
     assert [lv for lv, *_ in log_rows(db, incident_id)] == [1, 1]  # the tablets and the webhook, once
     assert deliveries.for_target(db, "alert", incident_id) == []  # no alert-level ladder beside it
     db.commit()
     # its own ladder goes on at the medium window (30 min): level 2 once, for the incident
-    assert step(database, channels, T0 + 30 * minute, site) == [(2, "unacknowledged")]
+    assert step(database, channels, T0 + 30 * MINUTE, site) == [(2, "unacknowledged")]
     assert [m.recipient for m in smtp.received] == ["senior@home.test"]
     # a rise to high (a new, worse NEWS2 component) re-alerts: the level last told hears it at once
     db.execute("UPDATE alerts SET severity = 'high', score = 8, data = '{\"risk\": \"high\"}' "
                "WHERE incident_id = %s AND kind = 'news2'", (incident_id,))
-    incident_store.sync_incidents(db, [("resident", f"r-{uid}")], T0 + 31 * minute)
+    incident_store.sync_incidents(db, [("resident", f"r-{uid}")], T0 + 31 * MINUTE)
     db.commit()
     assert incident_row(db, incident_id)["notify_reason"] == "risen"
-    assert step(database, channels, T0 + 31 * minute, site) == [(2, "unacknowledged")]
+    assert step(database, channels, T0 + 31 * MINUTE, site) == [(2, "unacknowledged")]
     assert [m.recipient for m in smtp.received] == ["senior@home.test", "senior@home.test"]
     assert "Carewatch HIGH" in (smtp.received[1].text or "")
 

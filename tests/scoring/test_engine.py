@@ -94,6 +94,16 @@ def events(db: psycopg.Connection, alert_id: int) -> list[str]:
                                      (alert_id,))]
 
 
+def high_news2_alert(db: psycopg.Connection, site: str, rid: str, at: datetime) -> dict[str, Any]:
+    """A complete manual set scoring NEWS2 8 at `at`, evaluated then: the resident's one (high) news2 alert."""
+    add_manual_set(db, site, rid, at, score=8, risk="high", respiration_rate=26,
+                   spo2=90, systolic_bp=120, pulse=120, temperature=37, consciousness="A")
+    evaluate_subjects(db, [rid], at)
+    [alert] = alerts(db, rid, "news2")
+    assert alert["severity"] == "high"
+    return alert
+
+
 def oximeter_round(db: psycopg.Connection, site: str, rid: str, at: datetime, spo2: float = 97,
                    pulse: float = 80, flags: tuple[str, ...] = ()) -> None:
     add_reading(db, site, rid, f"ox-{rid}", "spo2", spo2, at, flags)
@@ -182,11 +192,7 @@ def test_staff_set_completes_the_round_and_low_complete_score_resolves(db, home,
 
 
 def test_partial_low_set_does_not_resolve_or_downgrade(db, home, resident) -> None:
-    add_manual_set(db, home, resident, NOW - timedelta(hours=2), score=8, risk="high", respiration_rate=26,
-                   spo2=90, systolic_bp=120, pulse=120, temperature=37, consciousness="A")
-    evaluate_subjects(db, [resident], NOW - timedelta(hours=2))
-    [alert] = alerts(db, resident, "news2")
-    assert alert["severity"] == "high"
+    high_news2_alert(db, home, resident, NOW - timedelta(hours=2))
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=97, pulse=75)  # partial, scores 0
     evaluate_subjects(db, [resident], NOW)
     [still] = alerts(db, resident, "news2")
@@ -291,11 +297,7 @@ def test_unacknowledged_incident_climbs_the_escalation_policy(db, home, resident
 
 
 def test_high_alert_is_not_closed_by_a_low_set_without_a_person(db, home, resident) -> None:
-    add_manual_set(db, home, resident, NOW - timedelta(hours=1), score=8, risk="high", respiration_rate=26,
-                   spo2=90, systolic_bp=120, pulse=120, temperature=37, consciousness="A")
-    evaluate_subjects(db, [resident], NOW - timedelta(hours=1))
-    [alert] = alerts(db, resident, "news2")
-    assert alert["severity"] == "high"
+    alert = high_news2_alert(db, home, resident, NOW - timedelta(hours=1))
     add_manual_set(db, home, resident, NOW - timedelta(minutes=30), score=5, risk="medium", respiration_rate=22,
                    spo2=95, systolic_bp=125, pulse=95, temperature=38.5, consciousness="A")
     evaluate_subjects(db, [resident], NOW - timedelta(minutes=29))
