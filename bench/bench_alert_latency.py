@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
-from feeding import record_staff_entry
+from feeding import record_staff_entry, terminate
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port
@@ -253,12 +252,7 @@ class Scorer:
         return time.monotonic() - started
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc, 30)
         self.handle.close()
 
     def batches(self) -> list[dict[str, float]]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from feeding import Feed, Sampler, build_devices, end_child, steady
+from feeding import Feed, Sampler, build_devices, end_child, start_child, steady
 
 #: The gateway child of the byte-level path is bench_gateway_rss.py's (run as a script, not imported).
 RSS_SCRIPT = Path(__file__).resolve().parent / "bench_gateway_rss.py"
@@ -82,18 +82,12 @@ def child_bumble() -> None:
 def run(mode: str, env: dict[str, str], log: Path, feed: Feed, seconds: float, accelerate: float,
         radio: Any = None) -> dict[str, Any]:
     """One child for ``seconds`` of traffic; ``radio``: the VirtualRadio the bumble child reads."""
-    import subprocess
 
     argv = [sys.executable, __file__, "--child-bumble"] if mode == "bumble" else [
         sys.executable, str(RSS_SCRIPT), "--child", "gateway"]
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                                bufsize=1)
+    proc, ready = start_child(argv, log, env, mode, log_tail=3000)
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        ready = json.loads(proc.stdout.readline() or "{}")
-        if not ready.get("ready"):
-            raise RuntimeError(f"{mode} child did not start (exit {proc.wait(10)}): {log.read_text()[-3000:]}")
         sampler = Sampler(proc.pid)
         cpu0 = cpu_seconds(proc.pid)
         radio_cpu0 = radio.call(_thread_cpu()) if radio is not None else 0.0

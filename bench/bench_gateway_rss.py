@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,16 +102,15 @@ def _run_gateway() -> dict[str, Any]:
 def run_child(mode: str, env: dict[str, str], log: Path, *, feed: Any = None, seconds: float = 0.0,
               accelerate: float = 1.0) -> dict[str, Any]:
     """Start a child, feed it for ``seconds`` (gateway modes), and return its report with RSS figures."""
-    from feeding import Sampler, end_child  # (the parent only: a child imports nothing it does not measure)
+    from feeding import (  # (the parent only: a child imports nothing it does not measure)
+        Sampler,
+        end_child,
+        start_child,
+    )
 
-    with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", mode], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, bufsize=1)
+    proc, ready = start_child([sys.executable, __file__, "--child", mode], log, env, mode)
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        ready = json.loads(proc.stdout.readline() or "{}")
-        if not ready.get("ready"):
-            raise RuntimeError(f"{mode} child did not start (exit {proc.wait(10)}): {log.read_text()[-2000:]}")
         sampler = Sampler(proc.pid)
         sent = 0
         if feed is not None:

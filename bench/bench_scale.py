@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -51,6 +50,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import numpy as np
 import psycopg
+from feeding import terminate
 from scratch import scratch_database
 
 from carewatch.api.users import create_user
@@ -167,12 +167,7 @@ class Replica:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc, 60)
         self.handle.close()
 
 

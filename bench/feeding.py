@@ -11,11 +11,14 @@ and what a helper imports would count against the gateway.
 
 from __future__ import annotations
 
+import json
 import random
+import signal
 import subprocess
 import threading
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -137,6 +140,24 @@ def steady(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return quarter, samples[-1][1]
 
 
+def start_child(argv: list[str], log: Path, env: dict[str, str], what: str, *,
+                log_tail: int = 2000) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start a measured child (its stderr appended to ``log``) and wait for its ``{"ready": true}`` line; a child
+    that does not say so is ended and reported with the tail of its log. Returns the child and its ready line."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                                bufsize=1)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        ready = json.loads(proc.stdout.readline() or "{}")
+        if not ready.get("ready"):
+            raise RuntimeError(f"{what} child did not start (exit {proc.wait(10)}): {log.read_text()[-log_tail:]}")
+    except BaseException:
+        end_child(proc)
+        raise
+    return proc, ready
+
+
 def end_child(proc: subprocess.Popen[str]) -> None:
     """Close the child's stdin and wait for it (kill it after 30 s)."""
     if proc.stdin and not proc.stdin.closed:
@@ -146,6 +167,16 @@ def end_child(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def terminate(proc: subprocess.Popen[Any], wait_s: float) -> None:
+    """SIGTERM a long-running child and wait ``wait_s`` for it to finish its work; kill it if it has not."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 # ------------------------------------------------------------------------------------------------------------
