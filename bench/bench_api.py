@@ -97,21 +97,11 @@ class Estate:
     care_staff: list[str] = field(default_factory=list)  # per home
     gps: list[str] = field(default_factory=list)  # per practice
 
-    @staticmethod
-    def rid(i: int) -> str:
-        return f"res-{i:05d}"
-
-    @staticmethod
-    def home(h: int) -> str:
-        return f"home-{h:03d}"
-
-    @staticmethod
-    def practice(p: int) -> str:
-        return f"P{p:03d}"
-
-    @staticmethod
-    def gateway(h: int) -> str:
-        return f"gw-{h:03d}"
+    # the ids: resident, home, practice and gateway from their index
+    rid = staticmethod("res-{:05d}".format)
+    home = staticmethod("home-{:03d}".format)
+    practice = staticmethod("P{:03d}".format)
+    gateway = staticmethod("gw-{:03d}".format)
 
     @staticmethod
     def device(prefix: str, i: int) -> str:

@@ -829,21 +829,14 @@ class CaseRow:
     base_lead_h: float | None
     first_kind: str | None = None  # the notification that found it
 
-    @property
-    def found(self) -> bool:
-        return self.ttd_h is not None
+    def found(self, base: bool = False) -> bool:
+        """Found at all, by the platform (or with ``base``, by plain NEWS2 >= 5)."""
+        return (self.base_ttd_h if base else self.ttd_h) is not None
 
-    @property
-    def early(self) -> bool:
-        return self.lead_h is not None and self.lead_h >= 0
-
-    @property
-    def base_found(self) -> bool:
-        return self.base_ttd_h is not None
-
-    @property
-    def base_early(self) -> bool:
-        return self.base_lead_h is not None and self.base_lead_h >= 0
+    def early(self, base: bool = False) -> bool:
+        """Found before NEWS2 7 / admission, by the platform (or with ``base``, by plain NEWS2 >= 5)."""
+        lead = self.base_lead_h if base else self.lead_h
+        return lead is not None and lead >= 0
 
 
 @dataclass
@@ -909,10 +902,10 @@ class SeedFigures:
         return sum(n for (_, _, c), n in self.home_notices.items() if cls in (None, c))
 
     def sensitivity(self, base: bool = False) -> tuple[int, int]:
-        return sum(c.base_found if base else c.found for c in self.cases), len(self.cases)
+        return sum(c.found(base) for c in self.cases), len(self.cases)
 
     def early(self, base: bool = False) -> tuple[int, int]:
-        return sum(c.base_early if base else c.early for c in self.cases), len(self.cases)
+        return sum(c.early(base) for c in self.cases), len(self.cases)
 
     def median_h(self, what: str) -> float | None:
         values = [getattr(c, what) for c in self.cases if getattr(c, what) is not None]
