@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -143,6 +143,25 @@ def running_publisher(outbox: Outbox, url: str, flush_timeout: float, **kw: Any)
         publisher.stop(flush_timeout=flush_timeout)
 
 
+@contextlib.contextmanager
+def mqtt_session(port: int, username: str, password: str, client_id: str,
+                 prepare: Callable[[mqtt.Client], None] | None = None) -> Iterator[mqtt.Client]:
+    """A paho MQTT 3.1.1 client logged in as `username` on 127.0.0.1:`port`, its network loop running; `prepare`
+    (TLS, callbacks) is applied before connecting. Stopped and disconnected on the way out."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv311)
+    client.username_pw_set(username, password)
+    if prepare is not None:
+        prepare(client)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # TLS
 # ------------------------------------------------------------------------------------------------------------
@@ -220,29 +239,13 @@ def test_each_gateway_publishes_only_under_its_own_site_and_gateway(
         foreign = [f"carewatch/v1/{site_b}/{gw_b}/readings", f"carewatch/v1/{site_b}/{gw_a}/readings",
                    f"carewatch/v1/{site_b}/{gw_b}/status"]
         for topic in foreign:
-            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"rogue-{uid}",
-                                 protocol=mqtt.MQTTv311)
-            client.username_pw_set(gw_a, "secret-a")
-            client.connect("127.0.0.1", broker.port)
-            client.loop_start()
-            try:
+            with mqtt_session(broker.port, gw_a, "secret-a", f"rogue-{uid}") as client:
                 info = client.publish(topic, json.dumps({"forged": topic}), qos=1)
                 info.wait_for_publish(timeout=5)  # mosquitto acknowledges a denied 3.1.1 publish, then drops it
-            finally:
-                client.loop_stop()
-                client.disconnect()
         # a message published after the forged ones, on an allowed topic, proves the subscriber was listening
-        marker = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"marker-{uid}",
-                             protocol=mqtt.MQTTv311)
-        marker.username_pw_set(gw_a, "secret-a")
-        marker.connect("127.0.0.1", broker.port)
-        marker.loop_start()
-        try:
+        with mqtt_session(broker.port, gw_a, "secret-a", f"marker-{uid}") as marker:
             marker.publish(f"carewatch/v1/{site_a}/{gw_a}/events", json.dumps({"marker": True}), qos=1)
             everything.wait_for(lambda: any(t.endswith("/events") for t in everything.topics), 10, "the marker")
-        finally:
-            marker.loop_stop()
-            marker.disconnect()
         time.sleep(0.5)
         assert not [t for t in everything.topics if f"/{site_b}/" in t], everything.topics
 
@@ -258,17 +261,9 @@ def test_each_gateway_publishes_only_under_its_own_site_and_gateway(
 
 
 def publish_as(broker: EmbeddedBroker, username: str, password: str, topic: str, payload: bytes, uid: str) -> None:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{username}-once-{uid}",
-                         protocol=mqtt.MQTTv311)
-    client.username_pw_set(username, password)
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
+    with mqtt_session(broker.port, username, password, f"{username}-once-{uid}") as client:
         info = client.publish(topic, payload, qos=1)
         info.wait_for_publish(timeout=5)  # a denied 3.1.1 publish is acknowledged too, then dropped
-    finally:
-        client.loop_stop()
-        client.disconnect()
 
 
 def test_resend_requests_come_only_from_ingest_and_reach_only_their_gateway(
@@ -323,19 +318,14 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 def connack(port: int, username: str, password: str, ca_file: Path | None = None) -> int:
     """The broker's CONNACK reason for these credentials (0 = accepted)."""
     result: list[int] = []
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"probe-{username}-{port}",
-                         protocol=mqtt.MQTTv311)
-    client.username_pw_set(username, password)
-    if ca_file is not None:
-        client.tls_set(ca_certs=str(ca_file))
-    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason.value)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
+
+    def prepare(client: mqtt.Client) -> None:
+        if ca_file is not None:
+            client.tls_set(ca_certs=str(ca_file))
+        client.on_connect = lambda _c, _u, _f, reason, _p: result.append(reason.value)
+
+    with mqtt_session(port, username, password, f"probe-{username}-{port}", prepare=prepare):
         wait_until(lambda: bool(result), 10, f"CONNACK for {username}")
-    finally:
-        client.loop_stop()
-        client.disconnect()
     return result[0]
 
 
