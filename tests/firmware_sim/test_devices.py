@@ -21,32 +21,18 @@ from carewatch.gateway.transport import Notification, TransportEvent
 from carewatch.wire import DeviceKind, Metric, QualityFlag
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
-FAULTS = """name: kit faults
-scenarios:
-  - id: garbage
-    kind: device_fault
-    target: {site: 0, device: kit-01, device_kind: pulse_oximeter}
-    onset: 1h
-    progression: {duration: 2d}
-    fault: {kind: garbage_frames, params: {fraction: 1.0}}
-  - id: dups
-    kind: device_fault
-    target: {site: 0, device: kit-02, device_kind: thermometer}
-    onset: 1h
-    progression: {duration: 2d}
-    fault: {kind: duplicate_notifications, params: {copies: 3}}
-  - id: storm
-    kind: device_fault
-    target: {site: 0, device: kit-02, device_kind: pulse_oximeter}
-    onset: 1h
-    progression: {duration: 2d}
-    fault: {kind: disconnect_storm, params: {per_minute: 2}}
-  - id: battery
-    kind: device_fault
-    target: {site: 0, device: kit-01, device_kind: bp_cuff}
-    onset: 1h
-    fault: {kind: flat_battery, params: {start_pct: 40, hours_to_flat: 30}}
-"""
+# (scenario id, device, its kind, the fault, its params, lasts 2 days); one device_fault scenario each from 1h
+_KIT_FAULTS = [
+    ("garbage", "kit-01", "pulse_oximeter", "garbage_frames", "{fraction: 1.0}", True),
+    ("dups", "kit-02", "thermometer", "duplicate_notifications", "{copies: 3}", True),
+    ("storm", "kit-02", "pulse_oximeter", "disconnect_storm", "{per_minute: 2}", True),
+    ("battery", "kit-01", "bp_cuff", "flat_battery", "{start_pct: 40, hours_to_flat: 30}", False),
+]
+FAULTS = "name: kit faults\nscenarios:\n" + "".join(
+    f"  - id: {sid}\n    kind: device_fault\n    target: {{site: 0, device: {device}, device_kind: {kind}}}\n"
+    f"    onset: 1h\n" + ("    progression: {duration: 2d}\n" if two_days else "")
+    + f"    fault: {{kind: {fault}, params: {params}}}\n"
+    for sid, device, kind, fault, params, two_days in _KIT_FAULTS)
 
 
 @pytest.fixture(scope="module")
