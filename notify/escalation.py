@@ -71,7 +71,19 @@ class Target:
     await_outcome: Callable[..., None]
 
 
-ALERTS = Target("alert", """
+def _may_be_due(t: str, kind: str) -> str:
+    """The SQL condition on target table alias ``t`` (``kind``: its NEWS2-or-not column) for a row that may be due
+    a step: unacknowledged and never told, told for another reason, or its window over; or acknowledged, NEWS2,
+    and not yet waiting for (or its window for) an outcome over."""
+    return f"""(({t}.acknowledged_at IS NULL
+            AND ({t}.notify_level = 0 OR {t}.notify_reason IS DISTINCT FROM 'unacknowledged'
+                 OR {t}.notify_due_at <= %(now)s))
+        OR ({t}.acknowledged_at IS NOT NULL AND {kind} = 'news2'
+            AND (coalesce({t}.notify_reason, '') NOT IN ('awaiting_outcome', 'no_outcome')
+                 OR {t}.notify_due_at <= %(now)s)))"""
+
+
+ALERTS = Target("alert", f"""
     SELECT a.alert_id AS target_id, a.site_id, s.name AS site_name, a.kind, a.severity, a.status,
            a.acknowledged_at, a.notify_level, a.notify_reason, a.notify_due_at, a.outcome_at IS NOT NULL AS outcome,
            a.opened_at, a.reason, a.action, a.score, a.data->>'risk' AS risk,
@@ -87,11 +99,7 @@ ALERTS = Target("alert", """
              AND (b.severity = 'high' AND a.severity = 'medium'
                   OR (b.severity = a.severity AND (b.kind = 'news2') > (a.kind = 'news2'))
                   OR (b.severity = a.severity AND (b.kind = 'news2') = (a.kind = 'news2') AND b.alert_id < a.alert_id)))
-      AND ((a.acknowledged_at IS NULL
-            AND (a.notify_level = 0 OR a.notify_reason IS DISTINCT FROM 'unacknowledged' OR a.notify_due_at <= %(now)s))
-        OR (a.acknowledged_at IS NOT NULL AND a.kind = 'news2'
-            AND (coalesce(a.notify_reason, '') NOT IN ('awaiting_outcome', 'no_outcome')
-                 OR a.notify_due_at <= %(now)s)))
+      AND {_may_be_due('a', 'a.kind')}
     ORDER BY a.alert_id
     FOR UPDATE OF a SKIP LOCKED""", _alert_rows, lifecycle.auto_escalate, lifecycle.hurry_escalation,
                 lifecycle.await_outcome)
@@ -127,11 +135,7 @@ INCIDENTS = Target("incident", f"""
     WHERE i.status <> 'resolved' AND i.severity IN ('medium', 'high') AND i.outcome_at IS NULL
       AND (%(sites)s::text[] IS NULL OR i.site_id = ANY(%(sites)s))
       AND NOT coalesce(r.practice, false)  -- practice mode's training resident: nobody is told (H-KIT-07)
-      AND ((i.acknowledged_at IS NULL
-            AND (i.notify_level = 0 OR i.notify_reason IS DISTINCT FROM 'unacknowledged' OR i.notify_due_at <= %(now)s))
-        OR (i.acknowledged_at IS NOT NULL AND h.kind = 'news2'
-            AND (coalesce(i.notify_reason, '') NOT IN ('awaiting_outcome', 'no_outcome')
-                 OR i.notify_due_at <= %(now)s)))
+      AND {_may_be_due('i', 'h.kind')}
     ORDER BY i.incident_id
     FOR UPDATE OF i SKIP LOCKED""", _incident_rows, incident_store.auto_escalate, incident_store.hurry_escalation,
                     incident_store.await_outcome)
