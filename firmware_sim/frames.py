@@ -305,6 +305,22 @@ def encode_battery_level(percent: float) -> bytes:
     return bytes([level])
 
 
+def _five_byte_packet(spo2: int, pr: int, waveform: int, signal_strength: int, byte0_flags: tuple[bool, bool, bool],
+                      bargraph: int, byte2_flags: tuple[bool, bool]) -> bytes:
+    """The 5-byte sync-bit packet BerryMed BCI and Contec CMS50D+ share: byte 0 sync bit, signal strength and
+    three flags (bits 4-6); byte 1 the waveform; byte 2 bargraph, two flags (bits 4-5) and bit 7 of the pulse
+    rate; byte 3 the pulse rate's low 7 bits; byte 4 SpO2."""
+    return bytes(
+        [
+            0x80 | signal_strength & 0x0F | 0x10 * byte0_flags[0] | 0x20 * byte0_flags[1] | 0x40 * byte0_flags[2],
+            waveform & 0x7F,
+            bargraph & 0x0F | 0x10 * byte2_flags[0] | 0x20 * byte2_flags[1] | ((pr >> 7) & 1) << 6,
+            pr & 0x7F,
+            spo2 & 0x7F,
+        ]
+    )
+
+
 def encode_berrymed(
     spo2: int | None,
     pulse_rate: int | None,
@@ -319,16 +335,8 @@ def encode_berrymed(
     searching: bool = False,
 ) -> bytes:
     """One BerryMed BCI packet; ``None`` sends the device's "no value" markers (SpO2 127, PR 255)."""
-    pr = 255 if pulse_rate is None else pulse_rate
-    return bytes(
-        [
-            0x80 | signal_strength & 0x0F | 0x10 * no_signal | 0x20 * probe_unplugged | 0x40 * beep,
-            pleth & 0x7F,
-            bargraph & 0x0F | 0x10 * no_finger | 0x20 * searching | ((pr >> 7) & 1) << 6,
-            pr & 0x7F,
-            127 if spo2 is None else spo2 & 0x7F,
-        ]
-    )
+    return _five_byte_packet(127 if spo2 is None else spo2, 255 if pulse_rate is None else pulse_rate, pleth,
+                             signal_strength, (no_signal, probe_unplugged, beep), bargraph, (no_finger, searching))
 
 
 def encode_contec(
@@ -345,16 +353,8 @@ def encode_contec(
     searching: bool = False,
 ) -> bytes:
     """One Contec CMS50D+ live packet; ``None`` sends 0 (what the device shows with no finger)."""
-    pr = 0 if pulse_rate is None else pulse_rate
-    return bytes(
-        [
-            0x80 | signal_strength & 0x0F | 0x10 * finger_out | 0x20 * dropping_spo2 | 0x40 * beep,
-            pulse_waveform & 0x7F,
-            bargraph & 0x0F | 0x10 * probe_error | 0x20 * searching | ((pr >> 7) & 1) << 6,
-            pr & 0x7F,
-            0 if spo2 is None else spo2 & 0x7F,
-        ]
-    )
+    return _five_byte_packet(0 if spo2 is None else spo2, 0 if pulse_rate is None else pulse_rate, pulse_waveform,
+                             signal_strength, (finger_out, dropping_spo2, beep), bargraph, (probe_error, searching))
 
 
 def encode_emay(spo2: int | None, pulse_rate: int | None) -> bytes:

@@ -114,26 +114,35 @@ def _check_five_byte_packet(name: str, data: bytes) -> None:
             raise FrameError(f"{name}: byte {index} (0x{data[index]:02X}) has the sync bit set; only byte 0 may")
 
 
+def _split_five_byte_packet(name: str, data: bytes, byte0_flags: tuple[str, str, str], wave: str,
+                            byte2_flags: tuple[str, str]) -> tuple[int, int, dict[str, Any]]:
+    """Check and split the 5-byte sync-bit packet BerryMed BCI and Contec CMS50D+ share: byte 0 signal strength
+    and three flags (bits 4-6), byte 1 the waveform, byte 2 bargraph, two flags (bits 4-5) and bit 7 of the pulse
+    rate, byte 3 the pulse rate's low 7 bits, byte 4 SpO2. The flags and the waveform are named as each maker
+    names them. Returns (SpO2, pulse rate, details)."""
+    _check_five_byte_packet(name, data)
+    b0, waveform, b2, b3, spo2 = data
+    pulse_rate = ((b2 >> 6) & 1) << 7 | b3
+    details: dict[str, Any] = {
+        "signal_strength": b0 & 0x0F,
+        **{flag: bool(b0 & bit) for flag, bit in zip(byte0_flags, (0x10, 0x20, 0x40), strict=True)},
+        wave: waveform,
+        "bargraph": b2 & 0x0F,
+        **{flag: bool(b2 & bit) for flag, bit in zip(byte2_flags, (0x10, 0x20), strict=True)},
+        "spo2_raw": spo2,
+        "pulse_rate_raw": pulse_rate,
+    }
+    return spo2, pulse_rate, details
+
+
 # ------------------------------------------------------------------------------------------------------------
 # BerryMed BCI and Contec CMS50D+ (5-byte sync-bit packets)
 # ------------------------------------------------------------------------------------------------------------
 def decode_berrymed(data: bytes) -> DecodedFrame:
     """One BerryMed BCI packet: signal/probe flags, pleth, bargraph/finger flags, PR (8 bits split), SpO2."""
-    _check_five_byte_packet("berrymed", data)
-    b0, pleth, b2, b3, spo2 = data
-    pulse_rate = ((b2 >> 6) & 1) << 7 | b3
-    details = {
-        "signal_strength": b0 & 0x0F,
-        "no_signal": bool(b0 & 0x10),
-        "probe_unplugged": bool(b0 & 0x20),
-        "pulse_beep": bool(b0 & 0x40),
-        "pleth": pleth or None,  # 0 = invalid
-        "bargraph": b2 & 0x0F,
-        "no_finger": bool(b2 & 0x10),
-        "pulse_searching": bool(b2 & 0x20),
-        "spo2_raw": spo2,
-        "pulse_rate_raw": pulse_rate,
-    }
+    spo2, pulse_rate, details = _split_five_byte_packet(
+        "berrymed", data, ("no_signal", "probe_unplugged", "pulse_beep"), "pleth", ("no_finger", "pulse_searching"))
+    details["pleth"] = details["pleth"] or None  # 0 = invalid
     flags: set[QualityFlag] = set()
     if details["no_signal"]:
         flags.add(QualityFlag.QUESTIONABLE)
@@ -158,23 +167,9 @@ def decode_contec(data: bytes) -> DecodedFrame:
         invalid = _contec_invalid(spo2, pulse_rate)
         return _result("contec", {"spo2": spo2, "pulse_rate": pulse_rate}, flags=set(), details=details,
                        invalid=invalid)
-    _check_five_byte_packet("contec", data)
-    b0, wave, b2, b3, b4 = data
-    pulse_rate = ((b2 >> 6) & 1) << 7 | b3
-    spo2 = b4 & 0x7F
-    details = {
-        "recorded": False,
-        "signal_strength": b0 & 0x0F,
-        "finger_out": bool(b0 & 0x10),
-        "dropping_spo2": bool(b0 & 0x20),
-        "beep": bool(b0 & 0x40),
-        "pulse_waveform": wave,
-        "bargraph": b2 & 0x0F,
-        "probe_error": bool(b2 & 0x10),
-        "searching": bool(b2 & 0x20),
-        "spo2_raw": spo2,
-        "pulse_rate_raw": pulse_rate,
-    }
+    spo2, pulse_rate, live = _split_five_byte_packet(
+        "contec", data, ("finger_out", "dropping_spo2", "beep"), "pulse_waveform", ("probe_error", "searching"))
+    details = {"recorded": False, **live}
     flags: set[QualityFlag] = set()
     if details["finger_out"] or details["probe_error"]:
         flags.add(QualityFlag.SENSOR_FAULT)

@@ -237,7 +237,8 @@ class RadioTransport:
                     self._session_end.get(device.address), self._started_at or self.clock(), self.clock())
                 self._heard(device.address, on_event)
                 await on_event(TransportEvent(device.address, "connected", self.clock()))
-                await self._serve_until_gone(device, gatt, characteristics, disconnected, on_event)
+                await self._serve_until_gone(self._serve(device, gatt, characteristics, disconnected, on_event),
+                                             disconnected)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -264,17 +265,11 @@ class RadioTransport:
             self._seen_event[device.address].clear()  # wait for a fresh advert before trying again
             await self._sleep(decision.delay_s)
 
-    async def _serve_until_gone(
-        self,
-        device: RegisteredDevice,
-        gatt: GattLink,
-        characteristics: tuple[str, ...],
-        disconnected: asyncio.Event,
-        on_event: OnEvent,
-    ) -> None:
-        """Serve the device; a disconnection ends the session at once, even mid-request (a stack may otherwise
+    @staticmethod
+    async def _serve_until_gone(session: Coroutine[Any, Any, None], disconnected: asyncio.Event) -> None:
+        """Run a session (``_serve``); a disconnection ends it at once, even mid-request (a stack may otherwise
         wait out its request timeout on a link that is gone)."""
-        serving = asyncio.create_task(self._serve(device, gatt, characteristics, disconnected, on_event))
+        serving = asyncio.create_task(session)
         gone = asyncio.create_task(disconnected.wait())
         try:
             await asyncio.wait({serving, gone}, return_when=asyncio.FIRST_COMPLETED)
