@@ -104,6 +104,16 @@ def rolling_baselines(
     return Baselines(median, mad, count.astype(np.int64), count >= min_count)
 
 
+def _last_true(mask: NDArray[np.bool_]) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp],
+                                                 NDArray[np.bool_]]:
+    """Per row of a 2-D mask: (the column of its last True - -1 when it has none -, the row indices, that column
+    clipped to 0 so as to be safe to index with, whether it has one). ``np.where(has, a[rows, safe], np.nan)`` is
+    then each row's value there."""
+    position = np.arange(mask.shape[1])[None, :]
+    last = np.where(mask, position, -1).max(axis=1, initial=-1)
+    return last, np.arange(mask.shape[0]), np.maximum(last, 0), last >= 0
+
+
 def sustained_deviation(
     values: ArrayLike,
     times: ArrayLike,
@@ -124,14 +134,11 @@ def sustained_deviation(
         meets = recent & (deviation >= delta - TOLERANCE)
     breaks = recent & ~meets
     position = np.arange(v.shape[1])[None, :]
-    last_break = np.where(breaks, position, -1).max(axis=1, initial=-1)
+    last_break = _last_true(breaks)[0]
     in_run = meets & (position > last_break[:, None])
     run_length = in_run.sum(axis=1).astype(np.int64)
 
-    last_recent = np.where(recent, position, -1).max(axis=1, initial=-1)
-    rows = np.arange(v.shape[0])
-    safe = np.maximum(last_recent, 0)
-    has_recent = last_recent >= 0
+    _, rows, safe, has_recent = _last_true(recent)
     latest_value = np.where(has_recent, v[rows, safe], np.nan)
     latest_time = np.where(has_recent, t[rows, safe], np.nan)
     latest_dev = np.where(has_recent, deviation[rows, safe], np.nan)
@@ -176,10 +183,7 @@ def news2_rise(
     with np.errstate(invalid="ignore"):
         valid = ~np.isnan(s) & (t <= now)
     position = np.arange(s.shape[1])[None, :]
-    last = np.where(valid, position, -1).max(axis=1, initial=-1)
-    rows = np.arange(s.shape[0])
-    safe = np.maximum(last, 0)
-    has = last >= 0
+    last, rows, safe, has = _last_true(valid)
     latest = np.where(has, s[rows, safe], np.nan)
     latest_time = np.where(has, t[rows, safe], np.nan)
     with np.errstate(invalid="ignore"):
