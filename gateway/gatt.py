@@ -169,6 +169,13 @@ class _Fields:
         if clock_not_set:
             self.null_reasons[key] = NULL_CLOCK_NOT_SET
 
+    def timed_frame(self, source: str, details: dict[str, Any], metric: Metric, value: float | None,
+                    device_time: datetime | None, clock_not_set: bool) -> DecodedFrame:
+        """The frame of one measurement stamped by the device's clock: flagged CLOCK_NOT_SET when that is unset."""
+        flags = frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
+        return self.frame(source, details, [(metric, value)], flags=flags, device_time=device_time,
+                          clock_not_set=clock_not_set)
+
     def frame(self, source: str, details: dict[str, Any], values: list[tuple[Metric, float | None]] | None = None, *,
               flags: Iterable[QualityFlag] = (), device_time: datetime | None = None,
               clock_not_set: bool = False) -> DecodedFrame:
@@ -343,9 +350,7 @@ def decode_temperature(data: bytes) -> DecodedFrame:
         details["temperature_type_code"] = code
         offset += 1
     _trailing(details, data, offset)
-    flags = frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
-    return out.frame(uuid, details, [(Metric.TEMPERATURE, celsius)], flags=flags,
-                     device_time=device_time, clock_not_set=clock_not_set)
+    return out.timed_frame(uuid, details, Metric.TEMPERATURE, celsius, device_time, clock_not_set)
 
 
 def decode_temperature_type(data: bytes) -> DecodedFrame:
@@ -533,9 +538,7 @@ def decode_weight(data: bytes) -> DecodedFrame:
         details["height_m"] = round(height_raw * INCH_TO_M / 10, 3) if imperial else height_raw / 1000
         offset += 4
     _trailing(details, data, offset)
-    flags = frozenset({QualityFlag.CLOCK_NOT_SET}) if clock_not_set else frozenset()
-    return out.frame(uuid, details, [(Metric.WEIGHT, weight)], flags=flags,
-                     device_time=device_time, clock_not_set=clock_not_set)
+    return out.timed_frame(uuid, details, Metric.WEIGHT, weight, device_time, clock_not_set)
 
 
 # ------------------------------------------------------------------------------------------------------------
