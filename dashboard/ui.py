@@ -183,6 +183,14 @@ def care_home_site(c: ApiClient) -> str | None:
     return choose("Care home", list(names), lambda s: names[s], "site_id", "pick-site")
 
 
+def care_home_site_or_stop(c: ApiClient) -> str:
+    """The signed-in person's care home (an admin chooses one); the page stops here when there is none to show."""
+    site = care_home_site(c)
+    if site is None:
+        st.stop()
+    return site
+
+
 def pick_resident_in_home(c: ApiClient, widget_key: str) -> tuple[str | None, dict[str, Any] | None]:
     """Choose a resident of the caller's home (most worrying first); returns (resident_id, overview)."""
     from carewatch.dashboard.client import urgency

@@ -124,9 +124,7 @@ def incident_block(c: ApiClient, i: dict[str, Any]) -> None:
 st.title("Incidents")
 c = ui.client()
 with ui.api_errors():
-    site = ui.care_home_site(c)
-    if site is None:
-        st.stop()
+    site = ui.care_home_site_or_stop(c)
     incidents = c.incidents(site=site)
     alerts = c.alerts(site=site)
 now = datetime.now(UTC)

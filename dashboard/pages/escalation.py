@@ -87,9 +87,7 @@ WHY_WORDS = {"unacknowledged": "not acknowledged", "no_outcome": "no outcome rec
 st.title("Escalation")
 c = ui.client()
 with ui.api_errors():
-    site = ui.care_home_site(c)
-    if site is None:
-        st.stop()
+    site = ui.care_home_site_or_stop(c)
     policy = c.escalation_policy(site)
     log = c.site_deliveries(site)
 if policy["is_default"]:

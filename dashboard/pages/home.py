@@ -10,9 +10,7 @@ from carewatch.dashboard.client import urgency
 
 c = ui.client()
 with ui.api_errors():
-    site = ui.care_home_site(c)
-    if site is None:
-        st.stop()
+    site = ui.care_home_site_or_stop(c)
     overview = c.overview(site)
     incidents = c.incidents(site=site)
     tasks = c.tasks(site)
