@@ -73,6 +73,11 @@ def _detail(response: httpx.Response) -> str:
 PRACTICE_HEADER = "X-Carewatch-Practice"
 
 
+def _with_comment(body: dict[str, Any], comment: str | None) -> dict[str, Any]:
+    """A request body with the person's comment added when they wrote one (an empty one is not sent)."""
+    return {**body, "comment": comment} if comment else body
+
+
 @dataclass
 class ApiClient:
     base_url: str
@@ -237,19 +242,15 @@ class ApiClient:
         return self._request("GET", f"/alerts/{alert_id}")
 
     def acknowledge(self, alert_id: int, comment: str | None = None) -> dict[str, Any]:
-        return self._request("POST", f"/alerts/{alert_id}/acknowledge", json={"comment": comment} if comment else {})
+        return self._request("POST", f"/alerts/{alert_id}/acknowledge", json=_with_comment({}, comment))
 
     def escalate(self, alert_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"outcome": outcome}
-        if comment:
-            body["comment"] = comment
-        return self._request("POST", f"/alerts/{alert_id}/escalate", json=body)
+        return self._request("POST", f"/alerts/{alert_id}/escalate",
+                             json=_with_comment({"outcome": outcome}, comment))
 
     def record_outcome(self, alert_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"outcome": outcome}
-        if comment:
-            body["comment"] = comment
-        return self._request("POST", f"/alerts/{alert_id}/outcome", json=body)
+        return self._request("POST", f"/alerts/{alert_id}/outcome",
+                             json=_with_comment({"outcome": outcome}, comment))
 
     def deliveries(self, alert_id: int) -> list[dict[str, Any]]:
         return self._request("GET", f"/alerts/{alert_id}/deliveries")
@@ -293,20 +294,16 @@ class ApiClient:
 
     def acknowledge_incident(self, incident_id: int, comment: str | None = None) -> dict[str, Any]:
         return self._request("POST", f"/incidents/{incident_id}/acknowledge",
-                             json={"comment": comment} if comment else {})
+                             json=_with_comment({}, comment))
 
     def incident_outcome(self, incident_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"outcome": outcome}
-        if comment:
-            body["comment"] = comment
-        return self._request("POST", f"/incidents/{incident_id}/outcome", json=body)
+        return self._request("POST", f"/incidents/{incident_id}/outcome",
+                             json=_with_comment({"outcome": outcome}, comment))
 
     def escalate_incident(self, incident_id: int, outcome: str, comment: str | None = None) -> dict[str, Any]:
         """A person escalated it outside the home (GP, NHS 111, 999...)."""
-        body: dict[str, Any] = {"outcome": outcome}
-        if comment:
-            body["comment"] = comment
-        return self._request("POST", f"/incidents/{incident_id}/escalate", json=body)
+        return self._request("POST", f"/incidents/{incident_id}/escalate",
+                             json=_with_comment({"outcome": outcome}, comment))
 
     def resolve_incident(self, incident_id: int, resolution: str) -> dict[str, Any]:
         return self._request("POST", f"/incidents/{incident_id}/resolve", json={"resolution": resolution})
