@@ -326,21 +326,26 @@ class Outbox:
                     self._bump(db, "events_dropped", over)
         return stored
 
+    def _delete_down_to(self, db: sqlite3.Connection, used: int, target: float, delete_chunk_sql: str,
+                        chunk: int) -> tuple[int, int]:
+        """Delete ``chunk`` rows at a time (``delete_chunk_sql``, oldest first) while ``used`` bytes are at or above
+        ``target`` and rows are left. Returns (rows deleted, bytes in use afterwards)."""
+        deleted = 0
+        while used >= target:
+            gone = db.execute(delete_chunk_sql, (chunk,)).rowcount
+            if not gone:
+                break
+            deleted += gone
+            used = self._used(db)
+        return deleted, used
+
     def _make_room(self, db: sqlite3.Connection, drafts: list[ReadingDraft], used: int) -> list[ReadingDraft]:
         """Called inside append's transaction when the budget is full (see append for the policy)."""
         target = int(self.max_bytes * EVICT_TARGET)
         chunk = max(256, 4 * len(drafts))
-        evicted_home = 0
-        while used >= target:
-            gone = db.execute(
-                "DELETE FROM readings WHERE seq IN "
-                "(SELECT seq FROM readings WHERE keep = 0 ORDER BY seq LIMIT ?)",
-                (chunk,),
-            ).rowcount
-            if not gone:
-                break
-            evicted_home += gone
-            used = self._used(db)
+        evicted_home, used = self._delete_down_to(
+            db, used, target, "DELETE FROM readings WHERE seq IN "
+            "(SELECT seq FROM readings WHERE keep = 0 ORDER BY seq LIMIT ?)", chunk)
         self._bump(db, "evicted_home", evicted_home)
         self._note("evicted_home", evicted_home)
         if used < self.max_bytes:
@@ -350,15 +355,8 @@ class Outbox:
         self._bump(db, "refused_home", len(drafts) - len(kept))
         self._note("refused_home", len(drafts) - len(kept))
         hard = int(self.max_bytes * (1 + VITAL_RESERVE))
-        evicted_vital = 0
-        while used >= hard:
-            gone = db.execute(
-                "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings ORDER BY seq LIMIT ?)", (chunk,)
-            ).rowcount
-            if not gone:
-                break
-            evicted_vital += gone
-            used = self._used(db)
+        evicted_vital, used = self._delete_down_to(
+            db, used, hard, "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings ORDER BY seq LIMIT ?)", chunk)
         self._bump(db, "evicted_vital", evicted_vital)
         self._note("evicted_vital", evicted_vital)
         return kept
@@ -372,15 +370,9 @@ class Outbox:
         if used < self.max_bytes * SENT_PRUNE_PCT / 100:
             return used
         target = self.max_bytes * SENT_PRUNE_TO_PCT / 100
-        pruned = 0
-        while used >= target:
-            gone = db.execute(
-                "DELETE FROM sent WHERE seq IN (SELECT seq FROM sent ORDER BY seq LIMIT ?)", (PRUNE_CHUNK // 10,)
-            ).rowcount
-            if not gone:
-                break
-            pruned += gone
-            used = self._used(db)
+        pruned, used = self._delete_down_to(
+            db, used, target, "DELETE FROM sent WHERE seq IN (SELECT seq FROM sent ORDER BY seq LIMIT ?)",
+            PRUNE_CHUNK // 10)
         self._bump(db, "pruned_sent_early", pruned)
         return used
 
