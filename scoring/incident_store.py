@@ -27,7 +27,6 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, Severity
-from carewatch.db import one
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
@@ -245,17 +244,11 @@ def hurry_escalation(conn: psycopg.Connection, incident_id: int, *, level: int, 
 # What staff do
 # ------------------------------------------------------------------------------------------------------------
 def _now(conn: psycopg.Connection, at: datetime | None) -> datetime:
-    if at is not None:
-        if at.tzinfo is None:
-            raise IncidentError("times must be timezone-aware")
-        return at
-    return one(conn.execute("SELECT now()"))[0]
+    return lifecycle.request_time(conn, at, IncidentError)
 
 
 def _actor(actor: str) -> str:
-    if not actor or not actor.strip():
-        raise IncidentError("an actor (who did this) is required")
-    return actor.strip()
+    return lifecycle.request_actor(actor, IncidentError)
 
 
 def _lock(conn: psycopg.Connection, incident_id: int) -> dict[str, Any]:

@@ -461,17 +461,21 @@ class AlertNotFound(AlertLifecycleError):
     pass
 
 
-def _now(conn: psycopg.Connection, at: datetime | None) -> datetime:
+def request_time(conn: psycopg.Connection, at: datetime | None,
+                 error: type[ValueError] = AlertLifecycleError) -> datetime:
+    """When a staff request (on an alert or an incident) takes effect: ``at``, which must be timezone-aware
+    (else ``error``), or the database's now."""
     if at is not None:
         if at.tzinfo is None:
-            raise AlertLifecycleError("times must be timezone-aware")
+            raise error("times must be timezone-aware")
         return at
     return one(conn.execute("SELECT now()"))[0]
 
 
-def _actor(actor: str) -> str:
+def request_actor(actor: str, error: type[ValueError] = AlertLifecycleError) -> str:
+    """Who made a staff request, stripped; ``error`` when nobody is named."""
     if not actor or not actor.strip():
-        raise AlertLifecycleError("an actor (who did this) is required")
+        raise error("an actor (who did this) is required")
     return actor.strip()
 
 
@@ -499,7 +503,7 @@ def _not_resolved(alert: dict[str, Any], verb: str) -> None:
 def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None, *,
                 at: datetime | None = None) -> None:
     """Someone has seen the alert and is dealing with it: stops automatic escalation."""
-    actor = _actor(actor)
+    actor = request_actor(actor)
     with conn.transaction():
         alert = _lock(conn, alert_id)
         _not_resolved(alert, "acknowledge")
@@ -508,7 +512,7 @@ def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: st
                 f"alert {alert_id} is already acknowledged by {alert['acknowledged_by']} at "
                 f"{alert['acknowledged_at']:%Y-%m-%d %H:%M} UTC"
             )
-        now = _now(conn, at)
+        now = request_time(conn, at)
         conn.execute(
             "UPDATE alerts SET status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' "
             "ELSE status END, acknowledged_at = %s, acknowledged_by = %s, ack_due_at = NULL, updated_at = %s "
@@ -524,7 +528,7 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
 
     Escalating also counts as acknowledging (someone is acting on it); a GP, 111, 999 or admission outcome is
     also the alert's follow-up outcome (stops the follow-up escalation, H-ESC-06)."""
-    actor = _actor(actor)
+    actor = request_actor(actor)
     if outcome not in ESCALATION_OUTCOMES:
         raise AlertLifecycleError(
             f"unknown escalation outcome {outcome!r}; use one of {', '.join(sorted(ESCALATION_OUTCOMES))}"
@@ -535,7 +539,7 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
     with conn.transaction():
         alert = _lock(conn, alert_id)
         _not_resolved(alert, "escalate")
-        now = _now(conn, at)
+        now = request_time(conn, at)
         conn.execute(
             """UPDATE alerts SET status = 'escalated', escalation_level = escalation_level + 1, escalated_at = %s,
                       acknowledged_at = coalesce(acknowledged_at, %s),
@@ -557,13 +561,13 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
 def resolve(conn: psycopg.Connection, alert_id: int, actor: str, resolution: str, *,
             at: datetime | None = None) -> None:
     """Close the alert, saying how it ended (e.g. 'GP visited, antibiotics started')."""
-    actor = _actor(actor)
+    actor = request_actor(actor)
     if not resolution or not resolution.strip():
         raise AlertLifecycleError("say how the alert was resolved")
     with conn.transaction():
         alert = _lock(conn, alert_id)
         _not_resolved(alert, "resolve")
-        now = _now(conn, at)
+        now = request_time(conn, at)
         conn.execute(
             "UPDATE alerts SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
             "ack_due_at = NULL, notify_due_at = NULL, updated_at = %s WHERE alert_id = %s",
@@ -576,13 +580,13 @@ def record_outcome(conn: psycopg.Connection, alert_id: int, actor: str, outcome:
                    *, at: datetime | None = None) -> None:
     """What was done after acknowledging: monitoring plan, GP called, 111, 999, admitted (H-ESC-06). Stops the
     follow-up escalation; recording it also acknowledges an alert nobody had acknowledged yet."""
-    actor = _actor(actor)
+    actor = request_actor(actor)
     if outcome not in FOLLOW_UP_OUTCOMES | ESCALATION_OUTCOMES:  # (an incident's outcome may be any of them)
         raise AlertLifecycleError(f"unknown outcome {outcome!r}; use one of {', '.join(sorted(FOLLOW_UP_OUTCOMES))}")
     with conn.transaction():
         alert = _lock(conn, alert_id)
         _not_resolved(alert, "record an outcome for")
-        now = _now(conn, at)
+        now = request_time(conn, at)
         conn.execute(
             """UPDATE alerts SET outcome = %s, outcome_at = %s, outcome_by = %s, notify_due_at = NULL,
                       acknowledged_at = coalesce(acknowledged_at, %s), acknowledged_by = coalesce(acknowledged_by, %s),
@@ -598,12 +602,12 @@ def record_outcome(conn: psycopg.Connection, alert_id: int, actor: str, outcome:
 
 def comment(conn: psycopg.Connection, alert_id: int, actor: str, text: str, *, at: datetime | None = None) -> int:
     """Add a note to the alert's history (allowed on resolved alerts too). Returns the event id."""
-    actor = _actor(actor)
+    actor = request_actor(actor)
     if not text or not text.strip():
         raise AlertLifecycleError("a comment cannot be empty")
     with conn.transaction():
         alert = _lock(conn, alert_id)
-        now = _now(conn, at)
+        now = request_time(conn, at)
         return _event(conn, alert["alert_id"], now, "commented", actor=actor, comment=text.strip())
 
 
@@ -617,7 +621,7 @@ def snooze(conn: psycopg.Connection, subject: Subject, site_id: str, kind: str |
     lasts at most 24 h for clinical kinds (H-ALERT-07). A HIGH alert cannot be snoozed: acknowledge or escalate
     it instead. Returns the suppression id.
     """
-    actor = _actor(actor)
+    actor = request_actor(actor)
     if not reason or not reason.strip():
         raise AlertLifecycleError("a snooze needs a reason")
     if kind is not None:
@@ -628,7 +632,7 @@ def snooze(conn: psycopg.Connection, subject: Subject, site_id: str, kind: str |
     if until.tzinfo is None:
         raise AlertLifecycleError("until must be timezone-aware")
     with conn.transaction():
-        now = _now(conn, at)
+        now = request_time(conn, at)
         if until <= now:
             raise AlertLifecycleError("until must be in the future")
         limit = snooze_limit(kind)
