@@ -118,6 +118,22 @@ def _open_incident(ctx: Ctx, alert_id: int) -> tuple[int, bool] | None:
     return (row[0], row[1]) if row else None
 
 
+def _decided_on_its_incident(ctx: Ctx, alert_id: int, action: str, outcome: str, comment: str | None,
+                             on_incident: Callable[..., None], on_alert: Callable[..., None]) -> AlertDetail:
+    """Escalating or recording an outcome: on the alert's open incident when it has one (which records it on its
+    components, this alert among them), else on the alert alone."""
+    user = ctx.principal.username
+
+    def act(_lifecycle: Any) -> None:
+        incident = _open_incident(ctx, alert_id)
+        if incident is not None:
+            on_incident(ctx.conn, incident[0], user, outcome, comment=comment)
+        else:
+            on_alert(ctx.conn, alert_id, user, outcome, comment=comment)
+
+    return _apply(ctx, alert_id, action, act, outcome=outcome)
+
+
 @router.post("/alerts/{alert_id}/acknowledge", response_model=AlertDetail,
              summary="Acknowledge: someone is looking at it (its incident too, when it is part of one)",
              responses={409: {"description": "Not open"}})
@@ -138,16 +154,8 @@ def acknowledge(ctx: Context, alert_id: int, body: AcknowledgeIn) -> AlertDetail
              summary="Record an escalation and its outcome (GP called, NHS 111, 999, ...); on its incident too",
              responses={409: {"description": "Already resolved"}})
 def escalate(ctx: Context, alert_id: int, body: EscalateIn) -> AlertDetail:
-    user, value = ctx.principal.username, body.outcome.value
-
-    def act(m: Any) -> None:
-        incident = _open_incident(ctx, alert_id)
-        if incident is not None:
-            incident_store.escalate(ctx.conn, incident[0], user, value, body.comment)  # escalates this alert too
-        else:
-            m.escalate(ctx.conn, alert_id, user, value, comment=body.comment)
-
-    return _apply(ctx, alert_id, "escalate", act, outcome=value)
+    return _decided_on_its_incident(ctx, alert_id, "escalate", body.outcome.value, body.comment,
+                                    incident_store.escalate, lifecycle.escalate)
 
 
 @router.post("/alerts/{alert_id}/outcome", response_model=AlertDetail,
@@ -155,16 +163,8 @@ def escalate(ctx: Context, alert_id: int, body: EscalateIn) -> AlertDetail:
                      "or high NEWS2 alert without one escalates again; recorded on its incident too",
              responses={409: {"description": "Resolved"}})
 def outcome(ctx: Context, alert_id: int, body: AlertOutcomeIn) -> AlertDetail:
-    user, value = ctx.principal.username, body.outcome.value
-
-    def act(m: Any) -> None:
-        incident = _open_incident(ctx, alert_id)
-        if incident is not None:
-            incident_store.record_outcome(ctx.conn, incident[0], user, value, body.comment)  # this alert's too
-        else:
-            m.record_outcome(ctx.conn, alert_id, user, value, comment=body.comment)
-
-    return _apply(ctx, alert_id, "outcome", act, outcome=value)
+    return _decided_on_its_incident(ctx, alert_id, "outcome", body.outcome.value, body.comment,
+                                    incident_store.record_outcome, lifecycle.record_outcome)
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=AlertDetail, summary="Resolve with what was done",
