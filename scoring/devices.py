@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 
+from carewatch.db import any_of
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.loading import FUTURE_SLACK
@@ -20,13 +22,8 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
                   subject_ids: Sequence[str] | None = None) -> list[DeviceState]:
     """Active devices with what the device rules need. Their readings of the last 2 days are aggregated in one
     pass over the subjects' rows (not one scan of a subject's readings per device: a household has a dozen)."""
-    where, params = "", []
-    if site_ids is not None:
-        where += " AND d.site_id = ANY(%b)"
-        params.append(list(site_ids))
-    if subject_ids is not None:
-        where += " AND coalesce(d.resident_id, d.site_id) = ANY(%b)"
-        params.append(list(subject_ids))
+    params: list[Any] = []
+    where = any_of([("d.site_id", site_ids), ("coalesce(d.resident_id, d.site_id)", subject_ids)], params)
     rows = conn.execute(
         f"""WITH dev AS (
                 SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,

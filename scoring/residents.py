@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 
 from carewatch.alerts import AlertKind, Severity
+from carewatch.db import any_of
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
@@ -381,12 +382,7 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime, resident_ids: Seq
                   " OR EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = 'resident'"
                   " AND a.subject_id = r.resident_id AND a.kind = %s AND a.status <> 'resolved'))")
         params += [now - OVERDUE_GRACE, AlertKind.OBS_OVERDUE.value]
-    if site_ids is not None:
-        where += " AND r.site_id = ANY(%b)"
-        params.append(list(site_ids))
-    if resident_ids is not None:
-        where += " AND r.resident_id = ANY(%b)"
-        params.append(list(resident_ids))
+    where += any_of([("r.site_id", site_ids), ("r.resident_id", resident_ids)], params)
     residents = load_residents(conn, where, params)
     state = {row[0]: row[1:] for row in conn.execute(
         "SELECT resident_id, next_obs_due, news2_at, news2_score, news2_risk, news2_complete FROM resident_state "

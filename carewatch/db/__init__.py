@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool
@@ -17,6 +18,17 @@ def one(cursor: Cursor[Row]) -> Row:
     if row is None:
         raise LookupError("the query returned no row")
     return row
+
+
+def any_of(filters: Iterable[tuple[str, Iterable[Any] | None]], params: list[Any]) -> str:
+    """SQL `` AND <column> = ANY(%b)`` for each (column, values) whose values are given (None: no filter), each list
+    appended to ``params`` in order. The columns are the caller's own SQL, never input."""
+    sql = ""
+    for column, values in filters:
+        if values is not None:
+            sql += f" AND {column} = ANY(%b)"
+            params.append(list(values))
+    return sql
 
 
 def make_pool(dsn: str, *, min_size: int = 1, max_size: int = 4, name: str = "carewatch") -> ConnectionPool:
