@@ -81,12 +81,14 @@ class ReplayTransport:
     """Deliver a fixed list of notifications, then return. For tests, benchmarks and the kill -9 fault test.
 
     ``concurrency`` > 1 delivers that many notifications at once (as several radios would), which lets the
-    gateway commit them to the outbox together.
+    gateway commit them to the outbox together. ``pause_s`` > 0 waits that long after each such chunk (a trickle
+    of traffic that goes on for a while, e.g. through a broker outage).
     """
 
-    def __init__(self, notifications: Iterable[Notification], *, concurrency: int = 1) -> None:
+    def __init__(self, notifications: Iterable[Notification], *, concurrency: int = 1, pause_s: float = 0.0) -> None:
         self.notifications = list(notifications)
         self.concurrency = max(1, concurrency)
+        self.pause_s = pause_s
         self.delivered = 0
 
     async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
@@ -96,6 +98,8 @@ class ReplayTransport:
             chunk = self.notifications[start : start + self.concurrency]
             await asyncio.gather(*(deliver(n) for n in chunk))
             self.delivered += len(chunk)
+            if self.pause_s > 0:
+                await asyncio.sleep(self.pause_s)
 
 
 # ------------------------------------------------------------------------------------------------------------

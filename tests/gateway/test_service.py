@@ -68,21 +68,6 @@ class QueueTransport:
             await asyncio.sleep(0.01)
 
 
-class TrickleTransport:
-    """``n`` frames, ``per_tick`` every ``tick`` seconds: keeps delivering while the broker is away."""
-
-    def __init__(self, notes: list[Notification], per_tick: int, tick: float) -> None:
-        self.notes, self.per_tick, self.tick = notes, per_tick, tick
-        self.delivered = 0
-
-    async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
-        for start in range(0, len(self.notes), self.per_tick):
-            chunk = self.notes[start : start + self.per_tick]
-            await asyncio.gather(*(deliver(n) for n in chunk))
-            self.delivered += len(chunk)
-            await asyncio.sleep(self.tick)
-
-
 def _settings_and_collector(gw: Any, collector_factory: Any, scratch_dir: Path, uid: str, broker_url: str,
                             **overrides: Any) -> tuple[Any, Any]:
     """A gateway's settings on this broker, and a collector subscribed to that gateway's readings."""
@@ -152,7 +137,7 @@ def test_broker_outage_then_restart(
 ) -> None:
     settings, collector = _settings_and_collector(gw, collector_factory, scratch_dir, uid, private_broker.url)
     frames = 1500
-    transport = TrickleTransport(spot_checks(gw, frames), per_tick=50, tick=0.1)  # ~3 s of traffic
+    transport = ReplayTransport(spot_checks(gw, frames), concurrency=50, pause_s=0.1)  # ~3 s of traffic
     gateway = Gateway(settings, transport, registry=REGISTRY, reconnect_max_s=2).start()
     try:
         wait_until(lambda: collector.unique() > 0, 10, "the first readings")
