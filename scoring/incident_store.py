@@ -18,8 +18,9 @@ own writer). An invalid transition raises ``IncidentError`` with a message for t
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -273,6 +274,22 @@ def _not_resolved(incident: dict[str, Any], verb: str) -> None:
                             f"{incident['resolved_by']} at {incident['resolved_at']:%Y-%m-%d %H:%M} UTC")
 
 
+def _required(text: str, message: str) -> str:
+    """``text`` stripped; IncidentError(``message``) when there is nothing in it."""
+    if not text or not text.strip():
+        raise IncidentError(message)
+    return text.strip()
+
+
+@contextlib.contextmanager
+def _unresolved_change(conn: psycopg.Connection, incident_id: int, verb: str,
+                       at: datetime | None) -> Iterator[datetime]:
+    """One transaction holding the incident's lock, refused when it is resolved; yields the change's time."""
+    with conn.transaction():
+        _not_resolved(_lock(conn, incident_id), verb)
+        yield _now(conn, at)
+
+
 def _components(conn: psycopg.Connection, incident_id: int, *, unacknowledged: bool = False) -> list[int]:
     extra = " AND acknowledged_at IS NULL" if unacknowledged else ""
     return [r[0] for r in conn.execute(
@@ -304,14 +321,11 @@ def acknowledge(conn: psycopg.Connection, incident_id: int, actor: str, comment:
 def set_owner(conn: psycopg.Connection, incident_id: int, actor: str, owner: str, *,
               at: datetime | None = None) -> None:
     actor = _actor(actor)
-    if not owner or not owner.strip():
-        raise IncidentError("name the owner")
-    with conn.transaction():
-        _not_resolved(_lock(conn, incident_id), "change the owner of")
-        now = _now(conn, at)
+    owner = _required(owner, "name the owner")
+    with _unresolved_change(conn, incident_id, "change the owner of", at) as now:
         conn.execute("UPDATE incidents SET owner = %s, updated_at = %s WHERE incident_id = %s",
-                     (owner.strip(), now, incident_id))
-        _event(conn, incident_id, now, actor, "owner", detail={"owner": owner.strip()})
+                     (owner, now, incident_id))
+        _event(conn, incident_id, now, actor, "owner", detail={"owner": owner})
 
 
 def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outcome: str,
@@ -379,24 +393,20 @@ def resolve(conn: psycopg.Connection, incident_id: int, actor: str, resolution: 
             at: datetime | None = None) -> None:
     """Close the incident and its components, saying how it ended."""
     actor = _actor(actor)
-    if not resolution or not resolution.strip():
-        raise IncidentError("say how the incident was resolved")
-    with conn.transaction():
-        _not_resolved(_lock(conn, incident_id), "resolve")
-        now = _now(conn, at)
+    resolution = _required(resolution, "say how the incident was resolved")
+    with _unresolved_change(conn, incident_id, "resolve", at) as now:
         conn.execute(
             "UPDATE incidents SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s, "
             "ack_due_at = NULL, notify_due_at = NULL, updated_at = %s WHERE incident_id = %s",
-            (now, actor, resolution.strip(), now, incident_id))
+            (now, actor, resolution, now, incident_id))
         for alert_id in _components(conn, incident_id):
-            lifecycle.resolve(conn, alert_id, actor, f"with incident {incident_id}: {resolution.strip()}", at=now)
-        _event(conn, incident_id, now, actor, "resolved", comment=resolution.strip())
+            lifecycle.resolve(conn, alert_id, actor, f"with incident {incident_id}: {resolution}", at=now)
+        _event(conn, incident_id, now, actor, "resolved", comment=resolution)
 
 
 def comment(conn: psycopg.Connection, incident_id: int, actor: str, text: str, *, at: datetime | None = None) -> None:
     actor = _actor(actor)
-    if not text or not text.strip():
-        raise IncidentError("a comment cannot be empty")
+    text = _required(text, "a comment cannot be empty")
     with conn.transaction():
         _lock(conn, incident_id)
-        _event(conn, incident_id, _now(conn, at), actor, "commented", comment=text.strip())
+        _event(conn, incident_id, _now(conn, at), actor, "commented", comment=text)
