@@ -137,6 +137,15 @@ def decode_date_time(data: bytes, offset: int) -> tuple[datetime | None, bool]:
         return None, True
 
 
+def _optional_date_time(data: bytes, offset: int, present: bool) -> tuple[datetime | None, bool, int]:
+    """The optional 7-byte Date Time at ``offset``: (device time, clock_not_set, the offset after it); (None,
+    False, ``offset``) when the flags say it is absent."""
+    if not present:
+        return None, False, offset
+    device_time, clock_not_set = decode_date_time(data, offset)
+    return device_time, clock_not_set, offset + 7
+
+
 def _status_bits(
     raw: int, table: dict[int, tuple[str, QualityFlag | None]]
 ) -> tuple[list[str], set[QualityFlag]]:
@@ -236,10 +245,7 @@ def decode_plx_spot_check(data: bytes) -> DecodedFrame:
     spo2 = out.put("spo2", decode_sfloat(data, 1))
     pulse = out.put("pulse_rate", decode_sfloat(data, 3))
     offset = 5
-    device_time, clock_not_set = None, False
-    if flags_byte & 0x01:
-        device_time, clock_not_set = decode_date_time(data, offset)
-        offset += 7
+    device_time, clock_not_set, offset = _optional_date_time(data, offset, bool(flags_byte & 0x01))
     if flags_byte & 0x10:  # "device clock is not set": the timestamp, if any, is meaningless
         device_time, clock_not_set = None, True
     if flags_byte & 0x01:
@@ -338,10 +344,7 @@ def decode_temperature(data: bytes) -> DecodedFrame:
     else:
         celsius = out.put("temperature_c", raw_value)
     offset = 5
-    device_time, clock_not_set = None, False
-    if flags_byte & 0x02:
-        device_time, clock_not_set = decode_date_time(data, offset)
-        offset += 7
+    device_time, clock_not_set, offset = _optional_date_time(data, offset, bool(flags_byte & 0x02))
     out.put_time("timestamp", device_time, clock_not_set)
     out.fields["temperature_type"] = None
     if flags_byte & 0x04:
@@ -393,10 +396,7 @@ def _bp_tail(
     data: bytes, flags_byte: int, out: _Fields, details: dict[str, Any], flags: set[QualityFlag]
 ) -> tuple[float | None, datetime | None, bool, int]:
     offset = 7
-    device_time, clock_not_set = None, False
-    if flags_byte & 0x02:
-        device_time, clock_not_set = decode_date_time(data, offset)
-        offset += 7
+    device_time, clock_not_set, offset = _optional_date_time(data, offset, bool(flags_byte & 0x02))
     out.put_time("timestamp", device_time, clock_not_set)
     pulse = None
     out.fields["pulse_rate"] = None
@@ -524,11 +524,9 @@ def decode_weight(data: bytes) -> DecodedFrame:
         weight = round(raw * LB_TO_KG / 100, 3) if imperial else raw * 5 / 1000
         out.fields["weight_kg"] = weight
     offset = 3
-    device_time, clock_not_set = None, False
+    device_time, clock_not_set, offset = _optional_date_time(data, offset, bool(flags_byte & 0x02))
     if flags_byte & 0x02:
-        device_time, clock_not_set = decode_date_time(data, offset)
         out.put_time("timestamp", device_time, clock_not_set)
-        offset += 7
     if flags_byte & 0x04:
         details["user_id"] = data[offset]
         offset += 1
