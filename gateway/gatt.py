@@ -137,6 +137,13 @@ def decode_date_time(data: bytes, offset: int) -> tuple[datetime | None, bool]:
         return None, True
 
 
+def _the_one_byte(data: bytes, label: str, rule: str) -> int:
+    """The value of a characteristic that is one uint8; FrameError, quoting ``rule``, for any other length."""
+    if len(data) != 1:
+        raise FrameError(f"{label}: frame is {len(data)} bytes but {rule}")
+    return data[0]
+
+
 def _optional_date_time(data: bytes, offset: int, present: bool) -> tuple[datetime | None, bool, int]:
     """The optional 7-byte Date Time at ``offset``: (device time, clock_not_set, the offset after it); (None,
     False, ``offset``) when the flags say it is absent."""
@@ -358,9 +365,7 @@ def decode_temperature(data: bytes) -> DecodedFrame:
 
 def decode_temperature_type(data: bytes) -> DecodedFrame:
     """Temperature Type 0x2A1D: one uint8 naming the body site."""
-    if len(data) != 1:
-        raise FrameError(f"0x2A1D: frame is {len(data)} bytes but Temperature Type is exactly 1 (uint8)")
-    code = data[0]
+    code = _the_one_byte(data, "0x2A1D", "Temperature Type is exactly 1 (uint8)")
     return DecodedFrame(
         source="2a1d",
         fields={"temperature_type": TEMPERATURE_TYPES.get(code, f"reserved_{code}")},
@@ -544,9 +549,7 @@ def decode_weight(data: bytes) -> DecodedFrame:
 # ------------------------------------------------------------------------------------------------------------
 def decode_battery_level(data: bytes) -> DecodedFrame:
     """Battery Level 0x2A19: one uint8, 0-100 %; 101-255 are prohibited, so such a frame is refused."""
-    if len(data) != 1:
-        raise FrameError(f"0x2A19: frame is {len(data)} bytes but Battery Level is exactly 1 (uint8 percent)")
-    level = data[0]
+    level = _the_one_byte(data, "0x2A19", "Battery Level is exactly 1 (uint8 percent)")
     if level > 100:
         raise FrameError(f"0x2A19: battery level {level} is above 100 % (values 101-255 are prohibited)")
     return DecodedFrame(
