@@ -332,10 +332,7 @@ def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outco
                    comment: str | None = None, *, at: datetime | None = None) -> None:
     """What was decided (a monitoring plan, GP called, NHS 111, 999, admitted...). Counts as acknowledging."""
     actor = _actor(actor)
-    if outcome not in OUTCOMES:
-        raise IncidentError(f"unknown outcome {outcome!r}; use one of {', '.join(sorted(OUTCOMES))}")
-    if outcome == "other" and not (comment and comment.strip()):
-        raise IncidentError("outcome 'other' needs a comment saying what was done")
+    lifecycle.check_outcome(outcome, comment, OUTCOMES, error=IncidentError)
     with conn.transaction():
         incident = _lock(conn, incident_id)
         _not_resolved(incident, "record an outcome for")
@@ -359,11 +356,7 @@ def escalate(conn: psycopg.Connection, incident_id: int, actor: str, outcome: st
     acknowledging; a GP, 111, 999 or admission outcome is also its outcome (ends the follow-up, H-ESC-06). Its
     components are escalated with it (their SBARD decision)."""
     actor = _actor(actor)
-    if outcome not in ESCALATION_OUTCOMES:
-        raise IncidentError(f"unknown escalation outcome {outcome!r}; use one of "
-                            f"{', '.join(sorted(ESCALATION_OUTCOMES))}")
-    if outcome == "other" and not (comment and comment.strip()):
-        raise IncidentError("outcome 'other' needs a comment saying what was done")
+    lifecycle.check_outcome(outcome, comment, ESCALATION_OUTCOMES, "escalation outcome", IncidentError)
     follow = outcome in FOLLOW_UP_OUTCOMES
     with conn.transaction():
         incident = _lock(conn, incident_id)

@@ -18,7 +18,7 @@ clock; the demo passes its simulated time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -500,6 +500,16 @@ def _not_resolved(alert: dict[str, Any], verb: str) -> None:
         )
 
 
+def check_outcome(outcome: str, comment: str | None, allowed: Collection[str], what: str = "outcome",
+                  error: type[ValueError] = AlertLifecycleError) -> None:
+    """A staff decision's ``outcome`` must be one of ``allowed`` (``what``: its name in the message), and 'other'
+    needs a comment saying what was done; ``error`` otherwise."""
+    if outcome not in allowed:
+        raise error(f"unknown {what} {outcome!r}; use one of {', '.join(sorted(allowed))}")
+    if outcome == "other" and not (comment and comment.strip()):
+        raise error("outcome 'other' needs a comment saying what was done")
+
+
 def acknowledge(conn: psycopg.Connection, alert_id: int, actor: str, comment: str | None = None, *,
                 at: datetime | None = None) -> None:
     """Someone has seen the alert and is dealing with it: stops automatic escalation."""
@@ -529,12 +539,7 @@ def escalate(conn: psycopg.Connection, alert_id: int, actor: str, outcome: str, 
     Escalating also counts as acknowledging (someone is acting on it); a GP, 111, 999 or admission outcome is
     also the alert's follow-up outcome (stops the follow-up escalation, H-ESC-06)."""
     actor = request_actor(actor)
-    if outcome not in ESCALATION_OUTCOMES:
-        raise AlertLifecycleError(
-            f"unknown escalation outcome {outcome!r}; use one of {', '.join(sorted(ESCALATION_OUTCOMES))}"
-        )
-    if outcome == "other" and not (comment and comment.strip()):
-        raise AlertLifecycleError("outcome 'other' needs a comment saying what was done")
+    check_outcome(outcome, comment, ESCALATION_OUTCOMES, "escalation outcome")
     follow = outcome in FOLLOW_UP_OUTCOMES
     with conn.transaction():
         alert = _lock(conn, alert_id)
