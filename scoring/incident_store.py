@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -282,12 +282,22 @@ def _required(text: str, message: str) -> str:
 
 
 @contextlib.contextmanager
-def _unresolved_change(conn: psycopg.Connection, incident_id: int, verb: str,
-                       at: datetime | None) -> Iterator[datetime]:
-    """One transaction holding the incident's lock, refused when it is resolved; yields the change's time."""
+def _unresolved_change(conn: psycopg.Connection, incident_id: int, verb: str, at: datetime | None,
+                       check: Callable[[dict[str, Any]], None] | None = None) -> Iterator[datetime]:
+    """One transaction holding the incident's lock, refused when it is resolved (or ``check`` of the locked row
+    refuses); yields the change's time."""
     with conn.transaction():
-        _not_resolved(_lock(conn, incident_id), verb)
+        incident = _lock(conn, incident_id)
+        _not_resolved(incident, verb)
+        if check is not None:
+            check(incident)
         yield _now(conn, at)
+
+
+def _not_acknowledged(incident: dict[str, Any]) -> None:
+    if incident["acknowledged_at"] is not None:
+        raise IncidentError(f"incident {incident['incident_id']} is already acknowledged by "
+                            f"{incident['acknowledged_by']} at {incident['acknowledged_at']:%Y-%m-%d %H:%M} UTC")
 
 
 def _components(conn: psycopg.Connection, incident_id: int, *, unacknowledged: bool = False) -> list[int]:
@@ -301,13 +311,7 @@ def acknowledge(conn: psycopg.Connection, incident_id: int, actor: str, comment:
                 at: datetime | None = None) -> None:
     """Someone has seen the incident and is dealing with it: its components are acknowledged with it."""
     actor = _actor(actor)
-    with conn.transaction():
-        incident = _lock(conn, incident_id)
-        _not_resolved(incident, "acknowledge")
-        if incident["acknowledged_at"] is not None:
-            raise IncidentError(f"incident {incident_id} is already acknowledged by {incident['acknowledged_by']} at "
-                                f"{incident['acknowledged_at']:%Y-%m-%d %H:%M} UTC")
-        now = _now(conn, at)
+    with _unresolved_change(conn, incident_id, "acknowledge", at, _not_acknowledged) as now:
         conn.execute(
             "UPDATE incidents SET status = CASE WHEN status IN ('open', 'auto_escalated') THEN 'acknowledged' "
             "ELSE status END, "
@@ -333,10 +337,7 @@ def record_outcome(conn: psycopg.Connection, incident_id: int, actor: str, outco
     """What was decided (a monitoring plan, GP called, NHS 111, 999, admitted...). Counts as acknowledging."""
     actor = _actor(actor)
     lifecycle.check_outcome(outcome, comment, OUTCOMES, error=IncidentError)
-    with conn.transaction():
-        incident = _lock(conn, incident_id)
-        _not_resolved(incident, "record an outcome for")
-        now = _now(conn, at)
+    with _unresolved_change(conn, incident_id, "record an outcome for", at) as now:
         conn.execute(
             """UPDATE incidents SET outcome = %s, outcome_comment = %s, outcome_at = %s, outcome_by = %s,
                       acknowledged_at = coalesce(acknowledged_at, %s), acknowledged_by = coalesce(acknowledged_by, %s),
@@ -358,10 +359,7 @@ def escalate(conn: psycopg.Connection, incident_id: int, actor: str, outcome: st
     actor = _actor(actor)
     lifecycle.check_outcome(outcome, comment, ESCALATION_OUTCOMES, "escalation outcome", IncidentError)
     follow = outcome in FOLLOW_UP_OUTCOMES
-    with conn.transaction():
-        incident = _lock(conn, incident_id)
-        _not_resolved(incident, "escalate")
-        now = _now(conn, at)
+    with _unresolved_change(conn, incident_id, "escalate", at) as now:
         conn.execute(
             """UPDATE incidents SET status = 'escalated', escalation_level = escalation_level + 1,
                       escalated_at = %(now)s, escalated_by = %(actor)s,
