@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 from bumble import att, hci
@@ -39,10 +38,9 @@ from bumble.keys import JsonKeyStore
 from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 
-from carewatch.gateway import link
 from carewatch.gateway.link import PairingError, SubscribeRefused
-from carewatch.gateway.radio import RadioTransport, Sleep
-from carewatch.gateway.transport import Backoff, Clock, Deliver, OnEvent, RateLimiter, system_clock, uuid128
+from carewatch.gateway.radio import RadioOptions, RadioTransport
+from carewatch.gateway.transport import Deliver, OnEvent, uuid128
 from carewatch.registry import DeviceRegistry, RegisteredDevice
 
 log = structlog.get_logger("carewatch.gateway.bumble")
@@ -149,19 +147,13 @@ class BumbleTransport(RadioTransport):
         *,
         keystore: Path | None = None,
         address: str = GATEWAY_ADDRESS,
-        clock: Clock = system_clock,
-        rate_limiter: RateLimiter | None = None,
-        sleep: Sleep = asyncio.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        backoff: Callable[[], Backoff] = Backoff,
-        stable_s: float = link.STABLE_S,
-        silent_after_s: float = link.SILENT_AFTER_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        **options: Unpack[RadioOptions],
     ) -> None:
         """``hci_transport``: a Bumble transport name (``usb:0``, ``tcp-client:host:port``...); ``keystore``: the
-        JSON file bonds are kept in (None: in memory only, forgotten at exit)."""
-        super().__init__(clock=clock, rate_limiter=rate_limiter, sleep=sleep, monotonic=monotonic, backoff=backoff,
-                         stable_s=stable_s, silent_after_s=silent_after_s)
+        JSON file bonds are kept in (None: in memory only, forgotten at exit); ``options``: the connection loop's
+        (clock, rate limiter, sleep, backoff...: see :class:`RadioTransport`)."""
+        super().__init__(**options)
         self.hci_transport = hci_transport
         self.keystore_path = keystore
         self.address = address

@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -71,6 +71,18 @@ class GattLink(Protocol):
     async def write(self, uuid: str, data: bytes, *, response: bool) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class RadioOptions(TypedDict, total=False):
+    """:class:`RadioTransport`'s keyword options, as a backend passes them on (the defaults are RadioTransport's)."""
+
+    clock: Clock
+    rate_limiter: RateLimiter | None
+    sleep: Sleep
+    monotonic: Callable[[], float]
+    backoff: Callable[[], Backoff]
+    stable_s: float
+    silent_after_s: float
 
 
 class RadioTransport:
