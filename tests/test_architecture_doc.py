@@ -19,7 +19,8 @@ WRITERS = re.compile(r"^\| `(\w+)` \| `([\w/]+\.py)` \|$", re.MULTILINE)
 def test_every_path_it_names_exists() -> None:
     named = set(PATH.findall(DOC))
     assert len(named) > 40
-    missing = sorted(p for p in named if not (REPO_ROOT / p).exists())
+    # build/ is made by `make lint` (scripts/package_view.py), after the tests: not in a fresh clone
+    missing = sorted(p for p in named if not (REPO_ROOT / p).exists() and not p.startswith("build/"))
     assert missing == [], f"ARCHITECTURE.md names paths that do not exist: {missing}"
 
 
