@@ -6,9 +6,10 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import typer
+from pydantic import SecretStr
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:  # typer vendors its own click (typer._click): TyperGroup's methods take its classes, not click's
@@ -318,9 +319,10 @@ def db_migrate(
     from carewatch.db.roles import ensure_login
 
     settings = get_settings()
-    logins: list[tuple[str, str, str]] = []
-    for name, group, password in ((app_login, "app", settings.app_db_password),
-                                  (report_login, "report", settings.report_db_password)):
+    wanted: tuple[tuple[str | None, Literal["app", "report"], SecretStr | None], ...] = (
+        (app_login, "app", settings.app_db_password), (report_login, "report", settings.report_db_password))
+    logins: list[tuple[str, Literal["app", "report"], str]] = []
+    for name, group, password in wanted:
         if name:  # checked before anything changes: a published password never reaches a role
             variable = f"CAREWATCH_{group.upper()}_DB_PASSWORD"
             if password is None:
@@ -333,7 +335,7 @@ def db_migrate(
     typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
     with psycopg.connect(settings.dsn, autocommit=True) as conn:
         for name, group, secret in logins:
-            ensure_login(conn, name, group, secret)  # type: ignore[arg-type]  # group: "app" or "report" (above)
+            ensure_login(conn, name, group, secret)
             typer.echo(f"login {name}: member of carewatch_{group}")
 
 
