@@ -55,6 +55,7 @@ from feeding import record_staff_entry, terminate
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port
+from carewatch.firmware_sim.backfill import backfill_world
 from carewatch.firmware_sim.devices import world_devices
 from carewatch.firmware_sim.fleet import gateway_id_for
 from carewatch.firmware_sim.physiology import ManualObservation, VitalSample
@@ -125,10 +126,11 @@ def window_start(now: datetime) -> datetime:
     return local.astimezone(UTC)
 
 
-def make_world(residents: int, per_home: int, start: datetime) -> World:
+def make_world(residents: int, per_home: int, start: datetime, history_days: float) -> World:
     sizes = [per_home] * (residents // per_home) + ([residents % per_home] if residents % per_home else [])
     sites = [SiteSpec(id=f"home-{i + 1:03d}", residents=n) for i, n in enumerate(sizes)]
-    return build_world(seed=SEED, sites=sites, households=0, scenarios=[], start=start - timedelta(days=1))
+    return build_world(seed=SEED, sites=sites, households=0, scenarios=[],
+                       start=start - timedelta(days=history_days + 1))
 
 
 def plan_load(world: World, start: datetime, end: datetime, probes: int) -> list[Due]:
@@ -322,12 +324,16 @@ class Phase:
     batches: list[dict[str, float]] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
+    backlog: list[dict[str, float]] = field(default_factory=list)
+    backlog_wall_s: float = 0.0
+    history: str = ""
 
-    def evaluations_per_s(self) -> float:
+    def evaluations_per_s(self, backlog: bool = False) -> float:
         """Resident evaluations per second of evaluating (the scorer's busy time, not the idle time between
-        notifications)."""
-        busy = sum(b["elapsed_ms"] for b in self.batches) / 1000
-        return sum(b["residents"] for b in self.batches) / busy if busy else 0.0
+        notifications): during the round, or (``backlog``) for every resident notified at once."""
+        batches = self.backlog if backlog else self.batches
+        busy = sum(b["elapsed_ms"] for b in batches) / 1000
+        return sum(b["residents"] for b in batches) / busy if busy else 0.0
 
 
 def print_batches(ph: Phase, top: int) -> None:
@@ -359,7 +365,7 @@ def print_batches(ph: Phase, top: int) -> None:
 
 def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namespace, start: datetime) -> Phase:
     end = start + timedelta(minutes=args.window_minutes)
-    world = make_world(residents, args.per_home, start)
+    world = make_world(residents, args.per_home, start, args.history_days)
     t = time.monotonic()
     load = plan_load(world, start, end, min(args.probes, residents))
     print(f"[{name}] {residents} residents: {len(load):,} readings planned in {time.monotonic() - t:.1f} s",
@@ -369,8 +375,18 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
         conn.execute("SELECT carewatch_ensure_partitions(%s, %s)",
                      (start - timedelta(days=31), end + timedelta(days=31)))
         seed_world(conn, world, world_devices(world))
-        conn.execute("UPDATE residents SET created_at = %s", (start,))  # nobody is overdue at the start
-        conn.execute("UPDATE devices SET bound_at = %s", (start,))
+        conn.execute("UPDATE residents SET created_at = %s", (start - timedelta(days=args.history_days),))
+        conn.execute("UPDATE devices SET bound_at = %s", (start - timedelta(days=args.history_days),))
+        history = "none"
+        if args.history_days:
+            # the baselines read 15 days of sets: without them every evaluation would load next to nothing
+            t = time.monotonic()
+            counts = backfill_world(conn, world, start=start - timedelta(days=args.history_days), end=start,
+                                    progress=False)
+            sets = conn.execute("SELECT count(*) FROM observation_sets").fetchone()[0]  # type: ignore[index]  # count(*): one row
+            history = (f"{args.history_days:g} days backfilled: {counts['readings']:,} readings, {sets:,} observation "
+                       f"sets ({sets / residents:.0f} per resident)")
+            print(f"[{name}] {history} in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
         conn.execute("VACUUM ANALYZE")
     scorer = Scorer(dsn, cluster.tmp / f"scorer-{name}.log")
     loads: list[str] = []
@@ -389,6 +405,9 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
         streamed = stream(dsn, load, start, args.accelerate, [s.id for s in world.sites],
                           {r.id: r.scale2 for r in world.residents}, caught_up)
         time.sleep(args.settle_s)  # let the scorer finish what was notified last
+        round_batches = len(scorer.batches())
+        backlog_wall_s = notify_everyone(dsn, [r.id for r in world.residents], end, scorer, args.catch_up_timeout_s)
+        backlog = scorer.batches()[round_batches:]
     finally:
         scorer.stop()
     if args.log_dir:
@@ -397,8 +416,24 @@ def run_phase(cluster: Cluster, name: str, residents: int, args: argparse.Namesp
     load_after = loadavg()
     probes, missed = probe_latencies(dsn, load)
     return Phase(name, residents, sum(1 for d in load if d.reading is not None), probes, missed,
-                 scorer.logged_latencies(), streamed, scorer.batches()[scorer.rescore_batches:],
-                 loads[0] if loads else "n/a", load_after)
+                 scorer.logged_latencies(), streamed, scorer.batches()[scorer.rescore_batches:round_batches],
+                 loads[0] if loads else "n/a", load_after, backlog, backlog_wall_s, history)
+
+
+def notify_everyone(dsn: str, residents: Sequence[str], stamp: datetime, scorer: Scorer, timeout: float) -> float:
+    """Capacity: every resident notified in one commit (as when a replica takes over buckets, or after an outage),
+    so the scorer evaluates them in batches as large as it takes. Returns the wall seconds until its
+    ``evaluation_batch`` lines account for all of them."""
+    before = len(scorer.batches())
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        for payload in notify_payloads(sorted(residents), stamp):
+            conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+    while time.monotonic() < started + timeout:
+        if sum(b["residents"] for b in scorer.batches()[before:]) >= len(residents):
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def main() -> int:
@@ -409,6 +444,8 @@ def main() -> int:
     parser.add_argument("--accelerate", type=float, default=60.0)
     parser.add_argument("--window-minutes", type=int, default=120)
     parser.add_argument("--probes", type=int, default=300)
+    parser.add_argument("--history-days", type=float, default=14.0,
+                        help="days of device history backfilled before the round (the baselines read 15 days)")
     parser.add_argument("--settle-s", type=float, default=5.0)
     parser.add_argument("--log-dir", type=Path, help="keep the scorers' JSON logs here")
     parser.add_argument("--catch-up-timeout-s", type=float, default=900.0,
@@ -430,7 +467,13 @@ def main() -> int:
         print(f"  scorer's own log ({len(ph.logged)}):       {pct(ph.logged)}  (*)")
         print(f"  load average (1/5/15 min) before {ph.load_before}, after {ph.load_after} "
               f"({os.cpu_count()} CPUs)")
+        print(f"  history: {ph.history}")
         print_batches(ph, args.top_batches)
+        spent = {k: sum(b[k] for b in ph.backlog) / 1000 for k in ("elapsed_ms", "load_ms", "rules_ms", "write_ms")}
+        print(f"  backlog (every resident notified at once): {sum(b['residents'] for b in ph.backlog):,.0f} resident "
+              f"evaluations in {len(ph.backlog)} batches, {spent['elapsed_ms']:.1f} s busy, {ph.backlog_wall_s:.1f} s "
+              f"wall -> {ph.evaluations_per_s(backlog=True):,.0f}/s; load {spent['load_ms']:.1f} s, rules "
+              f"{spent['rules_ms']:.1f} s, write {spent['write_ms']:.1f} s")
     print("\n(*) the scorer logs, for every alert it opens or updates, the time from the newest contributing reading's "
           "stored_at (its ingest transaction's start) to its own commit; for a set completed by a staff entry that "
           "includes the minutes (seconds at x60) until staff typed it, so it is an upper bound, not the latency.")
@@ -438,11 +481,12 @@ def main() -> int:
     p99 = float(np.percentile(full.probes, 99)) if full.probes else float("inf")
     base_p99 = float(np.percentile(base.probes, 99)) if base.probes else float("nan")
     verdict = "MET" if p99 <= TARGET_P99_S and not full.missed else "NOT MET"
-    rate, base_rate = full.evaluations_per_s(), base.evaluations_per_s()
+    rate, base_rate = full.evaluations_per_s(backlog=True), base.evaluations_per_s(backlog=True)
     print(f"\ntarget: p99 <= {TARGET_P99_S:g} s with {full.residents:,} residents streaming (probes): "
           f"{p99 * 1000:.0f} ms (baseline {base.residents:,}: {base_p99 * 1000:.0f} ms, x{p99 / base_p99:.1f}) "
           f"-> {verdict}")
-    print(f"target: >= {TARGET_EVALUATIONS_S:,} resident evaluations/s in one process: {rate:,.0f}/s "
+    print(f"target: >= {TARGET_EVALUATIONS_S:,} resident evaluations/s in one process (the backlog; during the round "
+          f"{full.evaluations_per_s():,.0f}/s of busy time, in batches as small as the notifications): {rate:,.0f}/s "
           f"(baseline {base.residents:,}: {base_rate:,.0f}/s, x{rate / base_rate if base_rate else float('nan'):.1f}) "
           f"-> {'MET' if rate >= TARGET_EVALUATIONS_S else 'NOT MET'}")
     return 0

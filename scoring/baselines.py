@@ -98,9 +98,9 @@ def rolling_baselines(
     mad = np.full(v.shape[0], np.nan)
     has = count > 0
     if has.any():
-        median[has] = np.nanmedian(windowed[has], axis=1)
+        median[has] = nanmedian_rows(windowed[has])
         # scipy's median_abs_deviation(scale="normal", nan_policy="omit"), vectorised (its NaN path loops per row)
-        mad[has] = np.nanmedian(np.abs(windowed[has] - median[has, None]), axis=1) * MAD_NORMAL_SCALE
+        mad[has] = nanmedian_rows(np.abs(windowed[has] - median[has, None])) * MAD_NORMAL_SCALE
     return Baselines(median, mad, count.astype(np.int64), count >= min_count)
 
 
@@ -233,6 +233,19 @@ def usual_news2(values: Mapping[str, ArrayLike], subscores: Mapping[str, ArrayLi
         low[name], high[name] = nanpercentile_rows(windowed, USUAL_PERCENTILES)
     medians = {name: rolling_baselines(raw, t, now).median for name, raw in subscores.items()}
     return UsualNews2(low, high, medians, count, count >= BASELINE_MIN_COUNT)
+
+
+def nanmedian_rows(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``np.nanmedian(a, axis=1)`` (NaN for an all-NaN row) from one sort: NumPy's own goes through masked arrays
+    for padded rows, several times slower. Same value: the middle one, or the mean of the two middle ones."""
+    if a.shape[1] == 0:
+        return np.full(a.shape[0], np.nan)
+    ordered = np.sort(a, axis=1)  # NaN last
+    n = (~np.isnan(a)).sum(axis=1)
+    rows = np.arange(a.shape[0])
+    low, high = ordered[rows, np.maximum((n - 1) // 2, 0)], ordered[rows, np.minimum(n // 2, a.shape[1] - 1)]
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, (low + high) / 2, np.nan)
 
 
 def nanpercentile_rows(a: NDArray[np.float64], qs: tuple[float, ...] | list[float]) -> list[NDArray[np.float64]]:

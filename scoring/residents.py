@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +22,17 @@ from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
-from carewatch.scoring.loading import ROUND_LOOKBACK, load_residents, load_sets, load_vitals, reload_recent_sets
+from carewatch.scoring.loading import (
+    FULL_SETS,
+    ROUND_LOOKBACK,
+    SetColumns,
+    load_light_sets,
+    load_recent_sets,
+    load_residents,
+    load_sets,
+    load_vitals,
+    reload_recent_sets,
+)
 from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
@@ -94,61 +104,55 @@ def _score_sets(sets: Sequence[StoredSet | SetPlan]) -> list[News2Result] | None
         return None
 
 
-def _epoch_rows(rows: Sequence[Sequence[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    return bl.pad_rows([[v for v, _ in r] for r in rows]), bl.pad_rows([[t for _, t in r] for r in rows])
-
-
-def _baseline_findings(residents: Sequence[ResidentFacts], history: Mapping[str, list[StoredSet]],
-                       now: datetime) -> list[Finding]:
+def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now: datetime) -> list[Finding]:
     """SpO2 below, temperature above the resident's own baseline, and NEWS2 rising: one 2-D pass per rule for
-    all the residents at once."""
-    t_now = now.timestamp()
-    spo2_rows, temp_rows, score_rows, complete_rows = [], [], [], []
-    for r in residents:
-        sets = history.get(r.resident_id, [])
-        spo2_rows.append([(v, s.taken_at.timestamp()) for s in sets
-                          if (v := s.values.get("spo2")) is not None and not s.on_oxygen])
-        temp_rows.append([(v, s.taken_at.timestamp()) for s in sets if (v := s.values.get("temperature")) is not None])
-        scored = [s for s in sets if s.score is not None]
-        score_rows.append([(float(score), s.taken_at.timestamp()) for s in scored if (score := s.score) is not None])
-        complete_rows.append([bool(s.complete) for s in scored])
+    all the residents at once (``sets``: their history as columns, ``row`` = index in ``residents``)."""
+    t_now, rows = now.timestamp(), len(residents)
+    spo2 = sets.values["spo2"]
+    temperature = sets.values["temperature"]
     out: list[Finding] = []
-    for kind, rows, direction, delta, label, unit in (
-        (AlertKind.SPO2_BELOW_BASELINE, spo2_rows, "below", bl.SPO2_DROP_POINTS, "SpO2", "%"),
-        (AlertKind.TEMPERATURE_ABOVE_BASELINE, temp_rows, "above", bl.TEMPERATURE_RISE_C, "temperature", " °C"),
+    for kind, keep, column, direction, delta, label, unit in (
+        (AlertKind.SPO2_BELOW_BASELINE, ~np.isnan(spo2) & ~sets.on_oxygen, spo2, "below", bl.SPO2_DROP_POINTS,
+         "SpO2", "%"),
+        (AlertKind.TEMPERATURE_ABOVE_BASELINE, ~np.isnan(temperature), temperature, "above", bl.TEMPERATURE_RISE_C,
+         "temperature", " °C"),
     ):
-        values, times = _epoch_rows(rows)
+        values, times = sets.padded(rows, keep, column, sets.taken)
         base = bl.rolling_baselines(values, times, t_now)
         # direction is "below" or "above" (the tuple above); mypy widens the loop's strings to str
         dev = bl.sustained_deviation(values, times, base, t_now, direction=direction, delta=delta)  # type: ignore[arg-type]
         for i, r in enumerate(residents):
             out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now))
-    scores, times = _epoch_rows(score_rows)
-    complete = np.zeros(scores.shape, dtype=bool)
-    for i, row in enumerate(complete_rows):
-        complete[i, : len(row)] = row
+    scored = ~np.isnan(sets.score)
+    scores, times = sets.padded(rows, scored, sets.score, sets.taken)
+    (complete,) = sets.padded(rows, scored, sets.complete, fill=False)
     rise = bl.news2_rise(scores, times, complete, t_now)
     for i, r in enumerate(residents):
         out.append(_rise_finding(r, rise, i, now))
     return out
 
 
-def _usual_news2(residents: Sequence[ResidentFacts], history: Mapping[str, list[StoredSet]],
-                 now: datetime) -> bl.UsualNews2:
+def _usual_news2(rows: int, sets: SetColumns, now: datetime) -> bl.UsualNews2:
     """Each resident's usual values and subscores from their complete sets (H-OBS-09), all in one 2-D pass."""
-    complete = [[s for s in history.get(r.resident_id, []) if s.complete] for r in residents]
-    times = bl.pad_rows([[s.taken_at.timestamp() for s in sets] for sets in complete])
-    values = {
-        name: bl.pad_rows([[np.nan if (v := s.values.get(name)) is None else float(v) for s in sets]
-                           for sets in complete])
-        for name in NUMERIC_SET_FIELDS
-    }
-    subscores = {
-        name: bl.pad_rows([[np.nan if (v := s.subscores.get(name)) is None else float(v) for s in sets]
-                           for sets in complete])
-        for name in NEWS2_PARAMETERS if name not in NUMERIC_SET_FIELDS
-    }
-    return bl.usual_news2(values, subscores, times, now.timestamp())
+    others = [n for n in NEWS2_PARAMETERS if n not in NUMERIC_SET_FIELDS]
+    grids = sets.padded(rows, sets.complete, sets.taken, *(sets.values[n] for n in NUMERIC_SET_FIELDS),
+                        *(sets.subscores[n] for n in others))
+    times, columns = grids[0], dict(zip([*NUMERIC_SET_FIELDS, *others], grids[1:], strict=True))
+    return bl.usual_news2({n: columns[n] for n in NUMERIC_SET_FIELDS}, {n: columns[n] for n in others}, times,
+                          now.timestamp())
+
+
+def _history_columns(active: Sequence[ResidentFacts], light: SetColumns, history: Mapping[str, list[StoredSet]],
+                     set_aside: set[int], now: datetime) -> SetColumns:
+    """Every set of the batch's 15 days as columns: the older ones as loaded (``light``), the recent ones from
+    the whole sets (which the evaluation may have rewritten), less the sets that cannot be scored (``set_aside``)."""
+    recent = now - FULL_SETS
+    index = {r.resident_id: i for i, r in enumerate(active)}
+    fresh = SetColumns.of_sets((index[rid], s) for rid, sets in history.items() if rid in index
+                               for s in sets if s.taken_at > recent and s.obs_id not in set_aside)
+    if set_aside:
+        light = light.select(~np.isin(light.obs_id, list(set_aside)))
+    return SetColumns.join([light, fresh])
 
 
 def _deviation_finding(kind: AlertKind, r: ResidentFacts, base: bl.Baselines, dev: bl.Deviation, i: int,
@@ -222,7 +226,8 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     ids = [r.resident_id for r in active]
     clock = time.perf_counter()
     vitals = load_vitals(conn, ids, now)
-    history = load_sets(conn, ids, now)
+    light = load_light_sets(conn, ids, now)
+    history = load_recent_sets(conn, ids, now, light)
     clock = _lap(summary, "load_s", clock)
     newest_stored: dict[str, datetime | None] = {}
     planned: list[tuple[ResidentFacts, list[SetPlan]]] = []
@@ -248,8 +253,9 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     # this resident is judged on their last good set and everyone else in the batch is scored as usual.
     open_clinical = open_clinical_incidents(conn, ids)
     clock = _lap(summary, "load_s", clock)
-    latest_results, faults = _score_latest(history)
-    usual = _usual_news2(active, history, now)
+    latest_results, faults, set_aside = _score_latest(history, lambda rid: load_sets(conn, [rid], now)[rid])
+    sets = _history_columns(active, light, history, set_aside, now)
+    usual = _usual_news2(len(active), sets, now)
     latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
     index = {r.resident_id: i for i, r in enumerate(active)}
     by_id = {r.resident_id: r for r in active}
@@ -279,7 +285,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             states.append(_state_row(r, now, None, None, due, "first_set"))
         findings.append(soft_signs_finding(r, history.get(rid, []), now))
         findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical))
-    findings.extend(_baseline_findings(active, history, now))
+    findings.extend(_baseline_findings(active, sets, now))
     # the newest contributing reading's stored_at, for the stored-to-alert latency (only raised findings use it)
     stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id))
                if f.state == "raise" and newest_stored.get(f.subject_id) is not None else f for f in findings]
@@ -315,25 +321,34 @@ def _score_plans(planned: Sequence[tuple[ResidentFacts, list[SetPlan]]],
     return out
 
 
-def _score_latest(history: dict[str, list[StoredSet]],
-                  ) -> tuple[dict[str, News2Result], dict[str, tuple[StoredSet, Mapping[str, str]]]]:
+def _score_latest(history: dict[str, list[StoredSet]], older: Callable[[str], list[StoredSet]],
+                  ) -> tuple[dict[str, News2Result], dict[str, tuple[StoredSet, Mapping[str, str]]], set[int]]:
     """Score each resident's newest set, all at once; if that fails, one by one: a set that cannot be scored is
-    taken out of ``history`` (so the resident is judged on their last good set) and returned with its problems."""
+    taken out of ``history`` (so the resident is judged on their last good set) and returned with its problems,
+    and its id in the set-aside ids. ``history`` holds the recent sets; when a resident's run out, ``older(rid)``
+    gives their whole history (loaded only on this rare path)."""
     latest = {rid: sets[-1] for rid, sets in history.items() if sets}
     results = _score_sets(list(latest.values())) if latest else []
     if results is not None:
-        return dict(zip(latest, results, strict=True)), {}
+        return dict(zip(latest, results, strict=True)), {}, set()
     out: dict[str, News2Result] = {}
     faults: dict[str, tuple[StoredSet, Mapping[str, str]]] = {}
+    set_aside: set[int] = set()
     for rid, sets in history.items():
+        reloaded = False
         while sets:
             try:
                 out[rid] = score_observations([_observation(sets[-1])])[0]
                 break
             except (InvalidObservation, ImplausibleValue) as exc:
                 bad = sets.pop()
+                if bad.obs_id is not None:
+                    set_aside.add(bad.obs_id)
                 faults.setdefault(rid, (bad, dict(getattr(exc, "problems", {}) or {"set": str(exc)})))
-    return out, faults
+                if not sets and not reloaded:
+                    reloaded = True
+                    sets.extend(s for s in older(rid) if s.obs_id not in set_aside)
+    return out, faults, set_aside
 
 
 def _observation(s: StoredSet) -> dict[str, object]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from carewatch.scoring import baselines as bl
 
@@ -205,3 +209,14 @@ def test_nanpercentile_rows_is_numpys_nanpercentile() -> None:
             expected = np.nanpercentile(a, bl.USUAL_PERCENTILES, axis=1)
         for want, got in zip(expected, bl.nanpercentile_rows(a, bl.USUAL_PERCENTILES), strict=True):
             assert np.array_equal(want, got, equal_nan=True)
+
+
+@given(st.lists(st.lists(st.one_of(st.just(float("nan")), st.floats(-1e6, 1e6, allow_nan=False)), min_size=1,
+                         max_size=12), min_size=1, max_size=6))
+def test_nanmedian_rows_is_numpy_s_nanmedian(rows: list[list[float]]) -> None:
+    """The sort-based median of padded rows gives exactly NumPy's nanmedian (NaN for a row with no value)."""
+    grid = bl.pad_rows(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy warns on an all-NaN row
+        expected = np.nanmedian(grid, axis=1)
+    assert np.array_equal(bl.nanmedian_rows(grid), expected, equal_nan=True)
