@@ -18,6 +18,8 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from carewatch.db import text_array
+
 #: Only readings stored this recently count for the stored-to-alert latency (older ones: rescore, not news).
 LATENCY_RELEVANT = timedelta(minutes=10)
 
@@ -88,7 +90,7 @@ def lock_subjects(conn: psycopg.Connection, subject_ids: Iterable[str]) -> None:
     keys = [f"carewatch:subject:{subject}" for subject in sorted(set(subject_ids))]
     if keys:
         conn.execute("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
-                     "FROM unnest(%b::text[]) AS t(k)", (keys,))
+                     "FROM unnest(%s::text[]) AS t(k)", (text_array(keys),))
 
 
 def finish_latency(summary: EvaluationSummary, pending: list[tuple[int, datetime]]) -> None:

@@ -23,6 +23,7 @@ from datetime import datetime
 import psycopg
 
 from carewatch.alerts import CLINICAL_KINDS
+from carewatch.db import text_array
 from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
@@ -43,10 +44,10 @@ RESIDENT_BATCH = 500
 def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[list[ResidentFacts], list[str], list[str]]:
     """The residents and the households among notified ids. Ids are unique per kind only (issue 13, finding 1): an
     id that is both a resident's and a household's is both, and each is evaluated on its own kind's readings."""
-    residents = load_residents(conn, "r.resident_id = ANY(%b)", (list(subject_ids),))
+    residents = load_residents(conn, "r.resident_id = ANY(%s::text[])", (text_array(subject_ids),))
     households = [row[0] for row in conn.execute(
-        "SELECT site_id FROM sites WHERE site_id = ANY(%b) AND kind = 'household' ORDER BY site_id",
-        (list(subject_ids),))]
+        "SELECT site_id FROM sites WHERE site_id = ANY(%s::text[]) AND kind = 'household' ORDER BY site_id",
+        (text_array(subject_ids),))]
     unknown = sorted(set(subject_ids) - {r.resident_id for r in residents} - set(households))
     return residents, households, unknown
 

@@ -28,6 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, Severity
+from carewatch.db import text_array
 from carewatch.scoring import lifecycle
 from carewatch.scoring.batches import lock_subjects
 from carewatch.scoring.incidents import Component, IncidentPlan, OpenIncident, band_rank, plan_incident
@@ -76,9 +77,9 @@ def sync_incidents(conn: psycopg.Connection, subjects_in: Iterable[tuple[str, st
          own_due) in conn.execute(
         "SELECT a.alert_id, a.subject_kind, a.subject_id, a.kind, a.severity, a.reason, a.action, a.data, a.site_id, "
         "a.resident_id, a.incident_id, a.ack_due_at IS NOT NULL "
-        "FROM alerts a JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id) "
+        "FROM alerts a JOIN unnest(%s::text[], %s::text[]) AS p(subject_kind, subject_id) "
         "ON a.subject_kind = p.subject_kind AND a.subject_id = p.subject_id "
-        "WHERE a.status <> 'resolved' ORDER BY a.alert_id", (kinds, ids),
+        "WHERE a.status <> 'resolved' ORDER BY a.alert_id", (text_array(kinds), text_array(ids)),
     ).fetchall():
         alerts.setdefault(Subject(subject_kind, subject_id), []).append(
             (Component(alert_id, kind, Severity(severity), reason, action, data or {}), site_id, resident_id))
@@ -89,9 +90,9 @@ def sync_incidents(conn: psycopg.Connection, subjects_in: Iterable[tuple[str, st
         """SELECT i.incident_id, i.subject_kind, i.subject_id, i.severity, i.band, i.status, i.acknowledged_at,
                   i.ack_due_at, i.headline, i.action, i.peak_band,
                   ARRAY(SELECT alert_id FROM alerts a WHERE a.incident_id = i.incident_id AND a.status <> 'resolved')
-           FROM incidents i JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id)
+           FROM incidents i JOIN unnest(%s::text[], %s::text[]) AS p(subject_kind, subject_id)
              ON i.subject_kind = p.subject_kind AND i.subject_id = p.subject_id
-          WHERE i.status <> 'resolved' FOR UPDATE OF i""", (kinds, ids),
+          WHERE i.status <> 'resolved' FOR UPDATE OF i""", (text_array(kinds), text_array(ids)),
     ).fetchall():
         current[Subject(subject_kind, subject_id)] = (
             OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline, action,
@@ -184,8 +185,8 @@ def _link(conn: psycopg.Connection, incident_id: int, alert_ids: Sequence[int]) 
 def open_clinical_incidents(conn: psycopg.Connection, resident_ids: Sequence[str]) -> set[str]:
     """Residents with an open clinical incident (overdue observations then join it, H-TASK-02)."""
     return {row[0] for row in conn.execute(
-        "SELECT subject_id FROM incidents WHERE subject_kind = 'resident' AND subject_id = ANY(%b) "
-        "AND status <> 'resolved' AND category = 'clinical'", (list(resident_ids),)).fetchall()}
+        "SELECT subject_id FROM incidents WHERE subject_kind = 'resident' AND subject_id = ANY(%s::text[]) "
+        "AND status <> 'resolved' AND category = 'clinical'", (text_array(resident_ids),)).fetchall()}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from carewatch.alerts import (
     Severity,
     snooze_limit,
 )
-from carewatch.db import one
+from carewatch.db import one, text_array
 from carewatch.scoring.batches import EvaluationSummary, jsonb_safe, transaction
 from carewatch.scoring.incidents import snooze_hides
 from carewatch.scoring.rules import Finding
@@ -72,9 +72,9 @@ def _active_suppressions(conn: psycopg.Connection, subjects: Iterable[Subject],
     """Active suppressions of these (kind, id) subjects: {((kind, id), alert kind or None)}."""
     rows = conn.execute(
         "SELECT s.subject_kind, s.subject_id, s.kind FROM alert_suppressions s "
-        "JOIN unnest(%b::text[], %b::text[]) AS p(subject_kind, subject_id) "
+        "JOIN unnest(%s::text[], %s::text[]) AS p(subject_kind, subject_id) "
         "ON s.subject_kind = p.subject_kind AND s.subject_id = p.subject_id WHERE s.until > %s",
-        (*unnest(subjects), now),
+        (*(text_array(column) for column in unnest(subjects)), now),
     ).fetchall()
     return {(Subject(r[0], r[1]), r[2]) for r in rows}
 
@@ -94,7 +94,7 @@ _OPEN_ALERT_SQL = """SELECT a.subject_kind, a.subject_id, a.kind, a.alert_id, a.
             WHEN (a.severity = 'high' OR a.data ? 'was_high')
                  AND a.kind NOT IN ('device_silent', 'household_silent', 'battery_low', 'device_fault',
                                     'gateway_offline', 'scoring_stalled') THEN 'person' END
-FROM alerts a JOIN unnest(%b::text[], %b::text[], %b::text[]) AS p(subject_kind, subject_id, kind)
+FROM alerts a JOIN unnest(%s::text[], %s::text[], %s::text[]) AS p(subject_kind, subject_id, kind)
   ON a.subject_kind = p.subject_kind AND a.subject_id = p.subject_id AND a.kind = p.kind
 WHERE a.status <> 'resolved' ORDER BY a.alert_id"""
 
@@ -107,7 +107,7 @@ def _open_alerts(conn: psycopg.Connection, findings: Sequence[Finding], *,
     if not keys:
         return {}
     rows = conn.execute(_OPEN_ALERT_SQL + (" FOR UPDATE OF a" if lock else ""),
-                        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
+                        tuple(text_array(k[i] for k in keys) for i in range(3))).fetchall()
     return {(Subject(row[0], row[1]), row[2]): tuple(row[3:]) for row in rows}
 
 

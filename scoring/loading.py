@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 from numpy.typing import NDArray
 
+from carewatch.db import one, text_array
 from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
 from carewatch.scoring.rules import NUMERIC_SET_FIELDS, VITAL_METRICS, ResidentFacts, StoredSet, VitalReading
 
@@ -114,9 +115,9 @@ def reload_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredS
     recent = now - FULL_SETS
     fresh: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
     for row in conn.execute(
-        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%b) AND taken_at > %s "
+        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s::text[]) AND taken_at > %s "
         "AND taken_at <= %s ORDER BY taken_at, obs_id",
-        (list(resident_ids), recent, now + FUTURE_SLACK),
+        (text_array(resident_ids), recent, now + FUTURE_SLACK),
     ).fetchall():
         rid, stored = _stored_set(row)
         fresh[rid].append(stored)
@@ -129,10 +130,10 @@ def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: date
     out: dict[str, list[VitalReading]] = {rid: [] for rid in resident_ids}
     rows = conn.execute(
         "SELECT subject_id, metric, value, measured_at, device_id, flags, stored_at FROM readings "
-        "WHERE subject_kind = 'resident' AND subject_id = ANY(%b) AND metric = ANY(%b) AND measured_at > %s "
+        "WHERE subject_kind = 'resident' AND subject_id = ANY(%s::text[]) AND metric = ANY(%b) AND measured_at > %s "
         "AND measured_at <= %s "
         "ORDER BY measured_at",
-        (list(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK),
+        (text_array(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK),
     ).fetchall()
     for subject, metric, value, measured_at, device_id, flags, stored_at in rows:
         out[subject].append(VitalReading(metric, value, measured_at, device_id, tuple(flags or ()), stored_at))
@@ -244,8 +245,8 @@ def fetch_records(conn: psycopg.Connection, columns: Sequence[tuple[str, str, st
     (name, SQL expression, kind: int8 | float8 | bool); every expression must never be NULL (a NULL would drop
     its row: the row count is checked, so that fails loudly)."""
     packed = " || ".join(f"{_SEND[kind][0]}(({expr})::{kind})" for _, expr, kind in columns)
-    count, blob = conn.execute(f"SELECT count(*), coalesce(string_agg({packed}, ''::bytea), ''::bytea) "
-                               f"FROM {source}", params, binary=True).fetchone()  # type: ignore[misc]  # an aggregate: always one row
+    count, blob = one(conn.execute(f"SELECT count(*), coalesce(string_agg({packed}, ''::bytea), ''::bytea) "
+                                   f"FROM {source}", params, binary=True))
     dtype = np.dtype([(name, _SEND[kind][1]) for name, _, kind in columns])
     if len(blob) != count * dtype.itemsize:
         raise ValueError(f"{count} rows but {len(blob)} bytes of {dtype.itemsize} each: a NULL value in {columns}?")
@@ -266,9 +267,9 @@ def load_light_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now: 
     resident's index in ``resident_ids``."""
     records = fetch_records(
         conn, _LIGHT_COLUMNS,
-        "unnest(%b::text[]) WITH ORDINALITY AS b(rid, i) JOIN observation_sets o ON o.resident_id = b.rid "
+        "unnest(%s::text[]) WITH ORDINALITY AS b(rid, i) JOIN observation_sets o ON o.resident_id = b.rid "
         "WHERE o.taken_at > %b AND o.taken_at <= %b",
-        (list(resident_ids), now - HISTORY, now - FULL_SETS))
+        (text_array(resident_ids), now - HISTORY, now - FULL_SETS))
     columns = SetColumns(
         records["row"].astype(np.int64), records["obs_id"].astype(np.int64), records["taken"].astype(np.float64),
         {name: decimal_floats(records[name]) for name in NUMERIC_SET_FIELDS},
@@ -283,9 +284,9 @@ def load_recent_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now:
     ``older``, the light columns) loaded whole instead (its alert text names what was set aside)."""
     out: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
     for row in conn.execute(
-        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%b) AND taken_at > %s "
+        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s::text[]) AND taken_at > %s "
         "AND taken_at <= %s ORDER BY taken_at, obs_id",
-        (list(resident_ids), now - FULL_SETS, now + FUTURE_SLACK),
+        (text_array(resident_ids), now - FULL_SETS, now + FUTURE_SLACK),
     ).fetchall():
         rid, stored = _stored_set(row)
         out[rid].append(stored)

@@ -51,12 +51,13 @@ class Finding:
     allow_downgrade: bool = True
     #: stored_at of the newest reading behind this finding, for the stored-to-alert latency measurement.
     evidence_stored_at: datetime | None = None
+    #: (kind, id) of the subject: the kind follows from the alert kind (carewatch/subjects.py), never from what the
+    #: id looks like, so a resident whose id is a household's can never reach the household's alerts. Set once
+    #: here (the engine reads it several times per finding, for every finding of a batch).
+    subject: Subject = field(init=False, repr=False, compare=False)
 
-    @property
-    def subject(self) -> Subject:
-        """(kind, id) of the subject: the kind follows from the alert kind (carewatch/subjects.py), never from
-        what the id looks like, so a resident whose id is a household's can never reach the household's alerts."""
-        return Subject(alert_subject_kind(self.kind), self.subject_id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", Subject(alert_subject_kind(self.kind), self.subject_id))
 
 
 def raise_alert(
