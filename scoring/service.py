@@ -43,9 +43,11 @@ from carewatch.settings import Settings
 CHANNEL = "carewatch_readings"
 #: ``sys.setswitchinterval`` of the scorer process (Python's default is 0.005 s).
 GIL_SWITCH_INTERVAL_S = 0.0005
-#: Subjects of newly acquired buckets evaluated per loop, beside whatever was freshly notified: small, because fresh
-#: readings wait for the slice in hand (a slice of 50 took ~2 s on a loaded 2-core machine, bench/bench_scale.py).
-CATCH_UP_SLICE = 50
+#: Subjects of newly acquired buckets evaluated per loop, beside whatever was freshly notified: fresh readings wait
+#: for the slice in hand, so it stays well under the 1 s stored-to-alert target (200 residents with 15 days of
+#: history take ~0.2-0.3 s since the batch loads went columnar; 50, the size for the per-subject scorer, spent
+#: a third of each slice on the batch's fixed queries).
+CATCH_UP_SLICE = 200
 log = structlog.get_logger("carewatch.scoring.service")
 
 
