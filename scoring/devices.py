@@ -1,6 +1,8 @@
 """Devices and gateways: battery, silence, dead letters and clock faults per device; gateways offline.
 
-Alerts go through ``scoring/lifecycle.py``; only the few findings that change are locked and written.
+Alerts go through ``scoring/lifecycle.py``; only the few findings that change are locked and written. The slow tick
+does not even build the others: ``load_changing_devices`` selects in SQL the devices whose finding can change (an
+alert of theirs open, or a rule that could raise now), and only those are turned into ``DeviceState``.
 """
 
 from __future__ import annotations
@@ -11,59 +13,64 @@ from typing import Any
 
 import psycopg
 
-from carewatch.db import any_of
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.loading import FUTURE_SLACK
-from carewatch.scoring.rules import DeviceState, Finding, GatewayState, device_findings, gateway_finding
+from carewatch.scoring.rules import (
+    BATTERY_LOW_PCT,
+    CLOCK_FLAGS_FAULT_COUNT,
+    DEAD_LETTERS_FAULT_COUNT,
+    DEFAULT_EXPECTED_INTERVAL,
+    EXPECTED_INTERVAL,
+    GATEWAY_SILENT_AFTER,
+    DeviceState,
+    Finding,
+    GatewayState,
+    device_findings,
+    gateway_finding,
+)
+from carewatch.subjects import SubjectKind
 
+#: Windows of the device rules' evidence: readings that stand in for ``devices.last_seen``, dead letters and clock
+#: flags.
+_HEARD_WINDOW = timedelta(days=2)
+_FAULT_WINDOW = timedelta(hours=24)
 
-def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[str] | None = None,
-                  subject_ids: Sequence[str] | None = None) -> list[DeviceState]:
-    """Active devices with what the device rules need. Their readings of the last 2 days are aggregated in one
-    pass over the subjects' rows (not one scan of a subject's readings per device: a household has a dozen)."""
-    params: list[Any] = []
-    where = any_of([("d.site_id", site_ids), ("coalesce(d.resident_id, d.site_id)", subject_ids)], params)
-    rows = conn.execute(
-        f"""WITH dev AS (
-                SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,
-                       CASE WHEN d.resident_id IS NOT NULL THEN 'resident'
-                            ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind
-                FROM devices d
-                WHERE d.active AND (d.unbound_at IS NULL OR d.unbound_at < d.bound_at) {where}
-            ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
-                SELECT x.subject_kind, x.subject_id, x.device_id, max(x.measured_at) AS last_reading
-                FROM readings x
-                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev WHERE last_seen IS NULL))
-                  AND x.measured_at > %s AND x.measured_at <= %s
-                GROUP BY x.subject_kind, x.subject_id, x.device_id
-            ), ck AS (
-                SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
-                FROM readings x
-                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev))
-                  AND x.measured_at > %s AND x.measured_at <= %s
-                  AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
-                GROUP BY x.subject_kind, x.subject_id, x.device_id
-            )
-            SELECT d.device_id, d.site_id, d.kind, d.resident_id, d.room, d.role, d.gateway_id,
-                   greatest(d.last_seen, rd.last_reading), d.bound_at, d.battery_pct,
-                   coalesce(g.state = 'offline' OR g.last_seen < %s, false),
-                   coalesce(dl.n, 0), coalesce(ck.clock_flagged, 0), dl.latest,
-                   coalesce(r.monitoring, 'active')
-            FROM dev d
-            LEFT JOIN rd ON rd.subject_kind = d.subject_kind AND rd.subject_id = d.subject
+_DEVICE = """SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,
+                    CASE WHEN d.resident_id IS NOT NULL THEN 'resident'
+                         ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind
+             FROM devices d
+             WHERE d.active AND (d.unbound_at IS NULL OR d.unbound_at < d.bound_at)"""
+_COLUMNS = """d.device_id, d.site_id, d.kind, d.resident_id, d.room, d.role, d.gateway_id,
+              greatest(d.last_seen, rd.last_reading), d.bound_at, d.battery_pct,
+              coalesce(g.state = 'offline' OR g.last_seen < %(gateway_since)s, false),
+              coalesce(dl.n, 0), coalesce(ck.clock_flagged, 0), dl.latest,
+              coalesce(r.monitoring, 'active')"""
+_JOINS = """LEFT JOIN rd ON rd.subject_kind = d.subject_kind AND rd.subject_id = d.subject
                         AND rd.device_id = d.device_id
             LEFT JOIN ck ON ck.subject_kind = d.subject_kind AND ck.subject_id = d.subject
                         AND ck.device_id = d.device_id
             LEFT JOIN gateways g ON g.gateway_id = d.gateway_id
-            LEFT JOIN residents r ON r.resident_id = d.resident_id
-            LEFT JOIN LATERAL (
-                SELECT count(*) AS n, (array_agg(reason ORDER BY at DESC))[1] AS latest FROM dead_letters
-                WHERE device_id = d.device_id AND at > %s AND at <= %s) dl ON true
-            ORDER BY d.device_id""",
-        [*params, now - timedelta(days=2), now + FUTURE_SLACK, now - timedelta(hours=24), now + FUTURE_SLACK,
-         now - timedelta(minutes=10), now - timedelta(hours=24), now + FUTURE_SLACK],
-    ).fetchall()
+            LEFT JOIN residents r ON r.resident_id = d.resident_id"""
+
+
+def _windows(now: datetime) -> dict[str, Any]:
+    return {"heard_since": now - _HEARD_WINDOW, "fault_since": now - _FAULT_WINDOW, "until": now + FUTURE_SLACK,
+            "gateway_since": now - GATEWAY_SILENT_AFTER}
+
+
+def _scope(site_ids: Sequence[str] | None, subject_ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    """`` AND <column> = ANY(...)`` for each filter given (None: no filter), and its named parameters."""
+    sql, params = "", {}
+    for name, column, values in (("sites", "d.site_id", site_ids),
+                                 ("subjects", "coalesce(d.resident_id, d.site_id)", subject_ids)):
+        if values is not None:
+            sql += f" AND {column} = ANY(%({name})b)"
+            params[name] = list(values)
+    return sql, params
+
+
+def _states(rows: Sequence[Sequence[Any]]) -> list[DeviceState]:
     out = []
     for (device_id, site_id, kind, resident_id, room, role, gateway_id, last_heard, bound_at, battery, gw_off,
          dead, clock, dead_latest, monitoring) in rows:
@@ -72,6 +79,95 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
         out.append(DeviceState(device_id, site_id, kind, resident_id, room, role, gateway_id, last_heard, bound_at,
                                battery, bool(gw_off), int(dead), int(clock), dead_latest))
     return out
+
+
+def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[str] | None = None,
+                  subject_ids: Sequence[str] | None = None) -> list[DeviceState]:
+    """Active devices with what the device rules need. Their readings of the last 2 days are aggregated in one
+    pass over the subjects' rows (not one scan of a subject's readings per device: a household has a dozen)."""
+    where, scope = _scope(site_ids, subject_ids)
+    rows = conn.execute(
+        f"""WITH dev AS ({_DEVICE} {where}
+            ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
+                SELECT x.subject_kind, x.subject_id, x.device_id, max(x.measured_at) AS last_reading
+                FROM readings x
+                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev WHERE last_seen IS NULL))
+                  AND x.measured_at > %(heard_since)s AND x.measured_at <= %(until)s
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
+            ), ck AS (
+                SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
+                FROM readings x
+                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev))
+                  AND x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
+                  AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
+            )
+            SELECT {_COLUMNS}
+            FROM dev d
+            {_JOINS}
+            LEFT JOIN LATERAL (
+                SELECT count(*) AS n, (array_agg(reason ORDER BY at DESC))[1] AS latest FROM dead_letters
+                WHERE device_id = d.device_id AND at > %(fault_since)s AND at <= %(until)s) dl ON true
+            ORDER BY d.device_id""",
+        {**scope, **_windows(now)},
+    ).fetchall()
+    return _states(rows)
+
+
+def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
+                          site_ids: Sequence[str] | None = None) -> list[DeviceState]:
+    """The devices of ``load_devices`` (all of them, or those of ``site_ids``) whose finding can open, update or
+    resolve an alert, each with the same state: those with an alert of theirs unresolved (a clear or changed
+    finding can change only an open alert), and those for which a device rule could raise now - battery at or
+    below BATTERY_LOW_PCT, heard (or, never heard, fitted) at or before ``now`` less its kind's expected interval,
+    DEAD_LETTERS_FAULT_COUNT dead letters or CLOCK_FLAGS_FAULT_COUNT clock flags in 24 h. Every other device's
+    findings are clear or hold with nothing open, which ``findings_that_change`` drops: the slow tick need not
+    walk the whole estate's devices in Python (tests/scoring/test_devices.py holds the two paths equal).
+
+    Set-based: the same columns as ``load_devices``, each evidence table aggregated once for the estate (joins,
+    not ``= ANY`` over thousands of subjects); the conditions are a superset of the rules' (``<=`` where a rule
+    raises on ``<``, a silent device behind an offline hub kept too), so a boundary case is built, never lost."""
+    where, scope = _scope(site_ids, None)
+    kinds = sorted(EXPECTED_INTERVAL)
+    rows = conn.execute(
+        f"""WITH dev AS ({_DEVICE} {where}
+            ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
+                SELECT x.subject_kind, x.subject_id, x.device_id, max(x.measured_at) AS last_reading
+                FROM readings x
+                JOIN (SELECT DISTINCT subject_kind, subject FROM dev WHERE last_seen IS NULL) s
+                  ON s.subject_kind = x.subject_kind AND s.subject = x.subject_id
+                WHERE x.measured_at > %(heard_since)s AND x.measured_at <= %(until)s
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
+            ), ck AS (  -- every subject's, joined to the devices below
+                SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
+                FROM readings x
+                WHERE x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
+                  AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
+                GROUP BY x.subject_kind, x.subject_id, x.device_id
+            ), dl AS (
+                SELECT device_id, count(*) AS n, (array_agg(reason ORDER BY at DESC))[1] AS latest FROM dead_letters
+                WHERE device_id IS NOT NULL AND at > %(fault_since)s AND at <= %(until)s GROUP BY device_id
+            )
+            SELECT {_COLUMNS}
+            FROM dev d
+            {_JOINS}
+            LEFT JOIN dl ON dl.device_id = d.device_id
+            LEFT JOIN unnest(%(kinds)s::text[], %(silent_before)s::timestamptz[]) AS e(kind, silent_before)
+                   ON e.kind = d.kind
+            WHERE EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = %(device)s AND a.subject_id = d.device_id
+                          AND a.status <> 'resolved')
+               OR d.battery_pct <= %(battery_low)s
+               OR coalesce(greatest(d.last_seen, rd.last_reading), d.bound_at)
+                  <= coalesce(e.silent_before, %(default_silent_before)s)
+               OR coalesce(dl.n, 0) >= %(dead_letters)s OR coalesce(ck.clock_flagged, 0) >= %(clock_flags)s
+            ORDER BY d.device_id""",
+        {**scope, **_windows(now), "kinds": kinds,
+         "silent_before": [now - EXPECTED_INTERVAL[k] for k in kinds],
+         "default_silent_before": now - DEFAULT_EXPECTED_INTERVAL, "device": SubjectKind.DEVICE.value,
+         "battery_low": BATTERY_LOW_PCT, "dead_letters": DEAD_LETTERS_FAULT_COUNT,
+         "clock_flags": CLOCK_FLAGS_FAULT_COUNT},
+    ).fetchall()
+    return _states(rows)
 
 
 def apply_device_findings(conn: psycopg.Connection, devices: Sequence[DeviceState], now: datetime,

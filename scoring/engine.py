@@ -26,7 +26,7 @@ from carewatch.alerts import CLINICAL_KINDS
 from carewatch.db import text_array
 from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
-from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_devices
+from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_changing_devices, load_devices
 from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
@@ -202,7 +202,9 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
             "SELECT site_id FROM sites WHERE kind = 'household' AND (%s::text[] IS NULL OR site_id = ANY(%s::text[])) "
             "ORDER BY site_id", (scope, scope)).fetchall()]
         _run_household_batches(conn, households, now, summary, latency=False)
-        apply_device_findings(conn, load_devices(conn, now, site_ids=site_ids), now, summary)
+        # only the devices whose finding can change (an alert open, or a rule that could raise): the estate's
+        # other devices would give findings that findings_that_change drops (scoring/devices.py)
+        apply_device_findings(conn, load_changing_devices(conn, now, site_ids=site_ids), now, summary)
     if slow or gateways:
         gateway_pass(conn, now, summary, site_ids)
     return summary

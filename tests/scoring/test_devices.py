@@ -1,0 +1,175 @@
+"""The slow tick's device pass builds only the devices whose finding can change (``load_changing_devices``): for an
+estate with devices in every state the device rules know, before and after their alerts are open, it yields
+exactly the changing findings of the full path (``load_devices``: every active device)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from carewatch.scoring.devices import load_changing_devices, load_devices
+from carewatch.scoring.engine import tick
+from carewatch.scoring.lifecycle import findings_that_change
+from carewatch.scoring.rules import (
+    BATTERY_CRITICAL_PCT,
+    BATTERY_LOW_PCT,
+    BATTERY_RECOVERED_PCT,
+    CLOCK_FLAGS_FAULT_COUNT,
+    DEAD_LETTERS_FAULT_COUNT,
+    DEFAULT_EXPECTED_INTERVAL,
+    EXPECTED_INTERVAL,
+    GATEWAY_SILENT_AFTER,
+    DeviceState,
+    Finding,
+    device_findings,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+_seq = itertools.count(1)
+_MINUTE = timedelta(minutes=1)
+
+
+@dataclass
+class Estate:
+    sites: list[str]
+    home: str
+    household: str
+    offline: str  # a care home whose hub is offline
+    resident: str
+    paused: str  # a resident whose monitoring is paused
+    devices: list[str]
+
+
+def _add_device(db: psycopg.Connection, estate: Estate, site: str, device: str, kind: str, *,
+                resident: str | None = None, last_seen: datetime | None = NOW, battery: float | None = None,
+                bound_at: datetime | None = None, active: bool = True) -> str:
+    db.execute(
+        """INSERT INTO devices (device_id, site_id, gateway_id, kind, resident_id, last_seen, battery_pct, bound_at,
+               active) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (device, site, f"gw-{site}", kind, resident, last_seen, battery, bound_at or NOW - timedelta(days=30), active))
+    estate.devices.append(device)
+    return device
+
+
+def _add_reading(db: psycopg.Connection, site: str, subject: str, device: str, at: datetime,
+                 flags: tuple[str, ...] = ()) -> None:
+    db.execute(
+        """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value,
+               received_at, flags, subject_kind)
+           VALUES (%s, %s, %s, %s, %s, %s, 'battery', 50, %s, %s,
+                   CASE WHEN %s THEN carewatch_site_subject_kind(%s) ELSE 'resident' END)""",
+        (at, f"gw-{site}", next(_seq), site, subject, device, at, list(flags), subject == site, site))
+
+
+def _dead_letters(db: psycopg.Connection, site: str, device: str, n: int, at: datetime) -> None:
+    for i in range(n):
+        db.execute("INSERT INTO dead_letters (at, stage, site_id, gateway_id, device_id, reason, raw, fingerprint) "
+                   "VALUES (%s, 'validate', %s, %s, %s, %s, '{}', %s)",
+                   (at - i * _MINUTE, site, f"gw-{site}", device, f"bad frame {i}", f"{device}-{at}-{i}"))
+
+
+@pytest.fixture
+def estate(db: psycopg.Connection, uid: str) -> Estate:
+    home, household, offline = f"dhome-{uid}", f"dflat-{uid}", f"doff-{uid}"
+    for site, kind in ((home, "care_home"), (household, "household"), (offline, "care_home")):
+        db.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, %s, %s)", (site, kind, f"Site {site}"))
+    db.execute("INSERT INTO gateways (gateway_id, site_id, state, last_seen) VALUES (%s, %s, 'online', %s), "
+               "(%s, %s, 'online', %s), (%s, %s, 'offline', %s)",
+               (f"gw-{home}", home, NOW, f"gw-{household}", household, NOW,
+                f"gw-{offline}", offline, NOW - GATEWAY_SILENT_AFTER - timedelta(hours=1)))
+    resident, paused = f"dres-{uid}", f"dpaused-{uid}"
+    for rid, monitoring in ((resident, "active"), (paused, "paused")):
+        db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, monitoring) "
+                   "VALUES (%s, %s, %s, '1938-04-02', %s)", (rid, home, f"Resident {rid}", monitoring))
+    e = Estate([home, household, offline], home, household, offline, resident, paused, [])
+    # every kind the silence rule knows (and one it does not: the default interval), heard and fitted at every
+    # distance from its allowance, on a resident and in a household
+    kinds = {**EXPECTED_INTERVAL, "mystery_sensor": DEFAULT_EXPECTED_INTERVAL}
+    for kind, allowance in kinds.items():
+        for where, site, resident_id in (("r", home, resident), ("h", household, None)):
+            subject = resident_id or site
+            d = f"{kind}-{where}-{uid}"
+            _add_device(db, e, site, f"{d}-fresh", kind, resident=resident_id, last_seen=NOW - _MINUTE, battery=80)
+            _add_device(db, e, site, f"{d}-silent", kind, resident=resident_id, last_seen=NOW - allowance - _MINUTE)
+            _add_device(db, e, site, f"{d}-edge", kind, resident=resident_id, last_seen=NOW - allowance)
+            _add_device(db, e, site, f"{d}-never", kind, resident=resident_id, last_seen=None,
+                        bound_at=NOW - allowance - _MINUTE)
+            _add_device(db, e, site, f"{d}-new", kind, resident=resident_id, last_seen=None, bound_at=NOW - _MINUTE)
+            # last_seen not maintained: the readings of the last 2 days stand in for it
+            for name, at in (("read-old", NOW - allowance - _MINUTE), ("read-recent", NOW - _MINUTE)):
+                dev = _add_device(db, e, site, f"{d}-{name}", kind, resident=resident_id, last_seen=None,
+                                  bound_at=NOW - timedelta(days=30))
+                _add_reading(db, site, subject, dev, at)
+            # a silent device behind an offline hub is held, not raised
+            _add_device(db, e, offline, f"{d}-offline", kind, last_seen=NOW - allowance - _MINUTE)
+    for pct in (None, BATTERY_CRITICAL_PCT - 1, BATTERY_LOW_PCT - 1, BATTERY_LOW_PCT, BATTERY_LOW_PCT + 1,
+                BATTERY_RECOVERED_PCT, 90):
+        _add_device(db, e, household, f"batt-{pct}-{uid}", "climate_sensor", battery=pct)
+    for n in (DEAD_LETTERS_FAULT_COUNT - 1, DEAD_LETTERS_FAULT_COUNT):
+        dev = _add_device(db, e, household, f"dead-{n}-{uid}", "motion_sensor")
+        _dead_letters(db, household, dev, n, NOW - timedelta(hours=1))
+        old = _add_device(db, e, household, f"dead-old-{n}-{uid}", "motion_sensor")
+        _dead_letters(db, household, old, n, NOW - timedelta(hours=25))
+    for n in (CLOCK_FLAGS_FAULT_COUNT - 1, CLOCK_FLAGS_FAULT_COUNT):
+        for flag in ("clock_not_set", "clock_skewed"):
+            dev = _add_device(db, e, home, f"clock-{flag}-{n}-{uid}", "pulse_oximeter", resident=resident)
+            for i in range(n):
+                _add_reading(db, home, resident, dev, NOW - (i + 1) * _MINUTE, (flag,))
+    # not evaluated by either path: a paused resident's, an inactive and an unbound device
+    _add_device(db, e, home, f"paused-{uid}", "pulse_oximeter", resident=paused, last_seen=None, battery=5)
+    _add_device(db, e, home, f"inactive-{uid}", "plug", last_seen=None, battery=5, active=False)
+    unbound = _add_device(db, e, home, f"unbound-{uid}", "plug", last_seen=None, battery=5)
+    db.execute("UPDATE devices SET unbound_at = %s WHERE device_id = %s", (NOW - _MINUTE, unbound))
+    return e
+
+
+def _changing(db: psycopg.Connection, devices: list[DeviceState], now: datetime) -> list[Finding]:
+    return findings_that_change(db, device_findings(devices, now))
+
+
+def _both(db: psycopg.Connection, estate: Estate, now: datetime) -> tuple[list[DeviceState], list[DeviceState]]:
+    full = load_devices(db, now, site_ids=estate.sites)
+    filtered = load_changing_devices(db, now, site_ids=estate.sites)
+    assert set(filtered) <= set(full), "a filtered device's state differs from the full path's"
+    assert _changing(db, filtered, now) == _changing(db, full, now)
+    return full, filtered
+
+
+def _states(findings: list[Finding]) -> set[tuple[str, str]]:
+    return {(f.kind.value, f.state) for f in findings}
+
+
+def test_filtered_device_pass_changes_exactly_what_the_full_pass_changes(db, estate: Estate) -> None:
+    # nothing open yet: the filter keeps only devices a rule could raise for
+    full, filtered = _both(db, estate, NOW)
+    fine = {d for d in estate.devices if d.endswith(("-fresh", "-new", "-read-recent"))}
+    assert fine <= {d.device_id for d in full} and not fine & {d.device_id for d in filtered}
+    raised = _changing(db, filtered, NOW)
+    assert _states(raised) == {("battery_low", "raise"), ("device_silent", "raise"), ("device_fault", "raise")}
+
+    tick(db, NOW, slow=True, site_ids=estate.sites)
+    assert _changing(db, load_devices(db, NOW, site_ids=estate.sites), NOW) == []  # all of it written
+    _both(db, estate, NOW + timedelta(seconds=30))
+
+    # then the estate moves on: batteries change, devices are heard again or fall silent, faults age out
+    later = NOW + timedelta(hours=2)
+    for was, now_pct in ((BATTERY_LOW_PCT - 1, BATTERY_CRITICAL_PCT - 1),  # low -> critical: an update
+                         (BATTERY_CRITICAL_PCT - 1, BATTERY_RECOVERED_PCT + 1),  # recovered: a clear
+                         (BATTERY_RECOVERED_PCT, BATTERY_LOW_PCT - 1)):  # newly low
+        db.execute("UPDATE devices SET battery_pct = %s WHERE device_id = ANY(%s)",
+                   (now_pct, [d for d in estate.devices if d.startswith(f"batt-{was}-")]))
+    db.execute("UPDATE devices SET last_seen = %s WHERE device_id LIKE '%%-silent' AND site_id = ANY(%s) "
+               "AND kind IN ('plug', 'thermometer')", (later, estate.sites))
+    db.execute("UPDATE gateways SET state = 'online', last_seen = %s WHERE site_id = %s", (later, estate.offline))
+    full, filtered = _both(db, estate, later)
+    assert len(filtered) < len(full)
+    assert _states(_changing(db, filtered, later)) >= {
+        ("battery_low", "raise"), ("battery_low", "clear"), ("device_silent", "raise"), ("device_silent", "clear")}
+    tick(db, later, slow=True, site_ids=estate.sites)
+    # days later: the faults have aged out of their 24 h, and every device not heard since is silent
+    _, filtered = _both(db, estate, later + timedelta(days=3))
+    assert ("device_fault", "clear") in _states(_changing(db, filtered, later + timedelta(days=3)))
