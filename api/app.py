@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,12 +46,14 @@ from carewatch.api import (
     routes_sites,
     routes_users,
 )
+from carewatch.db import report_conninfo
 from carewatch.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-#: Routes that answer without a token. Anything else must depend on ``deps.current_principal``
-#: (tests/api/test_rbac.py fails when a route is neither here nor authenticated).
+#: Routes that answer without a token. Anything else must depend on ``deps.current_principal`` (or, for heavy
+#: reports, ``deps.report_principal``; tests/api/test_api_rbac.py fails when a route is neither here nor
+#: authenticated).
 PUBLIC_PATHS = frozenset({"/healthz", "/auth/token", "/auth/refresh", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
 MAX_BODY_BYTES = 256 * 1024
@@ -75,11 +77,18 @@ Carewatch's data for people and other systems: care-home dashboards, GP systems,
 
 class Health(BaseModel):
     """``status`` is 'degraded' when the database is unreachable (503) or some site has gone unscored past the
-    stall limit (200: the API itself works); ``scoring`` is scoring/replicas.py's view of the scorer replicas."""
+    stall limit (200: the API itself works); ``scoring`` is scoring/replicas.py's view of the scorer replicas;
+    ``reports`` where heavy read-only reports read (a report pool that falls back is not degraded: they still
+    answer, from the primary)."""
 
     status: str
     database: str
     scoring: dict[str, Any] | None = None
+    reports: dict[str, Any] | None = Field(
+        default=None, description="Where heavy read-only reports read: 'standby', 'primary' (the report login's "
+        "URL found no standby), 'primary_pool' (no report pool configured), 'stale' (the standby is behind or not "
+        "streaming: reports read the primary pool) or 'unavailable' (nothing of the report URL answers: reports "
+        "read the primary pool); with the standby's lag in seconds.")
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -237,6 +246,8 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         if own_pool:
             app.state.pool.open(wait=False)
         app.state.conn_gate = pooling.gate_for(app.state.pool)  # every checkout waits here, not in a thread
+        # heavy read-only reports: their own small pool on a standby, when CAREWATCH_REPORT_DATABASE_URL is set
+        app.state.reports = pooling.ReportPool.open(settings)
         if freeze_gc:
             # Startup objects (routes, schemas, models) live as long as the process: keep them out of the cyclic
             # GC, whose full collections over them were the overview's worst latencies (bench_api.py: p99 ~80 ms).
@@ -245,12 +256,16 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         try:
             yield
         finally:
+            if app.state.reports is not None:
+                app.state.reports.pool.close()
             if own_pool:
                 app.state.pool.close()
 
     app = FastAPI(title="Carewatch API", version=carewatch.__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc", responses=errors.COMMON_RESPONSES)
     settings.verification_keys()  # refuse to start with a short or published signing key (WeakSecretError)
+    if settings.report_database_url:  # and with a short or published report login password
+        report_conninfo(settings.report_database_url, settings.report_db_password)
     network.parse_proxies(settings.trusted_proxies)  # and with a malformed proxy list
     app.state.settings = settings
     app.state.hash_slots = threading.BoundedSemaphore(settings.login_hash_concurrency)
@@ -268,8 +283,9 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
                 scoring = await run_in_threadpool(_ping, request.app.state.pool, wait, settings.scorer_stall_after_s)
         except Exception:
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
+        reports = await pooling.report_status(request.app)
         return JSONResponse({"status": "ok" if not scoring["stalled_sites"] else "degraded", "database": "ok",
-                             "scoring": scoring})
+                             "scoring": scoring, "reports": reports})
 
     app.include_router(auth.router)
     for module in (routes_users, routes_sites, routes_residents, routes_observations, routes_kits, routes_alerts,

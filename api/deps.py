@@ -13,10 +13,11 @@ from typing import Annotated, Any
 import psycopg
 from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
+from starlette.concurrency import run_in_threadpool
 
 from carewatch.api import audit, scope, sessions
 from carewatch.api.auth import decode_token, unauthorised
-from carewatch.api.pooling import Conn, get_conn  # noqa: F401  (Conn is the routes' connection; see pooling)
+from carewatch.api.pooling import Conn, ReportConn, get_conn, pooled_connection  # noqa: F401  (get_conn: routes')
 from carewatch.api.scope import Permission, Principal
 from carewatch.api.users import get_user
 from carewatch.settings import Settings
@@ -30,6 +31,18 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 def current_principal(request: Request, conn: Conn,
                       token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
     """The caller, from a valid access token and their *current* users row (401 otherwise)."""
+    return authenticate(request, conn, token)
+
+
+async def report_principal(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
+    """:func:`current_principal` for heavy reports: the same check on the primary (a session revoked a moment ago
+    is refused, whatever a standby still holds), on a connection given back before the report runs."""
+    async with pooled_connection(request.app) as conn:
+        return await run_in_threadpool(authenticate, request, conn, token)
+
+
+def authenticate(request: Request, conn: psycopg.Connection, token: str | None) -> Principal:
+    """The check both dependencies make, on a connection to the primary (users, auth_sessions)."""
     if not token:
         raise unauthorised("not signed in")
     settings: Settings = request.app.state.settings
@@ -101,6 +114,19 @@ def context(request: Request, conn: Conn, principal: CurrentPrincipal) -> Ctx:
 
 
 Context = Annotated[Ctx, Depends(context)]
+
+
+def report_context(request: Request, principal: Annotated[Principal, Depends(report_principal)],
+                   conn: ReportConn) -> Ctx:
+    """The context of a heavy read-only report: the same caller, scope checks and audit notes as :data:`Context`,
+    with a read-only connection that reads a standby when one is configured and fresh (``pooling.ReportConn``,
+    taken only once the caller is signed in). Audit rows are still written to the primary by the audit
+    middleware, as for every request."""
+    return Ctx(request, conn, principal)
+
+
+#: For heavy read-only reports that tolerate a standby's replication lag (docs/operations.md lists them).
+ReportContext = Annotated[Ctx, Depends(report_context)]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from psycopg.rows import dict_row
 
-from carewatch.api.deps import Context
+from carewatch.api.deps import ReportContext
 from carewatch.api.household_report import BehaviourReport, Event, HourlyTemperature, behaviour_report
 from carewatch.api.scope import Permission
 from carewatch.scoring.behaviour import last_complete_night
@@ -20,7 +20,7 @@ router = APIRouter(tags=["households"])
 
 @router.get("/households/{site_id}/behaviour", response_model=BehaviourReport,
             summary="Behaviour summary and care-package review data (nights, bathroom, kitchen, time out, rooms)")
-def household_behaviour(ctx: Context, site_id: str,
+def household_behaviour(ctx: ReportContext, site_id: str,
                         days: Annotated[int, Query(ge=1, le=90, description="Nights/days to cover.")] = 28,
                         ) -> BehaviourReport:
     ctx.require(Permission.READ_BEHAVIOUR)

@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 
 from carewatch.alerts import SoftSign
 from carewatch.api import scope
-from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.deps import Context, Ctx, Paging, ReportContext
 from carewatch.api.routes_kits import identity_questions
 from carewatch.api.schemas import (
     PARAMETER_METRIC,
@@ -259,7 +259,7 @@ def choose_bucket(window: timedelta, requested: str | None) -> str:
 @router.get("/residents/{resident_id}/readings", response_model=Timeline,
             summary="A vital-sign timeline for charts (raw for short windows, else resampled)")
 def readings_timeline(
-    ctx: Context,
+    ctx: ReportContext,
     resident_id: str,
     metric: Metric,
     start: Annotated[datetime | None, Query(alias="from", description="Default: 24 h before 'to'.")] = None,

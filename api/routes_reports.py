@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from carewatch.api import scope
 from carewatch.api.adoption import AdoptionReport, AlertTiming, DayCount, adoption_report
-from carewatch.api.deps import Context, Ctx
+from carewatch.api.deps import Ctx, ReportContext
 from carewatch.api.report_pdf import render_pdf
 from carewatch.api.rightsizing import RightsizingReport, benefit, evidence_csv
 from carewatch.api.routes_households import household_behaviour
@@ -93,7 +93,7 @@ def _baseline_meaning(p: News2Parameter, unit: str, median: float | None, count:
 
 @router.get("/residents/{resident_id}/baselines", response_model=ResidentBaselines,
             summary="The resident's own usual vital signs (the baselines personal alerts compare against)")
-def resident_baselines(ctx: Context, resident_id: str) -> ResidentBaselines:
+def resident_baselines(ctx: ReportContext, resident_id: str) -> ResidentBaselines:
     """Same data and rule as the alert engine: observation sets of the last 14 days excluding the last 24 h
     (SpO2 only when on air), median and scaled MAD per parameter (``carewatch.scoring.baselines``)."""
     ctx.resident(resident_id, clinical=True, view="baselines")
@@ -162,8 +162,9 @@ def build_rightsizing(ctx: Ctx, site_id: str, days: int, hours_released: float |
 
 @router.get("/households/{site_id}/rightsizing", response_model=RightsizingReport,
             summary="Care-package review: the behaviour evidence with the benefit calculator")
-def household_rightsizing(ctx: Context, site_id: str, days: Days = 28, hours_released: HoursReleased = None,
-                          hourly_rate: HourlyRate = None, caseload: Caseload = None) -> RightsizingReport:
+def household_rightsizing(ctx: ReportContext, site_id: str, days: Days = 28,
+                          hours_released: HoursReleased = None, hourly_rate: HourlyRate = None,
+                          caseload: Caseload = None) -> RightsizingReport:
     return build_rightsizing(ctx, site_id, days, hours_released, hourly_rate, caseload)
 
 
@@ -174,7 +175,7 @@ def _filename(site_id: str, report: RightsizingReport, ext: str) -> str:
 
 @router.get("/households/{site_id}/report.csv", summary="The evidence as CSV (one row per night/day)",
             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
-def household_report_csv(ctx: Context, site_id: str, days: Days = 28) -> Response:
+def household_report_csv(ctx: ReportContext, site_id: str, days: Days = 28) -> Response:
     data = build_rightsizing(ctx, site_id, days, None, None, None)
     ctx.note("export", "household", site_id, format="csv", days=days)
     return Response(evidence_csv(data.report), media_type="text/csv; charset=utf-8",
@@ -183,8 +184,9 @@ def household_report_csv(ctx: Context, site_id: str, days: Days = 28) -> Respons
 
 @router.get("/households/{site_id}/report.pdf", summary="The care-package review as a PDF with the charts",
             response_class=Response, responses={200: {"content": {"application/pdf": {}}}})
-def household_report_pdf(ctx: Context, site_id: str, days: Days = 28, hours_released: HoursReleased = None,
-                         hourly_rate: HourlyRate = None, caseload: Caseload = None) -> Response:
+def household_report_pdf(ctx: ReportContext, site_id: str, days: Days = 28,
+                         hours_released: HoursReleased = None, hourly_rate: HourlyRate = None,
+                         caseload: Caseload = None) -> Response:
     data = build_rightsizing(ctx, site_id, days, hours_released, hourly_rate, caseload)
     ctx.note("export", "household", site_id, format="pdf", days=days)
     return Response(render_pdf(data, datetime.now(UTC)), media_type="application/pdf",
@@ -197,7 +199,7 @@ def household_report_pdf(ctx: Context, site_id: str, days: Days = 28, hours_rele
 @router.get("/reports/adoption", response_model=AdoptionReport,
             summary="Use per care home: observations per resident per day, alert response times, dropping use "
                     "(manager, admin)")
-def adoption(ctx: Context,
+def adoption(ctx: ReportContext,
              days: Annotated[int, Query(ge=1, le=90, description="Days to cover, ending today.")] = 28,
              site: str | None = None) -> AdoptionReport:
     ctx.require(Permission.READ_ADOPTION)

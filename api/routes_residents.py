@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg.rows import dict_row
 
 from carewatch.api import fhir, sbard, scope
-from carewatch.api.deps import Context, Ctx, Paging
+from carewatch.api.deps import Context, Ctx, Paging, ReportContext
 from carewatch.api.present import news2_badge
 from carewatch.api.schemas import (
     BoundDevice,
@@ -232,7 +232,7 @@ def get_sbard(ctx: Context, resident_id: str,
 
 @router.get("/residents/{resident_id}/fhir", summary="FHIR R4 Bundle: Patient, vital-sign Observations, NEWS2, Flags",
             responses={200: {"content": {"application/fhir+json": {}}}})
-def get_fhir(ctx: Context, resident_id: str) -> Any:
+def get_fhir(ctx: ReportContext, resident_id: str) -> Any:
     resident = ctx.resident(resident_id, action="export", clinical=True, export="fhir")
     if resident["practice"]:  # a training resident never leaves Carewatch (H-KIT-07)
         raise HTTPException(status.HTTP_409_CONFLICT, "the practice resident is not a real person: nothing to export")

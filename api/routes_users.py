@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 
 from carewatch.api import errors, users
 from carewatch.api.auth import Me
-from carewatch.api.deps import Context, Paging
+from carewatch.api.deps import Context, Paging, ReportContext
 from carewatch.api.schemas import AuditOut, Page, PasswordIn, UserCreate, UserOut, UserUpdate, page_of
 from carewatch.api.scope import Permission
 from carewatch.api.users import Role, User, UserError
@@ -115,7 +115,7 @@ def set_password(ctx: Context, username: str, body: PasswordIn) -> None:
 
 @router.get("/audit", response_model=Page[AuditOut], tags=["audit"], summary="Search the audit log (admin)")
 def search_audit(
-    ctx: Context,
+    ctx: ReportContext,
     paging: Paging,
     username: str | None = None,
     subject_type: str | None = None,

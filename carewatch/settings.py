@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="PostgreSQL DSN, e.g. postgresql://carewatch:pw@db:5432/carewatch."
     )
+    report_database_url: str | None = Field(
+        default=None, description="The API's heavy read-only reports (exports, history, audit search): a "
+        "carewatch_report login, standby first, e.g. postgresql://carewatch_reader@node2:5432,node1:5432/carewatch"
+        "?target_session_attrs=prefer-standby (unset: they read the primary, read-only). docs/operations.md.",
+    )
+    report_pool_size: int = Field(default=2, ge=1, le=32, description="Connections of the API's report pool.")
+    report_max_lag_s: float = Field(
+        default=5.0, gt=0, description="A standby further behind than this is not read: the report reads the primary."
+    )
     mqtt_url: str | None = Field(default=None, description="mqtt://user:pass@host:1883 or mqtts://...:8883.")
     mqtt_ca_file: Path | None = Field(default=None, description="CA certificate for mqtts:// brokers.")
 
@@ -145,7 +154,9 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Password checks (argon2, 64 MiB each) running at once per API process; "
         "sign-ins beyond it get 429.")
     app_db_password: SecretStr | None = Field(default=None, description="`db migrate --app-login`'s password.")
-    report_db_password: SecretStr | None = Field(default=None, description="`db migrate --report-login`'s password.")
+    report_db_password: SecretStr | None = Field(
+        default=None, description="`db migrate --report-login`'s password; also the API's report login's, when "
+        "report_database_url names none.")
     access_token_minutes: int = 15
     refresh_token_hours: int = 12
     log_level: str = "INFO"

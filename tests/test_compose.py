@@ -158,6 +158,10 @@ def test_database_ha_shape_gives_every_service_the_multi_host_read_write_dsn() -
         dsn = services[name]["environment"]["CAREWATCH_DATABASE_URL"]
         assert "@node1:5432,node2:5432/" in dsn and "target_session_attrs=read-write" in dsn, name
         assert "db" not in (services[name].get("depends_on") or {}), name
+    # the API's heavy read-only reports: the standby first, as the read-only login (docs/operations.md)
+    reports = services["api"]["environment"]["CAREWATCH_REPORT_DATABASE_URL"]
+    assert reports.startswith("postgresql://carewatch_reader@") and "@node1:5432,node2:5432/" in reports
+    assert "target_session_attrs=prefer-standby" in reports
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,3 +205,7 @@ def test_services_use_the_application_role_and_only_migrate_uses_the_owner() -> 
              if "CAREWATCH_DATABASE_URL" in s.get("environment", {})}
     assert users.pop("migrate") == "carewatch_owner"
     assert set(users.values()) == {"carewatch_api"} and {"ingest", "scorer", "api"} <= set(users)
+    # the API's heavy reports read as the read-only login, with the password migrate gave it
+    api = services["api"]["environment"]
+    assert _db_user(api["CAREWATCH_REPORT_DATABASE_URL"]) == "carewatch_reader"
+    assert api["CAREWATCH_REPORT_DB_PASSWORD"] == migrate["environment"]["CAREWATCH_REPORT_DB_PASSWORD"]

@@ -1,12 +1,19 @@
-"""Database schema, migrations and connection helpers, shared by every stage."""
+"""Database schema, migrations and connection helpers, shared by every stage: the pools (:func:`make_pool`, and
+the API's read-only report pool, :func:`make_report_pool`) and small query helpers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import Cursor
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
+
+from carewatch.settings import check_secret
 
 Row = TypeVar("Row")
 
@@ -50,3 +57,88 @@ def make_pool(dsn: str, *, min_size: int = 1, max_size: int = 4, name: str = "ca
                           kwargs={"application_name": name})
     pool.open(wait=False)
     return pool
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The report pool: heavy read-only reports on a standby (docs/operations.md, "Reports on the standby")
+# ------------------------------------------------------------------------------------------------------------
+REPORT_POOL_NAME = "carewatch-api-reports"
+
+#: True when the login could read a secret or write the audit trail: the owner, a superuser, carewatch_app. A
+#: carewatch_report login can do neither (migration 0008), and nothing less suffices for the reports.
+_PRIVILEGED_LOGIN = ("SELECT has_column_privilege('users', 'password_hash', 'SELECT') "
+                     "OR has_table_privilege('audit_log', 'INSERT')")
+
+#: Where this connection reads, and how far behind the primary: in recovery (a standby), a WAL receiver connected
+#: to the upstream (every role sees that the row exists; only its details need pg_read_all_stats), and the replay
+#: lag (0 when everything received is replayed; else the age of the last replayed transaction).
+_STANDBY_STATE = """
+    SELECT pg_is_in_recovery(),
+           EXISTS (SELECT 1 FROM pg_stat_wal_receiver),
+           CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+                ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END"""
+
+
+class PrivilegedReportLogin(psycopg.OperationalError):
+    """The report pool's login may read secrets or write: it must be a login of carewatch_report only."""
+
+
+def report_conninfo(url: str, password: SecretStr | None) -> str:
+    """The report pool's connection string: ``url``, with ``password`` (CAREWATCH_REPORT_DB_PASSWORD) when the URL
+    names none. Either password is refused when short or published, as every secret we choose (WeakSecretError)."""
+    named = conninfo_to_dict(url).get("password")
+    if named is not None:
+        check_secret(str(named), "the password in CAREWATCH_REPORT_DATABASE_URL")
+        return url
+    if password is None:
+        return url  # no password: trust, peer, a client certificate or a .pgpass file
+    return make_conninfo(url, password=check_secret(password.get_secret_value(), "CAREWATCH_REPORT_DB_PASSWORD"))
+
+
+def seeks_standby(conninfo: str) -> bool:
+    """Whether connecting again may find a standby where this connection string found a primary: several hosts
+    and ``target_session_attrs=prefer-standby`` (one host, or any other choice, finds the same node again)."""
+    params = conninfo_to_dict(conninfo)
+    return params.get("target_session_attrs") == "prefer-standby" and "," in str(params.get("host") or "")
+
+
+def configure_report_connection(conn: psycopg.Connection[Any]) -> None:
+    """Every report connection: refused unless its login is least-privileged; read-only whatever it runs."""
+    conn.autocommit = True
+    if one(conn.execute(_PRIVILEGED_LOGIN))[0]:
+        raise PrivilegedReportLogin(
+            "the report login may read secrets or write (owner, superuser or carewatch_app): give "
+            "CAREWATCH_REPORT_DATABASE_URL a login of carewatch_report (`carewatch db migrate --report-login`)")
+    conn.execute("SET default_transaction_read_only = on")
+    conn.autocommit = False
+    conn.read_only = True
+
+
+def make_report_pool(conninfo: str, *, max_size: int = 2) -> ConnectionPool:
+    """The API's pool for heavy read-only reports, opened without waiting. Connections are checked at checkout (a
+    standby that went away is noticed then) and retried for 30 s at a time, then again when a report asks."""
+    pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, name=REPORT_POOL_NAME, open=False,
+                          kwargs={"application_name": REPORT_POOL_NAME}, configure=configure_report_connection,
+                          check=ConnectionPool.check_connection, reconnect_timeout=30)
+    pool.open(wait=False)
+    return pool
+
+
+@dataclass(frozen=True)
+class StandbyState:
+    """Where a connection reads: a standby (``in_recovery``) streaming from its primary, this far behind."""
+
+    in_recovery: bool
+    streaming: bool
+    lag_s: float | None
+
+    def fresh(self, max_lag_s: float) -> bool:
+        """A primary always is; a standby when it streams and is at most ``max_lag_s`` behind."""
+        if not self.in_recovery:
+            return True
+        return self.streaming and self.lag_s is not None and self.lag_s <= max_lag_s
+
+
+def standby_state(conn: psycopg.Connection[Any]) -> StandbyState:
+    in_recovery, streaming, lag = one(conn.execute(_STANDBY_STATE))
+    return StandbyState(bool(in_recovery), bool(streaming), None if lag is None else float(lag))

@@ -21,11 +21,14 @@ import httpx
 import jwt
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import SecretStr
 from serving import serve
 
 from carewatch.api.app import create_app
 from carewatch.api.auth import ALGORITHM, ISSUER
 from carewatch.api.users import UserError, check_password_policy, create_user
+from carewatch.db import report_conninfo
 from carewatch.settings import EXAMPLE_SECRETS, Settings, WeakSecretError
 
 from .conftest import PASSWORD
@@ -121,6 +124,29 @@ def test_api_refuses_to_start_with_a_weak_or_published_secret(app_database: str,
     run = subprocess.run([sys.executable, "-m", "carewatch", "api"], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert run.returncode == 2 and "refusing to start" in run.stderr
+
+
+@pytest.mark.parametrize("secret", ["change-me-to-a-long-random-string", "short-but-random-Zq9"])
+def test_api_refuses_a_weak_or_published_report_login_password(app_database: str, tmp_path: Path,
+                                                               secret: str) -> None:
+    """The report pool's login (CAREWATCH_REPORT_DATABASE_URL): its password, given in the URL or as
+    CAREWATCH_REPORT_DB_PASSWORD (the one `db migrate --report-login` sets), is held to the same rule."""
+    url = "postgresql://carewatch_reader@127.0.0.1:1,127.0.0.1:2/carewatch?target_session_attrs=prefer-standby"
+    with pytest.raises(WeakSecretError, match="CAREWATCH_REPORT_DB_PASSWORD"):
+        create_app(settings_for(app_database, tmp_path, report_database_url=url, report_db_password=secret))
+    with pytest.raises(WeakSecretError, match="CAREWATCH_REPORT_DATABASE_URL"):
+        create_app(settings_for(app_database, tmp_path,
+                                report_database_url=url.replace("reader@", f"reader:{secret}@")))
+    good = secrets.token_urlsafe(32)
+    made = conninfo_to_dict(report_conninfo(url, SecretStr(good)))
+    assert made["password"] == good and made["user"] == "carewatch_reader"
+    assert made["host"] == "127.0.0.1,127.0.0.1" and made["target_session_attrs"] == "prefer-standby"
+    env = {**os.environ, "CAREWATCH_DATABASE_URL": app_database, "CAREWATCH_JWT_SECRET": KEY,
+           "CAREWATCH_REPORT_DATABASE_URL": url, "CAREWATCH_REPORT_DB_PASSWORD": secret,
+           "CAREWATCH_API_PORT": "1", "CAREWATCH_STATE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "carewatch", "api"], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 2 and "CAREWATCH_REPORT_DB_PASSWORD" in run.stderr
 
 
 def test_forged_token_with_the_placeholder_key_is_refused(client: Any, world: World) -> None:
