@@ -79,14 +79,25 @@ _STANDBY_STATE = """
                 ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END"""
 
 
+#: target_session_attrs values libpq knows only from version 14 on
+_LIBPQ_14_ATTRS = ("prefer-standby", "standby", "primary", "read-only")
+
+
 class PrivilegedReportLogin(psycopg.OperationalError):
     """The report pool's login may read secrets or write: it must be a login of carewatch_report only."""
 
 
 def report_conninfo(url: str, password: SecretStr | None) -> str:
     """The report pool's connection string: ``url``, with ``password`` (CAREWATCH_REPORT_DB_PASSWORD) when the URL
-    names none. Either password is refused when short or published, as every secret we choose (WeakSecretError)."""
-    named = conninfo_to_dict(url).get("password")
+    names none. Either password is refused when short or published, as every secret we choose (WeakSecretError).
+    ``prefer-standby`` (and the other standby choices) need libpq 14: an older one is refused here, not at every
+    connection attempt."""
+    params = conninfo_to_dict(url)
+    if params.get("target_session_attrs") in _LIBPQ_14_ATTRS and psycopg.pq.version() < 140000:
+        raise ValueError(f"CAREWATCH_REPORT_DATABASE_URL: target_session_attrs={params['target_session_attrs']} "
+                         f"needs libpq 14 or newer (this is {psycopg.pq.version()}): install psycopg[binary] or a "
+                         "newer libpq")
+    named = params.get("password")
     if named is not None:
         check_secret(str(named), "the password in CAREWATCH_REPORT_DATABASE_URL")
         return url

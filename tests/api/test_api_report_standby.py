@@ -29,7 +29,7 @@ from replica import StreamingStandby, skip_reason
 from carewatch.api import pooling
 from carewatch.api.app import create_app
 from carewatch.api.deps import Ctx
-from carewatch.db import PrivilegedReportLogin, configure_report_connection
+from carewatch.db import REPORT_POOL_NAME, PrivilegedReportLogin, configure_report_connection
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port
 from carewatch.settings import Settings
@@ -202,6 +202,10 @@ def test_reports_read_the_standby_answer_as_the_primary_does_and_audit_on_the_pr
     assert _audit_rows(primary, f"/residents/{world.resident_b}/fhir")[-1] == (
         world.users["gp"], "export", 404)
 
+    # seen from the standby itself: the API's report pool is connected there, as the report login
+    with psycopg.connect(standby.admin_dsn) as conn:
+        assert conn.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name = %s",
+                            (REPORT_POOL_NAME,)).fetchall() == [(reader,)]
     health = on_standby.get("/healthz").json()
     assert health["reports"]["source"] == "standby" and health["reports"]["lag_s"] is not None, health
     assert on_primary.get("/healthz").json()["reports"] == {"source": "primary_pool", "configured": False}

@@ -33,3 +33,17 @@ def test_signing_key_is_generated_once(tmp_path) -> None:
     settings = Settings(state_dir=tmp_path)
     assert settings.signing_key() == settings.signing_key()
     assert len(settings.signing_key()) > 40
+
+
+def test_a_report_url_that_needs_libpq_14_is_refused_with_an_older_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prefer-standby is libpq 14's: with an older libpq the API says so at start, not at each connection."""
+    import psycopg
+
+    from carewatch.db import report_conninfo
+
+    url = "postgresql://carewatch_reader@node1,node2/carewatch?target_session_attrs=prefer-standby"
+    assert report_conninfo(url, None) == url
+    monkeypatch.setattr(psycopg.pq, "version", lambda: 130014)
+    with pytest.raises(ValueError, match="libpq 14"):
+        report_conninfo(url, None)
+    assert report_conninfo(url.replace("prefer-standby", "any"), None)  # nothing newer asked for
