@@ -167,7 +167,8 @@ def seed_estate(conn: psycopg.Connection, residents: int, rng: np.random.Generat
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 TEXT_OID = 25
-READING_COLUMNS = "measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags"
+READING_COLUMNS = ("measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value, received_at, flags, "
+                   "subject_kind")  # every subject here is a resident (migration 0025)
 
 
 def reading_rows(t_us: np.ndarray, seq: np.ndarray, gateway: np.ndarray, site: np.ndarray, subject: np.ndarray,
@@ -177,12 +178,12 @@ def reading_rows(t_us: np.ndarray, seq: np.ndarray, gateway: np.ndarray, site: n
     columns: list[tuple[Any, ...]] = [
         ("t", ">i8"), ("gw", gateway.dtype), ("seq", ">i8"), ("site", site.dtype), ("subj", subject.dtype),
         ("dev", device.dtype), ("metric", f"S{len(metric)}"), ("value", ">f8"), ("recv", ">i8"),
-        ("flags", ">i4", (3,))]
+        ("flags", ">i4", (3,)), ("kind", "S8")]
     spec: list[tuple[Any, ...]] = [("n", ">i2")]
     for column in columns:  # each field: its byte length (int32), then its bytes
         spec += [(f"len_{column[0]}", ">i4"), column]
     rows = np.empty(len(t_us), dtype=np.dtype(spec))
-    rows["n"] = 10
+    rows["n"] = 11
     for name in ("t", "seq", "value", "recv"):
         rows[f"len_{name}"] = 8
     for name, array in texts.items():
@@ -196,6 +197,8 @@ def reading_rows(t_us: np.ndarray, seq: np.ndarray, gateway: np.ndarray, site: n
     rows["seq"] = seq
     rows["value"] = value
     rows["recv"] = t_us + 2_000_000
+    rows["len_kind"] = 8
+    rows["kind"] = b"resident"
     return rows.tobytes()
 
 
@@ -278,10 +281,11 @@ def load_readings(conn: psycopg.Connection, estate: Estate, history: History, ro
     conn.commit()
     log(f"  indexes rebuilt in {time.monotonic() - t_index:.0f} s")
     with conn.cursor() as cur, cur.copy(
-            "COPY latest_readings (subject_id, metric, site_id, device_id, value, measured_at) FROM STDIN") as copy:
+            "COPY latest_readings (subject_kind, subject_id, metric, site_id, device_id, value, measured_at) "
+            "FROM STDIN") as copy:
         for metric, (prefix, *_) in VITALS.items():
             for i in np.flatnonzero(~np.isnan(history.latest[metric])):
-                copy.write_row((estate.rid(int(i)), metric, estate.home(int(estate.home_of[i])),
+                copy.write_row(("resident", estate.rid(int(i)), metric, estate.home(int(estate.home_of[i])),
                                 estate.device(prefix, int(i)), float(history.latest[metric][i]),
                                 PG_EPOCH + timedelta(microseconds=int(history.latest_at[metric][i]))))
     conn.commit()
@@ -360,9 +364,9 @@ def load_clinical(conn: psycopg.Connection, estate: Estate, history: History, ob
     now = history.end
     statuses = ["open", "acknowledged", "escalated"]
     with conn.cursor() as cur:
-        with cur.copy("COPY alerts (site_id, resident_id, subject_id, kind, severity, status, reason, action, score, "
-                      "opened_at, updated_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, resolution) "
-                      "FROM STDIN") as copy:
+        with cur.copy("COPY alerts (site_id, resident_id, subject_kind, subject_id, kind, severity, status, reason, "
+                      "action, score, opened_at, updated_at, acknowledged_at, acknowledged_by, resolved_at, "
+                      "resolved_by, resolution) FROM STDIN") as copy:
             buffer = []
             for j in raised:
                 i = int(resident_idx[j])
@@ -370,7 +374,7 @@ def load_clinical(conn: psycopg.Connection, estate: Estate, history: History, ob
                 acked = opened + timedelta(minutes=int(rng.integers(3, 60)))
                 resolved = acked + timedelta(hours=int(rng.integers(1, 12)))
                 buffer.append("\t".join(map(copy_text, (
-                    estate.home(int(estate.home_of[i])), estate.rid(i), estate.rid(i), "news2",
+                    estate.home(int(estate.home_of[i])), estate.rid(i), "resident", estate.rid(i), "news2",
                     severity_of[int(scored.risk[j])], "resolved", f"NEWS2 {int(scored.total[j])} ({risks[j]})",
                     "Inform the nurse in charge; repeat observations within the hour", int(scored.total[j]),
                     opened.isoformat(), resolved.isoformat(), acked.isoformat(), "staff", resolved.isoformat(),
@@ -382,7 +386,7 @@ def load_clinical(conn: psycopg.Connection, estate: Estate, history: History, ob
                 status = statuses[k % 3]
                 opened = now - timedelta(minutes=int(rng.integers(5, 600)))
                 buffer.append("\t".join(map(copy_text, (
-                    estate.home(int(estate.home_of[i])), estate.rid(i), estate.rid(i), "news2",
+                    estate.home(int(estate.home_of[i])), estate.rid(i), "resident", estate.rid(i), "news2",
                     [Severity.LOW.value, Severity.MEDIUM.value, Severity.HIGH.value][k % 3], status,
                     "NEWS2 rising", "Repeat observations and call the GP if it stays up", 4, opened.isoformat(),
                     opened.isoformat(), None if status == "open" else opened.isoformat(),
@@ -390,7 +394,7 @@ def load_clinical(conn: psycopg.Connection, estate: Estate, history: History, ob
             for i in rng.choice(n, size=max(1, n // 25), replace=False).tolist():  # ~4%: a flat battery
                 opened = now - timedelta(hours=int(rng.integers(1, 48)))
                 buffer.append("\t".join(map(copy_text, (
-                    estate.home(int(estate.home_of[i])), estate.rid(int(i)), estate.device("ox", int(i)),
+                    estate.home(int(estate.home_of[i])), estate.rid(int(i)), "device", estate.device("ox", int(i)),
                     "battery_low", Severity.LOW.value, "open", "battery 8%", "Change the battery today", None,
                     opened.isoformat(), opened.isoformat(), None, None, None, None, None))))
             copy.write("\n".join(buffer) + "\n")

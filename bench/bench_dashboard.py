@@ -47,14 +47,15 @@ TARGET_S = 2.0
 BASELINE = "sign-in page (baseline)"
 #: role -> (page file, heading) in the order a person would open them; the first is the page shown on signing in
 ROUTES = {
-    "care_staff": [("home", None), ("health_check", "Record a physical health check"), ("alerts", "Alerts"),
+    "care_staff": [("home", None), ("health_check", "Record a physical health check"), ("alerts", "Incidents"),
                    ("sbard", "SBARD summary"), ("resident", "Resident charts and history")],
-    "gp": [("inbox", "Alert inbox"), ("resident", "Resident charts and history"), ("sbard", "SBARD summary")],
+    "gp": [("inbox", "Incident inbox"), ("resident", "Resident charts and history"), ("sbard", "SBARD summary")],
     "council": [("rightsizing", "Care package review")],
     "manager": [("home", None), ("estate", "Devices and gateways"), ("adoption", "Adoption")],
 }
-NAV_TITLES = {"home": "Residents", "health_check": "Record a health check", "alerts": "Alerts",
-              "sbard": "SBARD summary", "resident": "Resident charts and history", "inbox": "Alert inbox",
+#: page file -> its sidebar title (dashboard/app.py PAGES)
+NAV_TITLES = {"home": "Residents", "health_check": "Record a health check", "alerts": "Incidents",
+              "sbard": "SBARD summary", "resident": "Resident charts and history", "inbox": "Incident inbox",
               "rightsizing": "Care package review", "estate": "Devices and gateways", "adoption": "Adoption"}
 
 
