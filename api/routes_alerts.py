@@ -209,5 +209,5 @@ def snooze(ctx: Context, resident_id: str, body: SnoozeIn) -> SnoozeOut:
         raise
     except TRANSITION_ERRORS as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return SnoozeOut(subject_id=resident_id, kind=body.kind, until=until, reason=body.reason,
-                     created_by=ctx.principal.username)
+    return SnoozeOut(subject_kind=SubjectKind.RESIDENT, subject_id=resident_id, kind=body.kind, until=until,
+                     reason=body.reason, created_by=ctx.principal.username)

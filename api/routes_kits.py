@@ -144,6 +144,8 @@ class MoveIn(_In):
 
 class MoveOut(BaseModel):
     moved: int
+    from_subject_kind: SubjectKind = Field(description="Whose it was: 'resident' (from_resident_id), or 'kit' (not yet "
+                                                       "assigned: the kit's own, from_resident_id null).")
     from_resident_id: str | None
     to_resident_id: str
     readings: list[ReadingRef]
@@ -496,7 +498,8 @@ def move_reading(ctx: Context, body: MoveIn) -> MoveOut:
                  readings=[[r["gateway_id"], r["seq"]] for r in done.readings])
         withdraw_device_values(ctx.conn, from_resident, [(reading["device_id"], reading["measured_at"])], as_of)
     evaluated = _rescore(ctx, [s for s in (from_resident, body.to_resident_id) if s], as_of)
-    return MoveOut(moved=len(done.readings), from_resident_id=from_resident, to_resident_id=body.to_resident_id,
+    return MoveOut(moved=len(done.readings), from_subject_kind=old_kind, from_resident_id=from_resident,
+                   to_resident_id=body.to_resident_id,
                    readings=[ReadingRef(gateway_id=r["gateway_id"], seq=r["seq"]) for r in done.readings],
                    alerts_evaluated=evaluated)
 

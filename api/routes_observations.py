@@ -32,6 +32,7 @@ from carewatch.ingest import kit_sessions
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.scoring.news2 import InvalidObservation, score_observation
 from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
+from carewatch.subjects import SubjectKind
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,7 @@ def readings_timeline(
                      AND measured_at >= %(start)s
                      AND measured_at < %(end)s AND NOT (flags && %(untrusted)s::text[])
                    GROUP BY 1 ORDER BY 1 LIMIT %(limit)s""", {**values, "width": BUCKETS[chosen]}).fetchall()
-    return Timeline(subject_id=resident_id, metric=metric.value, unit=METRICS[metric].unit, start=start, end=end,
-                    bucket=None if chosen == "raw" else chosen, points=[TimelinePoint(**r) for r in rows[:MAX_POINTS]],
+    return Timeline(subject_kind=SubjectKind.RESIDENT, subject_id=resident_id, metric=metric.value,
+                    unit=METRICS[metric].unit, start=start, end=end, bucket=None if chosen == "raw" else chosen,
+                    points=[TimelinePoint(**r) for r in rows[:MAX_POINTS]],
                     truncated=len(rows) > MAX_POINTS)

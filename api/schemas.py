@@ -20,6 +20,7 @@ from pydantic import (
 from carewatch.alerts import ESCALATION_OUTCOMES, FOLLOW_UP_OUTCOMES, SoftSign
 from carewatch.api.users import USERNAME_PATTERN, Role
 from carewatch.nhs import normalise_nhs_number
+from carewatch.subjects import SubjectKind
 from carewatch.wire import Ident, Metric, check_plausible
 
 T = TypeVar("T")
@@ -27,6 +28,11 @@ T = TypeVar("T")
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=1000)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+
+#: What a subject id names (carewatch/subjects.py): ids are unique per kind only, so a client tells a resident
+#: ``r-1`` from a household ``r-1`` by the pair (``subject_kind``, ``subject_id``), never by the id alone.
+SUBJECT_KIND_DOC = ("What subject_id names: resident, household, site (a care home), kit, device or gateway. Ids are "
+                    "unique per kind only: the subject is the pair (subject_kind, subject_id).")
 
 
 class _In(BaseModel):
@@ -366,6 +372,7 @@ class TimelinePoint(BaseModel):
 
 
 class Timeline(BaseModel):
+    subject_kind: SubjectKind = Field(description=SUBJECT_KIND_DOC)
     subject_id: str
     metric: str
     unit: str
@@ -385,6 +392,7 @@ class AlertOut(BaseModel):
     site_name: str | None = None
     resident_id: str | None
     resident_name: str | None = None
+    subject_kind: SubjectKind = Field(description=SUBJECT_KIND_DOC)
     subject_id: str
     kind: str
     severity: str
@@ -421,6 +429,7 @@ class IncidentOut(BaseModel):
     site_name: str | None = None
     resident_id: str | None
     resident_name: str | None = None
+    subject_kind: SubjectKind = Field(description=SUBJECT_KIND_DOC)
     subject_id: str
     category: str
     severity: str
@@ -556,6 +565,7 @@ class SnoozeIn(_In):
 
 
 class SnoozeOut(BaseModel):
+    subject_kind: SubjectKind = Field(description=SUBJECT_KIND_DOC)
     subject_id: str
     kind: str | None
     until: datetime

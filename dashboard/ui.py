@@ -153,6 +153,20 @@ def kind_words(kind: str) -> str:
     return ALERT_KIND_WORDS.get(kind, kind.replace("_", " "))
 
 
+#: How a subject of each kind is named when it has no resident's name (the API's ``subject_kind``).
+SUBJECT_KIND_WORDS = {"resident": "resident", "household": "household", "site": "care home", "kit": "shared kit",
+                      "device": "device", "gateway": "hub"}
+
+
+def subject_words(x: dict[str, Any]) -> str:
+    """Whom an alert or incident is about: the resident's name, else its subject labelled with its kind ("household
+    r-1", "hub gw-3"), since ids are unique per kind only (a resident r-1 and a household r-1 are two subjects)."""
+    if x.get("resident_name"):
+        return str(x["resident_name"])
+    label = SUBJECT_KIND_WORDS.get(x.get("subject_kind") or "")
+    return f"{label} {x['subject_id']}" if label else str(x["subject_id"])
+
+
 def choose(label: str, options: Sequence[str], names: Callable[[str], str], state_key: str, widget_key: str,
            ) -> str | None:
     """A selectbox whose choice is kept in ``state_key`` across pages (widget keys are forgotten off-page)."""
@@ -268,7 +282,7 @@ def incident_card(i: dict[str, Any]) -> str:
     their evidence. One card per person however many rules fired (H-INC-01)."""
     from carewatch.dashboard.client import local_time
 
-    who = i.get("resident_name") or i["subject_id"]
+    who = subject_words(i)
     band = f" NEWS2 band {BAND_WORDS.get(i['band'], i['band'])}" if i.get("band") else ""
     status = incident_status_words(i)
     lines = [f"<h4>{html.escape(who)}</h4>",

@@ -52,7 +52,7 @@ def call_form(form: str, key: str, target: int, label: str, escalate: Any) -> No
 
 
 def alert_block(c: ApiClient, a: dict[str, Any], now: datetime) -> None:
-    who = a.get("resident_name") or a["subject_id"]
+    who = ui.subject_words(a)
     with st.container(border=True):
         st.html(f"<div>{ui.severity_badge(a['severity'])} <b>{ui.esc(who)}</b>: {ui.kind_words(a['kind'])} "
                 f"(status: {STATUS_WORDS.get(a['status'], a['status'])}, "

@@ -37,7 +37,7 @@ if not incidents:
 for i in incidents[:limit]:
     with st.container(border=True):
         left, right = st.columns([5, 1], vertical_alignment="center")
-        who, home = ui.esc(i.get("resident_name") or i["subject_id"]), ui.esc(i.get("site_name") or i["site_id"])
+        who, home = ui.esc(ui.subject_words(i)), ui.esc(i.get("site_name") or i["site_id"])
         parts = i.get("components") or []
         kinds = ", ".join(dict.fromkeys(ui.kind_words(p["kind"]) for p in parts))
         left.html(f'<div class="cw-inbox-incident" data-incident="{i["incident_id"]}">'

@@ -218,6 +218,7 @@ def test_move_reading_to_the_right_resident_recomputes_alerts_for_both(client: T
         "gateway_id": w.gateway_a, "seq": seqs[0], "to_resident_id": k.john, "reason": "measured John"})
     assert moved.status_code == 200, moved.text
     assert moved.json()["moved"] == 2 and moved.json()["from_resident_id"] == k.mary  # SpO2 and its pulse
+    assert moved.json()["from_subject_kind"] == "resident"  # Mary's, not the kit's own (issue 13: kinds in the JSON)
     assert moved.json()["alerts_evaluated"] is True
     assert [subject_of(db, w, q) for q in seqs] == [k.john, k.john]
     moved_t = client.post("/readings/move", headers=staff, json={

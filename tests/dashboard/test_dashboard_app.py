@@ -346,3 +346,19 @@ def test_incident_card_says_who_escalated() -> None:
     assert 'data-status="auto_escalated"' in auto and "ESCALATED by" not in auto
     person = ui.incident_card({**base, "status": "escalated", "escalated_by": "senior1", "outcome": "called_999"})
     assert "ESCALATED by senior1 (called 999)" in person and "AUTO-ESCALATED" not in person
+
+
+def test_a_subject_without_a_resident_name_is_labelled_with_its_kind() -> None:
+    """Issue 13: ids are unique per kind only, so the inbox and alert cards say which kind an unnamed subject is."""
+    from carewatch.dashboard import ui
+
+    assert ui.subject_words({"resident_name": "Mrs A", "subject_kind": "resident", "subject_id": "r-1"}) == "Mrs A"
+    assert ui.subject_words({"resident_name": None, "subject_kind": "household", "subject_id": "r-1"}) == \
+        "household r-1"
+    assert ui.subject_words({"subject_kind": "gateway", "subject_id": "gw-1"}) == "hub gw-1"
+    assert ui.subject_words({"subject_kind": "site", "subject_id": "oak"}) == "care home oak"
+    card = ui.incident_card({"incident_id": 7, "subject_kind": "household", "subject_id": "r-1", "resident_name": None,
+                             "severity": "medium", "band": None, "headline": "Long lie", "action": "Visit",
+                             "opened_at": "2026-03-01T03:00:00+00:00", "components": [], "status": "open",
+                             "acknowledged_by": None, "escalated_by": None, "outcome": None, "notify_level": 0})
+    assert "<h4>household r-1</h4>" in card
