@@ -425,9 +425,11 @@ class Demo:
             "readings_attributed_wrong": kit_check.attributed_wrong,
             "readings_unattributed": kit_check.unattributed,
             "readings_unmatched": kit_check.unmatched,
-            "corrections": corrections,
+            # (every move stored: the carers' corrections, and the late claims they made through the same route)
+            "corrections": corrections - self.carer.counters.claimed_late,
             "kit_mistakes": dict(self.kit_rounds.mistakes),
             "kit_claims": self.carer.counters.claimed,
+            "kit_late_claims": self.carer.counters.claimed_late,  # moved to their resident after the claim window
             "tablet_actions_failed": self.carer.counters.failed,
             "radio": self.fleet.radio_summary(),
             "notifications": self.notifications(),

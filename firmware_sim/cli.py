@@ -192,7 +192,8 @@ class SimTablets:
     def summary(self) -> dict[str, Any]:
         c = self.carer.counters
         return {"kit_homes": sorted(self.carers), "kit_sessions": c.sessions, "kit_saved": c.saved,
-                "kit_claims": c.claimed, "corrections": c.corrections, "kit_actions_failed": c.failed,
+                "kit_claims": c.claimed, "kit_late_claims": c.claimed_late, "corrections": c.corrections,
+                "kit_actions_failed": c.failed,
                 "kit_mistakes": dict(self.rounds.mistakes)}
 
 

@@ -5,8 +5,9 @@ exactly as the tablet does, and making the mistakes real carers make (issue 17).
 tablet actions of the carer holding it (:class:`TabletAction`): choose the resident (a session starts), measure,
 save. Now and then the carer
 
-* forgets to start a session (noticed a minute later: starts it and claims the readings with one tap, or never
-  noticed: the readings stay unassigned);
+* forgets to start a session (noticed a minute later: starts it and claims the readings with one tap; noticed only
+  after the 5-minute claim window: moves each unassigned measurement to the resident, within the hour, as staff put
+  a reading right; or never noticed: the readings stay unassigned);
 * measures before choosing the resident (the first readings wait unassigned and are claimed);
 * chooses the wrong resident, notices, chooses the right one and moves the readings over.
 
@@ -48,7 +49,7 @@ TAG_KIT_ROUND = 0x4B17
 
 class Mistake(StrEnum):
     NONE = "none"
-    FORGOT = "forgot_session"  # no session: noticed a minute later (claim), or never (unassigned)
+    FORGOT = "forgot_session"  # no session: noticed a minute later (claim), later still (move), or never
     LATE = "measured_before_choosing"  # the first readings come before the session
     WRONG = "wrong_resident"  # chose someone else, noticed, chose the right one and moved the readings
 
@@ -57,6 +58,9 @@ class Mistake(StrEnum):
 class KitRoundOptions:
     forgot: float = 0.02
     forgot_noticed: float = 0.7
+    #: of the forgotten sessions not noticed at once, the share noticed later (after the claim window, within the
+    #: hour): the carer moves the kit's unassigned readings to the resident they measured (``POST /readings/move``)
+    forgot_noticed_late: float = 0.6
     late: float = 0.05
     wrong: float = 0.03
 
@@ -68,11 +72,12 @@ class TabletAction:
     at: datetime
     site_id: str
     kit_id: str
-    kind: str  # 'start' | 'save' | 'claim' | 'correct'
-    resident_id: str  # the resident chosen (start, claim), or the right one (correct)
+    kind: str  # 'start' | 'save' | 'claim' | 'correct' | 'claim_late'
+    resident_id: str  # the resident chosen (start, claim), or the right one (correct, claim_late)
     wrong_resident_id: str | None = None  # correct: whom the readings went to
-    expect: int = 0  # claim: how many readings the carer sees waiting
+    expect: int = 0  # claim, claim_late: how many readings the carer sees waiting
     since: datetime | None = None  # claim: when the carer began measuring this resident (earlier ones are not theirs)
+    until: datetime | None = None  # claim_late: when the carer finished measuring them (later ones are not theirs)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ ROUND_WINDOW = timedelta(minutes=30)
 #: One kit measures one resident at a time: a measurement every this long, the next resident after a pause.
 MEASURE_EVERY = timedelta(seconds=45)
 NEXT_RESIDENT_AFTER = timedelta(seconds=30)
+#: A carer who forgot the session and did not notice at once notices this long after finishing: past the 5-minute
+#: claim window (``ingest/attribution.py`` CLAIM_WINDOW), within the hour a reading may be moved (MOVE_WINDOW).
+LATE_NOTICE = timedelta(minutes=15)
 
 
 class KitRounds:
@@ -133,6 +141,8 @@ class KitRounds:
         self.options = options or KitRoundOptions()
         self.mistakes_on = mistakes
         self.rng = np.random.default_rng([seed, TAG_KIT_ROUND])
+        # a stream of its own, so that whether a carer notices late leaves every other draw (and run) as it was
+        self.late_rng = np.random.default_rng([seed, TAG_KIT_ROUND, 1])
         self.truth: list[TruthRow] = []
         self.mistakes: Counter[str] = Counter()
         self._neighbours = {s: [r.id for r in world.residents if r.site_id == s] for s in self.shared}
@@ -212,7 +222,12 @@ class KitRounds:
             done += timedelta(seconds=2)
         elif mistake is Mistake.FORGOT and float(self.rng.random()) >= self.options.forgot_noticed:
             self._kit_free[rnd.kit_id] = done + NEXT_RESIDENT_AFTER
-            return  # never noticed: the readings stay unassigned, listed on the tablet
+            if float(self.late_rng.random()) < self.options.forgot_noticed_late:
+                # noticed after the claim window: the carer finds them on the kit's list and moves them over
+                later = done + LATE_NOTICE
+                emit(later, act(at=later, kind="claim_late", resident_id=rnd.resident_id, since=times[0], until=done,
+                                expect=sum(len(g) for g in measurements.values())))
+            return  # else never noticed: the readings stay unassigned, listed on the tablet
         else:
             start = times[len(times) // 2] - timedelta(seconds=10) if (
                 mistake is Mistake.LATE and len(times) > 1) else last + timedelta(seconds=40)
@@ -234,6 +249,7 @@ class CarerCounters:
     sessions: int = 0
     saved: int = 0
     claimed: int = 0
+    claimed_late: int = 0  # unassigned readings moved to the resident measured, after the claim window
     corrections: int = 0  # readings moved to the right resident
     failed: int = 0
 
@@ -311,6 +327,29 @@ class TabletCarer:
             self._call("POST", f"/kit-sessions/{session}/claim", a.site_id, json={
                 "readings": [{"gateway_id": r["gateway_id"], "seq": r["seq"]} for r in waiting]})
             self.counters.claimed += len(waiting)
+
+    def _claim_late(self, a: TabletAction) -> None:
+        """Noticed after the 5-minute claim window: on the kit's list of what it measured recently, the readings
+        "not yet assigned" at the times the carer measured this resident are moved to them, one measurement at a
+        time (its other values move with it), through the route staff use within the hour."""
+        assert a.since is not None and a.until is not None
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            recent = self._call("GET", f"/kits/{a.kit_id}/readings", a.site_id, params={"minutes": 60})
+            waiting = [r for r in recent if r["resident_id"] is None and r["movable"]
+                       and a.since <= datetime.fromisoformat(r["measured_at"]) <= a.until]
+            if len(waiting) >= a.expect or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        moved: set[tuple[str, str]] = set()  # (device, measured at): the rest of a measurement moves with it
+        for r in sorted(waiting, key=lambda r: (r["measured_at"], r["seq"])):
+            if (r["device_id"], r["measured_at"]) in moved:
+                continue
+            done = self._call("POST", "/readings/move", a.site_id, json={
+                "gateway_id": r["gateway_id"], "seq": r["seq"], "to_resident_id": a.resident_id,
+                "reason": "measured without starting a session on the tablet; noticed later"})
+            moved.add((r["device_id"], r["measured_at"]))
+            self.counters.claimed_late += int(done["moved"])
 
     def _correct(self, a: TabletAction) -> None:
         """The banner named someone else: choose the right resident, then move what the kit measured to them."""

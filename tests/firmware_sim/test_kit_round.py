@@ -1,6 +1,7 @@
 """Simulated carers on a shared kit (issue 17): a day of rounds through the real API (data clock) and the real
-ingest store on PostgreSQL, mistakes included. Every kit reading lands on the resident the ground truth says, or
-stays unassigned where the carer never noticed; none is attributed wrongly."""
+ingest store on PostgreSQL, mistakes included. Every kit reading lands on the resident the ground truth says (claimed
+at once, or moved to them when the carer noticed after the claim window), or stays unassigned where the carer never
+noticed; none is attributed wrongly."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from carewatch.firmware_sim.kit_round import (
 from carewatch.firmware_sim.physiology import VitalSample
 from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.world import SiteSpec, build_world
+from carewatch.ingest.attribution import CLAIM_WINDOW
 from carewatch.ingest.store import store_batch
 from carewatch.ingest.validate import ReadingsMessage
 from carewatch.settings import Settings
@@ -94,10 +96,11 @@ def test_a_day_of_kit_rounds_with_mistakes_attributes_nothing_wrongly(db: psycop
         token = issue_tokens(conn, user, data_clock_api.app.state.settings).access_token
     carer = TabletCarer("", lambda _site: token, wait_s=0.0, http=data_clock_api)
     rounds = KitRounds(world, {site}, seed=3, options=KitRoundOptions(forgot=0.15, forgot_noticed=0.5, late=0.2,
-                                                                      wrong=0.2))
+                                                                      wrong=0.2, forgot_noticed_late=0.5))
     source = kit_event_source({site})
     seq = 0
     pending: list[Reading] = []
+    actions: list[TabletAction] = []
 
     def flush() -> None:
         if pending:
@@ -107,6 +110,7 @@ def test_a_day_of_kit_rounds_with_mistakes_attributes_nothing_wrongly(db: psycop
     for item in rounds.wrap(world.events(START, START + timedelta(hours=24))):
         if isinstance(item, TabletAction):
             flush()  # the devices' readings reach the platform before the carer's next tap
+            actions.append(item)
             carer(item)
         elif isinstance(item, VitalSample):
             seq += 1
@@ -131,4 +135,13 @@ def test_a_day_of_kit_rounds_with_mistakes_attributes_nothing_wrongly(db: psycop
     assert check.unattributed == len(unassigned)
     moves = db.execute("SELECT count(*) FROM reading_assignments WHERE kind = 'move' AND gateway_id = %s",
                        (gateway,)).fetchone()[0]
-    assert moves == carer.counters.corrections
+    assert moves == carer.counters.corrections + carer.counters.claimed_late
+    # noticed after the 5-minute claim window: moved to the resident measured through POST /readings/move, the
+    # route staff use; the rest never noticed stay unassigned (above)
+    late = [a for a in actions if a.kind == "claim_late"]
+    assert late and carer.counters.claimed_late >= sum(a.expect for a in late)
+    assert all(a.at - a.until >= CLAIM_WINDOW for a in late if a.until is not None)
+    claimed_late = db.execute(
+        """SELECT count(*) FROM reading_assignments WHERE kind = 'move' AND gateway_id = %s AND from_kind = 'kit'
+             AND to_kind = 'resident'""", (gateway,)).fetchone()[0]
+    assert claimed_late == carer.counters.claimed_late
