@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field, ValidationError
 
 from carewatch.api import scope
-from carewatch.api.deps import Context, Paging
+from carewatch.api.deps import Context, Ctx, Paging
 from carewatch.api.schemas import BindIn, DeadLetterOut, DeviceOut, GatewayOut, Page, page_of
 from carewatch.api.scope import Permission
 from carewatch.db import one
@@ -110,7 +110,17 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _gateway_out(row: dict[str, Any], now: datetime) -> GatewayOut:
+def _device_counts(ctx: Ctx, gateway_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Per gateway: its active real devices, and its active practice-kit devices (counted apart: H-KIT-07)."""
+    rows = ctx.conn.execute(
+        f"""SELECT d.gateway_id, count(*) FILTER (WHERE NOT {scope.practice_device('d.device_id')}),
+                   count(*) FILTER (WHERE {scope.practice_device('d.device_id')})
+            FROM devices d WHERE d.gateway_id = ANY(%s) AND d.active GROUP BY d.gateway_id""",
+        (gateway_ids,)).fetchall()
+    return {g: (int(real), int(practice)) for g, real, practice in rows}
+
+
+def _gateway_out(row: dict[str, Any], now: datetime, devices: tuple[int, int] = (0, 0)) -> GatewayOut:
     status_doc = row.get("status") or {}
     online = row["state"] == "online" and row["last_seen"] is not None and now - row["last_seen"] <= \
         GATEWAY_ONLINE_WITHIN
@@ -122,7 +132,8 @@ def _gateway_out(row: dict[str, Any], now: datetime) -> GatewayOut:
         missing_seqs=row["missing_seqs"], outbox_depth=_int(status_doc.get("outbox_depth")),
         outbox_bytes=_int(status_doc.get("outbox_bytes")),
         outbox_budget_pct=float(pct) if isinstance(pct, int | float) else None,
-        oldest_unsent=datetime.fromisoformat(oldest) if isinstance(oldest, str) else None)
+        oldest_unsent=datetime.fromisoformat(oldest) if isinstance(oldest, str) else None,
+        devices=devices[0], practice_devices=devices[1])
 
 
 @router.get("/gateways", response_model=Page[GatewayOut],
@@ -137,13 +148,16 @@ def list_gateways(ctx: Context, paging: Paging, site: str | None = None) -> dict
             {**ctx.params, "site": site, "limit": paging.limit + 1, "offset": paging.offset}).fetchall()
     now = datetime.now(UTC)
     ctx.note("read", "gateway", None, ids=[r["gateway_id"] for r in rows[: paging.limit]])
-    return page_of([_gateway_out(r, now) for r in rows], paging.limit, paging.offset)
+    counts = _device_counts(ctx, [r["gateway_id"] for r in rows])
+    return page_of([_gateway_out(r, now, counts.get(r["gateway_id"], (0, 0))) for r in rows], paging.limit,
+                   paging.offset)
 
 
 @router.get("/gateways/{gateway_id}", response_model=GatewayOut, summary="One gateway")
 def get_gateway(ctx: Context, gateway_id: str) -> GatewayOut:
     ctx.require(Permission.READ_GATEWAYS)
-    return _gateway_out(ctx.gateway(gateway_id), datetime.now(UTC))
+    return _gateway_out(ctx.gateway(gateway_id), datetime.now(UTC),
+                        _device_counts(ctx, [gateway_id]).get(gateway_id, (0, 0)))
 
 
 class SkippedDevice(BaseModel):

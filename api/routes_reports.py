@@ -229,7 +229,7 @@ def adoption(ctx: ReportContext,
                       (SELECT min(e.at) FROM alert_events e WHERE e.alert_id = a.alert_id
                          AND e.action IN ('escalated', 'resolved') AND e.actor <> %(scorer)s) AS responded_at
                FROM alerts a WHERE a.site_id = ANY(%(ids)s) AND a.opened_at >= %(since)s
-                 AND a.severity <> 'info' AND {scope.real_resident('a.resident_id')}""", values).fetchall()
+                 AND a.severity <> 'info' AND {scope.real_subject('a')}""", values).fetchall()
     ctx.note("read", "site", None, view="adoption", ids=values["ids"])
     return adoption_report(
         {h["site_id"]: (h["name"], int(h["residents"])) for h in homes},

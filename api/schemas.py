@@ -626,6 +626,10 @@ class GatewayOut(BaseModel):
     outbox_bytes: int | None
     outbox_budget_pct: float | None
     oldest_unsent: datetime | None
+    devices: int = Field(0, description="Active devices behind this hub: the real ones (the practice kit's are not "
+                                        "counted here)")
+    practice_devices: int = Field(0, description="Active devices of the home's practice kit behind this hub "
+                                                 "(training, counted apart: docs/kits.md 'Practice mode')")
 
 
 class DeadLetterOut(BaseModel):

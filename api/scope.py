@@ -157,12 +157,30 @@ def params(principal: Principal) -> dict[str, Any]:
     }
 
 
-def practice_match(resident_id: str) -> str:
-    """The row's resident (``resident_id``: an SQL expression, may be NULL) is a practice resident exactly when the
-    caller is in practice mode; rows about no resident (a hub, a room) are real. ANDed into every predicate below
-    that shows residents' data, so practice data reaches no real view (and real data no practice view)."""
-    return (f"(coalesce((SELECT scope_p.practice FROM residents scope_p WHERE scope_p.resident_id = {resident_id}), "
-            "false) = %(scope_practice_mode)s)")
+def practice_device(device_id: str) -> str:
+    """The device (``device_id``: an SQL expression) is one of a practice kit's: a condition that takes no caller."""
+    return ("coalesce((SELECT scope_k.practice FROM devices scope_d "
+            f"JOIN kits scope_k ON scope_k.kit_id = scope_d.kit_id WHERE scope_d.device_id = {device_id}), false)")
+
+
+def _practice_subject(x: str) -> str:
+    """The alert's or incident's (``x``) subject is practice data: the practice resident, or one of the practice kit's
+    devices (a device alert: silent, battery, fault; the practice kit lies unused between trainings)."""
+    return (f"(coalesce((SELECT scope_p.practice FROM residents scope_p WHERE scope_p.resident_id = {x}.resident_id), "
+            f"false) OR ({x}.subject_kind = 'device' AND {practice_device(f'{x}.subject_id')}))")
+
+
+def subject_practice_match(x: str) -> str:
+    """An alert's or incident's (``x``) subject is practice data (``_practice_subject``) exactly when the caller is in
+    practice mode; rows about anything else (a real resident, a room, a hub) are real. ANDed into the alert and
+    incident predicates below (the resident predicate matches ``residents.practice``), so practice data reaches no
+    real view (and real data no practice view)."""
+    return f"({_practice_subject(x)} = %(scope_practice_mode)s)"
+
+
+def real_subject(x: str) -> str:
+    """For aggregates that take no caller (adoption figures): the alert (``x``) is about no practice subject."""
+    return f"NOT {_practice_subject(x)}"
 
 
 def real_resident(resident_id: str) -> str:
@@ -216,7 +234,7 @@ def vitals_predicate(principal: Principal, s: str = "s") -> str:
 
 def alert_predicate(principal: Principal, a: str = "a", r: str = "r", s: str = "s") -> str:
     """Alerts the caller may see (``a`` alerts, ``r`` LEFT JOINed resident, ``s`` the alert's site)."""
-    return f"({_alert_tenancy(principal, a, r, s)}) AND {practice_match(f'{a}.resident_id')}"
+    return f"({_alert_tenancy(principal, a, r, s)}) AND {subject_practice_match(a)}"
 
 
 def _alert_tenancy(principal: Principal, a: str, r: str, s: str) -> str:
@@ -243,7 +261,7 @@ def incident_predicate(principal: Principal, i: str = "i", r: str = "r", s: str 
     if principal.role is Role.COUNCIL:
         rule = (f"({s}.kind = 'household' AND {s}.council = %(scope_council)s AND "
                 f"({i}.category NOT IN ('clinical', 'data') OR {s}.consent_vitals))")
-    return f"({rule}) AND {practice_match(f'{i}.resident_id')}"
+    return f"({rule}) AND {subject_practice_match(i)}"
 
 
 def config_predicate(principal: Principal, site_column: str) -> str:

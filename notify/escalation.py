@@ -83,6 +83,13 @@ def _may_be_due(t: str, kind: str) -> str:
                  OR {t}.notify_due_at <= %(now)s)))"""
 
 
+#: An alert or incident (``t``) about a device of a practice kit (its battery, its silence between trainings): nobody
+#: is told, as for the practice resident (H-KIT-07).
+_PRACTICE_DEVICE = """({t}.subject_kind = 'device' AND EXISTS (
+          SELECT 1 FROM devices pd JOIN kits pk ON pk.kit_id = pd.kit_id
+          WHERE pd.device_id = {t}.subject_id AND pk.practice))"""
+
+
 ALERTS = Target("alert", f"""
     SELECT a.alert_id AS target_id, a.site_id, s.name AS site_name, a.kind, a.severity, a.status,
            a.acknowledged_at, a.notify_level, a.notify_reason, a.notify_due_at, a.outcome_at IS NOT NULL AS outcome,
@@ -92,6 +99,7 @@ ALERTS = Target("alert", f"""
     WHERE a.status <> 'resolved' AND a.severity IN ('medium', 'high') AND a.outcome_at IS NULL
       AND (%(sites)s::text[] IS NULL OR a.site_id = ANY(%(sites)s))
       AND NOT coalesce(r.practice, false)  -- practice mode's training resident: nobody is told (H-KIT-07)
+      AND NOT {_PRACTICE_DEVICE.format(t='a')}
       -- one ladder per incident: its worst unresolved medium or high alert (alert fatigue, H-ESC-04)
       AND NOT EXISTS (
           SELECT 1 FROM alerts b WHERE a.incident_id IS NOT NULL AND b.incident_id = a.incident_id
@@ -135,6 +143,7 @@ INCIDENTS = Target("incident", f"""
     WHERE i.status <> 'resolved' AND i.severity IN ('medium', 'high') AND i.outcome_at IS NULL
       AND (%(sites)s::text[] IS NULL OR i.site_id = ANY(%(sites)s))
       AND NOT coalesce(r.practice, false)  -- practice mode's training resident: nobody is told (H-KIT-07)
+      AND NOT {_PRACTICE_DEVICE.format(t='i')}
       AND {_may_be_due('i', 'h.kind')}
     ORDER BY i.incident_id
     FOR UPDATE OF i SKIP LOCKED""", _incident_rows, incident_store.auto_escalate, incident_store.hurry_escalation,

@@ -32,6 +32,9 @@ m[0].metric("Devices", len(devices))
 m[1].metric("Silent (no data for 1 h)", len(silent))
 m[2].metric(f"Battery below {BATTERY_LOW}%", len(low))
 m[3].metric("Gateways offline", len(offline))
+practice = sum(g.get("practice_devices") or 0 for g in gateways)
+if practice:  # the practice kit is training equipment: never among the home's devices (H-KIT-07)
+    st.caption(f"Not counted above: the practice kit's {practice} device{'s' if practice != 1 else ''} (training).")
 
 dead_count = f"{len(dead):,}+" if dead.truncated else f"{len(dead):,}"
 devices_tab, gateways_tab, dead_tab = st.tabs(["Devices", "Gateways", f"Dead letters ({dead_count})"])
@@ -50,6 +53,7 @@ with devices_tab:
 with gateways_tab:
     st.dataframe([{
         "Gateway": g["gateway_id"], "Site": g["site_id"], "Status": "online" if g["online"] else "OFFLINE",
+        "Devices": g.get("devices", 0), "Practice kit devices (training)": g.get("practice_devices", 0),
         "Last seen": ago(g["last_seen"], now), "Readings waiting (outbox)": g["outbox_depth"],
         "Outbox budget used": "-" if g["outbox_budget_pct"] is None else f"{g['outbox_budget_pct']:.1f}%",
         "Oldest unsent": local_time(g["oldest_unsent"], "%d %b %H:%M") if g["oldest_unsent"] else "-",

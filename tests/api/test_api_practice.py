@@ -172,3 +172,71 @@ def test_a_real_resident_is_never_turned_into_the_practice_one(client: TestClien
     assert refused.status_code == 409, refused.text
     assert db.execute("SELECT practice FROM residents WHERE resident_id = %s",
                       (f"practice-{w.home_b}",)).fetchone()[0] is False
+
+
+def test_practice_kit_devices_are_counted_apart_on_the_managers_gateway_view(client: TestClient, world: World,
+                                                                            db: psycopg.Connection) -> None:
+    """The practice kit's devices sit behind the home's real gateway. The manager's Devices and gateways view
+    (``GET /gateways``, ``GET /devices``, dashboard page ``estate``) counts them apart, labelled practice, never among
+    the home's devices; and when the practice kit lies unused between trainings (silent, its battery low), the
+    device alerts about it reach no real list, figure or notification (H-KIT-07)."""
+    from carewatch.scoring.batches import EvaluationSummary
+    from carewatch.scoring.devices import apply_device_findings, load_devices
+    from carewatch.scoring.incident_store import sync_incidents
+
+    w = world
+    manager = w.headers(client, "manager")
+
+    def gateway_a(url: str) -> dict[str, Any]:
+        answer = client.get(url, headers=manager, params={"site": w.home_a})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return next(g for g in body["items"] if g["gateway_id"] == w.gateway_a) if "items" in body else body
+
+    real = db.execute("SELECT count(*) FROM devices WHERE gateway_id = %s AND active", (w.gateway_a,)).fetchone()[0]
+    before = gateway_a("/gateways")
+    assert (before["devices"], before["practice_devices"]) == (real, 0) and real > 0
+    devices_before = client.get("/devices", headers=manager, params={"site": w.home_a, "limit": 500}).json()["items"]
+    adoption_before = client.get("/reports/adoption", headers=manager, params={"site": w.home_a}).json()
+
+    p = _practice_round(client, db, w)  # two practice kit devices behind gateway A, a trainee's round
+    for url in ("/gateways", f"/gateways/{w.gateway_a}"):
+        after = gateway_a(url)
+        assert (after["devices"], after["practice_devices"]) == (real, 2), url  # counted apart, labelled practice
+    devices_after = client.get("/devices", headers=manager, params={"site": w.home_a, "limit": 500}).json()["items"]
+    assert [d["device_id"] for d in devices_after] == [d["device_id"] for d in devices_before]
+
+    # the practice kit unused for days, one device's battery nearly flat: the scorer's device pass raises alerts
+    # about its devices (the scorer knows nothing of training), which stay out of every real view
+    db.execute("UPDATE devices SET battery_pct = 5 WHERE device_id = %s", (p["devices"][0],))
+    db.commit()
+    later = datetime.now(UTC) + timedelta(days=3)
+    kit_devices = [d for d in load_devices(db, later, site_ids=[w.home_a]) if d.device_id in p["devices"]]
+    apply_device_findings(db, kit_devices, later, EvaluationSummary())
+    db.commit()
+    raised = [r[0] for r in db.execute(
+        "SELECT alert_id FROM alerts WHERE subject_kind = 'device' AND subject_id = ANY(%s) AND status <> 'resolved'",
+        (p["devices"],)).fetchall()]
+    assert raised, "the test needs device alerts about the practice kit"
+    with db.transaction():
+        sync_incidents(db, [("device", d) for d in p["devices"]], later)
+    incidents = [r[0] for r in db.execute("SELECT incident_id FROM alerts WHERE alert_id = ANY(%s) AND incident_id "
+                                          "IS NOT NULL", (raised,)).fetchall()]
+    for role in ("manager", "care_staff", "admin"):
+        headers = w.headers(client, role)
+        for path in ("/alerts", "/incidents", f"/sites/{w.home_a}/overview", f"/sites/{w.home_a}/banner", "/devices",
+                     "/gateways"):
+            answer = client.get(path, headers=headers, params={"limit": 500})
+            if answer.status_code == 403:
+                continue
+            assert answer.status_code == 200, f"{role} {path}: {answer.text[:200]}"
+            leaked = [d for d in p["devices"] if d in answer.text]
+            assert not leaked, f"{role} GET {path} shows the practice kit's devices {leaked}"
+        for alert in raised:
+            assert client.get(f"/alerts/{alert}", headers=headers).status_code == 404
+    assert client.get("/reports/adoption", headers=manager, params={"site": w.home_a}).json() == adoption_before
+    # nobody is told about the practice kit's battery (the escalation passes' own candidate queries)
+    for target, own in ((ALERTS, raised), (INCIDENTS, incidents)):
+        with db.transaction():
+            picked = {r[0] for r in db.execute(target.candidates_sql, {"sites": [w.home_a], "now": later}).fetchall()}
+        assert not picked & set(own), f"the {target.kind} escalation pass picked a practice kit device's {target.kind}"
