@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import psycopg
-from feeding import record_staff_entry, terminate
+from feeding import loadavg, record_staff_entry, terminate
 
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port
@@ -302,14 +302,6 @@ def pct(values: Sequence[float]) -> str:
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
     return (f"p50 {p50 * 1000:6.0f} ms   p95 {p95 * 1000:6.0f} ms   p99 {p99 * 1000:6.0f} ms   "
             f"max {max(values) * 1000:6.0f} ms")
-
-
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages (other jobs on a shared machine make every figure pessimistic)."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 @dataclass

@@ -3,7 +3,9 @@
 * the gateway benchmarks (``bench_gateway_rss.py``, ``bench_gateway_ble.py``): the devices, their byte feed, RSS
   sampling from /proc, and stopping a child;
 * the evaluation benchmarks (``bench_evaluation.py``, ``bench_alert_latency.py``): a staff entry stored as the
-  API stores it.
+  API stores it;
+* the scorer benchmarks (``bench_alert_latency.py``, ``bench_scale.py``): the load average and the run's header
+  (date, commit, command line).
 
 Only the standard library is imported at module level: the gateway benchmarks' children measure their own memory,
 and what a helper imports would count against the gateway.
@@ -11,13 +13,16 @@ and what a helper imports would count against the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,3 +203,33 @@ def record_staff_entry(conn: psycopg.Connection, obs: ManualObservation, *, scal
         source="manual", values={"respiration_rate": obs.respiration_rate}, result=result,
         spo2_scale=values["spo2_scale"], on_oxygen=obs.supplemental_oxygen, consciousness=obs.consciousness,
         soft_signs=obs.soft_signs, note=obs.note, inputs=inputs))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the scorer benchmarks: the machine's load and the run's header
+# ------------------------------------------------------------------------------------------------------------
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs on a shared machine make every figure pessimistic)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def run_header(root: Path) -> list[str]:
+    """When, at which commit and with which command line this run was made (what a README row quotes)."""
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=30,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())
+    return [f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", f"commit: {commit}",
+            f"command: {shlex.join([str(python), *sys.argv])}"]

@@ -3,6 +3,7 @@
 ``--dsn`` (or ``CAREWATCH_TEST_DSN``) names a server we may create databases on; else the local server on
 127.0.0.1:5432 when it answers; else a private cluster in a temp dir (``carewatch.embedded``), removed afterwards.
 The same order as the test suite's ``pg_server`` fixture, so a bench runs wherever the tests run.
+``clone_database`` copies a prepared database (built once, used by several phases of a bench) the same way.
 """
 
 from __future__ import annotations
@@ -66,3 +67,20 @@ def scratch_database(dsn: str | None = None, prefix: str = "carewatch_bench", *,
             else:
                 with psycopg.connect(admin, autocommit=True) as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def clone_database(dsn: str, prefix: str = "carewatch_bench") -> Iterator[str]:
+    """DSN of a file-level copy of the database ``dsn`` names (``CREATE DATABASE ... TEMPLATE``: no session may be
+    connected to it meanwhile), on the same server; dropped on exit, even on error."""
+    params = conninfo_to_dict(dsn)
+    source = params["dbname"]
+    admin = make_conninfo(**{**params, "dbname": "postgres"})
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY FILE_COPY')
+    try:
+        yield make_conninfo(**{**params, "dbname": name})
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
