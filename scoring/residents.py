@@ -17,7 +17,7 @@ import numpy as np
 import psycopg
 
 from carewatch.alerts import AlertKind, Severity
-from carewatch.db import any_of
+from carewatch.db import any_of, text_array
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
@@ -399,14 +399,18 @@ def _overdue_findings(conn: psycopg.Connection, now: datetime, resident_ids: Seq
         params += [now - OVERDUE_GRACE, AlertKind.OBS_OVERDUE.value]
     where += any_of([("r.site_id", site_ids), ("r.resident_id", resident_ids)], params)
     residents = load_residents(conn, where, params)
+    # the last set's missing parameters too: the evaluation names them in the alert text (LastObservation.missing),
+    # and a tick that left them out rewrote every such alert back and forth, one alert_events row a tick
     state = {row[0]: row[1:] for row in conn.execute(
-        "SELECT resident_id, next_obs_due, news2_at, news2_score, news2_risk, news2_complete FROM resident_state "
-        "WHERE resident_id = ANY(%b)", ([r.resident_id for r in residents],))}
+        "SELECT rs.resident_id, rs.next_obs_due, rs.news2_at, rs.news2_score, rs.news2_risk, rs.news2_complete, "
+        "o.missing FROM resident_state rs LEFT JOIN observation_sets o ON o.obs_id = rs.last_obs_id "
+        "WHERE rs.resident_id = ANY(%s::text[])", (text_array(r.resident_id for r in residents),))}
     findings = []
     open_clinical = open_clinical_incidents(conn, [r.resident_id for r in residents])
     for r in residents:
-        due, taken, score, risk, complete = state.get(r.resident_id, (None,) * 5)
-        last = LastObservation(taken, score, risk, bool(complete)) if taken is not None and score is not None else None
+        due, taken, score, risk, complete, missing = state.get(r.resident_id, (None,) * 6)
+        last = (LastObservation(taken, score, risk, bool(complete), tuple(missing or ()))
+                if taken is not None and score is not None else None)
         if due is None:
             due = first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None
         findings.append(overdue_finding(r, due, last, now, open_clinical=r.resident_id in open_clinical))

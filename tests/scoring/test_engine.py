@@ -377,6 +377,23 @@ def test_overdue_observations_raise_and_clear(db, home, resident) -> None:
     assert alerts(db, resident, "obs_overdue")[0]["status"] == "resolved"
 
 
+def test_a_tick_does_not_rewrite_the_overdue_alert_of_an_incomplete_set(db, home, resident) -> None:
+    """The alert text names what the last set was missing; the tick must say the same as the evaluation, or each
+    one rewrites the alert back (one alert_events row a tick for every overdue resident: noise in the audit trail
+    and write load on the scorer)."""
+    at = NOW - timedelta(hours=3)
+    oximeter_round(db, home, resident, at, spo2=90)  # SpO2 and pulse only; SpO2 90 scores 3 (hourly)
+    evaluate_subjects(db, [resident], NOW)
+    [alert] = alerts(db, resident, "obs_overdue")
+    assert "Missing from it: respiration_rate, systolic_bp, consciousness, temperature." in alert["reason"]
+    before = events(db, alert["alert_id"])
+    for minutes in (1, 2, 3):
+        tick(db, NOW + timedelta(minutes=minutes), slow=False)
+        evaluate_subjects(db, [resident], NOW + timedelta(minutes=minutes, seconds=30))
+    assert events(db, alert["alert_id"]) == before
+    assert alerts(db, resident, "obs_overdue")[0]["reason"] == alert["reason"]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Households, devices, gateways
 # ------------------------------------------------------------------------------------------------------------
