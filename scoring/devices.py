@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from carewatch.db import text_array
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.loading import FUTURE_SLACK
@@ -62,11 +63,13 @@ def _windows(now: datetime) -> dict[str, Any]:
 def _scope(site_ids: Sequence[str] | None, subject_ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
     """`` AND <column> = ANY(...)`` for each filter given (None: no filter), and its named parameters."""
     sql, params = "", {}
-    for name, column, values in (("sites", "d.site_id", site_ids),
-                                 ("subjects", "coalesce(d.resident_id, d.site_id)", subject_ids)):
-        if values is not None:
-            sql += f" AND {column} = ANY(%({name})b)"
-            params[name] = list(values)
+    if site_ids is not None:
+        sql += " AND d.site_id = ANY(%(sites)s::text[])"
+        params["sites"] = text_array(site_ids)
+    if subject_ids is not None:  # coalesce(resident_id, site_id), written so the two indexes serve it
+        sql += (" AND (d.resident_id = ANY(%(subjects)s::text[])"
+                " OR (d.resident_id IS NULL AND d.site_id = ANY(%(subjects)s::text[])))")
+        params["subjects"] = text_array(subject_ids)
     return sql, params
 
 
@@ -90,15 +93,15 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
         f"""WITH dev AS ({_DEVICE} {where}
             ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
                 SELECT x.subject_kind, x.subject_id, x.device_id, max(x.measured_at) AS last_reading
-                FROM readings x
-                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev WHERE last_seen IS NULL))
-                  AND x.measured_at > %(heard_since)s AND x.measured_at <= %(until)s
+                FROM (SELECT DISTINCT subject_kind, subject FROM dev WHERE last_seen IS NULL) s
+                JOIN readings x ON x.subject_kind = s.subject_kind AND x.subject_id = s.subject
+                WHERE x.measured_at > %(heard_since)s AND x.measured_at <= %(until)s
                 GROUP BY x.subject_kind, x.subject_id, x.device_id
-            ), ck AS (
+            ), ck AS (  -- by (kind, id), the readings index's leading columns: by id alone it scanned the window
                 SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
-                FROM readings x
-                WHERE x.subject_id = ANY(ARRAY(SELECT DISTINCT subject FROM dev))
-                  AND x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
+                FROM (SELECT DISTINCT subject_kind, subject FROM dev) s
+                JOIN readings x ON x.subject_kind = s.subject_kind AND x.subject_id = s.subject
+                WHERE x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
                   AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
                 GROUP BY x.subject_kind, x.subject_id, x.device_id
             )
