@@ -25,6 +25,7 @@ from carewatch.scoring.lifecycle import apply_findings, findings_that_change, re
 from carewatch.scoring.loading import (
     FULL_SETS,
     ROUND_LOOKBACK,
+    SUBSCORE_ONLY,
     SetColumns,
     load_light_sets,
     load_recent_sets,
@@ -33,7 +34,6 @@ from carewatch.scoring.loading import (
     load_vitals,
     reload_recent_sets,
 )
-from carewatch.scoring.news2 import PARAMETERS as NEWS2_PARAMETERS
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
     ObservationSetRow,
@@ -134,12 +134,11 @@ def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now
 
 def _usual_news2(rows: int, sets: SetColumns, now: datetime) -> bl.UsualNews2:
     """Each resident's usual values and subscores from their complete sets (H-OBS-09), all in one 2-D pass."""
-    others = [n for n in NEWS2_PARAMETERS if n not in NUMERIC_SET_FIELDS]
     grids = sets.padded(rows, sets.complete, sets.taken, *(sets.values[n] for n in NUMERIC_SET_FIELDS),
-                        *(sets.subscores[n] for n in others))
-    times, columns = grids[0], dict(zip([*NUMERIC_SET_FIELDS, *others], grids[1:], strict=True))
-    return bl.usual_news2({n: columns[n] for n in NUMERIC_SET_FIELDS}, {n: columns[n] for n in others}, times,
-                          now.timestamp())
+                        *(sets.subscores[n] for n in SUBSCORE_ONLY))
+    times, columns = grids[0], dict(zip([*NUMERIC_SET_FIELDS, *SUBSCORE_ONLY], grids[1:], strict=True))
+    return bl.usual_news2({n: columns[n] for n in NUMERIC_SET_FIELDS}, {n: columns[n] for n in SUBSCORE_ONLY},
+                          times, now.timestamp())
 
 
 def _history_columns(active: Sequence[ResidentFacts], light: SetColumns, history: Mapping[str, list[StoredSet]],
