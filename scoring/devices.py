@@ -3,6 +3,10 @@
 Alerts go through ``scoring/lifecycle.py``; only the few findings that change are locked and written. The slow tick
 does not even build the others: ``load_changing_devices`` selects in SQL the devices whose finding can change (an
 alert of theirs open, or a rule that could raise now), and only those are turned into ``DeviceState``.
+
+A practice kit's devices (``kits.practice``: training equipment, silent between trainings) raise no device alert:
+their state carries ``practice`` and the rules clear every device alert kind for them, so one left open from before
+they were practice equipment is resolved saying why (H-KIT-08).
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ _FAULT_WINDOW = timedelta(hours=24)
 
 _DEVICE = """SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,
                     CASE WHEN d.resident_id IS NOT NULL THEN 'resident'
-                         ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind
-             FROM devices d
+                         ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind,
+                    coalesce(k.practice, false) AS practice  -- a practice kit's device: no device alerts (H-KIT-08)
+             FROM devices d LEFT JOIN kits k ON k.kit_id = d.kit_id
              WHERE d.active AND (d.unbound_at IS NULL OR d.unbound_at < d.bound_at)"""
 _COLUMNS = """d.device_id, d.site_id, d.kind, d.resident_id, d.room, d.role, d.gateway_id,
               greatest(d.last_seen, rd.last_reading), d.bound_at, d.battery_pct,
               coalesce(g.state = 'offline' OR g.last_seen < %(gateway_since)s, false),
               coalesce(dl.n, 0), coalesce(ck.clock_flagged, 0), dl.latest,
-              coalesce(r.monitoring, 'active')"""
+              coalesce(r.monitoring, 'active'), d.practice"""
 _JOINS = """LEFT JOIN rd ON rd.subject_kind = d.subject_kind AND rd.subject_id = d.subject
                         AND rd.device_id = d.device_id
             LEFT JOIN ck ON ck.subject_kind = d.subject_kind AND ck.subject_id = d.subject
@@ -76,11 +81,11 @@ def _scope(site_ids: Sequence[str] | None, subject_ids: Sequence[str] | None) ->
 def _states(rows: Sequence[Sequence[Any]]) -> list[DeviceState]:
     out = []
     for (device_id, site_id, kind, resident_id, room, role, gateway_id, last_heard, bound_at, battery, gw_off,
-         dead, clock, dead_latest, monitoring) in rows:
+         dead, clock, dead_latest, monitoring, practice) in rows:
         if monitoring != "active":
             continue
         out.append(DeviceState(device_id, site_id, kind, resident_id, room, role, gateway_id, last_heard, bound_at,
-                               battery, bool(gw_off), int(dead), int(clock), dead_latest))
+                               battery, bool(gw_off), int(dead), int(clock), dead_latest, bool(practice)))
     return out
 
 
@@ -121,7 +126,8 @@ def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
                           site_ids: Sequence[str] | None = None) -> list[DeviceState]:
     """The devices of ``load_devices`` (all of them, or those of ``site_ids``) whose finding can open, update or
     resolve an alert, each with the same state: those with an alert of theirs unresolved (a clear or changed
-    finding can change only an open alert), and those for which a device rule could raise now - battery at or
+    finding can change only an open alert), and those (not a practice kit's: no rule raises for those) for which
+    a device rule could raise now - battery at or
     below BATTERY_LOW_PCT, heard (or, never heard, fitted) at or before ``now`` less its kind's expected interval,
     DEAD_LETTERS_FAULT_COUNT dead letters or CLOCK_FLAGS_FAULT_COUNT clock flags in 24 h. Every other device's
     findings are clear or hold with nothing open, which ``findings_that_change`` drops: the slow tick need not
@@ -159,10 +165,12 @@ def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
                    ON e.kind = d.kind
             WHERE EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = %(device)s AND a.subject_id = d.device_id
                           AND a.status <> 'resolved')
-               OR d.battery_pct <= %(battery_low)s
-               OR coalesce(greatest(d.last_seen, rd.last_reading), d.bound_at)
-                  <= coalesce(e.silent_before, %(default_silent_before)s)
-               OR coalesce(dl.n, 0) >= %(dead_letters)s OR coalesce(ck.clock_flagged, 0) >= %(clock_flags)s
+               OR (NOT d.practice  -- a practice kit's device raises nothing: only an open alert of its can change
+                   AND (d.battery_pct <= %(battery_low)s
+                        OR coalesce(greatest(d.last_seen, rd.last_reading), d.bound_at)
+                           <= coalesce(e.silent_before, %(default_silent_before)s)
+                        OR coalesce(dl.n, 0) >= %(dead_letters)s
+                        OR coalesce(ck.clock_flagged, 0) >= %(clock_flags)s))
             ORDER BY d.device_id""",
         {**scope, **_windows(now), "kinds": kinds,
          "silent_before": [now - EXPECTED_INTERVAL[k] for k in kinds],

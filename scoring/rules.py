@@ -688,6 +688,9 @@ class DeviceState:
     dead_letters_24h: int = 0
     clock_flagged_24h: int = 0
     last_dead_letter: str | None = None
+    #: One of a practice kit's devices (training, issue 17): it lies unused between trainings, so its battery and
+    #: silence say nothing about anyone's care. No device rule raises about it (H-KIT-08).
+    practice: bool = False
 
     @property
     def label(self) -> str:
@@ -757,10 +760,26 @@ def fault_finding(dev: DeviceState) -> Finding:
     )
 
 
+#: The device alert kinds ``device_findings`` decides.
+DEVICE_ALERT_KINDS = (AlertKind.BATTERY_LOW, AlertKind.DEVICE_SILENT, AlertKind.DEVICE_FAULT)
+
+
+def practice_device_findings(dev: DeviceState) -> list[Finding]:
+    """A practice kit's device: every device alert kind clear, saying why, so none is raised and one open from
+    before (the device moved onto the practice kit, the kit switched to practice) is resolved (H-KIT-08)."""
+    why = (f"{dev.label} belongs to the home's practice kit (staff training): Carewatch raises no device alerts "
+           "about it.")
+    return [clear_alert(kind, dev.device_id, dev.site_id, why, resident_id=dev.resident_id)
+            for kind in DEVICE_ALERT_KINDS]
+
+
 def device_findings(devices: Iterable[DeviceState], now: datetime) -> list[Finding]:
     out: list[Finding] = []
     for dev in devices:
-        out.extend((battery_finding(dev), silence_finding(dev, now), fault_finding(dev)))
+        if dev.practice:
+            out.extend(practice_device_findings(dev))
+        else:
+            out.extend((battery_finding(dev), silence_finding(dev, now), fault_finding(dev)))
     return out
 
 

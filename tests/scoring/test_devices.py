@@ -13,7 +13,7 @@ import pytest
 
 from carewatch.scoring.devices import load_changing_devices, load_devices
 from carewatch.scoring.engine import tick
-from carewatch.scoring.lifecycle import findings_that_change
+from carewatch.scoring.lifecycle import ACTOR, findings_that_change
 from carewatch.scoring.rules import (
     BATTERY_CRITICAL_PCT,
     BATTERY_LOW_PCT,
@@ -173,3 +173,83 @@ def test_filtered_device_pass_changes_exactly_what_the_full_pass_changes(db, est
     # days later: the faults have aged out of their 24 h, and every device not heard since is silent
     _, filtered = _both(db, estate, later + timedelta(days=3))
     assert ("device_fault", "clear") in _states(_changing(db, filtered, later + timedelta(days=3)))
+
+
+def test_a_practice_kits_devices_raise_no_device_alerts_and_open_ones_resolve_saying_why(
+        db: psycopg.Connection, uid: str) -> None:
+    """H-KIT-08: a practice kit lies unused between trainings (silent, its battery running down). Neither device pass
+    (the slow tick's filtered one, the per-subject one after fresh readings) raises a device alert about its devices;
+    when a kit is switched to practice, or a device moved onto the practice kit, the alerts open about it are
+    resolved saying why. A real kit's devices in the same state still alert."""
+    from carewatch.scoring.engine import evaluate_subjects
+
+    home = f"pkhome-{uid}"
+    db.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', 'Practice Kit Home')", (home,))
+    db.execute("INSERT INTO gateways (gateway_id, site_id, state, last_seen) VALUES (%s, %s, 'online', %s)",
+               (f"gw-{home}", home, NOW))
+    real_kit, practice_kit = f"{home}-kit-01", f"{home}-practice"
+    db.execute("INSERT INTO kits (kit_id, site_id, name, practice) VALUES (%s, %s, 'kit-01', false), "
+               "(%s, %s, 'practice kit', true)", (real_kit, home, practice_kit, home))
+    stale = NOW - timedelta(days=10)
+
+    def device(name: str, kit: str, battery: float) -> str:
+        device_id = f"{name}-{uid}"
+        db.execute("""INSERT INTO devices (device_id, site_id, gateway_id, kind, kit_id, last_seen, battery_pct,
+                          bound_at) VALUES (%s, %s, %s, 'pulse_oximeter', %s, %s, %s, %s)""",
+                   (device_id, home, f"gw-{home}", kit, stale, battery, stale))
+        return device_id
+
+    trainee_oxi = device("pk-oxi", practice_kit, BATTERY_CRITICAL_PCT - 1)
+    real_oxi = device("real-oxi", real_kit, BATTERY_CRITICAL_PCT - 1)
+    moved_oxi = device("moved-oxi", real_kit, BATTERY_LOW_PCT - 1)
+    db.commit()
+
+    def open_alerts() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for device_id, kind in db.execute(
+                "SELECT subject_id, kind FROM alerts WHERE subject_kind = 'device' AND status <> 'resolved' "
+                "AND site_id = %s", (home,)).fetchall():
+            out.setdefault(device_id, set()).add(kind)
+        return out
+
+    evaluate_subjects(db, [home], NOW)  # the per-subject pass (a kit's devices are the home's)
+    tick(db, NOW, slow=True, site_ids=[home])  # the slow tick's filtered pass
+    db.commit()
+    alerts = open_alerts()
+    assert alerts.get(real_oxi) == {"battery_low", "device_silent"}
+    assert alerts.get(moved_oxi) == {"battery_low", "device_silent"}
+    assert trainee_oxi not in alerts, "a practice kit's device raised a device alert"
+    # the filtered pass does not even build the practice device while nothing of its is open
+    assert trainee_oxi not in {d.device_id for d in load_changing_devices(db, NOW, site_ids=[home])}
+
+    def resolution(device_id: str) -> tuple[str, str, set[str]]:
+        """The one resolution (why, by whom) of the device's alerts, and the actions in their history."""
+        found = set(db.execute("SELECT resolution, resolved_by FROM alerts WHERE subject_kind = 'device' "
+                               "AND subject_id = %s", (device_id,)).fetchall())
+        assert len(found) == 1, found
+        (why, by), = found
+        return why, by, {r[0] for r in db.execute(
+            "SELECT e.action FROM alert_events e JOIN alerts a USING (alert_id) WHERE a.subject_kind = 'device' "
+            "AND a.subject_id = %s", (device_id,))}
+
+    # a device moved onto the practice kit (as firmware_sim/practice.py register_practice_kit does): the next slow
+    # tick resolves its open alerts, saying why
+    later = NOW + timedelta(minutes=5)
+    db.execute("UPDATE devices SET kit_id = %s WHERE device_id = %s", (practice_kit, moved_oxi))
+    db.commit()
+    tick(db, later, slow=True, site_ids=[home])
+    db.commit()
+    assert set(open_alerts()) == {real_oxi}
+    why, by, actions = resolution(moved_oxi)
+    assert "practice kit" in why and by == ACTOR and "auto_resolved" in actions
+
+    # the home retires its practice kit and switches kit-01 into practice: the per-subject pass resolves kit-01's
+    # device's alerts, and the retired kit's devices are real again (they alert like any real device)
+    db.execute("UPDATE kits SET practice = false WHERE kit_id = %s", (practice_kit,))
+    db.execute("UPDATE kits SET practice = true WHERE kit_id = %s", (real_kit,))
+    db.commit()
+    evaluate_subjects(db, [home], later + timedelta(minutes=1))
+    db.commit()
+    assert set(open_alerts()) == {trainee_oxi, moved_oxi}
+    why, by, _ = resolution(real_oxi)
+    assert "practice kit" in why and by == ACTOR
