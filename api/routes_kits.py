@@ -25,7 +25,7 @@ from carewatch.ingest import kit_sessions, store
 from carewatch.ingest.attribution import CLAIM_WINDOW, MOVE_WINDOW, identity_doubts
 from carewatch.scoring.engine import evaluate_subjects, withdraw_device_values
 from carewatch.scoring.rules import LOCAL_TZ
-from carewatch.subjects import SubjectKind
+from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Ident, Metric
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def _rescore(ctx: Ctx, subjects: list[str], now: datetime) -> bool:
         return True
     try:
         with ctx.conn.transaction():
-            evaluate_subjects(ctx.conn, residents, now)
+            evaluate_subjects(ctx.conn, [Subject(SubjectKind.RESIDENT, r) for r in residents], now)
     except Exception:
         log.exception("re-scoring after a reading moved failed for %s", residents)
         return False

@@ -32,7 +32,7 @@ from carewatch.ingest import kit_sessions
 from carewatch.scoring.engine import evaluate_subjects
 from carewatch.scoring.news2 import InvalidObservation, score_observation
 from carewatch.scoring.observation_sets import ObservationSetRow, record_observation_set
-from carewatch.subjects import SubjectKind
+from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def evaluate_alerts(ctx: Ctx, resident_id: str, now: datetime) -> bool:
     """
     try:
         with ctx.conn.transaction():
-            evaluate_subjects(ctx.conn, [resident_id], now)
+            evaluate_subjects(ctx.conn, [Subject(SubjectKind.RESIDENT, resident_id)], now)
     except Exception:
         log.exception("alert evaluation failed for %s", resident_id)
         return False

@@ -64,6 +64,7 @@ from carewatch.firmware_sim.wire_output import event_reading
 from carewatch.firmware_sim.world import SiteSpec, World, build_world
 from carewatch.ingest.store import NOTIFY_CHANNEL, notify_payloads, store_batch
 from carewatch.ingest.validate import ReadingsMessage, StatusUpdate
+from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import DecodedBatch, DeviceKind, GatewayStatus, Metric, Reading
 
 SEED = 11
@@ -217,7 +218,8 @@ def stream(dsn: str, load: Sequence[Due], start: datetime, accelerate: float, si
                 with conn.transaction():
                     for obs in staff:
                         record_staff_entry(conn, obs, scale2=scale2[obs.resident_id])
-                    for payload in notify_payloads(sorted({o.resident_id for o in staff}), max(o.at for o in staff)):
+                    entered = sorted({Subject(SubjectKind.RESIDENT, o.resident_id) for o in staff})
+                    for payload in notify_payloads(entered, max(o.at for o in staff)):
                         conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
             time.sleep(max(0.0, tick_end - time.monotonic()))
     return {"lag_max_s": lag_max, "wall_s": time.monotonic() - t0}
@@ -419,7 +421,7 @@ def notify_everyone(dsn: str, residents: Sequence[str], stamp: datetime, scorer:
     before = len(scorer.batches())
     started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
-        for payload in notify_payloads(sorted(residents), stamp):
+        for payload in notify_payloads([Subject(SubjectKind.RESIDENT, r) for r in sorted(residents)], stamp):
             conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
     while time.monotonic() < started + timeout:
         if sum(b["residents"] for b in scorer.batches()[before:]) >= len(residents):

@@ -727,7 +727,7 @@ class Feed:
         self.totals["readings"] += result.stored
         self.totals["dead_letters"] += result.dead_letters
         step.readings = result.stored
-        step.subjects.update(result.subjects)
+        step.subjects.update(s.id for s in result.subjects)  # (kind, id): the steps keep ids
         for obs in manual:
             record_staff_entry(self.conn, obs, scale2=self.scale2[obs.resident_id])
             step.subjects.add(obs.resident_id)

@@ -28,6 +28,29 @@ class Subject(NamedTuple):
     id: str
 
 
+#: The one string form of a subject: ``kind:id`` (``subject_key``). The kind never holds a colon, so the first colon
+#: splits it whatever the id holds. Ingest's ``NOTIFY carewatch_readings`` payloads carry subjects in this form.
+SUBJECT_KEY_SEPARATOR = ":"
+_KINDS = frozenset(k.value for k in SubjectKind)
+
+
+def subject_key(subject: tuple[str, str]) -> str:
+    """``'resident:r-17'``: a (kind, id) subject as one string (``parse_subject_key`` reads it back)."""
+    if isinstance(subject, str):
+        raise TypeError(f"a subject is a (kind, id) pair, not the bare id {subject!r}")
+    kind, sid = subject
+    return f"{SubjectKind(kind).value}{SUBJECT_KEY_SEPARATOR}{sid}"
+
+
+def parse_subject_key(text: str) -> Subject:
+    """The subject of a ``subject_key`` string; ValueError when it names no known kind or no id (a bare id is not a
+    key: it names no kind)."""
+    kind, sep, sid = text.partition(SUBJECT_KEY_SEPARATOR)
+    if not sep or not sid or kind not in _KINDS:
+        raise ValueError(f"not a kind:id subject: {text!r}")
+    return Subject(SubjectKind(kind).value, sid)
+
+
 def site_subject_kind(site_kind: str) -> SubjectKind:
     """The subject kind of a site's own readings and alerts (``sites.kind``: 'household' or 'care_home')."""
     return SubjectKind.HOUSEHOLD if site_kind == "household" else SubjectKind.SITE

@@ -12,7 +12,8 @@ transaction it
    ``latest_readings`` (newest per subject and metric) and devices (last_seen, battery) from those rows;
 4. merges the new sequence numbers into ``gateway_seq_runs`` and sets ``gateways.last_seq / missing_seqs``;
 5. writes dead letters, gateway statuses and events;
-6. ``NOTIFY carewatch_readings`` with the subjects that got new data (delivered when the transaction commits).
+6. ``NOTIFY carewatch_readings`` with the subjects that got new data, each as its kind and id (``kind:id``,
+   ``carewatch.subjects.subject_key``), delivered when the transaction commits (``notify_payloads``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from carewatch.ingest.validate import (
     device_problem,
     status_devices,
 )
-from carewatch.subjects import SubjectKind
+from carewatch.subjects import Subject, SubjectKind, subject_key
 from carewatch.wire import (
     DecodedBatch,
     ImplausibleValue,
@@ -78,16 +79,26 @@ def missing_below(runs: Sequence[Run]) -> int:
     return max(last for _, last in runs) - sum(last - first + 1 for first, last in runs)
 
 
-def notify_payloads(subjects: Sequence[str], max_received_at: datetime, limit: int = NOTIFY_MAX_BYTES) -> list[str]:
-    """``{"subjects": [...], "max_received_at": iso}`` payloads, split so each stays under ``limit`` bytes."""
+#: Version of the NOTIFY payload: 2 = subjects as ``kind:id`` (``carewatch.subjects.subject_key``). Payloads without
+#: ``v`` (ingest before it) list bare ids; the scorer reads both (scoring/service.py ``parse_payload``), so during a
+#: rolling upgrade the scorers go first, then ingest (an old scorer would take a ``kind:id`` for an unknown id).
+NOTIFY_VERSION = 2
+
+
+def notify_payloads(subjects: Iterable[tuple[str, str]], max_received_at: datetime,
+                    limit: int = NOTIFY_MAX_BYTES) -> list[str]:
+    """``{"v": 2, "subjects": ["resident:r-1", "household:h-2", ...], "max_received_at": iso}`` payloads, split so
+    each stays under ``limit`` bytes. Subjects are (kind, id) pairs: ids are unique per kind only, so the scorer
+    evaluates a notified resident as the resident and a household as the household, never every kind of an id."""
     stamp = max_received_at.isoformat()
     payloads: list[str] = []
     chunk: list[str] = []
 
     def render(items: list[str]) -> str:
-        return json.dumps({"subjects": items, "max_received_at": stamp}, separators=(",", ":"))
+        return json.dumps({"v": NOTIFY_VERSION, "subjects": items, "max_received_at": stamp}, separators=(",", ":"))
 
-    for subject in subjects:
+    for pair in subjects:
+        subject = subject_key(pair)
         if chunk and len(render([*chunk, subject]).encode()) > limit:
             payloads.append(render(chunk))
             chunk = []
@@ -155,7 +166,7 @@ class BatchResult:
     dead_letters_by_class: Counter[str] = field(default_factory=Counter)
     statuses: int = 0
     events: int = 0
-    subjects: list[str] = field(default_factory=list)
+    subjects: list[Subject] = field(default_factory=list)  # (kind, id) of every subject that got new readings
     max_received_at: datetime | None = None
     missing_seqs: dict[str, int] = field(default_factory=dict)  # gateway -> missing_seqs after this batch
     new_gaps: dict[str, int] = field(default_factory=dict)  # gateway -> increase in missing_seqs
@@ -303,7 +314,7 @@ def _write_fresh(conn: psycopg.Connection, fresh: list[StagedReading], result: B
         return
     _apply_newest(conn, newest)
     result.stored = len(fresh)
-    result.subjects = sorted(newest.per_subject)
+    result.subjects = newest.subjects()
     result.max_received_at = newest.max_received_at
 
 
@@ -319,7 +330,7 @@ def _stage_and_move(conn: psycopg.Connection, fresh: list[StagedReading], result
         per_subject = cur.execute(_MOVE_SQL).fetchall()
     result.stored = sum(n for _, _, n, _ in per_subject)
     result.duplicates += len(fresh) - result.stored
-    result.subjects = sorted({s for _, s, _, _ in per_subject})  # ids: the scorer evaluates every kind of an id
+    result.subjects = sorted({Subject(k, s) for k, s, _, _ in per_subject})
     result.max_received_at = max((t for *_, t in per_subject), default=None)
 
 
@@ -580,7 +591,7 @@ class _Newest:
     def __init__(self) -> None:
         self.latest: dict[tuple[str, str, str], tuple[datetime, int, str, str, float, tuple[str, ...]]] = {}
         self.devices: dict[str, list[Any]] = {}
-        self.per_subject: Counter[str] = Counter()
+        self.per_subject: Counter[tuple[str, str]] = Counter()  # rows per (kind, id)
         self.max_received_at: datetime | None = None
 
     def add(self, subject_kind: str, subject_id: str, metric: str, measured_at: datetime, seq: int, site_id: str,
@@ -596,9 +607,12 @@ class _Newest:
             dev[0] = received_at
         if metric == "battery" and (dev[2] is None or measured_at >= dev[2]):
             dev[1], dev[2] = value, measured_at
-        self.per_subject[subject_id] += 1
+        self.per_subject[subject_kind, subject_id] += 1
         if self.max_received_at is None or received_at > self.max_received_at:
             self.max_received_at = received_at
+
+    def subjects(self) -> list[Subject]:
+        return [Subject(*pair) for pair in sorted(self.per_subject)]
 
 
 def _apply_newest(conn: psycopg.Connection, newest: _Newest) -> None:
@@ -702,7 +716,7 @@ def load_history(
         _insert_dead_letters(conn, letters)
         result.dead_letters = len(letters)
         result.dead_letters_by_class.update(d.reason_class.value for d in letters)
-    result.subjects = sorted(newest.per_subject)
+    result.subjects = newest.subjects()
     return result
 
 

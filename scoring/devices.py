@@ -11,7 +11,7 @@ they were practice equipment is resolved saying why (H-KIT-08).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -65,16 +65,23 @@ def _windows(now: datetime) -> dict[str, Any]:
             "gateway_since": now - GATEWAY_SILENT_AFTER}
 
 
-def _scope(site_ids: Sequence[str] | None, subject_ids: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
-    """`` AND <column> = ANY(...)`` for each filter given (None: no filter), and its named parameters."""
+def _scope(site_ids: Sequence[str] | None, subjects: Iterable[tuple[str, str]] | None
+           ) -> tuple[str, dict[str, Any]]:
+    """`` AND <column> = ANY(...)`` for each filter given (None: no filter), and its named parameters. ``subjects``:
+    a resident's devices, or a household's or care home's own (room, kit) devices, by (kind, id)."""
     sql, params = "", {}
     if site_ids is not None:
         sql += " AND d.site_id = ANY(%(sites)s::text[])"
         params["sites"] = text_array(site_ids)
-    if subject_ids is not None:  # coalesce(resident_id, site_id), written so the two indexes serve it
-        sql += (" AND (d.resident_id = ANY(%(subjects)s::text[])"
-                " OR (d.resident_id IS NULL AND d.site_id = ANY(%(subjects)s::text[])))")
-        params["subjects"] = text_array(subject_ids)
+    if subjects is not None:  # (kind, coalesce(resident_id, site_id)), written so the two indexes serve it
+        residents: set[str] = set()
+        sites: set[str] = set()
+        for kind, sid in subjects:
+            (residents if kind == SubjectKind.RESIDENT else sites).add(sid)
+        sql += (" AND (d.resident_id = ANY(%(subject_residents)s::text[])"
+                " OR (d.resident_id IS NULL AND d.site_id = ANY(%(subject_sites)s::text[])))")
+        params["subject_residents"] = text_array(sorted(residents))
+        params["subject_sites"] = text_array(sorted(sites))
     return sql, params
 
 
@@ -90,10 +97,12 @@ def _states(rows: Sequence[Sequence[Any]]) -> list[DeviceState]:
 
 
 def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[str] | None = None,
-                  subject_ids: Sequence[str] | None = None) -> list[DeviceState]:
-    """Active devices with what the device rules need. Their readings of the last 2 days are aggregated in one
-    pass over the subjects' rows (not one scan of a subject's readings per device: a household has a dozen)."""
-    where, scope = _scope(site_ids, subject_ids)
+                 subjects: Iterable[tuple[str, str]] | None = None) -> list[DeviceState]:
+    """Active devices with what the device rules need (``subjects``: only those of these residents, households and
+    care homes, as (kind, id): a household's devices are not a resident's who shares its id). Their readings of the
+    last 2 days are aggregated in one pass over the subjects' rows (not one scan of a subject's readings per device:
+    a household has a dozen)."""
+    where, scope = _scope(site_ids, subjects)
     rows = conn.execute(
         f"""WITH dev AS ({_DEVICE} {where}
             ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
@@ -34,22 +35,48 @@ from carewatch.scoring.loading import load_residents
 from carewatch.scoring.observation_sets import correct_staff_sets_built_from, delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
 from carewatch.scoring.rules import ResidentFacts, device_findings
-from carewatch.subjects import Subject
+from carewatch.subjects import Subject, SubjectKind, site_subject_kind, subject_key
 
 log = logging.getLogger("carewatch.scoring.engine")
 
 #: Residents evaluated together in one transaction (see evaluate_subjects).
 RESIDENT_BATCH = 500
 
-def _classify(conn: psycopg.Connection, subject_ids: Sequence[str]) -> tuple[list[ResidentFacts], list[str], list[str]]:
-    """The residents and the households among notified ids. Ids are unique per kind only (issue 13, finding 1): an
-    id that is both a resident's and a household's is both, and each is evaluated on its own kind's readings."""
-    residents = load_residents(conn, "r.resident_id = ANY(%s::text[])", (text_array(subject_ids),))
-    households = [row[0] for row in conn.execute(
-        "SELECT site_id FROM sites WHERE site_id = ANY(%s::text[]) AND kind = 'household' ORDER BY site_id",
-        (text_array(subject_ids),))]
-    unknown = sorted(set(subject_ids) - {r.resident_id for r in residents} - set(households))
-    return residents, households, unknown
+@dataclass
+class _Classified:
+    residents: list[ResidentFacts]
+    households: list[str]
+    devices_of: list[Subject]  # whose devices are evaluated: residents, households, care homes ('site')
+    unknown: list[str]
+
+
+def _classify(conn: psycopg.Connection, subjects: Iterable[Subject | str]) -> _Classified:
+    """What to evaluate for the notified subjects. A (kind, id) subject is its kind only (ids are unique per kind
+    only, issue 13 finding 1): a resident is evaluated as the resident, a household as the household, a care home
+    ('site') for its room and kit devices. A bare id (an old NOTIFY payload, a caller naming no kind) is every kind
+    it is: an id that is both a resident's and a household's is both, each on its own kind's readings."""
+    bare: set[str] = set()
+    named: dict[str, set[str]] = {}
+    for subject in subjects:
+        if isinstance(subject, str):
+            bare.add(subject)
+        else:
+            named.setdefault(str(subject[0]), set()).add(subject[1])
+    bare.discard("")
+    wanted_residents = bare | named.get(SubjectKind.RESIDENT, set())
+    wanted_sites = bare | named.get(SubjectKind.HOUSEHOLD, set()) | named.get(SubjectKind.SITE, set())
+    residents = load_residents(conn, "r.resident_id = ANY(%s::text[])", (text_array(sorted(wanted_residents)),))
+    site_kinds = {site_id: site_subject_kind(kind) for site_id, kind in conn.execute(
+        "SELECT site_id, kind FROM sites WHERE site_id = ANY(%s::text[])", (text_array(sorted(wanted_sites)),))}
+    found_residents = {r.resident_id for r in residents}
+    sites = sorted(Subject(k.value, site_id) for site_id, k in site_kinds.items()
+                   if site_id in bare or site_id in named.get(k, ()))
+    households = [s.id for s in sites if s.kind == SubjectKind.HOUSEHOLD]
+    unknown = set(bare - found_residents - set(households))  # (a care home's bare id too, as ever)
+    unknown |= {subject_key(Subject(kind, sid)) for kind, ids in named.items() for sid in ids
+                if not (sid in found_residents if kind == SubjectKind.RESIDENT else Subject(kind, sid) in sites)}
+    devices_of = sorted({*(Subject(SubjectKind.RESIDENT.value, r) for r in found_residents), *sites})
+    return _Classified(residents, households, devices_of, sorted(unknown))
 
 
 def withdraw_device_values(conn: psycopg.Connection, resident_id: str, readings: Sequence[tuple[str, datetime]],
@@ -66,15 +93,22 @@ def withdraw_device_values(conn: psycopg.Connection, resident_id: str, readings:
     return len(gone) + len(corrected)
 
 
-def evaluate_subjects(conn: psycopg.Connection, subject_ids: Iterable[str], now: datetime) -> EvaluationSummary:
-    """Evaluate residents and households that have new data: observation sets, scores, state and alerts."""
-    ids = sorted({s for s in subject_ids if s})
+def evaluate_subjects(conn: psycopg.Connection, subjects: Iterable[Subject | str], now: datetime
+                      ) -> EvaluationSummary:
+    """Evaluate residents and households that have new data: observation sets, scores, state and alerts, and
+    their devices. ``subjects`` are (kind, id) pairs (``carewatch.subjects.Subject``, as ingest's NOTIFY payloads
+    name them since payload v2): each is evaluated as its kind only. Bare ids are still accepted (NOTIFY payloads
+    from ingest before v2 during a rolling upgrade, callers that name no kind) and evaluated as every kind the id
+    is (``_classify``). Kinds with nothing to evaluate on new data (a kit's unassigned readings, a device, a
+    gateway: the tick's) are listed in ``summary.unknown_subjects`` as ``kind:id``, with ids found as no kind."""
+    wanted = [s for s in subjects if s and (isinstance(s, str) or s[1])]
     summary = EvaluationSummary()
-    if not ids:
+    if not wanted:
         return summary
     started = time.perf_counter()
-    residents, households, unknown = _classify(conn, ids)
-    summary.unknown_subjects.extend(unknown)
+    found = _classify(conn, wanted)
+    residents, households = found.residents, found.households
+    summary.unknown_subjects.extend(found.unknown)
     summary.load_s += time.perf_counter() - started
     # Residents of every site together, in batches: one transaction and a dozen queries per batch however many
     # homes a burst of readings touches (vectorised baselines across the batch); a failing batch is retried site by
@@ -83,7 +117,7 @@ def evaluate_subjects(conn: psycopg.Connection, subject_ids: Iterable[str], now:
         _run_resident_batch(conn, residents[start:start + RESIDENT_BATCH], now, summary)
     _run_household_batches(conn, households, now, summary, latency=True)
     started = time.perf_counter()
-    devices = load_devices(conn, now, subject_ids=ids)
+    devices = load_devices(conn, now, subjects=found.devices_of)
     loaded = time.perf_counter()
     findings = device_findings(devices, now)
     ruled = time.perf_counter()

@@ -45,6 +45,7 @@ from carewatch.db import one
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.rules import Finding, clear_alert, local_time, raise_alert
+from carewatch.subjects import Subject, SubjectKind
 
 log = structlog.get_logger("carewatch.scoring.replicas")
 
@@ -274,22 +275,30 @@ class LeaseKeeper:
 # Which subjects a replica holds
 # ------------------------------------------------------------------------------------------------------------
 class SubjectMap:
-    """subject id (resident or household site) -> (site, bucket), from the database; refreshed when a subject is
-    unknown (rate-limited) and every ``max_age_s``."""
+    """subject (resident, household or care home, kit) -> (site, bucket), from the database; refreshed when a
+    subject is unknown (rate-limited) and every ``max_age_s``. Subjects are (kind, id) pairs
+    (``carewatch.subjects.Subject``); a bare id (an old NOTIFY payload) goes by the id alone, as it always did."""
 
     def __init__(self, buckets: int = BUCKETS, max_age_s: float = 60.0, min_refresh_s: float = 2.0) -> None:
         self.n = buckets
         self.max_age_s = max_age_s
         self.min_refresh_s = min_refresh_s
-        self._map: dict[str, tuple[str, int]] = {}
+        self._map: dict[Subject | str, tuple[str, int]] = {}
         self._loaded = -math.inf
 
     def refresh(self, conn: psycopg.Connection) -> None:
         rows = conn.execute(
-            """SELECT resident_id, site_id, carewatch_site_bucket(site_id, %(n)s) FROM residents
-               UNION ALL SELECT site_id, site_id, carewatch_site_bucket(site_id, %(n)s) FROM sites""",
+            """SELECT 'resident', resident_id, site_id, carewatch_site_bucket(site_id, %(n)s) FROM residents
+               UNION ALL SELECT 'kit', kit_id, site_id, carewatch_site_bucket(site_id, %(n)s) FROM kits
+               UNION ALL SELECT CASE kind WHEN 'household' THEN 'household' ELSE 'site' END, site_id, site_id,
+                                carewatch_site_bucket(site_id, %(n)s) FROM sites""",
             {"n": self.n}).fetchall()
-        self._map = {subject: (site, bucket) for subject, site, bucket in rows}
+        mapped: dict[Subject | str, tuple[str, int]] = {}
+        for kind, subject, site, bucket in rows:
+            mapped[Subject(kind, subject)] = (site, bucket)
+            if kind != SubjectKind.KIT:
+                mapped[subject] = (site, bucket)  # a bare id: a resident's or a site's (the site's wins)
+        self._map = mapped
         self._loaded = time.monotonic()
 
     def _fresh(self, conn: psycopg.Connection, unknown: bool) -> None:
@@ -297,12 +306,14 @@ class SubjectMap:
         if age > self.max_age_s or (unknown and age > self.min_refresh_s):
             self.refresh(conn)
 
-    def mine(self, conn: psycopg.Connection, subjects: Iterable[str], held: frozenset[int]) -> list[str]:
+    def mine(self, conn: psycopg.Connection, subjects: Iterable[Subject | str], held: frozenset[int]
+             ) -> list[Subject | str]:
         """The subjects whose site is in ``held``. A subject still unknown after a refresh goes by its own id's
         bucket (the engine will report it unknown: exactly one replica does)."""
         subjects = list(subjects)
         self._fresh(conn, any(s not in self._map for s in subjects))
-        out, unknown = [], []
+        out: list[Subject | str] = []
+        unknown: list[Subject | str] = []
         for s in subjects:
             hit = self._map.get(s)
             if hit is None:
@@ -310,9 +321,11 @@ class SubjectMap:
             elif hit[1] in held:
                 out.append(s)
         if unknown:
-            out += [row[0] for row in conn.execute(
+            ids = [s if isinstance(s, str) else s[1] for s in unknown]
+            ours = {row[0] for row in conn.execute(
                 "SELECT s FROM unnest(%b::text[]) AS s WHERE carewatch_site_bucket(s, %s) = ANY(%s)",
-                (unknown, self.n, sorted(held)))]
+                (ids, self.n, sorted(held)))}
+            out += [s for s, sid in zip(unknown, ids, strict=True) if sid in ours]
         return out
 
     def sites(self, conn: psycopg.Connection, held: frozenset[int]) -> list[str]:
@@ -320,13 +333,13 @@ class SubjectMap:
         return sorted({site for site, bucket in self._map.values() if bucket in held})
 
 
-def subjects_of(conn: psycopg.Connection, buckets: Iterable[int], n: int = BUCKETS) -> list[str]:
-    """Every active resident and household of these buckets (what a new holder rescores)."""
-    return [row[0] for row in conn.execute(
-        """SELECT r.resident_id FROM residents r
+def subjects_of(conn: psycopg.Connection, buckets: Iterable[int], n: int = BUCKETS) -> list[Subject]:
+    """Every active resident and household of these buckets, as (kind, id) (what a new holder rescores)."""
+    return [Subject(*row) for row in conn.execute(
+        """SELECT 'resident', r.resident_id FROM residents r
            WHERE r.monitoring = 'active' AND carewatch_site_bucket(r.site_id, %(n)s) = ANY(%(b)s)
-           UNION ALL SELECT s.site_id FROM sites s
-           WHERE s.kind = 'household' AND carewatch_site_bucket(s.site_id, %(n)s) = ANY(%(b)s) ORDER BY 1""",
+           UNION ALL SELECT 'household', s.site_id FROM sites s
+           WHERE s.kind = 'household' AND carewatch_site_bucket(s.site_id, %(n)s) = ANY(%(b)s) ORDER BY 1, 2""",
         {"n": n, "b": sorted(buckets)})]
 
 

@@ -4,8 +4,11 @@ Several replicas may run against one database: each holds some of the site bucke
 thread of its own) and acts only on its own sites' notifications and ticks. On start it LISTENs first (so nothing
 notified during start-up is lost), then rescores every subject of the buckets it holds, and later those of each
 bucket it takes over, in slices beside the fresh notifications. Each
-loop wakes on the first NOTIFY payload (``{"subjects": [...], "max_received_at": iso}``; at most ``poll_s``
-apart), takes every other payload already queued, and evaluates the notified subjects together. A second thread
+loop wakes on the first NOTIFY payload (``{"v": 2, "subjects": ["resident:r-1", ...], "max_received_at": iso}``:
+each subject its kind and id, ``carewatch.subjects.subject_key``; at most ``poll_s`` apart), takes every other
+payload already queued, and evaluates the notified subjects together, each as its own kind only. A payload without
+``v`` (ingest before v2, during a rolling upgrade: upgrade the scorers first) lists bare ids, evaluated as every
+kind the id is, as before. A second thread
 with its own connection runs the fast tick every ``tick_s`` (escalations, overdue observations) and every
 ``slow_tick_s`` the slow one (households, devices, gateways), so time-based rules never delay fresh readings.
 A third thread delivers the notifications the tick's escalation steps left pending, for this replica's sites
@@ -39,6 +42,7 @@ from carewatch.scoring.replicas import (
     subjects_of,
 )
 from carewatch.settings import Settings
+from carewatch.subjects import Subject, parse_subject_key
 
 CHANNEL = "carewatch_readings"
 #: ``sys.setswitchinterval`` of the scorer process (Python's default is 0.005 s).
@@ -51,8 +55,11 @@ CATCH_UP_SLICE = 200
 log = structlog.get_logger("carewatch.scoring.service")
 
 
-def parse_payload(payload: str) -> tuple[list[str], datetime | None]:
-    """Subjects and max_received_at from a NOTIFY payload; ([], None) for anything unreadable."""
+def parse_payload(payload: str) -> tuple[list[Subject | str], datetime | None]:
+    """Subjects and max_received_at from a NOTIFY payload; ([], None) for anything unreadable. Payload v2 (ingest's
+    ``notify_payloads``) names each subject as ``kind:id``: parsed into :class:`Subject` (an entry that is not one
+    is dropped and logged). A payload without ``v`` (ingest before v2, during a rolling upgrade) lists bare ids:
+    returned as strings, which ``evaluate_subjects`` still takes as every kind the id is."""
     try:
         doc = json.loads(payload)
     except json.JSONDecodeError:
@@ -60,9 +67,23 @@ def parse_payload(payload: str) -> tuple[list[str], datetime | None]:
     if not isinstance(doc, dict):
         return [], None
     subjects = doc.get("subjects")
-    clean = [s for s in subjects if isinstance(s, str) and s] if isinstance(subjects, list) else []
+    entries = [s for s in subjects if isinstance(s, str) and s] if isinstance(subjects, list) else []
+    clean: list[Subject | str] = []
+    if doc.get("v") is None:
+        clean.extend(entries)  # bare ids (payload v1)
+    else:
+        for entry in entries:
+            try:
+                clean.append(parse_subject_key(entry))
+            except ValueError:
+                log.warning("bad_notify_subject", subject=entry[:200])
     stamp = doc.get("max_received_at")
     return clean, parse_timestamp(stamp) if isinstance(stamp, str) else None
+
+
+def _subject_order(subject: Subject | str) -> tuple[str, str]:
+    """Sort bare ids (old payloads) and (kind, id) subjects together."""
+    return ("", subject) if isinstance(subject, str) else (subject[0], subject[1])
 
 
 def _seed_data_clock(conn: psycopg.Connection, clock: Clock) -> None:
@@ -158,7 +179,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         subjects = SubjectMap()
         # Everything held now is rescored (a start, or a reconnect after which notifications may have been missed),
         # then whatever the keeper takes over later: the readings notified while a bucket had no holder.
-        catch_up: list[str] = []
+        catch_up: list[Subject | str] = []
         catch_up_started: float | None = None
         catch_up_total = 0
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
@@ -186,7 +207,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         try:
             while not stop.is_set():
                 progress.mark("evaluate")
-                pending: set[str] = set()
+                pending: set[Subject | str] = set()
                 # wake on the first notification (not at the end of the poll window), then take what else is queued
                 wait = 0.0 if catch_up else poll_s
                 for note in (*listen.notifies(timeout=wait, stop_after=1), *listen.notifies(timeout=0.0)):
@@ -199,7 +220,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                 held = keeper.buckets
                 if rescoring and clock.ready:
                     rescoring &= set(held)
-                    catch_up = sorted(set(catch_up) | set(subjects_of(work, rescoring)))
+                    catch_up = sorted(set(catch_up) | set(subjects_of(work, rescoring)), key=_subject_order)
                     log.info("buckets_to_rescore", replica=keeper.replica_id, buckets=len(rescoring),
                              subjects=len(catch_up))
                     if catch_up_started is None:
@@ -212,7 +233,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                 # (and only what is still ours: buckets given back meanwhile are the new holder's to rescore)
                 slice_ = subjects.mine(work, catch_up[:CATCH_UP_SLICE], held) if catch_up else []
                 catch_up_total += len(slice_)
-                batch = sorted(pending | set(slice_))
+                batch = sorted(pending | set(slice_), key=_subject_order)
                 catch_up = catch_up[CATCH_UP_SLICE:]
                 finishing = catch_up_started is not None and not catch_up
                 if batch and clock.ready:

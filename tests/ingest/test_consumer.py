@@ -63,7 +63,7 @@ def test_worker_notifies_and_handles_status_and_events(worker: IngestWorker, pri
         listener.execute("LISTEN carewatch_readings")
         pub.publish(estate.readings_topic(), estate.batch(range(1, 3)))
         notes = [json.loads(n.payload) for n in listener.notifies(timeout=10, stop_after=1)]
-    assert notes and notes[0]["subjects"] == [estate.resident_id]
+    assert notes and notes[0]["subjects"] == [f"resident:{estate.resident_id}"]
 
     status = GatewayStatus(site_id=estate.site_id, gateway_id=estate.gateway_id, state="offline", at=now)
     frame = GatewayEvent(site_id=estate.site_id, gateway_id=estate.gateway_id, at=now, kind="dead_letter",

@@ -9,8 +9,16 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from carewatch.ingest.store import DirectoryCache, HistoryReading, load_history, missing_below, store_batch
+from carewatch.ingest.store import (
+    NOTIFY_VERSION,
+    DirectoryCache,
+    HistoryReading,
+    load_history,
+    missing_below,
+    store_batch,
+)
 from carewatch.ingest.validate import EventRecord, ReadingsMessage, classify_event, classify_status
+from carewatch.subjects import Subject, SubjectKind, parse_subject_key
 from carewatch.wire import Channel, GatewayEvent, GatewayStatus, Metric, encode_batch, topic, utcnow
 
 from .conftest import BASE_TIME, Estate, register_estate, stored_seqs
@@ -114,7 +122,7 @@ def test_rows_the_sequence_runs_forgot_fall_back_to_the_conflict_tolerant_path(
     result = store_batch(db, [msg(estate, estate.batch(range(2, 6)))])  # 2-3 are stored already, 4-5 are new
     assert (result.stored, result.duplicates, result.dead_letters) == (2, 2, 0)
     assert stored_seqs(database, estate.gateway_id) == [1, 2, 3, 4, 5]
-    assert result.subjects == [estate.resident_id]
+    assert result.subjects == [Subject(SubjectKind.RESIDENT, estate.resident_id)]
     latest = db.execute("SELECT value, measured_at FROM latest_readings WHERE subject_id = %s AND metric = 'spo2'",
                         (estate.resident_id,)).fetchone()
     assert latest == (96, BASE_TIME + timedelta(seconds=5))
@@ -142,7 +150,11 @@ def test_notify_tells_the_scorer_after_commit(db: psycopg.Connection, database: 
         store_batch(db, [msg(estate, payload)])
         notes = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
     assert len(notes) == 1
-    assert sorted(notes[0]["subjects"]) == sorted([estate.resident_id, estate.site_id])
+    # each subject with its kind (ids are unique per kind only): the resident's oximeter, the home's room sensor
+    assert notes[0]["v"] == NOTIFY_VERSION
+    assert sorted(notes[0]["subjects"]) == sorted([f"resident:{estate.resident_id}", f"site:{estate.site_id}"])
+    assert sorted(map(parse_subject_key, notes[0]["subjects"])) == sorted(
+        [Subject(SubjectKind.RESIDENT, estate.resident_id), Subject(SubjectKind.SITE, estate.site_id)])
     assert notes[0]["max_received_at"] == (BASE_TIME + timedelta(seconds=2, milliseconds=300)).isoformat()
 
 

@@ -4,7 +4,6 @@ sites, racing without duplicating alerts, and the watchdog raising scoring_stall
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -21,8 +20,10 @@ from fastapi.testclient import TestClient
 from carewatch.alerts import AlertKind
 from carewatch.api.app import create_app
 from carewatch.embedded import free_port
+from carewatch.ingest.store import notify_payloads
 from carewatch.scoring.replicas import BUCKETS, LOCK_CLASS, fair_share, plan_leases, stalled_findings
 from carewatch.settings import Settings, process_env
+from carewatch.subjects import Subject
 
 #: polls the database
 wait_until = functools.partial(waiting.wait_until, interval=0.25)
@@ -131,8 +132,8 @@ def deteriorate(dsn: str, residents: dict[str, str], spo2: float) -> None:
                     "value, received_at, subject_kind) "
                     "VALUES (%s, 'gw-test', %s, %s, %s, 'ox', %s, %s, %s, 'resident')",
                     (now, next(_seq), site, rid, metric, value, now))
-        conn.execute("SELECT pg_notify('carewatch_readings', %s)",
-                     (json.dumps({"subjects": sorted(residents), "max_received_at": now.isoformat()}),))
+        for payload in notify_payloads([Subject("resident", rid) for rid in sorted(residents)], now):
+            conn.execute("SELECT pg_notify('carewatch_readings', %s)", (payload,))
 
 
 def holdings(dsn: str) -> dict[str, list[int]]:

@@ -10,16 +10,34 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 import pytest
 
+from carewatch.ingest.store import notify_payloads
 from carewatch.scoring.clock import Clock
 from carewatch.scoring.service import parse_payload, run_scorer
 from carewatch.settings import Settings
+from carewatch.subjects import Subject
 
 
 def test_parse_payload() -> None:
+    """A payload from ingest before v2 (bare ids, a rolling upgrade): the ids, as strings."""
     subjects, stamp = parse_payload('{"subjects": ["a", "", 3, "b"], "max_received_at": "2026-01-01T10:00:00Z"}')
     assert subjects == ["a", "b"] and stamp == datetime(2026, 1, 1, 10, tzinfo=UTC)
     assert parse_payload("not json") == ([], None)
     assert parse_payload('["a"]') == ([], None)
+
+
+def test_parse_payload_reads_kind_qualified_subjects_into_subjects() -> None:
+    """Ingest's payloads (v2) name each subject's kind: the scorer gets Subjects, so a household's readings are
+    evaluated as the household only and a resident's as the resident only. An entry that names no known kind is
+    dropped (in a v2 payload every entry is qualified; a bare id there is a fault, never guessed)."""
+    stamp = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    subjects = [Subject("resident", "flat-7"), Subject("household", "flat-7"), Subject("site", "oakview"),
+                Subject("kit", "oakview:kit-01")]
+    (payload,) = notify_payloads(subjects, stamp)  # what ingest sends
+    assert parse_payload(payload) == (subjects, stamp)
+    got, _ = parse_payload(json.dumps({"v": 2, "subjects": ["household:flat-7", "flat-8", "person:x", "resident:", 5],
+                                       "max_received_at": stamp.isoformat()}))
+    assert got == [Subject("household", "flat-7")]
+    assert all(isinstance(s, Subject) for s in parse_payload(payload)[0])
 
 
 def test_data_clock_is_monotonic_and_wall_clock_ignores_data() -> None:
@@ -67,7 +85,10 @@ def test_alert_appears_within_seconds_of_notify(database: str, uid: str, mode: s
                     "INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, "
                     "value, received_at, subject_kind) VALUES (%s, %s, %s, %s, %s, 'ox', %s, %s, %s, 'resident')",
                     (now, f"gw-{uid}", seq, site, rid, metric, value, now))
-            payload = json.dumps({"subjects": [rid], "max_received_at": now.isoformat()})
+            # ingest's payload (v2: kind-qualified subjects); in data mode one from ingest before v2 (bare ids), as
+            # a scorer meets during a rolling upgrade
+            payload = (notify_payloads([Subject("resident", rid)], now)[0] if mode == "wall"
+                       else json.dumps({"subjects": [rid], "max_received_at": now.isoformat()}))
             conn.execute("SELECT pg_notify('carewatch_readings', %s)", (payload,))
 
         def alert_exists() -> bool:

@@ -122,6 +122,50 @@ def test_the_collided_resident_is_scored_on_their_own_readings_only(db: psycopg.
                       ([estate.collided, estate.kit_named],)).fetchone()[0] == 0
 
 
+def test_a_notified_subject_is_evaluated_as_its_own_kind_only(db: psycopg.Connection, estate: Estate,
+                                                              uid: str) -> None:
+    """Ingest's NOTIFY names each subject's kind (payload v2): readings of the household evaluate the household (and
+    its devices), never the resident who shares its id, and the other way round. A bare id (a payload from ingest
+    before v2, during a rolling upgrade) is still every kind it is."""
+    at = NOW - timedelta(minutes=20)
+    db.execute("UPDATE devices SET battery_pct = 5 WHERE device_id = ANY(%s)", ([f"hox-{uid}", f"rox-{uid}"],))
+    db.commit()
+    estate.send(db, estate.home, f"rox-{uid}", DeviceKind.PULSE_OXIMETER, {Metric.SPO2: 97, Metric.PULSE_RATE: 70}, at)
+    estate.send(db, estate.household, f"hox-{uid}", DeviceKind.PULSE_OXIMETER, {Metric.SPO2: 84}, at)
+    resident, household = Subject("resident", estate.collided), Subject("household", estate.household)
+    assert resident.id == household.id
+
+    def battery_alerts() -> set[str]:
+        return {r[0] for r in db.execute(
+            "SELECT subject_id FROM alerts WHERE kind = 'battery_low' AND status <> 'resolved' "
+            "AND subject_id = ANY(%s)", ([f"hox-{uid}", f"rox-{uid}"],))}
+
+    summary = evaluate_subjects(db, [household], NOW)
+    db.commit()
+    assert (summary.residents, summary.households, summary.devices) == (0, 1, 1)
+    assert not summary.errors and not summary.unknown_subjects
+    assert battery_alerts() == {f"hox-{uid}"}  # the household's hall oximeter, not the resident's
+    assert db.execute("SELECT count(*) FROM observation_sets WHERE resident_id = %s",
+                      (estate.collided,)).fetchone()[0] == 0, "the household's notification scored the resident"
+
+    summary = evaluate_subjects(db, [resident], NOW)
+    db.commit()
+    assert (summary.residents, summary.households, summary.devices) == (1, 0, 1)
+    assert battery_alerts() == {f"hox-{uid}", f"rox-{uid}"}
+    assert db.execute("SELECT spo2 FROM observation_sets WHERE resident_id = %s",
+                      (estate.collided,)).fetchall() == [(97.0,)]
+
+    # a subject of a kind with nothing to evaluate on new data, or of no such subject, is reported, not guessed
+    summary = evaluate_subjects(db, [Subject("household", estate.home), Subject("resident", "nobody-" + uid),
+                                     Subject("kit", estate.kit)], NOW)
+    assert (summary.residents, summary.households, summary.devices) == (0, 0, 0)
+    assert sorted(summary.unknown_subjects) == sorted([f"household:{estate.home}", f"resident:nobody-{uid}",
+                                                       f"kit:{estate.kit}"])
+    # a bare id (old payloads, callers naming no kind): both kinds, as before
+    summary = evaluate_subjects(db, [estate.collided], NOW)
+    assert (summary.residents, summary.households, summary.devices) == (1, 1, 2)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Alerts, snooze, incidents
 # ------------------------------------------------------------------------------------------------------------
