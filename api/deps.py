@@ -17,7 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from carewatch.api import audit, scope, sessions
 from carewatch.api.auth import decode_token, unauthorised
-from carewatch.api.pooling import Conn, ReportConn, get_conn, pooled_connection  # noqa: F401  (get_conn: routes')
+from carewatch.api.pooling import (  # noqa: F401  (get_conn, ReportRoute: the routes')
+    Conn,
+    ReportConn,
+    ReportRoute,
+    get_conn,
+    pooled_connection,
+)
 from carewatch.api.scope import Permission, Principal
 from carewatch.api.users import get_user
 from carewatch.settings import Settings
@@ -125,7 +131,8 @@ def report_context(request: Request, principal: Annotated[Principal, Depends(rep
     return Ctx(request, conn, principal)
 
 
-#: For heavy read-only reports that tolerate a standby's replication lag (docs/operations.md lists them).
+#: For heavy read-only reports that tolerate a standby's replication lag (docs/operations.md lists them). Their
+#: router takes ``route_class=ReportRoute``: a report the standby cancels is read again from the primary.
 ReportContext = Annotated[Ctx, Depends(report_context)]
 
 

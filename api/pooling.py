@@ -15,15 +15,19 @@ it).
 
 Heavy read-only reports take their connection from :func:`report_connection` instead: the report pool (a
 carewatch_report login, a standby first) when one is configured, answers and is fresh enough, else the primary
-pool in a READ ONLY transaction. Either way the route's queries are the same; only the connection differs.
+pool in a READ ONLY transaction. Either way the route's queries are the same; only the connection differs. A report
+whose query the standby stops (a conflict with recovery, a cancellation, a lost session) is read again, once, from
+the primary pool (:class:`ReportRoute`); when that fails too it answers 503 with Retry-After. Where reports read, the
+standby's lag and the stops are Prometheus metrics (``api/metrics.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -31,9 +35,12 @@ from typing import Annotated, Any, Literal
 import anyio
 import anyio.to_thread
 import psycopg
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from carewatch.api import metrics
 from carewatch.db import StandbyState, make_report_pool, report_conninfo, seeks_standby, standby_state
 from carewatch.settings import Settings
 
@@ -149,6 +156,8 @@ class ReportPool:
     def note(self, source: str, state: StandbyState | None = None, why: str | None = None) -> None:
         self.last = {"source": source, "lag_s": None if state is None else state.lag_s, "at": time.time(),
                      **({"why": why} if why else {})}
+        lag = state.lag_s if state is not None and state.in_recovery else None  # a primary has no replay lag
+        metrics.STANDBY_LAG.set(math.nan if lag is None else lag)
 
     def failed(self, exc: BaseException) -> None:
         if time.monotonic() >= self.down_until:
@@ -176,15 +185,18 @@ async def _give_back(checkout: AsyncExitStack) -> None:
 
 
 @asynccontextmanager
-async def report_connection(app: FastAPI) -> AsyncIterator[tuple[psycopg.Connection, ReadSource]]:
+async def report_connection(app: FastAPI, retry: str | None = None
+                            ) -> AsyncIterator[tuple[psycopg.Connection, ReadSource]]:
     """A read-only connection for a heavy report, and where it reads. The report pool when configured, answering
     and fresh (a standby at most ``report_max_lag_s`` behind, or a primary its URL fell back to); otherwise the
-    primary pool, in a READ ONLY transaction. Errors of the route itself are never retried elsewhere."""
+    primary pool, in a READ ONLY transaction. ``retry``: why this report stopped on the standby (a
+    :func:`stop_reason`): read it from the primary pool now. Counted in ``carewatch_api_report_reads_total``."""
     reports: ReportPool | None = getattr(app.state, "reports", None)
     async with AsyncExitStack() as stack:
         conn: psycopg.Connection | None = None
         source: ReadSource = "primary_pool"
-        if reports is not None and not reports.resting:
+        why = retry or ("not_configured" if reports is None else "unreachable")  # unreachable: now or lately
+        if retry is None and reports is not None and not reports.resting:
             inner = AsyncExitStack()
             try:
                 conn = await inner.enter_async_context(
@@ -192,6 +204,7 @@ async def report_connection(app: FastAPI) -> AsyncIterator[tuple[psycopg.Connect
                 state = await _in_thread(standby_state, conn)
             except GateTimeout:  # every report connection busy for the pool's whole timeout: spill over
                 conn = None
+                why = "busy"
             except (PoolTimeout, psycopg.OperationalError) as exc:
                 await _give_back(inner)  # a connection that broke after checkout: the pool discards it
                 conn = None
@@ -199,11 +212,13 @@ async def report_connection(app: FastAPI) -> AsyncIterator[tuple[psycopg.Connect
             else:
                 if state.fresh(reports.max_lag_s):
                     source = "standby" if state.in_recovery else "primary"
+                    why = "fresh" if state.in_recovery else "no_standby"
                     reports.note(source, state)
                     stack.push_async_exit(inner)
                     if source == "primary":
                         await reports.look_for_standby()
                 else:
+                    why = "not_streaming" if not state.streaming else "lag"
                     reports.note("stale", state, why="not streaming" if not state.streaming else "behind")
                     log.info("standby too far behind (%s): this report reads the primary", state)
                     await _give_back(inner)
@@ -211,6 +226,7 @@ async def report_connection(app: FastAPI) -> AsyncIterator[tuple[psycopg.Connect
         if conn is None:
             conn = await stack.enter_async_context(pooled_connection(app))
             await _in_thread(conn.execute, "SET TRANSACTION READ ONLY")
+        metrics.READS.labels(source, why).inc()
         yield conn, source
 
 
@@ -237,10 +253,146 @@ async def report_status(app: FastAPI) -> dict[str, Any]:
 
 
 async def get_report_conn(request: Request) -> AsyncIterator[psycopg.Connection]:
-    """A heavy report's connection (see :func:`report_connection`); ``request.state.read_source`` says where."""
-    async with report_connection(request.app) as (conn, source):
+    """A heavy report's connection (see :func:`report_connection`); ``request.state.read_source`` says where.
+    ``request.state.report_retry`` (set by :class:`ReportRoute`): the report is being read again, on the primary."""
+    async with report_connection(request.app, getattr(request.state, "report_retry", None)) as (conn, source):
         request.state.read_source = source
         yield conn
 
 
 ReportConn = Annotated[psycopg.Connection, Depends(get_report_conn, scope="function")]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A report the database stopped: read again from the primary pool, else 503 (docs/operations.md, "Replay
+# conflicts")
+# ------------------------------------------------------------------------------------------------------------
+#: Retry-After of a report that could be read neither on the standby nor on the primary.
+REPORT_RETRY_AFTER_S = 10
+
+#: What each stop means, for the 503's message (keys: what :func:`stop_reason` returns).
+_STOPPED = {
+    "conflict": "cancelled by a conflict with recovery: the standby had to replay a change on the primary that "
+                "removed or locked what the report was reading",
+    "cancelled": "cancelled by the database server (an operator's pg_cancel_backend, or a shutdown)",
+    "statement_timeout": "stopped by the database's statement_timeout",
+    "connection_lost": "its database session ended (the server restarted, failed over or ended the session)",
+    "busy": "no connection to the primary was free in time",
+}
+
+
+def stop_reason(exc: BaseException) -> str | None:
+    """Why the database stopped a report's query, when that is no fault of the report's (None otherwise: the
+    route's own error, raised as it is). ``conflict``: SQLSTATE class 40 (40001 "canceling statement due to
+    conflict with recovery", also the FATAL "terminating connection" of an idle transaction; 40P01 a deadlock with
+    the startup process) or 57P04 (the database was dropped). ``cancelled``/``statement_timeout``: 57014, told
+    apart by the server's message (a server whose lc_messages is not English reports a timeout as cancelled).
+    ``connection_lost``: 57P01-57P03 (pg_terminate_backend, shutdown) or no SQLSTATE (the connection broke).
+    ``busy``: a pool gave no connection in time."""
+    if isinstance(exc, PoolTimeout):
+        return "busy"
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    sqlstate = exc.sqlstate or ""
+    if sqlstate == "57014":
+        return "statement_timeout" if "statement timeout" in (exc.diag.message_primary or "") else "cancelled"
+    if sqlstate.startswith("40") or sqlstate == "57P04":
+        return "conflict"
+    if not sqlstate or sqlstate in ("57P01", "57P02", "57P03") or sqlstate.startswith("08"):
+        return "connection_lost"
+    return None
+
+
+def _depends_on(dependant: Any, target: Any) -> bool:
+    return any(d.call is target or _depends_on(d, target) for d in dependant.dependencies)
+
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class ReportRoute(APIRoute):
+    """The route class of every router that holds a heavy report (``APIRouter(route_class=ReportRoute)``): a route
+    taking :data:`ReportConn` whose query the standby stops (:func:`stop_reason`: most often a replay conflict) is
+    run again, once, on the primary pool, so the caller still gets the answer; one the database stops anywhere
+    else, or that stops again, answers 503 with Retry-After and what happened. Other routes run as APIRoute's."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        if not _depends_on(self.dependant, get_report_conn):
+            return handler
+
+        async def report(request: Request) -> Response:
+            return await _read_with_retry(request, handler)
+
+        return report
+
+
+async def _attempt(request: Request, handler: Handler) -> Response:
+    """One run of the route, its function-scoped dependencies (the report connection) closed when it ends: a
+    report that failed has given its connection back (rolled back, or discarded when broken) before it is read
+    again. FastAPI keeps that exit stack in the request's scope (``fastapi_function_astack``)."""
+    outer = request.scope.get("fastapi_function_astack")
+    if not isinstance(outer, AsyncExitStack):
+        raise RuntimeError("FastAPI no longer keeps fastapi_function_astack in the request scope: ReportRoute "
+                           "cannot run a report twice")
+    try:
+        async with AsyncExitStack() as stack:
+            request.scope["fastapi_function_astack"] = stack
+            return await handler(request)
+    finally:
+        request.scope["fastapi_function_astack"] = outer
+
+
+async def _read_with_retry(request: Request, handler: Handler) -> Response:
+    before = list(getattr(request.state, "audit_notes", None) or [])
+    try:
+        return await _attempt(request, handler)
+    except Exception as exc:
+        reason = stop_reason(exc)
+        source = getattr(request.state, "read_source", None)
+        if reason is None or source is None:  # the route's own error, or one before it had its connection
+            raise
+        server = "standby" if source == "standby" else "primary"
+        metrics.STOPS.labels(server, reason).inc()
+        if server != "standby" or reason == "statement_timeout":  # the primary would stop it, or time out, again
+            log.warning("report %s stopped on the %s (%s, SQLSTATE %s): 503", request.url.path, server, reason,
+                        getattr(exc, "sqlstate", None))
+            return _unavailable(reason)
+        log.warning("report %s stopped on the standby (%s, SQLSTATE %s): reading it from the primary",
+                    request.url.path, reason, getattr(exc, "sqlstate", None))
+    first_notes = getattr(request.state, "audit_notes", None)
+    request.state.audit_notes = list(before)  # the second run notes what it reads again
+    request.state.read_source = None
+    request.state.report_retry = reason
+    try:
+        return await _attempt(request, handler)
+    except Exception as exc:
+        again = stop_reason(exc)
+        if again is None:
+            raise
+        if getattr(request.state, "read_source", None) is not None:  # it had its primary connection
+            metrics.STOPS.labels("primary", again).inc()
+        if len(request.state.audit_notes) <= len(before) and first_notes:  # audit what the first run read
+            request.state.audit_notes = first_notes
+        log.warning("report %s stopped on the standby (%s) and on the primary (%s, SQLSTATE %s): 503",
+                    request.url.path, reason, again, getattr(exc, "sqlstate", None))
+        return _unavailable(again, first=reason)
+
+
+def _unavailable(reason: str, first: str | None = None) -> JSONResponse:
+    """The 503 of a report the database stopped (``first``: on the standby, before ``reason`` on the primary):
+    what happened, why, and what to do."""
+    metrics.UNAVAILABLE.labels(reason).inc()
+    if reason == "statement_timeout":
+        return JSONResponse({"detail": f"This report was {_STOPPED[reason]} before it finished: ask for a shorter "
+                                       "period, or ask an administrator about the timeout."},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    if first is not None:
+        what = (f"This report was {_STOPPED[first]}, and reading it again from the primary failed too "
+                f"({_STOPPED[reason]}).")
+    else:
+        what = f"This report was {_STOPPED[reason]}."
+    return JSONResponse({"detail": f"{what} Nothing is wrong with the request: ask again in "
+                                   f"{REPORT_RETRY_AFTER_S} seconds."},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                        headers={"Retry-After": str(REPORT_RETRY_AFTER_S)})

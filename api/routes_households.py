@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from psycopg.rows import dict_row
 
-from carewatch.api.deps import ReportContext
+from carewatch.api.deps import ReportContext, ReportRoute
 from carewatch.api.household_report import BehaviourReport, Event, HourlyTemperature, behaviour_report
 from carewatch.api.scope import Permission
 from carewatch.scoring.behaviour import last_complete_night
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
-router = APIRouter(tags=["households"])
+router = APIRouter(tags=["households"], route_class=ReportRoute)  # its reports: see ReportRoute
 
 
 @router.get("/households/{site_id}/behaviour", response_model=BehaviourReport,

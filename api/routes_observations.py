@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 
 from carewatch.alerts import SoftSign
 from carewatch.api import scope
-from carewatch.api.deps import Context, Ctx, Paging, ReportContext
+from carewatch.api.deps import Context, Ctx, Paging, ReportContext, ReportRoute
 from carewatch.api.routes_kits import identity_questions
 from carewatch.api.schemas import (
     PARAMETER_METRIC,
@@ -36,7 +36,7 @@ from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import METRICS, UNTRUSTED_FLAGS, Metric
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["observations"])
+router = APIRouter(tags=["observations"], route_class=ReportRoute)  # its reports: see ReportRoute
 
 MAX_BACKDATE = timedelta(days=7)
 MAX_FUTURE = timedelta(minutes=5)

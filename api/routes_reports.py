@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from carewatch.api import scope
 from carewatch.api.adoption import AdoptionReport, AlertTiming, DayCount, adoption_report
-from carewatch.api.deps import Ctx, ReportContext
+from carewatch.api.deps import Ctx, ReportContext, ReportRoute
 from carewatch.api.report_pdf import render_pdf
 from carewatch.api.rightsizing import RightsizingReport, benefit, evidence_csv
 from carewatch.api.routes_households import household_behaviour
@@ -30,7 +30,7 @@ from carewatch.scoring.engine import ACTOR as SCORER
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.wire import METRICS
 
-router = APIRouter(tags=["reports"])
+router = APIRouter(tags=["reports"], route_class=ReportRoute)  # its reports: see ReportRoute
 
 Days = Annotated[int, Query(ge=1, le=90, description="Nights/days of evidence, ending with the last complete night.")]
 HoursReleased = Annotated[float | None, Query(ge=0, le=168, allow_inf_nan=False,

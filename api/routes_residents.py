@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg.rows import dict_row
 
 from carewatch.api import fhir, sbard, scope
-from carewatch.api.deps import Context, Ctx, Paging, ReportContext
+from carewatch.api.deps import Context, Ctx, Paging, ReportContext, ReportRoute
 from carewatch.api.present import news2_badge
 from carewatch.api.schemas import (
     BoundDevice,
@@ -27,7 +27,7 @@ from carewatch.api.scope import Permission
 from carewatch.db import one
 from carewatch.wire import METRICS
 
-router = APIRouter(tags=["residents"])
+router = APIRouter(tags=["residents"], route_class=ReportRoute)  # its reports: see ReportRoute
 #: Heads the practice resident's SBARD script (the call a new carer rehearses must never be made).
 PRACTICE_WORDS = "PRACTICE ONLY: a training resident, not a real person. Do not phone anyone."
 _RESIDENT_FIELDS = set(ResidentOut.model_fields)

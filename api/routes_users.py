@@ -10,12 +10,12 @@ from psycopg.rows import dict_row
 
 from carewatch.api import errors, users
 from carewatch.api.auth import Me
-from carewatch.api.deps import Context, Paging, ReportContext
+from carewatch.api.deps import Context, Paging, ReportContext, ReportRoute
 from carewatch.api.schemas import AuditOut, Page, PasswordIn, UserCreate, UserOut, UserUpdate, page_of
 from carewatch.api.scope import Permission
 from carewatch.api.users import Role, User, UserError
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=ReportRoute)  # its reports: see ReportRoute
 
 
 def _out(user: User) -> UserOut:

@@ -226,6 +226,7 @@ def api() -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) on CAREWATCH_API_HOST:CAREWATCH_API_PORT."""
     import uvicorn
 
+    from carewatch.api import metrics
     from carewatch.api.app import create_app, server_config
     from carewatch.settings import WeakSecretError
 
@@ -236,6 +237,7 @@ def api() -> None:
     except WeakSecretError as exc:
         typer.echo(f"refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
+    metrics.serve(settings.metrics_port)  # where heavy reports read (carewatch_api_report_*)
     uvicorn.Server(server_config(app_, settings.api_host, settings.api_port)).run()
 
 

@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_url: str | None = Field(default=None, description="Where the dashboard finds the API.")
     dashboard_port: int = 8501
-    metrics_port: int = Field(default=0, description="Prometheus /metrics port for workers; 0 = off.")
+    metrics_port: int = Field(default=0, description="Prometheus /metrics port of ingest, the scorer and the API "
+                                                    "(its reports); 0 = off.")
     jwt_secret: SecretStr | None = Field(default=None, description="Signing key; generated under state_dir.")
     jwt_previous_secret: SecretStr | None = Field(
         default=None, description="While rotating: the old key, still accepted for verifying (never for signing).")

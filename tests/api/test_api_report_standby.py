@@ -6,13 +6,18 @@ Proved here, each with the real servers: (a) the reports' queries run on the sta
 (a hook in ``Ctx.note`` asks the request's own connection); (b) they answer exactly what the primary answers, tenancy
 included; (c) their audit rows land on the primary; (d) with the standby stopped they still answer, from the primary
 (through the report login when its URL names the primary too, else through the primary pool), and a standby that
-comes back is read again.
+comes back is read again; (e) a report the standby cancels (a genuine replay conflict, an operator's cancel or
+terminate) is read again from the primary, one stopped there too answers 503 with Retry-After, one stopped by its
+own statement_timeout is not read again; each counted in the API's Prometheus metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,11 +27,12 @@ from typing import Any
 import psycopg
 import pytest
 from databases import role_login
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict
 from replica import StreamingStandby, skip_reason
 
-from carewatch.api import pooling
+from carewatch.api import metrics, pooling
 from carewatch.api.app import create_app
 from carewatch.api.deps import Ctx
 from carewatch.db import REPORT_POOL_NAME, PrivilegedReportLogin, configure_report_connection
@@ -243,6 +249,7 @@ def test_with_the_standby_stopped_reports_read_the_primary_and_return_when_it_is
     assert expected.status_code == 200
     for name in ("reports", "standby_only"):  # both pools hold standby connections before it stops
         assert clients[name].get(path, headers=world.headers(clients[name], "gp")).status_code == 200
+    no_standby, unreachable = _reads("primary", "no_standby"), _reads("primary_pool", "unreachable")
     standby.stop(mode="fast")
     try:
         # (d) the URL names the primary too: libpq falls back to it, still as the report login, read-only
@@ -253,6 +260,8 @@ def test_with_the_standby_stopped_reports_read_the_primary_and_return_when_it_is
         assert reads and all(not r["standby"] and r["port"] == primary.port and r["user"] == reader
                              and r["read_only"] for r in reads), reads
         assert clients["reports"].get("/healthz").json()["reports"]["source"] == "primary"
+        assert _reads("primary", "no_standby") == no_standby + 1
+        assert math.isnan(_sample("carewatch_api_report_standby_lag_seconds"))  # no standby, no lag to show
         # (d) the URL names the standby alone: nothing answers, so the primary pool, read-only; then at once
         for _ in range(2):
             reads.clear()
@@ -264,6 +273,7 @@ def test_with_the_standby_stopped_reports_read_the_primary_and_return_when_it_is
                                  and r["read_only"] for r in reads), reads
         assert time.monotonic() - started < pooling.REPORT_CONNECT_WAIT_S  # resting: the pool was not asked
         assert clients["standby_only"].get("/healthz").json()["reports"]["source"] == "unavailable"
+        assert _reads("primary_pool", "unreachable") == unreachable + 2
         assert _audit_rows(primary, path)[-1] == (world.users["gp"], "export", 200)
     finally:
         standby.start()
@@ -316,3 +326,301 @@ def test_a_standby_further_behind_than_the_limit_is_not_read(
     reads.clear()
     assert client.get(path, headers=gp).status_code == 200
     assert reads and all(r["standby"] for r in reads), reads
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A report the database stops (a replay conflict on the standby, a cancellation, a lost session): read again from
+# the primary, else 503 with Retry-After; and the Prometheus metrics of where reports read (api/metrics.py)
+# ------------------------------------------------------------------------------------------------------------
+def _sample(name: str, **labels: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def _reads(target: str, reason: str) -> float:
+    return _sample("carewatch_api_report_reads_total", target=target, reason=reason)
+
+
+def _stops(server: str, reason: str) -> float:
+    return _sample("carewatch_api_report_cancellations_total", server=server, reason=reason)
+
+
+def _conflicts(standby: StreamingStandby, database: str) -> dict[str, int]:
+    """The standby's own count of queries it cancelled for recovery, by kind (pg_stat_database_conflicts)."""
+    with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT confl_lock, confl_snapshot FROM pg_stat_database_conflicts WHERE datname = %s",
+                           (database,)).fetchone()
+    return {"lock": row[0], "snapshot": row[1]}
+
+
+@pytest.fixture
+def conflicts_at_once(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> Iterator[None]:
+    """The standby cancels a conflicting query as soon as replay needs to (max_standby_streaming_delay = 0), as
+    it does after 30 s by default; and vacuum on the primary does not wait for the standby's queries."""
+    _, standby = pair
+    with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+        assert conn.execute("SHOW hot_standby_feedback").fetchone() == ("off",)
+        conn.execute("ALTER SYSTEM SET max_standby_streaming_delay = 0")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_standby_streaming_delay")
+            conn.execute("SELECT pg_reload_conf()")
+
+
+class Stopper:
+    """A test hook in ``Ctx.note`` (as ``reads``): the first note a report makes on the standby (and, when asked,
+    on the primary) turns it into a long report, ``SELECT pg_sleep(30)``, which something real then stops while it
+    runs: the primary replays a change the standby must cancel it for (``lock``: LOCK TABLE on a table it read;
+    ``snapshot``: VACUUM of rows deleted after its snapshot was taken), an operator cancels or terminates its
+    backend (``cancel``, ``terminate``), or its own ``statement_timeout`` (``timeout``)."""
+
+    def __init__(self, primary: EmbeddedPostgres, standby: StreamingStandby,
+                 on_standby: str, on_primary: str | None = None) -> None:
+        self.primary, self.standby = primary, standby
+        self.how = {True: on_standby, False: on_primary}
+        self.done: set[bool] = set()
+        self.errors: list[BaseException] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        inner = Ctx.note
+        stopper = self
+
+        def note(ctx: Ctx, action: str, subject_type: str | None = None, subject_id: Any = None,
+                 **detail: Any) -> None:
+            inner(ctx, action, subject_type, subject_id, **detail)
+            stopper.stop(ctx.conn)
+
+        monkeypatch.setattr(Ctx, "note", note)
+
+    def stop(self, conn: psycopg.Connection) -> None:
+        on_standby, pid = conn.execute("SELECT pg_is_in_recovery(), pg_backend_pid()").fetchone()
+        how = self.how[on_standby]
+        if how is None or on_standby in self.done:
+            return
+        self.done.add(on_standby)
+        server = self.standby if on_standby else self.primary
+        if how == "lock":
+            conn.execute("SELECT count(*) FROM residents")  # AccessShareLock on residents until the report ends
+        if how == "timeout":
+            conn.execute("SET LOCAL statement_timeout = '200ms'")
+            conn.execute("SELECT pg_sleep(30)")
+            return
+        thread = threading.Thread(target=self._meanwhile, args=(how, server, pid), daemon=True)
+        thread.start()
+        try:
+            conn.execute("SELECT pg_sleep(30)")
+        finally:
+            thread.join(60)
+
+    def _meanwhile(self, how: str, server: EmbeddedPostgres, pid: int) -> None:
+        try:
+            with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+                deadline = time.monotonic() + 20
+                while conn.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
+                                   (pid,)).fetchone() != ("PgSleep",):
+                    assert time.monotonic() < deadline, "the report never started sleeping"
+                    time.sleep(0.05)
+                if how in ("cancel", "terminate"):
+                    assert conn.execute(f"SELECT pg_{how}_backend(%s)", (pid,)).fetchone() == (True,)
+                    return
+            with psycopg.connect(self.primary.dsn, autocommit=True) as conn:  # the owner, in the database
+                if how == "lock":
+                    with conn.transaction():
+                        conn.execute("LOCK TABLE residents IN ACCESS EXCLUSIVE MODE")
+                elif how == "snapshot":
+                    conn.execute("DELETE FROM conflict_scratch")
+                    conn.execute("VACUUM conflict_scratch")
+        except BaseException as exc:  # seen by the test, not lost in the thread
+            self.errors.append(exc)
+
+
+@pytest.fixture
+def scratch(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> Iterator[None]:
+    """A table of the primary's whose rows the snapshot conflict deletes and vacuums away."""
+    primary, standby = pair
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE conflict_scratch AS SELECT g AS n FROM generate_series(1, 1000) AS g")
+    standby.catch_up()
+    try:
+        yield
+    finally:
+        with psycopg.connect(primary.dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE conflict_scratch")
+
+
+@pytest.mark.parametrize("conflict", ["lock", "snapshot"])
+def test_a_report_cancelled_by_a_replay_conflict_on_the_standby_is_read_again_from_the_primary(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], logins: tuple[str, str], clients: dict[str, TestClient],
+        world: World, reads: list[dict[str, Any]], conflicts_at_once: None, scratch: None, conflict: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine recovery conflict: the standby cancels the report's query (SQLSTATE 40001, counted in its own
+    pg_stat_database_conflicts); the caller still gets the answer, read from the primary, audited once."""
+    primary, standby = pair
+    app_login = str(conninfo_to_dict(logins[0])["user"])
+    client = clients["reports"]
+    path = f"/residents/{world.resident_a}/fhir"
+    expected = clients["primary"].get(path, headers=world.headers(clients["primary"], "gp"))
+    gp = world.headers(client, "gp")
+    audited = len(_audit_rows(primary, path))
+    before = (_conflicts(standby, primary.database), _stops("standby", "conflict"),
+              _reads("primary_pool", "conflict"))
+    stopper = Stopper(primary, standby, conflict)
+    stopper.install(monkeypatch)
+    reads.clear()
+    got = client.get(path, headers=gp)
+    assert not stopper.errors, stopper.errors
+    assert got.status_code == 200, got.text
+    assert _comparable(got.json()) == _comparable(expected.json())
+    # first on the standby (cancelled there), then every query of the second run on the primary, read-only
+    assert reads[0]["standby"] and reads[0]["port"] == standby.port, reads
+    again = reads[1:]
+    assert again and all(not r["standby"] and r["port"] == primary.port and r["user"] == app_login
+                         and r["read_only"] for r in again), reads
+    # the standby really cancelled it for recovery, and said so; the API counted it
+    deadline = time.monotonic() + 10  # a backend flushes its statistics within a second or so of going idle
+    while (after := _conflicts(standby, primary.database))[conflict] == before[0][conflict]:
+        assert time.monotonic() < deadline, (before[0], after)
+        time.sleep(0.2)
+    assert after[conflict] == before[0][conflict] + 1, (before[0], after)
+    assert _stops("standby", "conflict") == before[1] + 1
+    assert _reads("primary_pool", "conflict") == before[2] + 1
+    # one audit row for the one request, with the answer's status
+    rows = _audit_rows(primary, path)
+    assert rows[audited:] == [(world.users["gp"], "export", 200)], rows[audited:]
+
+
+@pytest.mark.parametrize(("how", "reason"), [("cancel", "cancelled"), ("terminate", "connection_lost")])
+def test_a_report_an_operator_stops_on_the_standby_is_read_again_from_the_primary(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
+        reads: list[dict[str, Any]], how: str, reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_cancel_backend (57014) or pg_terminate_backend (57P01) of the report's backend on the standby: stopped
+    there, not by its own timeout, so the primary answers it."""
+    primary, standby = pair
+    client = clients["reports"]
+    path = f"/residents/{world.resident_a}/baselines"
+    before = _stops("standby", reason), _reads("primary_pool", reason)
+    stopper = Stopper(primary, standby, how)
+    stopper.install(monkeypatch)
+    reads.clear()
+    got = client.get(path, headers=world.headers(client, "gp"))
+    assert not stopper.errors, stopper.errors
+    assert got.status_code == 200, got.text
+    assert reads[0]["standby"] and reads[1:] and not any(r["standby"] for r in reads[1:]), reads
+    assert (_stops("standby", reason), _reads("primary_pool", reason)) == (before[0] + 1, before[1] + 1)
+    # the report pool still works on the standby (a terminated connection was discarded, not handed out again)
+    monkeypatch.undo()
+    for _ in range(3):
+        assert client.get(path, headers=world.headers(client, "gp")).status_code == 200
+    assert client.get("/healthz").json()["reports"]["source"] == "standby"
+
+
+def test_a_report_stopped_on_the_standby_and_again_on_the_primary_answers_503_with_retry_after(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
+        reads: list[dict[str, Any]], conflicts_at_once: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled by a replay conflict on the standby, then cancelled on the primary too: a 503 that says what
+    happened and when to ask again, counted and audited (once), never a 500."""
+    primary, standby = pair
+    client = clients["reports"]
+    path = f"/households/{world.household_a}/report.csv"
+    audited = len(_audit_rows(primary, path))
+    before = _stops("standby", "conflict"), _stops("primary", "cancelled"), _sample(
+        "carewatch_api_report_unavailable_total", reason="cancelled")
+    stopper = Stopper(primary, standby, "lock", on_primary="cancel")
+    stopper.install(monkeypatch)
+    reads.clear()
+    got = client.get(f"{path}?days=7", headers=world.headers(client, "council"))
+    assert not stopper.errors, stopper.errors
+    assert got.status_code == 503, got.text
+    assert got.headers["retry-after"] == str(pooling.REPORT_RETRY_AFTER_S)
+    detail = got.json()["detail"]
+    assert "conflict with recovery" in detail and "from the primary failed too" in detail, detail
+    assert "cancelled by the database server" in detail and "ask again in 10 seconds" in detail, detail
+    assert reads[0]["standby"] and not reads[-1]["standby"], reads
+    assert (_stops("standby", "conflict"), _stops("primary", "cancelled"),
+            _sample("carewatch_api_report_unavailable_total", reason="cancelled")) == tuple(b + 1 for b in before)
+    # audited once, with its status: what the second run had noted when it was stopped (the household read; the
+    # export is noted once the file is made)
+    assert _audit_rows(primary, path)[audited:] == [(world.users["council"], "read", 503)]
+
+
+def test_a_report_stopped_by_its_statement_timeout_is_not_read_again(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
+        reads: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement_timeout (57014 too) is a limit of our own: the primary would take as long, so no second run; a
+    503 that says so, without Retry-After (asking again the same is no use)."""
+    primary, standby = pair
+    client = clients["reports"]
+    before = _stops("standby", "statement_timeout")
+    stopper = Stopper(primary, standby, "timeout")
+    stopper.install(monkeypatch)
+    reads.clear()
+    got = client.get(f"/residents/{world.resident_a}/readings?metric=spo2", headers=world.headers(client, "gp"))
+    assert got.status_code == 503, got.text
+    assert "retry-after" not in got.headers
+    assert "statement_timeout" in got.json()["detail"] and "shorter period" in got.json()["detail"]
+    assert reads and all(r["standby"] for r in reads), reads  # never on the primary
+    assert _stops("standby", "statement_timeout") == before + 1
+
+
+def test_report_metrics_say_where_reports_read_and_the_standby_lag(
+        clients: dict[str, TestClient], world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """carewatch_api_report_reads_total by target and reason, and the lag gauge, on the metrics port."""
+    path = f"/residents/{world.resident_a}/fhir"
+    before = {key: _reads(*key) for key in (("standby", "fresh"), ("primary_pool", "not_configured"),
+                                            ("primary_pool", "lag"))}
+    for name in ("reports", "primary"):
+        assert clients[name].get(path, headers=world.headers(clients[name], "gp")).status_code == 200
+    assert _reads("standby", "fresh") == before["standby", "fresh"] + 1
+    assert _reads("primary_pool", "not_configured") == before["primary_pool", "not_configured"] + 1
+    lag = _sample("carewatch_api_report_standby_lag_seconds")
+    assert 0 <= lag < 5, lag
+    # behind the limit: read from the primary pool, reason lag
+    monkeypatch.setattr(clients["reports"].app.state.reports, "max_lag_s", -1.0)
+    assert clients["reports"].get(path, headers=world.headers(clients["reports"], "gp")).status_code == 200
+    assert _reads("primary_pool", "lag") == before["primary_pool", "lag"] + 1
+    # served as `carewatch api` serves them (CAREWATCH_METRICS_PORT)
+    port = free_port()
+    metrics.serve(port)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for name in ("carewatch_api_report_reads_total{reason=\"fresh\",target=\"standby\"}",
+                 "carewatch_api_report_standby_lag_seconds", "carewatch_api_report_cancellations_total",
+                 "carewatch_api_report_unavailable_total"):
+        assert name in text, name
+
+
+def test_every_report_route_is_read_again_when_the_standby_stops_it() -> None:
+    """Every route on a report connection has ReportRoute's retry (its router's route_class), so a new report
+    cannot forget it; no other route does."""
+    app = create_app(Settings(database_url="postgresql://unused/none", jwt_secret=SIGNING_KEY))
+    reports = {rc.path for rc in iter_route_contexts(app.routes) if isinstance(rc.original_route, APIRoute)
+               and pooling._depends_on(rc.original_route.dependant, pooling.get_report_conn)}
+    assert reports >= {"/audit", "/residents/{resident_id}/fhir", "/reports/adoption",
+                       "/households/{site_id}/report.pdf"}
+    for rc in iter_route_contexts(app.routes):
+        if rc.path in reports:
+            assert isinstance(rc.original_route, pooling.ReportRoute), rc.path
+
+
+def test_stop_reasons_of_real_server_errors(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> None:
+    """What the database raises, classified: a timeout and a cancellation (both 57014) told apart, a terminated
+    session, and the route's own faults (left alone)."""
+    primary, _ = pair
+    with psycopg.connect(primary.admin_dsn, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled) as timeout:
+            conn.execute("SELECT pg_sleep(5)")
+        conn.execute("RESET statement_timeout")
+        with pytest.raises(psycopg.errors.QueryCanceled) as cancel:
+            conn.execute("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)")
+        with pytest.raises(psycopg.errors.UndefinedTable) as own:
+            conn.execute("SELECT * FROM no_such_table")
+        with pytest.raises(psycopg.errors.DivisionByZero) as data:
+            conn.execute("SELECT 1 / 0")
+        with pytest.raises(psycopg.OperationalError) as ended:
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    assert [pooling.stop_reason(e.value) for e in (timeout, cancel, own, data, ended)] == [
+        "statement_timeout", "cancelled", None, None, "connection_lost"]
