@@ -68,6 +68,14 @@ HOUSEHOLD_BATCH = 50
 _FREQUENT = (Metric.ROOM_TEMPERATURE.value, Metric.MOTION.value, Metric.HUMIDITY.value, Metric.BATTERY.value)
 _METRICS_FREQUENT_FIRST = [*_FREQUENT, *sorted(m.value for m in Metric if m.value not in _FREQUENT)]
 _TICK = timedelta(microseconds=1)
+#: The kitchen kinds as SQL literals (code constants): the newest kitchen event per household is read through the
+#: partial index ``behaviour_events_kitchen_end`` (migration 0028), whose predicate the planner proves only from
+#: literals.
+_KITCHEN_SQL = ", ".join(f"'{kind}'" for kind in sorted(KITCHEN_KINDS))
+#: Night-time (00:00-06:00 local) bathroom visits and night activity: what the night rules look back at, through the
+#: partial index ``behaviour_events_night`` (migration 0028; the same literals, or the planner cannot use it).
+_NIGHT_EVENTS_SQL = (f"kind IN ('bathroom_visit', 'night_activity') "
+                     f"AND (started_at AT TIME ZONE '{LOCAL_TZ.key}')::time < '{NIGHT_END:%H:%M}'")
 _EVENT_COLUMNS = ("site_id, event_id, kind, started_at, ended_at, device_id, detail->>'role', "
                   "detail->>'direction', (detail->>'bathroom_trip')::boolean, (detail->>'up')::boolean, "
                   "CASE WHEN started_at >= %(recent)s THEN detail END")
@@ -145,15 +153,19 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
         homes[site_id].devices.append(tuple(device))
     events = _sync_events(conn, homes, now, summary)
     data = _load_households(conn, homes, events, now)
+    by_site = {site_id: household_findings(data[site_id], now) for site_id in ids}
+    # The newest stored reading is the evidence time of an alert opened or updated now (stored-to-alert latency):
+    # only a raising finding opens or updates one, so it is read only for the households with one (few).
+    raising = [site_id for site_id, found in by_site.items() if any(f.state == "raise" for f in found)]
     newest: dict[str, datetime] = {}
-    if latency is not None:
+    if latency is not None and raising:
         newest = dict(conn.execute(
             "SELECT subject_id, max(stored_at) FROM readings WHERE subject_kind = 'household' AND subject_id = ANY(%s) "
             "AND measured_at > %s "
-            "AND measured_at <= %s GROUP BY subject_id", (ids, now - timedelta(hours=2), now + FUTURE_SLACK),
+            "AND measured_at <= %s GROUP BY subject_id", (raising, now - timedelta(hours=2), now + FUTURE_SLACK),
         ).fetchall())
-    findings = [replace(f, evidence_stored_at=newest.get(site_id)) for site_id in ids
-                for f in household_findings(data[site_id], now)]
+    findings = [replace(f, evidence_stored_at=newest[site_id]) if site_id in newest else f
+                for site_id in ids for f in by_site[site_id]]
     apply_findings(conn, findings, now, summary, latency=latency)
     summary.households += len(homes)
 
@@ -161,7 +173,8 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
 def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,
                  summary: EvaluationSummary) -> dict[str, list[BehaviourEvent]]:
     """Re-derive each household's recent behaviour events from its readings, write only what changed, and return
-    its events of the last 16 days for the rules (one read of the stored events serves both).
+    its events of the last 16 days for the rules (one read of the stored events serves both; the newest front-door
+    and kitchen events before the re-derivation window are one index probe each per household).
 
     Up to the last 36 h are re-derived (late uploads included): all of it the first time this process sees the
     household, afterwards from just before whatever can have changed (``_incremental_starts``). A household with
@@ -177,21 +190,23 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
     stored = _by_site(conn.execute(
         f"""SELECT * FROM (
               SELECT {_EVENT_COLUMNS} FROM behaviour_events WHERE site_id = ANY(%(sites)s)
-                 AND started_at > %(since)s AND started_at <= %(until)s
-                 AND (started_at >= %(recent)s OR (kind = ANY(%(night_kinds)s)
-                      AND (started_at AT TIME ZONE '{LOCAL_TZ.key}')::time < %(night_end)s))
+                 AND started_at >= %(recent)s AND started_at > %(since)s AND started_at <= %(until)s
               UNION ALL
-              SELECT * FROM (SELECT DISTINCT ON (site_id) {_EVENT_COLUMNS} FROM behaviour_events
-                 WHERE site_id = ANY(%(sites)s) AND kind = 'front_door' AND started_at > %(since)s
-                   AND started_at < %(recent)s ORDER BY site_id, started_at DESC) door
+              SELECT {_EVENT_COLUMNS} FROM behaviour_events WHERE site_id = ANY(%(sites)s)
+                 AND started_at > %(since)s AND started_at < %(recent)s AND started_at <= %(until)s
+                 AND {_NIGHT_EVENTS_SQL}
               UNION ALL
-              SELECT * FROM (SELECT DISTINCT ON (site_id) {_EVENT_COLUMNS} FROM behaviour_events
-                 WHERE site_id = ANY(%(sites)s) AND kind = ANY(%(kitchen)s) AND started_at > %(since)s
-                   AND started_at < %(recent)s ORDER BY site_id, ended_at DESC NULLS LAST) kitchen
+              SELECT door.* FROM unnest(%(sites)s::text[]) AS h(site) CROSS JOIN LATERAL (
+                 SELECT {_EVENT_COLUMNS} FROM behaviour_events
+                 WHERE site_id = h.site AND kind = 'front_door' AND started_at > %(since)s
+                   AND started_at < %(recent)s ORDER BY started_at DESC LIMIT 1) door
+              UNION ALL
+              SELECT kitchen.* FROM unnest(%(sites)s::text[]) AS h(site) CROSS JOIN LATERAL (
+                 SELECT {_EVENT_COLUMNS} FROM behaviour_events
+                 WHERE site_id = h.site AND kind IN ({_KITCHEN_SQL}) AND started_at > %(since)s
+                   AND started_at < %(recent)s ORDER BY ended_at DESC NULLS LAST LIMIT 1) kitchen
             ) e ORDER BY site_id, started_at""",
-        {"sites": ids, "since": since, "until": now + FUTURE_SLACK, "recent": recent_from,
-         "night_kinds": ["bathroom_visit", "night_activity"], "night_end": NIGHT_END,
-         "kitchen": sorted(KITCHEN_KINDS)},
+        {"sites": ids, "since": since, "until": now + FUTURE_SLACK, "recent": recent_from},
     ).fetchall())
     for site_id, home in homes.items():
         home.stored = stored.get(site_id, [])

@@ -352,3 +352,26 @@ def test_a_sleeper_s_bedroom_blips_are_not_someone_up_but_a_restless_spell_and_t
     assert bh.settled_nights(replace(h, events=[e for e in events if e.started_at < at(night, 3)]), [night]).tolist() \
         == [True]
     assert bh.settled_nights(h, [night]).tolist() == [False]
+
+
+def test_on_seconds_each_equals_on_seconds_window_by_window() -> None:
+    """derive_events takes every episode's on-time from one pass over a device's readings (issue 19): the same
+    floats as on_seconds per episode, ties and an unclosed last spell included."""
+    rng = np.random.default_rng(19)
+    for _ in range(300):
+        n = int(rng.integers(1, 60))
+        times = np.round(rng.uniform(0, 20_000, n), int(rng.integers(0, 3)))  # rounding makes ties
+        on = rng.random(n) < rng.uniform(0.2, 0.8)
+        spans = bh.episodes(times, on, 900.0) + [(float(a), float(a + b)) for a, b in rng.uniform(0, 20_000, (5, 2))]
+        assert bh.on_seconds_each(times, on, spans) == [bh.on_seconds(times, on, s, e) for s, e in spans]
+
+
+def test_night_bathroom_threshold_is_scipys_median_abs_deviation() -> None:
+    from scipy.stats import median_abs_deviation
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        counts = rng.integers(0, int(rng.integers(1, 12)), int(rng.integers(7, 15))).astype(np.int64)
+        median, mad, _threshold = bh.night_bathroom_threshold(counts)
+        assert median == float(np.median(counts))
+        assert mad == float(median_abs_deviation(counts, scale="normal"))
