@@ -423,13 +423,17 @@ def night_bathroom_finding(h: HouseholdData, now: datetime) -> Finding:
 KITCHEN_INACTIVE_WAKING_HOURS: Final = 8.0
 
 
+def _last_kitchen(h: HouseholdData, now: datetime) -> datetime | None:
+    """The end of the newest kitchen event (fridge, kettle or kitchen movement) started by ``now``."""
+    return max((e.ended_at for e in h.events if e.kind in KITCHEN_KINDS and e.started_at <= now), default=None)
+
+
 def kitchen_inactivity_finding(h: HouseholdData, now: datetime) -> Finding:
     kind = AlertKind.KITCHEN_INACTIVITY
     subject, site = _finding_args(h)
     if not (h.roles & {"kitchen", "fridge", "kettle"}):
         return hold(kind, subject, site)
-    kitchen = [e for e in h.events if e.kind in KITCHEN_KINDS and e.started_at <= now]
-    last = max((e.ended_at for e in kitchen), default=None)
+    last = _last_kitchen(h, now)
     if last is None:
         # never seen in the loaded history: a sensor problem (device_silent), not evidence about eating
         return hold(kind, subject, site, "no kitchen events on record")
@@ -554,6 +558,21 @@ HOME_BY: Final = time(21, 0)
 LATE_EXIT_GRACE: Final = timedelta(hours=1)
 
 
+def _expected_back(h: HouseholdData) -> tuple[datetime, datetime]:
+    """(when the person went out, when they are expected back) from the newest front-door event."""
+    exit_event = max((e for e in h.events if e.kind == "front_door"), key=lambda e: e.started_at)
+    left = exit_event.ended_at
+    home_by = h.home_by or HOME_BY
+    local = left.astimezone(LOCAL_TZ)
+    evening = datetime.combine(local.date(), home_by, tzinfo=LOCAL_TZ)
+    morning = datetime.combine(local.date(), WAKING_START, tzinfo=LOCAL_TZ)
+    return left, left + LATE_EXIT_GRACE if (local >= evening or local < morning) else evening
+
+
+#: out_not_back is raised medium, then high this long after the expected time.
+OUT_NOT_BACK_HIGH_AFTER: Final = timedelta(hours=2)
+
+
 def out_not_back_finding(h: HouseholdData, now: datetime) -> Finding:
     """A front-door exit with no return (no indoor motion since) by the household's home-by time; an exit in
     the evening or night (after home-by, before 07:00) gets LATE_EXIT_GRACE. Cleared by a return; held while
@@ -564,13 +583,7 @@ def out_not_back_finding(h: HouseholdData, now: datetime) -> Finding:
         return hold(kind, subject, site)
     if not _away(h):
         return clear_alert(kind, subject, site, "Not out (or back home).")
-    exit_event = max((e for e in h.events if e.kind == "front_door"), key=lambda e: e.started_at)
-    left = exit_event.ended_at
-    home_by = h.home_by or HOME_BY
-    local = left.astimezone(LOCAL_TZ)
-    evening = datetime.combine(local.date(), home_by, tzinfo=LOCAL_TZ)
-    morning = datetime.combine(local.date(), WAKING_START, tzinfo=LOCAL_TZ)
-    deadline = left + LATE_EXIT_GRACE if (local >= evening or local < morning) else evening
+    left, deadline = _expected_back(h)
     if now < deadline:
         return hold(kind, subject, site, f"out since {local_time(left)}; expected back by {local_time(deadline)}")
     if h.gateway_offline:
@@ -579,8 +592,9 @@ def out_not_back_finding(h: HouseholdData, now: datetime) -> Finding:
               f"{local_time(deadline)} (no movement indoors since).")
     action = ("Phone the person, then their family or carer. If nobody knows where they are, call the police on "
               "101 (999 if they are at risk).")
-    return raise_alert(kind, subject, site, Severity.MEDIUM if now - deadline < timedelta(hours=2) else Severity.HIGH,
-                       reason, action, data={"left_at": iso(left), "expected_by": iso(deadline)})
+    severity = Severity.MEDIUM if now - deadline < OUT_NOT_BACK_HIGH_AFTER else Severity.HIGH
+    return raise_alert(kind, subject, site, severity, reason, action,
+                       data={"left_at": iso(left), "expected_by": iso(deadline)})
 
 
 # --- room temperature --------------------------------------------------------------------------------------
@@ -733,6 +747,103 @@ def care_review_finding(h: HouseholdData, now: datetime) -> Finding:
     return raise_alert(kind, subject, site, Severity.INFO, reason, action,
                        data={"settled_nights": [d.isoformat() for d, s in zip(nights, settled, strict=True) if s],
                              "nights_considered": [d.isoformat() for d in nights]})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# When time alone can change a decision (issue 19: the slow tick skips households that cannot change)
+# ------------------------------------------------------------------------------------------------------------
+_MICROSECOND = timedelta(microseconds=1)
+#: Raised findings whose text counts time (minutes still, waking hours): re-evaluated at every slow tick while
+#: raised, as before, so the open alert's reason keeps counting.
+TIME_COUNTING_KINDS: Final = frozenset({AlertKind.LONG_BATHROOM_STAY, AlertKind.LONG_LIE, AlertKind.KITCHEN_INACTIVITY})
+
+
+def waking_instant(start: datetime, reached: Callable[[float], bool], hours: float) -> datetime:
+    """The first instant ``t`` (to the microsecond) at which ``reached(waking_hours_between(start, t))`` holds,
+    for a rule that is reached after ``hours`` waking hours (07:00-22:00 local) since ``start``."""
+    remaining = max(hours, 0.0) * 3600
+    day = start.astimezone(LOCAL_TZ).date()
+    while True:
+        lo = max(start, local_at(day, WAKING_START))
+        hi = local_at(day, WAKING_END)
+        span = (hi - lo).total_seconds()
+        if span > 0 and span >= remaining:
+            at = lo + timedelta(seconds=remaining)
+            break
+        remaining -= max(span, 0.0)
+        day += timedelta(days=1)
+    # the hours are summed in floating point: settle on the rule's own comparison, to the microsecond
+    for _ in range(64):
+        if reached(waking_hours_between(start, at)):
+            if not reached(waking_hours_between(start, at - _MICROSECOND)) or at <= start:
+                return at
+            at -= _MICROSECOND
+        else:
+            at += _MICROSECOND
+    return at
+
+
+def _next_local(now: datetime, at: time) -> datetime:
+    """The first local ``at`` strictly after ``now``."""
+    day = now.astimezone(LOCAL_TZ).date()
+    for offset in range(3):
+        candidate = local_at(day + timedelta(days=offset), at)
+        if candidate > now:
+            return candidate
+    raise AssertionError("unreachable: a local time recurs within two days")
+
+
+def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Finding]) -> datetime:
+    """The earliest instant after ``now`` at which time passing alone (no new reading, no other change) can change
+    a decision of ``household_findings`` (or the text of a raised finding that counts time); ``now`` when that
+    is at the next slow tick. Per rule:
+
+    * night-time bathroom visits, care review: the next 06:00 local (a night completes);
+    * no morning activity: the usual wake time + grace, and local midnight (a new day);
+    * kitchen, long lie: the instant the waking hours since the last kitchen use / motion reach the limit;
+    * long bathroom stay: the last motion + 45 min; household silent: the last reading + 3 h;
+    * out and not back: the expected time and 2 h after it (medium, then high); a front-door event's direction
+      (pending, then exit or unknown) 15 min after it closed (``derive_events``);
+    * room temperature: each reading of the last hour leaving the hour;
+    * anything stamped after ``now`` (within the scorer's future slack) when it comes into the rules' view;
+    * a raised long bathroom stay, long lie or kitchen inactivity: every slow tick (its text counts time).
+
+    Not foreseen here (the caller's bounded cadence covers them): the room-cold known pattern (the same hour on
+    the previous days moves with ``now``), and the 16-day look-backs sliding past old data (the oldest
+    baseline night, a kitchen event or a motion 16 days old). The hub's own offline-by-silence time and
+    snoozes ending are the caller's (it knows the hubs and the suppressions)."""
+    if any(f.state == "raise" and f.kind in TIME_COUNTING_KINDS for f in findings):
+        return now
+    times: list[datetime] = [_next_local(now, NIGHT_END), _next_local(now, time(0))]
+    # anything stamped in the (near) future enters the rules' view when its time comes
+    for e in h.events:
+        times += [e.started_at, e.ended_at]
+    times += [t for t in (h.last_motion_at, h.last_heard) if t is not None]
+    times += list(h.first_motion_by_day.values())
+    times += [r.measured_at for r in h.room_temperatures]
+    # a front-door event's direction is settled DOOR_CONTEXT after it closed
+    times += [e.ended_at + DOOR_CONTEXT for e in h.events if e.kind == "front_door"]
+    # room temperatures: a reading leaves the sustained hour
+    times += [r.measured_at + ROOM_SUSTAINED + _MICROSECOND for r in h.room_temperatures]
+    if h.last_heard is not None:
+        times.append(h.last_heard + HOUSEHOLD_SILENT_AFTER + _MICROSECOND)
+    if h.last_motion_at is not None:
+        if h.last_motion_role == "bathroom":
+            times.append(h.last_motion_at + LONG_BATHROOM_STAY)
+        after = (h.long_lie_after or LONG_LIE_AFTER).total_seconds()
+        times.append(waking_instant(h.last_motion_at, lambda hours: not hours * 3600 < after, after / 3600))
+    last_kitchen = _last_kitchen(h, now)
+    if last_kitchen is not None:
+        times.append(waking_instant(last_kitchen, lambda hours: not hours < KITCHEN_INACTIVE_WAKING_HOURS,
+                                    KITCHEN_INACTIVE_WAKING_HOURS))
+    today = now.astimezone(LOCAL_TZ).date()
+    usual, _days = usual_wake_time(h.first_motion_by_day, today)
+    if usual is not None:
+        times.append(local_at(today, time(0)) + timedelta(minutes=usual) + WAKE_GRACE + _MICROSECOND)
+    if any(e.kind == "front_door" for e in h.events):
+        _left, deadline = _expected_back(h)
+        times += [deadline, deadline + OUT_NOT_BACK_HIGH_AFTER]
+    return min(t for t in times if t > now)
 
 
 def household_findings(h: HouseholdData, now: datetime) -> list[Finding]:

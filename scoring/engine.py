@@ -28,7 +28,7 @@ from carewatch.db import text_array
 from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_changing_devices, load_devices
-from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households
+from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households, households_due
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
@@ -222,7 +222,8 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
          site_ids: Sequence[str] | None = None) -> EvaluationSummary:
     """Time-based rules. Fast part (every few seconds): escalations and overdue observations (and the gateway
     pass with ``gateways=True``: one cheap query). Slow part (``slow=True``): households (long lie, morning,
-    kitchen, rooms, silence), devices and gateways. ``site_ids``: only these sites (a scorer replica's share,
+    kitchen, rooms, silence: those with news or a deadline reached, and each at least every 5 minutes), devices and
+    gateways. ``site_ids``: only these sites (a scorer replica's share,
     scoring/replicas.py); None = the whole estate."""
     summary = EvaluationSummary()
     # the escalation policy's next steps (carewatch.notify): deliveries are left pending for the notify thread
@@ -231,11 +232,9 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
                                        if p.level > 1)
     overdue_pass(conn, now, summary, site_ids)
     if slow:
-        scope = None if site_ids is None else list(site_ids)
-        households = [row[0] for row in conn.execute(
-            "SELECT site_id FROM sites WHERE kind = 'household' AND (%s::text[] IS NULL OR site_id = ANY(%s::text[])) "
-            "ORDER BY site_id", (scope, scope)).fetchall()]
-        _run_household_batches(conn, households, now, summary, latency=False)
+        # only the households whose decisions can have changed: news, a rule's deadline reached, or the bounded
+        # cadence (scoring/households.py: households_due, H-HOME-11)
+        _run_household_batches(conn, households_due(conn, now, site_ids), now, summary, latency=False)
         # only the devices whose finding can change (an alert open, or a rule that could raise): the estate's
         # other devices would give findings that findings_that_change drops (scoring/devices.py)
         apply_device_findings(conn, load_changing_devices(conn, now, site_ids=site_ids), now, summary)

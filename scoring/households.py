@@ -1,7 +1,9 @@
 """Households: home-sensor readings -> behaviour events -> household findings -> alerts.
 
 ``evaluate_households`` runs for a batch of households whose locks the caller holds. This module is the one
-writer of ``behaviour_events`` (re-derived incrementally, H-HOME-08); alerts go through ``scoring/lifecycle.py``.
+writer of ``behaviour_events`` (re-derived incrementally, H-HOME-08) and of ``household_state`` (when each
+household was evaluated and when time alone can next change a decision: ``households_due`` is what the slow
+tick evaluates, H-HOME-11); alerts go through ``scoring/lifecycle.py``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from carewatch.scoring.behaviour import (
     SensorReading,
     derive_events,
     household_findings,
+    household_recheck_at,
     role_of,
 )
 from carewatch.scoring.lifecycle import apply_findings, resolve_open_alerts
 from carewatch.scoring.loading import FUTURE_SLACK
-from carewatch.scoring.rules import LOCAL_TZ, GatewayState, gateway_offline
+from carewatch.scoring.rules import GATEWAY_SILENT_AFTER, LOCAL_TZ, GatewayState, gateway_offline
 from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import Metric
 
@@ -63,6 +66,11 @@ STORED_AT_SLACK = timedelta(minutes=5)
 INCREMENTAL_MAX_GAP = timedelta(hours=6)
 #: Households evaluated together in one transaction (a dozen set-based queries for the whole batch).
 HOUSEHOLD_BATCH = 50
+#: The slow tick's bounded cadence (H-HOME-11): a household is evaluated again at least this often even when
+#: nothing says it can have changed: the safety net for a deadline ``household_recheck_at`` cannot foresee
+#: (the room-cold known pattern, the 16-day look-backs sliding) or one missed, and for changes that are not
+#: readings (a setting, a device bound, a hub back online without news, a person closing an alert).
+HOUSEHOLD_RECHECK_MAX = timedelta(minutes=5)
 #: Every metric, for per-metric index probes (readings are indexed by subject, metric, time; PostgreSQL cannot
 #: skip-scan the metric), the ones home sensors send most often first so "any reading?" stops early.
 _FREQUENT = (Metric.ROOM_TEMPERATURE.value, Metric.MOTION.value, Metric.HUMIDITY.value, Metric.BATTERY.value)
@@ -126,24 +134,33 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     scanning 16 days of readings), then the pure rules per household and one pass to write the alerts."""
     gateway_column = "ARRAY(SELECT g.{} FROM gateways g WHERE g.site_id = s.site_id ORDER BY g.gateway_id)"
     homes: dict[str, _Household] = {}
-    for site_id, name, package, lie_minutes, home_by, statuses, gw_ids, gw_states, gw_seen, seen_any in conn.execute(
+    states: dict[str, tuple[datetime | None, datetime]] = {}  # site -> (newest reading, recheck_at)
+    # The newest reading is read before the readings themselves: one stored in between is then seen as news by the
+    # next slow tick (an extra evaluation), never as already evaluated.
+    for (site_id, name, package, lie_minutes, home_by, statuses, gw_ids, gw_states, gw_seen, seen_any,
+         newest_reading) in conn.execute(
         "SELECT s.site_id, s.name, s.care_package, s.long_lie_minutes, s.home_by, "
         "ARRAY(SELECT monitoring FROM residents r "
         "WHERE r.site_id = s.site_id), "
         + ", ".join(gateway_column.format(c) for c in ("gateway_id", "state", "last_seen"))
-        + ", (SELECT max(last_seen) FROM devices d WHERE d.site_id = s.site_id) "
+        + ", (SELECT max(last_seen) FROM devices d WHERE d.site_id = s.site_id), "
+        "(SELECT max(measured_at) FROM latest_readings l WHERE l.subject_kind = 'household' "
+        " AND l.subject_id = s.site_id) "
         "FROM sites s WHERE s.site_id = ANY(%s) AND s.kind = 'household' ORDER BY s.site_id", (list(site_ids),),
     ).fetchall():
         if statuses and "active" not in statuses:
             resolve_open_alerts(conn, now, "No one in this household is being monitored: alerts closed.",
                                 subject=Subject(SubjectKind.HOUSEHOLD, site_id), summary=summary)
+            states[site_id] = (newest_reading, now + HOUSEHOLD_RECHECK_MAX)
             continue
+        states[site_id] = (newest_reading, now + HOUSEHOLD_RECHECK_MAX)
         gateways = [GatewayState(*row) for row in zip(gw_ids, [site_id] * len(gw_ids), gw_states, gw_seen,
                                                       strict=True)]
         homes[site_id] = _Household(site_id, name, package, gateways, seen_any,
                                     long_lie_after=timedelta(minutes=lie_minutes) if lie_minutes else None,
                                     home_by=home_by)
     if not homes:
+        _write_states(conn, states, now)
         return
     ids = sorted(homes)
     for site_id, *device in conn.execute(
@@ -167,7 +184,56 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     findings = [replace(f, evidence_stored_at=newest[site_id]) if site_id in newest else f
                 for site_id in ids for f in by_site[site_id]]
     apply_findings(conn, findings, now, summary, latency=latency)
+    # when time alone can next change a decision (H-HOME-11): the rules' own deadlines, a hub going quiet (the
+    # rules hold while it is offline), a snooze ending; the slow tick skips the household until then
+    snoozes: dict[str, datetime] = dict(conn.execute(
+        "SELECT subject_id, min(until) FROM alert_suppressions WHERE subject_kind = 'household' "
+        "AND subject_id = ANY(%s) AND until > %s GROUP BY subject_id", (ids, now)).fetchall())
+    for site_id in ids:
+        home = homes[site_id]
+        times = [household_recheck_at(data[site_id], now, by_site[site_id]), now + HOUSEHOLD_RECHECK_MAX]
+        times += [gw.last_seen + GATEWAY_SILENT_AFTER + _TICK for gw in home.gateways
+                  if gw.last_seen is not None and gw.state != "offline" and gw.last_seen + GATEWAY_SILENT_AFTER >= now]
+        if site_id in snoozes:
+            times.append(snoozes[site_id])
+        states[site_id] = (states[site_id][0], min(times))
+    _write_states(conn, states, now)
     summary.households += len(homes)
+
+
+def _write_states(conn: psycopg.Connection, states: Mapping[str, tuple[datetime | None, datetime]],
+                  now: datetime) -> None:
+    """Record each household's evaluation: when, the newest reading it had, when it next needs one."""
+    if not states:
+        return
+    ids = sorted(states)
+    conn.execute(
+        """INSERT INTO household_state (site_id, evaluated_at, newest_reading, recheck_at)
+           SELECT v.site_id, %s, v.newest_reading, v.recheck_at
+           FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS v(site_id, newest_reading, recheck_at)
+           ON CONFLICT (site_id) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at,
+               newest_reading = EXCLUDED.newest_reading, recheck_at = EXCLUDED.recheck_at, updated_at = now()""",
+        (now, ids, [states[s][0] for s in ids], [states[s][1] for s in ids]),
+    )
+
+
+def households_due(conn: psycopg.Connection, now: datetime, site_ids: Sequence[str] | None) -> list[str]:
+    """The households the slow tick must evaluate at ``now`` (H-HOME-11): never evaluated; a reading newer than
+    the newest their last evaluation had (the NOTIFY path evaluates fresh readings at once: this catches any it
+    missed); their ``recheck_at`` reached (time alone can change a decision); evaluated more than
+    HOUSEHOLD_RECHECK_MAX ago (the bounded cadence); or a clock gone back. ``site_ids``: only these (a replica's
+    share); None = the whole estate."""
+    return [row[0] for row in conn.execute(
+        """SELECT s.site_id FROM sites s LEFT JOIN household_state h ON h.site_id = s.site_id
+           WHERE s.kind = 'household' AND (%(scope)s::text[] IS NULL OR s.site_id = ANY(%(scope)s::text[]))
+             AND (h.site_id IS NULL OR h.recheck_at <= %(now)s OR h.evaluated_at <= %(stale)s
+                  OR h.evaluated_at > %(now)s
+                  OR EXISTS (SELECT 1 FROM latest_readings l WHERE l.subject_kind = 'household'
+                             AND l.subject_id = s.site_id
+                             AND l.measured_at > coalesce(h.newest_reading, '-infinity'::timestamptz)))
+           ORDER BY s.site_id""",
+        {"scope": None if site_ids is None else list(site_ids), "now": now, "stale": now - HOUSEHOLD_RECHECK_MAX},
+    ).fetchall()]
 
 
 def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,

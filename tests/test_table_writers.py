@@ -24,6 +24,7 @@ OWNERS = {
     "alert_suppressions": "scoring/lifecycle.py",
     "resident_state": "scoring/residents.py",
     "behaviour_events": "scoring/households.py",
+    "household_state": "scoring/households.py",
     "readings": "ingest/store.py",
     "latest_readings": "ingest/store.py",
     "dead_letters": "ingest/store.py",

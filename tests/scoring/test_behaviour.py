@@ -375,3 +375,81 @@ def test_night_bathroom_threshold_is_scipys_median_abs_deviation() -> None:
         median, mad, _threshold = bh.night_bathroom_threshold(counts)
         assert median == float(np.median(counts))
         assert mad == float(median_abs_deviation(counts, scale="normal"))
+
+
+# --- when time alone can change a decision (issue 19: the slow tick skips households that cannot change) -------
+def _decisions(h: HouseholdData, now: datetime) -> list[tuple[object, ...]]:
+    """What an evaluation at ``now`` would write: every finding but a hold's words (a hold changes nothing)."""
+    return [(f.kind, f.state, f.severity, None if f.state == "hold" else (f.reason, f.action))
+            for f in bh.household_findings(h, now)]
+
+
+def _lived_in(**kw: object) -> HouseholdData:
+    """Two weeks of a household's life up to DAY 15:00: nights, mornings, meals, a walk out at 15:00, a cold lounge."""
+    days = [DAY - timedelta(days=i) for i in range(16)]
+    events: list[BehaviourEvent] = [e for d in days for e in visits(d, 1 + d.day % 3)]
+    events += [BehaviourEvent("kitchen_activity", at(d, hh, mm), at(d, hh, mm + 20), None, {"role": "kitchen"})
+               for d in days for hh, mm in ((8, 0), (12, 30), (18, 0)) if at(d, hh, mm) < at(DAY, 15)]
+    events.append(BehaviourEvent("front_door", at(DAY, 15), at(DAY, 15, 1), None, {"direction": "exit"}))
+    base: dict[str, object] = dict(
+        roles=frozenset({"bathroom", "kitchen", "fridge", "front_door", "bedroom"}),
+        events=sorted(events, key=lambda e: e.started_at), last_motion_at=at(DAY, 14, 55),
+        last_motion_role="kitchen", first_motion_by_day={d: at(d, 7, 10 + d.day % 20) for d in days},
+        nights_heard=frozenset(days), last_heard=at(DAY, 15, 1),
+        room_temperatures=_temps([17.4, 17.2, 17.1, 17.0], end=at(DAY, 15)),
+    )
+    base.update(kw)
+    return household(**base)
+
+
+_STILL = [BehaviourEvent("kitchen_activity", at(DAY, 8), at(DAY, 8, 20), None, {"role": "kitchen"})]
+
+
+@pytest.mark.parametrize("h", [
+    _lived_in(),  # out since 15:01: expected back by 21:00, high at 23:00; the hour of cold readings runs out
+    _lived_in(home_by=bh.time(18, 0), gateway_offline=True),
+    _lived_in(events=_STILL, last_motion_role=None, last_motion_at=at(DAY, 10), last_heard=at(DAY, 10)),  # still
+    _lived_in(events=_STILL, last_motion_role="bathroom", last_motion_at=at(DAY, 11), last_heard=at(DAY, 11)),
+    _lived_in(events=_STILL, last_motion_role=None, last_motion_at=at(DAY, 21, 40), long_lie_after=timedelta(
+        minutes=45), room_temperatures=[], last_heard=at(DAY, 21, 40)),  # the limit crosses the night
+    _lived_in(first_motion_by_day={}, nights_heard=frozenset(), events=[]),
+    household(),
+], ids=["out", "out-hub-offline", "still-in-the-lounge", "in-the-bathroom", "still-overnight", "no-history", "empty"])
+def test_no_decision_changes_before_the_household_s_recheck_time(h: HouseholdData) -> None:
+    """H-HOME-11: household_recheck_at is never later than the first instant time alone changes what an evaluation
+    would write (a raised time-counting finding: the next tick). Checked every 3 minutes up to it, and the
+    microsecond before it, from many starting times across a day and a half."""
+    now = at(DAY, 15, 2)
+    while now < at(DAY + timedelta(days=1), 23):
+        before = _decisions(h, now)
+        recheck = bh.household_recheck_at(h, now, bh.household_findings(h, now))
+        assert recheck >= now
+        if recheck > now:
+            t = now + timedelta(minutes=3)
+            while t < recheck and t < now + timedelta(hours=20):
+                assert _decisions(h, t) == before, (now, t, recheck)
+                t += timedelta(minutes=3)
+            assert _decisions(h, recheck - timedelta(microseconds=1)) == before, (now, recheck)
+        else:
+            assert any(f.state == "raise" and f.kind in bh.TIME_COUNTING_KINDS for f in bh.household_findings(h, now))
+        now += timedelta(minutes=37)
+
+
+def test_the_recheck_time_is_the_instant_a_threshold_is_crossed() -> None:
+    """The deadlines are exact: the long lie (waking hours), the long bathroom stay, silence, out and not back."""
+    still = _lived_in(events=_STILL, last_motion_role=None, last_motion_at=at(DAY, 10), last_heard=at(DAY, 10),
+                      room_temperatures=[])
+    assert bh.household_recheck_at(still, at(DAY, 10, 5), bh.household_findings(still, at(DAY, 10, 5))) == at(DAY, 12)
+    assert bh.long_lie_finding(still, at(DAY, 12)).state == "raise"
+    # last seen at 21:30: 30 waking minutes tonight, 90 more from 07:00 (the night completes at 06:00 first)
+    tea = [BehaviourEvent("kitchen_activity", at(DAY, 21), at(DAY, 21, 20), None, {"role": "kitchen"})]
+    overnight = replace(still, events=tea, last_motion_at=at(DAY, 21, 30), last_heard=at(DAY, 21, 30))
+    next_day = DAY + timedelta(days=1)
+    for now, recheck in ((at(next_day, 1), at(next_day, 6)), (at(next_day, 6, 30), at(next_day, 8, 30))):
+        assert bh.household_recheck_at(overnight, now, bh.household_findings(overnight, now)) == recheck
+    assert bh.long_lie_finding(overnight, at(next_day, 8, 30)).state == "raise"
+    assert bh.long_lie_finding(overnight, at(next_day, 8, 30) - timedelta(microseconds=1)).state == "clear"
+    bathroom = replace(still, last_motion_role="bathroom", last_motion_at=at(DAY, 11), last_heard=at(DAY, 11))
+    assert bh.household_recheck_at(bathroom, at(DAY, 11, 1), []) == at(DAY, 11, 45)
+    out = _lived_in()
+    assert bh.household_recheck_at(out, at(DAY, 20, 55), bh.household_findings(out, at(DAY, 20, 55))) == at(DAY, 21)
