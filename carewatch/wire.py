@@ -129,6 +129,8 @@ METRICS: dict[Metric, MetricSpec] = {
 }
 
 BINARY_METRICS = frozenset(m for m, s in METRICS.items() if s.unit == "1" and s.high == 1)
+#: METRICS by the metric's string (a Metric is that string too: a StrEnum).
+_SPEC_BY_NAME: dict[str, MetricSpec] = {m.value: s for m, s in METRICS.items()}
 
 
 class ImplausibleValue(ValueError):
@@ -136,18 +138,20 @@ class ImplausibleValue(ValueError):
 
 
 def check_plausible(metric: Metric | str, value: float) -> float:
-    """Return ``value`` if it is credible for ``metric``; raise ImplausibleValue saying why otherwise."""
-    metric = metric if isinstance(metric, Metric) else Metric(metric)
-    spec = METRICS[metric]
+    """Return ``value`` if it is credible for ``metric``; raise ImplausibleValue saying why otherwise (ValueError
+    for a metric that is not a ``Metric``)."""
+    spec = _SPEC_BY_NAME.get(metric)  # (no Metric(...) lookup per reading: history loads check millions)
+    if spec is None:
+        spec = METRICS[Metric(metric)]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ImplausibleValue(f"{metric.value}={value!r} is not a finite number")
+        raise ImplausibleValue(f"{metric}={value!r} is not a finite number")
     if not spec.low <= value <= spec.high:
         raise ImplausibleValue(
-            f"{metric.value}={value:g} {spec.unit} is outside the plausible range "
+            f"{metric}={value:g} {spec.unit} is outside the plausible range "
             f"{spec.low:g}-{spec.high:g} ({spec.why})"
         )
     if metric in BINARY_METRICS and value not in (0, 1):
-        raise ImplausibleValue(f"{metric.value}={value:g} must be 0 or 1")
+        raise ImplausibleValue(f"{metric}={value:g} must be 0 or 1")
     return float(value)
 
 

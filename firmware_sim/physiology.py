@@ -14,6 +14,7 @@ in NEWS2); ``baseline_confused`` tells the platform about it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,23 +233,30 @@ def chart_scores(baseline: Baseline, state: dict[str, np.ndarray]) -> tuple[np.n
     on oxygen if prescribed. The chart itself (``carewatch.scoring.news2``) is the only platform code the simulated
     staff use: it is on the wall of every home."""
     n = len(state["spo2"])
-    limit = {m: _LIMITS[m] for m in (Metric.RESPIRATION_RATE, Metric.SPO2, Metric.SYSTOLIC_BP, Metric.PULSE_RATE,
-                                      Metric.TEMPERATURE)}
     scored = score_arrays(
-        respiration_rate=np.clip(np.round(state["respiration_rate"]), *limit[Metric.RESPIRATION_RATE]),
-        spo2=np.clip(np.round(state["spo2"]), *limit[Metric.SPO2]),
+        respiration_rate=_clip_array(np.round(state["respiration_rate"]), Metric.RESPIRATION_RATE),
+        spo2=_clip_array(np.round(state["spo2"]), Metric.SPO2),
         scale2=np.full(n, baseline.scale2),
         on_oxygen=np.full(n, baseline.on_oxygen),
-        systolic_bp=np.clip(np.round(state["systolic_bp"]), *limit[Metric.SYSTOLIC_BP]),
-        pulse=np.clip(np.round(state["pulse_rate"]), *limit[Metric.PULSE_RATE]),
+        systolic_bp=_clip_array(np.round(state["systolic_bp"]), Metric.SYSTOLIC_BP),
+        pulse=_clip_array(np.round(state["pulse_rate"]), Metric.PULSE_RATE),
         consciousness=np.where(state["new_confusion"] >= 0.5, _CODES["C"], _CODES["A"]).astype(np.int8),
-        temperature=np.clip(np.round(state["temperature"], 1), *limit[Metric.TEMPERATURE]),
+        temperature=_clip_array(np.round(state["temperature"], 1), Metric.TEMPERATURE),
     )
     return scored.total.astype(int), (scored.by_parameter.max(axis=0) >= 3)
 
 
+def _clip_array(values: np.ndarray, metric: Metric) -> np.ndarray:
+    """``np.clip`` to the metric's plausible range, as the two ufuncs it is made of: the same values, without
+    ``np.clip``'s Python dispatch (this runs for every resident every simulated day)."""
+    low, high = _LIMITS[metric]
+    return np.minimum(np.maximum(values, low), high)
+
+
+@functools.lru_cache(maxsize=65536)
 def usual_score(baseline: Baseline) -> int:
-    """The NEWS2 a resident usually scores (their daytime baseline): what staff mean by 'their normal'."""
+    """The NEWS2 a resident usually scores (their daytime baseline): what staff mean by 'their normal'. It depends
+    on the baseline alone (a frozen value), so each resident's is scored once, not on every simulated day."""
     state = {"respiration_rate": np.array([baseline.respiration_rate]), "spo2": np.array([baseline.spo2]),
              "systolic_bp": np.array([baseline.systolic_bp]), "pulse_rate": np.array([baseline.pulse_rate]),
              "temperature": np.array([baseline.temperature]), "new_confusion": np.zeros(1)}

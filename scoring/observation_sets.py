@@ -125,30 +125,46 @@ def write_planned_sets(conn: psycopg.Connection, superseded: Sequence[int],
                FROM {_unnest((("obs_id", "int8"), *_PLANNED))} WHERE o.obs_id = v.obs_id""",
             _columns(rows, (("obs_id", "int8"), *_PLANNED)))
     if inserts:
-        names = (*_INSERTED, *_PLANNED)
-        conn.execute(
-            f"""INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
-                    respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature,
-                    soft_signs, note, inputs, score, risk, subscores, complete, missing)
-                SELECT v.resident_id, v.site_id, v.taken_at, v.recorded_by, v.source, v.round_key, v.rr, v.spo2,
-                    v.scale, v.on_oxygen, v.sbp, v.pulse, v.consciousness, v.temp, {_text_array("soft_signs")}, v.note,
-                    v.inputs, v.score, v.risk, v.subscores, v.complete, {_text_array("missing")}
-                FROM {_unnest(names)}
-                ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
-                    source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
-                    spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
-                    pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
-                    score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
-                    complete = EXCLUDED.complete, missing = EXCLUDED.missing""",
-            _columns([row.params() for row in inserts], names))
+        _insert_many(conn, [row.params() for row in inserts])
+
+
+#: ``_INSERT`` for many rows at once: one ``unnest`` of binary arrays (``_columns``), whatever the number of rows.
+_INSERT_MANY_NAMES = (*_INSERTED, *_PLANNED)
+_INSERT_MANY = f"""INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
+        respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature,
+        soft_signs, note, inputs, score, risk, subscores, complete, missing)
+    SELECT v.resident_id, v.site_id, v.taken_at, v.recorded_by, v.source, v.round_key, v.rr, v.spo2,
+        v.scale, v.on_oxygen, v.sbp, v.pulse, v.consciousness, v.temp, {_text_array("soft_signs")}, v.note,
+        v.inputs, v.score, v.risk, v.subscores, v.complete, {_text_array("missing")}
+    FROM {_unnest(_INSERT_MANY_NAMES)}
+    ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
+        source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
+        spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
+        pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
+        score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
+        complete = EXCLUDED.complete, missing = EXCLUDED.missing"""
+#: Rows per multi-row statement of ``record_observation_sets`` (bounds one statement's arrays).
+_INSERT_MANY_ROWS = 5000
+
+
+def _insert_many(conn: psycopg.Connection, params: Sequence[dict[str, Any]]) -> None:
+    conn.execute(_INSERT_MANY, _columns(params, _INSERT_MANY_NAMES))
 
 
 def record_observation_sets(conn: psycopg.Connection, rows: Iterable[ObservationSetRow]) -> int:
-    """Store many sets in one round trip (history backfills). Returns how many were given."""
+    """Store many sets (history backfills) with one multi-row statement per ``_INSERT_MANY_ROWS`` sets, as
+    ``record_observation_set`` would one by one. Returns how many were given.
+
+    One statement cannot update one row twice (``ON CONFLICT``): a batch naming a device round (resident,
+    round_key) more than once is stored row by row instead, as it always was (the later storing updates the row)."""
     params = [row.params() for row in rows]
-    if params:
+    keys = [(p["resident_id"], p["round_key"]) for p in params if p["round_key"] is not None]
+    if len(keys) != len(set(keys)):
         with conn.cursor() as cur:
             cur.executemany(_INSERT, params)
+        return len(params)
+    for start in range(0, len(params), _INSERT_MANY_ROWS):
+        _insert_many(conn, params[start:start + _INSERT_MANY_ROWS])
     return len(params)
 
 
