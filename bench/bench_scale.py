@@ -91,6 +91,7 @@ from carewatch.firmware_sim.seed import seed_world
 from carewatch.firmware_sim.world import World, build_world, site_specs
 from carewatch.scoring.households import BEHAVIOUR_LOOKBACK
 from carewatch.scoring.loading import ROUND_LOOKBACK
+from carewatch.subjects import Subject
 
 SEED = 19
 LONDON = ZoneInfo("Europe/London")
@@ -139,9 +140,9 @@ def settle(dsn: str, now: datetime) -> float:
 
     t0 = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        ids = [row[0] for row in conn.execute(
-            "SELECT resident_id FROM residents WHERE monitoring = 'active' "
-            "UNION ALL SELECT site_id FROM sites WHERE kind = 'household' ORDER BY 1")]
+        ids = [Subject(*row) for row in conn.execute(
+            "SELECT 'resident', resident_id FROM residents WHERE monitoring = 'active' "
+            "UNION ALL SELECT 'household', site_id FROM sites WHERE kind = 'household' ORDER BY 2, 1")]
         for start in range(0, len(ids), SETTLE_SLICE):
             evaluate_subjects(conn, ids[start:start + SETTLE_SLICE], now)
         conn.execute("VACUUM ANALYZE")
@@ -316,7 +317,9 @@ def evaluate_slices(dsn: str, residents: list[str], households: list[str], out: 
     result: dict[str, float] = {"slice": CATCH_UP_SLICE}
     summary = EvaluationSummary()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for kind, ids in (("residents", residents), ("households", households)):
+        # named with their kinds, as a replica's catch-up names them (scoring/replicas.py subjects_of)
+        for kind, ids in (("residents", [Subject("resident", r) for r in residents]),
+                          ("households", [Subject("household", h) for h in households])):
             t0 = time.monotonic()
             for start in range(0, len(ids), CATCH_UP_SLICE):
                 summary.merge(evaluate_subjects(conn, ids[start:start + CATCH_UP_SLICE], datetime.now(UTC)))

@@ -193,12 +193,13 @@ def _run_household_batches(conn: psycopg.Connection, site_ids: Sequence[str], no
 
 def rescore_all(conn: psycopg.Connection, now: datetime) -> EvaluationSummary:
     """Re-evaluate every active resident and every household (e.g. on scorer start-up)."""
-    ids = [row[0] for row in conn.execute(
-        "SELECT resident_id FROM residents WHERE monitoring = 'active' "
-        "UNION ALL SELECT site_id FROM sites WHERE kind = 'household' ORDER BY 1")]
+    # each named with its kind (a resident whose id is also a household's is evaluated as the resident only)
+    subjects = [Subject(*row) for row in conn.execute(
+        "SELECT 'resident', resident_id FROM residents WHERE monitoring = 'active' "
+        "UNION ALL SELECT 'household', site_id FROM sites WHERE kind = 'household' ORDER BY 2, 1")]
     summary = EvaluationSummary()
-    for start in range(0, len(ids), 200):
-        summary.merge(evaluate_subjects(conn, ids[start:start + 200], now))
+    for start in range(0, len(subjects), 200):
+        summary.merge(evaluate_subjects(conn, subjects[start:start + 200], now))
     summary.merge(tick(conn, now))
     group_loose_alerts(conn, now)
     return summary
