@@ -240,28 +240,52 @@ BATHROOM_TRIP_MARGIN = timedelta(minutes=10)
 
 def derive_events(readings: Sequence[SensorReading], now: datetime) -> list[BehaviourEvent]:
     """Behaviour events from a household's sensor readings (idempotent: same readings, same events)."""
-    events: list[BehaviourEvent] = []
-    by_device: dict[str, list[SensorReading]] = {}
+    roles: dict[str, str | None] = {}
     for r in readings:
-        by_device.setdefault(r.device_id, []).append(r)
+        roles.setdefault(r.device_id, r.role)  # a device's role: its first reading's
+    return derive_events_from_columns([r.device_id for r in readings], [r.metric for r in readings],
+                                      np.array([r.value for r in readings], dtype=np.float64),
+                                      _epoch(r.measured_at for r in readings), roles, now)
+
+
+_METRIC_CODES: Final = {m.value: i for i, m in enumerate(Metric)}
+
+
+def _codes(metrics: Iterable[str]) -> list[int]:
+    return [_METRIC_CODES[m] for m in metrics if m in _METRIC_CODES]
+
+
+def derive_events_from_columns(device_ids: Sequence[str], metrics: Sequence[str], values: NDArray[np.float64],
+                               times: NDArray[np.float64], roles: Mapping[str, str | None],
+                               now: datetime) -> list[BehaviourEvent]:
+    """``derive_events`` on a household's readings as columns (what the scorer reads: device, metric, value and
+    measured time in epoch seconds, in the same order; ``roles``: each device's behaviour role), without a
+    ``SensorReading`` per reading: the same events in the same order."""
+    events: list[BehaviourEvent] = []
+    order = list(dict.fromkeys(device_ids))  # devices in the order they first appear
+    index = {d: i for i, d in enumerate(order)}
+    device = np.fromiter((index[d] for d in device_ids), dtype=np.int64, count=len(device_ids))
+    metric = np.fromiter((_METRIC_CODES.get(m, -1) for m in metrics), dtype=np.int64, count=len(metrics))
+    on = np.where(metric == _METRIC_CODES[Metric.POWER.value], values >= KETTLE_ON_WATTS, values >= 0.5)
+    motion_metrics = np.isin(metric, _codes(MOTION_METRICS))
     # indoor motion episodes: start, end, device, role, seconds the motion was "on" within the episode
     motion_eps: list[tuple[float, float, str, str | None, float]] = []
-    for device_id, rows in by_device.items():
-        role = rows[0].role
-        for kind, want_role, metrics, gap in EVENT_SOURCES:
+    for k, device_id in enumerate(order):
+        mine = device == k
+        role = roles.get(device_id)
+        for kind, want_role, wanted, gap in EVENT_SOURCES:
             if role != want_role:
                 continue
-            sel = [r for r in rows if r.metric in metrics]
-            if not sel:
+            sel = mine & np.isin(metric, _codes(wanted))
+            if not sel.any():
                 continue
-            for start, end in episodes(_epoch(r.measured_at for r in sel), np.array([r.is_on for r in sel]),
-                                       gap.total_seconds()):
+            for start, end in episodes(times[sel], on[sel], gap.total_seconds()):
                 events.append(BehaviourEvent(kind, _dt(start), _dt(end), device_id, {"role": role}))
-        motion = [r for r in rows if r.metric in MOTION_METRICS]
-        if motion:
-            times, on = _epoch(r.measured_at for r in motion), np.array([r.is_on for r in motion])
-            spans = episodes(times, on, NIGHT_MERGE_GAP.total_seconds())
-            for (start, end), on_s in zip(spans, on_seconds_each(times, on, spans), strict=True):
+        sel = mine & motion_metrics
+        if sel.any():
+            t, o = times[sel], on[sel]
+            spans = episodes(t, o, NIGHT_MERGE_GAP.total_seconds())
+            for (start, end), on_s in zip(spans, on_seconds_each(t, o, spans), strict=True):
                 motion_eps.append((start, end, device_id, role, on_s))
 
     visits = [e for e in events if e.kind == "bathroom_visit"]

@@ -13,8 +13,10 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Any, cast
 
+import numpy as np
 import psycopg
 
 from carewatch.scoring.batches import EvaluationSummary, json_safe
@@ -28,8 +30,7 @@ from carewatch.scoring.behaviour import (
     BehaviourEvent,
     HouseholdData,
     RoomTemperature,
-    SensorReading,
-    derive_events,
+    derive_events_from_columns,
     household_findings,
     household_recheck_at,
     role_of,
@@ -86,7 +87,7 @@ _NIGHT_EVENTS_SQL = (f"kind IN ('bathroom_visit', 'night_activity') "
                      f"AND (started_at AT TIME ZONE '{LOCAL_TZ.key}')::time < '{NIGHT_END:%H:%M}'")
 _EVENT_COLUMNS = ("site_id, event_id, kind, started_at, ended_at, device_id, detail->>'role', "
                   "detail->>'direction', (detail->>'bathroom_trip')::boolean, (detail->>'up')::boolean, "
-                  "CASE WHEN started_at >= %(recent)s THEN detail END")
+                  "CASE WHEN started_at >= %(recent)s THEN detail::text END")
 
 
 def _derived_key(conn: psycopg.Connection, site_id: str) -> tuple[str, str]:
@@ -121,8 +122,9 @@ class _Household:
     long_lie_after: timedelta | None = None  # sites.long_lie_minutes (None: the rule's default)
     home_by: time | None = None  # sites.home_by (None: the rule's default)
 
-    @property
+    @cached_property
     def roles(self) -> dict[str, str | None]:
+        """Each device's behaviour role (read once the batch's devices are loaded)."""
         return {d: role_of(role, room) for d, _, role, room, _ in self.devices}
 
 
@@ -281,7 +283,8 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
     queried_at = datetime.now(UTC)
     starts = cast(list[datetime], [homes[s].start for s in ids])  # every home's start was set above
     readings = _by_site(conn.execute(
-        "SELECT h.site, x.device_id, x.metric, x.value, x.measured_at FROM unnest(%s::text[], %s::timestamptz[]) "
+        "SELECT h.site, x.device_id, x.metric, x.value, extract(epoch FROM x.measured_at)::float8 "
+        "FROM unnest(%s::text[], %s::timestamptz[]) "
         "AS h(site, lo) CROSS JOIN LATERAL (SELECT device_id, metric, value, measured_at FROM readings "
         "  WHERE subject_kind = 'household' "
         "  AND subject_id = h.site AND metric = ANY(%s) AND measured_at > h.lo AND measured_at > %s "
@@ -297,11 +300,16 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
     for site_id in ids:
         home = homes[site_id]
         assert home.start is not None
-        roles, rooms = home.roles, {d: room for d, _, _, room, _ in home.devices}
-        sensor = [SensorReading(d, roles.get(d), m, v, t, rooms.get(d)) for d, m, v, t in readings.get(site_id, [])]
+        rows = readings.get(site_id, [])
+        # as columns, the measured times as epoch seconds from the database (the exact microseconds, rounded to a
+        # double as datetime.timestamp() rounds them): no SensorReading per reading
+        found = derive_events_from_columns([r[0] for r in rows], [r[1] for r in rows],
+                                           np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows)),
+                                           np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)),
+                                           home.roles, now)
         window_from = home.start + BEHAVIOUR_EDGE
         # one row per (kind, started_at): the unique key (two devices of one role starting together: the last wins)
-        derived = {(e.kind, e.started_at): e for e in derive_events(sensor, now) if e.started_at >= window_from}
+        derived = {(e.kind, e.started_at): e for e in found if e.started_at >= window_from}
         events: dict[tuple[str, datetime], BehaviourEvent] = {}
         held: dict[tuple[str, datetime], tuple[datetime | None, Any]] = {}
         for event_id, kind, s, e, dev, role, direction, trip, up, detail in home.stored:
@@ -313,8 +321,10 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
             slim = {k: v for k, v in (("role", role), ("direction", direction), ("bathroom_trip", trip),
                                       ("up", up)) if v is not None}
             events[key] = BehaviourEvent(kind, s, e or s, dev, slim)
+        # a stored event's detail is parsed only where a derived event is compared with it (psycopg would parse
+        # every recent event's jsonb the same way: json.loads)
         changed += [(site_id, ev) for key, ev in derived.items() if key not in held or held[key][0] != ev.ended_at
-                    or held[key][1] != json_safe(dict(ev.detail))]
+                    or _parsed(held[key][1]) != json_safe(dict(ev.detail))]
         events.update(derived)
         out[site_id] = sorted(events.values(), key=lambda ev: ev.started_at)
     if changed:
@@ -334,6 +344,10 @@ def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now:
     if vanished:
         conn.execute("DELETE FROM behaviour_events WHERE event_id = ANY(%s)", (vanished,))
     return out
+
+
+def _parsed(detail: str | None) -> Any:
+    return None if detail is None else json.loads(detail)
 
 
 def _incremental_starts(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,

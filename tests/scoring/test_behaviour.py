@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
@@ -453,3 +454,90 @@ def test_the_recheck_time_is_the_instant_a_threshold_is_crossed() -> None:
     assert bh.household_recheck_at(bathroom, at(DAY, 11, 1), []) == at(DAY, 11, 45)
     out = _lived_in()
     assert bh.household_recheck_at(out, at(DAY, 20, 55), bh.household_findings(out, at(DAY, 20, 55))) == at(DAY, 21)
+
+
+# --- derive_events from columns (issue 19): the same events as before, in the same order --------------------------
+def _reference_derive_events(readings: Sequence[SensorReading], now: datetime) -> list[BehaviourEvent]:
+    """derive_events as it was before issue 19 (a SensorReading per reading, on_seconds per episode)."""
+    events: list[BehaviourEvent] = []
+    by_device: dict[str, list[SensorReading]] = {}
+    for r in readings:
+        by_device.setdefault(r.device_id, []).append(r)
+    # indoor motion episodes: start, end, device, role, seconds the motion was "on" within the episode
+    motion_eps: list[tuple[float, float, str, str | None, float]] = []
+    for device_id, rows in by_device.items():
+        role = rows[0].role
+        for kind, want_role, metrics, gap in bh.EVENT_SOURCES:
+            if role != want_role:
+                continue
+            sel = [r for r in rows if r.metric in metrics]
+            if not sel:
+                continue
+            for start, end in bh.episodes(bh._epoch(r.measured_at for r in sel), np.array([r.is_on for r in sel]),
+                                       gap.total_seconds()):
+                events.append(BehaviourEvent(kind, bh._dt(start), bh._dt(end), device_id, {"role": role}))
+        motion = [r for r in rows if r.metric in bh.MOTION_METRICS]
+        if motion:
+            times, on = bh._epoch(r.measured_at for r in motion), np.array([r.is_on for r in motion])
+            for start, end in bh.episodes(times, on, bh.NIGHT_MERGE_GAP.total_seconds()):
+                motion_eps.append((start, end, device_id, role, bh.on_seconds(times, on, start, end)))
+
+    visits = [e for e in events if e.kind == "bathroom_visit"]
+    for start, end, device_id, role, on_s in motion_eps:
+        if role == "bathroom" or bh.night_of(bh._dt(start)) is None:
+            continue
+        s, e = bh._dt(start), bh._dt(end)
+        trip = any(v.started_at - bh.BATHROOM_TRIP_MARGIN <= e and s <= v.ended_at + bh.BATHROOM_TRIP_MARGIN
+                   for v in visits)
+        up = bh.someone_up(role, end - start, on_s)
+        detail = {"role": role, "bathroom_trip": trip, "up": up}
+        events.append(BehaviourEvent("night_activity", s, e, device_id, detail))
+
+    indoor = np.array(sorted(t for s, e, _, role, _ in motion_eps if role != "front_door" for t in (s, e)))
+    margin = bh.DOOR_CONTEXT.total_seconds()
+    out = []
+    for ev in events:
+        if ev.kind != "front_door":
+            out.append(ev)
+            continue
+        opened, closed = ev.started_at.timestamp(), ev.ended_at.timestamp()
+        before = bool(indoor.size and ((indoor >= opened - margin) & (indoor < opened)).any())
+        after = bool(indoor.size and ((indoor > closed) & (indoor <= closed + margin)).any())
+        if after and not before:
+            direction = "return"
+        elif before and not after and now.timestamp() >= closed + margin:
+            direction = "exit"
+        elif not after and now.timestamp() < closed + margin:
+            direction = "pending"
+        else:
+            direction = "unknown"
+        out.append(BehaviourEvent(ev.kind, ev.started_at, ev.ended_at, ev.device_id,
+                                  {**ev.detail, "direction": direction}))
+    return out
+
+
+_ROLES = ["bathroom", "kitchen", "fridge", "kettle", "front_door", "bedroom", None]
+_METRICS = ["motion", "occupancy", "door_open", "power", "power_on", "humidity", "room_temperature"]
+
+
+def test_derive_events_is_the_same_as_before_on_random_households() -> None:
+    rng = np.random.default_rng(11)
+    start = at(DAY, 0)
+    kinds: dict[str, int] = {}
+    for _ in range(150):
+        devices = {f"d{i}": _ROLES[int(rng.integers(len(_ROLES)))] for i in range(int(rng.integers(1, 8)))}
+        readings = []
+        for _ in range(int(rng.integers(0, 300))):
+            device = f"d{int(rng.integers(len(devices)))}"
+            metric = _METRICS[int(rng.integers(len(_METRICS)))]
+            value = float(rng.choice([0.0, 1.0, 300.0, 900.0, rng.uniform(0, 1000)]))
+            step = int(rng.choice([1, 60, 600]))  # coarse steps make ties
+            micros = int(rng.integers(0, 1_000_000)) if rng.random() < 0.3 else 0
+            when = start + timedelta(seconds=int(rng.integers(0, 36 * 3600)) // step * step, microseconds=micros)
+            readings.append(_sr(device, devices[device], metric, value, when))
+        now = start + timedelta(hours=float(rng.uniform(20, 40)))
+        derived = bh.derive_events(readings, now)
+        assert derived == _reference_derive_events(readings, now)
+        for e in derived:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    assert set(kinds) == {k for k, *_ in bh.EVENT_SOURCES} | {"night_activity"} and min(kinds.values()) > 50
