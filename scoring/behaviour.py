@@ -777,9 +777,6 @@ def care_review_finding(h: HouseholdData, now: datetime) -> Finding:
 # When time alone can change a decision (issue 19: the slow tick skips households that cannot change)
 # ------------------------------------------------------------------------------------------------------------
 _MICROSECOND = timedelta(microseconds=1)
-#: Raised findings whose text counts time (minutes still, waking hours): re-evaluated at every slow tick while
-#: raised, as before, so the open alert's reason keeps counting.
-TIME_COUNTING_KINDS: Final = frozenset({AlertKind.LONG_BATHROOM_STAY, AlertKind.LONG_LIE, AlertKind.KITCHEN_INACTIVITY})
 
 
 def waking_instant(start: datetime, reached: Callable[[float], bool], hours: float) -> datetime:
@@ -819,8 +816,7 @@ def _next_local(now: datetime, at: time) -> datetime:
 
 def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Finding]) -> datetime:
     """The earliest instant after ``now`` at which time passing alone (no new reading, no other change) can change
-    a decision of ``household_findings`` (or the text of a raised finding that counts time); ``now`` when that
-    is at the next slow tick. Per rule:
+    a decision of ``household_findings`` (or the text of a raised finding that counts time). Per rule:
 
     * night-time bathroom visits, care review: the next 06:00 local (a night completes);
     * no morning activity: the usual wake time + grace, and local midnight (a new day);
@@ -830,15 +826,25 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
       (pending, then exit or unknown) 15 min after it closed (``derive_events``);
     * room temperature: each reading of the last hour leaving the hour;
     * anything stamped after ``now`` (within the scorer's future slack) when it comes into the rules' view;
-    * a raised long bathroom stay, long lie or kitchen inactivity: every slow tick (its text counts time).
+    * a raised long bathroom stay, long lie or kitchen inactivity: the next change of the time its text counts
+      (the next minute still, the next tenth of a waking hour, the next whole waking hour).
 
     Not foreseen here (the caller's bounded cadence covers them): the room-cold known pattern (the same hour on
     the previous days moves with ``now``), and the 16-day look-backs sliding past old data (the oldest
     baseline night, a kitchen event or a motion 16 days old). The hub's own offline-by-silence time and
     snoozes ending are the caller's (it knows the hubs and the suppressions)."""
-    if any(f.state == "raise" and f.kind in TIME_COUNTING_KINDS for f in findings):
-        return now
     times: list[datetime] = [_next_local(now, NIGHT_END), _next_local(now, time(0))]
+    raised = {f.kind for f in findings if f.state == "raise"}
+    if h.last_motion_at is not None and AlertKind.LONG_BATHROOM_STAY in raised:
+        minutes = int((now - h.last_motion_at).total_seconds() // 60)
+        times.append(h.last_motion_at + timedelta(minutes=minutes + 1))
+    if h.last_motion_at is not None and AlertKind.LONG_LIE in raised:
+        shown = f"{waking_hours_between(h.last_motion_at, now):.1f}"
+        times.append(waking_instant(h.last_motion_at, lambda hours: f"{hours:.1f}" != shown, float(shown) + 0.05))
+    last_kitchen = _last_kitchen(h, now)
+    if last_kitchen is not None and AlertKind.KITCHEN_INACTIVITY in raised:
+        shown = f"{waking_hours_between(last_kitchen, now):.0f}"
+        times.append(waking_instant(last_kitchen, lambda hours: f"{hours:.0f}" != shown, float(shown) + 0.5))
     # anything stamped in the (near) future enters the rules' view when its time comes
     for e in h.events:
         times += [e.started_at, e.ended_at]
@@ -856,7 +862,6 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
             times.append(h.last_motion_at + LONG_BATHROOM_STAY)
         after = (h.long_lie_after or LONG_LIE_AFTER).total_seconds()
         times.append(waking_instant(h.last_motion_at, lambda hours: not hours * 3600 < after, after / 3600))
-    last_kitchen = _last_kitchen(h, now)
     if last_kitchen is not None:
         times.append(waking_instant(last_kitchen, lambda hours: not hours < KITCHEN_INACTIVE_WAKING_HOURS,
                                     KITCHEN_INACTIVE_WAKING_HOURS))

@@ -79,15 +79,18 @@ def test_a_long_lie_crossed_without_new_readings_is_alerted_by_the_next_slow_tic
     _reading(db, site, f"hall-{uid}", "motion", 1, t0)
     assert evaluate_subjects(db, [site], t0 + timedelta(minutes=1)).households == 1  # NOTIFY path
     evaluated = []
-    for minute in range(2, 50):
+    for minute in range(2, 53):
         summary = tick(db, t0 + timedelta(minutes=minute), slow=True, site_ids=[site])
         evaluated += [minute] * summary.households
         if minute < 45:
             assert _long_lies(db, site) == []
     assert _long_lies(db, site) == [("open", t0 + timedelta(minutes=45))]
-    # unchanged between: only the bounded cadence (every 5 minutes) and the deadline ran it; once raised, every
-    # tick (the alert's text counts the still hours, as before)
-    assert evaluated == [6, 11, 16, 21, 26, 31, 36, 41, 45, 46, 47, 48, 49]
+    # unchanged between: only the bounded cadence (every 5 minutes) and the deadline ran it; once raised, the
+    # cadence (T0 + 50) and its text: "0.8 waking hours" becomes "0.9" just after 0.85 h (0.85 is 0.8499... in
+    # binary), at the tick of T0 + 52 min
+    assert evaluated == [6, 11, 16, 21, 26, 31, 36, 41, 45, 50, 52]
+    [reason] = db.execute("SELECT reason FROM alerts WHERE subject_id = %s AND kind = 'long_lie'", (site,)).fetchone()
+    assert "0.9 waking hours" in reason
 
 
 def test_a_household_never_evaluated_or_with_a_clock_gone_back_is_due(db, uid) -> None:
