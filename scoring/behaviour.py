@@ -819,7 +819,8 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
     a decision of ``household_findings`` (or the text of a raised finding that counts time). Per rule:
 
     * night-time bathroom visits, care review: the next 06:00 local (a night completes);
-    * no morning activity: the usual wake time + grace, and local midnight (a new day);
+    * no morning activity: the usual wake time + grace, today's and tomorrow's (local midnight itself changes
+      nothing written: the new day's answer is a hold until its deadline);
     * kitchen, long lie: the instant the waking hours since the last kitchen use / motion reach the limit;
     * long bathroom stay: the last motion + 45 min; household silent: the last reading + 3 h;
     * out and not back: the expected time and 2 h after it (medium, then high); a front-door event's direction
@@ -833,7 +834,7 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
     the previous days moves with ``now``), and the 16-day look-backs sliding past old data (the oldest
     baseline night, a kitchen event or a motion 16 days old). The hub's own offline-by-silence time and
     snoozes ending are the caller's (it knows the hubs and the suppressions)."""
-    times: list[datetime] = [_next_local(now, NIGHT_END), _next_local(now, time(0))]
+    times: list[datetime] = [_next_local(now, NIGHT_END)]
     raised = {f.kind for f in findings if f.state == "raise"}
     if h.last_motion_at is not None and AlertKind.LONG_BATHROOM_STAY in raised:
         minutes = int((now - h.last_motion_at).total_seconds() // 60)
@@ -865,10 +866,12 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
     if last_kitchen is not None:
         times.append(waking_instant(last_kitchen, lambda hours: not hours < KITCHEN_INACTIVE_WAKING_HOURS,
                                     KITCHEN_INACTIVE_WAKING_HOURS))
+    # today's deadline, and tomorrow's as the data stands (a new day only turns today's answer into a hold)
     today = now.astimezone(LOCAL_TZ).date()
-    usual, _days = usual_wake_time(h.first_motion_by_day, today)
-    if usual is not None:
-        times.append(local_at(today, time(0)) + timedelta(minutes=usual) + WAKE_GRACE + _MICROSECOND)
+    for day in (today, today + timedelta(days=1)):
+        usual, _days = usual_wake_time(h.first_motion_by_day, day)
+        if usual is not None:
+            times.append(local_at(day, time(0)) + timedelta(minutes=usual) + WAKE_GRACE + _MICROSECOND)
     if any(e.kind == "front_door" for e in h.events):
         _left, deadline = _expected_back(h)
         times += [deadline, deadline + OUT_NOT_BACK_HIGH_AFTER]
