@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="A site unscored this long raises scoring_stalled (and shows in /healthz)."
     )
     scorer_watchdog_s: float = Field(default=15.0, gt=0, description="Seconds between scoring watchdog passes.")
+    scorer_set_memory_residents: int = Field(
+        default=100_000, ge=0, description="Residents whose older observation sets a scorer replica keeps in memory "
+        "(scoring/memory.py; least recently evaluated dropped first; ~6 kB each, so 100,000 is ~600 MB; 0 = off)."
+    )
 
     # --- notifications (escalation) ---------------------------------------------------------------------
     notify_smtp_host: str | None = Field(default=None, description="SMTP server for email notifications (unset: off).")

@@ -97,11 +97,12 @@ def _states(rows: Sequence[Sequence[Any]]) -> list[DeviceState]:
 
 
 def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[str] | None = None,
-                 subjects: Iterable[tuple[str, str]] | None = None) -> list[DeviceState]:
+                 subjects: Iterable[tuple[str, str]] | None = None, changing_only: bool = False) -> list[DeviceState]:
     """Active devices with what the device rules need (``subjects``: only those of these residents, households and
     care homes, as (kind, id): a household's devices are not a resident's who shares its id). Their readings of the
     last 2 days are aggregated in one pass over the subjects' rows (not one scan of a subject's readings per device:
-    a household has a dozen)."""
+    a household has a dozen). ``changing_only``: only the devices whose finding can change, as
+    ``load_changing_devices`` selects them (``evaluate_subjects``; tests/scoring/test_devices.py holds it equal)."""
     where, scope = _scope(site_ids, subjects)
     rows = conn.execute(
         f"""WITH dev AS ({_DEVICE} {where}
@@ -125,10 +126,33 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
             LEFT JOIN LATERAL (
                 SELECT count(*) AS n, (array_agg(reason ORDER BY at DESC))[1] AS latest FROM dead_letters
                 WHERE device_id = d.device_id AND at > %(fault_since)s AND at <= %(until)s) dl ON true
+            {_CAN_CHANGE if changing_only else ""}
             ORDER BY d.device_id""",
-        {**scope, **_windows(now)},
+        {**scope, **_windows(now), **(_can_change_params(now) if changing_only else {})},
     ).fetchall()
     return _states(rows)
+
+
+#: The devices whose finding can change (``load_changing_devices``); over ``dev d`` with ``rd``, ``ck`` and ``dl``.
+_CAN_CHANGE = """
+            LEFT JOIN unnest(%(kinds)s::text[], %(silent_before)s::timestamptz[]) AS e(kind, silent_before)
+                   ON e.kind = d.kind
+            WHERE EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = %(device)s AND a.subject_id = d.device_id
+                          AND a.status <> 'resolved')
+               OR (NOT d.practice  -- a practice kit's device raises nothing: only an open alert of its can change
+                   AND (d.battery_pct <= %(battery_low)s
+                        OR coalesce(greatest(d.last_seen, rd.last_reading), d.bound_at)
+                           <= coalesce(e.silent_before, %(default_silent_before)s)
+                        OR coalesce(dl.n, 0) >= %(dead_letters)s
+                        OR coalesce(ck.clock_flagged, 0) >= %(clock_flags)s))"""
+
+
+def _can_change_params(now: datetime) -> dict[str, Any]:
+    kinds = sorted(EXPECTED_INTERVAL)
+    return {"kinds": kinds, "silent_before": [now - EXPECTED_INTERVAL[k] for k in kinds],
+            "default_silent_before": now - DEFAULT_EXPECTED_INTERVAL, "device": SubjectKind.DEVICE.value,
+            "battery_low": BATTERY_LOW_PCT, "dead_letters": DEAD_LETTERS_FAULT_COUNT,
+            "clock_flags": CLOCK_FLAGS_FAULT_COUNT}
 
 
 def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
@@ -146,7 +170,6 @@ def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
     not ``= ANY`` over thousands of subjects); the conditions are a superset of the rules' (``<=`` where a rule
     raises on ``<``, a silent device behind an offline hub kept too), so a boundary case is built, never lost."""
     where, scope = _scope(site_ids, None)
-    kinds = sorted(EXPECTED_INTERVAL)
     rows = conn.execute(
         f"""WITH dev AS ({_DEVICE} {where}
             ), rd AS (  -- readings stored without maintaining devices.last_seen (ingest maintains it)
@@ -170,22 +193,9 @@ def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
             FROM dev d
             {_JOINS}
             LEFT JOIN dl ON dl.device_id = d.device_id
-            LEFT JOIN unnest(%(kinds)s::text[], %(silent_before)s::timestamptz[]) AS e(kind, silent_before)
-                   ON e.kind = d.kind
-            WHERE EXISTS (SELECT 1 FROM alerts a WHERE a.subject_kind = %(device)s AND a.subject_id = d.device_id
-                          AND a.status <> 'resolved')
-               OR (NOT d.practice  -- a practice kit's device raises nothing: only an open alert of its can change
-                   AND (d.battery_pct <= %(battery_low)s
-                        OR coalesce(greatest(d.last_seen, rd.last_reading), d.bound_at)
-                           <= coalesce(e.silent_before, %(default_silent_before)s)
-                        OR coalesce(dl.n, 0) >= %(dead_letters)s
-                        OR coalesce(ck.clock_flagged, 0) >= %(clock_flags)s))
+            {_CAN_CHANGE}
             ORDER BY d.device_id""",
-        {**scope, **_windows(now), "kinds": kinds,
-         "silent_before": [now - EXPECTED_INTERVAL[k] for k in kinds],
-         "default_silent_before": now - DEFAULT_EXPECTED_INTERVAL, "device": SubjectKind.DEVICE.value,
-         "battery_low": BATTERY_LOW_PCT, "dead_letters": DEAD_LETTERS_FAULT_COUNT,
-         "clock_flags": CLOCK_FLAGS_FAULT_COUNT},
+        {**scope, **_windows(now), **_can_change_params(now)},
     ).fetchall()
     return _states(rows)
 

@@ -32,6 +32,7 @@ from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households, h
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
+from carewatch.scoring.memory import SetHistoryMemory
 from carewatch.scoring.observation_sets import correct_staff_sets_built_from, delete_device_sets_built_from
 from carewatch.scoring.residents import evaluate_residents, overdue_pass
 from carewatch.scoring.rules import ResidentFacts, device_findings
@@ -93,14 +94,17 @@ def withdraw_device_values(conn: psycopg.Connection, resident_id: str, readings:
     return len(gone) + len(corrected)
 
 
-def evaluate_subjects(conn: psycopg.Connection, subjects: Iterable[Subject | str], now: datetime
-                      ) -> EvaluationSummary:
+def evaluate_subjects(conn: psycopg.Connection, subjects: Iterable[Subject | str], now: datetime,
+                      memory: SetHistoryMemory | None = None) -> EvaluationSummary:
     """Evaluate residents and households that have new data: observation sets, scores, state and alerts, and
     their devices. ``subjects`` are (kind, id) pairs (``carewatch.subjects.Subject``, as ingest's NOTIFY payloads
     name them since payload v2): each is evaluated as its kind only. Bare ids are still accepted (NOTIFY payloads
     from ingest before v2 during a rolling upgrade, callers that name no kind) and evaluated as every kind the id
     is (``_classify``). Kinds with nothing to evaluate on new data (a kit's unassigned readings, a device, a
-    gateway: the tick's) are listed in ``summary.unknown_subjects`` as ``kind:id``, with ids found as no kind."""
+    gateway: the tick's) are listed in ``summary.unknown_subjects`` as ``kind:id``, with ids found as no kind.
+
+    ``memory``: a scorer replica's set-history memory (``scoring/memory.py``); None (the API, the tick) loads every
+    resident's set history from the database, as the memory's equivalence test does."""
     wanted = [s for s in subjects if s and (isinstance(s, str) or s[1])]
     summary = EvaluationSummary()
     if not wanted:
@@ -114,10 +118,11 @@ def evaluate_subjects(conn: psycopg.Connection, subjects: Iterable[Subject | str
     # homes a burst of readings touches (vectorised baselines across the batch); a failing batch is retried site by
     # site, then resident by resident, so one bad subject cannot block the others.
     for start in range(0, len(residents), RESIDENT_BATCH):
-        _run_resident_batch(conn, residents[start:start + RESIDENT_BATCH], now, summary)
+        _run_resident_batch(conn, residents[start:start + RESIDENT_BATCH], now, summary, memory)
     _run_household_batches(conn, households, now, summary, latency=True)
     started = time.perf_counter()
-    devices = load_devices(conn, now, subjects=found.devices_of)
+    # only the devices whose finding can change (the others' would be dropped by findings_that_change)
+    devices = load_devices(conn, now, subjects=found.devices_of, changing_only=True)
     loaded = time.perf_counter()
     findings = device_findings(devices, now)
     ruled = time.perf_counter()
@@ -149,9 +154,14 @@ def _run_guarded(conn: psycopg.Connection, subjects: Sequence[str], now: datetim
 
 
 def _run_resident_batch(conn: psycopg.Connection, group: Sequence[ResidentFacts], now: datetime,
-                        summary: EvaluationSummary) -> None:
+                        summary: EvaluationSummary, memory: SetHistoryMemory | None = None) -> None:
     def work(s: EvaluationSummary, lat: list[tuple[int, datetime]], batch: Sequence[ResidentFacts]) -> None:
-        evaluate_residents(conn, batch, now, s, lat)
+        try:
+            evaluate_residents(conn, batch, now, s, lat, memory=memory)
+        except BaseException:
+            if memory is not None:  # what was stored was read in a transaction now rolled back: load it again
+                memory.forget(r.resident_id for r in batch)
+            raise
         s.residents += len(batch)
 
     ok = _run_guarded(conn, [r.resident_id for r in group], now, summary, lambda s, lat: work(s, lat, group))
@@ -164,7 +174,7 @@ def _run_resident_batch(conn: psycopg.Connection, group: Sequence[ResidentFacts]
         sites.setdefault(r.site_id, []).append(r)
     if len(sites) > 1:
         for site_group in sites.values():
-            _run_resident_batch(conn, site_group, now, summary)
+            _run_resident_batch(conn, site_group, now, summary, memory)
         return
     for r in group:
         def single(s: EvaluationSummary, lat: list[tuple[int, datetime]], resident: ResidentFacts = r) -> None:

@@ -201,6 +201,15 @@ class SetColumns:
             {name: floats(lambda s, n=name: s.subscores.get(n)) for name in SUBSCORE_ONLY},
         )
 
+    @staticmethod
+    def from_records(records: NDArray[Any], row: NDArray[np.int64]) -> SetColumns:
+        """Packed rows of ``_LIGHT_COLUMNS`` (``fetch_records``) as columns, in their order, ``row`` given."""
+        return SetColumns(
+            row, records["obs_id"].astype(np.int64), records["taken"].astype(np.float64),
+            {name: decimal_floats(records[name]) for name in NUMERIC_SET_FIELDS},
+            records["on_oxygen"].astype(bool), records["score"].astype(np.float64), records["complete"].astype(bool),
+            {name: records[f"sub_{name}"].astype(np.float64) for name in SUBSCORE_ONLY})
+
     def padded(self, rows: int, keep: NDArray[np.bool_], *columns: NDArray[Any],
                fill: float | bool = np.nan) -> list[NDArray[Any]]:
         """Each column's kept entries as a 2-D array, one row per resident (``rows``), in time order, padded with
@@ -270,12 +279,12 @@ def load_light_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now: 
         "unnest(%s::text[]) WITH ORDINALITY AS b(rid, i) JOIN observation_sets o ON o.resident_id = b.rid "
         "WHERE o.taken_at > %b AND o.taken_at <= %b",
         (text_array(resident_ids), now - HISTORY, now - FULL_SETS))
-    columns = SetColumns(
-        records["row"].astype(np.int64), records["obs_id"].astype(np.int64), records["taken"].astype(np.float64),
-        {name: decimal_floats(records[name]) for name in NUMERIC_SET_FIELDS},
-        records["on_oxygen"].astype(bool), records["score"].astype(np.float64), records["complete"].astype(bool),
-        {name: records[f"sub_{name}"].astype(np.float64) for name in SUBSCORE_ONLY})
-    return SetColumns.join([columns])
+    return SetColumns.join([SetColumns.from_records(records, records["row"].astype(np.int64))])
+
+
+def light_columns() -> list[tuple[str, str, str]]:
+    """The packed columns ``load_light_sets`` reads (for ``fetch_records``; ``scoring/memory.py`` adds one)."""
+    return list(_LIGHT_COLUMNS)
 
 
 def load_recent_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime,

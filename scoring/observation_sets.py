@@ -66,8 +66,20 @@ class ObservationSetRow:
         }
 
 
+def bump_set_versions(conn: psycopg.Connection, resident_ids: Iterable[str]) -> None:
+    """These residents' sets changed other than by the scorer's own round plans: their ``observation_set_versions``
+    go up, so a scorer replica's set-history memory (``scoring/memory.py``) loads them again. Called by every write
+    here except ``write_planned_sets``, in the writer's transaction (the version and the sets commit together);
+    ``tests/scoring/test_memory.py`` holds every other writer of observation_sets here to it."""
+    ids = sorted(set(resident_ids))
+    if ids:
+        conn.execute("""INSERT INTO observation_set_versions AS v (resident_id) SELECT unnest(%s::text[])
+                        ON CONFLICT (resident_id) DO UPDATE SET version = v.version + 1""", (ids,))
+
+
 def record_observation_set(conn: psycopg.Connection, row: ObservationSetRow) -> int:
     """Store one set (a device round again: its row updated). Returns its obs_id."""
+    bump_set_versions(conn, [row.resident_id])
     return one(conn.execute(_INSERT + " RETURNING obs_id", row.params()))[0]
 
 
@@ -158,6 +170,7 @@ def record_observation_sets(conn: psycopg.Connection, rows: Iterable[Observation
     One statement cannot update one row twice (``ON CONFLICT``): a batch naming a device round (resident,
     round_key) more than once is stored row by row instead, as it always was (the later storing updates the row)."""
     params = [row.params() for row in rows]
+    bump_set_versions(conn, (p["resident_id"] for p in params))
     keys = [(p["resident_id"], p["round_key"]) for p in params if p["round_key"] is not None]
     if len(keys) != len(set(keys)):
         with conn.cursor() as cur:
@@ -171,6 +184,8 @@ def record_observation_sets(conn: psycopg.Connection, rows: Iterable[Observation
 def update_observation_set(conn: psycopg.Connection, obs_id: int, row: ObservationSetRow) -> None:
     """A stored set re-planned: a device round completes a staff set, a late reading changes a round. Who
     recorded it, the soft signs, consciousness, oxygen and note stay as they were."""
+    owner = conn.execute("SELECT resident_id FROM observation_sets WHERE obs_id = %s", (obs_id,)).fetchall()
+    bump_set_versions(conn, [row.resident_id, *(r[0] for r in owner)])
     conn.execute(
         """UPDATE observation_sets SET taken_at = %(taken_at)s, source = %(source)s,
                round_key = %(round_key)s, respiration_rate = %(rr)s, spo2 = %(spo2)s,
@@ -185,7 +200,9 @@ def update_observation_set(conn: psycopg.Connection, obs_id: int, row: Observati
 def delete_device_set(conn: psycopg.Connection, obs_id: int) -> None:
     """A device-only set folded into the staff set of the same round (one round, one set); staff sets are never
     deleted."""
-    conn.execute("DELETE FROM observation_sets WHERE obs_id = %s AND recorded_by = 'scorer'", (obs_id,))
+    deleted = conn.execute("DELETE FROM observation_sets WHERE obs_id = %s AND recorded_by = 'scorer' "
+                           "RETURNING resident_id", (obs_id,)).fetchall()
+    bump_set_versions(conn, [row[0] for row in deleted])
 
 
 def delete_device_sets_built_from(conn: psycopg.Connection, resident_id: str,
@@ -195,6 +212,7 @@ def delete_device_sets_built_from(conn: psycopg.Connection, resident_id: str,
     the obs_ids deleted."""
     if not readings:
         return []
+    bump_set_versions(conn, [resident_id])
     return [row[0] for row in conn.execute(
         """DELETE FROM observation_sets o WHERE o.resident_id = %s AND o.recorded_by = 'scorer' AND EXISTS (
                SELECT 1 FROM jsonb_each(o.inputs) e, unnest(%s::text[], %s::timestamptz[]) AS m(device_id, at)
@@ -219,6 +237,7 @@ def correct_staff_sets_built_from(conn: psycopg.Connection, resident_id: str,
 
     if not readings:
         return []
+    bump_set_versions(conn, [resident_id])
     moved = {(d, t) for d, t in readings}
     rows = conn.execute(
         """SELECT obs_id, inputs, respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness,

@@ -34,6 +34,7 @@ from carewatch.scoring.loading import (
     load_vitals,
     reload_recent_sets,
 )
+from carewatch.scoring.memory import SetHistoryMemory, load_older_sets
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
     ObservationSetRow,
@@ -213,8 +214,10 @@ def _rise_finding(r: ResidentFacts, rise: bl.Rise, i: int, now: datetime) -> Fin
 
 
 def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFacts], now: datetime,
-                        summary: EvaluationSummary, latency: list[tuple[int, datetime]]) -> None:
-    """Rounds -> sets -> scores -> findings for residents of one site. Caller holds the locks."""
+                        summary: EvaluationSummary, latency: list[tuple[int, datetime]],
+                        memory: SetHistoryMemory | None = None) -> None:
+    """Rounds -> sets -> scores -> findings for residents of one site. Caller holds the locks. ``memory``: the
+    scorer replica's set history (``scoring/memory.py``), or None to load it all."""
     active = [r for r in residents if r.monitoring == "active"]
     for r in residents:
         if r.monitoring != "active":
@@ -225,7 +228,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     ids = [r.resident_id for r in active]
     clock = time.perf_counter()
     vitals = load_vitals(conn, ids, now)
-    light = load_light_sets(conn, ids, now)
+    light = load_older_sets(conn, active, now, memory) if memory is not None else load_light_sets(conn, ids, now)
     history = load_recent_sets(conn, ids, now, light)
     clock = _lap(summary, "load_s", clock)
     newest_stored: dict[str, datetime | None] = {}

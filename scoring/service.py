@@ -32,6 +32,7 @@ from carewatch.db import one
 from carewatch.scoring import metrics
 from carewatch.scoring.clock import Clock, parse_timestamp
 from carewatch.scoring.engine import EvaluationSummary, evaluate_subjects, group_loose_alerts, tick
+from carewatch.scoring.memory import SetHistoryMemory
 from carewatch.scoring.replicas import (
     FENCE_AFTER,
     FENCE_TICK_AFTER,
@@ -147,11 +148,14 @@ def run_scorer(
     metrics.serve(settings.metrics_port)
     metrics.watch(keeper, target, stall_after)
     backoff = 1.0
+    # the residents' set history this replica keeps between evaluations (scoring/memory.py, H-BASE-06)
+    memory = SetHistoryMemory(settings.scorer_set_memory_residents)
     try:
         while not stop.is_set():
             try:
+                memory.clear()  # a start or a reconnect: loaded again as needed
                 _serve(target, stop, clock, keeper, progress, poll_s, tick_s, slow_tick_s,
-                       (settings.scorer_watchdog_s, stall_after), settings if notify else None)
+                       (settings.scorer_watchdog_s, stall_after), settings if notify else None, memory)
                 return
             except psycopg.OperationalError as exc:
                 log.warning("database_unavailable", error=str(exc), retry_in_s=backoff)
@@ -170,7 +174,7 @@ def _wait_first_round(keeper: LeaseKeeper, stop: threading.Event, timeout: float
 
 def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, progress: Progress, poll_s: float,
            tick_s: float, slow_tick_s: float, watchdog: tuple[float, timedelta],
-           notify_settings: Settings | None = None) -> None:
+           notify_settings: Settings | None = None, memory: SetHistoryMemory | None = None) -> None:
     with psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer-listen") as listen, \
             psycopg.connect(dsn, autocommit=True, application_name="carewatch-scorer") as work:
         listen.execute(f"LISTEN {CHANNEL}")
@@ -183,6 +187,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         catch_up_started: float | None = None
         catch_up_total = 0
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
+        remembered = keeper.buckets  # the buckets whose residents the memory may hold
         if clock.ready:
             # alerts left outside any incident (from before incidents, or never re-evaluated) join their subject's
             # incident, as rescore_all does at start; safe from every replica (subject locks)
@@ -218,6 +223,11 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                     clock.observe(stamp)
                 rescoring |= keeper.take_acquired()
                 held = keeper.buckets
+                if memory is not None and not remembered <= held:
+                    # buckets given up: their residents' sets are the new holder's to keep
+                    dropped = memory.retain_sites(set(subjects.sites(work, held)))
+                    log.info("set_memory_dropped", residents=dropped, buckets=len(remembered - held))
+                remembered = held
                 if rescoring and clock.ready:
                     rescoring &= set(held)
                     catch_up = sorted(set(catch_up) | set(subjects_of(work, rescoring)), key=_subject_order)
@@ -239,7 +249,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                 if batch and clock.ready:
                     started = time.perf_counter()
                     try:
-                        summary = evaluate_subjects(work, batch, clock.now())
+                        summary = evaluate_subjects(work, batch, clock.now(), memory)
                     except psycopg.OperationalError:
                         raise
                     except Exception:

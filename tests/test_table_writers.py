@@ -17,6 +17,7 @@ from conformance import REPO_ROOT
 #: table -> the one module that writes it
 OWNERS = {
     "observation_sets": "scoring/observation_sets.py",
+    "observation_set_versions": "scoring/observation_sets.py",
     "incidents": "scoring/incident_store.py",
     "incident_events": "scoring/incident_store.py",
     "alerts": "scoring/lifecycle.py",

@@ -136,6 +136,15 @@ def _both(db: psycopg.Connection, estate: Estate, now: datetime) -> tuple[list[D
     filtered = load_changing_devices(db, now, site_ids=estate.sites)
     assert set(filtered) <= set(full), "a filtered device's state differs from the full path's"
     assert _changing(db, filtered, now) == _changing(db, full, now)
+    # and evaluate_subjects' narrowing, by subject: the same devices as the slow tick's filter, the same changes
+    subjects = [("resident", rid) for rid, in db.execute(
+        "SELECT resident_id FROM residents WHERE site_id = ANY(%s)", (estate.sites,))]
+    subjects += [("household", site) for site in estate.sites]
+    scoped_full = load_devices(db, now, subjects=subjects)
+    scoped = load_devices(db, now, subjects=subjects, changing_only=True)
+    assert set(scoped) <= set(scoped_full) and 0 < len(scoped) < len(scoped_full)
+    assert set(scoped) == {d for d in filtered if d in set(scoped_full)}
+    assert _changing(db, scoped, now) == _changing(db, scoped_full, now)
     return full, filtered
 
 
