@@ -111,6 +111,23 @@ def _open_alerts(conn: psycopg.Connection, findings: Sequence[Finding], *,
     return {(Subject(row[0], row[1]), row[2]): tuple(row[3:]) for row in rows}
 
 
+def open_alert_kinds(conn: psycopg.Connection, subjects: Sequence[Subject]) -> dict[Subject, set[str]]:
+    """The kinds of each (kind, id) subject's unresolved alerts, in one unlocked read (subjects with none are
+    left out). Read under the subjects' locks it is exact until they are released: only ``apply_findings``,
+    holding them, opens an alert."""
+    if not subjects:
+        return {}
+    out: dict[Subject, set[str]] = {}
+    for subject_kind, subject_id, kind in conn.execute(
+        "SELECT a.subject_kind, a.subject_id, a.kind FROM alerts a "
+        "JOIN unnest(%s::text[], %s::text[]) AS p(subject_kind, subject_id) "
+        "ON a.subject_kind = p.subject_kind AND a.subject_id = p.subject_id WHERE a.status <> 'resolved'",
+        tuple(text_array(column) for column in unnest(subjects)),
+    ):
+        out.setdefault(Subject(subject_kind, subject_id), set()).add(kind)
+    return out
+
+
 def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) -> list[Finding]:
     """The findings that would open, update or resolve an alert, by one unlocked read: lets a pass over every
     resident lock and write only the few that change. ``apply_findings`` re-checks under the locks."""
@@ -129,18 +146,24 @@ def findings_that_change(conn: psycopg.Connection, findings: Sequence[Finding]) 
 
 
 def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: datetime,
-                   summary: EvaluationSummary, *, latency: list[tuple[int, datetime]] | None = None) -> None:
+                   summary: EvaluationSummary, *, latency: list[tuple[int, datetime]] | None = None,
+                   subjects: Collection[Subject] | None = None) -> None:
     """Open, update or resolve alerts so they match the findings. Call inside a transaction holding the
     subjects' locks. 'hold' findings change nothing; a suppression hides a refresh of what staff decided to
     live with, never a high finding, a NEWS2 band rise or new soft signs (``incidents.snooze_hides``). Then
-    each subject's alerts are grouped into its incident (``incident_store.sync_incidents``)."""
+    each subject's alerts are grouped into its incident (``incident_store.sync_incidents``). ``subjects``: the
+    subjects to group, when the caller dropped findings that change nothing (default: the findings' own, less
+    those with only 'hold' findings). A finding built without its text (``Finding.brief``) must never get here."""
     active = [f for f in findings if f.state != "hold"]
+    if any(f.brief for f in active):
+        raise ValueError("a finding built without its text reached apply_findings (H-ALERT-13)")
     if not active:
         return
     open_rows = _open_alerts(conn, active, lock=True)
     if not any(f.state == "raise" or (f.subject, f.kind.value) in open_rows for f in active):
         return  # only 'clear' findings with nothing open: nothing to write
-    suppressions = _active_suppressions(conn, {f.subject for f in active}, now)
+    judged = {f.subject for f in active} if subjects is None else set(subjects)
+    suppressions = _active_suppressions(conn, judged, now)
     snoozed = {s for s, _ in suppressions}
     open_data = dict(((Subject(sk, s), k), d) for sk, s, k, d in conn.execute(
         "SELECT subject_kind, subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",
@@ -151,7 +174,7 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
                                    not in open_rows))
     with conn.pipeline():
         _write_findings(conn, active, open_rows, suppressions, open_data, fresh, now, summary, latency)
-        _group(conn, {f.subject for f in active}, now)
+        _group(conn, judged, now)
 
 
 class _NewAlertIds:
@@ -343,7 +366,8 @@ def resolve_open_alerts(conn: psycopg.Connection, now: datetime, why: str, *, re
     kind, sid = subject if subject is not None else (None, None)
     rows = conn.execute(
         "SELECT alert_id, subject_kind, subject_id FROM alerts WHERE status <> 'resolved' "
-        "AND (resident_id = %s OR (subject_kind = %s AND subject_id = %s)) FOR UPDATE", (resident_id, kind, sid),
+        "AND (resident_id = %s OR (subject_kind = %s AND subject_id = %s)) ORDER BY alert_id FOR UPDATE",
+        (resident_id, kind, sid),  # in id order: each alert's events in an order that does not hang on the heap
     ).fetchall()
     for alert_id, *_ in rows:
         _auto_resolve(conn, alert_id, why, now)

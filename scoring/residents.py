@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +21,7 @@ from carewatch.db import any_of, text_array
 from carewatch.scoring import baselines as bl
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.incident_store import open_clinical_incidents
-from carewatch.scoring.lifecycle import apply_findings, findings_that_change, resolve_open_alerts
+from carewatch.scoring.lifecycle import apply_findings, findings_that_change, open_alert_kinds, resolve_open_alerts
 from carewatch.scoring.loading import (
     FULL_SETS,
     ROUND_LOOKBACK,
@@ -58,6 +58,7 @@ from carewatch.scoring.rules import (
     raise_alert,
     sbard,
     soft_signs_finding,
+    text_wanted,
 )
 from carewatch.scoring.schedule import (
     OVERDUE_GRACE,
@@ -67,9 +68,17 @@ from carewatch.scoring.schedule import (
     overdue_finding,
 )
 from carewatch.scoring.tasks import due_reason
+from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import ImplausibleValue
 
 log = logging.getLogger("carewatch.scoring.residents")
+
+#: Build the text of a clear or hold finding only for a kind with an alert open (``rules.text_wanted``), and drop
+#: the findings that can change nothing before ``apply_findings`` (H-ALERT-13). False: every finding built whole,
+#: the path before issue 19 part 0, kept for the equivalence test (tests/scoring/test_brief_findings.py).
+BRIEF_FINDINGS = True
+#: Round planning's fast path (``plan_observation_sets(fast=...)``); False merges every round, for the same test.
+FAST_PLANNING = True
 
 
 def _write_sets(conn: psycopg.Connection, writes: Sequence[tuple[ResidentFacts, SetPlan, News2Result]]) -> None:
@@ -105,9 +114,14 @@ def _score_sets(sets: Sequence[StoredSet | SetPlan]) -> list[News2Result] | None
         return None
 
 
-def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now: datetime) -> list[Finding]:
+def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now: datetime,
+                       open_kinds: Mapping[str, Container[AlertKind]] | None = None) -> list[Finding]:
     """SpO2 below, temperature above the resident's own baseline, and NEWS2 rising: one 2-D pass per rule for
-    all the residents at once (``sets``: their history as columns, ``row`` = index in ``residents``)."""
+    all the residents at once (``sets``: their history as columns, ``row`` = index in ``residents``).
+    ``open_kinds``: each resident's open alert kinds (``rules.text_wanted``), None = build every text."""
+    def kinds(rid: str) -> Container[AlertKind] | None:
+        return None if open_kinds is None else open_kinds.get(rid, ())
+
     t_now, rows = now.timestamp(), len(residents)
     spo2 = sets.values["spo2"]
     temperature = sets.values["temperature"]
@@ -123,13 +137,14 @@ def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now
         # direction is "below" or "above" (the tuple above); mypy widens the loop's strings to str
         dev = bl.sustained_deviation(values, times, base, t_now, direction=direction, delta=delta)  # type: ignore[arg-type]
         for i, r in enumerate(residents):
-            out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now))
+            out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now,
+                                          kinds(r.resident_id)))
     scored = ~np.isnan(sets.score)
     scores, times = sets.padded(rows, scored, sets.score, sets.taken)
     (complete,) = sets.padded(rows, scored, sets.complete, fill=False)
     rise = bl.news2_rise(scores, times, complete, t_now)
     for i, r in enumerate(residents):
-        out.append(_rise_finding(r, rise, i, now))
+        out.append(_rise_finding(r, rise, i, now, kinds(r.resident_id)))
     return out
 
 
@@ -156,8 +171,13 @@ def _history_columns(active: Sequence[ResidentFacts], light: SetColumns, history
 
 
 def _deviation_finding(kind: AlertKind, r: ResidentFacts, base: bl.Baselines, dev: bl.Deviation, i: int,
-                       label: str, unit: str, direction: str, delta: float, now: datetime) -> Finding:
+                       label: str, unit: str, direction: str, delta: float, now: datetime,
+                       open_kinds: Container[AlertKind] | None = None) -> Finding:
     rid, site = r.resident_id, r.site_id
+    measured = bool(base.trusted[i]) and not np.isnan(dev.latest_value[i])
+    if not (measured and dev.alert[i]) and not text_wanted(kind, open_kinds):  # a clear or hold, nothing to change
+        return (clear_alert if measured and dev.run_length[i] == 0 else hold)(kind, rid, site, "", resident_id=rid,
+                                                                             brief=True)
     if not base.trusted[i]:
         return hold(kind, rid, site, f"baseline from {int(base.count[i])} values, not yet trusted", resident_id=rid)
     if np.isnan(dev.latest_value[i]):
@@ -189,8 +209,12 @@ def _deviation_finding(kind: AlertKind, r: ResidentFacts, base: bl.Baselines, de
     return raise_alert(kind, rid, site, Severity.LOW, reason, action, resident_id=rid, data=data)
 
 
-def _rise_finding(r: ResidentFacts, rise: bl.Rise, i: int, now: datetime) -> Finding:
+def _rise_finding(r: ResidentFacts, rise: bl.Rise, i: int, now: datetime,
+                  open_kinds: Container[AlertKind] | None = None) -> Finding:
     kind, rid, site = AlertKind.NEWS2_RISING, r.resident_id, r.site_id
+    if not text_wanted(kind, open_kinds) and (np.isnan(rise.reference[i]) or not rise.alert[i]):
+        return (hold if np.isnan(rise.reference[i]) or not rise.latest_complete[i] else clear_alert)(
+            kind, rid, site, "", resident_id=rid, brief=True)
     if np.isnan(rise.reference[i]):
         return hold(kind, rid, site, "no complete set in the previous 24 h to compare with", resident_id=rid)
     latest_at = datetime.fromtimestamp(float(rise.latest_time[i]), UTC)
@@ -238,7 +262,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         newest_stored[r.resident_id] = max((x.newest_stored_at for x in rounds if x.newest_stored_at),
                                            default=None)
         recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
-        plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed)
+        plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed, fast=FAST_PLANNING)
         if plans:
             planned.append((r, plans))
     writes = _score_plans(planned, summary)
@@ -259,6 +283,13 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     sets = _history_columns(active, light, history, set_aside, now)
     usual = _usual_news2(len(active), sets, now)
     latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
+    # Each resident's open alert kinds (read under the caller's locks: only the scorer opens a resident's alerts,
+    # holding them): a clear or hold finding of any other kind changes nothing and is built without its text.
+    open_kinds: dict[str, set[AlertKind]] | None = None
+    if BRIEF_FINDINGS:
+        open_kinds = {rid: set() for rid in ids}
+        for subject, open_now in open_alert_kinds(conn, [Subject(SubjectKind.RESIDENT, rid) for rid in ids]).items():
+            open_kinds[subject.id] = {AlertKind(k) for k in open_now}
     index = {r.resident_id: i for i, r in enumerate(active)}
     by_id = {r.resident_id: r for r in active}
     states: list[tuple[object, ...]] = []
@@ -267,13 +298,14 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         summary.errors[rid] = f"observation set {bad.obs_id} cannot be scored: " + "; ".join(problems.values())
     for r in active:
         rid = r.resident_id
+        kinds = None if open_kinds is None else open_kinds[rid]
         if rid not in faults:
-            findings.append(data_fault_cleared(r))
+            findings.append(data_fault_cleared(r, kinds))
         obs = latest_sets.get(rid)
         result = latest_results.get(rid)
         due: datetime | None
         if obs is not None and result is not None:
-            findings.append(news2_finding(r, obs, result, now))
+            findings.append(news2_finding(r, obs, result, now, kinds))
             stable = result.complete and result.score > 0 and bl.at_usual(dict(result.subscores),
                                                                           dict(obs.values), usual, index[rid])
             due = next_obs_due(obs.taken_at, result.response, result.score, result.complete, r.obs_per_day,
@@ -285,15 +317,19 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         else:
             due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
             states.append(_state_row(r, now, None, None, due, "first_set"))
-        findings.append(soft_signs_finding(r, history.get(rid, []), now))
-        findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical))
-    findings.extend(_baseline_findings(active, sets, now))
+        findings.append(soft_signs_finding(r, history.get(rid, []), now, kinds))
+        findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical, open_kinds=kinds))
+    findings.extend(_baseline_findings(active, sets, now, open_kinds))
+    # every subject with a clear or raise finding is grouped into its incident, as before the brief findings; then
+    # only the findings that can change something go on (holds and brief clears change nothing: H-ALERT-13)
+    judged = {f.subject for f in findings if f.state != "hold"}
+    findings = [f for f in findings if f.state != "hold" and not f.brief]
     # the newest contributing reading's stored_at, for the stored-to-alert latency (only raised findings use it)
     stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id))
                if f.state == "raise" and newest_stored.get(f.subject_id) is not None else f for f in findings]
     clock = _lap(summary, "rules_s", clock)
     _upsert_states(conn, states)
-    apply_findings(conn, stamped, now, summary, latency=latency)
+    apply_findings(conn, stamped, now, summary, latency=latency, subjects=judged)
     _lap(summary, "write_s", clock)
 
 

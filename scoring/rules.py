@@ -11,7 +11,7 @@ every rule and threshold here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -51,6 +51,9 @@ class Finding:
     allow_downgrade: bool = True
     #: stored_at of the newest reading behind this finding, for the stored-to-alert latency measurement.
     evidence_stored_at: datetime | None = None
+    #: True: a clear or hold finding built without its text, because no alert of its kind is open for the subject
+    #: (``text_wanted``): it can change nothing, and the evaluation drops it before ``apply_findings`` (H-ALERT-13).
+    brief: bool = False
     #: (kind, id) of the subject: the kind follows from the alert kind (carewatch/subjects.py), never from what the
     #: id looks like, so a resident whose id is a household's can never reach the household's alerts. Set once
     #: here (the engine reads it several times per finding, for every finding of a batch).
@@ -78,13 +81,21 @@ def raise_alert(
 
 
 def clear_alert(kind: AlertKind, subject_id: str, site_id: str, reason: str, *,
-                resident_id: str | None = None) -> Finding:
-    return Finding(kind, subject_id, site_id, "clear", resident_id, reason=reason)
+                resident_id: str | None = None, brief: bool = False) -> Finding:
+    return Finding(kind, subject_id, site_id, "clear", resident_id, reason=reason, brief=brief)
 
 
 def hold(kind: AlertKind, subject_id: str, site_id: str, reason: str = "", *,
-         resident_id: str | None = None) -> Finding:
-    return Finding(kind, subject_id, site_id, "hold", resident_id, reason=reason)
+         resident_id: str | None = None, brief: bool = False) -> Finding:
+    return Finding(kind, subject_id, site_id, "hold", resident_id, reason=reason, brief=brief)
+
+
+def text_wanted(kind: AlertKind, open_kinds: Container[AlertKind] | None) -> bool:
+    """Whether a clear or hold finding of ``kind`` needs its text: always when ``open_kinds`` (the kinds of the
+    subject's unresolved alerts) is None, else only when an alert of that kind is open. A clear with nothing open
+    and every hold change nothing (``lifecycle.apply_findings``), so their text is never read. Raise findings are
+    always built whole."""
+    return open_kinds is None or kind in open_kinds
 
 
 def local_time(at: datetime) -> str:
@@ -324,12 +335,15 @@ def plan_observation_sets(
     scale2: bool,
     oxygen: bool | None = None,
     window: timedelta = ROUND_WINDOW,
+    fast: bool = True,
 ) -> list[SetPlan]:
     """One observation set per round: update the set already holding this round (same round_key, or a set taken
     within ``window`` of the round's start - e.g. the RR and ACVPU staff typed on the tablet), else a new one.
 
     Staff-typed values are kept as typed; device values fill the rest and are recomputed from the readings each
-    time (so re-evaluating is idempotent). Returns only the sets that change.
+    time (so re-evaluating is idempotent). Returns only the sets that change. ``fast``: a round whose device-only
+    set already holds exactly its readings is seen unchanged without merging it again (``_set_unchanged``);
+    False merges every round (the path the equivalence tests hold it to).
     """
     by_key = {s.round_key: s for s in existing if s.round_key}
     claimed: set[int] = set()
@@ -356,12 +370,67 @@ def plan_observation_sets(
                 target = min(staff, key=lambda s: abs(s.taken_at - rnd.start))
         if target is not None and target.obs_id is not None:
             claimed.add(target.obs_id)
+        if fast and supersedes is None and target is not None and _set_unchanged(rnd, target, scale2, oxygen):
+            continue
         plan = _merge(rnd, target, scale2, oxygen)
         if supersedes is not None:
             plan = replace(plan, supersedes=supersedes, round_key=rnd.key)
         if target is None or supersedes is not None or not _same_values(plan, target):
             plans.append(plan)
     return plans
+
+
+def _set_unchanged(rnd: Round, target: StoredSet, scale2: bool, oxygen: bool | None) -> bool:
+    """True only when ``_merge(rnd, target, ...)`` would equal ``target`` (``_same_values``), checked without
+    building the plan: ``_merge``'s rules, compared field by field. Every case it does not follow exactly returns
+    False, and the caller merges: readings set aside, a staff value or ACVPU without its provenance entry (legacy
+    rows), a set without a round key."""
+    if rnd.set_aside or not target.round_key or target.spo2_scale != (2 if scale2 else 1):
+        return False
+    inputs = target.inputs
+    expected = 0  # the number of inputs keys the merge would write; compared with the stored ones at the end
+    manual_any = device_any = False
+    for parameter in NUMERIC_SET_FIELDS:
+        entry = inputs.get(parameter)
+        if target.is_manual_value(parameter):
+            value = target.values.get(parameter)
+            if not isinstance(entry, Mapping) or not _close(value, value):  # (a NaN is never "the same")
+                return False
+            expected += 1
+            manual_any = True
+            continue
+        reading = rnd.values.get(parameter)
+        if reading is None:
+            if target.values.get(parameter) is not None or parameter in inputs:
+                return False
+            continue
+        if not _close(reading.value, target.values.get(parameter)) or entry != {
+                "source": "manual" if "manual" in reading.flags else "device", "device_id": reading.device_id,
+                "at": iso(reading.measured_at), "flags": list(reading.flags)}:
+            return False
+        expected += 1
+        device_any = True
+    if target.consciousness is not None:
+        if not isinstance(inputs.get("consciousness"), Mapping):
+            return False
+        expected += 1
+        manual_any = True
+    elif "consciousness" in inputs:
+        return False
+    staff_set = target.source in ("manual", "mixed") and target.recorded_by != "scorer"
+    if staff_set:
+        manual_any = True
+        if max(rnd.end, target.taken_at) != target.taken_at:
+            return False
+    else:
+        if target.taken_at != rnd.end or target.on_oxygen != bool(oxygen) or inputs.get("air_or_oxygen") != {
+                "confirmed": False, "on_oxygen": bool(oxygen),
+                "source": "prescription" if oxygen is not None else "no prescription recorded",
+                "note": AIR_OXYGEN_UNCONFIRMED}:
+            return False
+        expected += 1
+    source = "mixed" if manual_any and device_any else ("manual" if manual_any else "device")
+    return source == target.source and len(inputs) == expected
 
 
 #: inputs["air_or_oxygen"] of a device-only set: scored from the prescription, not yet confirmed by staff.
@@ -460,12 +529,16 @@ def scored_parameters_text(obs: StoredSet | SetPlan, result: News2Result) -> lis
     return parts
 
 
-def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, now: datetime) -> Finding:
-    """One open news2 alert per resident, following the newest set's band."""
+def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, now: datetime,
+                  open_kinds: Container[AlertKind] | None = None) -> Finding:
+    """One open news2 alert per resident, following the newest set's band. ``open_kinds``: ``text_wanted``."""
     kind = AlertKind.NEWS2
-    when = local_time(obs.taken_at)
     severity = NEWS2_SEVERITY[result.risk]
     unconfirmed = air_oxygen_unconfirmed(obs)
+    if severity is None and not text_wanted(kind, open_kinds):
+        return (clear_alert if result.complete and not unconfirmed else hold)(
+            kind, resident.resident_id, resident.site_id, "", resident_id=resident.resident_id, brief=True)
+    when = local_time(obs.taken_at)
     if severity is None:
         if result.complete and not unconfirmed:
             return clear_alert(kind, resident.resident_id, resident.site_id,
@@ -573,9 +646,11 @@ def data_fault_finding(resident: ResidentFacts, obs: StoredSet, problems: Mappin
                        DATA_FAULT_ACTION, resident_id=resident.resident_id, data=data)
 
 
-def data_fault_cleared(resident: ResidentFacts) -> Finding:
+def data_fault_cleared(resident: ResidentFacts, open_kinds: Container[AlertKind] | None = None) -> Finding:
+    brief = not text_wanted(AlertKind.DATA_FAULT, open_kinds)
     return clear_alert(AlertKind.DATA_FAULT, resident.resident_id, resident.site_id,
-                       "The newest observations can be scored.", resident_id=resident.resident_id)
+                       "" if brief else "The newest observations can be scored.", resident_id=resident.resident_id,
+                       brief=brief)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -594,23 +669,29 @@ def _is_confusion(sign: str) -> bool:
     return "confus" in sign.lower()
 
 
-def soft_signs_finding(resident: ResidentFacts, sets: Sequence[StoredSet], now: datetime) -> Finding:
+def soft_signs_finding(resident: ResidentFacts, sets: Sequence[StoredSet], now: datetime,
+                       open_kinds: Container[AlertKind] | None = None) -> Finding:
     """Soft signs of deterioration recorded by staff raise escalation even when NEWS2 is low.
 
     Uses the newest staff-assessed set in the last 24 h (device-only sets do not assess soft signs). For a
     resident whose confusion is their norm, 'confusion' counts only if staff also recorded ACVPU 'C'.
+    ``open_kinds``: ``text_wanted``.
     """
     kind = AlertKind.SOFT_SIGNS
     assessed = [s for s in sets if s.soft_signs_assessed and now - SOFT_SIGNS_VALID_FOR <= s.taken_at <= now]
     if not assessed:
-        return hold(kind, resident.resident_id, resident.site_id, resident_id=resident.resident_id)
+        return hold(kind, resident.resident_id, resident.site_id, resident_id=resident.resident_id,
+                    brief=not text_wanted(kind, open_kinds))
     latest = max(assessed, key=lambda s: s.taken_at)
-    when = local_time(latest.taken_at)
     signs = list(latest.soft_signs)
     discounted = []
     if resident.baseline_confused and latest.consciousness != "C":
         discounted = [s for s in signs if _is_confusion(s)]
         signs = [s for s in signs if not _is_confusion(s)]
+    if not signs and not text_wanted(kind, open_kinds):
+        return clear_alert(kind, resident.resident_id, resident.site_id, "", resident_id=resident.resident_id,
+                           brief=True)
+    when = local_time(latest.taken_at)
     if not signs:
         note = f"Staff assessment at {when} recorded no soft signs of deterioration"
         if discounted:

@@ -14,7 +14,7 @@ band's "what to do" text cannot disagree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
@@ -22,7 +22,17 @@ from functools import lru_cache
 from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
 from carewatch.scoring.incidents import overdue_joins_incident
-from carewatch.scoring.rules import LOCAL_TZ, Finding, ResidentFacts, clear_alert, hold, local_time, raise_alert, sbard
+from carewatch.scoring.rules import (
+    LOCAL_TZ,
+    Finding,
+    ResidentFacts,
+    clear_alert,
+    hold,
+    local_time,
+    raise_alert,
+    sbard,
+    text_wanted,
+)
 
 CONTINUOUS_RECHECK = timedelta(minutes=15)
 #: An observation round counts as overdue this long after it was due (a round takes time to get round).
@@ -123,18 +133,23 @@ OVERDUE_SEVERITY: Mapping[str, Severity] = {
 
 
 def overdue_finding(resident: ResidentFacts, due: datetime | None, last: LastObservation | None,
-                    now: datetime, grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False) -> Finding:
+                    now: datetime, grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False,
+                    open_kinds: Container[AlertKind] | None = None) -> Finding:
     """obs_overdue: raised once ``now`` passes ``due + grace`` when it joins an incident (the last set was
     low-medium or worse, or the resident has an open clinical incident: ``open_clinical``); otherwise overdue
     observations are a task on the home's list, not an alert (H-TASK-01/02). Cleared when the next set moves
-    ``due`` on."""
+    ``due`` on. ``open_kinds``: ``rules.text_wanted``."""
     kind = AlertKind.OBS_OVERDUE
     rid, site = resident.resident_id, resident.site_id
+    brief = not text_wanted(kind, open_kinds)
     if due is None:
-        return hold(kind, rid, site, resident_id=rid)
+        return hold(kind, rid, site, resident_id=rid, brief=brief)
+    joins = now > due + grace and overdue_joins_incident(last.risk if last is not None else None, open_clinical)
+    if brief and not joins:
+        return clear_alert(kind, rid, site, "", resident_id=rid, brief=True)
     if now <= due + grace:
         return clear_alert(kind, rid, site, f"Next observations due {local_time(due)}.", resident_id=rid)
-    if not overdue_joins_incident(last.risk if last is not None else None, open_clinical):
+    if not joins:
         return clear_alert(kind, rid, site, f"Observations due by {local_time(due)} are on the home's task list.",
                            resident_id=rid)
     if last is None:
