@@ -9,9 +9,10 @@ defined here once; ``api/pooling.py`` counts.
 from __future__ import annotations
 
 import math
-import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from carewatch.prometheus import serve_registry
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -41,15 +42,7 @@ UNAVAILABLE = Counter("carewatch_api_report_unavailable",
                       "(reason: why the last attempt stopped, or busy: no primary connection free for the retry)",
                       ["reason"], registry=REGISTRY)
 
-_served: set[int] = set()
-_lock = threading.Lock()
-
 
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (once per process; 0 = off)."""
-    if port <= 0:
-        return
-    with _lock:
-        if port not in _served:
-            start_http_server(port, registry=REGISTRY)
-            _served.add(port)
+    serve_registry(REGISTRY, port)

@@ -6,11 +6,10 @@ They live in their own registry (several workers may run in one process: tests, 
 
 from __future__ import annotations
 
-import threading
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from carewatch.ingest.store import BatchResult
+from carewatch.prometheus import serve_registry
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -65,14 +64,6 @@ def record_batch(worker: str, result: BatchResult, commit_seconds: float, lag_se
     GAPS.labels(worker).inc(sum(result.new_gaps.values()))
 
 
-_served: dict[int, object] = {}
-_serve_lock = threading.Lock()
-
-
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (once per process; 0 = off)."""
-    if port <= 0:
-        return
-    with _serve_lock:
-        if port not in _served:
-            _served[port] = start_http_server(port, registry=REGISTRY)
+    serve_registry(REGISTRY, port)

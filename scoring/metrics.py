@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from carewatch.prometheus import serve_registry
 from carewatch.scoring.replicas import LeaseKeeper, scoring_health
 
 REGISTRY = CollectorRegistry(auto_describe=False)
@@ -50,7 +51,6 @@ class ScorerCollector(Collector):
 
 _watched: dict[str, ScorerCollector] = {}
 _lock = threading.Lock()
-_served: set[int] = set()
 
 
 def watch(keeper: LeaseKeeper, dsn: str, stall_after: timedelta) -> None:
@@ -65,9 +65,4 @@ def watch(keeper: LeaseKeeper, dsn: str, stall_after: timedelta) -> None:
 
 def serve(port: int) -> None:
     """Expose /metrics on ``port`` (once per process; 0 = off)."""
-    if port <= 0:
-        return
-    with _lock:
-        if port not in _served:
-            start_http_server(port, registry=REGISTRY)
-            _served.add(port)
+    serve_registry(REGISTRY, port)

@@ -19,18 +19,20 @@ from carewatch.db import one
 from carewatch.scoring.batches import jsonb_safe
 from carewatch.scoring.news2 import News2Result
 
+#: A device round stored again (same resident and round key): its values, provenance and score replace the old.
+_ON_ROUND_CONFLICT = """ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
+        source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
+        spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
+        pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
+        score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
+        complete = EXCLUDED.complete, missing = EXCLUDED.missing"""
 _INSERT = """INSERT INTO observation_sets (resident_id, site_id, taken_at, recorded_by, source, round_key,
         respiration_rate, spo2, spo2_scale, on_oxygen, systolic_bp, pulse, consciousness, temperature, soft_signs,
         note, inputs, score, risk, subscores, complete, missing)
     VALUES (%(resident_id)s, %(site_id)s, %(taken_at)s, %(recorded_by)s, %(source)s, %(round_key)s, %(rr)s,
         %(spo2)s, %(scale)s, %(on_oxygen)s, %(sbp)s, %(pulse)s, %(consciousness)s, %(temp)s, %(soft_signs)s,
         %(note)s, %(inputs)s, %(score)s, %(risk)s, %(subscores)s, %(complete)s, %(missing)s)
-    ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
-        source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
-        spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
-        pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
-        score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
-        complete = EXCLUDED.complete, missing = EXCLUDED.missing"""
+    """ + _ON_ROUND_CONFLICT
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,7 @@ _INSERT_MANY = f"""INSERT INTO observation_sets (resident_id, site_id, taken_at,
         v.scale, v.on_oxygen, v.sbp, v.pulse, v.consciousness, v.temp, {_text_array("soft_signs")}, v.note,
         v.inputs, v.score, v.risk, v.subscores, v.complete, {_text_array("missing")}
     FROM {_unnest(_INSERT_MANY_NAMES)}
-    ON CONFLICT (resident_id, round_key) DO UPDATE SET taken_at = EXCLUDED.taken_at,
-        source = EXCLUDED.source, respiration_rate = EXCLUDED.respiration_rate,
-        spo2 = EXCLUDED.spo2, spo2_scale = EXCLUDED.spo2_scale, systolic_bp = EXCLUDED.systolic_bp,
-        pulse = EXCLUDED.pulse, temperature = EXCLUDED.temperature, inputs = EXCLUDED.inputs,
-        score = EXCLUDED.score, risk = EXCLUDED.risk, subscores = EXCLUDED.subscores,
-        complete = EXCLUDED.complete, missing = EXCLUDED.missing"""
+    {_ON_ROUND_CONFLICT}"""
 #: Rows per multi-row statement of ``record_observation_sets`` (bounds one statement's arrays).
 _INSERT_MANY_ROWS = 5000
 
