@@ -100,6 +100,16 @@ def _written(existing: list[StoredSet], plans: list[SetPlan], scale2: bool) -> l
     return sorted(by_id.values(), key=lambda s: (s.taken_at, s.obs_id or 0))
 
 
+def _staff_rr_and_acvpu() -> list[StoredSet]:
+    """Staff typing RR and ACVPU into the tablet 6 minutes into each 4-hourly round (a mixed set once merged)."""
+    return [StoredSet(100 + h, T0 + timedelta(hours=h, minutes=6), "manual", None,
+                      {"respiration_rate": 16.0, "spo2": None, "systolic_bp": None, "pulse": None,
+                       "temperature": None}, consciousness="A", recorded_by="carer1",
+                      inputs={"respiration_rate": {"source": "manual", "by": "carer1", "at": "x"},
+                              "consciousness": {"source": "manual", "by": "carer1", "at": "x"}})
+            for h in range(0, 24, 4)]
+
+
 @settings(max_examples=800, deadline=None)
 @given(readings, readings, staff_sets, st.booleans(), st.sampled_from([None, False, True]), st.booleans(),
        st.sampled_from([None, False, True]), st.data())
@@ -137,12 +147,7 @@ def test_the_fast_path_is_taken_for_unchanged_device_rounds(monkeypatch) -> None
     assert plan_observation_sets(rounds, existing, scale2=False, oxygen=None, fast=False) == []
     assert len(merged) == 6
     # the care home's usual round: devices, then staff typing RR and ACVPU into the tablet (a mixed set)
-    staff = [StoredSet(100 + h, T0 + timedelta(hours=h, minutes=6), "manual", None,
-                       {"respiration_rate": 16.0, "spo2": None, "systolic_bp": None, "pulse": None,
-                        "temperature": None}, consciousness="A", recorded_by="carer1",
-                       inputs={"respiration_rate": {"source": "manual", "by": "carer1", "at": "x"},
-                               "consciousness": {"source": "manual", "by": "carer1", "at": "x"}})
-             for h in range(0, 24, 4)]
+    staff = _staff_rr_and_acvpu()
     mixed = _written(staff, plan_observation_sets(rounds, staff, scale2=False, oxygen=True, fast=False), False)
     assert {s.source for s in mixed} == {"mixed"} and len(mixed) == 6
     merged.clear()
@@ -156,12 +161,7 @@ def test_each_way_a_mixed_set_can_differ_is_planned_as_merging_plans_it() -> Non
     rs = [VitalReading(m, v, T0 + timedelta(hours=h, minutes=k), "ox-1")
           for h in range(0, 24, 4) for k, (m, v) in enumerate([("spo2", 96.0), ("pulse_rate", 72.0)])]
     rounds = build_rounds(rs)
-    staff = [StoredSet(100 + h, T0 + timedelta(hours=h, minutes=6), "manual", None,
-                       {"respiration_rate": 16.0, "spo2": None, "systolic_bp": None, "pulse": None,
-                        "temperature": None}, consciousness="A", recorded_by="carer1",
-                       inputs={"respiration_rate": {"source": "manual", "by": "carer1", "at": "x"},
-                               "consciousness": {"source": "manual", "by": "carer1", "at": "x"}})
-             for h in range(0, 24, 4)]
+    staff = _staff_rr_and_acvpu()
     mixed = _written(staff, plan_observation_sets(rounds, staff, scale2=False, oxygen=None, fast=False), False)
     s = mixed[2]
     variants = [
