@@ -23,6 +23,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import psycopg
@@ -43,7 +44,7 @@ from carewatch.scoring.replicas import (
     subjects_of,
 )
 from carewatch.settings import Settings
-from carewatch.subjects import Subject, parse_subject_key
+from carewatch.subjects import Subject, SubjectKind, parse_subject_key
 
 CHANNEL = "carewatch_readings"
 #: ``sys.setswitchinterval`` of the scorer process (Python's default is 0.005 s).
@@ -53,6 +54,13 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: history take ~0.2-0.3 s since the batch loads went columnar; 50, the size for the per-subject scorer, spent
 #: a third of each slice on the batch's fixed queries).
 CATCH_UP_SLICE = 200
+#: Seconds of catch-up work taken beside the fresh notifications per loop (``CatchUpPacer``): a slice is cut to
+#: what fits at each kind's measured cost, so a slice of cold households (17-80 ms each, docs/scaling.md) cannot hold
+#: fresh readings up for tens of seconds the way 200 of them did (bench_scale: 2 of 60 probes late, H-HA-05).
+CATCH_UP_BUDGET_S = 0.3
+#: Seconds a subject of each kind is assumed to cost before any is measured (a cold evaluation, docs/scaling.md).
+_FIRST_COST_S = {SubjectKind.RESIDENT.value: 0.003, SubjectKind.HOUSEHOLD.value: 0.08}
+_OTHER_FIRST_COST_S = 0.01
 log = structlog.get_logger("carewatch.scoring.service")
 
 
@@ -80,6 +88,43 @@ def parse_payload(payload: str) -> tuple[list[Subject | str], datetime | None]:
                 log.warning("bad_notify_subject", subject=entry[:200])
     stamp = doc.get("max_received_at")
     return clean, parse_timestamp(stamp) if isinstance(stamp, str) else None
+
+
+class CatchUpPacer:
+    """How much catch-up goes with each batch: the subjects from the head of the queue whose estimated cost fits in
+    ``budget_s`` (at least one, at most ``CATCH_UP_SLICE``). The cost per subject of each kind is learned from the
+    batches themselves (an exponential average of the residents' and the households' measured seconds a subject),
+    so the slice follows what this replica's subjects really cost: hundreds of warm residents, a handful of cold
+    households. Pure: the service feeds it each batch's summary."""
+
+    def __init__(self, budget_s: float = CATCH_UP_BUDGET_S, most: int = CATCH_UP_SLICE) -> None:
+        self.budget_s = budget_s
+        self.most = most
+        self.cost_s: dict[str, float] = dict(_FIRST_COST_S)
+
+    def _cost(self, subject: Subject | str) -> float:
+        kind = SubjectKind.RESIDENT.value if isinstance(subject, str) else str(subject[0])
+        return self.cost_s.get(kind, _OTHER_FIRST_COST_S)
+
+    def take(self, queue: Sequence[Subject | str]) -> int:
+        """How many subjects from the head of ``queue`` go with the next batch."""
+        spent, n = 0.0, 0
+        for subject in queue[:self.most]:
+            spent += self._cost(subject)
+            if n and spent > self.budget_s:
+                break
+            n += 1
+        return n
+
+    def observe(self, summary: EvaluationSummary, elapsed_s: float) -> None:
+        """Learn from one batch: the residents' time is the summary's load, rules and write laps (the device step
+        included); the households' is the rest of the batch's wall time."""
+        residents_s = summary.load_s + summary.rules_s + summary.write_s
+        for kind, count, seconds in ((SubjectKind.RESIDENT.value, summary.residents, residents_s),
+                                     (SubjectKind.HOUSEHOLD.value, summary.households,
+                                      max(elapsed_s - residents_s, 0.0))):
+            if count:
+                self.cost_s[kind] = 0.5 * self.cost_s[kind] + 0.5 * seconds / count
 
 
 def _subject_order(subject: Subject | str) -> tuple[str, str]:
@@ -186,6 +231,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         catch_up: list[Subject | str] = []
         catch_up_started: float | None = None
         catch_up_total = 0
+        pacer = CatchUpPacer()
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
         remembered = keeper.buckets  # the buckets whose residents the memory may hold
         if clock.ready:
@@ -241,10 +287,11 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                     pending = set(subjects.mine(work, pending, held))
                 # fresh readings first; the catch-up in slices, so a takeover never holds fresh readings up for long
                 # (and only what is still ours: buckets given back meanwhile are the new holder's to rescore)
-                slice_ = subjects.mine(work, catch_up[:CATCH_UP_SLICE], held) if catch_up else []
+                taking = pacer.take(catch_up)
+                slice_ = subjects.mine(work, catch_up[:taking], held) if catch_up else []
                 catch_up_total += len(slice_)
                 batch = sorted(pending | set(slice_), key=_subject_order)
-                catch_up = catch_up[CATCH_UP_SLICE:]
+                catch_up = catch_up[taking:]
                 finishing = catch_up_started is not None and not catch_up
                 if batch and clock.ready:
                     started = time.perf_counter()
@@ -255,6 +302,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                     except Exception:
                         log.exception("evaluate_failed", subjects=len(batch))
                     else:
+                        pacer.observe(summary, time.perf_counter() - started)
                         _log_summary("evaluated", summary, subjects=len(batch))
                         # one line per batch: its size and where the time went (bench/bench_alert_latency.py)
                         log.info("evaluation_batch", subjects=len(batch), residents=summary.residents,

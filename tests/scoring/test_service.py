@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from carewatch.ingest.store import notify_payloads
+from carewatch.scoring.batches import EvaluationSummary
 from carewatch.scoring.clock import Clock
-from carewatch.scoring.service import parse_payload, run_scorer
+from carewatch.scoring.service import CatchUpPacer, parse_payload, run_scorer
 from carewatch.settings import Settings
 from carewatch.subjects import Subject
 
@@ -108,3 +109,29 @@ def test_alert_appears_within_seconds_of_notify(database: str, uid: str, mode: s
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_catch_up_slices_fit_the_budget_at_each_kinds_measured_cost() -> None:
+    """A takeover's catch-up goes beside fresh readings in slices cut to a time budget (H-HA-05): hundreds of
+    residents, a handful of households, never none, and the estimate follows what the batches really cost."""
+    pacer = CatchUpPacer(budget_s=0.3005, most=200)
+    residents = [Subject("resident", f"res-{i:04d}") for i in range(1000)]
+    households = [Subject("household", f"hh-{i:04d}") for i in range(1000)]
+    assert pacer.take(residents) == 100  # 0.3 s at a first guess of 3 ms
+    assert pacer.take(households) == 3  # 80 ms each: 200 of them held fresh readings up for ~50 s (bench_scale)
+    assert pacer.take(households[:2] + residents) == 2 + 46
+    assert pacer.take([]) == 0
+    # slow households measured: fewer per slice, but never none
+    pacer.observe(EvaluationSummary(households=3), elapsed_s=3.0)
+    assert pacer.cost_s["household"] == pytest.approx(0.5 * 0.08 + 0.5 * 1.0)
+    assert pacer.take(households) == 1
+    # warm residents measured (their laps are the summary's load, rules and write): up to the slice's maximum
+    pacer.observe(EvaluationSummary(residents=200, load_s=0.05, rules_s=0.04, write_s=0.01), elapsed_s=0.1)
+    pacer.observe(EvaluationSummary(residents=200, load_s=0.05, rules_s=0.04, write_s=0.01), elapsed_s=0.1)
+    assert pacer.cost_s["resident"] < 0.0013
+    assert pacer.take(residents) == 200
+    # a batch's households are its wall time less the residents' laps
+    before = pacer.cost_s["household"]
+    pacer.observe(EvaluationSummary(residents=100, households=2, load_s=0.1, rules_s=0.1, write_s=0.0),
+                  elapsed_s=0.4)
+    assert pacer.cost_s["household"] == pytest.approx(0.5 * before + 0.5 * 0.1)
