@@ -32,6 +32,7 @@ from carewatch.api import (
     audit,
     auth,
     errors,
+    metrics,
     network,
     pooling,
     routes_alerts,
@@ -248,6 +249,8 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
         app.state.conn_gate = pooling.gate_for(app.state.pool)  # every checkout waits here, not in a thread
         # heavy read-only reports: their own small pool on a standby, when CAREWATCH_REPORT_DATABASE_URL is set
         app.state.reports = pooling.ReportPool.open(settings)
+        if app.state.reports is not None:  # the lag gauge is measured on scrape, through this pool
+            metrics.measure_lag_with(app.state.reports.scrape_lag)
         if freeze_gc:
             # Startup objects (routes, schemas, models) live as long as the process: keep them out of the cyclic
             # GC, whose full collections over them were the overview's worst latencies (bench_api.py: p99 ~80 ms).
@@ -257,6 +260,7 @@ def create_app(settings: Settings | None = None, *, pool: ConnectionPool | None 
             yield
         finally:
             if app.state.reports is not None:
+                metrics.stop_measuring_lag(app.state.reports.scrape_lag)
                 app.state.reports.pool.close()
             if own_pool:
                 app.state.pool.close()

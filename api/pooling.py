@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import psycopg
 from fastapi import Depends, FastAPI, Request, Response, status
@@ -41,7 +44,17 @@ from fastapi.routing import APIRoute
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from carewatch.api import metrics
-from carewatch.db import StandbyState, make_report_pool, report_conninfo, seeks_standby, standby_state
+from carewatch.db import (
+    StandbyState,
+    is_statement_timeout,
+    knows_statement_timeout,
+    learn_statement_timeout,
+    make_report_pool,
+    report_conninfo,
+    seeks_standby,
+    server_build,
+    standby_state,
+)
 from carewatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,6 +143,10 @@ ReadSource = Literal["standby", "primary", "primary_pool"]
 REPORT_RETRY_S = 10.0
 #: With a permit held the pool has a free slot: longer than this means no node of the report URL answers.
 REPORT_CONNECT_WAIT_S = 3.0
+#: A Prometheus scrape within this long of the last measurement of the standby's lag shows that one, not a new one.
+LAG_FRESH_S = 5.0
+#: A scrape waits at most this long for a measurement (else it shows the last one).
+LAG_PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -143,6 +160,11 @@ class ReportPool:
     down_until: float = 0.0
     drained_at: float = 0.0
     last: dict[str, Any] = field(default_factory=lambda: {"source": "unknown"})
+    lag_s: float = math.nan  # the standby's lag when last measured (NaN: no standby), for the Prometheus gauge
+    measured_at: float = -math.inf  # time.monotonic() of that measurement
+    loop: anyio.lowlevel.EventLoopToken | None = None  # the app's event loop, where a scrape measures
+    loop_thread: int | None = None
+    scraping: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, settings: Settings) -> ReportPool | None:
@@ -151,13 +173,50 @@ class ReportPool:
             return None
         conninfo = report_conninfo(settings.report_database_url, settings.report_db_password)
         pool = make_report_pool(conninfo, max_size=settings.report_pool_size)
-        return cls(pool, anyio.Semaphore(pool.max_size), settings.report_max_lag_s, seeks_standby(conninfo))
+        return cls(pool, anyio.Semaphore(pool.max_size), settings.report_max_lag_s, seeks_standby(conninfo),
+                   loop=anyio.lowlevel.current_token(), loop_thread=threading.get_ident())
 
     def note(self, source: str, state: StandbyState | None = None, why: str | None = None) -> None:
         self.last = {"source": source, "lag_s": None if state is None else state.lag_s, "at": time.time(),
                      **({"why": why} if why else {})}
         lag = state.lag_s if state is not None and state.in_recovery else None  # a primary has no replay lag
-        metrics.STANDBY_LAG.set(math.nan if lag is None else lag)
+        self.lag_s = math.nan if lag is None else lag
+        self.measured_at = time.monotonic()
+
+    async def probe(self) -> None:
+        """Measure where the pool reads and how far behind, now (unless it rests, or no connection is free within
+        a second: then what the last measurement saw stands)."""
+        if self.resting:
+            return
+        try:
+            async with _pooled(self.pool, self.gate, 1.0, 2.0) as conn:
+                state = await _in_thread(standby_state, conn)
+            self.note("standby" if state.in_recovery else "primary", state)
+            if not state.in_recovery:
+                await self.look_for_standby()
+            if not state.fresh(self.max_lag_s):
+                self.note("stale", state, why="not streaming" if not state.streaming else "behind")
+        except GateTimeout:
+            pass  # busy with reports: what the last one saw stands
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            self.failed(exc)
+
+    def scrape_lag(self) -> float:
+        """The standby's lag for a Prometheus scrape (the metrics server's thread): measured now on the app's event
+        loop, unless measured within LAG_FRESH_S (by a report, /healthz or a scrape). Scrapes arriving together wait
+        for one measurement; one that takes longer than LAG_PROBE_TIMEOUT_S shows the last value."""
+        with self.scraping:
+            stale = time.monotonic() - self.measured_at >= LAG_FRESH_S
+            if stale and self.loop is not None and threading.get_ident() != self.loop_thread:
+                try:
+                    anyio.from_thread.run(self._probe_briefly, token=self.loop)
+                except RuntimeError as exc:  # the app's event loop has stopped
+                    log.debug("standby lag not measured on scrape: %s", exc)
+            return self.lag_s
+
+    async def _probe_briefly(self) -> None:
+        with anyio.move_on_after(LAG_PROBE_TIMEOUT_S):
+            await self.probe()
 
     def failed(self, exc: BaseException) -> None:
         if time.monotonic() >= self.down_until:
@@ -201,6 +260,7 @@ async def report_connection(app: FastAPI, retry: str | None = None
             try:
                 conn = await inner.enter_async_context(
                     _pooled(reports.pool, reports.gate, None, REPORT_CONNECT_WAIT_S))
+                await _learn_statement_timeout(conn)
                 state = await _in_thread(standby_state, conn)
             except GateTimeout:  # every report connection busy for the pool's whole timeout: spill over
                 conn = None
@@ -225,9 +285,17 @@ async def report_connection(app: FastAPI, retry: str | None = None
                     conn = None
         if conn is None:
             conn = await stack.enter_async_context(pooled_connection(app))
+            await _learn_statement_timeout(conn)
             await _in_thread(conn.execute, "SET TRANSACTION READ ONLY")
         metrics.READS.labels(source, why).inc()
         yield conn, source
+
+
+async def _learn_statement_timeout(conn: psycopg.Connection) -> None:
+    """Before a report reads from a server build for the first time: where it raises a statement timeout (see
+    :func:`stop_reason`)."""
+    if not knows_statement_timeout(server_build(conn)):
+        await _in_thread(learn_statement_timeout, conn)
 
 
 async def report_status(app: FastAPI) -> dict[str, Any]:
@@ -236,27 +304,17 @@ async def report_status(app: FastAPI) -> dict[str, Any]:
     reports: ReportPool | None = getattr(app.state, "reports", None)
     if reports is None:
         return {"source": "primary_pool", "configured": False}
-    if not reports.resting:
-        try:
-            async with _pooled(reports.pool, reports.gate, 1.0, 2.0) as conn:
-                state = await _in_thread(standby_state, conn)
-            reports.note("standby" if state.in_recovery else "primary", state)
-            if not state.in_recovery:
-                await reports.look_for_standby()
-            if not state.fresh(reports.max_lag_s):
-                reports.note("stale", state, why="not streaming" if not state.streaming else "behind")
-        except GateTimeout:
-            pass  # busy with reports: what the last one saw stands
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            reports.failed(exc)
+    await reports.probe()
     return {**reports.last, "configured": True}
 
 
 async def get_report_conn(request: Request) -> AsyncIterator[psycopg.Connection]:
-    """A heavy report's connection (see :func:`report_connection`); ``request.state.read_source`` says where.
-    ``request.state.report_retry`` (set by :class:`ReportRoute`): the report is being read again, on the primary."""
+    """A heavy report's connection (see :func:`report_connection`); ``request.state.read_source`` says where,
+    ``read_build`` which server build (for :func:`stop_reason`). ``request.state.report_retry`` (set by
+    :class:`ReportRoute`): the report is being read again, on the primary."""
     async with report_connection(request.app, getattr(request.state, "report_retry", None)) as (conn, source):
         request.state.read_source = source
+        request.state.read_build = server_build(conn)
         yield conn
 
 
@@ -281,21 +339,22 @@ _STOPPED = {
 }
 
 
-def stop_reason(exc: BaseException) -> str | None:
+def stop_reason(exc: BaseException, build: str | None = None) -> str | None:
     """Why the database stopped a report's query, when that is no fault of the report's (None otherwise: the
     route's own error, raised as it is). ``conflict``: SQLSTATE class 40 (40001 "canceling statement due to
     conflict with recovery", also the FATAL "terminating connection" of an idle transaction; 40P01 a deadlock with
     the startup process) or 57P04 (the database was dropped). ``cancelled``/``statement_timeout``: 57014, told
-    apart by the server's message (a server whose lc_messages is not English reports a timeout as cancelled).
-    ``connection_lost``: 57P01-57P03 (pg_terminate_backend, shutdown) or no SQLSTATE (the connection broke).
-    ``busy``: a pool gave no connection in time."""
+    apart by where the server ``build`` raised it (:func:`carewatch.db.is_statement_timeout`: not by its message,
+    which follows lc_messages; a place not known counts as a timeout). ``connection_lost``: 57P01-57P03
+    (pg_terminate_backend, shutdown) or no SQLSTATE (the connection broke). ``busy``: a pool gave no connection in
+    time."""
     if isinstance(exc, PoolTimeout):
         return "busy"
     if not isinstance(exc, psycopg.OperationalError):
         return None
     sqlstate = exc.sqlstate or ""
     if sqlstate == "57014":
-        return "statement_timeout" if "statement timeout" in (exc.diag.message_primary or "") else "cancelled"
+        return "statement_timeout" if is_statement_timeout(exc, build) else "cancelled"
     if sqlstate.startswith("40") or sqlstate == "57P04":
         return "conflict"
     if not sqlstate or sqlstate in ("57P01", "57P02", "57P03") or sqlstate.startswith("08"):
@@ -348,7 +407,7 @@ async def _read_with_retry(request: Request, handler: Handler) -> Response:
     try:
         return await _attempt(request, handler)
     except Exception as exc:
-        reason = stop_reason(exc)
+        reason = stop_reason(exc, getattr(request.state, "read_build", None))
         source = getattr(request.state, "read_source", None)
         if reason is None or source is None:  # the route's own error, or one before it had its connection
             raise
@@ -363,11 +422,12 @@ async def _read_with_retry(request: Request, handler: Handler) -> Response:
     first_notes = getattr(request.state, "audit_notes", None)
     request.state.audit_notes = list(before)  # the second run notes what it reads again
     request.state.read_source = None
+    request.state.read_build = None
     request.state.report_retry = reason
     try:
         return await _attempt(request, handler)
     except Exception as exc:
-        again = stop_reason(exc)
+        again = stop_reason(exc, getattr(request.state, "read_build", None))
         if again is None:
             raise
         if getattr(request.state, "read_source", None) is not None:  # it had its primary connection

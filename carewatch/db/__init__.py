@@ -153,3 +153,50 @@ class StandbyState:
 def standby_state(conn: psycopg.Connection[Any]) -> StandbyState:
     in_recovery, streaming, lag = one(conn.execute(_STANDBY_STATE))
     return StandbyState(bool(in_recovery), bool(streaming), None if lag is None else float(lag))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A statement timeout told from a cancellation without reading the message (docs/operations.md, "Replay
+# conflicts")
+# ------------------------------------------------------------------------------------------------------------
+#: Where in its source each server build raises "canceling statement due to statement timeout" (file, line,
+#: function: the F, L and R fields of the error, never translated), by its ``server_version``. A timeout and an
+#: operator's cancel share SQLSTATE 57014, and their messages follow the session's ``lc_messages``; the place each is
+#: raised from does not (two ereports in ProcessInterrupts). (None, None, None): the build named no place.
+_TIMEOUT_RAISED_AT: dict[str, tuple[str | None, str | None, str | None]] = {}
+
+
+def server_build(conn: psycopg.Connection[Any]) -> str:
+    """The server's ``server_version`` as it reported it at connection (distribution suffix included; no I/O)."""
+    return conn.info.parameter_status("server_version") or ""
+
+
+def knows_statement_timeout(build: str) -> bool:
+    """Whether :func:`learn_statement_timeout` already ran against this server build."""
+    return build in _TIMEOUT_RAISED_AT
+
+
+def learn_statement_timeout(conn: psycopg.Connection[Any]) -> None:
+    """Make this server raise one statement timeout (1 ms, in a transaction or savepoint rolled back at once) and
+    note where it raised it, once per server build. Leaves the connection as it was."""
+    build = server_build(conn)
+    if knows_statement_timeout(build):
+        return
+    raised_at: tuple[str | None, str | None, str | None] = (None, None, None)
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 1")
+            conn.execute("SELECT pg_sleep(1)")
+    except psycopg.errors.QueryCanceled as exc:
+        raised_at = (exc.diag.source_file, exc.diag.source_line, exc.diag.source_function)
+    _TIMEOUT_RAISED_AT[build] = raised_at
+
+
+def is_statement_timeout(exc: psycopg.Error, build: str | None) -> bool:
+    """Whether a 57014 from a server of ``build`` was raised where that build raises a statement timeout. True
+    too when the place is not known (never learned, or the server named none): a report that may have timed out is
+    not read a second time."""
+    raised_at = _TIMEOUT_RAISED_AT.get(build or "", (None, None, None))
+    if raised_at == (None, None, None):
+        return True
+    return (exc.diag.source_file, exc.diag.source_line, exc.diag.source_function) == raised_at

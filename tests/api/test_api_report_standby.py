@@ -8,7 +8,9 @@ included; (c) their audit rows land on the primary; (d) with the standby stopped
 (through the report login when its URL names the primary too, else through the primary pool), and a standby that
 comes back is read again; (e) a report the standby cancels (a genuine replay conflict, an operator's cancel or
 terminate) is read again from the primary, one stopped there too answers 503 with Retry-After, one stopped by its
-own statement_timeout is not read again; each counted in the API's Prometheus metrics.
+own statement_timeout is not read again (told from a cancellation without reading the message: the servers here
+speak German where the translation is installed), a session the standby ends between two statements is read again
+and not handed out again; each counted in the API's Prometheus metrics, the standby's lag measured when scraped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,14 @@ from replica import StreamingStandby, skip_reason
 from carewatch.api import metrics, pooling
 from carewatch.api.app import create_app
 from carewatch.api.deps import Ctx
-from carewatch.db import REPORT_POOL_NAME, PrivilegedReportLogin, configure_report_connection
+from carewatch.db import (
+    REPORT_POOL_NAME,
+    PrivilegedReportLogin,
+    configure_report_connection,
+    knows_statement_timeout,
+    learn_statement_timeout,
+    server_build,
+)
 from carewatch.db.migrate import migrate
 from carewatch.embedded import EmbeddedPostgres, free_port
 from carewatch.settings import Settings
@@ -45,11 +55,29 @@ from .conftest import World, build_world
 SIGNING_KEY = "test-signing-key-" + "x" * 32
 
 
+#: The language the servers here speak: gettext's LANGUAGE, which PostgreSQL's messages follow when a session's
+#: lc_messages is not plain "C" (initdb's C.UTF-8 here), for every session whose server has the translation.
+SERVER_LANGUAGE = "de"
+
+
 @pytest.fixture(scope="module")
 def pair(scratch_dir: Path) -> Iterator[tuple[EmbeddedPostgres, StreamingStandby]]:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
+    with pytest.MonkeyPatch.context() as env:  # for every start of the servers in this module (the standby's too)
+        env.setenv("LANGUAGE", SERVER_LANGUAGE)
+        yield from _pair(scratch_dir)
+
+
+def speaks_english(conn: psycopg.Connection) -> bool:
+    """Whether this session's server messages are in English (its lc_messages is "C", or no translation)."""
+    with pytest.raises(psycopg.errors.UndefinedTable) as missing, conn.transaction():
+        conn.execute("SELECT * FROM no_such_table")
+    return "does not exist" in str(missing.value.diag.message_primary)
+
+
+def _pair(scratch_dir: Path) -> Iterator[tuple[EmbeddedPostgres, StreamingStandby]]:
     tag = uuid.uuid4().hex[:8]
     primary = EmbeddedPostgres(scratch_dir / f"reports-primary-{tag}", free_port())
     standby = StreamingStandby(primary, scratch_dir / f"reports-standby-{tag}", free_port())
@@ -89,9 +117,12 @@ def clients(pair: tuple[EmbeddedPostgres, StreamingStandby], logins: tuple[str, 
             "?target_session_attrs=prefer-standby&connect_timeout=2")
     alone = f"postgresql://{reader}@127.0.0.1:{standby.port}/{primary.database}?connect_timeout=2"
     with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(TestClient(create_app(_settings(
-                   tmp_path_factory.mktemp(f"reports-{name}"), app_dsn, url))))
-               for name, url in (("reports", both), ("standby_only", alone), ("primary", None))}
+        made = {name: stack.enter_context(TestClient(create_app(_settings(
+                    tmp_path_factory.mktemp(f"reports-{name}"), app_dsn, url))))
+                for name, url in (("reports", both), ("standby_only", alone), ("primary", None))}
+        # one lag gauge per process: here it follows the 'reports' app (in `carewatch api`, the one app)
+        metrics.measure_lag_with(made["reports"].app.state.reports.scrape_lag)
+        yield made
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +407,11 @@ class Stopper:
     on the primary) turns it into a long report, ``SELECT pg_sleep(30)``, which something real then stops while it
     runs: the primary replays a change the standby must cancel it for (``lock``: LOCK TABLE on a table it read;
     ``snapshot``: VACUUM of rows deleted after its snapshot was taken), an operator cancels or terminates its
-    backend (``cancel``, ``terminate``), or its own ``statement_timeout`` (``timeout``)."""
+    backend (``cancel``, ``terminate``), or its own ``statement_timeout`` (``timeout``). Or, between two of the
+    report's statements, while its session is idle in its transaction, the session is ended: by the standby for a
+    conflict with recovery (``idle_conflict``: the FATAL "terminating connection", after LOCK TABLE on a table the
+    report read) or by an operator (``idle_terminate``); the report's next statement finds it gone. ``pids``: the
+    backends stopped; ``raised``: what the report's statement raised, for ``timeout``."""
 
     def __init__(self, primary: EmbeddedPostgres, standby: StreamingStandby,
                  on_standby: str, on_primary: str | None = None) -> None:
@@ -384,6 +419,8 @@ class Stopper:
         self.how = {True: on_standby, False: on_primary}
         self.done: set[bool] = set()
         self.errors: list[BaseException] = []
+        self.pids: list[int] = []
+        self.raised: list[psycopg.Error] = []
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         inner = Ctx.note
@@ -402,12 +439,20 @@ class Stopper:
         if how is None or on_standby in self.done:
             return
         self.done.add(on_standby)
+        self.pids.append(pid)
         server = self.standby if on_standby else self.primary
-        if how == "lock":
+        if how in ("lock", "idle_conflict"):
             conn.execute("SELECT count(*) FROM residents")  # AccessShareLock on residents until the report ends
         if how == "timeout":
             conn.execute("SET LOCAL statement_timeout = '200ms'")
-            conn.execute("SELECT pg_sleep(30)")
+            try:
+                conn.execute("SELECT pg_sleep(30)")
+            except psycopg.Error as exc:
+                self.raised.append(exc)
+                raise
+            return
+        if how.startswith("idle_"):
+            self._end_idle_session(how, server, pid)  # here, in the report's thread: its session sits idle
             return
         thread = threading.Thread(target=self._meanwhile, args=(how, server, pid), daemon=True)
         thread.start()
@@ -437,6 +482,18 @@ class Stopper:
         except BaseException as exc:  # seen by the test, not lost in the thread
             self.errors.append(exc)
 
+    def _end_idle_session(self, how: str, server: EmbeddedPostgres, pid: int) -> None:
+        if how == "idle_conflict":  # replayed on the standby, which must end the session holding the lock
+            with psycopg.connect(self.primary.dsn) as conn:
+                conn.execute("LOCK TABLE residents IN ACCESS EXCLUSIVE MODE")
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            if how == "idle_terminate":
+                assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+            deadline = time.monotonic() + 20
+            while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, f"the report's session {pid} was never ended"
+                time.sleep(0.05)
+
 
 @pytest.fixture
 def scratch(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> Iterator[None]:
@@ -452,22 +509,37 @@ def scratch(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> Iterator[None]:
             conn.execute("DROP TABLE conflict_scratch")
 
 
-@pytest.mark.parametrize("conflict", ["lock", "snapshot"])
+def _report_sessions(server: EmbeddedPostgres) -> set[int]:
+    with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+        return {row[0] for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                                               (REPORT_POOL_NAME,))}
+
+
+#: The kind of each conflict in the standby's pg_stat_database_conflicts.
+CONFLICT_KIND = {"lock": "lock", "snapshot": "snapshot", "idle_conflict": "lock"}
+
+
+@pytest.mark.parametrize("conflict", ["lock", "snapshot", "idle_conflict"])
 def test_a_report_cancelled_by_a_replay_conflict_on_the_standby_is_read_again_from_the_primary(
         pair: tuple[EmbeddedPostgres, StreamingStandby], logins: tuple[str, str], clients: dict[str, TestClient],
         world: World, reads: list[dict[str, Any]], conflicts_at_once: None, scratch: None, conflict: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A genuine recovery conflict: the standby cancels the report's query (SQLSTATE 40001, counted in its own
-    pg_stat_database_conflicts); the caller still gets the answer, read from the primary, audited once."""
+    pg_stat_database_conflicts), or, when it comes while the report's session sits idle between two statements
+    (``idle_conflict``), ends the session (FATAL 40001) and the next statement finds it gone; the caller still
+    gets the answer, read from the primary, audited once. An ended session's connection is discarded by the report
+    pool when given back (returns_bad), never handed out again; a cancelled query's session lives on."""
     primary, standby = pair
     app_login = str(conninfo_to_dict(logins[0])["user"])
+    kind = CONFLICT_KIND[conflict]
     client = clients["reports"]
+    pool = client.app.state.reports.pool
     path = f"/residents/{world.resident_a}/fhir"
     expected = clients["primary"].get(path, headers=world.headers(clients["primary"], "gp"))
     gp = world.headers(client, "gp")
     audited = len(_audit_rows(primary, path))
     before = (_conflicts(standby, primary.database), _stops("standby", "conflict"),
-              _reads("primary_pool", "conflict"))
+              _reads("primary_pool", "conflict"), pool.get_stats().get("returns_bad", 0))
     stopper = Stopper(primary, standby, conflict)
     stopper.install(monkeypatch)
     reads.clear()
@@ -482,15 +554,24 @@ def test_a_report_cancelled_by_a_replay_conflict_on_the_standby_is_read_again_fr
                          and r["read_only"] for r in again), reads
     # the standby really cancelled it for recovery, and said so; the API counted it
     deadline = time.monotonic() + 10  # a backend flushes its statistics within a second or so of going idle
-    while (after := _conflicts(standby, primary.database))[conflict] == before[0][conflict]:
+    while (after := _conflicts(standby, primary.database))[kind] == before[0][kind]:
         assert time.monotonic() < deadline, (before[0], after)
         time.sleep(0.2)
-    assert after[conflict] == before[0][conflict] + 1, (before[0], after)
+    assert after[kind] == before[0][kind] + 1, (before[0], after)
     assert _stops("standby", "conflict") == before[1] + 1
     assert _reads("primary_pool", "conflict") == before[2] + 1
     # one audit row for the one request, with the answer's status
     rows = _audit_rows(primary, path)
     assert rows[audited:] == [(world.users["gp"], "export", 200)], rows[audited:]
+    # the connection: discarded when its session was ended, kept when only its query was cancelled; the next
+    # reports read the standby either way (the stopper stops one report a server)
+    ended = conflict == "idle_conflict"
+    assert pool.get_stats().get("returns_bad", 0) == before[3] + ended
+    assert (stopper.pids[0] in _report_sessions(standby)) != ended
+    for _ in range(3):
+        reads.clear()
+        assert client.get(path, headers=gp).status_code == 200
+        assert reads and all(r["standby"] for r in reads), reads
 
 
 @pytest.mark.parametrize(("how", "reason"), [("cancel", "cancelled"), ("terminate", "connection_lost")])
@@ -547,6 +628,38 @@ def test_a_report_stopped_on_the_standby_and_again_on_the_primary_answers_503_wi
     assert _audit_rows(primary, path)[audited:] == [(world.users["council"], "read", 503)]
 
 
+def test_a_report_whose_session_ends_between_statements_on_the_standby_and_on_the_primary_answers_503(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
+        reads: list[dict[str, Any]], conflicts_at_once: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ended between statements twice: by the standby (a replay conflict), then on the primary (an operator's
+    pg_terminate_backend of the idle session): 503 with Retry-After and what happened; both pools discard the
+    broken connection, and the API goes on answering."""
+    primary, standby = pair
+    client = clients["reports"]
+    path = f"/residents/{world.resident_a}/fhir"
+    pools = client.app.state.reports.pool, client.app.state.pool
+    before = (_stops("standby", "conflict"), _stops("primary", "connection_lost"),
+              _sample("carewatch_api_report_unavailable_total", reason="connection_lost"),
+              *(pool.get_stats().get("returns_bad", 0) for pool in pools))
+    stopper = Stopper(primary, standby, "idle_conflict", on_primary="idle_terminate")
+    stopper.install(monkeypatch)
+    reads.clear()
+    got = client.get(path, headers=world.headers(client, "gp"))
+    assert not stopper.errors, stopper.errors
+    assert got.status_code == 503, got.text
+    assert got.headers["retry-after"] == str(pooling.REPORT_RETRY_AFTER_S)
+    detail = got.json()["detail"]
+    assert "conflict with recovery" in detail and "its database session ended" in detail, detail
+    assert reads[0]["standby"] and not reads[-1]["standby"], reads
+    assert (_stops("standby", "conflict"), _stops("primary", "connection_lost"),
+            _sample("carewatch_api_report_unavailable_total", reason="connection_lost"),
+            *(pool.get_stats().get("returns_bad", 0) for pool in pools)) == tuple(b + 1 for b in before)
+    reads.clear()  # (the stopper stops one report a server)
+    assert client.get(path, headers=world.headers(client, "gp")).status_code == 200
+    assert reads and all(r["standby"] for r in reads), reads
+    assert client.get(f"/residents/{world.resident_a}", headers=world.headers(client, "gp")).status_code == 200
+
+
 def test_a_report_stopped_by_its_statement_timeout_is_not_read_again(
         pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
         reads: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -564,6 +677,11 @@ def test_a_report_stopped_by_its_statement_timeout_is_not_read_again(
     assert "statement_timeout" in got.json()["detail"] and "shorter period" in got.json()["detail"]
     assert reads and all(r["standby"] for r in reads), reads  # never on the primary
     assert _stops("standby", "statement_timeout") == before + 1
+    # told apart without the message: where the translation is installed, the standby said it in German
+    with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+        english = speaks_english(conn)
+    message = str(stopper.raised[0].diag.message_primary)
+    assert ("statement timeout" in message) == english, message
 
 
 def test_report_metrics_say_where_reports_read_and_the_standby_lag(
@@ -592,6 +710,64 @@ def test_report_metrics_say_where_reports_read_and_the_standby_lag(
         assert name in text, name
 
 
+def _scrape(port: int, name: str) -> float:
+    """One sample of the API's metrics port, as Prometheus reads it."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_the_standby_lag_gauge_is_measured_when_prometheus_scrapes(
+        pair: tuple[EmbeddedPostgres, StreamingStandby], clients: dict[str, TestClient], world: World,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With replay paused on the standby and no report asked for, each scrape of the metrics port shows the lag as
+    it is then (it grows between two scrapes), not what the last report saw; scrapes together measure once."""
+    primary, standby = pair
+    client = clients["reports"]
+    gauge = "carewatch_api_report_standby_lag_seconds"
+    monkeypatch.setattr(pooling, "LAG_FRESH_S", 0.5)
+    measured: list[float] = []
+    measure = pooling.standby_state
+
+    def counting(conn: psycopg.Connection) -> Any:
+        measured.append(time.monotonic())
+        return measure(conn)
+
+    monkeypatch.setattr(pooling, "standby_state", counting)
+    port = free_port()
+    metrics.serve(port)
+    assert client.get(f"/residents/{world.resident_a}/fhir", headers=world.headers(client, "gp")).status_code == 200
+    assert _scrape(port, gauge) < 1.0  # caught up: what that report saw
+    with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+        paused_at = time.monotonic()
+        conn.execute("SELECT pg_wal_replay_pause()")
+    try:
+        with psycopg.connect(primary.dsn) as conn:  # WAL the standby receives and does not replay
+            conn.execute("UPDATE residents SET display_name = display_name WHERE resident_id = %s",
+                          (world.resident_a,))
+        time.sleep(1.2)
+        count, since_pause = len(measured), time.monotonic() - paused_at
+        first = _scrape(port, gauge)
+        assert first >= since_pause, (first, since_pause)  # measured at the scrape: no report since
+        time.sleep(1.2)
+        second = _scrape(port, gauge)
+        assert second >= first + 1.0, (first, second)
+        assert len(measured) == count + 2
+        # scrapes arriving together: one measurement, one value
+        time.sleep(0.6)
+        with ThreadPoolExecutor(4) as scrapers:
+            values = list(scrapers.map(lambda _: _scrape(port, gauge), range(4)))
+        assert len(measured) == count + 3 and len(set(values)) == 1 and values[0] > second, (values, measured)
+    finally:
+        with psycopg.connect(standby.admin_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+    standby.catch_up()
+    time.sleep(0.6)
+    assert _scrape(port, gauge) < 1.0
+
+
 def test_every_report_route_is_read_again_when_the_standby_stops_it() -> None:
     """Every route on a report connection has ReportRoute's retry (its router's route_class), so a new report
     cannot forget it; no other route does."""
@@ -606,21 +782,44 @@ def test_every_report_route_is_read_again_when_the_standby_stops_it() -> None:
 
 
 def test_stop_reasons_of_real_server_errors(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> None:
-    """What the database raises, classified: a timeout and a cancellation (both 57014) told apart, a terminated
-    session, and the route's own faults (left alone)."""
+    """What the database raises, classified: a timeout and a cancellation (both 57014) told apart whatever language
+    the session's messages are in (English under lc_messages C; the server's default, German here where the
+    translation is installed), a terminated session, and the route's own faults (left alone)."""
     primary, _ = pair
-    with psycopg.connect(primary.admin_dsn, autocommit=True) as conn:
-        conn.execute("SET statement_timeout = '50ms'")
-        with pytest.raises(psycopg.errors.QueryCanceled) as timeout:
-            conn.execute("SELECT pg_sleep(5)")
-        conn.execute("RESET statement_timeout")
-        with pytest.raises(psycopg.errors.QueryCanceled) as cancel:
-            conn.execute("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)")
-        with pytest.raises(psycopg.errors.UndefinedTable) as own:
-            conn.execute("SELECT * FROM no_such_table")
-        with pytest.raises(psycopg.errors.DivisionByZero) as data:
-            conn.execute("SELECT 1 / 0")
-        with pytest.raises(psycopg.OperationalError) as ended:
-            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-    assert [pooling.stop_reason(e.value) for e in (timeout, cancel, own, data, ended)] == [
-        "statement_timeout", "cancelled", None, None, "connection_lost"]
+    languages = []
+    for lc_messages in ("C", None):
+        with psycopg.connect(primary.admin_dsn, autocommit=True) as conn:
+            if lc_messages:
+                conn.execute("SELECT set_config('lc_messages', %s, false)", (lc_messages,))
+            languages.append(speaks_english(conn))
+            build = server_build(conn)
+            learn_statement_timeout(conn)
+            assert knows_statement_timeout(build)
+            conn.execute("SET statement_timeout = '50ms'")
+            with pytest.raises(psycopg.errors.QueryCanceled) as timeout:
+                conn.execute("SELECT pg_sleep(5)")
+            conn.execute("RESET statement_timeout")
+            with pytest.raises(psycopg.errors.QueryCanceled) as cancel:
+                conn.execute("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)")
+            with pytest.raises(psycopg.errors.UndefinedTable) as own:
+                conn.execute("SELECT * FROM no_such_table")
+            with pytest.raises(psycopg.errors.DivisionByZero) as data:
+                conn.execute("SELECT 1 / 0")
+            with pytest.raises(psycopg.OperationalError) as ended:
+                conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert [pooling.stop_reason(e.value, build) for e in (timeout, cancel, own, data, ended)] == [
+            "statement_timeout", "cancelled", None, None, "connection_lost"], lc_messages
+        # a build whose place of a timeout is not known: both count as a timeout (never read twice)
+        assert [pooling.stop_reason(e.value, "9.9 (never seen)") for e in (timeout, cancel)] == [
+            "statement_timeout", "statement_timeout"]
+    assert languages[0], "lc_messages C is English"
+
+
+def test_the_servers_here_speak_another_language(pair: tuple[EmbeddedPostgres, StreamingStandby]) -> None:
+    """The tests above tell a timeout from a cancellation in another language only where PostgreSQL's
+    translation is installed (Debian: in the server package; C.UTF-8 needs glibc's built-in locale)."""
+    for server in pair:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            if speaks_english(conn):
+                pytest.skip(f"PostgreSQL speaks English only here (no '{SERVER_LANGUAGE}' translation, or "
+                            "lc_messages C): timeouts were told from cancellations in English only")
