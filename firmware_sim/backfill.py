@@ -60,6 +60,7 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
             list(zip(gateway_ids, site_ids, strict=True)))
     seqs: dict[str, Any] = dict(conn.execute("SELECT site_id, last_seq FROM gateways WHERE gateway_id = ANY(%s)",
                              (gateway_ids,)).fetchall())
+    gateway_of = dict(zip(site_ids, gateway_ids, strict=True))  # (one f-string per site, not per reading)
     directory = load_directory(conn)
     totals = {"readings": 0, "stored": 0, "duplicates": 0, "dead_letters": 0}
     span = (end - start).total_seconds() or 1.0
@@ -78,8 +79,9 @@ def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end
                 continue
             site, device_id, _ = source(event)
             seqs[site] += 1
-            yield HistoryReading(backfill_gateway_id(site), seqs[site], site, device_id, event.metric.value,
-                                 event.value, event.at, event.at, tuple(getattr(event, "flags", ())))
+            # str() of a Metric (a StrEnum) is its value as a plain str, without the enum's ``.value`` descriptor
+            yield HistoryReading(gateway_of[site], seqs[site], site, device_id, str(event.metric), event.value,
+                                 event.at, event.at, tuple(getattr(event, "flags", ())))
             produced += 1
             totals["readings"] += 1
             if progress and totals["readings"] % progress_every == 0:
