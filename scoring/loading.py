@@ -57,6 +57,7 @@ _LIGHT_SET_COLUMNS = f"""obs_id, resident_id, taken_at, source, round_key, respi
 FULL_SETS = ROUND_LOOKBACK + timedelta(hours=2)
 #: Whole sets for the evaluation: the subscores, which only the baselines read, as integers rather than JSON.
 _RECENT_SET_COLUMNS = _SET_COLUMNS.replace("subscores::text,", "NULL,") + f", {_SUBSCORE_COLUMNS}"
+_RECENT_SET_WIDTH = 22 + len(NEWS2_PARAMETERS)
 
 
 def _stored_set(row: Sequence[Any]) -> tuple[str, StoredSet]:
@@ -105,6 +106,21 @@ def _newest_whole(conn: psycopg.Connection, out: dict[str, list[StoredSet]], rec
             out[rid][-1] = stored
 
 
+def recent_set_rows(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime,
+                    extra: str = "") -> list[tuple[Any, ...]]:
+    """The rows of these residents' sets of the last ``FULL_SETS`` (to ``now + FUTURE_SLACK``), in (time, id) order,
+    as ``_stored_set`` decodes them; ``extra``: more columns after those of ``o`` (``scoring/memory.py``'s digests)."""
+    return conn.execute(
+        f"SELECT {_RECENT_SET_COLUMNS}{extra} FROM observation_sets o WHERE resident_id = ANY(%s::text[]) "
+        "AND taken_at > %s AND taken_at <= %s ORDER BY taken_at, obs_id",
+        (text_array(resident_ids), now - FULL_SETS, now + FUTURE_SLACK)).fetchall()
+
+
+def stored_set(row: Sequence[Any]) -> tuple[str, StoredSet]:
+    """A row of ``recent_set_rows`` (its first columns) as (resident, set)."""
+    return _stored_set(row[:_RECENT_SET_WIDTH])
+
+
 def reload_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredSet]], resident_ids: Sequence[str],
                        now: datetime) -> None:
     """``history`` as ``load_sets`` would load it now, after the scorer wrote these residents' device rounds: only
@@ -112,31 +128,47 @@ def reload_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredS
     (``ROUND_LOOKBACK`` + 1 h < ``FULL_SETS``), so the older, light part is still what is stored."""
     if not resident_ids:
         return
-    recent = now - FULL_SETS
     fresh: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
-    for row in conn.execute(
-        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s::text[]) AND taken_at > %s "
-        "AND taken_at <= %s ORDER BY taken_at, obs_id",
-        (text_array(resident_ids), recent, now + FUTURE_SLACK),
-    ).fetchall():
+    for row in recent_set_rows(conn, resident_ids, now):
         rid, stored = _stored_set(row)
         fresh[rid].append(stored)
+    replace_recent_sets(conn, history, fresh, now)
+
+
+def replace_recent_sets(conn: psycopg.Connection, history: dict[str, list[StoredSet]],
+                        fresh: dict[str, list[StoredSet]], now: datetime) -> None:
+    """``history``'s recent sets of the residents in ``fresh`` replaced by theirs (just read again); a resident left
+    with none gets their newest older set whole."""
+    recent = now - FULL_SETS
     for rid, sets in fresh.items():
         history[rid] = [s for s in history.get(rid, []) if s.taken_at <= recent] + sets
     _newest_whole(conn, {rid: history[rid] for rid, sets in fresh.items() if not sets}, recent)
 
 
+#: The readings' columns ``load_vitals`` reads (a ``VitalReading`` each, with the subject first) and its filter.
+VITAL_COLUMNS = "subject_id, metric, value, measured_at, device_id, flags, stored_at"
+VITALS_WHERE = ("subject_kind = 'resident' AND subject_id = ANY(%s::text[]) AND metric = ANY(%s::text[]) "
+                "AND measured_at > %s AND measured_at <= %s")
+
+
+def vitals_params(resident_ids: Sequence[str], now: datetime) -> tuple[Any, ...]:
+    """The parameters of ``VITALS_WHERE``: the residents' vital metrics in ``(now - ROUND_LOOKBACK, now +
+    FUTURE_SLACK]``."""
+    return (text_array(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK)
+
+
+def vital_reading(row: Sequence[Any]) -> VitalReading:
+    """A row of ``VITAL_COLUMNS`` (its subject left out) as a ``VitalReading``."""
+    _, metric, value, measured_at, device_id, flags, stored_at = row[:7]
+    return VitalReading(metric, value, measured_at, device_id, tuple(flags or ()), stored_at)
+
+
 def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime) -> dict[str, list[VitalReading]]:
     out: dict[str, list[VitalReading]] = {rid: [] for rid in resident_ids}
-    rows = conn.execute(
-        "SELECT subject_id, metric, value, measured_at, device_id, flags, stored_at FROM readings "
-        "WHERE subject_kind = 'resident' AND subject_id = ANY(%s::text[]) AND metric = ANY(%b) AND measured_at > %s "
-        "AND measured_at <= %s "
-        "ORDER BY measured_at",
-        (text_array(resident_ids), list(VITAL_METRICS), now - ROUND_LOOKBACK, now + FUTURE_SLACK),
-    ).fetchall()
-    for subject, metric, value, measured_at, device_id, flags, stored_at in rows:
-        out[subject].append(VitalReading(metric, value, measured_at, device_id, tuple(flags or ()), stored_at))
+    # ordered to the last column of the key: readings measured at the same instant come in one order on every path
+    for row in conn.execute(f"SELECT {VITAL_COLUMNS} FROM readings WHERE {VITALS_WHERE} "
+                            "ORDER BY measured_at, gateway_id, seq", vitals_params(resident_ids, now)).fetchall():
+        out[row[0]].append(vital_reading(row))
     return out
 
 
@@ -292,13 +324,17 @@ def load_recent_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now:
     """The sets of the last ``FULL_SETS`` loaded whole; a resident with none gets their newest older set (from
     ``older``, the light columns) loaded whole instead (its alert text names what was set aside)."""
     out: dict[str, list[StoredSet]] = {rid: [] for rid in resident_ids}
-    for row in conn.execute(
-        f"SELECT {_RECENT_SET_COLUMNS} FROM observation_sets WHERE resident_id = ANY(%s::text[]) AND taken_at > %s "
-        "AND taken_at <= %s ORDER BY taken_at, obs_id",
-        (text_array(resident_ids), now - FULL_SETS, now + FUTURE_SLACK),
-    ).fetchall():
+    for row in recent_set_rows(conn, resident_ids, now):
         rid, stored = _stored_set(row)
         out[rid].append(stored)
+    add_newest_older(conn, out, resident_ids, older)
+    return out
+
+
+def add_newest_older(conn: psycopg.Connection, out: dict[str, list[StoredSet]], resident_ids: Sequence[str],
+                     older: SetColumns) -> None:
+    """Each resident of ``out`` with no recent set gets their newest older set (from ``older``, whose ``row`` is
+    the index in ``resident_ids``) loaded whole."""
     if len(older.row):
         last = np.r_[older.row[1:] != older.row[:-1], True]  # the newest older set of each row
         newest = {int(obs): resident_ids[int(row)] for row, obs in zip(older.row[last], older.obs_id[last], strict=True)
@@ -308,4 +344,3 @@ def load_recent_sets(conn: psycopg.Connection, resident_ids: Sequence[str], now:
                                     (list(newest),)).fetchall():
                 rid, stored = _stored_set(row)
                 out[rid].append(stored)
-    return out

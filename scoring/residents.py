@@ -34,7 +34,7 @@ from carewatch.scoring.loading import (
     load_vitals,
     reload_recent_sets,
 )
-from carewatch.scoring.memory import SetHistoryMemory, load_older_sets
+from carewatch.scoring.memory import SetHistoryMemory, load_inputs, load_older_sets, reload_remembered_sets
 from carewatch.scoring.news2 import InvalidObservation, News2Result, score_observations
 from carewatch.scoring.observation_sets import (
     ObservationSetRow,
@@ -251,18 +251,32 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         return
     ids = [r.resident_id for r in active]
     clock = time.perf_counter()
-    vitals = load_vitals(conn, ids, now)
-    light = load_older_sets(conn, active, now, memory) if memory is not None else load_light_sets(conn, ids, now)
-    history = load_recent_sets(conn, ids, now, light)
+    if memory is not None:
+        light = load_older_sets(conn, active, now, memory)
+        vitals, history = load_inputs(conn, active, now, memory, light) if memory.inputs else (
+            load_vitals(conn, ids, now), load_recent_sets(conn, ids, now, light))
+    else:
+        light = load_light_sets(conn, ids, now)
+        vitals, history = load_vitals(conn, ids, now), load_recent_sets(conn, ids, now, light)
     clock = _lap(summary, "load_s", clock)
     newest_stored: dict[str, datetime | None] = {}
     planned: list[tuple[ResidentFacts, list[SetPlan]]] = []
     for r in active:
-        rounds = build_rounds(vitals[r.resident_id])
-        newest_stored[r.resident_id] = max((x.newest_stored_at for x in rounds if x.newest_stored_at),
-                                           default=None)
-        recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
-        plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed, fast=FAST_PLANNING)
+        # plan_observation_sets is a pure function of the rounds, the sets and these: the same rows, the same plans
+        key = None if memory is None else memory.plan_key(r.resident_id, now, r.scale2, r.oxygen_prescribed,
+                                                          FAST_PLANNING)
+        known = None if memory is None or key is None else memory.known_plans(r.resident_id, key)
+        if known is None:
+            rounds = build_rounds(vitals[r.resident_id])
+            newest = max((x.newest_stored_at for x in rounds if x.newest_stored_at), default=None)
+            recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
+            plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed,
+                                          fast=FAST_PLANNING)
+            if memory is not None and key is not None:
+                memory.remember_plans(r.resident_id, key, plans, newest)
+        else:
+            plans, newest = known
+        newest_stored[r.resident_id] = newest
         if plans:
             planned.append((r, plans))
     writes = _score_plans(planned, summary)
@@ -271,7 +285,11 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         _write_sets(conn, writes)
         summary.observation_sets_written += len(writes)
         clock = _lap(summary, "write_s", clock)
-        reload_recent_sets(conn, history, sorted({r.resident_id for r, _, _ in writes}), now)
+        written = sorted({r.resident_id for r, _, _ in writes})
+        if memory is not None and memory.inputs:
+            reload_remembered_sets(conn, history, written, now, memory)
+        else:
+            reload_recent_sets(conn, history, written, now)
         clock = _lap(summary, "load_s", clock)
 
     findings: list[Finding] = []

@@ -3,7 +3,8 @@
 The bar is equivalence: a sequence of evaluations over the same world, one database evaluated with a memory kept
 across the whole sequence and a twin without, must leave identical alerts, alert_events, resident_state and
 observation_sets. Plus the memory's own rules: a version bump reloads, the LRU bound holds, buckets given up are
-dropped, and every writer of observation_sets but the round plans bumps the version.
+dropped, every writer of observation_sets but the round plans bumps the version, and a reading or recent set
+changed in any column is read again (H-BASE-07).
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ import pytest
 from databases import fresh_database
 from test_table_writers import sql_writes
 
-from carewatch.scoring.engine import evaluate_subjects
-from carewatch.scoring.loading import NUMERIC_SET_FIELDS, SUBSCORE_ONLY, SetColumns, load_light_sets
-from carewatch.scoring.memory import SetHistoryMemory, load_older_sets
+from carewatch.ingest.store import reassign_readings
+from carewatch.scoring.engine import evaluate_subjects, withdraw_device_values
+from carewatch.scoring.loading import (
+    NUMERIC_SET_FIELDS,
+    SUBSCORE_ONLY,
+    SetColumns,
+    load_light_sets,
+    load_recent_sets,
+    load_vitals,
+)
+from carewatch.scoring.memory import SetHistoryMemory, load_inputs, load_older_sets
 from carewatch.scoring.news2 import score_observation
 from carewatch.scoring.observation_sets import (
     ObservationSetRow,
@@ -88,6 +97,7 @@ _seq = iter(range(1, 10**9))
 
 
 def _readings(conn: psycopg.Connection, rid: str, at: datetime, spo2: float, pulse: float) -> None:
+    """An oximeter's SpO2 and pulse measured at ``at`` (stored now: a late upload when ``at`` is long past)."""
     for metric, value in (("spo2", spo2), ("pulse_rate", pulse)):
         conn.execute(
             """INSERT INTO readings (measured_at, gateway_id, seq, site_id, subject_id, device_id, metric, value,
@@ -186,6 +196,30 @@ def test_evaluations_with_the_memory_leave_what_evaluations_without_it_leave(twi
         assert delete_device_sets_built_from(conn, "res-5", [("ox-res-5", at) for at, in moved])
     both(delete)
     evaluate(now)
+    # late uploads: readings measured before the last evaluations, stored only now (a gateway back online)
+    late = [(rid, now - timedelta(hours=3, minutes=i), 88.0, 104.0) for i, rid in enumerate(RESIDENTS[:3])]
+    both(lambda conn: [_readings(conn, *v) for v in late])
+    evaluate(now)
+    # the newest measurement of res-0 moved to res-1 as the kits route does it (the readings re-attributed, the sets
+    # built from them withdrawn, both residents evaluated without a memory)
+    def move(conn: psycopg.Connection) -> None:
+        at, = conn.execute("SELECT max(measured_at) FROM readings WHERE subject_id = 'res-0'").fetchone()
+        keys = conn.execute("SELECT gateway_id, seq FROM readings WHERE subject_id = 'res-0' AND measured_at = %s",
+                            (at,)).fetchall()
+        assert reassign_readings(conn, keys, to_subject="res-1", session_id=None, kind="move", by="test").readings
+        withdraw_device_values(conn, "res-0", [("ox-res-0", at)], now)
+        evaluate_subjects(conn, ["res-0", "res-1"], now)
+    both(move)
+    evaluate(now)
+    reloaded = memory.readings_reloaded
+    evaluate(now + timedelta(minutes=2))                     # nothing new: every resident's inputs from the memory
+    assert memory.readings_reloaded == reloaded
+    # scale 2 prescribed: the same readings and sets, planned again for that resident (the plans' key holds it)
+    both(lambda conn: conn.execute(
+        "UPDATE residents SET scale2 = true, scale2_reason = 'COPD', scale2_set_by = 'nurse1', scale2_set_at = %s "
+        "WHERE resident_id = 'res-2'", (now,)))
+    evaluate(now + timedelta(minutes=4))
+    now += timedelta(minutes=4)
     # time passes: across the 28 h cut (the sets written above become "older"), then out of the 15-day window
     for step in (timedelta(hours=6), timedelta(hours=20), timedelta(hours=4), timedelta(days=2), timedelta(days=6),
                  timedelta(days=7)):
@@ -194,6 +228,7 @@ def test_evaluations_with_the_memory_leave_what_evaluations_without_it_leave(twi
         evaluate(now)
         evaluate(now + timedelta(minutes=7), RESIDENTS[::2])  # part of the residents, a few minutes on
     assert memory.hits > 6 * len(RESIDENTS)
+    assert memory.plans_reused > 6 * len(RESIDENTS)
     kinds = {k for k, in remembering.execute("SELECT DISTINCT kind FROM alerts")}
     assert {"news2", "temperature_above_baseline"} <= kinds, kinds  # the baselines did decide something
     evaluate(now - timedelta(hours=3))                       # a clock gone back: reloaded, not served stale
@@ -211,6 +246,36 @@ def _assert_same(a: SetColumns, b: SetColumns) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # The memory's own rules
 # ------------------------------------------------------------------------------------------------------------
+def test_a_reading_or_recent_set_changed_in_any_column_is_read_again(pg_server: str) -> None:
+    """The readings' and recent sets' fingerprints cover every column of every row in the window: a change no
+    writer makes (an update in place, by SQL only tests may run) is still seen, by that resident alone."""
+    with fresh_database(pg_server, "carewatch_mem") as dsn, psycopg.connect(dsn, autocommit=True) as world:
+        with world.transaction():
+            _build(world)
+        memory = SetHistoryMemory(100)
+        facts = _facts(world, RESIDENTS)
+        now = T0 + timedelta(hours=1)
+        for rid in RESIDENTS:
+            _readings(world, rid, now - timedelta(hours=2), 95.0, 70.0)
+
+        def same() -> None:
+            older = load_older_sets(world, facts, now, memory)
+            assert load_inputs(world, facts, now, memory, older) == (
+                load_vitals(world, RESIDENTS, now), load_recent_sets(world, RESIDENTS, now, older))
+
+        same()
+        assert (memory.readings_reloaded, memory.sets_reloaded) == (len(RESIDENTS), len(RESIDENTS))
+        world.execute("UPDATE readings SET flags = '{questionable}' WHERE subject_id = 'res-0' AND metric = 'spo2'")
+        world.execute("UPDATE observation_sets SET note = 'typed again' WHERE resident_id = 'res-1' AND taken_at = "
+                      "(SELECT max(taken_at) FROM observation_sets WHERE resident_id = 'res-1')")
+        same()
+        assert (memory.readings_reloaded, memory.sets_reloaded) == (len(RESIDENTS) + 1, len(RESIDENTS) + 1)
+        now += timedelta(hours=24)  # the readings leave the round window: dropped from the memory, nothing read
+        same()
+        assert memory.readings_reloaded == len(RESIDENTS) + 1
+
+
+
 def _facts(conn: psycopg.Connection, ids: list[str]) -> list[ResidentFacts]:
     return [ResidentFacts(rid, SITE, rid, date(1938, 4, 2), 2, "active", False, False, None, None, "Memory Home",
                           T0 - timedelta(days=60), False, None) for rid in ids]
