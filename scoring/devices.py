@@ -41,6 +41,10 @@ from carewatch.subjects import SubjectKind
 _HEARD_WINDOW = timedelta(days=2)
 _FAULT_WINDOW = timedelta(hours=24)
 
+#: A reading with a clock fault flag: the literal of migration 0031's partial index (readings_clock_flagged), which
+#: the planner uses only for a query sending this same text.
+_CLOCK_FLAGGED = "flags && ARRAY['clock_not_set', 'clock_skewed']"
+
 _DEVICE = """SELECT d.*, coalesce(d.resident_id, d.site_id) AS subject,
                     CASE WHEN d.resident_id IS NOT NULL THEN 'resident'
                          ELSE carewatch_site_subject_kind(d.site_id) END AS subject_kind,
@@ -117,7 +121,7 @@ def load_devices(conn: psycopg.Connection, now: datetime, *, site_ids: Sequence[
                 FROM (SELECT DISTINCT subject_kind, subject FROM dev) s
                 JOIN readings x ON x.subject_kind = s.subject_kind AND x.subject_id = s.subject
                 WHERE x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
-                  AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
+                  AND x.{_CLOCK_FLAGGED}
                 GROUP BY x.subject_kind, x.subject_id, x.device_id
             )
             SELECT {_COLUMNS}
@@ -183,7 +187,7 @@ def load_changing_devices(conn: psycopg.Connection, now: datetime, *,
                 SELECT x.subject_kind, x.subject_id, x.device_id, count(*) AS clock_flagged
                 FROM readings x
                 WHERE x.measured_at > %(fault_since)s AND x.measured_at <= %(until)s
-                  AND x.flags && ARRAY['clock_not_set', 'clock_skewed']
+                  AND x.{_CLOCK_FLAGGED}
                 GROUP BY x.subject_kind, x.subject_id, x.device_id
             ), dl AS (
                 SELECT device_id, count(*) AS n, (array_agg(reason ORDER BY at DESC))[1] AS latest FROM dead_letters

@@ -7,10 +7,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 
 import psycopg
 import pytest
 
+from carewatch.scoring import devices
 from carewatch.scoring.devices import load_changing_devices, load_devices
 from carewatch.scoring.engine import tick
 from carewatch.scoring.lifecycle import ACTOR, findings_that_change
@@ -262,3 +264,19 @@ def test_a_practice_kits_devices_raise_no_device_alerts_and_open_ones_resolve_sa
     assert set(open_alerts()) == {trainee_oxi, moved_oxi}
     why, by, _ = resolution(real_oxi)
     assert "practice kit" in why and by == ACTOR
+
+
+def test_the_clock_evidence_is_read_through_its_partial_index(db: psycopg.Connection) -> None:
+    """Readings with a clock fault are read through migration 0031's partial index (not a scan of the window's
+    readings), whose predicate the planner proves only from the literal the query sends: the two stay the same."""
+    sql = (resources.files("carewatch.db") / "migrations" / "0031_readings_clock_flagged.sql").read_text()
+    assert f"WHERE {devices._CLOCK_FLAGGED};" in sql
+    names = {"readings_clock_flagged", *(row[0] for row in db.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'readings_clock_flagged'::regclass"))}
+    db.execute("SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in db.execute(
+        f"EXPLAIN SELECT x.device_id, count(*) FROM readings x WHERE x.subject_kind = 'resident' "
+        f"AND x.subject_id = 'r1' AND x.measured_at > now() - interval '1 day' AND x.{devices._CLOCK_FLAGGED} "
+        "GROUP BY x.device_id"))
+    assert any(name in plan for name in names), plan
