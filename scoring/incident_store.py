@@ -97,8 +97,9 @@ def sync_incidents(conn: psycopg.Connection, subjects_in: Iterable[tuple[str, st
         current[Subject(subject_kind, subject_id)] = (
             OpenIncident(incident_id, Severity(severity), band, status, acked_at, due, headline, action,
                          frozenset(members)), peak)
+    # a subject with no unresolved alert and no open incident has nothing to plan (plan_incident: "none")
     plans = {subject: plan_incident(current.get(subject, (None, None))[0], [c for c, _, _ in alerts.get(subject, [])],
-                                    now) for subject in subjects}
+                                    now) for subject in subjects if subject in alerts or subject in current}
     # new incidents' ids drawn in one query, so the writes below go without waiting (inside the caller's pipeline)
     opening = sum(1 for p in plans.values() if p.action == "open")
     fresh = [row[0] for row in conn.execute(
@@ -111,10 +112,9 @@ def sync_incidents(conn: psycopg.Connection, subjects_in: Iterable[tuple[str, st
             _link(conn, incident_id, alert_ids)
 
     changed = []
-    for subject in subjects:
+    for subject, plan in plans.items():
         rows = alerts.get(subject, [])
         existing, peak = current.get(subject, (None, None))
-        plan = plans[subject]
         if plan.action == "none":
             if existing is not None:
                 link(existing.incident_id, [c.alert_id for c in plan.components])

@@ -163,7 +163,8 @@ def apply_findings(conn: psycopg.Connection, findings: Sequence[Finding], now: d
     if not any(f.state == "raise" or (f.subject, f.kind.value) in open_rows for f in active):
         return  # only 'clear' findings with nothing open: nothing to write
     judged = {f.subject for f in active} if subjects is None else set(subjects)
-    suppressions = _active_suppressions(conn, judged, now)
+    # a suppression is consulted for a raise finding only (a clear is never hidden): read those subjects' only
+    suppressions = _active_suppressions(conn, {f.subject for f in active if f.state == "raise"}, now)
     snoozed = {s for s, _ in suppressions}
     open_data = dict(((Subject(sk, s), k), d) for sk, s, k, d in conn.execute(
         "SELECT subject_kind, subject_id, kind, data FROM alerts WHERE alert_id = ANY(%s)",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
+from numpy.typing import NDArray
 
 from carewatch.alerts import AlertKind, Severity
 from carewatch.db import any_of, text_array
@@ -64,10 +65,9 @@ from carewatch.scoring.schedule import (
     OVERDUE_GRACE,
     LastObservation,
     first_obs_due,
-    next_obs_due,
     overdue_finding,
 )
-from carewatch.scoring.tasks import due_reason
+from carewatch.scoring.tasks import next_obs_and_reason
 from carewatch.subjects import Subject, SubjectKind
 from carewatch.wire import ImplausibleValue
 
@@ -118,10 +118,10 @@ def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now
                        open_kinds: Mapping[str, Container[AlertKind]] | None = None) -> list[Finding]:
     """SpO2 below, temperature above the resident's own baseline, and NEWS2 rising: one 2-D pass per rule for
     all the residents at once (``sets``: their history as columns, ``row`` = index in ``residents``).
-    ``open_kinds``: each resident's open alert kinds (``rules.text_wanted``), None = build every text."""
-    def kinds(rid: str) -> Container[AlertKind] | None:
-        return None if open_kinds is None else open_kinds.get(rid, ())
-
+    ``open_kinds``: each resident's open alert kinds; given, only the findings that can change something are
+    built: those that raise, and those of a kind open for the resident (the others would be brief clears or holds,
+    dropped before ``apply_findings``: H-ALERT-13), the choice made for the batch at once. None: every finding,
+    built whole."""
     t_now, rows = now.timestamp(), len(residents)
     spo2 = sets.values["spo2"]
     temperature = sets.values["temperature"]
@@ -136,16 +136,27 @@ def _baseline_findings(residents: Sequence[ResidentFacts], sets: SetColumns, now
         base = bl.rolling_baselines(values, times, t_now)
         # direction is "below" or "above" (the tuple above); mypy widens the loop's strings to str
         dev = bl.sustained_deviation(values, times, base, t_now, direction=direction, delta=delta)  # type: ignore[arg-type]
-        for i, r in enumerate(residents):
-            out.append(_deviation_finding(kind, r, base, dev, i, label, unit, direction, delta, now,
-                                          kinds(r.resident_id)))
+        # a deviation raises only when measured on a trusted baseline with an alerting run
+        raising = dev.alert & base.trusted & ~np.isnan(dev.latest_value)
+        for i in _rows_to_build(residents, kind, raising, open_kinds):
+            out.append(_deviation_finding(kind, residents[i], base, dev, i, label, unit, direction, delta, now))
     scored = ~np.isnan(sets.score)
     scores, times = sets.padded(rows, scored, sets.score, sets.taken)
     (complete,) = sets.padded(rows, scored, sets.complete, fill=False)
     rise = bl.news2_rise(scores, times, complete, t_now)
-    for i, r in enumerate(residents):
-        out.append(_rise_finding(r, rise, i, now, kinds(r.resident_id)))
+    for i in _rows_to_build(residents, AlertKind.NEWS2_RISING, rise.alert & ~np.isnan(rise.reference), open_kinds):
+        out.append(_rise_finding(residents[i], rise, i, now))
     return out
+
+
+def _rows_to_build(residents: Sequence[ResidentFacts], kind: AlertKind, raising: NDArray[np.bool_],
+                   open_kinds: Mapping[str, Container[AlertKind]] | None) -> Iterable[int]:
+    """The batch rows whose ``kind`` finding can change something: every row when ``open_kinds`` is None (the
+    whole path), else those that raise (``raising``, one mask for the batch) and those with ``kind`` open."""
+    if open_kinds is None:
+        return range(len(residents))
+    return sorted({*np.flatnonzero(raising).tolist(),
+                   *(i for i, r in enumerate(residents) if kind in open_kinds.get(r.resident_id, ()))})
 
 
 def _usual_news2(rows: int, sets: SetColumns, now: datetime) -> bl.UsualNews2:
@@ -317,7 +328,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     for r in active:
         rid = r.resident_id
         kinds = None if open_kinds is None else open_kinds[rid]
-        if rid not in faults:
+        if rid not in faults and text_wanted(AlertKind.DATA_FAULT, kinds):  # (else a brief clear: H-ALERT-13)
             findings.append(data_fault_cleared(r, kinds))
         obs = latest_sets.get(rid)
         result = latest_results.get(rid)
@@ -326,11 +337,9 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             findings.append(news2_finding(r, obs, result, now, kinds))
             stable = result.complete and result.score > 0 and bl.at_usual(dict(result.subscores),
                                                                           dict(obs.values), usual, index[rid])
-            due = next_obs_due(obs.taken_at, result.response, result.score, result.complete, r.obs_per_day,
-                               at_usual=stable)
+            due, why = next_obs_and_reason(result.response, result.score, result.complete, r.obs_per_day,
+                                           obs.taken_at, at_usual=stable)
             last = LastObservation(obs.taken_at, result.score, result.risk.value, result.complete, result.missing)
-            why = due_reason(result.response, result.score, result.complete, r.obs_per_day, obs.taken_at,
-                             at_usual=stable)
             states.append(_state_row(r, now, obs, result, due, why))
         else:
             due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
@@ -338,9 +347,11 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         findings.append(soft_signs_finding(r, history.get(rid, []), now, kinds))
         findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical, open_kinds=kinds))
     findings.extend(_baseline_findings(active, sets, now, open_kinds))
-    # every subject with a clear or raise finding is grouped into its incident, as before the brief findings; then
-    # only the findings that can change something go on (holds and brief clears change nothing: H-ALERT-13)
-    judged = {f.subject for f in findings if f.state != "hold"}
+    # every subject with a clear or raise finding is grouped into its incident, as before the brief findings: that
+    # is every active resident (each has a data_fault clear or raise), with or without the brief clears built;
+    # then only the findings that can change something go on (holds and brief clears change nothing: H-ALERT-13)
+    judged = ({Subject(SubjectKind.RESIDENT, rid) for rid in ids} if BRIEF_FINDINGS
+              else {f.subject for f in findings if f.state != "hold"})
     findings = [f for f in findings if f.state != "hold" and not f.brief]
     # the newest contributing reading's stored_at, for the stored-to-alert latency (only raised findings use it)
     stamped = [replace(f, evidence_stored_at=newest_stored.get(f.subject_id))
@@ -419,7 +430,9 @@ def _state_row(r: ResidentFacts, now: datetime, obs: StoredSet | None, result: N
 
 
 def _upsert_states(conn: psycopg.Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Every evaluated resident's state row, in one statement."""
+    """Every evaluated resident's state row, in one statement; a row whose state is unchanged is left as it is
+    (``updated_at``: when the state last changed; no reader takes it for the scorer's liveness, which is
+    ``scorer_buckets.scored_at``), so a pass over residents with nothing new writes no row."""
     if not rows:
         return
     columns = list(zip(*rows, strict=True))
@@ -432,7 +445,13 @@ def _upsert_states(conn: psycopg.Connection, rows: Sequence[tuple[object, ...]])
                news2_score = EXCLUDED.news2_score, news2_risk = EXCLUDED.news2_risk,
                news2_complete = EXCLUDED.news2_complete, news2_at = EXCLUDED.news2_at,
                last_obs_id = EXCLUDED.last_obs_id, next_obs_due = EXCLUDED.next_obs_due,
-               next_obs_why = EXCLUDED.next_obs_why, updated_at = EXCLUDED.updated_at""",
+               next_obs_why = EXCLUDED.next_obs_why, updated_at = EXCLUDED.updated_at
+           WHERE (resident_state.site_id, resident_state.news2_score, resident_state.news2_risk,
+                  resident_state.news2_complete, resident_state.news2_at, resident_state.last_obs_id,
+                  resident_state.next_obs_due, resident_state.next_obs_why)
+                 IS DISTINCT FROM (EXCLUDED.site_id, EXCLUDED.news2_score, EXCLUDED.news2_risk,
+                                   EXCLUDED.news2_complete, EXCLUDED.news2_at, EXCLUDED.last_obs_id,
+                                   EXCLUDED.next_obs_due, EXCLUDED.next_obs_why)""",
         [list(c) for c in columns],
     )
 

@@ -94,7 +94,11 @@ def observation_interval(response: ClinicalResponse, score: int, complete: bool,
     ``at_usual``: a complete low (1-4) set in which no parameter scores more than it usually does for this
     resident (``baselines.at_usual``, H-OBS-09): their known stable score, which follows the care plan like a 0.
     """
-    plan = care_plan_gap(obs_per_day, taken_at)
+    return _interval(response, score, complete, care_plan_gap(obs_per_day, taken_at), at_usual)
+
+
+def _interval(response: ClinicalResponse, score: int, complete: bool, plan: timedelta, at_usual: bool) -> timedelta:
+    """``observation_interval`` given the care plan's gap (``plan``)."""
     if response.continuous:
         band = CONTINUOUS_RECHECK
     elif response.risk is Risk.LOW and complete and (score == 0 or at_usual):
@@ -104,10 +108,18 @@ def observation_interval(response: ClinicalResponse, score: int, complete: bool,
     return min(band, plan)
 
 
+def next_obs_schedule(taken_at: datetime, response: ClinicalResponse, score: int, complete: bool,
+                      obs_per_day: int, *, at_usual: bool = False) -> tuple[datetime, bool]:
+    """When the next set is due after this one, and whether the NEWS2 band (not the care plan) brought it
+    forward: both from one reading of the care plan's round times (the evaluation asks for both)."""
+    plan = care_plan_gap(obs_per_day, taken_at)
+    interval = _interval(response, score, complete, plan, at_usual)
+    return taken_at + interval, interval < plan
+
+
 def next_obs_due(taken_at: datetime, response: ClinicalResponse, score: int, complete: bool,
                  obs_per_day: int, *, at_usual: bool = False) -> datetime:
-    return taken_at + observation_interval(response, score, complete, obs_per_day, at_usual=at_usual,
-                                           taken_at=taken_at)
+    return next_obs_schedule(taken_at, response, score, complete, obs_per_day, at_usual=at_usual)[0]
 
 
 def first_obs_due(created_at: datetime, obs_per_day: int) -> datetime:

@@ -16,7 +16,7 @@ from typing import Literal
 from carewatch.scoring.clinical_response import ClinicalResponse, Risk
 from carewatch.scoring.incidents import overdue_joins_incident
 from carewatch.scoring.rules import LOCAL_TZ, local_time
-from carewatch.scoring.schedule import OVERDUE_GRACE, care_plan_gap, observation_interval
+from carewatch.scoring.schedule import OVERDUE_GRACE, next_obs_schedule
 
 #: Care-home shifts (local time): the task list shows what falls due before the current shift ends.
 SHIFTS: tuple[tuple[str, time], ...] = (("day", time(8)), ("night", time(20)))
@@ -34,11 +34,15 @@ WHY_TEXT: dict[str, str] = {
 def due_reason(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int, taken_at: datetime, *,
                at_usual: bool = False) -> Why:
     """Why the next set is due when it is: the NEWS2 band's frequency when it is shorter than the care plan."""
-    if not complete:
-        return "incomplete"
-    plan = care_plan_gap(obs_per_day, taken_at)
-    interval = observation_interval(response, score, complete, obs_per_day, at_usual=at_usual, taken_at=taken_at)
-    return "news2" if interval < plan else "care_plan"
+    return next_obs_and_reason(response, score, complete, obs_per_day, taken_at, at_usual=at_usual)[1]
+
+
+def next_obs_and_reason(response: ClinicalResponse, score: int, complete: bool, obs_per_day: int,
+                        taken_at: datetime, *, at_usual: bool = False) -> tuple[datetime, Why]:
+    """``schedule.next_obs_due`` and ``due_reason`` together, from one look at the care plan (what the
+    evaluation records in ``resident_state`` for every resident)."""
+    due, banded = next_obs_schedule(taken_at, response, score, complete, obs_per_day, at_usual=at_usual)
+    return due, "incomplete" if not complete else "news2" if banded else "care_plan"
 
 
 def shift_bounds(now: datetime) -> tuple[str, datetime, datetime]:

@@ -126,6 +126,52 @@ def test_baseline_findings_decide_as_the_whole_ones(rows: list[tuple[Any, ...]],
         _same(residents._rise_finding(r, rise, i, T0, kinds[i]), residents._rise_finding(r, rise, i, T0), kinds[i])
 
 
+#: one resident's history for the batch test: (baseline SpO2, baseline temperature, older sets 0-12, recent sets
+#: 0-3, SpO2 drop, fever, on oxygen, NEWS2 of the older sets and the first recent one, NEWS2 of the later recent
+#: ones, newest complete)
+history = st.tuples(st.integers(90, 98), st.integers(360, 372), st.integers(0, 12), st.integers(0, 3),
+                    st.sampled_from([0, 2, 3, 5]), st.sampled_from([0, 0.5, 1.2]), st.booleans(),
+                    st.integers(0, 3), st.integers(0, 7), st.booleans())
+
+
+def _columns(people: list[tuple[Any, ...]], now: datetime) -> Any:
+    """The residents' sets as the evaluation gives them to ``_baseline_findings`` (older ones hourly before the
+    last day, recent ones in the last hours), from the drawn histories."""
+    from carewatch.scoring.loading import SetColumns
+
+    pairs = []
+    obs_id = 0
+    for row, (spo2, temp, older, recent, drop, fever, oxygen, old_score, new_score, complete) in enumerate(people):
+        for k in range(older + recent):
+            is_recent = k >= older
+            taken = now - (timedelta(hours=3 * (older + recent - k)) if is_recent else timedelta(days=2, hours=7 * k))
+            obs_id += 1
+            pairs.append((row, StoredSet(
+                obs_id, taken, "device", None,
+                {"spo2": float(spo2 - (drop if is_recent else k % 2)), "temperature": (temp + k % 3) / 10
+                 + (fever if is_recent else 0)},
+                on_oxygen=oxygen and k % 4 == 0, score=new_score if k > older else old_score,
+                complete=complete or k < older + recent - 1)))
+    return SetColumns.of_sets(pairs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(history, min_size=1, max_size=6), st.lists(KINDS, min_size=6, max_size=6))
+def test_the_batch_builds_only_the_baseline_findings_that_can_change_something(
+        people: list[tuple[Any, ...]], kinds: list[set[AlertKind]]) -> None:
+    """``_baseline_findings`` given the open kinds picks, for the batch at once, the rows that raise or have the
+    kind open: exactly the findings, built whole, that the old path kept (every other one was a brief clear or
+    hold, dropped before ``apply_findings``), in the same order."""
+    now = T0 + timedelta(days=20)
+    facts = [ResidentFacts(f"r{i}", "s1", f"Resident {i}") for i in range(len(people))]
+    open_kinds = {r.resident_id: kinds[i] for i, r in enumerate(facts)}
+    sets = _columns(people, now)
+    whole = residents._baseline_findings(facts, sets, now)
+    chosen = residents._baseline_findings(facts, sets, now, open_kinds)
+    assert chosen == [f for f in whole if f.state == "raise" or f.kind in open_kinds[f.subject_id]]
+    assert not any(f.brief for f in chosen)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The engine on real data: two databases, one script
 # ------------------------------------------------------------------------------------------------------------

@@ -191,6 +191,28 @@ def test_staff_set_completes_the_round_and_low_complete_score_resolves(db, home,
     assert state[2] == taken + care_plan_gap(2, taken)  # a complete 0 follows the care plan's next round
 
 
+def test_an_unchanged_resident_state_is_not_rewritten(db, home, resident) -> None:
+    """A pass with nothing new leaves the state row as it is (no new row version, ``updated_at`` kept: when the
+    state last changed); new observations rewrite it."""
+    def state() -> tuple[Any, ...]:
+        return db.execute("SELECT xmin::text, updated_at, news2_score, next_obs_due FROM resident_state "
+                          "WHERE resident_id = %s", (resident,)).fetchone()
+
+    t = NOW - timedelta(minutes=30)
+    oximeter_round(db, home, resident, t, spo2=91)
+    evaluate_subjects(db, [resident], t + timedelta(minutes=1))
+    db.commit()
+    first = state()
+    evaluate_subjects(db, [resident], t + timedelta(minutes=3))
+    db.commit()
+    assert state() == first
+    oximeter_round(db, home, resident, NOW, spo2=96, pulse=72)
+    evaluate_subjects(db, [resident], NOW + timedelta(minutes=1))
+    db.commit()
+    after = state()
+    assert after[0] != first[0] and after[1] == NOW + timedelta(minutes=1) and after[3] != first[3]
+
+
 def test_partial_low_set_does_not_resolve_or_downgrade(db, home, resident) -> None:
     high_news2_alert(db, home, resident, NOW - timedelta(hours=2))
     oximeter_round(db, home, resident, NOW - timedelta(minutes=1), spo2=97, pulse=75)  # partial, scores 0

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from carewatch.alerts import CLINICAL_SNOOZE_MAX, OTHER_SNOOZE_MAX, snooze_limit
 from carewatch.scoring.clinical_response import Risk, clinical_response
-from carewatch.scoring.tasks import TaskInput, build_tasks, due_reason, shift_bounds
+from carewatch.scoring.schedule import care_plan_gap, observation_interval
+from carewatch.scoring.tasks import TaskInput, build_tasks, due_reason, next_obs_and_reason, shift_bounds
 
 # 2026-01-15 is in GMT: local time == UTC
 NOW = datetime(2026, 1, 15, 14, 0, tzinfo=UTC)
@@ -56,6 +60,20 @@ def test_due_reason_says_news2_frequency_only_when_the_band_is_more_often_than_t
     medium = clinical_response(Risk.MEDIUM, 5, ())
     assert due_reason(medium, 5, True, 4, NOW) == "news2"
     assert due_reason(medium, 5, False, 4, NOW) == "incomplete"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(Risk)), st.integers(0, 20), st.booleans(), st.sampled_from([1, 2, 3, 4, 5, 6, 12, 24]),
+       st.integers(0, 400 * 24 * 60), st.booleans())
+def test_next_obs_and_reason_is_the_due_time_and_reason_computed_apart(
+        risk: Risk, score: int, complete: bool, per_day: int, minutes: int, at_usual: bool) -> None:
+    """The evaluation's one look at the care plan gives what the interval and the plan's gap give separately,
+    through a year of round times, both clock changes included."""
+    response = clinical_response(risk, score, () if complete else ("pulse",))
+    taken = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    interval = observation_interval(response, score, complete, per_day, at_usual=at_usual, taken_at=taken)
+    why = "incomplete" if not complete else "news2" if interval < care_plan_gap(per_day, taken) else "care_plan"
+    assert next_obs_and_reason(response, score, complete, per_day, taken, at_usual=at_usual) == (taken + interval, why)
 
 
 def test_snooze_limit_is_24_hours_for_clinical_kinds() -> None:
