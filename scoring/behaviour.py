@@ -352,9 +352,10 @@ class HouseholdData:
     care_package: str | None = None
     gateway_offline: bool = False
     data_since: datetime | None = None  # oldest time the loaded data covers (first device bound)
-    #: room -> warmest reading in the same hour of the day (the hour before ``now``) on each of the previous
-    #: days that have readings (up to ROOM_USUAL_DAYS): what this room is usually like at this time
-    room_past_max: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    #: room -> its temperature readings (measured_at, value) around this hour of the day on the previous
+    #: ROOM_USUAL_DAYS days (the hour before ``now`` on each day, and what enters that hour in the next few minutes):
+    #: what this room is usually like at this time (``usually_cold``), as of any ``now`` the data covers
+    room_past: Mapping[str, Sequence[tuple[datetime, float]]] = field(default_factory=dict)
     #: the household's own settings (sites.long_lie_minutes, sites.home_by): see LONG_LIE_AFTER and HOME_BY
     long_lie_after: timedelta | None = None
     home_by: time | None = None
@@ -635,10 +636,44 @@ ROOM_USUAL_DAYS: Final = 7
 ROOM_USUAL_MIN: Final = 4
 
 
-def usually_cold(h: HouseholdData, room: str) -> bool:
-    """The room was below ROOM_COLD_BELOW throughout this hour of the day on most recent days."""
-    past = list(h.room_past_max.get(room, ()))[:ROOM_USUAL_DAYS]
+def usually_cold(h: HouseholdData, room: str, now: datetime) -> bool:
+    """The room was below ROOM_COLD_BELOW throughout the hour before ``now``'s time of day on most of the previous
+    ROOM_USUAL_DAYS days that have readings (its warmest reading of that hour, per day)."""
+    warmest: dict[int, float] = {}
+    for t, v in h.room_past.get(room, ()):
+        day, into = divmod(now - t, timedelta(days=1))  # t in (now - day - 1 h, now - day]: that day's hour
+        if 1 <= day <= ROOM_USUAL_DAYS and into < ROOM_SUSTAINED:
+            warmest[day] = max(v, warmest.get(day, v))
+    past = warmest.values()
     return len(past) >= ROOM_USUAL_MIN and sum(v < ROOM_COLD_BELOW for v in past) >= ROOM_USUAL_MIN
+
+
+def _known_pattern_rooms(h: HouseholdData, now: datetime) -> list[str]:
+    """The rooms cold (not very cold) for the last hour: where ``usually_cold`` decides raise or hold."""
+    return [room for room, rows in _rooms_in_window(h, now).items()
+            if len(rows) >= ROOM_MIN_READINGS and all(r.value < ROOM_COLD_BELOW for r in rows)
+            and not all(r.value < ROOM_VERY_COLD_BELOW for r in rows)]
+
+
+def known_pattern_changes_at(h: HouseholdData, now: datetime, before: datetime | None) -> datetime | None:
+    """The first instant after ``now`` (and before ``before``) at which ``usually_cold`` changes for a room where it
+    decides (H-HOME-11): the same hour on the previous days moves with the clock, so a past reading enters a day's
+    hour (at its time + k days) or leaves it (1 h later); between those instants nothing changes. None: no change
+    the data shows before ``before``."""
+    first = before
+    for room in _known_pattern_rooms(h, now):
+        current = usually_cold(h, room, now)
+        moves = sorted({t + timedelta(days=k) + shift for t, _ in h.room_past.get(room, ())
+                        for k in range(1, ROOM_USUAL_DAYS + 1) for shift in (timedelta(0), ROOM_SUSTAINED)})
+        for at in moves:
+            if at <= now:
+                continue
+            if first is not None and at >= first:
+                break
+            if usually_cold(h, room, at) != current:
+                first = at
+                break
+    return first if first != before else None
 
 
 def _rooms_in_window(h: HouseholdData, now: datetime) -> dict[str, list[RoomTemperature]]:
@@ -671,7 +706,7 @@ def room_temperature_findings(h: HouseholdData, now: datetime) -> list[Finding]:
         if kind is AlertKind.ROOM_COLD and bad:
             # a known pattern (cold at this hour most days) is not news; below 16 °C always is
             new_bad = {room: rows for room, rows in bad.items()
-                       if all(very(r.value) for r in rows) or not usually_cold(h, room)}
+                       if all(very(r.value) for r in rows) or not usually_cold(h, room, now)}
             if not new_bad:
                 out.append(hold(kind, subject, site, "below 18 °C as on most days at this time (known pattern)"))
                 continue
@@ -816,25 +851,36 @@ def _next_local(now: datetime, at: time) -> datetime:
 
 def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Finding]) -> datetime:
     """The earliest instant after ``now`` at which time passing alone (no new reading, no other change) can change
-    a decision of ``household_findings`` (or the text of a raised finding that counts time). Per rule:
+    a decision of ``household_findings`` (or the text of a raised finding that counts time): the earlier of
+    ``household_recheck_times``'."""
+    deadline, night = household_recheck_times(h, now, findings)
+    return night if deadline is None else min(deadline, night)
 
-    * night-time bathroom visits, care review: the next 06:00 local (a night completes);
+
+def household_recheck_times(h: HouseholdData, now: datetime,
+                            findings: Sequence[Finding]) -> tuple[datetime | None, datetime]:
+    """(the earliest deadline after ``now`` at which time alone can change a decision, None if none; the next
+    06:00 local, when a night completes). Kept apart so the slow tick can put the deadlines (a long lie...) before
+    the night completion, which falls at the same instant for every household (H-HOME-11). Per rule:
+
+    * night-time bathroom visits, care review: the next 06:00 local (a night completes: the second time);
     * no morning activity: the usual wake time + grace, today's and tomorrow's (local midnight itself changes
       nothing written: the new day's answer is a hold until its deadline);
     * kitchen, long lie: the instant the waking hours since the last kitchen use / motion reach the limit;
     * long bathroom stay: the last motion + 45 min; household silent: the last reading + 3 h;
     * out and not back: the expected time and 2 h after it (medium, then high); a front-door event's direction
       (pending, then exit or unknown) 15 min after it closed (``derive_events``);
-    * room temperature: each reading of the last hour leaving the hour;
+    * room temperature: each reading of the last hour leaving the hour; the known pattern of a room cold for
+      the last hour (``known_pattern_changes_at``: the same hour on the previous days moves with the clock);
     * anything stamped after ``now`` (within the scorer's future slack) when it comes into the rules' view;
     * a raised long bathroom stay, long lie or kitchen inactivity: the next change of the time its text counts
       (the next minute still, the next tenth of a waking hour, the next whole waking hour).
 
-    Not foreseen here (the caller's bounded cadence covers them): the room-cold known pattern (the same hour on
-    the previous days moves with ``now``), and the 16-day look-backs sliding past old data (the oldest
-    baseline night, a kitchen event or a motion 16 days old). The hub's own offline-by-silence time and
-    snoozes ending are the caller's (it knows the hubs and the suppressions)."""
-    times: list[datetime] = [_next_local(now, NIGHT_END)]
+    Not foreseen here (the caller's bounded cadence covers them): the 16-day look-backs sliding past old data (the
+    oldest baseline night, a kitchen event or a motion 16 days old), and a past room reading the data does not
+    hold yet. The hub's own offline-by-silence time and snoozes ending are the caller's (it knows the hubs and the
+    suppressions)."""
+    times: list[datetime] = []
     raised = {f.kind for f in findings if f.state == "raise"}
     if h.last_motion_at is not None and AlertKind.LONG_BATHROOM_STAY in raised:
         minutes = int((now - h.last_motion_at).total_seconds() // 60)
@@ -875,7 +921,9 @@ def household_recheck_at(h: HouseholdData, now: datetime, findings: Sequence[Fin
     if any(e.kind == "front_door" for e in h.events):
         _left, deadline = _expected_back(h)
         times += [deadline, deadline + OUT_NOT_BACK_HIGH_AFTER]
-    return min(t for t in times if t > now)
+    first = min((t for t in times if t > now), default=None)
+    pattern = known_pattern_changes_at(h, now, before=first)
+    return (first if pattern is None else pattern), _next_local(now, NIGHT_END)
 
 
 def household_findings(h: HouseholdData, now: datetime) -> list[Finding]:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -28,7 +28,7 @@ from carewatch.db import text_array
 from carewatch.notify.escalation import escalation_pass
 from carewatch.scoring.batches import EvaluationSummary, finish_latency, lock_subjects, transaction
 from carewatch.scoring.devices import apply_device_findings, gateway_pass, load_changing_devices, load_devices
-from carewatch.scoring.households import HOUSEHOLD_BATCH, evaluate_households, households_due
+from carewatch.scoring.households import HOUSEHOLD_BATCH, due_by_urgency, evaluate_households, urgent_due
 from carewatch.scoring.incident_store import sync_incidents
 from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_alerts_resting_on, resolve_open_alerts
 from carewatch.scoring.loading import load_residents
@@ -201,6 +201,33 @@ def _run_household_batches(conn: psycopg.Connection, site_ids: Sequence[str], no
                 _run_guarded(conn, [site_id], now, summary, alone)
 
 
+#: During a long slow-tick pass (06:00, when a night completes for every household), the households with a
+#: deadline reached or a change meanwhile are looked for again at least this often (H-HOME-11).
+URGENT_RECHECK_EVERY = timedelta(seconds=5)
+
+
+def _run_due_households(conn: psycopg.Connection, now: datetime, summary: EvaluationSummary,
+                        site_ids: Sequence[str] | None) -> None:
+    """The slow tick's households: only those whose decisions can have changed (``households.due_by_urgency``,
+    H-HOME-11), the urgent ones (a deadline reached, news) first, then the routine ones (the night completed, the
+    cadence) a batch at a time; every URGENT_RECHECK_EVERY of the pass the urgent ones are looked for again and
+    evaluated before the next batch, at the time reached (a long lie crossed at 06:00:30 waits for one batch, not
+    for the whole estate's night completion)."""
+    urgent, routine = due_by_urgency(conn, now, site_ids)
+    _run_household_batches(conn, urgent, now, summary, latency=False)
+    started = last_check = time.perf_counter()
+    at, done = now, set(urgent)
+    for start in range(0, len(routine), HOUSEHOLD_BATCH):
+        if start and time.perf_counter() - last_check >= URGENT_RECHECK_EVERY.total_seconds():
+            at = now + timedelta(seconds=time.perf_counter() - started)
+            again = urgent_due(conn, at, site_ids)
+            _run_household_batches(conn, again, at, summary, latency=False)
+            done.update(again)
+            last_check = time.perf_counter()
+        batch = [s for s in routine[start:start + HOUSEHOLD_BATCH] if s not in done]
+        _run_household_batches(conn, batch, at, summary, latency=False)
+
+
 def rescore_all(conn: psycopg.Connection, now: datetime) -> EvaluationSummary:
     """Re-evaluate every active resident and every household (e.g. on scorer start-up)."""
     # each named with its kind (a resident whose id is also a household's is evaluated as the resident only)
@@ -243,9 +270,7 @@ def tick(conn: psycopg.Connection, now: datetime, *, slow: bool = True, gateways
                                        if p.level > 1)
     overdue_pass(conn, now, summary, site_ids)
     if slow:
-        # only the households whose decisions can have changed: news, a rule's deadline reached, or the bounded
-        # cadence (scoring/households.py: households_due, H-HOME-11)
-        _run_household_batches(conn, households_due(conn, now, site_ids), now, summary, latency=False)
+        _run_due_households(conn, now, summary, site_ids)
         # only the devices whose finding can change (an alert open, or a rule that could raise): the estate's
         # other devices would give findings that findings_that_change drops (scoring/devices.py)
         apply_device_findings(conn, load_changing_devices(conn, now, site_ids=site_ids), now, summary)

@@ -32,10 +32,10 @@ from carewatch.scoring.behaviour import (
     RoomTemperature,
     derive_events_from_columns,
     household_findings,
-    household_recheck_at,
+    household_recheck_times,
     role_of,
 )
-from carewatch.scoring.lifecycle import apply_findings, resolve_open_alerts
+from carewatch.scoring.lifecycle import ACTOR, apply_findings, resolve_open_alerts
 from carewatch.scoring.loading import FUTURE_SLACK
 from carewatch.scoring.rules import GATEWAY_SILENT_AFTER, LOCAL_TZ, GatewayState, gateway_offline
 from carewatch.subjects import Subject, SubjectKind
@@ -68,10 +68,13 @@ INCREMENTAL_MAX_GAP = timedelta(hours=6)
 #: Households evaluated together in one transaction (a dozen set-based queries for the whole batch).
 HOUSEHOLD_BATCH = 50
 #: The slow tick's bounded cadence (H-HOME-11): a household is evaluated again at least this often even when
-#: nothing says it can have changed: the safety net for a deadline ``household_recheck_at`` cannot foresee
-#: (the room-cold known pattern, the 16-day look-backs sliding) or one missed, and for changes that are not
-#: readings (a setting, a device bound, a hub back online without news, a person closing an alert).
+#: nothing says it can have changed: the safety net for a deadline ``household_recheck_times`` cannot foresee
+#: (the 16-day look-backs sliding) or one missed, and for a change no source of ``_CHANGED_SQL`` marks.
 HOUSEHOLD_RECHECK_MAX = timedelta(minutes=5)
+#: A change (a setting, a device bound, an alert a person resolved...) counts as news for an evaluation that began
+#: up to this long after it: the change's time is its transaction's start, and a transaction that began before an
+#: evaluation read the row may commit after it (an extra evaluation or two, never a change missed).
+CHANGE_SLACK = timedelta(minutes=1)
 #: Every metric, for per-metric index probes (readings are indexed by subject, metric, time; PostgreSQL cannot
 #: skip-scan the metric), the ones home sensors send most often first so "any reading?" stops early.
 _FREQUENT = (Metric.ROOM_TEMPERATURE.value, Metric.MOTION.value, Metric.HUMIDITY.value, Metric.BATTERY.value)
@@ -136,7 +139,7 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
     scanning 16 days of readings), then the pure rules per household and one pass to write the alerts."""
     gateway_column = "ARRAY(SELECT g.{} FROM gateways g WHERE g.site_id = s.site_id ORDER BY g.gateway_id)"
     homes: dict[str, _Household] = {}
-    states: dict[str, tuple[datetime | None, datetime]] = {}  # site -> (newest reading, recheck_at)
+    states: dict[str, _State] = {}
     # The newest reading is read before the readings themselves: one stored in between is then seen as news by the
     # next slow tick (an extra evaluation), never as already evaluated.
     for (site_id, name, package, lie_minutes, home_by, statuses, gw_ids, gw_states, gw_seen, seen_any,
@@ -153,9 +156,9 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
         if statuses and "active" not in statuses:
             resolve_open_alerts(conn, now, "No one in this household is being monitored: alerts closed.",
                                 subject=Subject(SubjectKind.HOUSEHOLD, site_id), summary=summary)
-            states[site_id] = (newest_reading, now + HOUSEHOLD_RECHECK_MAX)
+            states[site_id] = _State(newest_reading, now + HOUSEHOLD_RECHECK_MAX, None)
             continue
-        states[site_id] = (newest_reading, now + HOUSEHOLD_RECHECK_MAX)
+        states[site_id] = _State(newest_reading, now + HOUSEHOLD_RECHECK_MAX, None)
         gateways = [GatewayState(*row) for row in zip(gw_ids, [site_id] * len(gw_ids), gw_states, gw_seen,
                                                       strict=True)]
         homes[site_id] = _Household(site_id, name, package, gateways, seen_any,
@@ -193,49 +196,117 @@ def evaluate_households(conn: psycopg.Connection, site_ids: Sequence[str], now: 
         "AND subject_id = ANY(%s) AND until > %s GROUP BY subject_id", (ids, now)).fetchall())
     for site_id in ids:
         home = homes[site_id]
-        times = [household_recheck_at(data[site_id], now, by_site[site_id]), now + HOUSEHOLD_RECHECK_MAX]
-        times += [gw.last_seen + GATEWAY_SILENT_AFTER + _TICK for gw in home.gateways
-                  if gw.last_seen is not None and gw.state != "offline" and gw.last_seen + GATEWAY_SILENT_AFTER >= now]
+        deadline, night = household_recheck_times(data[site_id], now, by_site[site_id])
+        urgent = [] if deadline is None else [deadline]
+        urgent += [gw.last_seen + GATEWAY_SILENT_AFTER + _TICK for gw in home.gateways
+                   if gw.last_seen is not None and gw.state != "offline" and gw.last_seen + GATEWAY_SILENT_AFTER >= now]
         if site_id in snoozes:
-            times.append(snoozes[site_id])
-        states[site_id] = (states[site_id][0], min(times))
+            urgent.append(snoozes[site_id])
+        first_urgent = min(urgent, default=None)
+        cadence = min(night, now + HOUSEHOLD_RECHECK_MAX)
+        states[site_id] = _State(states[site_id].newest_reading,
+                                 cadence if first_urgent is None else min(first_urgent, cadence), first_urgent)
     _write_states(conn, states, now)
     summary.households += len(homes)
 
 
-def _write_states(conn: psycopg.Connection, states: Mapping[str, tuple[datetime | None, datetime]],
-                  now: datetime) -> None:
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What an evaluation records in ``household_state`` besides its time."""
+
+    newest_reading: datetime | None
+    recheck_at: datetime  # the first of urgent_at, the next night completion (06:00) and the bounded cadence
+    urgent_at: datetime | None  # the first deadline other than those (None: none)
+
+
+def _write_states(conn: psycopg.Connection, states: Mapping[str, _State], now: datetime) -> None:
     """Record each household's evaluation: when, the newest reading it had, when it next needs one."""
     if not states:
         return
     ids = sorted(states)
     conn.execute(
-        """INSERT INTO household_state (site_id, evaluated_at, newest_reading, recheck_at)
-           SELECT v.site_id, %s, v.newest_reading, v.recheck_at
-           FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS v(site_id, newest_reading, recheck_at)
+        """INSERT INTO household_state (site_id, evaluated_at, newest_reading, recheck_at, urgent_at)
+           SELECT v.site_id, %s, v.newest_reading, v.recheck_at, coalesce(v.urgent_at, 'infinity')
+           FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
+                AS v(site_id, newest_reading, recheck_at, urgent_at)
            ON CONFLICT (site_id) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at,
-               newest_reading = EXCLUDED.newest_reading, recheck_at = EXCLUDED.recheck_at, updated_at = now()""",
-        (now, ids, [states[s][0] for s in ids], [states[s][1] for s in ids]),
+               newest_reading = EXCLUDED.newest_reading, recheck_at = EXCLUDED.recheck_at,
+               urgent_at = EXCLUDED.urgent_at, updated_at = now()""",
+        (now, ids, [states[s].newest_reading for s in ids], [states[s].recheck_at for s in ids],
+         [states[s].urgent_at for s in ids]),
     )
 
 
+#: The households whose inputs other than readings changed since their last evaluation (H-HOME-11): a setting, a
+#: device bound or unbound, a resident's monitoring, a hub's state or its return from silence (``changed_at``,
+#: migration 0032), an alert a person resolved (the rules may raise it again), a snooze ended. Each source is an
+#: index range over the last HOUSEHOLD_RECHECK_MAX + CHANGE_SLACK (a household evaluated before that is due by the
+#: cadence anyway), then compared with the household's own evaluation time.
+_CHANGED_SQL = """
+    SELECT c.site_id FROM (
+        SELECT site_id, changed_at AS at FROM sites WHERE changed_at > %(recent)s
+        UNION ALL SELECT site_id, changed_at FROM devices WHERE changed_at > %(recent)s
+        UNION ALL SELECT site_id, changed_at FROM residents WHERE changed_at > %(recent)s
+        UNION ALL SELECT site_id, changed_at FROM gateways WHERE changed_at > %(recent)s
+        UNION ALL SELECT subject_id, resolved_at FROM alerts WHERE subject_kind = 'household'
+            AND resolved_at > %(recent)s AND resolved_by <> %(scorer)s
+        UNION ALL SELECT subject_id, until FROM alert_suppressions WHERE subject_kind = 'household'
+            AND until > %(recent)s
+    ) c JOIN household_state h ON h.site_id = c.site_id
+    WHERE c.at > h.evaluated_at - %(slack)s AND c.at <= %(now)s"""
+
+
 def households_due(conn: psycopg.Connection, now: datetime, site_ids: Sequence[str] | None) -> list[str]:
-    """The households the slow tick must evaluate at ``now`` (H-HOME-11): never evaluated; a reading newer than
-    the newest their last evaluation had (the NOTIFY path evaluates fresh readings at once: this catches any it
-    missed); their ``recheck_at`` reached (time alone can change a decision); evaluated more than
-    HOUSEHOLD_RECHECK_MAX ago (the bounded cadence); or a clock gone back. ``site_ids``: only these (a replica's
-    share); None = the whole estate."""
+    """The households the slow tick must evaluate at ``now``, the urgent ones first (``due_by_urgency``)."""
+    urgent, routine = due_by_urgency(conn, now, site_ids)
+    return urgent + routine
+
+
+def due_by_urgency(conn: psycopg.Connection, now: datetime,
+                   site_ids: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The households the slow tick must evaluate at ``now`` (H-HOME-11), as (urgent, routine).
+
+    Urgent: never evaluated; a clock gone back; a deadline other than the night completion reached (``urgent_at``:
+    a long lie, silence...); an input other than readings changed since the last evaluation (``_CHANGED_SQL``); a
+    reading newer than the newest it had (the NOTIFY path evaluates fresh readings at once: this catches any it
+    missed). Routine: only the night completing at 06:00 (the same instant for every household) or the bounded
+    cadence (evaluated HOUSEHOLD_RECHECK_MAX ago). ``site_ids``: only these (a replica's share); None = the whole
+    estate."""
+    rows = conn.execute(
+        f"""WITH changed AS ({_CHANGED_SQL})
+           SELECT site_id, urgent FROM (
+               SELECT s.site_id,
+                      (h.site_id IS NULL OR h.evaluated_at > %(now)s OR h.urgent_at <= %(now)s
+                       OR s.site_id IN (SELECT site_id FROM changed)
+                       OR EXISTS (SELECT 1 FROM latest_readings l WHERE l.subject_kind = 'household'
+                                  AND l.subject_id = s.site_id
+                                  AND l.measured_at > coalesce(h.newest_reading, '-infinity'::timestamptz))) AS urgent,
+                      (h.recheck_at <= %(now)s OR h.evaluated_at <= %(stale)s) AS routine
+               FROM sites s LEFT JOIN household_state h ON h.site_id = s.site_id
+               WHERE s.kind = 'household' AND (%(scope)s::text[] IS NULL OR s.site_id = ANY(%(scope)s::text[]))
+           ) x WHERE urgent OR routine ORDER BY site_id""",
+        _due_parameters(now, site_ids),
+    ).fetchall()
+    return [s for s, urgent in rows if urgent], [s for s, urgent in rows if not urgent]
+
+
+def urgent_due(conn: psycopg.Connection, now: datetime, site_ids: Sequence[str] | None) -> list[str]:
+    """The households with a deadline other than the night completion reached at ``now`` (``urgent_at``, by its
+    index) or an input other than readings changed: what the slow tick re-checks between slices of a long pass
+    (fresh readings are the NOTIFY path's meanwhile)."""
     return [row[0] for row in conn.execute(
-        """SELECT s.site_id FROM sites s LEFT JOIN household_state h ON h.site_id = s.site_id
-           WHERE s.kind = 'household' AND (%(scope)s::text[] IS NULL OR s.site_id = ANY(%(scope)s::text[]))
-             AND (h.site_id IS NULL OR h.recheck_at <= %(now)s OR h.evaluated_at <= %(stale)s
-                  OR h.evaluated_at > %(now)s
-                  OR EXISTS (SELECT 1 FROM latest_readings l WHERE l.subject_kind = 'household'
-                             AND l.subject_id = s.site_id
-                             AND l.measured_at > coalesce(h.newest_reading, '-infinity'::timestamptz)))
-           ORDER BY s.site_id""",
-        {"scope": None if site_ids is None else list(site_ids), "now": now, "stale": now - HOUSEHOLD_RECHECK_MAX},
+        f"""SELECT site_id FROM household_state WHERE urgent_at <= %(now)s
+                AND (%(scope)s::text[] IS NULL OR site_id = ANY(%(scope)s::text[]))
+            UNION SELECT site_id FROM ({_CHANGED_SQL}) c
+                WHERE %(scope)s::text[] IS NULL OR site_id = ANY(%(scope)s::text[])
+            ORDER BY site_id""",
+        _due_parameters(now, site_ids),
     ).fetchall()]
+
+
+def _due_parameters(now: datetime, site_ids: Sequence[str] | None) -> dict[str, Any]:
+    return {"scope": None if site_ids is None else list(site_ids), "now": now, "stale": now - HOUSEHOLD_RECHECK_MAX,
+            "recent": now - HOUSEHOLD_RECHECK_MAX - CHANGE_SLACK, "slack": CHANGE_SLACK, "scorer": ACTOR}
 
 
 def _sync_events(conn: psycopg.Connection, homes: Mapping[str, _Household], now: datetime,
@@ -440,11 +511,13 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
         "  AND measured_at <= %s ORDER BY measured_at DESC LIMIT 1) x GROUP BY h.site",
         (ids, _METRICS_FREQUENT_FIRST, now - timedelta(days=2), now + FUTURE_SLACK),
     ).fetchall())
-    # the last 2 h of room temperatures, and the same hour of the day on the previous days (H-HOME-05)
+    # the last 2 h of room temperatures, and the same hour of the day on the previous days (H-HOME-05) with what
+    # enters it within the bounded cadence (the known pattern's next change is then foreseen, H-HOME-11)
     temps: dict[str, list[RoomTemperature]] = {}
-    past_by_day: dict[str, dict[tuple[str, int], float]] = {}
+    past_rooms: dict[str, dict[str, list[tuple[datetime, float]]]] = {}
     ranges = [(now - timedelta(hours=2), now + FUTURE_SLACK)] + [
-        (now - timedelta(days=k, hours=1), now - timedelta(days=k)) for k in range(1, ROOM_USUAL_DAYS + 1)]
+        (now - timedelta(days=k, hours=1), now - timedelta(days=k) + HOUSEHOLD_RECHECK_MAX)
+        for k in range(1, ROOM_USUAL_DAYS + 1)]
     within = " OR ".join(f"(r.measured_at > %(lo{i})s AND r.measured_at <= %(hi{i})s)" for i in range(len(ranges)))
     bounds = {f"{name}{i}": at for i, (lo, hi) in enumerate(ranges) for name, at in (("lo", lo), ("hi", hi))}
     for site_id, d, room, t, v in conn.execute(  # one index range per hour (a bitmap OR), not 7 days of readings
@@ -458,18 +531,13 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
     ):
         if t > now - timedelta(hours=2):
             temps.setdefault(site_id, []).append(RoomTemperature(d, room, t, v))
-        else:  # warmest reading in this hour of the day, per room and previous day
-            per_day = past_by_day.setdefault(site_id, {})
-            key = (room or d, int((now - t) // timedelta(days=1)))
-            per_day[key] = max(v, per_day.get(key, v))
+        else:
+            past_rooms.setdefault(site_id, {}).setdefault(room or d, []).append((t, v))
     out = {}
     for site_id in ids:
         home = homes[site_id]
         roles = home.roles
         motion_devices = {d for d, kind, *_ in home.devices if kind in ("motion_sensor", "bathroom_sensor")}
-        past: dict[str, list[float]] = {}
-        for (room, _day), warmest in sorted(past_by_day.get(site_id, {}).items(), key=lambda item: item[0][1]):
-            past.setdefault(room, []).append(warmest)
         lm = last_motion.get(site_id)
         heard = last_heard.get(site_id)
         out[site_id] = HouseholdData(
@@ -481,7 +549,7 @@ def _load_households(conn: psycopg.Connection, homes: Mapping[str, _Household],
             last_heard=heard if heard is not None else home.last_seen_any,
             room_temperatures=temps.get(site_id, []), care_package=home.care_package,
             gateway_offline=any(gateway_offline(gw, now) for gw in home.gateways),
-            data_since=min((b for *_, b in home.devices), default=None), room_past_max=past,
+            data_since=min((b for *_, b in home.devices), default=None), room_past=past_rooms.get(site_id, {}),
             long_lie_after=home.long_lie_after, home_by=home.home_by,
         )
     return out

@@ -252,8 +252,10 @@ def test_room_temperature(values: list[float], cold: tuple[str, Severity | None]
     assert hot_f.state == hot
 
 
-def _usually(room: str, warmest: list[float]) -> dict[str, list[float]]:
-    return {room: warmest}
+def _usually(room: str, warmest: list[float], now: datetime = at(DAY, 12)) -> dict[str, list[tuple[datetime, float]]]:
+    """The room's readings in the hour before ``now`` on each previous day, the warmest of day k+1 ``warmest[k]``."""
+    return {room: [(now - timedelta(days=k + 1, minutes=m), v - (m - 5) / 100) for k, v in enumerate(warmest)
+                   for m in (5, 35)]}
 
 
 @pytest.mark.parametrize(
@@ -268,7 +270,7 @@ def _usually(room: str, warmest: list[float]) -> dict[str, list[float]]:
 )
 def test_room_cold_known_pattern_is_not_raised_again(values: list[float], past: list[float], state: str,
                                                      severity: Severity | None) -> None:
-    h = household(room_temperatures=_temps(values, "bedroom"), room_past_max=_usually("bedroom", past))
+    h = household(room_temperatures=_temps(values, "bedroom"), room_past=_usually("bedroom", past))
     cold, _ = bh.room_temperature_findings(h, at(DAY, 12))
     assert (cold.state, cold.severity) == (state, severity)
 
@@ -276,7 +278,7 @@ def test_room_cold_known_pattern_is_not_raised_again(values: list[float], past: 
 def test_room_cold_raises_for_the_room_that_changed_not_the_usual_one() -> None:
     temps = _temps([17.4, 17.2, 17.0], "bedroom") + _temps([17.9, 17.6, 17.5], "living")
     h = household(room_temperatures=temps,
-                  room_past_max={"bedroom": [17.5] * 7, "living": [20.5] * 7})
+                  room_past={**_usually("bedroom", [17.5] * 7), **_usually("living", [20.5] * 7)})
     cold, _ = bh.room_temperature_findings(h, at(DAY, 12))
     assert cold.state == "raise" and "living" in cold.reason and "bedroom" not in cold.reason
 
@@ -413,7 +415,25 @@ def _lived_in(**kw: object) -> HouseholdData:
 _STILL = [BehaviourEvent("kitchen_activity", at(DAY, 8), at(DAY, 8, 20), None, {"role": "kitchen"})]
 
 
+def _cold_bedroom_evenings() -> HouseholdData:
+    """A bedroom at 17 °C throughout (a reading every 30 min), which on the previous days was below 18 °C from
+    15:00 to 20:00 on three days of seven and from 16:30 to 18:30 on the other four: the known pattern from about
+    17:30 to 18:30 (held then, raised before and after, the change falling between the room's own readings)."""
+    start = at(DAY, 14)
+    now_temps = [RoomTemperature("t-bed", "bedroom", start + timedelta(minutes=30 * i), 17.0) for i in range(70)]
+    past = []
+    for back in range(1, 10):
+        day = DAY - timedelta(days=back)
+        for i in range(6 * 30):  # every 10 minutes over 30 h
+            t = at(day, 12) + timedelta(minutes=10 * i + back)  # not on the hour: each day's readings shifted
+            local = t.astimezone(LOCAL_TZ).time()
+            cold = bh.time(15) <= local < bh.time(20) if back % 2 == 0 else bh.time(16, 30) <= local < bh.time(18, 30)
+            past.append((t, 17.5 if cold else 19.5))
+    return _lived_in(room_temperatures=now_temps, room_past={"bedroom": past})
+
+
 @pytest.mark.parametrize("h", [
+    _cold_bedroom_evenings(),
     _lived_in(),  # out since 15:01: expected back by 21:00, high at 23:00; the hour of cold readings runs out
     _lived_in(home_by=bh.time(18, 0), gateway_offline=True),
     _lived_in(events=_STILL, last_motion_role=None, last_motion_at=at(DAY, 10), last_heard=at(DAY, 10)),  # still
@@ -422,7 +442,8 @@ _STILL = [BehaviourEvent("kitchen_activity", at(DAY, 8), at(DAY, 8, 20), None, {
         minutes=45), room_temperatures=[], last_heard=at(DAY, 21, 40)),  # the limit crosses the night
     _lived_in(first_motion_by_day={}, nights_heard=frozenset(), events=[]),
     household(),
-], ids=["out", "out-hub-offline", "still-in-the-lounge", "in-the-bathroom", "still-overnight", "no-history", "empty"])
+], ids=["cold-bedroom-evenings",
+        "out", "out-hub-offline", "still-in-the-lounge", "in-the-bathroom", "still-overnight", "no-history", "empty"])
 def test_no_decision_changes_before_the_household_s_recheck_time(h: HouseholdData) -> None:
     """H-HOME-11: household_recheck_at is never later than the first instant time alone changes what an evaluation
     would write (a raised finding's counted minutes or hours included). Checked every 90 s up to it, and the
@@ -438,6 +459,20 @@ def test_no_decision_changes_before_the_household_s_recheck_time(h: HouseholdDat
             t += timedelta(seconds=90)
         assert _writes_the_same(before, _decisions(h, recheck - timedelta(microseconds=1))), (now, recheck)
         now += timedelta(minutes=37)
+
+
+def test_the_known_pattern_s_recheck_is_the_instant_it_ends() -> None:
+    """The room-cold known pattern moves with the clock: its next change is foreseen to the microsecond, and only
+    where it decides (a room cold for the last hour)."""
+    h = _cold_bedroom_evenings()
+    now = at(DAY, 18)
+    assert bh.room_temperature_findings(h, now)[0].state == "hold"
+    ends = bh.known_pattern_changes_at(h, now, before=None)
+    assert ends is not None and at(DAY, 18, 30) < ends < at(DAY, 18, 40)
+    assert bh.room_temperature_findings(h, ends)[0].state == "raise"
+    assert bh.room_temperature_findings(h, ends - timedelta(microseconds=1))[0].state == "hold"
+    warm = replace(h, room_temperatures=[replace(r, value=19.0) for r in h.room_temperatures])
+    assert bh.known_pattern_changes_at(warm, now, before=None) is None
 
 
 def test_the_recheck_time_is_the_instant_a_threshold_is_crossed() -> None:

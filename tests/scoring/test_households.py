@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import psycopg
+import pytest
 
-from carewatch.scoring import households
+from carewatch.scoring import engine, households, lifecycle
 from carewatch.scoring.engine import evaluate_subjects, tick
-from carewatch.scoring.rules import LOCAL_TZ
+from carewatch.scoring.rules import GATEWAY_SILENT_AFTER, LOCAL_TZ
 
 
 def test_the_look_back_reads_use_their_partial_indexes(db: psycopg.Connection) -> None:
@@ -38,18 +40,19 @@ _seq = itertools.count(1)
 
 
 def _flat(db: psycopg.Connection, uid: str) -> str:
-    site = f"hh-{uid}"
-    db.execute("INSERT INTO sites (site_id, kind, name, long_lie_minutes) VALUES (%s, 'household', %s, 45)",
-               (site, f"Flat {uid}"))
-    db.execute("INSERT INTO gateways (gateway_id, site_id, state, last_seen) VALUES (%s, %s, 'online', NULL)",
-               (f"gw-{site}", site))
-    db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, monitoring) "
-               "VALUES (%s, %s, 'Person', '1938-04-02', 'active')", (f"p-{uid}", site))
+    """A household set up a month ago (its rows' ``changed_at`` then): a hall, a bathroom, a fridge door."""
+    site, month_ago = f"hh-{uid}", NOW - timedelta(days=30)
+    db.execute("INSERT INTO sites (site_id, kind, name, long_lie_minutes, changed_at) "
+               "VALUES (%s, 'household', %s, 45, %s)", (site, f"Flat {uid}", month_ago))
+    db.execute("INSERT INTO gateways (gateway_id, site_id, state, last_seen, changed_at) "
+               "VALUES (%s, %s, 'online', NULL, %s)", (f"gw-{site}", site, month_ago))
+    db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth, monitoring, changed_at) "
+               "VALUES (%s, %s, 'Person', '1938-04-02', 'active', %s)", (f"p-{uid}", site, month_ago))
     for device, kind, role in (("hall", "motion_sensor", "hallway"), ("bath", "motion_sensor", "bathroom"),
                                ("fridge", "door_sensor", "fridge_door")):
-        db.execute("INSERT INTO devices (device_id, site_id, gateway_id, kind, role, bound_at) "
-                   "VALUES (%s, %s, %s, %s, %s, %s)", (f"{device}-{uid}", site, f"gw-{site}", kind, role,
-                                                       NOW - timedelta(days=30)))
+        db.execute("INSERT INTO devices (device_id, site_id, gateway_id, kind, role, bound_at, changed_at) "
+                   "VALUES (%s, %s, %s, %s, %s, %s, %s)", (f"{device}-{uid}", site, f"gw-{site}", kind, role,
+                                                           month_ago, month_ago))
     return site
 
 
@@ -105,3 +108,140 @@ def test_a_household_never_evaluated_or_with_a_clock_gone_back_is_due(db, uid) -
     assert households.households_due(db, NOW + timedelta(seconds=30), [site]) == [site]
     assert tick(db, NOW + timedelta(seconds=30), slow=True, site_ids=[site]).households == 1
     assert households.households_due(db, NOW + timedelta(seconds=60), [site]) == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Changes that are not readings make a household due at once, not at the cadence (H-HOME-11)
+# ------------------------------------------------------------------------------------------------------------
+def _db_now(db: psycopg.Connection) -> datetime:
+    """The test transaction's start: the ``changed_at`` the triggers of migration 0032 write in it."""
+    [at] = db.execute("SELECT now()").fetchone()
+    return at
+
+
+def _evaluated_at(db: psycopg.Connection, site: str) -> datetime:
+    [at] = db.execute("SELECT evaluated_at FROM household_state WHERE site_id = %s", (site,)).fetchone()
+    return at
+
+
+def _hub_back_from_silence(db: psycopg.Connection, site: str, at: datetime) -> None:
+    db.execute("UPDATE gateways SET last_seen = greatest(last_seen, %s) WHERE site_id = %s", (at, site))
+
+
+def _snooze(db: psycopg.Connection, site: str, until: datetime) -> None:
+    db.execute("INSERT INTO alert_suppressions (subject_kind, subject_id, site_id, kind, reason, until, created_by, "
+               "created_at) VALUES ('household', %s, %s, NULL, 'family visiting', %s, 'nurse', %s)",
+               (site, site, until, until - timedelta(hours=3)))
+
+
+_CHANGES = {
+    "a setting": lambda db, site, at: db.execute("UPDATE sites SET long_lie_minutes = 60 WHERE site_id = %s", (site,)),
+    "a device bound": lambda db, site, at: db.execute(
+        "INSERT INTO devices (device_id, site_id, gateway_id, kind, role) VALUES (%s, %s, %s, 'motion_sensor', "
+        "'kitchen')", (f"new-{site}", site, f"gw-{site}")),
+    "a device unbound": lambda db, site, at: db.execute(
+        "UPDATE devices SET active = false, unbound_at = now() WHERE site_id = %s AND role = 'hallway'", (site,)),
+    "monitoring paused": lambda db, site, at: db.execute(
+        "UPDATE residents SET monitoring = 'paused' WHERE site_id = %s", (site,)),
+    "a hub back from silence": lambda db, site, at: _hub_back_from_silence(db, site, at),
+    "a hub reporting itself offline": lambda db, site, at: db.execute(
+        "UPDATE gateways SET state = 'offline' WHERE site_id = %s", (site,)),
+    "a snooze ended early": lambda db, site, at: db.execute(
+        "UPDATE alert_suppressions SET until = %s WHERE subject_id = %s", (at, site)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(_CHANGES))
+def test_a_change_that_is_not_a_reading_makes_the_household_due_at_the_next_tick(db, uid, change: str) -> None:
+    """Evaluated 2 minutes before the change and nothing due 30 s after it (the cadence is 3 minutes away); then
+    the change: due at once, as urgent. Re-evaluated, it stays due while the change is within CHANGE_SLACK of the
+    evaluation (a transaction that began before the evaluation read may commit after it), then not."""
+    site = _flat(db, uid)
+    at = _db_now(db)
+    _hub_back_from_silence(db, site, at - timedelta(minutes=20))  # heard 20 min ago: offline by silence
+    _snooze(db, site, at + timedelta(hours=2))
+    db.execute("UPDATE gateways SET changed_at = '-infinity' WHERE site_id = %s", (site,))
+    tick(db, at - timedelta(minutes=2), slow=True, site_ids=[site])
+    assert households.due_by_urgency(db, at + timedelta(seconds=30), [site]) == ([], [])
+    _CHANGES[change](db, site, at)
+    assert households.due_by_urgency(db, at + timedelta(seconds=30), [site]) == ([site], [])
+    for seconds in (30, 61):  # the second within CHANGE_SLACK of the change
+        tick(db, at + timedelta(seconds=seconds), slow=True, site_ids=[site])
+        assert _evaluated_at(db, site) == at + timedelta(seconds=seconds)
+    assert households.households_due(db, at + timedelta(seconds=91), [site]) == []
+
+
+def test_what_the_rules_do_not_read_changes_nothing(db, uid) -> None:
+    """The triggers mark only what the household rules read: a device's battery and last_seen (ingest, every
+    status message) and a hub's heartbeat leave ``changed_at`` alone; a return from silence is marked with a
+    margin below GATEWAY_SILENT_AFTER, the 10 minutes after which the rules count a hub as offline."""
+    sql = (resources.files("carewatch.db") / "migrations" / "0032_household_changes.sql").read_text()
+    [margin] = re.findall(r"NEW\.last_seen > OLD\.last_seen \+ interval '(\d+) minutes'", sql)
+    assert timedelta(minutes=int(margin)) < GATEWAY_SILENT_AFTER
+    site = _flat(db, uid)
+    at = _db_now(db)
+    db.execute("UPDATE devices SET battery_pct = 80, last_seen = %s WHERE site_id = %s", (at, site))
+    _hub_back_from_silence(db, site, at - timedelta(minutes=3))
+    db.execute("UPDATE gateways SET changed_at = '-infinity' WHERE site_id = %s", (site,))
+    _hub_back_from_silence(db, site, at)  # 3 minutes on: a heartbeat, not a return
+    assert db.execute("SELECT (SELECT max(changed_at) FROM devices WHERE site_id = %s), "
+                      "(SELECT changed_at = '-infinity' FROM gateways WHERE site_id = %s)",
+                      (site, site)).fetchone() == (NOW - timedelta(days=30), True)
+
+
+def test_an_alert_a_person_closes_is_raised_again_by_the_next_tick(db, uid) -> None:
+    """The long lie is raised at T0 + 45 min; a nurse closes it at T0 + 47 (nobody went: the person is still not
+    moving); the tick 30 s later raises it again, not the cadence's at T0 + 50. The scorer's own resolutions are
+    not news."""
+    site = _flat(db, uid)
+    t0 = (NOW - timedelta(days=1)).astimezone(LOCAL_TZ).replace(hour=11, minute=0).astimezone(UTC)
+    _reading(db, site, f"hall-{uid}", "motion", 1, t0)
+    evaluate_subjects(db, [site], t0 + timedelta(minutes=1))
+    tick(db, t0 + timedelta(minutes=45), slow=True, site_ids=[site])
+    [(alert_id, status)] = db.execute("SELECT alert_id, status FROM alerts WHERE subject_id = %s AND kind = "
+                                      "'long_lie'", (site,)).fetchall()
+    assert status == "open"
+    assert households.households_due(db, t0 + timedelta(minutes=46), [site]) == []
+    lifecycle.resolve(db, alert_id, "nurse.jones", "Rang: no answer, closed by mistake", at=t0 + timedelta(minutes=47))
+    assert households.due_by_urgency(db, t0 + timedelta(minutes=47, seconds=30), [site]) == ([site], [])
+    tick(db, t0 + timedelta(minutes=47, seconds=30), slow=True, site_ids=[site])
+    assert sorted(_long_lies(db, site), key=lambda row: row[1]) == [
+        ("resolved", t0 + timedelta(minutes=45)), ("open", t0 + timedelta(minutes=47, seconds=30))]
+
+
+def test_the_change_sources_are_read_by_index(db) -> None:
+    """Each source of changes is an index range over the last few minutes, not a scan of the estate."""
+    db.execute("SET LOCAL enable_seqscan = off")
+    plan = "\n".join(r[0] for r in db.execute(
+        f"EXPLAIN {households._CHANGED_SQL}", households._due_parameters(NOW, None)))
+    for index in ("sites_changed_at", "devices_changed_at", "residents_changed_at", "gateways_changed_at",
+                  "alerts_household_resolved", "alert_suppressions_household_until"):
+        assert index in plan, plan
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The 06:00 burst: urgent households first, and looked for again between slices of the rest (H-HOME-11)
+# ------------------------------------------------------------------------------------------------------------
+def test_a_deadline_crossed_during_a_long_pass_is_evaluated_between_its_slices(db, uid, monkeypatch) -> None:
+    """61 households due by the cadence only (routine). One of them, first in the pass, reaches its long-lie
+    deadline 1 ms after the tick's time: the first slice evaluates it before the deadline; the urgent re-check
+    after that slice (every slice here) finds it and raises the long lie at the time the pass has reached,
+    within the same tick, where a pass evaluating every household at the tick's time would leave it to the next
+    tick."""
+    monkeypatch.setattr(engine, "URGENT_RECHECK_EVERY", timedelta(0))
+    t0 = (NOW - timedelta(days=1)).astimezone(LOCAL_TZ).replace(hour=11, minute=0).astimezone(UTC)
+    lying = _flat(db, f"{uid}-0")
+    others = [_flat(db, f"{uid}-r{i:02}") for i in range(60)]
+    motion_at = t0 + timedelta(milliseconds=1) - timedelta(minutes=45)
+    _reading(db, lying, f"hall-{uid}-0", "motion", 1, motion_at)
+    evaluate_subjects(db, [lying, *others], motion_at + timedelta(minutes=1))
+    assert households.due_by_urgency(db, t0, [lying, *others]) == ([], [lying, *others])
+    summary = tick(db, t0, slow=True, site_ids=[lying, *others])
+    assert summary.households == 62  # the 61, and the lying one again
+    [(status, opened_at)] = _long_lies(db, lying)
+    assert status == "open" and t0 < opened_at < t0 + timedelta(seconds=30)
+    # urgent first: a deadline reached is put before the cadence's households
+    later = t0 + timedelta(minutes=7)  # the others by the cadence; the raised long lie's text ("0.9 waking hours")
+    urgent, routine = households.due_by_urgency(db, later, [lying, *others])
+    assert urgent == [lying] and sorted(routine) == others
+    assert households.households_due(db, later, [lying, *others])[0] == lying
