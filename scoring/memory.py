@@ -119,9 +119,11 @@ class _Rows(Generic[T]):
     items: list[T] = field(default_factory=list)
     times: list[int] = field(default_factory=list)
     digests: list[Digest] = field(default_factory=list)
+    _fingerprint: Fingerprint | None = None  # computed once: most rows stay the same for many evaluations
 
     def add(self, item: T, row: Sequence[Any]) -> None:
         """``item`` read from ``row``, whose last columns are ``_EXTRA``'s."""
+        self._fingerprint = None
         self.items.append(item)
         self.times.append(int(row[-3]))
         self.digests.append((int(row[-2]), int(row[-1])))
@@ -135,7 +137,9 @@ class _Rows(Generic[T]):
         return _Rows(self.items[i:j], self.times[i:j], self.digests[i:j])
 
     def fingerprint(self) -> Fingerprint:
-        return len(self.digests), sum(d[0] for d in self.digests), sum(d[1] for d in self.digests)
+        if self._fingerprint is None:
+            self._fingerprint = (len(self.digests), sum(d[0] for d in self.digests), sum(d[1] for d in self.digests))
+        return self._fingerprint
 
 
 @dataclass
