@@ -51,6 +51,7 @@ from carewatch.scoring.rules import (
     clear_alert,
     data_fault_cleared,
     data_fault_finding,
+    first_round_settled,
     hold,
     iso,
     local_time,
@@ -58,6 +59,7 @@ from carewatch.scoring.rules import (
     plan_observation_sets,
     raise_alert,
     sbard,
+    settled_rounds,
     soft_signs_finding,
     text_wanted,
 )
@@ -274,11 +276,12 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     planned: list[tuple[ResidentFacts, list[SetPlan]]] = []
     for r in active:
         # plan_observation_sets is a pure function of the rounds, the sets and these: the same rows, the same plans
-        key = None if memory is None else memory.plan_key(r.resident_id, now, r.scale2, r.oxygen_prescribed,
-                                                          FAST_PLANNING)
+        key = None if memory is None else memory.plan_key(
+            r.resident_id, now, r.scale2, r.oxygen_prescribed, FAST_PLANNING,
+            first_round_settled(vitals[r.resident_id], now - ROUND_LOOKBACK))
         known = None if memory is None or key is None else memory.known_plans(r.resident_id, key)
         if known is None:
-            rounds = build_rounds(vitals[r.resident_id])
+            rounds = settled_rounds(build_rounds(vitals[r.resident_id]), now - ROUND_LOOKBACK)
             newest = max((x.newest_stored_at for x in rounds if x.newest_stored_at), default=None)
             recent = [s for s in history[r.resident_id] if s.taken_at > now - ROUND_LOOKBACK - timedelta(hours=1)]
             plans = plan_observation_sets(rounds, recent, scale2=r.scale2, oxygen=r.oxygen_prescribed,

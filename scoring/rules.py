@@ -242,6 +242,28 @@ def build_rounds(readings: Iterable[VitalReading], window: timedelta = ROUND_WIN
     return rounds
 
 
+def settled_rounds(rounds: Sequence[Round], since: datetime, window: timedelta = ROUND_WINDOW) -> list[Round]:
+    """The rounds (``build_rounds`` of the readings after ``since``) grouped exactly as they would be with every
+    older reading too: those from the first round that starts more than ``window`` after the reading before it
+    (``since`` standing in for the unread ones, which are all at or before it). A gap that wide starts a round
+    whatever came before, so from there on the grouping cannot depend on the readings cut off. The rounds before it
+    may be a round cut short at the look-back edge (its first readings no longer read): planning them would rewrite
+    its day-old set without those values and score it again as incomplete, so they are left as stored (H-OBS-13)."""
+    previous_end = since  # (only the first round is compared with ``since``: see ``first_round_settled``)
+    for i, rnd in enumerate(rounds):
+        if rnd.start - previous_end > window:
+            return list(rounds[i:])
+        previous_end = rnd.end
+    return []
+
+
+def first_round_settled(readings: Iterable[VitalReading], since: datetime, window: timedelta = ROUND_WINDOW) -> bool:
+    """Whether the first round of these readings starts more than ``window`` after ``since``: the one thing
+    ``settled_rounds`` reads of ``since``, so the scorer's memory keys its remembered plans by it."""
+    first = min((r.measured_at for r in readings if r.metric in PARAMETER_OF_METRIC), default=None)
+    return first is not None and first - since > window
+
+
 @dataclass(frozen=True)
 class StoredSet:
     """An observation_sets row as the rules need it."""

@@ -12,6 +12,7 @@ import pytest
 
 from carewatch.scoring import incident_store, lifecycle
 from carewatch.scoring.engine import evaluate_subjects, group_loose_alerts, tick
+from carewatch.scoring.loading import ROUND_LOOKBACK
 from carewatch.scoring.rules import LOCAL_TZ
 from carewatch.scoring.schedule import care_plan_gap
 from carewatch.subjects import Subject
@@ -156,6 +157,32 @@ def test_device_round_builds_one_set_and_one_news2_alert_updated_not_repeated(db
     [alert] = alerts(db, resident, "news2")
     assert alert["score"] == 5 and "NEWS2 5" in alert["reason"]
     assert events(db, alert["alert_id"]) == ["opened", "updated"]
+
+
+def test_a_day_old_set_keeps_its_values_when_its_first_readings_leave_the_look_back(db, home, resident) -> None:
+    """H-OBS-13: the round's oximeter readings leave the 26 h look-back before its thermometer reading does; the
+    set must not be rewritten without them (it was: SpO2 and pulse gone, scored again as incomplete). A late
+    reading of a later round is still planned."""
+    t = NOW - timedelta(hours=30)
+    oximeter_round(db, home, resident, t, spo2=93, pulse=80)
+    add_reading(db, home, resident, f"ox-{resident}", "temperature", 37.1, t + timedelta(minutes=10))
+    oximeter_round(db, home, resident, t + timedelta(hours=3), spo2=96, pulse=70)
+    evaluate_subjects(db, [resident], t + timedelta(hours=3, minutes=5))
+
+    def sets() -> list[tuple[Any, ...]]:
+        return db.execute("SELECT taken_at, spo2, pulse, temperature, score, missing FROM observation_sets "
+                          "WHERE resident_id = %s ORDER BY taken_at", (resident,)).fetchall()
+
+    before = sets()
+    assert [(s[1], s[2], s[3]) for s in before] == [(93, 80, 37.1), (96, 70, None)]
+    # 26 h 5 min after the first round: its oximeter readings are out of the look-back, the thermometer's is in
+    add_reading(db, home, resident, f"ox-{resident}", "temperature", 36.8, t + timedelta(hours=3, minutes=2))
+    later = t + ROUND_LOOKBACK + timedelta(minutes=5)
+    summary = evaluate_subjects(db, [resident], later)
+    after = sets()
+    assert after[0] == before[0]  # the first set as it was
+    assert (after[1][1], after[1][2], after[1][3]) == (96, 70, 36.8) and summary.observation_sets_written == 1
+    assert evaluate_subjects(db, [resident], later + timedelta(minutes=2)).observation_sets_written == 0
 
 
 def test_untrusted_reading_is_not_scored_and_is_named_in_the_evidence(db, home, resident) -> None:

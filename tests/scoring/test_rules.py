@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from carewatch.alerts import AlertKind, Severity
 from carewatch.scoring.news2 import score_observation
@@ -18,9 +20,11 @@ from carewatch.scoring.rules import (
     battery_finding,
     build_rounds,
     fault_finding,
+    first_round_settled,
     gateway_finding,
     news2_finding,
     plan_observation_sets,
+    settled_rounds,
     silence_finding,
     soft_signs_finding,
 )
@@ -266,3 +270,31 @@ def test_data_fault_names_the_value_and_where_it_came_from() -> None:
     assert f.state == "raise" and f.kind is AlertKind.DATA_FAULT and f.severity is Severity.MEDIUM
     assert "SpO2) 150% (from device ox-9)" in f.reason and "(typed by carer2)" in f.reason
     assert "last good set" in f.reason and f.data["obs_id"] == 42
+
+
+@given(st.lists(st.integers(0, 600), max_size=30), st.integers(-40, 600))
+def test_settled_rounds_are_grouped_as_with_every_older_reading(minutes: list[int], since_minute: int) -> None:
+    """The rounds kept after the look-back edge are exactly rounds of the whole history (H-OBS-13): a round cut
+    short at the edge is never planned again with its first readings missing."""
+    readings = [_r("spo2", 95, m) for m in sorted(minutes)]
+    since = T0 + timedelta(minutes=since_minute)
+    whole = build_rounds(readings)
+    kept = settled_rounds(build_rounds([r for r in readings if r.measured_at > since]), since)
+    assert kept == (whole[len(whole) - len(kept):] if kept else [])
+    inside = [r for r in readings if r.measured_at > since]
+    assert first_round_settled(inside, since) == bool(inside and inside[0].measured_at - since > timedelta(minutes=30))
+    # the rounds after the first gap wider than a round window are never dropped
+    times = [since] + [r.measured_at for r in inside]
+    gaps = [i for i in range(1, len(times)) if times[i] - times[i - 1] > timedelta(minutes=30)]
+    if gaps:
+        assert kept and kept[0].start == times[gaps[0]]
+
+
+def test_a_round_cut_short_at_the_look_back_edge_is_not_planned() -> None:
+    """Oximeter at 09:00, thermometer at 09:10: once 09:00 has left the look-back, the 09:10 reading alone is not a
+    round to plan (its set holds all three values); the next round, after a gap, is."""
+    readings = [_r("spo2", 95, 0), _r("pulse_rate", 80, 0), _r("temperature", 37.1, 10), _r("spo2", 91, 180)]
+    since = T0 + timedelta(minutes=5)
+    kept = settled_rounds(build_rounds([r for r in readings if r.measured_at > since]), since)
+    assert [r.start for r in kept] == [T0 + timedelta(minutes=180)]
+    assert not first_round_settled(readings[2:], since) and first_round_settled(readings[3:], since)
