@@ -176,7 +176,7 @@ class Demo:
         from carewatch.firmware_sim.backfill import backfill_world
         from carewatch.firmware_sim.care import HomeCare
         from carewatch.firmware_sim.devices import DeviceLayer, world_devices
-        from carewatch.firmware_sim.kit_round import KitRounds, kit_event_source, write_history_sessions
+        from carewatch.firmware_sim.kit_round import write_history_sessions
         from carewatch.firmware_sim.scenarios import Onset, load_scenarios
         from carewatch.firmware_sim.seed import seed_world
         from carewatch.firmware_sim.world import SiteSpec, build_world
@@ -215,10 +215,8 @@ class Demo:
                 # the shared kit's history: its sessions first (ingest attributes by them), then its readings,
                 # laid out one resident at a time as the live rounds are
                 write_history_sessions(conn, self.world, SHARED_KIT_HOMES, start=world_start, end=self.sim_start)
-                history = KitRounds(self.world, SHARED_KIT_HOMES, mistakes=False)
                 backfill_world(conn, self.world, start=world_start, end=self.sim_start,
-                               source=kit_event_source(SHARED_KIT_HOMES),
-                               events=history.wrap(self.world.events(world_start, self.sim_start)))
+                               shared_kits=SHARED_KIT_HOMES)
         self.world.write_ground_truth(self.dir / "ground_truth.jsonl")
 
     @staticmethod
