@@ -55,6 +55,7 @@ from carewatch.scoring.rules import (
     hold,
     iso,
     local_time,
+    news2_can_change,
     news2_finding,
     plan_observation_sets,
     raise_alert,
@@ -67,6 +68,7 @@ from carewatch.scoring.schedule import (
     OVERDUE_GRACE,
     LastObservation,
     first_obs_due,
+    overdue_can_change,
     overdue_finding,
 )
 from carewatch.scoring.tasks import next_obs_and_reason
@@ -337,7 +339,8 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
         result = latest_results.get(rid)
         due: datetime | None
         if obs is not None and result is not None:
-            findings.append(news2_finding(r, obs, result, now, kinds))
+            if news2_can_change(result, kinds):  # (else a brief clear or hold: H-ALERT-13)
+                findings.append(news2_finding(r, obs, result, now, kinds))
             stable = result.complete and result.score > 0 and bl.at_usual(dict(result.subscores),
                                                                           dict(obs.values), usual, index[rid])
             due, why = next_obs_and_reason(result.response, result.score, result.complete, r.obs_per_day,
@@ -348,7 +351,9 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
             due, last = (first_obs_due(r.created_at, r.obs_per_day) if r.created_at else None), None
             states.append(_state_row(r, now, None, None, due, "first_set"))
         findings.append(soft_signs_finding(r, history.get(rid, []), now, kinds))
-        findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical, open_kinds=kinds))
+        if overdue_can_change(due, last, now, open_clinical=rid in open_clinical, open_kinds=kinds):
+            findings.append(overdue_finding(r, due, last, now, open_clinical=rid in open_clinical,
+                                            open_kinds=kinds))
     findings.extend(_baseline_findings(active, sets, now, open_kinds))
     # every subject with a clear or raise finding is grouped into its incident, as before the brief findings: that
     # is every active resident (each has a data_fault clear or raise), with or without the brief clears built;

@@ -551,13 +551,19 @@ def scored_parameters_text(obs: StoredSet | SetPlan, result: News2Result) -> lis
     return parts
 
 
+def news2_can_change(result: News2Result, open_kinds: Container[AlertKind] | None) -> bool:
+    """Whether ``news2_finding`` can open, update or resolve anything: its band raises, or a news2 alert is open
+    (``text_wanted``). Otherwise it is a brief clear or hold (H-ALERT-13), which an evaluation need not build."""
+    return NEWS2_SEVERITY[result.risk] is not None or text_wanted(AlertKind.NEWS2, open_kinds)
+
+
 def news2_finding(resident: ResidentFacts, obs: StoredSet, result: News2Result, now: datetime,
                   open_kinds: Container[AlertKind] | None = None) -> Finding:
     """One open news2 alert per resident, following the newest set's band. ``open_kinds``: ``text_wanted``."""
     kind = AlertKind.NEWS2
     severity = NEWS2_SEVERITY[result.risk]
     unconfirmed = air_oxygen_unconfirmed(obs)
-    if severity is None and not text_wanted(kind, open_kinds):
+    if not news2_can_change(result, open_kinds):
         return (clear_alert if result.complete and not unconfirmed else hold)(
             kind, resident.resident_id, resident.site_id, "", resident_id=resident.resident_id, brief=True)
     when = local_time(obs.taken_at)

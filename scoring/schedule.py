@@ -144,6 +144,22 @@ OVERDUE_SEVERITY: Mapping[str, Severity] = {
 }
 
 
+def overdue_raises(due: datetime | None, last: LastObservation | None, now: datetime,
+                   grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False) -> bool:
+    """Whether ``overdue_finding`` raises: past ``due`` and the grace, and joining an incident (H-TASK-02)."""
+    return (due is not None and now > due + grace
+            and overdue_joins_incident(last.risk if last is not None else None, open_clinical))
+
+
+def overdue_can_change(due: datetime | None, last: LastObservation | None, now: datetime,
+                       grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False,
+                       open_kinds: Container[AlertKind] | None = None) -> bool:
+    """Whether ``overdue_finding`` can open, update or resolve anything: it raises, or an obs_overdue alert is open
+    (``text_wanted``). Otherwise it is a brief clear or hold (H-ALERT-13), which an evaluation need not build."""
+    return (text_wanted(AlertKind.OBS_OVERDUE, open_kinds)
+            or overdue_raises(due, last, now, grace, open_clinical=open_clinical))
+
+
 def overdue_finding(resident: ResidentFacts, due: datetime | None, last: LastObservation | None,
                     now: datetime, grace: timedelta = OVERDUE_GRACE, *, open_clinical: bool = False,
                     open_kinds: Container[AlertKind] | None = None) -> Finding:
@@ -156,7 +172,7 @@ def overdue_finding(resident: ResidentFacts, due: datetime | None, last: LastObs
     brief = not text_wanted(kind, open_kinds)
     if due is None:
         return hold(kind, rid, site, resident_id=rid, brief=brief)
-    joins = now > due + grace and overdue_joins_incident(last.risk if last is not None else None, open_clinical)
+    joins = overdue_raises(due, last, now, grace, open_clinical=open_clinical)
     if brief and not joins:
         return clear_alert(kind, rid, site, "", resident_id=rid, brief=True)
     if now <= due + grace:

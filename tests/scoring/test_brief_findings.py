@@ -27,10 +27,11 @@ from carewatch.scoring.rules import (
     ResidentFacts,
     StoredSet,
     data_fault_cleared,
+    news2_can_change,
     news2_finding,
     soft_signs_finding,
 )
-from carewatch.scoring.schedule import LastObservation, overdue_finding
+from carewatch.scoring.schedule import LastObservation, overdue_can_change, overdue_finding
 from carewatch.subjects import Subject
 
 from ..databases import fresh_database
@@ -69,7 +70,10 @@ def test_news2_and_data_fault_findings_decide_as_the_whole_ones(vals: dict[str, 
     inputs = {"air_or_oxygen": {"confirmed": confirmed, "on_oxygen": False, "source": "prescription"}}
     obs = StoredSet(7, taken, source, None, vals, consciousness=acvpu, inputs=inputs)
     result = score_observation({**vals, "consciousness": acvpu})
-    _same(news2_finding(RES, obs, result, taken, open_kinds), news2_finding(RES, obs, result, taken), open_kinds)
+    brief = news2_finding(RES, obs, result, taken, open_kinds)
+    _same(brief, news2_finding(RES, obs, result, taken), open_kinds)
+    # what the evaluation asks before building it: exactly the findings that are not brief
+    assert news2_can_change(result, open_kinds) is not brief.brief
     _same(data_fault_cleared(RES, open_kinds), data_fault_cleared(RES), open_kinds)
 
 
@@ -94,8 +98,10 @@ def test_overdue_findings_decide_as_the_whole_ones(due_minutes: int | None, last
                                                    open_clinical: bool, open_kinds: set[AlertKind]) -> None:
     due = None if due_minutes is None else T0 + timedelta(minutes=due_minutes)
     lo = None if last is None else LastObservation(T0 - timedelta(hours=5), last[0], last[1], last[2], ("pulse",))
-    _same(overdue_finding(RES, due, lo, T0, open_clinical=open_clinical, open_kinds=open_kinds),
-          overdue_finding(RES, due, lo, T0, open_clinical=open_clinical), open_kinds)
+    brief = overdue_finding(RES, due, lo, T0, open_clinical=open_clinical, open_kinds=open_kinds)
+    _same(brief, overdue_finding(RES, due, lo, T0, open_clinical=open_clinical), open_kinds)
+    # what the evaluation asks before building it: exactly the findings that are not brief
+    assert overdue_can_change(due, lo, T0, open_clinical=open_clinical, open_kinds=open_kinds) is not brief.brief
 
 
 @settings(max_examples=200, deadline=None)
