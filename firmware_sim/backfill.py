@@ -36,7 +36,7 @@ from carewatch.settings import Settings
 from carewatch.wire import UNTRUSTED_FLAGS, Metric
 
 if TYPE_CHECKING:
-    from carewatch.ingest.store import HistoryReading
+    from carewatch.ingest.store import HistoryRow
 
 #: Readings per history load (one transaction and one COPY each); observation sets are written between loads.
 CHUNK = 200_000
@@ -48,11 +48,6 @@ PIECE = 10_000
 QUEUE_PIECES = 8
 #: How often the writer, waiting for a piece, checks that the worker is still alive.
 WORKER_POLL_S = 1.0
-
-#: One reading as the worker sends it: ``HistoryReading``'s fields as a plain tuple (a NamedTuple costs ~3x as
-#: much to unpickle, and this process's time is what the pipeline waits on).
-ReadingRow = tuple[str, int, str, str, str, float, datetime, datetime, tuple[str, ...]]
-
 
 class HistoryPlan(NamedTuple):
     """What generating the rows needs from the database: each site's backfill gateway and its last stored seq,
@@ -68,7 +63,7 @@ class HistoryPlan(NamedTuple):
 class ReadingsPiece(NamedTuple):
     """Consecutive readings of one history load; ``at`` is the simulated time of the last."""
 
-    rows: list[ReadingRow]
+    rows: list[HistoryRow]
     at: datetime
 
 
@@ -127,7 +122,7 @@ def history_pieces(events: Iterable[Any], source: Callable[[VitalSample | Sensor
     rounds = RoundGrouper(plan.scale2)
     seqs, gateway_of, chunk, progress_every = dict(plan.seqs), plan.gateway_of, plan.chunk, plan.progress_every
     names: dict[Any, str] = {}  # metric and device names, one str object each: pickled once per piece, not per row
-    rows: list[ReadingRow] = []
+    rows: list[HistoryRow] = []
     produced = total = 0
     for event in events:
         if isinstance(event, ManualObservation | VitalSample):
@@ -223,16 +218,13 @@ class _Writer:
         return self.totals
 
     def _readings(self, stream: Iterator[ReadingsPiece | ChunkEnd], ended: list[ChunkEnd]
-                  ) -> Iterator[HistoryReading]:
+                  ) -> Iterator[HistoryRow]:
         """One history load's readings, up to the next ``ChunkEnd`` (put in ``ended``)."""
-        from carewatch.ingest.store import HistoryReading
-
-        make = HistoryReading._make
         for piece in stream:
             if isinstance(piece, ChunkEnd):
                 ended.append(piece)
                 return
-            yield from map(make, piece.rows)
+            yield from piece.rows
             self.totals["readings"] += len(piece.rows)
             if self.progress and self.totals["readings"] % self.progress_every == 0:
                 done = (piece.at - self.start).total_seconds() / self.span
