@@ -26,6 +26,8 @@ from test_table_writers import sql_writes
 from carewatch.ingest.store import reassign_readings
 from carewatch.scoring.engine import evaluate_subjects, withdraw_device_values
 from carewatch.scoring.loading import (
+    FULL_SETS,
+    HISTORY,
     NUMERIC_SET_FIELDS,
     SUBSCORE_ONLY,
     SetColumns,
@@ -306,6 +308,29 @@ def test_a_version_bump_reloads_and_a_write_that_skips_it_would_be_served_stale(
     assert memory.hits - hits == len(RESIDENTS) - 1
     assert 39.9 in fresh.values["temperature"]
     _assert_same(fresh, load_light_sets(world, RESIDENTS, T0))
+
+
+def test_an_unchanged_entry_is_kept_as_it_is_and_a_changed_one_stored_anew(world) -> None:
+    """A hit with no set crossing the cut and none leaving the 15 days keeps its records (no copy), with the new
+    cut; every other resident is stored anew; both give what the plain path reads."""
+    memory = SetHistoryMemory(100)
+    facts = _facts(world, RESIDENTS)
+    load_older_sets(world, facts, T0, memory)
+    kept = stored = 0
+    for later in (T0 + timedelta(minutes=2), T0 + timedelta(hours=6), T0 + timedelta(days=1)):
+        before = {rid: memory._entries[rid] for rid in RESIDENTS}
+        previous_cut = before[RESIDENTS[0]].cut
+        moved = {rid for (rid,) in world.execute(
+            "SELECT DISTINCT resident_id FROM observation_sets WHERE resident_id = ANY(%s) AND "
+            "((taken_at > %s AND taken_at <= %s) OR (taken_at > %s AND taken_at <= %s))",
+            (RESIDENTS, previous_cut, later - FULL_SETS, previous_cut + FULL_SETS - HISTORY, later - HISTORY))}
+        _assert_same(load_older_sets(world, facts, later, memory), load_light_sets(world, RESIDENTS, later))
+        for rid in RESIDENTS:
+            entry = memory._entries[rid]
+            assert entry.cut == later - FULL_SETS
+            assert (entry is before[rid]) == (rid not in moved), rid
+        kept, stored = kept + len(RESIDENTS) - len(moved), stored + len(moved)
+    assert kept and stored  # the sequence has both kinds
 
 
 def test_the_memory_is_bounded_least_recently_used_first(world) -> None:
