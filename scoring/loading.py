@@ -201,12 +201,14 @@ class SetColumns:
                           self.complete[keep], {k: v[keep] for k, v in self.subscores.items()})
 
     @staticmethod
-    def join(parts: Sequence[SetColumns]) -> SetColumns:
-        """The parts together, in (row, time, id) order."""
+    def join(parts: Sequence[SetColumns], row: NDArray[np.int64] | None = None) -> SetColumns:
+        """The parts together, in (row, time, id) order; ``row``: the rows of the parts' entries, all together, if
+        not their own (parts kept with no resident index)."""
         def cat(arrays: Iterable[NDArray[Any]]) -> NDArray[Any]:
             return np.concatenate(list(arrays))
 
-        whole = SetColumns(cat(p.row for p in parts), cat(p.obs_id for p in parts), cat(p.taken for p in parts),
+        whole = SetColumns(cat(p.row for p in parts) if row is None else row, cat(p.obs_id for p in parts),
+                           cat(p.taken for p in parts),
                            {k: cat(p.values[k] for p in parts) for k in NUMERIC_SET_FIELDS},
                            cat(p.on_oxygen for p in parts), cat(p.score for p in parts),
                            cat(p.complete for p in parts),

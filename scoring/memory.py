@@ -54,6 +54,7 @@ holds the two equal over a sequence of evaluations (docs/clinical-safety.md, H-B
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Sequence
@@ -122,10 +123,11 @@ class _Rows(Generic[T]):
     times: list[int] = field(default_factory=list)
     digests: list[Digest] = field(default_factory=list)
     _fingerprint: Fingerprint | None = None  # computed once: most rows stay the same for many evaluations
+    columns: SetColumns | None = None  # of sets: their columns (``row`` 0), built once, dropped with any change
 
     def add(self, item: T, row: Sequence[Any]) -> None:
         """``item`` read from ``row``, whose last columns are ``_EXTRA``'s."""
-        self._fingerprint = None
+        self._fingerprint = self.columns = None
         self.items.append(item)
         self.times.append(int(row[-3]))
         self.digests.append((int(row[-2]), int(row[-1])))
@@ -228,6 +230,20 @@ class SetHistoryMemory:
         entry = self._inputs.get(resident_id)
         if entry is not None:
             entry.plan_key, entry.plans, entry.newest_stored = key, plans, newest_stored
+
+    def recent_columns(self, resident_id: str, sets: Sequence[StoredSet]) -> SetColumns | None:
+        """``SetColumns.of_sets`` of ``sets`` (``row`` 0) if they are the very recent sets this memory holds for the
+        resident (the same objects, in order: ``StoredSet`` is frozen), built once for as long as those rows stay;
+        else None."""
+        entry = self._inputs.get(resident_id)
+        if entry is None:
+            return None
+        remembered = entry.sets
+        if len(remembered.items) != len(sets) or not all(map(operator.is_, remembered.items, sets)):
+            return None
+        if remembered.columns is None:
+            remembered.columns = SetColumns.of_sets((0, s) for s in remembered.items)
+        return remembered.columns
 
     def plan_key(self, resident_id: str, now: datetime, *extra: object) -> tuple[object, ...] | None:
         """What a resident's round plans are made from (``rules.build_rounds`` of the readings of the round window,

@@ -173,16 +173,30 @@ def _usual_news2(rows: int, sets: SetColumns, now: datetime) -> bl.UsualNews2:
 
 
 def _history_columns(active: Sequence[ResidentFacts], light: SetColumns, history: Mapping[str, list[StoredSet]],
-                     set_aside: set[int], now: datetime) -> SetColumns:
+                     set_aside: set[int], now: datetime, memory: SetHistoryMemory | None = None) -> SetColumns:
     """Every set of the batch's 15 days as columns: the older ones as loaded (``light``), the recent ones from
-    the whole sets (which the evaluation may have rewritten), less the sets that cannot be scored (``set_aside``)."""
+    the whole sets (which the evaluation may have rewritten), less the sets that cannot be scored (``set_aside``).
+    ``memory``: a resident's recent sets still those it holds are taken as the columns it keeps of them (no
+    per-set work for a resident whose recent sets did not change)."""
     recent = now - FULL_SETS
     index = {r.resident_id: i for i, r in enumerate(active)}
-    fresh = SetColumns.of_sets((index[rid], s) for rid, sets in history.items() if rid in index
-                               for s in sets if s.taken_at > recent and s.obs_id not in set_aside)
-    if set_aside:
-        light = light.select(~np.isin(light.obs_id, list(set_aside)))
-    return SetColumns.join([light, fresh])
+    pairs: list[tuple[int, StoredSet]] = []
+    kept: list[SetColumns] = []  # row 0: their rows are ``kept_rows``
+    kept_rows: list[int] = []
+    for rid, sets in history.items():
+        if rid not in index:
+            continue
+        columns = None if memory is None else memory.recent_columns(rid, sets)
+        if columns is not None and all(s.taken_at > recent for s in sets):
+            kept.append(columns)
+            kept_rows.append(index[rid])
+        else:
+            pairs.extend((index[rid], s) for s in sets if s.taken_at > recent)
+    fresh = SetColumns.of_sets(pairs)
+    row = np.concatenate([light.row, fresh.row, np.repeat(np.array(kept_rows, dtype=np.int64),
+                                                          [len(c.row) for c in kept])])
+    whole = SetColumns.join([light, fresh, *kept], row)
+    return whole.select(~np.isin(whole.obs_id, list(set_aside))) if set_aside else whole
 
 
 def _deviation_finding(kind: AlertKind, r: ResidentFacts, base: bl.Baselines, dev: bl.Deviation, i: int,
@@ -314,7 +328,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     open_clinical = open_clinical_incidents(conn, ids)
     clock = _lap(summary, "load_s", clock)
     latest_results, faults, set_aside = _score_latest(history, lambda rid: load_sets(conn, [rid], now)[rid])
-    sets = _history_columns(active, light, history, set_aside, now)
+    sets = _history_columns(active, light, history, set_aside, now, memory)
     usual = _usual_news2(len(active), sets, now)
     latest_sets = {rid: sets[-1] for rid, sets in history.items() if sets}
     # Each resident's open alert kinds (read under the caller's locks: only the scorer opens a resident's alerts,

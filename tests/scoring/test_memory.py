@@ -333,6 +333,23 @@ def test_an_unchanged_entry_is_kept_as_it_is_and_a_changed_one_stored_anew(world
     assert kept and stored  # the sequence has both kinds
 
 
+def test_the_recent_sets_columns_are_kept_only_for_the_very_sets_remembered(world) -> None:
+    """``recent_columns``: the columns of the remembered recent sets, built once, and None for any other list (a
+    set taken out because it cannot be scored, or another object however equal)."""
+    memory = SetHistoryMemory(100)
+    facts = _facts(world, RESIDENTS)
+    _, history = load_inputs(world, facts, T0, memory, load_older_sets(world, facts, T0, memory))
+    rid = next(r for r in RESIDENTS if len(history[r]) >= 2 and history[r][0].taken_at > T0 - FULL_SETS)
+    recent = history[rid]
+    columns = memory.recent_columns(rid, recent)
+    assert columns is not None
+    _assert_same(columns, SetColumns.of_sets((0, s) for s in recent))
+    assert memory.recent_columns(rid, list(recent)) is columns  # built once
+    assert memory.recent_columns(rid, recent[:-1]) is None
+    assert memory.recent_columns(rid, [*recent[:-1], replace(recent[-1])]) is None
+    assert memory.recent_columns("res-unknown", recent) is None
+
+
 def test_the_memory_is_bounded_least_recently_used_first(world) -> None:
     memory = SetHistoryMemory(4)
     load_older_sets(world, _facts(world, RESIDENTS[:4]), T0, memory)
