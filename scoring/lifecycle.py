@@ -671,7 +671,7 @@ def snooze(conn: psycopg.Connection, subject: Subject, site_id: str, kind: str |
                                       f"{int(limit.total_seconds() // 3600)} hours")
         open_rows = conn.execute(
             "SELECT alert_id, severity FROM alerts WHERE subject_kind = %s AND subject_id = %s AND site_id = %s "
-            "AND status <> 'resolved' AND (%s::text IS NULL OR kind = %s) FOR UPDATE",
+            "AND status <> 'resolved' AND (%s::text IS NULL OR kind = %s) ORDER BY alert_id FOR UPDATE",
             (subject.kind, subject.id, site_id, kind, kind),
         ).fetchall()
         high = [a for a, sev in open_rows if sev == Severity.HIGH.value]
