@@ -19,11 +19,12 @@ error in one evaluation is logged and the loop carries on.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import psycopg
@@ -54,6 +55,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: history take ~0.2-0.3 s since the batch loads went columnar; 50, the size for the per-subject scorer, spent
 #: a third of each slice on the batch's fixed queries).
 CATCH_UP_SLICE = 200
+#: How often the scorer moves what survived into the interpreter's permanent generation (``HeapFreezer``).
+HEAP_FREEZE_EVERY_S = 60.0
 #: Seconds of catch-up work taken beside the fresh notifications per loop (``CatchUpPacer``): a slice is cut to
 #: what fits at each kind's measured cost, so a slice of cold households (17-80 ms each, docs/scaling.md) cannot hold
 #: fresh readings up for tens of seconds the way 200 of them did (bench_scale: 2 of 60 probes late, H-HA-05).
@@ -88,6 +91,32 @@ def parse_payload(payload: str) -> tuple[list[Subject | str], datetime | None]:
                 log.warning("bad_notify_subject", subject=entry[:200])
     stamp = doc.get("max_received_at")
     return clean, parse_timestamp(stamp) if isinstance(stamp, str) else None
+
+
+class HeapFreezer:
+    """Keeps the cyclic garbage collector's full passes short in a scorer replica. The replica's memory
+    (``SetHistoryMemory``) holds ~100 Python objects a resident (readings, recent sets, plans): ~1 M at 10,000
+    residents, and every full pass of CPython's collector walks all of them while the process stands still (~1 s
+    at that size: the morning round's probes waited up to 2 s, bench_alert_latency). Every ``every_s`` seconds
+    the scorer collects once and freezes what survived (``gc.freeze``): the collector never walks those objects
+    again, so its passes cover only what was made since. Frozen objects are still freed as soon as nothing refers
+    to them (reference counting); only a reference cycle formed among them afterwards would stay (the memory's
+    entries hold none). Pure timing: nothing the scorer decides depends on it."""
+
+    def __init__(self, every_s: float = HEAP_FREEZE_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last = clock()
+
+    def maybe_freeze(self, *, force: bool = False) -> bool:
+        """Collect and freeze if ``every_s`` has passed since the last time (or ``force``); returns whether it did."""
+        now = self._clock()
+        if not force and now - self._last < self.every_s:
+            return False
+        gc.collect()
+        gc.freeze()
+        self._last = now
+        return True
 
 
 class CatchUpPacer:
@@ -232,6 +261,7 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         catch_up_started: float | None = None
         catch_up_total = 0
         pacer = CatchUpPacer()
+        freezer = HeapFreezer()
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
         remembered = keeper.buckets  # the buckets whose residents the memory may hold
         if clock.ready:
@@ -309,6 +339,8 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                                  households=summary.households, load_ms=round(summary.load_s * 1000, 1),
                                  rules_ms=round(summary.rules_s * 1000, 1), write_ms=round(summary.write_s * 1000, 1),
                                  elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+                # a finished catch-up has just filled the memory with its buckets' residents: freeze them at once
+                freezer.maybe_freeze(force=finishing)
                 if finishing and catch_up_started is not None:
                     # how long a start or a takeover took to rescore its buckets (bench/bench_scale.py reads it)
                     seconds = time.monotonic() - catch_up_started

@@ -13,7 +13,7 @@ import pytest
 from carewatch.ingest.store import notify_payloads
 from carewatch.scoring.batches import EvaluationSummary
 from carewatch.scoring.clock import Clock
-from carewatch.scoring.service import CatchUpPacer, parse_payload, run_scorer
+from carewatch.scoring.service import CatchUpPacer, HeapFreezer, parse_payload, run_scorer
 from carewatch.settings import Settings
 from carewatch.subjects import Subject
 
@@ -135,3 +135,30 @@ def test_catch_up_slices_fit_the_budget_at_each_kinds_measured_cost() -> None:
     pacer.observe(EvaluationSummary(residents=100, households=2, load_s=0.1, rules_s=0.1, write_s=0.0),
                   elapsed_s=0.4)
     assert pacer.cost_s["household"] == pytest.approx(0.5 * before + 0.5 * 0.1)
+
+
+def test_the_heap_freezer_collects_then_freezes_what_survived_on_its_cadence() -> None:
+    """H-HA-06: the scorer's remembered objects are frozen out of the collector's full passes, after a collection
+    (so cyclic garbage is not frozen with them), once per cadence or when forced."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    ticks = iter([0.0, 10.0, 61.0, 70.0])
+    freezer = HeapFreezer(every_s=60.0, clock=lambda: next(ticks))  # created at t=0
+    try:
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]  # a reference cycle: only the collector frees it
+        dead = weakref.ref(cycle)
+        del cycle
+        kept = [Node() for _ in range(1000)]
+        assert not freezer.maybe_freeze()  # t=10: too soon
+        assert freezer.maybe_freeze()  # t=61
+        assert dead() is None  # collected before the freeze, not frozen
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(kept)
+        assert freezer.maybe_freeze(force=True)  # t=70: forced (a catch-up just finished)
+    finally:
+        gc.unfreeze()
