@@ -130,7 +130,7 @@ def bench_backfill(args: argparse.Namespace) -> None:
             cpu0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             budgeted = BudgetedWorld(world, args.backfill_budget)
             totals = backfill_world(conn, budgeted, start=start, end=end, progress=args.progress,
-                                    parallel=not args.backfill_serial)
+                                    parallel=args.backfill_parallel)
             backfill_s = time.perf_counter() - t0
             cpu1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             rows, last_at = conn.execute("SELECT count(*), max(measured_at) FROM readings").fetchone()
@@ -144,7 +144,7 @@ def bench_backfill(args: argparse.Namespace) -> None:
           f"dead letters {totals['dead_letters']:,}, observation sets {totals['observation_sets']:,}, "
           f"readings table {rows:,} rows")
     own, worker = (cpu(cpu1[i]) - cpu(cpu0[i]) for i in (0, 1))
-    print(f"          {'serial' if args.backfill_serial else 'parallel'}: CPU {own:.1f} s in this process, "
+    print(f"          {'parallel' if args.backfill_parallel else 'serial'}: CPU {own:.1f} s in this process, "
           f"{worker:.1f} s in the generating worker ({(own + worker) / backfill_s:.2f} cores busy on average)")
     measured = backfill_s
     cut_short = backfill_s >= args.backfill_budget and last_at is not None  # (the budget ran out in the generator)
@@ -336,8 +336,8 @@ def main() -> int:
     parser.add_argument("--backfill-budget", type=float, default=150.0,
                         help="stop the backfill after this many wall seconds and project the full time")
     parser.add_argument("--progress", action="store_true", help="show backfill_world's progress bar")
-    parser.add_argument("--backfill-serial", action="store_true",
-                        help="backfill: generate the events in this process, between writes (not in a worker)")
+    parser.add_argument("--backfill-parallel", action="store_true",
+                        help="backfill: generate the events in a worker process while this one writes")
     args = parser.parse_args()
     if not args.skip_backfill:
         try:

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="Residents whose older observation sets a scorer replica keeps in memory "
         "(scoring/memory.py; least recently evaluated dropped first; ~6 kB each, so 100,000 is ~600 MB; 0 = off)."
     )
+    scorer_input_memory: bool = Field(
+        default=False, description="Also keep each resident's last 26 h of readings, recent sets and round plans "
+        "(scoring/memory.py: load_inputs). Off by default: it halves a re-evaluation with nothing new, but costs "
+        "more than it saves when readings are arriving, and the morning round's stored-to-alert p99 missed 1 s with "
+        "it on (bench_alert_latency, 2026-12-07)."
+    )
 
     # --- notifications (escalation) ---------------------------------------------------------------------
     notify_smtp_host: str | None = Field(default=None, description="SMTP server for email notifications (unset: off).")

@@ -155,13 +155,15 @@ def history_pieces(events: Iterable[Any], source: Callable[[VitalSample | Sensor
 
 def backfill_world(conn: psycopg.Connection, world: Any, *, start: datetime, end: datetime,
                    progress: bool = True, chunk: int = CHUNK, progress_every: int = PROGRESS_EVERY,
-                   shared_kits: Collection[str] = (), parallel: bool = True,
+                   shared_kits: Collection[str] = (), parallel: bool = False,
                    source: Callable[[VitalSample | SensorEvent], tuple[str, str, Any]] | None = None,
                    events: Iterable[Any] | None = None) -> dict[str, int]:
     """Store every device reading of ``world`` in [start, end) with ingest's bulk history load. Returns counts.
 
-    Homes in ``shared_kits`` measure with shared kits (see :func:`world_history`). The events are generated in a
-    worker process (``parallel``; the world must pickle) while this process writes. ``events`` replaces the
+    Homes in ``shared_kits`` measure with shared kits (see :func:`world_history`). With ``parallel`` the events are
+    generated in a worker process (the world must pickle) while this process writes; off by default: at full size
+    (bench_sim, 2,659,583 readings, 2026-12-07 21:04 UTC) the worker itself took 70 s of CPU and the backfill 93 s,
+    against 80-82 s for the serial path measured before it, so on two cores it does not pay. ``events`` replaces the
     world's own stream and ``source`` names each event's site and device: an arbitrary iterable or function
     cannot be sent to another process, so passing either runs the serial path, generating here between writes.
     """

@@ -223,7 +223,7 @@ def run_scorer(
     metrics.watch(keeper, target, stall_after)
     backoff = 1.0
     # the residents' set history this replica keeps between evaluations (scoring/memory.py, H-BASE-06)
-    memory = SetHistoryMemory(settings.scorer_set_memory_residents)
+    memory = SetHistoryMemory(settings.scorer_set_memory_residents, inputs=settings.scorer_input_memory)
     try:
         while not stop.is_set():
             try:

@@ -152,7 +152,7 @@ def test_a_failure_in_the_worker_is_raised_here_with_its_message_and_leaves_no_p
         seed_world(conn, world, world_devices(world))
         with pytest.raises(BackfillWorkerError, match="the simulated world broke on its second day"):
             backfill_world(conn, WorldThatFails(world), start=start, end=start + timedelta(days=3), progress=False,
-                           chunk=500)
+                           chunk=500, parallel=True)
         # the loads before the failure were committed; nothing of the broken day was
         last = conn.execute("SELECT max(measured_at) FROM readings WHERE site_id = %s", (f"bx-{uid}",)).fetchone()
     assert last is not None and last[0] is not None and last[0] < start + timedelta(days=1)
@@ -166,11 +166,12 @@ def test_a_failure_in_the_writer_ends_the_worker(database: str, uid: str) -> Non
     before = spawned_children()
     with psycopg.connect(database, autocommit=True) as conn, psycopg.connect(database) as holder:
         seed_world(conn, world, world_devices(world))
-        backfill_world(conn, world, start=start, end=start + timedelta(hours=1), progress=False)  # its gateway row
+        backfill_world(conn, world, start=start, end=start + timedelta(hours=1), progress=False,
+                       parallel=True)  # its gateway row
         # another session holds the backfill gateway's row: the history load's lock gives up at once
         holder.execute("SELECT 1 FROM gateways WHERE gateway_id = %s FOR UPDATE", (backfill_gateway_id(f"by-{uid}"),))
         conn.execute("SET lock_timeout = '50ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             backfill_world(conn, world, start=start + timedelta(hours=1), end=start + timedelta(days=30),
-                           progress=False)
+                           progress=False, parallel=True)
     assert spawned_children() == before
