@@ -261,7 +261,8 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
         catch_up_started: float | None = None
         catch_up_total = 0
         pacer = CatchUpPacer()
-        freezer = HeapFreezer()
+        # only the inputs memory keeps objects enough to make the collector's passes long (H-HA-06)
+        freezer = HeapFreezer() if memory is not None and memory.inputs else None
         rescoring: set[int] = set(keeper.buckets) | keeper.take_acquired()
         remembered = keeper.buckets  # the buckets whose residents the memory may hold
         if clock.ready:
@@ -340,7 +341,8 @@ def _serve(dsn: str, stop: threading.Event, clock: Clock, keeper: LeaseKeeper, p
                                  rules_ms=round(summary.rules_s * 1000, 1), write_ms=round(summary.write_s * 1000, 1),
                                  elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
                 # a finished catch-up has just filled the memory with its buckets' residents: freeze them at once
-                freezer.maybe_freeze(force=finishing)
+                if freezer is not None:
+                    freezer.maybe_freeze(force=finishing)
                 if finishing and catch_up_started is not None:
                     # how long a start or a takeover took to rescore its buckets (bench/bench_scale.py reads it)
                     seconds = time.monotonic() - catch_up_started
