@@ -160,7 +160,7 @@ def vitals_params(resident_ids: Sequence[str], now: datetime) -> tuple[Any, ...]
 def vital_reading(row: Sequence[Any]) -> VitalReading:
     """A row of ``VITAL_COLUMNS`` (its subject left out) as a ``VitalReading``."""
     _, metric, value, measured_at, device_id, flags, stored_at = row[:7]
-    return VitalReading(metric, value, measured_at, device_id, tuple(flags or ()), stored_at)
+    return VitalReading(metric, value, measured_at, device_id, tuple(flags) if flags else (), stored_at)
 
 
 def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime) -> dict[str, list[VitalReading]]:

@@ -292,7 +292,7 @@ def evaluate_residents(conn: psycopg.Connection, residents: Sequence[ResidentFac
     planned: list[tuple[ResidentFacts, list[SetPlan]]] = []
     for r in active:
         # plan_observation_sets is a pure function of the rounds, the sets and these: the same rows, the same plans
-        key = None if memory is None else memory.plan_key(
+        key = None if memory is None or not memory.inputs else memory.plan_key(
             r.resident_id, now, r.scale2, r.oxygen_prescribed, FAST_PLANNING,
             first_round_settled(vitals[r.resident_id], now - ROUND_LOOKBACK))
         known = None if memory is None or key is None else memory.known_plans(r.resident_id, key)

@@ -14,6 +14,7 @@ import math
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -211,8 +212,8 @@ class Round:
     set_aside: tuple[VitalReading, ...]  # untrusted readings, not used as clean values
     newest_stored_at: datetime | None
 
-    @property
-    def key(self) -> str:
+    @cached_property
+    def key(self) -> str:  # (cached: read once per round by planning, then again for the set it writes)
         return "dev:" + self.start.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -232,7 +233,7 @@ def build_rounds(readings: Iterable[VitalReading], window: timedelta = ROUND_WIN
         values: dict[str, VitalReading] = {}
         aside = []
         for reading in group:
-            if reading.untrusted_flags:
+            if reading.flags and reading.untrusted_flags:
                 aside.append(reading)
             else:
                 values[PARAMETER_OF_METRIC[reading.metric]] = reading  # newest wins (sorted)
@@ -402,6 +403,14 @@ def plan_observation_sets(
     return plans
 
 
+def _device_entry(entry: Mapping[str, Any], reading: VitalReading) -> bool:
+    """``entry == {"source": ..., "device_id": ..., "at": ..., "flags": [...]}``, the inputs entry ``_merge`` writes
+    for this reading, compared key by key without building that dict (the time's text last: the dearest)."""
+    return (len(entry) == 4 and entry.get("device_id") == reading.device_id
+            and entry.get("source") == ("manual" if "manual" in reading.flags else "device")
+            and entry.get("flags") == list(reading.flags) and entry.get("at") == iso(reading.measured_at))
+
+
 def _set_unchanged(rnd: Round, target: StoredSet, scale2: bool, oxygen: bool | None) -> bool:
     """True only when ``_merge(rnd, target, ...)`` would equal ``target`` (``_same_values``), checked without
     building the plan: ``_merge``'s rules, compared field by field. Every case it does not follow exactly returns
@@ -412,23 +421,25 @@ def _set_unchanged(rnd: Round, target: StoredSet, scale2: bool, oxygen: bool | N
     inputs = target.inputs
     expected = 0  # the number of inputs keys the merge would write; compared with the stored ones at the end
     manual_any = device_any = False
+    values = target.values
     for parameter in NUMERIC_SET_FIELDS:
-        entry = inputs.get(parameter)
-        if target.is_manual_value(parameter):
-            value = target.values.get(parameter)
-            if not isinstance(entry, Mapping) or not _close(value, value):  # (a NaN is never "the same")
+        found = inputs.get(parameter)
+        # StoredSet.is_manual_value, inlined: a JSON entry is a dict (the ABC check only for anything else)
+        entry: Mapping[str, Any] | None = found if type(found) is dict or isinstance(found, Mapping) else None
+        if (entry.get("source") == "manual" if entry is not None
+                else target.source == "manual" and values.get(parameter) is not None):
+            value = values.get(parameter)
+            if entry is None or not _close(value, value):  # (a NaN is never "the same")
                 return False
             expected += 1
             manual_any = True
             continue
         reading = rnd.values.get(parameter)
         if reading is None:
-            if target.values.get(parameter) is not None or parameter in inputs:
+            if values.get(parameter) is not None or parameter in inputs:
                 return False
             continue
-        if not _close(reading.value, target.values.get(parameter)) or entry != {
-                "source": "manual" if "manual" in reading.flags else "device", "device_id": reading.device_id,
-                "at": iso(reading.measured_at), "flags": list(reading.flags)}:
+        if entry is None or not _close(reading.value, values.get(parameter)) or not _device_entry(entry, reading):
             return False
         expected += 1
         device_any = True

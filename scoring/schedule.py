@@ -59,6 +59,7 @@ def care_plan_interval(obs_per_day: int) -> timedelta:
     return timedelta(hours=24) / obs_per_day
 
 
+@lru_cache(maxsize=65_536)  # pure, and asked again for the same newest set at every evaluation
 def care_plan_gap(obs_per_day: int, taken_at: datetime | None = None) -> timedelta:
     """How long after a set taken at ``taken_at`` the care plan's next round falls due.
 
