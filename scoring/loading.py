@@ -146,7 +146,8 @@ def replace_recent_sets(conn: psycopg.Connection, history: dict[str, list[Stored
 
 
 #: The readings' columns ``load_vitals`` reads (a ``VitalReading`` each, with the subject first) and its filter.
-VITAL_COLUMNS = "subject_id, metric, value, measured_at, device_id, flags, stored_at"
+VITAL_COLUMNS = "subject_id, metric, value, measured_at, device_id, NULLIF(flags, '{}'), stored_at"  # (no flags: NULL,
+# not an empty array to parse: most readings have none)
 VITALS_WHERE = ("subject_kind = 'resident' AND subject_id = ANY(%s::text[]) AND metric = ANY(%s::text[]) "
                 "AND measured_at > %s AND measured_at <= %s")
 
@@ -165,9 +166,11 @@ def vital_reading(row: Sequence[Any]) -> VitalReading:
 
 def load_vitals(conn: psycopg.Connection, resident_ids: Sequence[str], now: datetime) -> dict[str, list[VitalReading]]:
     out: dict[str, list[VitalReading]] = {rid: [] for rid in resident_ids}
-    # ordered to the last column of the key: readings measured at the same instant come in one order on every path
+    # ordered to the last column of the key: readings measured at the same instant come in one order on every path;
+    # in binary (the same values: float8, timestamptz and text[] are exact either way; ~1/3 less client time)
     for row in conn.execute(f"SELECT {VITAL_COLUMNS} FROM readings WHERE {VITALS_WHERE} "
-                            "ORDER BY measured_at, gateway_id, seq", vitals_params(resident_ids, now)).fetchall():
+                            "ORDER BY measured_at, gateway_id, seq", vitals_params(resident_ids, now),
+                            binary=True).fetchall():
         out[row[0]].append(vital_reading(row))
     return out
 

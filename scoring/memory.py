@@ -379,7 +379,7 @@ def load_inputs(conn: psycopg.Connection, residents: Sequence[ResidentFacts], no
         for row in conn.execute(
                 f"SELECT {VITAL_COLUMNS}{_EXTRA.format(row='r', time='measured_at')} FROM readings r "
                 f"WHERE {VITALS_WHERE} ORDER BY measured_at, gateway_id, seq",
-                vitals_params(stale_readings, now)).fetchall():
+                vitals_params(stale_readings, now), binary=True).fetchall():  # (as load_vitals reads them)
             entries[row[0]].readings.add(vital_reading(row), row)
     if stale_sets:
         for row in recent_set_rows(conn, stale_sets, now, extra=_EXTRA.format(row="o", time="taken_at")):
