@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from carewatch.db import one
 from carewatch.ingest import kit_sessions
@@ -621,23 +622,48 @@ class _Newest:
         return [Subject(*pair) for pair in sorted(self.per_subject)]
 
 
+#: ``latest_readings`` upserted from one array per column (sent in binary), in the arrays' order. A row's flags
+#: travel as jsonb (``unnest`` would flatten a 2-D text array).
+_UPSERT_LATEST = """INSERT INTO latest_readings AS l (subject_kind, subject_id, metric, site_id, device_id, value,
+                                               measured_at, flags)
+    SELECT v.kind, v.subject, v.metric, v.site, v.device, v.value, v.at,
+           ARRAY(SELECT jsonb_array_elements_text(v.flags))
+    FROM unnest(%(kind)b::text[], %(subject)b::text[], %(metric)b::text[], %(site)b::text[], %(device)b::text[],
+                %(value)b::float8[], %(at)b::timestamptz[], %(flags)b::jsonb[])
+         WITH ORDINALITY AS v(kind, subject, metric, site, device, value, at, flags, n)
+    ORDER BY v.n
+    ON CONFLICT (subject_kind, subject_id, metric) DO UPDATE
+       SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
+           measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
+     WHERE l.measured_at <= EXCLUDED.measured_at"""
+#: The devices' rows locked in the order Python sorts their ids (code points: COLLATE "C"), as the statement per
+#: device used to; the lock an UPDATE of non-key columns takes.
+_LOCK_DEVICES = """SELECT 1 FROM devices WHERE device_id = ANY(%s) ORDER BY device_id COLLATE "C"
+                   FOR NO KEY UPDATE"""
+_UPDATE_DEVICES = """UPDATE devices d SET last_seen = greatest(d.last_seen, v.seen),
+                                         battery_pct = coalesce(v.battery, d.battery_pct)
+    FROM unnest(%(device)b::text[], %(seen)b::timestamptz[], %(battery)b::float8[]) AS v(device_id, seen, battery)
+    WHERE d.device_id = v.device_id"""
+
+
 def _apply_newest(conn: psycopg.Connection, newest: _Newest) -> None:
-    """Maintain ``latest_readings`` (newest per subject and metric) and devices (last seen, battery)."""
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO latest_readings AS l (subject_kind, subject_id, metric, site_id, device_id, value,
-                                                 measured_at, flags)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (subject_kind, subject_id, metric) DO UPDATE
-                  SET site_id = EXCLUDED.site_id, device_id = EXCLUDED.device_id, value = EXCLUDED.value,
-                      measured_at = EXCLUDED.measured_at, flags = EXCLUDED.flags
-                WHERE l.measured_at <= EXCLUDED.measured_at""",
-            [(kind, subject, metric, site, device, value, at, list(flags))
-             for (kind, subject, metric), (at, _, site, device, value, flags) in sorted(newest.latest.items())])
-        cur.executemany(
-            """UPDATE devices SET last_seen = greatest(last_seen, %s), battery_pct = coalesce(%s, battery_pct)
-               WHERE device_id = %s""",
-            [(seen, battery, device) for device, (seen, battery, _) in sorted(newest.devices.items())])
+    """Maintain ``latest_readings`` (newest per subject and metric) and devices (last seen, battery), one statement
+    each whatever the number of rows: a history load's chunk names thousands of subjects and devices, and a
+    statement per row was ~8 s of the full-size backfill. Rows are written in key order, as before, so two
+    writers lock them in the same order."""
+    latest = sorted(newest.latest.items())
+    if latest:
+        conn.execute(_UPSERT_LATEST, {
+            "kind": [k for (k, _, _), _ in latest], "subject": [s for (_, s, _), _ in latest],
+            "metric": [m for (_, _, m), _ in latest], "site": [row[2] for _, row in latest],
+            "device": [row[3] for _, row in latest], "value": [float(row[4]) for _, row in latest],
+            "at": [row[0] for _, row in latest], "flags": [Jsonb(list(row[5])) for _, row in latest]})
+    devices = sorted(newest.devices.items())
+    if devices:
+        conn.execute(_LOCK_DEVICES, ([d for d, _ in devices],))
+        conn.execute(_UPDATE_DEVICES, {
+            "device": [d for d, _ in devices], "seen": [seen for _, (seen, _, _) in devices],
+            "battery": [None if battery is None else float(battery) for _, (_, battery, _) in devices]})
 
 
 def load_history(

@@ -293,3 +293,33 @@ def test_history_load_appends_keeps_bookkeeping_and_dead_letters_the_rest(
     # a live batch afterwards continues normally and the gap closes when seq 8 arrives
     store_batch(db, [msg(estate, encode_batch(estate.site_id, estate.gateway_id, [estate.reading(8)]))])
     assert gateway_row(db, estate.gateway_id)[:2] == (9, 2)
+
+
+def test_latest_values_and_devices_are_kept_in_one_statement_each(db: psycopg.Connection, estate: Estate) -> None:
+    """``_apply_newest`` writes every subject's newest value (its flags too) and every device's last-seen and
+    battery in one statement each: a newer stored value is not replaced by an older one, a device without a
+    battery reading keeps its battery, and the newest of two battery readings wins."""
+    store_batch(db, [msg(estate, encode_batch(estate.site_id, estate.gateway_id,
+                                              [estate.reading(50, value=93, at=BASE_TIME + timedelta(hours=2))]))])
+    db.execute("UPDATE devices SET battery_pct = 64 WHERE device_id = %s", (estate.motion,))
+    at = BASE_TIME + timedelta(seconds=60)
+    rows = [HistoryReading(estate.gateway_id, 60, estate.site_id, estate.oximeter, "pulse_rate", 71, at, at,
+                           ("clock_skewed", "motion_artifact")),
+            HistoryReading(estate.gateway_id, 61, estate.site_id, estate.oximeter, "spo2", 97, at, at),  # older
+            HistoryReading(estate.gateway_id, 62, estate.site_id, estate.oximeter, "battery", 40, at, at),
+            HistoryReading(estate.gateway_id, 63, estate.site_id, estate.oximeter, "battery", 38,
+                           at + timedelta(seconds=1), at + timedelta(seconds=1)),
+            HistoryReading(estate.gateway_id, 64, estate.site_id, estate.motion, "motion", 1, at, at)]
+    assert load_history(db, [estate.gateway_id], iter(rows)).stored == 5
+    latest = {metric: rest for metric, *rest in db.execute(
+        "SELECT metric, value, measured_at, flags FROM latest_readings WHERE subject_kind = 'resident' "
+        "AND subject_id = %s", (estate.resident_id,)).fetchall()}
+    assert latest["pulse_rate"] == [71, at, ["clock_skewed", "motion_artifact"]]
+    assert latest["spo2"] == [93, BASE_TIME + timedelta(hours=2), []]  # the stored value two hours newer stays
+    assert latest["battery"] == [38, at + timedelta(seconds=1), []]
+    devices = {d: rest for d, *rest in db.execute(
+        "SELECT device_id, battery_pct, last_seen FROM devices WHERE device_id = ANY(%s)",
+        ([estate.oximeter, estate.motion],)).fetchall()}
+    assert devices[estate.motion] == [64, at] and devices[estate.oximeter][0] == 38
+    assert devices[estate.oximeter][1] == BASE_TIME + timedelta(hours=2, milliseconds=300)  # live newer: kept
+    db.rollback()

@@ -62,3 +62,30 @@ def test_many_sets_are_stored_as_one_by_one(db: psycopg.Connection, uid: str) ->
     again = _stored(db, f"again-{uid}")
     assert len(again) == 3 and again[-1][2] == AT + timedelta(hours=5)
     db.rollback()
+
+
+def test_new_sets_copied_are_stored_as_one_by_one(db: psycopg.Connection, uid: str) -> None:
+    """No device round in the batch (the backfill's staff rounds): the COPY path stores every column as the
+    one-by-one INSERT does, floats rounded to real the same way, soft signs and missing parameters as arrays."""
+    site = f"oc-{uid}"
+    db.execute("INSERT INTO sites (site_id, kind, name) VALUES (%s, 'care_home', 'Sets')", (site,))
+    for rid in (f"one-{uid}", f"copy-{uid}"):
+        db.execute("INSERT INTO residents (resident_id, site_id, display_name, date_of_birth) "
+                   "VALUES (%s, %s, 'R', '1938-04-02')", (rid, site))
+
+    def rows(resident: str) -> list[ObservationSetRow]:
+        return [replace(row, resident_id=resident, round_key=None,
+                        soft_signs=("eating less", "more confused") if i == 1 else row.soft_signs,
+                        values={**row.values, "temperature": 36.83 + i / 3, "spo2": 94.1 + i / 7})
+                for i, row in enumerate(_rows(resident, site))]
+
+    for row in rows(f"one-{uid}"):
+        record_observation_set(db, row)
+    assert record_observation_sets(db, rows(f"copy-{uid}")) == 3
+    one, copied = _stored(db, f"one-{uid}"), _stored(db, f"copy-{uid}")
+    assert len(one) == 3 and [r[1:] for r in copied] == [r[1:] for r in one]
+    assert copied[1][14] == ["eating less", "more confused"] and copied[0][21] == []
+    versions = dict(db.execute("SELECT resident_id, version FROM observation_set_versions WHERE resident_id = ANY(%s)",
+                               ([f"one-{uid}", f"copy-{uid}"],)).fetchall())
+    assert versions == {f"one-{uid}": 3, f"copy-{uid}": 1}
+    db.rollback()
