@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from carewatch.db import one
+from carewatch.db import SITE_LIST_PREPARE, one
 from carewatch.notify.channels import Result
 
 
@@ -81,7 +81,7 @@ def claim(conn: psycopg.Connection, claimant: str, limit: int = 200, *, site_ids
              AND d.result = 'pending' AND (d.claimed_at IS NULL OR d.claimed_at < clock_timestamp() - %(stale)s)
            RETURNING delivery_id, site_id, target_kind, target_id, level, reason, channel, recipient, created_at""",
         {"me": claimant, "stale": stale, "sites": sites, "estate": ESTATE, "limit": limit},
-        ).fetchall()
+        prepare=SITE_LIST_PREPARE).fetchall()
     return sorted((Pending(*row) for row in rows), key=lambda p: p.delivery_id)
 
 

@@ -22,6 +22,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from carewatch.alerts import Severity
+from carewatch.db import SITE_LIST_PREPARE
 from carewatch.notify import deliveries, store
 from carewatch.notify.channels import Attempt, Channel, Result, send_all
 from carewatch.notify.policy import (
@@ -191,7 +192,8 @@ def escalation_pass(conn: psycopg.Connection, now: datetime, *,
     planned: list[Planned] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(TARGET.candidates_sql,
-                           {"now": now, "sites": None if site_ids is None else list(site_ids)}).fetchall()
+                           {"now": now, "sites": None if site_ids is None else list(site_ids)},
+                           prepare=SITE_LIST_PREPARE).fetchall()
         if not rows:
             return planned
         policies = store.load_many(conn, {r["site_id"] for r in rows})

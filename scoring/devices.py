@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from carewatch.db import text_array
+from carewatch.db import SITE_LIST_PREPARE, text_array
 from carewatch.scoring.batches import EvaluationSummary, lock_subjects, transaction
 from carewatch.scoring.lifecycle import apply_findings, findings_that_change
 from carewatch.scoring.loading import FUTURE_SLACK
@@ -225,7 +225,7 @@ def gateway_pass(conn: psycopg.Connection, now: datetime, summary: EvaluationSum
     rows = conn.execute(
         "SELECT g.gateway_id, g.site_id, g.state, g.last_seen, s.kind, s.name FROM gateways g JOIN sites s "
         "USING (site_id) WHERE %s::text[] IS NULL OR g.site_id = ANY(%s::text[]) ORDER BY g.gateway_id",
-        (scope, scope)).fetchall()
+        (scope, scope), prepare=SITE_LIST_PREPARE).fetchall()
     changing = findings_that_change(conn, [gateway_finding(GatewayState(*row), now) for row in rows])
     if changing:
         with transaction(conn):

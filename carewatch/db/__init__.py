@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import Cursor
@@ -36,6 +36,16 @@ def any_of(filters: Iterable[tuple[str, Iterable[Any] | None]], params: list[Any
             sql += f" AND {column} = ANY(%b)"
             params.append(list(values))
     return sql
+
+
+#: ``prepare=`` for a statement given a scorer replica's share of sites as one array parameter (``site_id =
+#: ANY(%s)``: thousands of ids, ``scoring/replicas.py``) and run every tick on one connection: never prepared, so
+#: each execution is planned with the list's values (a hashed ``= ANY``, or an index probe per site). Prepared
+#: (psycopg does so from a statement's 6th execution on a connection), the server switched to a generic plan from
+#: about the 11th, which compares every row with the whole list: at 22,000 sites ``gateway_pass``'s query went from
+#: ~0.2 s to 6-9 s a call, the escalation candidates from ~0.1 to 1.5 s (docs/scaling.md). Planning each time costs
+#: a few ms more per statement.
+SITE_LIST_PREPARE: Final = False
 
 
 def text_array(values: Iterable[str]) -> str:

@@ -21,6 +21,10 @@ from carewatch.alerts import AlertKind
 from carewatch.api.app import create_app
 from carewatch.embedded import free_port
 from carewatch.ingest.store import notify_payloads
+from carewatch.notify import deliveries
+from carewatch.notify.escalation import escalation_pass
+from carewatch.scoring.devices import gateway_pass
+from carewatch.scoring.engine import EvaluationSummary
 from carewatch.scoring.replicas import BUCKETS, LOCK_CLASS, fair_share, plan_leases, stalled_findings
 from carewatch.settings import Settings, process_env
 from carewatch.subjects import Subject
@@ -67,6 +71,26 @@ def test_a_replica_above_its_share_keeps_its_buckets_when_nobody_is_short() -> N
     assert take == [] and len(release) == 30 - fair_share(BUCKETS, 3)
     # nobody short (22/21/21): no churn
     assert plan_leases(set(range(22)), set(), set(), [21, 21]) == ([], [])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The tick's statements given a replica's share of sites
+# ------------------------------------------------------------------------------------------------------------
+def test_the_statements_given_a_replica_s_share_are_never_prepared(db, uid) -> None:
+    """The escalation candidates, the gateway pass and the notify loop's claim take the share (thousands of sites)
+    as one list and run on one connection for ever: prepared (psycopg does so from a statement's 6th execution),
+    the server switched to a generic plan from about the 11th call that compares every row with the whole list
+    (gateway_pass 0.2 -> 6-9 s at 22,000 sites; docs/scaling.md). Called as the tick and the notify loop call them,
+    none of the three is ever prepared on the connection."""
+    share = [f"site-{uid}-{i}" for i in range(50)]
+    for _ in range(12):
+        escalation_pass(db, T0, site_ids=share)
+        gateway_pass(db, T0, EvaluationSummary(), share)
+        deliveries.claim(db, f"test-{uid}", site_ids=share)
+    prepared = [row[0] for row in db.execute("SELECT statement FROM pg_prepared_statements")]
+    for statement in ("FROM incidents i JOIN sites s", "FROM gateways g JOIN sites s",
+                      "UPDATE notification_deliveries d SET claimed_by"):
+        assert not [s for s in prepared if statement in s], (statement, prepared)
 
 
 def test_stalled_findings_raise_after_the_limit_and_clear_once_scored() -> None:
