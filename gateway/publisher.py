@@ -8,6 +8,12 @@ Delivery is at-least-once. An unacknowledged batch stays in paho's session and i
 (``clean_session=False``, client id = gateway id); if the process dies, the restarted publisher starts again
 from the oldest unsent row in the outbox. Ingest de-duplicates by (gateway_id, seq).
 
+Order across a reconnect: paho calls ``on_connect`` first and re-sends its unacknowledged messages only after
+that returns, so a batch published as soon as we hear "connected" could overtake the one that was in flight
+when the link failed. After a reconnect no readings batch goes out until every batch from an earlier
+connection has been acknowledged (one round trip, once per reconnect); the window is pipelined as usual
+otherwise. ``_session`` makes the check and the publish one step against ``on_connect``/``on_disconnect``.
+
 Gap recovery: a PUBACK only says the broker took the message, not that ingest got it (Mosquitto 2.0 drops
 what arrives for a shared subscription it has not restored after a restart). Ingest asks for the sequence
 numbers it never stored with a :class:`~carewatch.wire.ResendRequest` on this gateway's ``resend`` topic (we
@@ -51,6 +57,7 @@ from carewatch.wire import (
     explain,
     merge_runs,
     run_length,
+    runs_from_seqs,
     subtract_runs,
     topic,
 )
@@ -88,6 +95,7 @@ class _Pending:
     first: int = 0
     last: int = 0
     count: int = 0
+    connection: int = 0  # which connection it was published on (a batch from an earlier one is being re-sent)
 
 
 @dataclass
@@ -147,6 +155,11 @@ class Publisher:
         self._stopping = threading.Event()
         self._flushing = False
         self._connected = threading.Event()
+        #: Held while (dis)connecting and while a readings batch is checked and handed to paho: nothing newer
+        #: can be published between paho saying "connected" and paho re-sending its unacknowledged messages.
+        self._session = threading.Lock()
+        self._connection = 0  # connections made so far (changed under _session)
+        self._held_on = 0  # the connection whose hold for re-sends was last logged (drain thread)
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._resend_inbox: queue.SimpleQueue[ResendRequest] = queue.SimpleQueue()
         self._replay_plan: list[SeqRun] = []  # kept seqs still to re-publish (drain thread only)
@@ -230,7 +243,8 @@ class Publisher:
         self._uplink = up
         if not up:
             self.client.loop_stop()
-            self._connected.clear()
+            with self._session:
+                self._connected.clear()
             sock = self.client.socket()
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -302,7 +316,9 @@ class Publisher:
         self.counters.connects += 1
         # Our own resend topic, every time: the session keeps it, but a broker that lost its state has not.
         client.subscribe(self.topics[Channel.RESEND], qos=1)
-        self._connected.set()
+        with self._session:
+            self._connection += 1
+            self._connected.set()
         self._status_due = True
         self._wake.set()
         log.info("mqtt_connected", session_present=getattr(flags, "session_present", None))
@@ -336,7 +352,8 @@ class Publisher:
                 f"{self.target.host}:{self.target.port} closed the connection before accepting it ({reason_code}): "
                 "a TLS-only listener reached with mqtt:// (use mqtts://), or a broker dropping this client"
             )
-        self._connected.clear()
+        with self._session:
+            self._connected.clear()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
@@ -404,6 +421,8 @@ class Publisher:
         self._publish_events()
         sleep = min(1.0, max(0.0, self._next_status - now))
         while len(self._pending) < self.inflight + 8 and self._readings_in_flight() < self.inflight:
+            if self._awaiting_resends():
+                return sleep  # their PUBACKs wake us
             wait = self._publish_readings()
             if wait is None:
                 continue  # sent one: try to fill the window
@@ -414,6 +433,27 @@ class Publisher:
 
     def _readings_in_flight(self) -> int:
         return sum(1 for p in self._pending.values() if p.kind in ("readings", "replay"))
+
+    def _awaiting_resends(self) -> bool:
+        """Whether a readings batch from an earlier connection is still unacknowledged (paho re-sends it; nothing
+        newer may go before it). Logged once per connection."""
+        older = sum(1 for p in self._pending.values()
+                    if p.kind in ("readings", "replay") and p.connection < self._connection)
+        if older and self._held_on != self._connection:
+            self._held_on = self._connection
+            log.info("publish_held_for_resend", batches=older)
+        return older > 0
+
+    def _publish_batch(self, rows: list[OutboxRow], kind: Literal["readings", "replay"]) -> bool:
+        """Hand one readings message to paho, unless the connection is down or a batch from an earlier connection
+        is still to be acknowledged (then False: the caller tries again when woken)."""
+        payload = encode_rows(self.site_id, self.gateway_id, rows, self.clock())
+        with self._session:
+            if not self._connected.is_set() or self._awaiting_resends():
+                return False
+            info = self.client.publish(self.topics[Channel.READINGS], payload, qos=1)
+            self._pending[info.mid] = _Pending(kind, rows[0].seq, rows[-1].seq, len(rows), self._connection)
+        return True
 
     def _take_resend_requests(self) -> None:
         """Turn received resend requests into the replay plan; report what the outbox no longer has."""
@@ -461,9 +501,9 @@ class Publisher:
                 self._replay_plan[0] = (got[-1].seq + 1, last)
         if not rows:
             return False
-        payload = encode_rows(self.site_id, self.gateway_id, rows, self.clock())
-        info = self.client.publish(self.topics[Channel.READINGS], payload, qos=1)
-        self._pending[info.mid] = _Pending("replay", rows[0].seq, rows[-1].seq, len(rows))
+        if not self._publish_batch(rows, "replay"):
+            self._replay_plan = merge_runs(runs_from_seqs(r.seq for r in rows), self._replay_plan)  # next time
+            return False
         self.counters.readings_replayed += len(rows)
         return True
 
@@ -480,9 +520,8 @@ class Publisher:
             remaining = self._partial_since + self.batch_s - now
             if remaining > 0:
                 return remaining
-        payload = encode_rows(self.site_id, self.gateway_id, rows, self.clock())
-        info = self.client.publish(self.topics[Channel.READINGS], payload, qos=1)
-        self._pending[info.mid] = _Pending("readings", rows[0].seq, rows[-1].seq, len(rows))
+        if not self._publish_batch(rows, "readings"):
+            return 1.0  # the link went down, or re-sends are due: a (re)connect or their PUBACKs wake us
         self._cursor = rows[-1].seq
         self._partial_since = None
         self.counters.batches_sent += 1

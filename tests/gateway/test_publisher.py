@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from carewatch.gateway.outbox import Outbox
 from carewatch.gateway.pipeline import ReadingDraft
@@ -98,6 +102,106 @@ def test_drains_in_order_and_deletes_only_after_puback(
     assert publisher.counters.readings_acked == 1234
     for batch in collector.batches:
         assert decode_batch(json.dumps(batch)).rejected == []
+
+
+class Link:
+    """A TCP relay between a publisher and the broker that fails like a network: it can swallow what the publisher
+    sends (the broker never sees it, so no PUBACK comes back) and cut every connection, refusing new ones until
+    restored."""
+
+    def __init__(self, broker_url: str) -> None:
+        target = MqttTarget(broker_url)
+        self.target = (target.host, target.port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"mqtt://127.0.0.1:{self.server.getsockname()[1]}"
+        self.up = True
+        self.swallow = False
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            if not self.up:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_publisher: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not (from_publisher and self.swallow):
+                    dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self.swallow = False
+        self.up = True
+
+    def close(self) -> None:
+        self.server.close()
+        self.cut()
+
+
+def test_after_a_reconnect_the_unacknowledged_batch_goes_before_anything_newer(
+    outbox: Outbox, mqtt_url: str, uid: str, collector_factory: Any
+) -> None:
+    """The broker outage of the fault tests, made deterministic: one batch is in flight and never acknowledged when
+    the connection fails, newer readings wait in the outbox, and paho's network thread is slow between telling us
+    it is connected (``on_connect``) and re-sending its session's unacknowledged messages, as it is on a loaded
+    machine. The newer batch must not overtake the re-sent one."""
+    collector = collector_factory(mqtt_url, outbox.site_id, outbox.gateway_id, f"sub-{uid}")
+    link = Link(mqtt_url)
+    publisher = make_publisher(outbox, link.url, batch_size=100, inflight=8, reconnect_max_s=1)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        link.swallow = True
+        outbox.append(drafts(100))
+        publisher.notify()
+        wait_until(lambda: publisher.counters.batches_sent == 1, 5, "the first batch handed to paho")
+        time.sleep(0.3)
+        assert publisher.counters.batches_acked == 0, "the broker never saw it"
+        link.cut()
+        wait_until(lambda: not publisher.connected, 5, "the publisher to notice the cut")
+        outbox.append(drafts(100))  # newer readings, waiting while the link is down
+        publisher.notify()
+
+        connected = publisher.client.on_connect
+
+        def slow_network_thread(*args: Any) -> None:
+            connected(*args)
+            time.sleep(0.5)  # paho re-sends its in-flight messages only after on_connect returns
+
+        publisher.client.on_connect = slow_network_thread
+        link.restore()
+        collector.wait_for(lambda: collector.unique() == 200, 15, "both batches")
+        assert publisher.wait_drained(10)
+    finally:
+        publisher.stop()
+        link.close()
+    collector.assert_exactly_once_in_order(200)
+    assert publisher.counters.batches_sent == 2, "the first batch was re-sent by paho's session, not by us"
+    assert publisher.counters.readings_acked == 200 and outbox.depth() == 0
 
 
 def test_nothing_is_deleted_without_a_broker(outbox: Outbox, scratch_dir: Path) -> None:
