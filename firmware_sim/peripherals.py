@@ -57,6 +57,7 @@ WRITE = Characteristic.Properties.WRITE
 WRITE_NR = Characteristic.Properties.WRITE_WITHOUT_RESPONSE
 ADVERTISING_INTERVAL_MS = 50.0
 INDICATION_TIMEOUT_S = 5.0
+DISCONNECT_TIMEOUT_S = 10.0
 START_REALTIME = contec_ble_command(*CONTEC_BLE_COMMANDS["START_REALTIME"])
 
 
@@ -231,9 +232,8 @@ class Peripheral:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.device.stop_advertising()
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.disconnect()
+        with contextlib.suppress(Exception):
+            await self._disconnect(hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR)
 
     async def _advertise(self) -> None:
         """Connectable advertising, restarted by Bumble after each disconnection (heard only while in range)."""
@@ -331,9 +331,23 @@ class Peripheral:
     # -- what tests and scenarios do to it -----------------------------------------------------------------
     async def drop(self) -> None:
         """The link is lost (interference, walked out of range for a moment); it advertises again at once."""
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                await self.connection.disconnect(hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR)
+        await self._disconnect(hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR)
+
+    async def _disconnect(self, reason: int) -> None:
+        """Disconnect, waiting at most ``DISCONNECT_TIMEOUT_S`` for the stack to report it: Bumble waits for a
+        Disconnection Complete event without a timeout, and a lost one would hang the caller (a test) silently."""
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            await asyncio.wait_for(connection.disconnect(reason), DISCONNECT_TIMEOUT_S)
+        except TimeoutError:
+            if self.connection is connection:  # still connected as far as the device knows
+                raise TimeoutError(
+                    f"{self.registered.device_id}: the stack did not report the disconnection of handle "
+                    f"0x{connection.handle:04X} within {DISCONNECT_TIMEOUT_S} s") from None
+        except Exception:  # the link was already going (an HCI error for a handle just gone): dropped all the same
+            return
 
     async def leave(self) -> None:
         """Out of range: the link drops and nobody hears its adverts until :meth:`come_back`."""

@@ -50,6 +50,21 @@ class _GatewayController(Controller):
         self.passive = all(scan_type == 0 for scan_type in command.scan_types)
         return super().on_hci_le_set_extended_scan_parameters_command(command)
 
+    def on_hci_le_create_connection_cancel_command(
+            self, command: hci.HCI_LE_Create_Connection_Cancel_Command) -> Any:
+        """A cancelled connection attempt ends with an LE Connection Complete event of status Unknown Connection
+        Identifier (Core spec Vol 4, Part E, 7.8.13), after the command's own Command Complete. Bumble's emulator
+        sent none and kept the attempt pending, so the host's connect waited for it forever after a timeout."""
+        result = super().on_hci_le_create_connection_cancel_command(command)
+        pending, self.pending_le_connection = self.pending_le_connection, None
+        if pending is not None:
+            event = hci.HCI_LE_Connection_Complete_Event(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, connection_handle=0,
+                role=hci.Role.CENTRAL, peer_address_type=pending.peer_address_type, peer_address=pending.peer_address,
+                connection_interval=0, peripheral_latency=0, supervision_timeout=0, central_clock_accuracy=0)
+            asyncio.get_running_loop().call_soon(self.send_hci_packet, event)  # after the Command Complete
+        return result
+
     def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
         reports = getattr(packet, "reports", None) if isinstance(packet, _REPORTS) else None
         if self.passive and reports and all(r.event_type in _SCAN_RESPONSES for r in reports):

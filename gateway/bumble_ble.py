@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 import structlog
 from bumble import att, hci
@@ -39,14 +39,21 @@ from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 
 from carewatch.gateway.link import PairingError, SubscribeRefused
-from carewatch.gateway.radio import RadioOptions, RadioTransport
+from carewatch.gateway.radio import RadioOptions, RadioTransport, stop
 from carewatch.gateway.transport import Deliver, OnEvent, uuid128
 from carewatch.registry import DeviceRegistry, RegisteredDevice
 
 log = structlog.get_logger("carewatch.gateway.bumble")
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 10.0
 DISCONNECT_TIMEOUT_S = 5.0
+# Bumble waits for the controller's events without a timeout (an encryption change, a pairing's end, a command's
+# status); a dongle that loses one would stall the gateway silently, so every such await is bounded here.
+START_TIMEOUT_S = 30.0  # open the HCI transport, reset the controller, start scanning
+SECURITY_TIMEOUT_S = 30.0  # encrypt with a stored key, or pair (SMP's own transaction timeout is 30 s)
+CANCEL_GRACE_S = 5.0  # after its own connect timeout Bumble cancels the attempt and waits for the controller to say so
+STOP_TIMEOUT_S = 10.0  # the connection loops must end this soon once cancelled
 GATEWAY_ADDRESS = "F0:CA:4E:00:00:01"  # the gateway's own static random address (top bits 11)
 _SECURITY_ERRORS = {att.ErrorCode.INSUFFICIENT_ENCRYPTION, att.ErrorCode.INSUFFICIENT_AUTHENTICATION}
 _PROPERTIES = {
@@ -80,8 +87,23 @@ async def disconnect(connection: Connection) -> None:
     """Disconnect unless the link is already gone (Bumble would wait for a disconnection that never comes)."""
     if connection.device.connections.get(connection.handle) is not connection:
         return
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # TimeoutError included: the link is given up on either way
         await asyncio.wait_for(connection.disconnect(), DISCONNECT_TIMEOUT_S)
+
+
+async def _bounded(awaitable: Awaitable[T], timeout: float, what: str) -> T:
+    """``awaitable`` within ``timeout`` seconds, or a TimeoutError saying what never came."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+def _stack(task: asyncio.Task[Any]) -> list[str]:
+    out: list[str] = []
+    for frame in task.get_stack():
+        out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n")
+    return out
 
 
 class BumbleLink:
@@ -163,6 +185,7 @@ class BumbleTransport(RadioTransport):
         self._connect_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.bonded: set[str] = set()  # devices paired with during this run
+        self.stuck: list[str] = []  # tasks that did not stop when the transport stopped (name and stack)
 
     def _pairing_config(self, _connection: Connection) -> PairingConfig:
         # Just Works with bonding: a gateway has no display or keyboard (devices that insist on a passkey are not
@@ -173,7 +196,8 @@ class BumbleTransport(RadioTransport):
     async def run(self, registry: DeviceRegistry, deliver: Deliver, on_event: OnEvent) -> None:
         self.ready.clear()
         self._connect_lock = asyncio.Lock()
-        transport = await open_transport(self.hci_transport)
+        transport = await _bounded(open_transport(self.hci_transport), START_TIMEOUT_S,
+                                   f"opening the HCI transport {self.hci_transport}")
         tasks: list[asyncio.Task[Any]] = []
         try:
             device = Device.with_hci("carewatch-gateway", hci.Address(self.address), transport.source,
@@ -182,18 +206,20 @@ class BumbleTransport(RadioTransport):
                 self.keystore_path.parent.mkdir(parents=True, exist_ok=True)
                 device.keystore = JsonKeyStore(namespace=None, filename=str(self.keystore_path))
             device.pairing_config_factory = self._pairing_config
-            await device.power_on()
+            await _bounded(device.power_on(), START_TIMEOUT_S, "the controller's power-on (HCI reset and setup)")
             self.device = device
             device.on("advertisement", lambda adv: self._on_advertisement(registry, adv, on_event))
             tasks = self.start_consumers(registry, deliver)
             tasks += self.start_device_tasks(registry, on_event)
-            await device.start_scanning(active=False, filter_duplicates=False)
+            await _bounded(device.start_scanning(active=False, filter_duplicates=False), START_TIMEOUT_S,
+                           "the controller to start scanning")
             self.ready.set()
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # a stop must not hang: say where a task is stuck and go on closing the transport
+            for task in await stop(*tasks, within=STOP_TIMEOUT_S):
+                self.stuck.append(f"{task.get_name()}:\n{''.join(_stack(task))}")
+                log.error("task_did_not_stop", task=task.get_name(), stack=self.stuck[-1])
             self.device = None
             with contextlib.suppress(Exception):
                 await transport.close()
@@ -210,9 +236,14 @@ class BumbleTransport(RadioTransport):
 
     async def _open_link(self, device: RegisteredDevice, on_disconnected: Callable[[], None]) -> BumbleLink:
         assert self.device is not None
+        address = self._advertised[device.address]
         async with self._connect_lock:  # one LE Create Connection at a time per controller
-            connection = await self.device.connect(self._advertised[device.address],
-                                                   timeout=self.connect_timeout_s)
+            stale = self.device.find_connection_by_bd_addr(address)
+            if stale is not None:  # a connection completed after we gave up on it: nobody serves it, end it
+                await disconnect(stale)
+            connection = await _bounded(self.device.connect(address, timeout=self.connect_timeout_s),
+                                        self.connect_timeout_s + CANCEL_GRACE_S,
+                                        f"the connection to {device.device_id}")
         connection.on("disconnection", lambda _reason: on_disconnected())
         try:
             if await self._has_keys(connection):
@@ -235,7 +266,10 @@ class BumbleTransport(RadioTransport):
         reasons: list[int] = []
         connection.on("disconnection", reasons.append)
         try:
-            await connection.encrypt()
+            await _bounded(connection.encrypt(), SECURITY_TIMEOUT_S,
+                           f"{device.device_id}'s link to be encrypted with the stored key")
+        except TimeoutError:
+            raise  # no answer is not a refusal: an ordinary failure, retried
         except Exception as exc:
             code = getattr(exc, "error_code", None)
             if reasons and reasons[0] != hci.HCI_ErrorCode.CONNECTION_TERMINATED_DUE_TO_MIC_FAILURE_ERROR:
@@ -253,7 +287,10 @@ class BumbleTransport(RadioTransport):
             return
         log.info("pairing", device_id=device.device_id, why=why)
         try:
-            await connection.pair()
+            await _bounded(connection.pair(), SECURITY_TIMEOUT_S, f"pairing with {device.device_id} to complete")
+        except TimeoutError:
+            if not connection.is_encrypted:
+                raise  # no answer is not a refusal: an ordinary failure, retried
         except Exception as exc:
             if not connection.is_encrypted:
                 raise PairingError(

@@ -53,6 +53,35 @@ Sleep = Callable[[float], Awaitable[None]]
 OnValue = Callable[[bytes], None]
 
 
+RECANCEL_EVERY_S = 1.0
+
+
+async def stop(*tasks: asyncio.Task[Any], within: float | None = None) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait until they end, cancelling again those still running every second (a
+    cancellation can be lost: see :func:`_raise_if_stopped`); give up after ``within`` seconds (None: never) and
+    return those still running."""
+    loop = asyncio.get_running_loop()
+    deadline = None if within is None else loop.time() + within
+    running = {t for t in tasks if not t.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        wait = RECANCEL_EVERY_S if deadline is None else min(RECANCEL_EVERY_S, deadline - loop.time())
+        if wait <= 0:
+            break
+        _, running = await asyncio.wait(running, timeout=wait)
+    return running
+
+
+def _raise_if_stopped() -> None:
+    """Raise the cancellation of this task if it was lost: Python 3.11's ``asyncio.wait_for`` (which the stacks
+    await with) returns the result instead when a cancellation lands as its awaitable completes (gh-86296), and
+    the connection loop would then serve the new link with nobody left to stop it (a stop that hangs)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class GattLink(Protocol):
     """One connected device, as the connection loop sees it (each backend adapts its stack's connection)."""
 
@@ -239,11 +268,13 @@ class RadioTransport:
             return
         while True:
             await self._seen_event[device.address].wait()
+            _raise_if_stopped()
             disconnected = asyncio.Event()
             gatt: GattLink | None = None
             error: BaseException | None = None
             try:
                 gatt = await self._open_link(device, disconnected.set)
+                _raise_if_stopped()
                 policy.connected(self._monotonic())
                 self._gap[device.address] = link.unheard_gap(
                     self._session_end.get(device.address), self._started_at or self.clock(), self.clock())
@@ -289,7 +320,7 @@ class RadioTransport:
             gone.cancel()
             ours = not serving.done()
             if ours:
-                serving.cancel()
+                await stop(serving)
             [outcome] = await asyncio.gather(serving, return_exceptions=True)
         if ours:
             return  # the link went away: an ordinary end of a session
@@ -345,8 +376,7 @@ class RadioTransport:
                     if (error := task.exception()) is not None:
                         raise error
         finally:
-            for task in pending:
-                task.cancel()
+            await stop(*pending)
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _skip(self, device: RegisteredDevice, uuid: str, reason: str) -> None:

@@ -4,8 +4,9 @@ modules: ``pythonpath = ["tests"]``)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from carewatch.registry import DeviceRegistry, RegisteredDevice
 from carewatch.wire import DeviceKind
 
 AT = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+STOP_TIMEOUT_S = 20.0  # a transport must stop this soon after cancellation (its radio awaits are all bounded)
 
 
 class ScaledClock:
@@ -95,14 +97,49 @@ class Running:
         return self.transport
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop the transport; one that does not stop (an await on the radio that never returns) fails the test
+        here, with where it is stuck, instead of hanging it."""
         assert self.task is not None
         self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        done, _ = await asyncio.wait({self.task}, timeout=STOP_TIMEOUT_S)
+        if not done:
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            raise AssertionError(f"the Bumble transport did not stop within {STOP_TIMEOUT_S} s of being cancelled; "
+                                 f"stuck in:\n{stacks(others)}")
+        if not self.task.cancelled():
+            self.task.exception()  # retrieved (as gather(return_exceptions=True) did): the block's own checks judge
+        assert not self.transport.stuck, f"the transport stopped with tasks still running: {self.transport.stuck}"
 
 
-def in_radio(radio: VirtualRadio, action: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
-    """Run a peripheral's coroutine in the radio's loop, awaitable from the test's loop."""
-    return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(action(), radio._loop))  # type: ignore[arg-type]
+def stacks(tasks: Iterable[asyncio.Task[Any]]) -> str:
+    """Where each task is suspended (for a failure message)."""
+    out = io.StringIO()
+    for task in tasks:
+        task.print_stack(file=out)
+    return out.getvalue()
+
+
+async def in_radio(radio: VirtualRadio, action: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    """Run a peripheral's coroutine in the radio's loop and wait for it from the test's loop, at most ``timeout``
+    seconds: an action that never ends fails the test, saying which and where it waited."""
+    assert radio._loop is not None
+    started: list[asyncio.Task[Any]] = []
+
+    async def run() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        started.append(task)
+        return await action()
+
+    future = asyncio.run_coroutine_threadsafe(run(), radio._loop)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except TimeoutError:
+        where = stacks(started)  # read before the cancellation unwinds it
+        future.cancel()
+        name = getattr(action, "__qualname__", repr(action))
+        raise AssertionError(f"timed out after {timeout} s waiting for the radio to run {name}; stuck in:\n"
+                             f"{where}") from None
 
 
 # Every device kind the virtual radio simulates, and one frame (or advert) from each

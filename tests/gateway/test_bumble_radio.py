@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import structlog
+from bumble import core, hci
+from bumble.device import Device
+from bumble.transport import open_transport
 from virtual_radio import (
     AT,
     BCI,
@@ -40,6 +45,7 @@ from virtual_radio import (
 
 from carewatch.firmware_sim import frames
 from carewatch.firmware_sim.radio import VirtualRadio
+from carewatch.gateway.bumble_ble import GATEWAY_ADDRESS
 from carewatch.gateway.link import LINK_COMMANDS
 from carewatch.gateway.pipeline import Pipeline
 from carewatch.gateway.transport import Notification
@@ -98,13 +104,19 @@ def test_the_cuff_bonds_once_and_reconnects_with_the_key_kept_on_disk(tmp_path: 
     sink = Sink(CUFF_ONLY)
 
     async def scenario(radio: VirtualRadio) -> None:
+        cuff = radio.peripheral(CUFF)
+        # the cuff keeps a measurement until the gateway's confirmation reaches it: a link cut (or a gateway
+        # stopped) before then sends it again, as a real cuff would; this scenario cuts only after that
+        confirmed = "the cuff to receive the gateway's confirmation"
         async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):
             radio.push([bp(0, 121)])
             await until(lambda: len(systolics(sink)) == 1, what="the first measurement")
-            await in_radio(radio, radio.peripheral(CUFF).drop)  # link lost: reconnect, encrypt with the stored key
+            await until(lambda: cuff.waiting() == 0, what=confirmed)
+            await in_radio(radio, cuff.drop)  # link lost: reconnect, encrypt with the stored key
             await until(lambda: sink.kinds(CUFF).count("connected") == 2, what="the reconnection")
             radio.push([bp(1, 122)])
             await until(lambda: len(systolics(sink)) == 2, what="the second measurement")
+            await until(lambda: cuff.waiting() == 0, what=confirmed)
         # a new gateway process (its own controller on the link) with the same key file: no pairing either
         async with Running(transport_for(radio, keystore=keys), CUFF_ONLY, sink):
             radio.push([bp(2, 123)])
@@ -171,7 +183,7 @@ def test_a_disconnect_mid_transfer_loses_nothing_and_duplicates_nothing() -> Non
 
     async def scenario(radio: VirtualRadio) -> None:
         radio.push(stored)  # measured before the gateway came: in the cuff's memory
-        dropping = in_radio(radio, lambda: drop_after(radio, 3))
+        dropping = asyncio.ensure_future(in_radio(radio, lambda: drop_after(radio, 3)))  # watching from now
         async with Running(transport_for(radio), CUFF_ONLY, sink):
             await dropping
             await until(lambda: len(systolics(sink)) >= 8, what="all eight measurements")
@@ -240,3 +252,25 @@ def test_a_device_out_of_range_for_ten_minutes_becomes_silent_and_comes_back() -
     silent = next(e for e in sink.events if e.kind == "silent")
     assert silent.detail.startswith("not heard for 6")  # 600-699 s by the transport's own clock
     assert [v for _, v in sink.values("ox-1")] == [97, 70, 95, 75]
+
+
+def test_a_connection_attempt_that_times_out_is_cancelled_and_the_next_may_start() -> None:
+    """The emulated controller ends a cancelled attempt as a real one does (LE Connection Complete, Unknown
+    Connection Identifier): Bumble's connect, which cancels on its timeout and waits for that event, returns."""
+
+    async def scenario(radio: VirtualRadio) -> None:
+        transport = await open_transport(radio.hci_transport)
+        try:
+            device = Device.with_hci("probe", hci.Address(GATEWAY_ADDRESS), transport.source, transport.sink)
+            await asyncio.wait_for(device.power_on(), 10)
+            nobody = hci.Address("C0:5E:00:00:00:7F")  # nothing on the link has this address
+            for _ in range(2):  # the second attempt is allowed: the first is no longer pending in the controller
+                started = time.monotonic()
+                with pytest.raises(core.TimeoutError):  # Bumble's own, once the cancel is confirmed (not ours)
+                    await asyncio.wait_for(device.connect(nobody, timeout=0.3), 10)
+                assert time.monotonic() - started < 5
+        finally:
+            await transport.close()
+
+    with VirtualRadio(CUFF_ONLY) as radio:
+        asyncio.run(scenario(radio))
